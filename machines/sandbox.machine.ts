@@ -1,0 +1,216 @@
+/**
+ * The lifecycle of one sandbox, as a state chart:
+ *
+ *   creating ──► running ⇄ paused
+ *      │            │  └──► draining ──► stopping ──► stopped
+ *      │            └────────────────────┘              ▲
+ *      └── boot failure / kill / VM death ──────────────┘
+ *
+ * This file holds no I/O. The worker `.provide()`s the real actors (boot, stop, kill the VM)
+ * and actions (start an exec, pause, resume); tests provide fakes. Each state accepts only
+ * the commands legal in it: callers ask `snapshot.can(command)` first and report an
+ * E_ILLEGAL_STATE error naming the state otherwise (see {@link assertCan}).
+ */
+
+import { assign, fromPromise, setup, type SnapshotFrom } from 'xstate';
+import type { Accel, SandboxStatus, StopReason } from '../src/bus/events.ts';
+import { CorralError, serializeError, type SerializedError } from '../src/errors.ts';
+
+/** What the machine needs to know about the sandbox it runs. */
+export interface SandboxInput {
+  readonly name: string;
+  /** How long a graceful stop may take before it escalates to kill. */
+  readonly stopTimeoutMs: number;
+}
+
+/** What booting produced. */
+export interface VmBooted {
+  readonly pid: number;
+  readonly accel: Accel;
+  readonly bootMs: number;
+}
+
+/** How the VM process ended. */
+export interface VmEnded {
+  readonly exitCode: number | null;
+  readonly signal: string | null;
+}
+
+export interface SandboxContext {
+  readonly name: string;
+  readonly stopTimeoutMs: number;
+  vm: VmBooted | undefined;
+  inFlight: number;
+  stopReason: StopReason | undefined;
+  ended: VmEnded | undefined;
+  error: SerializedError | undefined;
+}
+
+/** Commands from the API, and notices from the VM side. */
+export type SandboxCommand =
+  | { type: 'exec'; execId: number }
+  | { type: 'exec.done'; execId: number }
+  | { type: 'pause' }
+  | { type: 'resume' }
+  | { type: 'drain' }
+  | { type: 'stop' }
+  | { type: 'kill' }
+  /** The VM process ended without being asked to. */
+  | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
+  /** The agent connection broke (protocol violation, I/O error). */
+  | { type: 'vm.failed'; error: SerializedError };
+
+function notProvided(what: string): never {
+  throw new Error(`sandbox machine: ${what} was not provided`);
+}
+
+export const sandboxMachine = setup({
+  types: {
+    input: {} as SandboxInput,
+    context: {} as SandboxContext,
+    events: {} as SandboxCommand,
+  },
+  actors: {
+    bootVm: fromPromise<VmBooted, SandboxInput>(async () => notProvided('bootVm')),
+    /** Graceful stop with escalation; resolves with how the VM ended. */
+    stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(async () => notProvided('stopVm')),
+    killVm: fromPromise<VmEnded, void>(async () => notProvided('killVm')),
+  },
+  actions: {
+    startExec: (_, _params: { execId: number }) => notProvided('startExec'),
+    pauseVm: () => notProvided('pauseVm'),
+    resumeVm: () => notProvided('resumeVm'),
+    /** Fails every exec still in flight (the VM is gone). */
+    abortExecs: (_, _params: { reason: string }) => notProvided('abortExecs'),
+  },
+  guards: {
+    idle: ({ context }) => context.inFlight === 0,
+  },
+}).createMachine({
+  id: 'sandbox',
+  context: ({ input }) => ({
+    name: input.name,
+    stopTimeoutMs: input.stopTimeoutMs,
+    vm: undefined,
+    inFlight: 0,
+    stopReason: undefined,
+    ended: undefined,
+    error: undefined,
+  }),
+  initial: 'creating',
+  states: {
+    creating: {
+      invoke: {
+        src: 'bootVm',
+        input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
+        onDone: { target: 'running', actions: assign({ vm: ({ event }) => event.output }) },
+        onError: {
+          target: 'stopped',
+          actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
+        },
+      },
+      on: {
+        // Leaving `creating` stops the boot actor, whose abort signal kills the half-booted VM.
+        kill: { target: 'stopped', actions: assign({ stopReason: 'killed' }) },
+      },
+    },
+    running: {
+      on: {
+        exec: {
+          actions: [assign({ inFlight: ({ context }) => context.inFlight + 1 }), { type: 'startExec', params: ({ event }) => ({ execId: event.execId }) }],
+        },
+        pause: 'paused',
+        drain: 'draining',
+        stop: { target: 'stopping', actions: assign({ stopReason: 'requested' }) },
+      },
+    },
+    paused: {
+      entry: 'pauseVm',
+      on: {
+        resume: { target: 'running', actions: 'resumeVm' },
+        stop: { target: 'stopping', actions: ['resumeVm', assign({ stopReason: 'requested' })] },
+      },
+    },
+    draining: {
+      always: { guard: 'idle', target: 'stopping', actions: assign({ stopReason: 'drained' }) },
+      on: {
+        stop: { target: 'stopping', actions: assign({ stopReason: 'requested' }) },
+      },
+    },
+    stopping: {
+      invoke: {
+        src: 'stopVm',
+        input: ({ context }) => ({ timeoutMs: context.stopTimeoutMs, reason: context.stopReason ?? 'requested' }),
+        onDone: { target: 'stopped', actions: assign({ ended: ({ event }) => event.output }) },
+        onError: { target: 'stopped', actions: assign({ error: ({ event }) => serializeError(event.error) }) },
+      },
+      on: {
+        // The VM ending is what stopVm waits for: not a crash here.
+        'vm.exited': {},
+        'vm.failed': {},
+      },
+    },
+    killing: {
+      invoke: {
+        src: 'killVm',
+        onDone: { target: 'stopped', actions: assign({ ended: ({ event }) => event.output }) },
+        onError: { target: 'stopped', actions: assign({ error: ({ event }) => serializeError(event.error) }) },
+      },
+      on: { kill: {}, 'vm.exited': {}, 'vm.failed': {} },
+    },
+    stopped: {
+      type: 'final',
+      entry: { type: 'abortExecs', params: ({ context }) => ({ reason: `sandbox stopped (${context.stopReason ?? 'unknown'})` }) },
+    },
+  },
+  on: {
+    'exec.done': { actions: assign({ inFlight: ({ context }) => Math.max(0, context.inFlight - 1) }) },
+    // Legal in every state but creating (which handles it itself) and stopped (final).
+    kill: { target: '.killing', actions: assign({ stopReason: 'killed' }) },
+    'vm.exited': {
+      target: '.stopped',
+      actions: assign({
+        stopReason: ({ event }) => (event.exitCode === 0 && event.signal === null ? 'guest-poweroff' : 'crashed'),
+        ended: ({ event }) => ({ exitCode: event.exitCode, signal: event.signal }),
+      }),
+    },
+    'vm.failed': {
+      target: '.killing',
+      actions: assign({ stopReason: 'crashed', error: ({ event }) => event.error }),
+    },
+  },
+});
+
+export type SandboxSnapshot = SnapshotFrom<typeof sandboxMachine>;
+
+/** The public status of a machine state. `stopping`/`killing` read as draining/stopped. */
+export function statusOf(snapshot: SandboxSnapshot): SandboxStatus {
+  const v = snapshot.value as string;
+  switch (v) {
+    case 'creating':
+    case 'running':
+    case 'paused':
+    case 'draining':
+    case 'stopped':
+      return v;
+    case 'stopping':
+      return 'draining';
+    default:
+      return 'stopped';
+  }
+}
+
+/**
+ * Throws E_ILLEGAL_STATE unless the machine accepts `command` in its current state.
+ *
+ * @example
+ * assertCan(actor.getSnapshot(), { type: 'pause' }); actor.send({ type: 'pause' });
+ */
+export function assertCan(snapshot: SandboxSnapshot, command: SandboxCommand): void {
+  if (snapshot.status === 'done' || !snapshot.can(command)) {
+    const state = String(snapshot.value);
+    throw new CorralError('E_ILLEGAL_STATE', `cannot ${command.type} sandbox "${snapshot.context.name}": it is ${state}`, {
+      details: { state, command: command.type },
+    });
+  }
+}

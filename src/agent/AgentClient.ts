@@ -1,0 +1,339 @@
+/**
+ * Host side of the guest-agent protocol: one connection, many multiplexed exec sessions.
+ *
+ * The guest is untrusted. Every frame is bounded and validated by {@link FrameDecoder}; a
+ * frame that breaks the protocol (oversized, unknown type, a session the host never opened,
+ * output after exit) fails the whole connection with an E_PROTOCOL error delivered through
+ * {@link AgentClient.failed} — it never throws into the caller's stack.
+ */
+
+import type { Socket } from 'node:net';
+import { CorralError } from '../errors.ts';
+import {
+  ExecFlags,
+  FrameDecoder,
+  FrameType,
+  MAX_PAYLOAD,
+  PROTOCOL_VERSION,
+  PayloadReader,
+  PayloadWriter,
+  encodeFrame,
+  type Frame,
+  type FrameTypeCode,
+} from './frame.ts';
+
+/** What the agent announced when it came up. */
+export interface AgentHello {
+  readonly protocolVersion: number;
+  readonly agentVersion: string;
+  /** Guest CLOCK_BOOTTIME when HELLO was sent, ms: kernel boot + agent init. */
+  readonly bootMs: number;
+  /** ms the agent spent before HELLO (mounts, root assembly). */
+  readonly initMs: number;
+}
+
+/** A command to run in the guest. */
+export interface ExecSpec {
+  readonly argv: readonly string[];
+  /** The complete environment (`K=V`); the caller merges defaults. */
+  readonly env: readonly string[];
+  readonly cwd: string;
+  readonly uid?: number;
+  readonly gid?: number;
+  /** Whether the host will send stdin; if false the child's stdin is /dev/null. */
+  readonly stdin?: boolean;
+  readonly mergeStderr?: boolean;
+}
+
+/** Callbacks of one exec session, called in the order the guest sent them. */
+export interface ExecHandlers {
+  started(pid: number): void;
+  stdout(data: Uint8Array): void;
+  stderr(data: Uint8Array): void;
+  exited(code: number | null, signal: number | null): void;
+  /** The exec could not start, or the connection failed under it. Final. */
+  failed(err: Error): void;
+}
+
+/** A running exec session. */
+export interface ExecSession {
+  readonly id: number;
+  /** Sends stdin bytes (chunked to the frame limit). */
+  write(data: Uint8Array): void;
+  /** Closes the child's stdin. */
+  end(): void;
+  /** Sends a signal to the exec's process group. */
+  signal(signo: number): void;
+}
+
+/** Limits that keep a hostile guest from exhausting the host. */
+export interface AgentLimits {
+  /** Most live exec sessions. Default 1024 (the agent's own bound). */
+  readonly maxSessions?: number;
+}
+
+interface Live {
+  readonly handlers: ExecHandlers;
+  started: boolean;
+}
+
+const STDIN_CHUNK = 64 * 1024;
+
+/**
+ * Speaks the agent protocol over a connected stream socket.
+ *
+ * @example
+ * const agent = new AgentClient(socket);
+ * const hello = await agent.ready;
+ * agent.exec({ argv: ['true'], env: [], cwd: '/' }, handlers);
+ */
+export class AgentClient {
+  readonly #socket: Socket;
+  readonly #decoder = new FrameDecoder();
+  readonly #sessions = new Map<number, Live>();
+  readonly #maxSessions: number;
+  #nextId = 1;
+  #pings = new Map<string, () => void>();
+  #configured: Array<() => void> = [];
+  #error: Error | undefined;
+  #closed = false;
+  #hello: AgentHello | undefined;
+
+  /** Resolves with the agent's HELLO; rejects if the connection fails first. */
+  readonly ready: Promise<AgentHello>;
+  /** Resolves (never rejects) with the error that broke the connection, once it breaks. */
+  readonly failed: Promise<Error>;
+
+  #resolveReady!: (h: AgentHello) => void;
+  #rejectReady!: (e: Error) => void;
+  #resolveFailed!: (e: Error) => void;
+
+  constructor(socket: Socket, limits: AgentLimits = {}) {
+    this.#socket = socket;
+    this.#maxSessions = limits.maxSessions ?? 1024;
+    this.ready = new Promise((res, rej) => {
+      this.#resolveReady = res;
+      this.#rejectReady = rej;
+    });
+    this.ready.catch(() => {});
+    this.failed = new Promise((res) => (this.#resolveFailed = res));
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('error', (err) => this.#fail(new CorralError('E_PROTOCOL', `agent connection error: ${err.message}`, { cause: err })));
+    socket.on('close', () => this.#fail(new CorralError('E_VM_CRASHED', 'agent connection closed')));
+  }
+
+  /** The HELLO, once received. */
+  get hello(): AgentHello | undefined {
+    return this.#hello;
+  }
+
+  /** Live exec sessions. */
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
+  exec(spec: ExecSpec, handlers: ExecHandlers): ExecSession {
+    this.#assertOpen();
+    if (this.#sessions.size >= this.#maxSessions) {
+      throw new CorralError('E_EXEC_START', `too many concurrent execs (max ${this.#maxSessions})`);
+    }
+    if (spec.argv.length === 0) throw new TypeError('exec argv must have at least one element');
+    const id = this.#allocateId();
+    const flags = (spec.stdin ? ExecFlags.STDIN : 0) | (spec.mergeStderr ? ExecFlags.MERGE_STDERR : 0);
+    const payload = new PayloadWriter()
+      .u32(flags)
+      .strList(spec.argv)
+      .strList(spec.env)
+      .str(spec.cwd)
+      .u32(spec.uid ?? 0)
+      .u32(spec.gid ?? 0)
+      .finish();
+    if (payload.length > MAX_PAYLOAD) throw new RangeError(`exec request of ${payload.length} bytes exceeds ${MAX_PAYLOAD} (argv + env too large)`);
+    this.#sessions.set(id, { handlers, started: false });
+    this.#send(FrameType.EXEC, id, payload);
+    return {
+      id,
+      write: (data) => {
+        if (!this.#sessions.has(id) || this.#closed) return;
+        for (let off = 0; off < data.length; off += STDIN_CHUNK) {
+          this.#send(FrameType.STDIN, id, data.subarray(off, Math.min(data.length, off + STDIN_CHUNK)));
+        }
+      },
+      end: () => {
+        if (!this.#sessions.has(id) || this.#closed) return;
+        this.#send(FrameType.STDIN, id);
+      },
+      signal: (signo) => {
+        if (!this.#sessions.has(id) || this.#closed) return;
+        this.#send(FrameType.SIGNAL, id, new PayloadWriter().i32(signo).finish());
+      },
+    };
+  }
+
+  /** Round trip through the agent; resolves with the elapsed ms. */
+  async ping(payload: Uint8Array = new Uint8Array(8)): Promise<number> {
+    this.#assertOpen();
+    const t0 = performance.now();
+    const key = `${Buffer.from(payload).toString('hex')}:${t0}`;
+    const tagged = Buffer.concat([Buffer.from(key), Buffer.from([0])]);
+    await new Promise<void>((resolve, reject) => {
+      this.#pings.set(tagged.toString('latin1'), resolve);
+      this.failed.then(reject);
+      this.#send(FrameType.PING, 0, tagged);
+    });
+    return performance.now() - t0;
+  }
+
+  /** Hands the guest its identity: hostname, wall clock, fresh entropy. */
+  async configure(opts: { hostname: string; rngSeed: Uint8Array; now?: number }): Promise<void> {
+    this.#assertOpen();
+    const now = opts.now ?? Date.now();
+    const payload = new PayloadWriter()
+      .str(opts.hostname)
+      .u32(Math.floor(now / 1000))
+      .u32((now % 1000) * 1e6)
+      .bytes(opts.rngSeed)
+      .finish();
+    await new Promise<void>((resolve, reject) => {
+      this.#configured.push(resolve);
+      this.failed.then(reject);
+      this.#send(FrameType.CONFIGURE, 0, payload);
+    });
+  }
+
+  /** Asks the agent to sync and power off. Returns once the request is written. */
+  shutdown(): void {
+    if (this.#closed || this.#error) return;
+    this.#send(FrameType.SHUTDOWN, 0);
+  }
+
+  /** Closes the connection; live sessions fail with `reason`. Idempotent. */
+  close(reason: Error = new CorralError('E_CLOSED', 'agent connection closed')): void {
+    if (this.#closed) return;
+    this.#fail(reason);
+    this.#closed = true;
+    this.#socket.destroy();
+  }
+
+  #assertOpen(): void {
+    if (this.#error) throw this.#error;
+    if (this.#closed) throw new CorralError('E_CLOSED', 'agent connection is closed');
+  }
+
+  #allocateId(): number {
+    for (;;) {
+      const id = this.#nextId;
+      this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
+      if (!this.#sessions.has(id)) return id;
+    }
+  }
+
+  #send(type: FrameTypeCode, session: number, payload?: Uint8Array): void {
+    this.#socket.write(encodeFrame(type, session, payload));
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#error) return;
+    let frames: Frame[];
+    try {
+      frames = this.#decoder.push(chunk);
+      for (const f of frames) this.#dispatch(f);
+    } catch (err) {
+      this.#fail(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  #dispatch(f: Frame): void {
+    if (!this.#hello && f.type !== FrameType.HELLO) {
+      throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type} before HELLO`);
+    }
+    switch (f.type) {
+      case FrameType.HELLO:
+        return this.#onHello(f);
+      case FrameType.PONG: {
+        const key = Buffer.from(f.payload).toString('latin1');
+        const done = this.#pings.get(key);
+        if (!done) throw new CorralError('E_PROTOCOL', 'guest sent a PONG that answers no PING');
+        this.#pings.delete(key);
+        return done();
+      }
+      case FrameType.CONFIGURED: {
+        const done = this.#configured.shift();
+        if (!done) throw new CorralError('E_PROTOCOL', 'guest sent CONFIGURED unasked');
+        return done();
+      }
+      case FrameType.ERROR:
+        return this.#onError(f);
+    }
+    const live = this.#sessions.get(f.session);
+    if (!live) throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type} for session ${f.session}, which is not open`);
+    switch (f.type) {
+      case FrameType.STARTED: {
+        if (live.started) throw new CorralError('E_PROTOCOL', `guest sent STARTED twice for session ${f.session}`);
+        const r = new PayloadReader(f.payload, 'STARTED');
+        const pid = r.i32();
+        r.end();
+        live.started = true;
+        return live.handlers.started(pid);
+      }
+      case FrameType.STDOUT:
+      case FrameType.STDERR:
+        if (!live.started) throw new CorralError('E_PROTOCOL', `guest sent output before STARTED on session ${f.session}`);
+        // Copy: the payload is a view into a decoder buffer that may be reused.
+        return f.type === FrameType.STDOUT ? live.handlers.stdout(Uint8Array.prototype.slice.call(f.payload)) : live.handlers.stderr(Uint8Array.prototype.slice.call(f.payload));
+      case FrameType.EXIT: {
+        if (!live.started) throw new CorralError('E_PROTOCOL', `guest sent EXIT before STARTED on session ${f.session}`);
+        const r = new PayloadReader(f.payload, 'EXIT');
+        const code = r.i32();
+        const signal = r.i32();
+        r.end();
+        this.#sessions.delete(f.session);
+        return live.handlers.exited(signal > 0 ? null : code, signal > 0 ? signal : null);
+      }
+      default:
+        throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type}, which only the host may send`);
+    }
+  }
+
+  #onHello(f: Frame): void {
+    if (this.#hello) throw new CorralError('E_PROTOCOL', 'guest sent HELLO twice');
+    const r = new PayloadReader(f.payload, 'HELLO');
+    const protocolVersion = r.u32();
+    const agentVersion = r.str(256);
+    const bootMs = r.u32();
+    const initMs = r.u32();
+    r.end();
+    if (protocolVersion !== PROTOCOL_VERSION) {
+      throw new CorralError('E_PROTOCOL', `guest agent speaks protocol ${protocolVersion}, host speaks ${PROTOCOL_VERSION}`);
+    }
+    this.#hello = { protocolVersion, agentVersion, bootMs, initMs };
+    this.#resolveReady(this.#hello);
+  }
+
+  #onError(f: Frame): void {
+    const r = new PayloadReader(f.payload, 'ERROR');
+    const errno = r.i32();
+    const message = r.str(4096);
+    r.end();
+    if (f.session === 0) {
+      // The agent complains about something the host sent: a host bug, never the guest's.
+      throw new CorralError('E_AGENT', `guest agent rejected a request: ${message} (errno ${errno})`);
+    }
+    const live = this.#sessions.get(f.session);
+    if (!live) throw new CorralError('E_PROTOCOL', `guest sent ERROR for session ${f.session}, which is not open`);
+    this.#sessions.delete(f.session);
+    live.handlers.failed(new CorralError('E_EXEC_START', message, { details: { errno } }));
+  }
+
+  #fail(err: Error): void {
+    if (this.#error) return;
+    this.#error = err;
+    this.#rejectReady(err);
+    this.#resolveFailed(err);
+    const sessions = [...this.#sessions.values()];
+    this.#sessions.clear();
+    for (const s of sessions) s.handlers.failed(err);
+    this.#socket.destroy();
+  }
+}

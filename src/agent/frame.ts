@@ -1,0 +1,196 @@
+/**
+ * The wire format between the host and the guest agent (native/agent/PROTOCOL.md).
+ *
+ * A frame is a 12-byte header (u32 length, u32 session, u16 type, u16 flags; little-endian)
+ * and a payload of at most {@link MAX_PAYLOAD} bytes. The guest is hostile: the decoder
+ * bounds every length before allocating and rejects what it does not know.
+ */
+
+import { CorralError } from '../errors.ts';
+
+export const HEADER_SIZE = 12;
+/** Largest payload either side may send (1 MiB). */
+export const MAX_PAYLOAD = 1024 * 1024;
+export const PROTOCOL_VERSION = 1;
+
+export const FrameType = {
+  HELLO: 1,
+  EXEC: 2,
+  STDIN: 3,
+  STDOUT: 4,
+  STDERR: 5,
+  STARTED: 6,
+  EXIT: 7,
+  SIGNAL: 8,
+  ERROR: 9,
+  SHUTDOWN: 10,
+  PING: 11,
+  PONG: 12,
+  CONFIGURE: 13,
+  CONFIGURED: 14,
+} as const;
+export type FrameTypeName = keyof typeof FrameType;
+export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
+
+/** Frame types the guest may send to the host. */
+const GUEST_TYPES: ReadonlySet<number> = new Set([
+  FrameType.HELLO,
+  FrameType.STDOUT,
+  FrameType.STDERR,
+  FrameType.STARTED,
+  FrameType.EXIT,
+  FrameType.ERROR,
+  FrameType.PONG,
+  FrameType.CONFIGURED,
+]);
+
+export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2 } as const;
+
+export interface Frame {
+  readonly type: number;
+  readonly session: number;
+  readonly payload: Uint8Array;
+}
+
+function protocolError(message: string): CorralError<'E_PROTOCOL'> {
+  return new CorralError('E_PROTOCOL', message);
+}
+
+/** Encodes one frame. */
+export function encodeFrame(type: FrameTypeCode, session: number, payload: Uint8Array = new Uint8Array(0)): Buffer {
+  if (payload.length > MAX_PAYLOAD) throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+  const buf = Buffer.allocUnsafe(HEADER_SIZE + payload.length);
+  buf.writeUInt32LE(payload.length, 0);
+  buf.writeUInt32LE(session >>> 0, 4);
+  buf.writeUInt16LE(type, 8);
+  buf.writeUInt16LE(0, 10);
+  buf.set(payload, HEADER_SIZE);
+  return buf;
+}
+
+/**
+ * Incremental decoder of guest→host frames. Feed it chunks as they arrive; it returns the
+ * whole frames they complete, and throws an E_PROTOCOL error on anything malformed. After a
+ * throw the stream is unusable (the caller fails the sandbox).
+ */
+export class FrameDecoder {
+  #chunks: Buffer[] = [];
+  #buffered = 0;
+  readonly #accept: ReadonlySet<number>;
+
+  constructor(options: { accept?: ReadonlySet<number> } = {}) {
+    this.#accept = options.accept ?? GUEST_TYPES;
+  }
+
+  /** Bytes held for an incomplete frame. Never exceeds HEADER_SIZE + MAX_PAYLOAD + one chunk. */
+  get buffered(): number {
+    return this.#buffered;
+  }
+
+  push(chunk: Buffer): Frame[] {
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+    const frames: Frame[] = [];
+    while (this.#buffered >= HEADER_SIZE) {
+      const head = this.#peek(HEADER_SIZE);
+      const length = head.readUInt32LE(0);
+      const session = head.readUInt32LE(4);
+      const type = head.readUInt16LE(8);
+      const flags = head.readUInt16LE(10);
+      if (length > MAX_PAYLOAD) throw protocolError(`guest sent a frame of ${length} bytes (max ${MAX_PAYLOAD})`);
+      if (flags !== 0) throw protocolError(`guest sent a frame with flags 0x${flags.toString(16)} (must be 0)`);
+      if (!this.#accept.has(type)) throw protocolError(`guest sent a frame of unknown type ${type}`);
+      if (this.#buffered < HEADER_SIZE + length) break;
+      const whole = this.#take(HEADER_SIZE + length);
+      frames.push({ type, session, payload: whole.subarray(HEADER_SIZE) });
+    }
+    return frames;
+  }
+
+  #peek(n: number): Buffer {
+    const first = this.#chunks[0]!;
+    if (first.length >= n) return first;
+    const joined = Buffer.concat(this.#chunks);
+    this.#chunks = [joined];
+    return joined;
+  }
+
+  #take(n: number): Buffer {
+    const head = this.#peek(n);
+    const out = head.subarray(0, n);
+    const rest = head.subarray(n);
+    if (rest.length > 0) this.#chunks[0] = rest;
+    else this.#chunks.shift();
+    this.#buffered -= n;
+    return out;
+  }
+}
+
+/** Writer of control payloads: u32/i32 and length-prefixed strings. */
+export class PayloadWriter {
+  #parts: Buffer[] = [];
+  u32(v: number): this {
+    const b = Buffer.allocUnsafe(4);
+    b.writeUInt32LE(v >>> 0, 0);
+    this.#parts.push(b);
+    return this;
+  }
+  i32(v: number): this {
+    const b = Buffer.allocUnsafe(4);
+    b.writeInt32LE(v | 0, 0);
+    this.#parts.push(b);
+    return this;
+  }
+  bytes(v: Uint8Array): this {
+    this.u32(v.length);
+    this.#parts.push(Buffer.from(v.buffer, v.byteOffset, v.length));
+    return this;
+  }
+  str(v: string): this {
+    if (v.includes('\0')) throw new TypeError('strings sent to the guest may not contain NUL');
+    return this.bytes(Buffer.from(v, 'utf8'));
+  }
+  strList(v: readonly string[]): this {
+    this.u32(v.length);
+    for (const s of v) this.str(s);
+    return this;
+  }
+  finish(): Buffer {
+    return Buffer.concat(this.#parts);
+  }
+}
+
+/** Reader of control payloads; every read is bounds-checked and throws E_PROTOCOL. */
+export class PayloadReader {
+  #off = 0;
+  readonly #buf: Buffer;
+  constructor(payload: Uint8Array, readonly what: string) {
+    this.#buf = Buffer.from(payload.buffer, payload.byteOffset, payload.length);
+  }
+  #need(n: number): void {
+    if (this.#off + n > this.#buf.length) throw protocolError(`truncated ${this.what} payload`);
+  }
+  u32(): number {
+    this.#need(4);
+    const v = this.#buf.readUInt32LE(this.#off);
+    this.#off += 4;
+    return v;
+  }
+  i32(): number {
+    this.#need(4);
+    const v = this.#buf.readInt32LE(this.#off);
+    this.#off += 4;
+    return v;
+  }
+  str(maxBytes = 64 * 1024): string {
+    const n = this.u32();
+    if (n > maxBytes) throw protocolError(`string of ${n} bytes in ${this.what} payload (max ${maxBytes})`);
+    this.#need(n);
+    const s = this.#buf.toString('utf8', this.#off, this.#off + n);
+    this.#off += n;
+    return s;
+  }
+  end(): void {
+    if (this.#off !== this.#buf.length) throw protocolError(`${this.#buf.length - this.#off} trailing bytes in ${this.what} payload`);
+  }
+}

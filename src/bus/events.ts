@@ -1,0 +1,78 @@
+/**
+ * Every event corral emits, as one discriminated union.
+ *
+ * Events are namespaced and past tense. Each carries the sandbox `name`, a per-sandbox
+ * sequence number `seq` (1, 2, 3… for the life of one sandbox actor, no gaps) and a wall
+ * clock timestamp `ts` (ms since the epoch). The worker that hosts a sandbox stamps them, so
+ * the order seen by every subscriber is the order things happened in that sandbox.
+ */
+
+import type { SerializedError } from '../errors.ts';
+
+/** Why a sandbox stopped. */
+export type StopReason = 'requested' | 'killed' | 'crashed' | 'drained' | 'max-duration' | 'idle-timeout' | 'boot-failed' | 'guest-poweroff';
+
+/** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
+export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';
+
+/** How the VM's CPUs are run. */
+export type Accel = 'kvm' | 'tcg';
+
+interface Base {
+  readonly name: string;
+  readonly seq: number;
+  readonly ts: number;
+}
+
+/** Event bodies before the worker stamps `name`, `seq` and `ts`. */
+export type SandboxEventBody =
+  | { readonly type: 'sandbox.creating'; readonly image: string; readonly memoryMib: number; readonly cpus: number }
+  | { readonly type: 'sandbox.vm.spawned'; readonly pid: number; readonly accel: Accel; readonly accelReason: string }
+  | {
+      readonly type: 'sandbox.started';
+      readonly pid: number;
+      readonly accel: Accel;
+      /** ms from the create command to the agent's HELLO. */
+      readonly bootMs: number;
+      /** ms the guest kernel + agent took, as the agent measured it (CLOCK_BOOTTIME at HELLO). */
+      readonly guestBootMs: number;
+      readonly agentVersion: string;
+    }
+  | { readonly type: 'sandbox.paused' }
+  | { readonly type: 'sandbox.resumed' }
+  | { readonly type: 'sandbox.draining'; readonly inFlight: number }
+  | { readonly type: 'sandbox.stopping'; readonly reason: StopReason }
+  | {
+      readonly type: 'sandbox.stopped';
+      readonly reason: StopReason;
+      readonly exitCode: number | null;
+      readonly signal: string | null;
+      readonly error?: SerializedError;
+    }
+  | { readonly type: 'sandbox.failed'; readonly error: SerializedError }
+  | { readonly type: 'sandbox.state'; readonly state: string; readonly status: SandboxStatus }
+  | { readonly type: 'exec.started'; readonly execId: number; readonly argv: readonly string[]; readonly pid: number }
+  | { readonly type: 'exec.stdout'; readonly execId: number; readonly data: Uint8Array }
+  | { readonly type: 'exec.stderr'; readonly execId: number; readonly data: Uint8Array }
+  | {
+      readonly type: 'exec.exited';
+      readonly execId: number;
+      readonly code: number | null;
+      readonly signal: number | null;
+      readonly durationMs: number;
+    }
+  | { readonly type: 'exec.failed'; readonly execId: number; readonly error: SerializedError };
+
+/** A stamped event, as subscribers see it. */
+export type SandboxEvent = SandboxEventBody & Base;
+
+/** The `type` strings of all events. */
+export type SandboxEventType = SandboxEvent['type'];
+
+/** The event whose `type` is `T`. */
+export type EventOf<T extends SandboxEventType> = Extract<SandboxEvent, { type: T }>;
+
+/** True for events that concern one exec session. */
+export function isExecEvent(e: SandboxEvent): e is Extract<SandboxEvent, { execId: number }> {
+  return e.type.startsWith('exec.');
+}

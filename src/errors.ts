@@ -1,0 +1,117 @@
+/**
+ * corral's errors: one base class, a stable `code` per failure kind.
+ *
+ * Codes are part of the public API (listed in the README): callers branch on `err.code`,
+ * never on the message. Errors that cross a worker or socket boundary are rebuilt from
+ * `{ name, code, message }` by {@link serializeError}/{@link deserializeError}.
+ */
+
+export const ErrorCodes = {
+  E_INVALID_OPTION: 'an option given to the builder or an API call is not allowed',
+  E_SANDBOX_NOT_FOUND: 'no sandbox with that name',
+  E_SANDBOX_EXISTS: 'a sandbox with that name already exists',
+  E_ILLEGAL_STATE: 'the command is not allowed in the sandbox\'s current state',
+  E_SETUP_MISSING: 'the runtime artifacts (kernel, agent, images) are not built: run the setup script',
+  E_IMAGE_NOT_FOUND: 'the image is not known locally',
+  E_BOOT_FAILED: 'the VM did not come up',
+  E_VM_CRASHED: 'the VM process ended unexpectedly',
+  E_PROTOCOL: 'the guest sent something the host does not accept',
+  E_AGENT: 'the guest agent reported an error',
+  E_EXEC_START: 'the command could not be started in the guest',
+  E_EXEC_NOT_FOUND: 'no running exec with that id',
+  E_TIMEOUT: 'the operation did not finish in time',
+  E_ABORTED: 'the operation was aborted by its signal',
+  E_CLOSED: 'the object was closed',
+  E_QMP: 'qemu\'s QMP interface returned an error',
+  E_STORE: 'the state store could not be read or written',
+} as const;
+
+/** A stable error code. */
+export type ErrorCode = keyof typeof ErrorCodes;
+
+/**
+ * Base class of every error corral throws on purpose.
+ *
+ * @example
+ * try { await sb.exec('x'); } catch (e) { if (e instanceof CorralError && e.code === 'E_ILLEGAL_STATE') … }
+ */
+export class CorralError<C extends ErrorCode = ErrorCode> extends Error {
+  override name = 'CorralError';
+  constructor(readonly code: C, message: string, options?: ErrorOptions & { details?: Record<string, unknown> }) {
+    super(message, options);
+    if (options?.details) this.details = options.details;
+  }
+  /** Extra machine-readable facts (state name, option name, exit detail…). */
+  details?: Record<string, unknown>;
+}
+
+/** Shorthand used across the code base. */
+export function corralError<C extends ErrorCode>(code: C, message: string, options?: ErrorOptions & { details?: Record<string, unknown> }): CorralError<C> {
+  return new CorralError(code, message, options);
+}
+
+/** A plain, structured-cloneable picture of an error. */
+export interface SerializedError {
+  readonly name: string;
+  readonly message: string;
+  readonly code?: string;
+  readonly details?: Record<string, unknown>;
+  readonly stack?: string;
+  readonly cause?: SerializedError;
+}
+
+/** Flattens an error so it survives postMessage / JSON with its name, code and cause. */
+export function serializeError(err: unknown, depth = 0): SerializedError {
+  if (err instanceof Error) {
+    const out: { -readonly [K in keyof SerializedError]: SerializedError[K] } = {
+      name: err.name,
+      message: err.message,
+    };
+    if (err.stack !== undefined) out.stack = err.stack;
+    const code = (err as { code?: unknown }).code;
+    if (typeof code === 'string') out.code = code;
+    const details = (err as { details?: unknown }).details;
+    if (details && typeof details === 'object') out.details = details as Record<string, unknown>;
+    if (err.cause !== undefined && depth < 4) out.cause = serializeError(err.cause, depth + 1);
+    return out;
+  }
+  return { name: 'Error', message: String(err) };
+}
+
+/** Rebuilds an error from {@link serializeError}'s output; corral codes come back as CorralError. */
+export function deserializeError(s: SerializedError): Error {
+  const cause = s.cause ? deserializeError(s.cause) : undefined;
+  const opts = cause ? { cause } : undefined;
+  let err: Error;
+  if (s.code && s.code in ErrorCodes) {
+    err = new CorralError(s.code as ErrorCode, s.message, { ...opts, ...(s.details ? { details: s.details } : {}) });
+  } else if (s.name === 'TypeError') {
+    err = new TypeError(s.message, opts);
+  } else if (s.name === 'RangeError') {
+    err = new RangeError(s.message, opts);
+  } else {
+    err = new Error(s.message, opts);
+    err.name = s.name;
+    if (s.code) (err as { code?: string }).code = s.code;
+  }
+  if (s.stack) err.stack = s.stack;
+  return err;
+}
+
+/** An option error: a TypeError/RangeError whose message names the option and what is allowed. */
+export class InvalidOptionError extends CorralError<'E_INVALID_OPTION'> {
+  override name = 'InvalidOptionError';
+  constructor(readonly option: string, allowed: string, got: unknown) {
+    super('E_INVALID_OPTION', `invalid option ${option}: ${allowed} (got ${describe(got)})`, { details: { option, allowed } });
+  }
+}
+
+function describe(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.length > 80 ? `${v.slice(0, 77)}...` : v);
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);
+  try {
+    return JSON.stringify(v)?.slice(0, 80) ?? typeof v;
+  } catch {
+    return typeof v;
+  }
+}

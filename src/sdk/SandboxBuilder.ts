@@ -1,0 +1,141 @@
+/**
+ * The fluent builder of a sandbox (microsandbox's `Sandbox::builder`, one for one where it
+ * applies). Every setter validates at once and names the option it rejects.
+ */
+
+import {
+  DEFAULTS,
+  LIMITS,
+  normalizeConfig,
+  validateAbsolutePath,
+  validateEnvName,
+  validateEnvValue,
+  validateImage,
+  validateInt,
+  validateName,
+  type SandboxConfig,
+} from '../config.ts';
+import { InvalidOptionError } from '../errors.ts';
+import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
+import { parseAccel, type AccelOption } from '../vm/accel.ts';
+import type { Sandbox } from './Sandbox.ts';
+
+type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor }) => Promise<Sandbox>;
+
+/**
+ * @example
+ * const sb = await Sandbox.builder('worker').image('corral/base').memory(256).cpus(1)
+ *   .workdir('/app').env('DEBUG', 'true').create();
+ */
+export class SandboxBuilder {
+  #config: { -readonly [K in keyof SandboxConfig]: SandboxConfig[K] };
+  #replace = false;
+  #supervisor: Supervisor | undefined;
+  readonly #create: Create;
+
+  /** @internal use `Sandbox.builder(name)`. */
+  constructor(name: string, create: Create) {
+    this.#create = create;
+    this.#config = {
+      name: validateName(name),
+      image: DEFAULTS.image,
+      memoryMib: DEFAULTS.memoryMib,
+      cpus: DEFAULTS.cpus,
+      workdir: DEFAULTS.workdir,
+      shell: DEFAULTS.shell,
+      env: {},
+      labels: {},
+      accel: DEFAULTS.accel,
+      bootTimeoutMs: DEFAULTS.bootTimeoutMs,
+      stopTimeoutMs: DEFAULTS.stopTimeoutMs,
+    };
+  }
+
+  /** The root filesystem: `corral/base` (default, built by setup). */
+  image(ref: string): this {
+    this.#config.image = validateImage(ref);
+    return this;
+  }
+
+  /** Guest memory in MiB (64–65536). */
+  memory(mib: number): this {
+    this.#config.memoryMib = validateInt(mib, 'memory', LIMITS.memoryMib, ' MiB');
+    return this;
+  }
+
+  /** Virtual CPUs (1–64). */
+  cpus(n: number): this {
+    this.#config.cpus = validateInt(n, 'cpus', LIMITS.cpus);
+    return this;
+  }
+
+  /** Default working directory of execs; created at boot if missing. */
+  workdir(path: string): this {
+    this.#config.workdir = validateAbsolutePath(path, 'workdir');
+    return this;
+  }
+
+  /** Shell used by `sandbox.shell()`. Default `/bin/sh`. */
+  shell(path: string): this {
+    this.#config.shell = validateAbsolutePath(path, 'shell');
+    return this;
+  }
+
+  /** Sets one environment variable for every exec. */
+  env(name: string, value: string): this {
+    validateEnvName(name);
+    this.#config.env = { ...this.#config.env, [name]: validateEnvValue(name, value) };
+    if (Object.keys(this.#config.env).length > LIMITS.envMaxEntries) {
+      throw new InvalidOptionError('env', `at most ${LIMITS.envMaxEntries} variables`, Object.keys(this.#config.env).length);
+    }
+    return this;
+  }
+
+  /** Sets a label (for listing and filtering). */
+  label(key: string, value: string): this {
+    const labels = { ...this.#config.labels, [key]: value };
+    normalizeConfig({ name: this.#config.name, labels }); // validates with the field path
+    this.#config.labels = labels;
+    return this;
+  }
+
+  /** CPU acceleration: `auto` (default: KVM where it really works, else TCG), `kvm`, `tcg`. */
+  accel(value: AccelOption): this {
+    this.#config.accel = parseAccel(value);
+    return this;
+  }
+
+  /** How long boot may take. */
+  bootTimeoutMs(ms: number): this {
+    this.#config.bootTimeoutMs = validateInt(ms, 'bootTimeoutMs', LIMITS.timeoutMs, ' ms');
+    return this;
+  }
+
+  /** How long a graceful stop may take before kill. */
+  stopTimeoutMs(ms: number): this {
+    this.#config.stopTimeoutMs = validateInt(ms, 'stopTimeoutMs', LIMITS.timeoutMs, ' ms');
+    return this;
+  }
+
+  /** Replace a same-named sandbox instead of failing on the conflict. */
+  replace(): this {
+    this.#replace = true;
+    return this;
+  }
+
+  /** Use this supervisor instead of the process-wide default. */
+  supervisor(sup: Supervisor): this {
+    this.#supervisor = sup;
+    return this;
+  }
+
+  /** The config as plain JSON-serialisable data, without booting anything. */
+  build(): SandboxConfig {
+    return normalizeConfig(structuredClone(this.#config));
+  }
+
+  /** Boots the sandbox; resolves once it runs. */
+  create(options: Omit<CreateOptions, 'replace'> = {}): Promise<Sandbox> {
+    return this.#create(this.build(), { ...options, replace: this.#replace, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * Exec results and streams, assembled in the caller's thread from the sandbox's events.
+ */
+
+import { Observable, Subject } from 'rxjs';
+import type { SandboxEvent } from '../bus/events.ts';
+import { CorralError, deserializeError } from '../errors.ts';
+
+/** Options of one exec. */
+export interface ExecOptions {
+  /** Extra environment, merged over the sandbox's. */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Working directory; default the sandbox's workdir. */
+  readonly cwd?: string;
+  /** Bytes or text to feed the command's stdin, then EOF. */
+  readonly stdin?: string | Uint8Array;
+  /** Send stderr into stdout. */
+  readonly mergeStderr?: boolean;
+  /** Kill the command's whole process group after this long; the result says `timedOut`. */
+  readonly timeoutMs?: number;
+  /** Abort: kills the command and rejects with E_ABORTED. */
+  readonly signal?: AbortSignal;
+}
+
+/** How a command ended, with its collected output. */
+export class ExecResult {
+  constructor(
+    readonly execId: number,
+    /** Exit code; null when a signal ended it. */
+    readonly code: number | null,
+    /** Signal number that ended it, if any. */
+    readonly signal: number | null,
+    readonly stdoutBytes: Uint8Array,
+    readonly stderrBytes: Uint8Array,
+    readonly durationMs: number,
+    /** True when `timeoutMs` ran out and corral killed it. */
+    readonly timedOut: boolean,
+  ) {}
+
+  /** stdout decoded as UTF-8. */
+  get stdout(): string {
+    return Buffer.from(this.stdoutBytes.buffer, this.stdoutBytes.byteOffset, this.stdoutBytes.length).toString('utf8');
+  }
+
+  /** stderr decoded as UTF-8. */
+  get stderr(): string {
+    return Buffer.from(this.stderrBytes.buffer, this.stderrBytes.byteOffset, this.stderrBytes.length).toString('utf8');
+  }
+
+  /** Exit code 0. */
+  get ok(): boolean {
+    return this.code === 0;
+  }
+
+  /** Why it ended, in words. */
+  get reason(): 'exited' | 'signaled' | 'timeout' {
+    return this.timedOut ? 'timeout' : this.signal !== null ? 'signaled' : 'exited';
+  }
+
+  toJSON() {
+    return { execId: this.execId, code: this.code, signal: this.signal, stdout: this.stdout, stderr: this.stderr, durationMs: this.durationMs, reason: this.reason };
+  }
+}
+
+/** Items an exec stream yields. */
+export type ExecStreamItem =
+  | { readonly type: 'started'; readonly pid: number }
+  | { readonly type: 'stdout'; readonly data: Uint8Array }
+  | { readonly type: 'stderr'; readonly data: Uint8Array }
+  | { readonly type: 'exited'; readonly code: number | null; readonly signal: number | null; readonly durationMs: number; readonly timedOut: boolean };
+
+/** Control of a running exec. */
+export interface ExecControl {
+  write(data: string | Uint8Array): Promise<void>;
+  end(): Promise<void>;
+  kill(signo?: number): Promise<void>;
+}
+
+/**
+ * A running command as both an AsyncIterable and an Observable of {@link ExecStreamItem}s.
+ *
+ * @example
+ * for await (const item of sb.execStream('seq', ['1', '3'])) if (item.type === 'stdout') process.stdout.write(item.data);
+ */
+export class ExecStream implements AsyncIterable<ExecStreamItem> {
+  readonly #subject = new Subject<ExecStreamItem>();
+  readonly #queue: ExecStreamItem[] = [];
+  #waiter: (() => void) | undefined;
+  #error: Error | undefined;
+  #done = false;
+  /** Whoever consumes first decides: the iterator drains the queue, or items$ replays it once. */
+  #mode: 'unset' | 'iterator' | 'observable' = 'unset';
+  /** Resolves with the exit (no output collected); rejects if the exec could not run. */
+  readonly exited: Promise<Extract<ExecStreamItem, { type: 'exited' }>>;
+  #resolveExit!: (x: Extract<ExecStreamItem, { type: 'exited' }>) => void;
+  #rejectExit!: (e: Error) => void;
+
+  constructor(
+    readonly execId: number,
+    readonly control: ExecControl,
+  ) {
+    this.exited = new Promise((res, rej) => {
+      this.#resolveExit = res;
+      this.#rejectExit = rej;
+    });
+    this.exited.catch(() => {});
+  }
+
+  /**
+   * Every item, as an Observable. The first subscriber also gets what arrived before it
+   * subscribed; later subscribers see items from their subscription on.
+   */
+  get items$(): Observable<ExecStreamItem> {
+    return new Observable<ExecStreamItem>((subscriber) => {
+      if (this.#mode === 'iterator') throw new CorralError('E_ILLEGAL_STATE', 'this exec stream is already being iterated');
+      if (this.#mode === 'unset') {
+        this.#mode = 'observable';
+        const backlog = this.#queue.splice(0);
+        for (const item of backlog) subscriber.next(item);
+        if (this.#error) return subscriber.error(this.#error);
+        if (this.#done) return subscriber.complete();
+      }
+      return this.#subject.subscribe(subscriber);
+    });
+  }
+
+  /** Sends stdin (only if the stream was opened with `stdin: 'pipe'`). */
+  write(data: string | Uint8Array): Promise<void> {
+    return this.control.write(data);
+  }
+
+  /** Closes stdin. */
+  end(): Promise<void> {
+    return this.control.end();
+  }
+
+  /** Signals the command's process group (default SIGKILL). */
+  kill(signo = 9): Promise<void> {
+    return this.control.kill(signo);
+  }
+
+  /** @internal fed by the Sandbox from the event stream. */
+  push(item: ExecStreamItem): void {
+    if (this.#done) return;
+    if (this.#mode === 'observable') this.#subject.next(item);
+    else this.#queue.push(item);
+    if (item.type === 'exited') {
+      this.#done = true;
+      this.#resolveExit(item);
+      this.#subject.complete();
+    }
+    this.#wake();
+  }
+
+  /** @internal */
+  fail(err: Error): void {
+    if (this.#done) return;
+    this.#done = true;
+    this.#error = err;
+    this.#rejectExit(err);
+    this.#subject.error(err);
+    this.#wake();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<ExecStreamItem> {
+    if (this.#mode !== 'unset') throw new CorralError('E_ILLEGAL_STATE', 'an exec stream can be consumed once (iterate it, or subscribe to items$)');
+    this.#mode = 'iterator';
+    try {
+      for (;;) {
+        const item = this.#queue.shift();
+        if (item) {
+          yield item;
+          if (item.type === 'exited') return;
+          continue;
+        }
+        if (this.#error) throw this.#error;
+        if (this.#done) return;
+        await new Promise<void>((r) => (this.#waiter = r));
+      }
+    } finally {
+      // A consumer that stops early (break) does not want the command any more.
+      if (!this.#done) await this.kill().catch(() => {});
+    }
+  }
+
+  #wake(): void {
+    const w = this.#waiter;
+    this.#waiter = undefined;
+    w?.();
+  }
+}
+
+/** Feeds one exec's events into a stream. Returns true once the exec is finished. */
+export function routeExecEvent(stream: ExecStream, e: SandboxEvent, timedOut: () => boolean): boolean {
+  switch (e.type) {
+    case 'exec.started':
+      stream.push({ type: 'started', pid: e.pid });
+      return false;
+    case 'exec.stdout':
+      stream.push({ type: 'stdout', data: e.data });
+      return false;
+    case 'exec.stderr':
+      stream.push({ type: 'stderr', data: e.data });
+      return false;
+    case 'exec.exited':
+      stream.push({ type: 'exited', code: e.code, signal: e.signal, durationMs: e.durationMs, timedOut: timedOut() });
+      return true;
+    case 'exec.failed':
+      stream.fail(deserializeError(e.error));
+      return true;
+    default:
+      return false;
+  }
+}

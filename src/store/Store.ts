@@ -1,0 +1,96 @@
+/**
+ * What must survive a process: one LMDB environment in the state dir.
+ *
+ * `sandboxes` holds one record per sandbox name: its config, its last known state, and the
+ * process that owns it (pid + start time), so a newcomer can tell a live sandbox from one
+ * whose owner died.
+ */
+
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import type { SandboxStatus, StopReason } from '../bus/events.ts';
+import type { SandboxConfig } from '../config.ts';
+import { CorralError } from '../errors.ts';
+
+/** A sandbox as the store remembers it. */
+export interface SandboxRecord {
+  readonly name: string;
+  readonly config: SandboxConfig;
+  readonly status: SandboxStatus;
+  readonly state: string;
+  /** The process hosting the sandbox's actor, and the qemu pid. */
+  readonly ownerPid: number | null;
+  readonly vmPid: number | null;
+  readonly stopReason: StopReason | null;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/**
+ * @example
+ * const store = Store.open('/var/lib/corral'); store.putSandbox(rec); await store.close();
+ */
+export class Store {
+  readonly #root: RootDatabase;
+  readonly #sandboxes: Database<SandboxRecord, string>;
+  #closed = false;
+
+  private constructor(root: RootDatabase) {
+    this.#root = root;
+    this.#sandboxes = root.openDB<SandboxRecord, string>({ name: 'sandboxes' });
+  }
+
+  /** Opens (creating if needed) the store under `stateDir`. */
+  static open(stateDir: string): Store {
+    try {
+      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      const root = open({ path: join(stateDir, 'store.lmdb'), maxDbs: 16, compression: false });
+      return new Store(root);
+    } catch (err) {
+      throw new CorralError('E_STORE', `cannot open the state store in ${stateDir}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  getSandbox(name: string): SandboxRecord | undefined {
+    this.#assertOpen();
+    return this.#sandboxes.get(name);
+  }
+
+  /** Writes a record; resolves once it is durable. */
+  async putSandbox(rec: SandboxRecord): Promise<void> {
+    this.#assertOpen();
+    await this.#sandboxes.put(rec.name, rec);
+  }
+
+  /** Updates some fields of an existing record (no-op if it is gone). */
+  async patchSandbox(name: string, patch: Partial<Omit<SandboxRecord, 'name' | 'createdAt'>>): Promise<void> {
+    this.#assertOpen();
+    await this.#sandboxes.transaction(() => {
+      const cur = this.#sandboxes.get(name);
+      if (cur) this.#sandboxes.putSync(name, { ...cur, ...patch, updatedAt: Date.now() });
+    });
+  }
+
+  async removeSandbox(name: string): Promise<void> {
+    this.#assertOpen();
+    await this.#sandboxes.remove(name);
+  }
+
+  listSandboxes(): SandboxRecord[] {
+    this.#assertOpen();
+    return [...this.#sandboxes.getRange()].map((e) => e.value);
+  }
+
+  /** Flushes and closes. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#root.flushed;
+    await this.#root.close();
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new CorralError('E_CLOSED', 'the store is closed');
+  }
+}

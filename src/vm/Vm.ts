@@ -1,0 +1,243 @@
+/**
+ * One qemu microVM process: spawn, attach the agent and QMP, supervise, end.
+ *
+ * Ownership rules that keep the host clean:
+ * - qemu is started through `setpriv --pdeathsig KILL`, so if the thread that spawned it
+ *   (the sandbox worker) or its process dies, the kernel kills qemu: an attached VM never
+ *   outlives its owner, even after SIGKILL of the host process.
+ * - the agent and QMP sockets live in a private temp dir that is removed as soon as qemu
+ *   has connected to both (qemu is the connecting side), so no socket file outlives boot.
+ * - {@link Vm.exited} always settles; {@link Vm.kill} always ends the process.
+ */
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentClient, type AgentHello } from '../agent/AgentClient.ts';
+import type { Accel } from '../bus/events.ts';
+import { CorralError } from '../errors.ts';
+import { QmpClient } from './QmpClient.ts';
+import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
+
+/** How a VM process ended. */
+export interface VmExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** Options of {@link Vm.boot}. */
+export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpSocket'> {
+  readonly qemu: string;
+  /** How long to wait for the agent's HELLO. Default 60 000 ms (TCG on a loaded host is slow). */
+  readonly bootTimeoutMs?: number;
+  readonly signal?: AbortSignal;
+  /** Called with the pid as soon as qemu is spawned. */
+  readonly onSpawn?: (pid: number) => void;
+}
+
+/** Bytes of console output kept for error messages. */
+const CONSOLE_TAIL = 16 * 1024;
+
+/**
+ * @example
+ * const vm = await Vm.boot({ qemu, kernel, initramfs, memoryMib: 256, cpus: 1, accel: 'tcg', lower, hostname: 'a' });
+ * vm.agent.exec(…); await vm.shutdown();
+ */
+export class Vm {
+  readonly #child: ChildProcess;
+  #console = '';
+  #exit: VmExit | undefined;
+  readonly #exited: Promise<VmExit>;
+  agent!: AgentClient;
+  qmp!: QmpClient;
+  hello!: AgentHello;
+  readonly accel: Accel;
+
+  private constructor(child: ChildProcess, accel: Accel) {
+    this.#child = child;
+    this.accel = accel;
+    child.stdout?.setEncoding('utf8');
+    child.stderr?.setEncoding('utf8');
+    const keep = (s: string) => {
+      this.#console = (this.#console + s).slice(-CONSOLE_TAIL);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    this.#exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.#exit = { code, signal };
+        resolve(this.#exit);
+      });
+      child.once('error', () => {
+        this.#exit ??= { code: null, signal: null };
+        resolve(this.#exit);
+      });
+    });
+  }
+
+  /** The qemu process id. */
+  get pid(): number {
+    return this.#child.pid ?? -1;
+  }
+
+  /** Settles when the qemu process has ended, however it ended. */
+  get exited(): Promise<VmExit> {
+    return this.#exited;
+  }
+
+  /** True once the process has ended. */
+  get isExited(): boolean {
+    return this.#exit !== undefined;
+  }
+
+  /** The last ~16 KiB of the serial console and qemu's stderr. */
+  get consoleTail(): string {
+    return this.#console;
+  }
+
+  /** Spawns qemu and waits for the agent's HELLO. On any failure nothing is left running. */
+  static async boot(opts: VmBootOptions): Promise<Vm> {
+    const dir = await mkdtemp(join(tmpdir(), 'corral-run-'));
+    const agentPath = join(dir, 'a.sock');
+    const qmpPath = join(dir, 'q.sock');
+    const servers: Server[] = [];
+    let vm: Vm | undefined;
+    try {
+      const agentConn = listenOnce(agentPath, servers);
+      const qmpConn = listenOnce(qmpPath, servers);
+      await Promise.all(servers.map((s) => new Promise<void>((res, rej) => s.once('listening', res).once('error', rej))));
+      const args = qemuArgs({ ...opts, agentSocket: agentPath, qmpSocket: qmpPath });
+      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', opts.qemu, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      vm = new Vm(child, opts.accel);
+      const spawned = vm;
+      await new Promise<void>((res, rej) => {
+        child.once('spawn', res);
+        child.once('error', (e) => rej(new CorralError('E_BOOT_FAILED', `could not start qemu: ${e.message}`, { cause: e })));
+      });
+      opts.onSpawn?.(vm.pid);
+
+      const exitedEarly = vm.exited.then((x) => {
+        throw new CorralError('E_BOOT_FAILED', `qemu exited during boot (${describeExit(x)}): ${lastLines(spawned.consoleTail)}`, {
+          details: { exitCode: x.code, signal: x.signal },
+        });
+      });
+      const timeoutMs = opts.bootTimeoutMs ?? 60_000;
+      const deadline = rejectAfter(timeoutMs, opts.signal, () => `no agent HELLO within ${timeoutMs} ms: ${lastLines(spawned.consoleTail)}`);
+      try {
+        const [agentSock, qmpSock] = await Promise.race([Promise.all([agentConn, qmpConn]), exitedEarly, deadline.promise]);
+        // Both connected: the socket files have served their purpose.
+        await rm(dir, { recursive: true, force: true });
+        vm.agent = new AgentClient(agentSock);
+        vm.qmp = new QmpClient(qmpSock);
+        vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
+        await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
+      } finally {
+        deadline.cancel();
+        exitedEarly.catch(() => {});
+      }
+      return vm;
+    } catch (err) {
+      if (vm) {
+        vm.kill();
+        await vm.exited;
+      }
+      throw err instanceof CorralError ? err : new CorralError('E_BOOT_FAILED', `VM boot failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      for (const s of servers) s.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /** Freezes the vCPUs (QMP `stop`). */
+  async pause(): Promise<void> {
+    await this.qmp.execute('stop');
+  }
+
+  /** Thaws the vCPUs (QMP `cont`). */
+  async resume(): Promise<void> {
+    await this.qmp.execute('cont');
+  }
+
+  /**
+   * Graceful end: the agent syncs and powers off; after `timeoutMs` QMP `quit`; after
+   * another second SIGKILL. Resolves with how the process ended.
+   */
+  async shutdown(timeoutMs = 10_000): Promise<VmExit> {
+    if (this.#exit) return this.#exit;
+    this.agent?.shutdown();
+    if (await settlesWithin(this.#exited, timeoutMs)) return this.#exited;
+    await this.qmp?.execute('quit').catch(() => {});
+    if (await settlesWithin(this.#exited, 1000)) return this.#exited;
+    this.kill();
+    return this.#exited;
+  }
+
+  /** SIGKILL. Idempotent; safe after exit. */
+  kill(): void {
+    if (this.#exit) return;
+    // setpriv has exec'd into qemu, so the pid is qemu's own.
+    this.#child.kill('SIGKILL');
+  }
+
+  /** Closes the host ends of the sockets (after the process ended). */
+  closeChannels(reason?: Error): void {
+    this.agent?.close(reason);
+    this.qmp?.close();
+  }
+}
+
+function listenOnce(path: string, servers: Server[]): Promise<Socket> {
+  const server = createServer();
+  servers.push(server);
+  const conn = new Promise<Socket>((resolve) => {
+    server.once('connection', (sock) => {
+      server.close();
+      resolve(sock);
+    });
+  });
+  server.listen(path);
+  return conn;
+}
+
+function rejectAfter(ms: number, signal: AbortSignal | undefined, message: () => string) {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const promise = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CorralError('E_TIMEOUT', message())), ms);
+    if (signal) {
+      onAbort = () => reject(new CorralError('E_ABORTED', 'boot aborted', { cause: signal.reason }));
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    }
+  });
+  promise.catch(() => {});
+  return {
+    promise,
+    cancel() {
+      clearTimeout(timer);
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+    },
+  };
+}
+
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<false>((res) => (timer = setTimeout(() => res(false), ms)));
+  const r = await Promise.race([p.then(() => true as const), t]);
+  clearTimeout(timer);
+  return r;
+}
+
+/** "exit code 1" / "signal SIGKILL". */
+export function describeExit(x: VmExit): string {
+  return x.signal ? `signal ${x.signal}` : `exit code ${x.code}`;
+}
+
+function lastLines(text: string, n = 12): string {
+  const lines = text.trimEnd().split('\n');
+  return lines.length ? `\n${lines.slice(-n).join('\n')}` : '(no console output)';
+}

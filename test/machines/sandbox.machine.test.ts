@@ -1,0 +1,127 @@
+// The lifecycle chart on its own, with fake VM actors: the machine file holds no I/O, so its
+// rules (which command is legal where, stop reasons, drain) are checked without a VM here.
+// The same rules run against real VMs in test/sdk/*.test.ts.
+import { describe, expect, it } from 'vitest';
+import { createActor, fromPromise, waitFor } from 'xstate';
+import { assertCan, sandboxMachine, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
+import { CorralError } from '../../src/errors.ts';
+
+function fakeMachine(opts: { bootFails?: boolean } = {}) {
+  const log: string[] = [];
+  let endStop!: (v: VmEnded) => void;
+  const machine = sandboxMachine.provide({
+    actors: {
+      bootVm: fromPromise<VmBooted, SandboxInput>(async () => {
+        if (opts.bootFails) throw new Error('no kernel');
+        return { pid: 42, accel: 'tcg', bootMs: 1 };
+      }),
+      stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: string }>(async ({ input }) => {
+        log.push(`stopVm:${input.reason}:${input.timeoutMs}`);
+        return new Promise<VmEnded>((r) => (endStop = r));
+      }),
+      killVm: fromPromise<VmEnded, void>(async () => {
+        log.push('killVm');
+        return { exitCode: null, signal: 'SIGKILL' };
+      }),
+    },
+    actions: {
+      startExec: (_, p: { execId: number }) => void log.push(`exec:${p.execId}`),
+      pauseVm: () => void log.push('pause'),
+      resumeVm: () => void log.push('resume'),
+      abortExecs: () => void log.push('abort'),
+    },
+  });
+  const actor = createActor(machine, { input: { name: 'm', stopTimeoutMs: 500 } });
+  actor.start();
+  return { actor, log, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
+}
+
+describe('sandbox machine', () => {
+  it('boots into running and counts execs in flight', async () => {
+    const { actor, log } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'exec', execId: 1 });
+    actor.send({ type: 'exec', execId: 2 });
+    expect(actor.getSnapshot().context.inFlight).toBe(2);
+    actor.send({ type: 'exec.done', execId: 1 });
+    expect(actor.getSnapshot().context.inFlight).toBe(1);
+    expect(log).toEqual(['exec:1', 'exec:2']);
+  });
+
+  it('refuses exec while paused with an error that names the state', async () => {
+    const { actor, log } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'pause' });
+    expect(actor.getSnapshot().value).toBe('paused');
+    expect(() => assertCan(actor.getSnapshot(), { type: 'exec', execId: 1 })).toThrowError(/cannot exec sandbox "m": it is paused/);
+    expect(() => assertCan(actor.getSnapshot(), { type: 'pause' })).toThrowError(CorralError);
+    actor.send({ type: 'resume' });
+    expect(actor.getSnapshot().value).toBe('running');
+    expect(() => assertCan(actor.getSnapshot(), { type: 'resume' })).toThrowError(/cannot resume sandbox "m": it is running/);
+    expect(log).toEqual(['pause', 'resume']);
+  });
+
+  it('drains: refuses new execs, waits for running ones, then stops with reason drained', async () => {
+    const { actor, log, finishStop } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'exec', execId: 1 });
+    actor.send({ type: 'drain' });
+    expect(actor.getSnapshot().value).toBe('draining');
+    expect(() => assertCan(actor.getSnapshot(), { type: 'exec', execId: 2 })).toThrowError(/it is draining/);
+    actor.send({ type: 'exec.done', execId: 1 });
+    expect(actor.getSnapshot().value).toBe('stopping');
+    finishStop();
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('drained');
+    expect(log).toEqual(['exec:1', 'stopVm:drained:500', 'abort']);
+  });
+
+  it('stops gracefully with reason requested and records how the VM ended', async () => {
+    const { actor, finishStop } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'stop' });
+    // The VM ending during a stop is the stop working, not a crash.
+    actor.send({ type: 'vm.exited', exitCode: 0, signal: null });
+    expect(actor.getSnapshot().value).toBe('stopping');
+    finishStop({ exitCode: 0, signal: null });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('requested');
+    expect(s.context.ended).toEqual({ exitCode: 0, signal: null });
+  });
+
+  it('escalates a stop to kill on request', async () => {
+    const { actor, log } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'stop' });
+    actor.send({ type: 'kill' });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('killed');
+    expect(log).toContain('killVm');
+  });
+
+  it('records a VM that died on its own as crashed', async () => {
+    const { actor } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'vm.exited', exitCode: null, signal: 'SIGSEGV' });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('crashed');
+    expect(s.context.ended).toEqual({ exitCode: null, signal: 'SIGSEGV' });
+  });
+
+  it('kills the VM when the agent connection breaks', async () => {
+    const { actor, log } = fakeMachine();
+    await waitFor(actor, (s) => s.value === 'running');
+    actor.send({ type: 'vm.failed', error: { name: 'CorralError', message: 'bad frame', code: 'E_PROTOCOL' } });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('crashed');
+    expect(s.context.error?.code).toBe('E_PROTOCOL');
+    expect(log).toContain('killVm');
+  });
+
+  it('ends in stopped with reason boot-failed when boot fails', async () => {
+    const { actor } = fakeMachine({ bootFails: true });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('boot-failed');
+    expect(s.context.error?.message).toBe('no kernel');
+  });
+});

@@ -1,0 +1,16 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    // Each file runs in a child process: sandbox workers are threads of that process, and a
+    // crashed file cannot take the others' VMs with it.
+    pool: 'forks',
+    maxWorkers: 2,
+    testTimeout: 120_000,
+    hookTimeout: 300_000,
+    teardownTimeout: 60_000,
+    globalSetup: ['test/globalSetup.ts'],
+    reporters: ['default'],
+  },
+});

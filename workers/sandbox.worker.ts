@@ -1,0 +1,411 @@
+/**
+ * The worker thread that hosts one sandbox actor.
+ *
+ * It owns the VM process (spawned from this thread, so the VM dies with it), runs the
+ * lifecycle machine with real actors provided, stamps every event (`name`, `seq`, `ts`) and
+ * posts it on the events port, and exposes {@link SandboxWorkerApi} over Comlink on the
+ * control port. It never imports the supervisor.
+ */
+
+import '../src/supervisor/comlinkErrors.ts';
+import { expose } from 'comlink';
+import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
+import { randomBytes } from 'node:crypto';
+import { workerData, type MessagePort } from 'node:worker_threads';
+import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { assertCan, sandboxMachine, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
+import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
+import type { SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
+import type { SandboxConfig } from '../src/config.ts';
+import { CorralError, serializeError, type SerializedError } from '../src/errors.ts';
+import { prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
+import { Vm } from '../src/vm/Vm.ts';
+
+/** What the supervisor hands a new worker. */
+export interface SandboxWorkerData {
+  readonly config: SandboxConfig;
+  readonly stateDir: string;
+  readonly control: MessagePort;
+  readonly events: MessagePort;
+}
+
+/** A command to run, as the SDK sends it. */
+export interface ExecRequest {
+  readonly argv: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly stdin?: boolean;
+  readonly mergeStderr?: boolean;
+}
+
+/** A sandbox's facts, as `sandbox.info()` returns them. */
+export interface SandboxInfo {
+  readonly name: string;
+  readonly status: SandboxStatus;
+  readonly state: string;
+  readonly pid: number | null;
+  readonly accel: string | null;
+  readonly accelReason: string | null;
+  readonly bootMs: number | null;
+  readonly guestBootMs: number | null;
+  readonly agentVersion: string | null;
+  readonly inFlight: number;
+  readonly stopReason: StopReason | null;
+  readonly exitCode: number | null;
+  readonly exitSignal: string | null;
+  readonly error: SerializedError | null;
+}
+
+/** The Comlink surface of a sandbox worker. */
+export interface SandboxWorkerApi {
+  /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
+  start(): Promise<SandboxInfo>;
+  exec(execId: number, req: ExecRequest): Promise<void>;
+  writeStdin(execId: number, data: Uint8Array): void;
+  closeStdin(execId: number): void;
+  signalExec(execId: number, signo: number): void;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  drain(): Promise<SandboxInfo>;
+  stop(timeoutMs?: number): Promise<SandboxInfo>;
+  kill(): Promise<SandboxInfo>;
+  info(): SandboxInfo;
+  /** Resolves once the sandbox reached `stopped`, however it got there. */
+  stopped(): Promise<SandboxInfo>;
+  /** ms of one agent PING round trip (a raw port round trip, bypassing exec). */
+  ping(bytes: number): Promise<number>;
+}
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+class SandboxHost implements SandboxWorkerApi {
+  readonly #config: SandboxConfig;
+  readonly #stateDir: string;
+  readonly #events: MessagePort;
+  readonly #actor: Actor<typeof sandboxMachine>;
+  readonly #pending = new Map<number, ExecRequest>();
+  readonly #sessions = new Map<number, ExecSession>();
+  #seq = 0;
+  #vm: Vm | undefined;
+  #root: PreparedRoot | undefined;
+  #accelReason: string | null = null;
+  #guestBootMs: number | null = null;
+  #agentVersion: string | null = null;
+  #lastValue = '';
+  #createdAt = performance.now();
+  #imageEnv: Record<string, string> = {};
+
+  constructor(data: SandboxWorkerData) {
+    this.#config = data.config;
+    this.#stateDir = data.stateDir;
+    this.#events = data.events;
+    const machine = sandboxMachine.provide({
+      actors: {
+        bootVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#boot(signal)),
+        stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(({ input }) => this.#stopVm(input.timeoutMs, input.reason)),
+        killVm: fromPromise<VmEnded, void>(() => this.#killVm()),
+      },
+      actions: {
+        startExec: (_, params: { execId: number }) => this.#startExec(params.execId),
+        pauseVm: () => this.#qmp('stop'),
+        resumeVm: () => this.#qmp('cont'),
+        abortExecs: (_, params: { reason: string }) => this.#vm?.closeChannels(new CorralError('E_VM_CRASHED', params.reason)),
+      },
+    });
+    this.#actor = createActor(machine, { input: { name: data.config.name, stopTimeoutMs: data.config.stopTimeoutMs } });
+    this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
+  }
+
+  // ── API ────────────────────────────────────────────────────────────────────
+
+  async start(): Promise<SandboxInfo> {
+    this.#createdAt = performance.now();
+    this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
+    this.#actor.start();
+    const s = await waitFor(this.#actor, (s) => s.value !== 'creating');
+    if (s.value === 'stopped' && s.context.error) {
+      throw new CorralError('E_BOOT_FAILED', `sandbox "${this.#config.name}" failed to boot: ${s.context.error.message}`, {
+        details: { error: s.context.error },
+      });
+    }
+    if (this.#config.workdir !== '/') await this.#ensureWorkdir();
+    return this.info();
+  }
+
+  async exec(execId: number, req: ExecRequest): Promise<void> {
+    if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
+    assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
+    this.#pending.set(execId, req);
+    this.#actor.send({ type: 'exec', execId });
+  }
+
+  writeStdin(execId: number, data: Uint8Array): void {
+    this.#session(execId).write(data);
+  }
+
+  closeStdin(execId: number): void {
+    this.#session(execId).end();
+  }
+
+  signalExec(execId: number, signo: number): void {
+    if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new RangeError(`signal must be an integer from 1 to 64 (got ${signo})`);
+    this.#session(execId).signal(signo);
+  }
+
+  async pause(): Promise<void> {
+    this.#command({ type: 'pause' });
+    await waitFor(this.#actor, (s) => s.value !== 'running');
+  }
+
+  async resume(): Promise<void> {
+    this.#command({ type: 'resume' });
+  }
+
+  async drain(): Promise<SandboxInfo> {
+    this.#command({ type: 'drain' });
+    return this.stopped();
+  }
+
+  async stop(timeoutMs?: number): Promise<SandboxInfo> {
+    const s = this.#actor.getSnapshot();
+    if (s.status === 'done') return this.info();
+    if (timeoutMs !== undefined) (s.context as { stopTimeoutMs: number }).stopTimeoutMs = timeoutMs;
+    if (s.value === 'stopping' || s.value === 'killing') return this.stopped();
+    this.#command({ type: 'stop' });
+    return this.stopped();
+  }
+
+  async kill(): Promise<SandboxInfo> {
+    const s = this.#actor.getSnapshot();
+    if (s.status === 'done' || s.value === 'killing') return this.stopped();
+    this.#command({ type: 'kill' });
+    return this.stopped();
+  }
+
+  info(): SandboxInfo {
+    const s = this.#actor.getSnapshot();
+    const c = s.context;
+    return {
+      name: this.#config.name,
+      status: statusOf(s),
+      state: String(s.value),
+      pid: c.vm?.pid ?? this.#vm?.pid ?? null,
+      accel: c.vm?.accel ?? null,
+      accelReason: this.#accelReason,
+      bootMs: c.vm?.bootMs ?? null,
+      guestBootMs: this.#guestBootMs,
+      agentVersion: this.#agentVersion,
+      inFlight: c.inFlight,
+      stopReason: c.stopReason ?? null,
+      exitCode: c.ended?.exitCode ?? null,
+      exitSignal: c.ended?.signal ?? null,
+      error: c.error ?? null,
+    };
+  }
+
+  async stopped(): Promise<SandboxInfo> {
+    await waitFor(this.#actor, (s) => s.status === 'done', { timeout: Infinity });
+    return this.info();
+  }
+
+  async ping(bytes: number): Promise<number> {
+    const vm = this.#requireVm();
+    return vm.agent.ping(new Uint8Array(Math.min(Math.max(bytes, 0), 1000)));
+  }
+
+  // ── machine implementations ─────────────────────────────────────────────────
+
+  async #boot(signal: AbortSignal): Promise<VmBooted> {
+    const choice = resolveAccel(this.#config.accel);
+    this.#accelReason = choice.reason;
+    this.#root = await prepareRoot(this.#config, this.#stateDir);
+    this.#imageEnv = this.#root.imageEnv;
+    const t0 = this.#createdAt;
+    const vm = await Vm.boot({
+      qemu: this.#root.qemu,
+      kernel: this.#root.kernel,
+      initramfs: this.#root.initramfs,
+      lower: this.#root.lower,
+      upper: this.#root.upper,
+      memoryMib: this.#config.memoryMib,
+      cpus: this.#config.cpus,
+      accel: choice.accel,
+      hostname: this.#config.name,
+      tscKhz: hostTscKhz(),
+      bootTimeoutMs: this.#config.bootTimeoutMs,
+      signal,
+      onSpawn: (pid) => this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason }),
+    });
+    this.#vm = vm;
+    this.#guestBootMs = vm.hello.bootMs;
+    this.#agentVersion = vm.hello.agentVersion;
+    // From here on the VM can die or misbehave at any time: tell the machine.
+    vm.exited.then((x) => {
+      const v = this.#actor.getSnapshot().value;
+      if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
+    });
+    vm.agent.failed.then((err) => {
+      if (!vm.isExited && this.#actor.getSnapshot().status !== 'done') {
+        const v = this.#actor.getSnapshot().value;
+        if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+      }
+    });
+    return { pid: vm.pid, accel: vm.accel, bootMs: performance.now() - t0 };
+  }
+
+  async #stopVm(timeoutMs: number, _reason: StopReason): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    const x = await vm.shutdown(timeoutMs);
+    return { exitCode: x.code, signal: x.signal };
+  }
+
+  async #killVm(): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    vm.kill();
+    const x = await vm.exited;
+    return { exitCode: x.code, signal: x.signal };
+  }
+
+  #startExec(execId: number): void {
+    const req = this.#pending.get(execId);
+    this.#pending.delete(execId);
+    const vm = this.#vm;
+    if (!req || !vm) return;
+    const t0 = performance.now();
+    const done = () => {
+      this.#sessions.delete(execId);
+      this.#actor.send({ type: 'exec.done', execId });
+    };
+    const handlers: ExecHandlers = {
+      started: (pid) => this.#emit({ type: 'exec.started', execId, argv: req.argv, pid }),
+      stdout: (data) => this.#emit({ type: 'exec.stdout', execId, data }),
+      stderr: (data) => this.#emit({ type: 'exec.stderr', execId, data }),
+      exited: (code, signal) => {
+        this.#emit({ type: 'exec.exited', execId, code, signal, durationMs: performance.now() - t0 });
+        done();
+      },
+      failed: (err) => {
+        this.#emit({ type: 'exec.failed', execId, error: serializeError(err) });
+        done();
+      },
+    };
+    try {
+      const env = { PATH: DEFAULT_PATH, HOME: '/root', ...this.#imageEnv, ...this.#config.env, ...req.env };
+      const session = vm.agent.exec(
+        {
+          argv: req.argv,
+          env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+          cwd: req.cwd ?? this.#config.workdir,
+          stdin: req.stdin ?? false,
+          mergeStderr: req.mergeStderr ?? false,
+        },
+        handlers,
+      );
+      this.#sessions.set(execId, session);
+    } catch (err) {
+      handlers.failed(err as Error);
+    }
+  }
+
+  #qmp(command: 'stop' | 'cont'): void {
+    this.#vm?.qmp.execute(command).catch((err: Error) => {
+      if (this.#actor.getSnapshot().status !== 'done') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+    });
+  }
+
+  /** Creates the workdir in the writable layer (images rarely ship it). */
+  async #ensureWorkdir(): Promise<void> {
+    const vm = this.#requireVm();
+    await new Promise<void>((resolve, reject) => {
+      vm.agent.exec(
+        { argv: ['mkdir', '-p', this.#config.workdir], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' },
+        {
+          started: () => {},
+          stdout: () => {},
+          stderr: () => {},
+          exited: (code) => (code === 0 ? resolve() : reject(new CorralError('E_BOOT_FAILED', `could not create workdir ${this.#config.workdir} (mkdir exit ${code})`))),
+          failed: reject,
+        },
+      );
+    });
+  }
+
+  // ── events ─────────────────────────────────────────────────────────────────
+
+  #onSnapshot(s: SandboxSnapshot): void {
+    const value = String(s.value);
+    const prev = this.#lastValue;
+    if (value === prev) return;
+    this.#lastValue = value;
+    this.#emit({ type: 'sandbox.state', state: value, status: statusOf(s) });
+    const c = s.context;
+    switch (value) {
+      case 'running':
+        if (prev === 'creating' && c.vm) {
+          this.#emit({
+            type: 'sandbox.started',
+            pid: c.vm.pid,
+            accel: c.vm.accel,
+            bootMs: c.vm.bootMs,
+            guestBootMs: this.#guestBootMs ?? 0,
+            agentVersion: this.#agentVersion ?? '',
+          });
+        } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed' });
+        break;
+      case 'paused':
+        this.#emit({ type: 'sandbox.paused' });
+        break;
+      case 'draining':
+        this.#emit({ type: 'sandbox.draining', inFlight: c.inFlight });
+        break;
+      case 'stopping':
+      case 'killing':
+        this.#emit({ type: 'sandbox.stopping', reason: c.stopReason ?? (value === 'killing' ? 'killed' : 'requested') });
+        break;
+      case 'stopped': {
+        if (c.error) this.#emit({ type: 'sandbox.failed', error: c.error });
+        const ended = c.ended;
+        this.#emit({
+          type: 'sandbox.stopped',
+          reason: c.stopReason ?? 'requested',
+          exitCode: ended?.exitCode ?? null,
+          signal: ended?.signal ?? null,
+          ...(c.error ? { error: c.error } : {}),
+        });
+        // Whatever path led here, no VM process outlives the stopped state.
+        this.#vm?.kill();
+        break;
+      }
+    }
+  }
+
+  #emit(body: SandboxEventBody): void {
+    const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
+    const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
+    this.#events.postMessage(event, transfer);
+  }
+
+  // ── helpers ────────────────────────────────────────────────────────────────
+
+  #command(command: { type: 'pause' } | { type: 'resume' } | { type: 'drain' } | { type: 'stop' } | { type: 'kill' }): void {
+    assertCan(this.#actor.getSnapshot(), command);
+    this.#actor.send(command);
+  }
+
+  #session(execId: number): ExecSession {
+    const s = this.#sessions.get(execId);
+    if (!s) throw new CorralError('E_EXEC_NOT_FOUND', `no running exec ${execId} in sandbox "${this.#config.name}"`);
+    return s;
+  }
+
+  #requireVm(): Vm {
+    if (!this.#vm || this.#vm.isExited) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.#config.name}" has no running VM`);
+    return this.#vm;
+  }
+}
+
+const data = workerData as SandboxWorkerData;
+expose(new SandboxHost(data), nodeEndpoint(data.control as never));
