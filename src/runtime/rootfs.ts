@@ -52,7 +52,8 @@ export async function prepareRoot(config: SandboxConfig, stateDir: string): Prom
     await rename(tmp, upper);
   }
   return {
-    qemu: a.qemu,
+    // CORRAL_QEMU swaps the VM binary (the tests' hostile fake guest uses it).
+    qemu: process.env.CORRAL_QEMU || a.qemu,
     kernel: a.kernel,
     initramfs: a.initramfs,
     lower: { path: image.rootfs, fstype: image.fstype },

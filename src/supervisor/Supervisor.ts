@@ -167,9 +167,11 @@ export class Supervisor {
     const events$ = this.#bus.forSandbox(config.name);
     const ctl = new SandboxController(config, worker, api, events$, this);
     this.#live.set(config.name, ctl);
-    control.port1.unref();
-    events.port1.unref();
     events.port1.on('message', (e: SandboxEvent) => this.#onEvent(e));
+    // Unref after adding listeners: adding a 'message' listener refs a port again. Comlink
+    // adds one per pending call, so the control port holds the process only during calls.
+    events.port1.unref();
+    control.port1.unref();
     worker.on('error', (err) => {
       // A worker that throws at top level never answers again: fail its record.
       void this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' }).catch(() => {});

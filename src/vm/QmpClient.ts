@@ -51,7 +51,9 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
       this.emit('close');
     });
     this.ready = (async () => {
-      await Promise.race([greeting, this.#failure()]);
+      const failure = this.#failure();
+      failure.catch(() => {}); // it settles later, when the connection closes
+      await Promise.race([greeting, failure]);
       await this.execute('qmp_capabilities');
     })();
     this.ready.catch(() => {});

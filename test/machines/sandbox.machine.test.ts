@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise, waitFor } from 'xstate';
 import { assertCan, sandboxMachine, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
+import type { StopReason } from '../../src/bus/events.ts';
 import { CorralError } from '../../src/errors.ts';
 
 function fakeMachine(opts: { bootFails?: boolean } = {}) {
@@ -15,7 +16,7 @@ function fakeMachine(opts: { bootFails?: boolean } = {}) {
         if (opts.bootFails) throw new Error('no kernel');
         return { pid: 42, accel: 'tcg', bootMs: 1 };
       }),
-      stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: string }>(async ({ input }) => {
+      stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(async ({ input }) => {
         log.push(`stopVm:${input.reason}:${input.timeoutMs}`);
         return new Promise<VmEnded>((r) => (endStop = r));
       }),

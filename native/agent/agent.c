@@ -1,0 +1,1240 @@
+/*
+ * corral guest agent: serves the host↔guest protocol (PROTOCOL.md) over one port.
+ *
+ * Single-threaded poll() loop. Everything the agent writes to the port goes through one
+ * output queue (outq) that is flushed with non-blocking writes, so frames are always whole,
+ * never interleaved, and the agent never stalls on a slow host: while the queue is long,
+ * it simply stops reading child output (back-pressure onto the children).
+ */
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- protocol constants (PROTOCOL.md) ---- */
+
+enum frame_type {
+	T_HELLO = 1,
+	T_EXEC = 2,
+	T_STDIN = 3,
+	T_STDOUT = 4,
+	T_STDERR = 5,
+	T_STARTED = 6,
+	T_EXIT = 7,
+	T_SIGNAL = 8,
+	T_ERROR = 9,
+	T_SHUTDOWN = 10,
+	T_PING = 11,
+	T_PONG = 12,
+	T_CONFIGURE = 13,
+	T_CONFIGURED = 14,
+};
+
+#define HEADER_SIZE 12
+#define MAX_PAYLOAD (1024u * 1024u)
+#define MAX_SESSIONS 1024
+#define MAX_PING 1024
+#define OUTPUT_CHUNK (64 * 1024)           /* STDOUT/STDERR frame payload cap */
+#define STDIN_LIMIT (4u * 1024 * 1024)     /* pending stdin per session */
+#define EXEC_STDIN 1u
+#define EXEC_MERGE_STDERR 2u
+
+/* Back-pressure thresholds on the output queue. */
+#define OUTQ_PAUSE_CHILDREN (1024 * 1024)  /* stop reading child output above this */
+#define OUTQ_PAUSE_PORT (8 * 1024 * 1024)  /* stop reading host frames above this */
+
+#define PORT_READ_CHUNK (256 * 1024)
+#define PORT_BACKOFF_MS 20
+
+/* RNDADDENTROPY from <linux/random.h>, which musl-gcc cannot include. */
+#define RNDADDENTROPY _IOW('R', 0x03, int[2])
+
+/* ---- logging and small utilities ---- */
+
+static int log_fd = -1; /* /dev/kmsg once available; stderr otherwise */
+
+void log_use_kmsg(void)
+{
+	if (log_fd < 0)
+		log_fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC | O_NOCTTY);
+}
+
+void logmsg(const char *fmt, ...)
+{
+	char line[512];
+	int off = snprintf(line, sizeof line, "%scorral-agent: ", log_fd >= 0 ? "<3>" : "");
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(line + off, sizeof line - off - 1, fmt, ap);
+	va_end(ap);
+	size_t len = off + (n < 0 ? 0 : (size_t)n);
+	if (len > sizeof line - 2)
+		len = sizeof line - 2;
+	line[len++] = '\n';
+	ssize_t w = write(log_fd >= 0 ? log_fd : STDERR_FILENO, line, len);
+	(void)w; /* nowhere to report a failing log */
+}
+
+void ensure_std_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0)
+			continue;
+		int n = open("/dev/null", O_RDWR | O_NOCTTY);
+		if (n >= 0 && n != fd) {
+			dup2(n, fd);
+			close(n);
+		}
+	}
+}
+
+uint64_t clock_ms(int clock_id)
+{
+	struct timespec ts;
+	clock_gettime(clock_id, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+static void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---- byte queue: data lives in p[off .. off+len) ---- */
+
+struct buf {
+	uint8_t *p;
+	size_t off, len, cap;
+};
+
+/* Returns room for n more bytes at the tail (commit them with buf_commit), or NULL. */
+static uint8_t *buf_reserve(struct buf *b, size_t n)
+{
+	if (b->off + b->len + n <= b->cap)
+		return b->p + b->off + b->len;
+	/* Compact when the consumed head is at least as big as the live data (so the copy
+	 * costs no more than what was consumed); otherwise grow. */
+	if (b->off > 0 && b->off >= b->len) {
+		memmove(b->p, b->p + b->off, b->len);
+		b->off = 0;
+		if (b->len + n <= b->cap)
+			return b->p + b->len;
+	}
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < b->off + b->len + n)
+		cap *= 2;
+	uint8_t *p = realloc(b->p, cap);
+	if (!p)
+		return NULL;
+	b->p = p;
+	b->cap = cap;
+	return b->p + b->off + b->len;
+}
+
+static void buf_commit(struct buf *b, size_t n) { b->len += n; }
+
+static void buf_consume(struct buf *b, size_t n)
+{
+	b->off += n;
+	b->len -= n;
+	if (b->len == 0)
+		b->off = 0;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof *b);
+}
+
+static const uint8_t *buf_data(const struct buf *b) { return b->p + b->off; }
+
+/* ---- global state ---- */
+
+struct session {
+	bool used;
+	uint32_t id;
+	uint32_t gen;      /* bumped on reuse, so stale poll entries are recognised */
+	pid_t pid;         /* also the process group id (setsid) */
+	bool reaped;
+	int status;        /* wait status, valid once reaped */
+	int in_fd;         /* our end of the child's stdin, -1 if closed/unused */
+	int out_fd, err_fd;
+	bool stdin_used;   /* exec flag bit 0 */
+	bool stdin_eof;    /* host sent the zero-length STDIN: close once flushed */
+	struct buf inq;    /* stdin not yet accepted by the pipe */
+};
+
+static struct session sessions[MAX_SESSIONS];
+static unsigned live_sessions;
+
+static bool port_mode;        /* --port: host-testing mode */
+static int port_fd = -1;
+static int sig_fd = -1;
+static struct buf outq;       /* frames to the host */
+static struct buf inq;        /* bytes from the host, not yet parsed */
+static uint64_t skip_bytes;   /* payload of a rejected frame still to discard */
+static uint64_t port_backoff_until; /* VM mode: host side disconnected, retry then */
+static unsigned complaints;
+static uint64_t start_ms;
+static struct rlimit nofile_orig; /* restored in children */
+
+/* ---- frame output ---- */
+
+static void put_header(uint8_t *p, uint32_t len, uint32_t session, uint16_t type)
+{
+	put_u32(p, len);
+	put_u32(p + 4, session);
+	p[8] = type;
+	p[9] = type >> 8;
+	p[10] = p[11] = 0;
+}
+
+static void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len)
+{
+	uint8_t *p = buf_reserve(&outq, HEADER_SIZE + len);
+	if (!p) {
+		logmsg("out of memory: dropped a frame of type %u", type);
+		return;
+	}
+	put_header(p, len, session, type);
+	if (len)
+		memcpy(p + HEADER_SIZE, payload, len);
+	buf_commit(&outq, HEADER_SIZE + len);
+}
+
+/* A frame whose payload is n i32s (STARTED: 1, EXIT: 2). */
+static void send_i32s(uint16_t type, uint32_t session, int n, int32_t a, int32_t b)
+{
+	uint8_t p[8];
+	put_u32(p, (uint32_t)a);
+	put_u32(p + 4, (uint32_t)b);
+	send_frame(type, session, p, 4 * n);
+}
+
+/* ERROR frame: i32 errno, str message. */
+static void send_error(uint32_t session, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void send_error(uint32_t session, int err, const char *fmt, ...)
+{
+	uint8_t p[8 + 512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf((char *)p + 8, sizeof p - 8, fmt, ap);
+	va_end(ap);
+	size_t len = n < 0 ? 0 : (size_t)n >= sizeof p - 8 ? sizeof p - 9 : (size_t)n;
+	put_u32(p, (uint32_t)err);
+	put_u32(p + 4, len);
+	send_frame(T_ERROR, session, p, 8 + len);
+}
+
+/* A protocol complaint: ERROR on session 0. Logged, but only the first few. */
+#define complain(err, ...)                                                     \
+	do {                                                                   \
+		send_error(0, (err), __VA_ARGS__);                             \
+		if (++complaints <= 16)                                        \
+			logmsg("protocol: " __VA_ARGS__);                      \
+	} while (0)
+
+static void send_hello(void)
+{
+	uint8_t p[64];
+	size_t vl = strlen(AGENT_VERSION);
+	put_u32(p, PROTOCOL_VERSION);
+	put_u32(p + 4, vl);
+	memcpy(p + 8, AGENT_VERSION, vl);
+	put_u32(p + 8 + vl, (uint32_t)clock_ms(CLOCK_BOOTTIME));
+	put_u32(p + 12 + vl, (uint32_t)(clock_ms(CLOCK_MONOTONIC) - start_ms));
+	send_frame(T_HELLO, 0, p, 16 + vl);
+}
+
+/* ---- payload reader: every read is bounds-checked; errors are sticky ---- */
+
+struct reader {
+	const uint8_t *p;
+	size_t len, off;
+	bool bad;
+};
+
+static uint32_t rd_u32(struct reader *r)
+{
+	if (r->bad || r->len - r->off < 4) {
+		r->bad = true;
+		return 0;
+	}
+	uint32_t v = get_u32(r->p + r->off);
+	r->off += 4;
+	return v;
+}
+
+/* Reads a str/bytes field; returns a pointer into the payload and its length. */
+static const uint8_t *rd_bytes(struct reader *r, uint32_t *n)
+{
+	*n = rd_u32(r);
+	if (r->bad || r->len - r->off < *n) {
+		r->bad = true;
+		*n = 0;
+		return NULL;
+	}
+	const uint8_t *s = r->p + r->off;
+	r->off += *n;
+	return s;
+}
+
+/* Reads a str (no embedded NUL) and copies it NUL-terminated to *pool. */
+static char *rd_str(struct reader *r, char **pool)
+{
+	uint32_t n;
+	const uint8_t *s = rd_bytes(r, &n);
+	if (r->bad || memchr(s, 0, n)) {
+		r->bad = true;
+		return NULL;
+	}
+	char *out = *pool;
+	memcpy(out, s, n);
+	out[n] = '\0';
+	*pool += n + 1;
+	return out;
+}
+
+/* Reads a strlist into a NULL-terminated, malloc'd pointer array. */
+static char **rd_strlist(struct reader *r, char **pool, uint32_t *count)
+{
+	*count = rd_u32(r);
+	/* Each str takes at least 4 bytes: bounds the allocation by the payload size. */
+	if (r->bad || *count > (r->len - r->off) / 4) {
+		r->bad = true;
+		return NULL;
+	}
+	char **v = calloc((size_t)*count + 1, sizeof *v);
+	if (!v) {
+		r->bad = true;
+		return NULL;
+	}
+	for (uint32_t i = 0; i < *count && !r->bad; i++)
+		v[i] = rd_str(r, pool);
+	return v;
+}
+
+static bool rd_done(struct reader *r) { return !r->bad && r->off == r->len; }
+
+/* ---- sessions ---- */
+
+static struct session *session_find(uint32_t id)
+{
+	for (int i = 0; i < MAX_SESSIONS; i++)
+		if (sessions[i].used && sessions[i].id == id)
+			return &sessions[i];
+	return NULL;
+}
+
+static struct session *session_alloc(uint32_t id)
+{
+	for (int i = 0; i < MAX_SESSIONS; i++) {
+		struct session *s = &sessions[i];
+		if (!s->used) {
+			uint32_t gen = s->gen + 1;
+			memset(s, 0, sizeof *s);
+			s->used = true;
+			s->gen = gen;
+			s->id = id;
+			s->in_fd = s->out_fd = s->err_fd = -1;
+			live_sessions++;
+			return s;
+		}
+	}
+	return NULL;
+}
+
+static void session_free(struct session *s)
+{
+	close_fd(&s->in_fd);
+	close_fd(&s->out_fd);
+	close_fd(&s->err_fd);
+	buf_free(&s->inq);
+	s->used = false;
+	live_sessions--;
+}
+
+/* Sends EXIT and frees the session once the child is reaped and its output drained. */
+static void session_maybe_exit(struct session *s)
+{
+	if (!s->reaped || s->out_fd >= 0 || s->err_fd >= 0)
+		return;
+	if (WIFSIGNALED(s->status))
+		send_i32s(T_EXIT, s->id, 2, -1, WTERMSIG(s->status));
+	else
+		send_i32s(T_EXIT, s->id, 2, WEXITSTATUS(s->status), 0);
+	session_free(s);
+}
+
+/* Ends a session early with ERROR (no EXIT follows): kills its group, drops its pipes.
+ * The child, if still unreaped, is reaped later as an anonymous child. */
+static void session_abort(struct session *s, int err, const char *msg)
+{
+	if (s->pid > 0)
+		kill(-s->pid, SIGKILL);
+	send_error(s->id, err, "%s", msg);
+	session_free(s);
+}
+
+static void close_stdin(struct session *s)
+{
+	close_fd(&s->in_fd);
+	buf_free(&s->inq);
+}
+
+/* Writes as much pending stdin as the pipe takes; closes it once drained after EOF. */
+static void pump_stdin(struct session *s)
+{
+	while (s->in_fd >= 0 && s->inq.len > 0) {
+		ssize_t n = write(s->in_fd, buf_data(&s->inq), s->inq.len);
+		if (n > 0) {
+			buf_consume(&s->inq, n);
+		} else if (n < 0 && errno == EINTR) {
+			continue;
+		} else if (n < 0 && errno == EAGAIN) {
+			return;
+		} else {
+			/* EPIPE: the child closed its stdin; what it did not read is dropped. */
+			close_stdin(s);
+			return;
+		}
+	}
+	if (s->in_fd >= 0 && s->stdin_eof && s->inq.len == 0)
+		close_stdin(s);
+}
+
+/* Reads one chunk of child output straight into the output queue as a frame. Returns
+ * whether it got data. On EOF it closes the pipe and may finish the session. */
+static bool pump_output(struct session *s, int *fd, uint16_t type)
+{
+	uint8_t *p = buf_reserve(&outq, HEADER_SIZE + OUTPUT_CHUNK);
+	if (!p)
+		return false; /* out of memory: leave it in the pipe for now */
+	ssize_t n = read(*fd, p + HEADER_SIZE, OUTPUT_CHUNK);
+	if (n > 0) {
+		put_header(p, n, s->id, type);
+		buf_commit(&outq, HEADER_SIZE + n);
+		return true;
+	}
+	if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+		close_fd(fd);
+		session_maybe_exit(s);
+	}
+	return false;
+}
+
+/* Takes what is already in a pipe (at most 1 MiB, the largest pipe buffer) and closes it. */
+static void drain_and_close(struct session *s, int *fd, uint16_t type)
+{
+	for (int i = 0; i < 16 && *fd >= 0 && pump_output(s, fd, type); i++) {
+	}
+	close_fd(fd);
+}
+
+/* ---- exec ---- */
+
+struct exec_req {
+	uint32_t flags;
+	char **argv, **envp;
+	const char *cwd;
+	uint32_t uid, gid;
+	char *pool; /* storage of all strings */
+};
+
+/* Why a child failed before exec; sent over the close-on-exec pipe. */
+enum exec_stage { STAGE_STDIO, STAGE_CREDS, STAGE_CHDIR, STAGE_EXEC };
+struct exec_failure {
+	int32_t stage, err;
+};
+
+static void exec_req_free(struct exec_req *r)
+{
+	free(r->argv);
+	free(r->envp);
+	free(r->pool);
+}
+
+/* Parses an EXEC payload. Returns false if malformed. */
+static bool parse_exec(const uint8_t *payload, uint32_t len, struct exec_req *r)
+{
+	struct reader rd = { payload, len, 0, false };
+	uint32_t argc, envc;
+	memset(r, 0, sizeof *r);
+	/* All strings fit in len bytes: each needs n+1 but takes n+4 in the payload. */
+	r->pool = malloc((size_t)len + 1);
+	if (!r->pool)
+		return false;
+	char *pool = r->pool;
+	r->flags = rd_u32(&rd);
+	r->argv = rd_strlist(&rd, &pool, &argc);
+	r->envp = rd_strlist(&rd, &pool, &envc);
+	char *cwd = rd_str(&rd, &pool);
+	r->uid = rd_u32(&rd);
+	r->gid = rd_u32(&rd);
+	if (!rd_done(&rd) || argc < 1 || (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR)))
+		return false;
+	for (uint32_t i = 0; i < envc; i++) {
+		const char *eq = strchr(r->envp[i], '=');
+		if (!eq || eq == r->envp[i])
+			return false;
+	}
+	r->cwd = cwd[0] ? cwd : "/";
+	return true;
+}
+
+static const char *env_get(char *const envp[], const char *key)
+{
+	size_t kl = strlen(key);
+	for (; *envp; envp++)
+		if (strncmp(*envp, key, kl) == 0 && (*envp)[kl] == '=')
+			return *envp + kl + 1;
+	return NULL;
+}
+
+/* A file the kernel would not execute (no ELF, no #!) runs as a shell script, like execvp. */
+static void exec_as_script(const char *path, char *const argv[], char *const envp[])
+{
+	size_t argc = 0;
+	while (argv[argc])
+		argc++;
+	char **v = calloc(argc + 2, sizeof *v);
+	if (!v)
+		return;
+	v[0] = (char *)"sh";
+	v[1] = (char *)path;
+	for (size_t i = 1; i <= argc; i++)
+		v[i + 1] = argv[i];
+	execve("/bin/sh", v, envp);
+	errno = ENOEXEC;
+}
+
+/* execvpe() with the PATH taken from envp (libc execvpe reads the agent's own PATH, and
+ * its default PATH differs from the protocol's). Returns the errno to report. */
+static int exec_search(char *const argv[], char *const envp[])
+{
+	const char *file = argv[0];
+	if (!file[0])
+		return ENOENT;
+	if (strchr(file, '/')) {
+		execve(file, argv, envp);
+		if (errno == ENOEXEC)
+			exec_as_script(file, argv, envp);
+		return errno;
+	}
+	const char *path = env_get(envp, "PATH");
+	if (!path)
+		path = DEFAULT_PATH;
+	size_t fl = strlen(file);
+	bool eacces = false;
+	for (const char *p = path;; p++) {
+		const char *end = strchrnul(p, ':');
+		size_t dl = end - p;
+		char full[PATH_MAX];
+		if (dl + 1 + fl < sizeof full) {
+			if (dl == 0) { /* empty entry = current directory */
+				memcpy(full, file, fl + 1);
+			} else {
+				memcpy(full, p, dl);
+				full[dl] = '/';
+				memcpy(full + dl + 1, file, fl + 1);
+			}
+			execve(full, argv, envp);
+			switch (errno) {
+			case EACCES:
+				eacces = true;
+				/* fall through */
+			case ENOENT:
+			case ENOTDIR:
+			case ESTALE:
+			case ENODEV:
+			case ETIMEDOUT:
+			case ENAMETOOLONG:
+			case ELOOP:
+				break;
+			case ENOEXEC:
+				exec_as_script(full, argv, envp);
+				return errno;
+			default:
+				return errno;
+			}
+		}
+		if (!*end)
+			break;
+		p = end;
+	}
+	return eacces ? EACCES : ENOENT;
+}
+
+static void child_fail(int fd, enum exec_stage stage) __attribute__((noreturn));
+static void child_fail(int fd, enum exec_stage stage)
+{
+	struct exec_failure f = { stage, errno };
+	ssize_t w = write(fd, &f, sizeof f);
+	(void)w;
+	_exit(127);
+}
+
+/* Runs in the forked child: never returns. All agent fds are O_CLOEXEC, so only the
+ * three dup2'd ones survive the exec. */
+static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_wr, int fail_wr)
+{
+	/* Undo the agent's signal setup (and whatever it inherited): ignored dispositions and
+	 * the mask survive exec. Errors for SIGKILL/SIGSTOP/libc-reserved ones don't matter. */
+	for (int sig = 1; sig < 65; sig++)
+		signal(sig, SIG_DFL);
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (nofile_orig.rlim_cur)
+		setrlimit(RLIMIT_NOFILE, &nofile_orig);
+
+	setsid();
+	if (in_rd < 0)
+		in_rd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (in_rd < 0 || dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0)
+		child_fail(fail_wr, STAGE_STDIO);
+	if (r->uid != 0 || r->gid != 0) {
+		gid_t g = r->gid;
+		if (setgroups(1, &g) < 0 || setgid(r->gid) < 0 || setuid(r->uid) < 0)
+			child_fail(fail_wr, STAGE_CREDS);
+	}
+	/* After dropping privileges, so a cwd the user may not enter is an error. */
+	if (chdir(r->cwd) < 0)
+		child_fail(fail_wr, STAGE_CHDIR);
+	errno = exec_search(r->argv, r->envp);
+	child_fail(fail_wr, STAGE_EXEC);
+}
+
+/* Reads the child's failure report; returns bytes read (0 = exec succeeded). */
+static ssize_t read_failure(int fd, struct exec_failure *f)
+{
+	ssize_t n;
+	do
+		n = read(fd, f, sizeof *f);
+	while (n < 0 && errno == EINTR);
+	return n;
+}
+
+static void report_failure(uint32_t id, const struct exec_req *r, const struct exec_failure *f)
+{
+	const char *e = strerror(f->err);
+	switch (f->stage) {
+	case STAGE_CHDIR:
+		send_error(id, f->err, "chdir %s: %s", r->cwd, e);
+		break;
+	case STAGE_CREDS:
+		send_error(id, f->err, "set uid %u gid %u: %s", r->uid, r->gid, e);
+		break;
+	case STAGE_EXEC:
+		send_error(id, f->err, "exec %s: %s", r->argv[0], e);
+		break;
+	default:
+		send_error(id, f->err, "stdio setup: %s", e);
+	}
+}
+
+/* Forks and execs; reports STARTED or ERROR. Waits (briefly, synchronously) on the
+ * close-on-exec pipe so that STARTED always precedes any output of the session. */
+static void start_exec(uint32_t id, const struct exec_req *r)
+{
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, fail[2] = { -1, -1 };
+	bool merge = r->flags & EXEC_MERGE_STDERR;
+	if (((r->flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+	    (!merge && pipe2(err, O_CLOEXEC) < 0) || pipe2(fail, O_CLOEXEC) < 0) {
+		send_error(id, errno, "pipe: %s", strerror(errno));
+		goto close_all;
+	}
+	pid_t pid = fork();
+	if (pid < 0) {
+		send_error(id, errno, "fork: %s", strerror(errno));
+		goto close_all;
+	}
+	if (pid == 0)
+		child_exec(r, in[0], out[1], merge ? out[1] : err[1], fail[1]);
+
+	close_fd(&in[0]);
+	close_fd(&out[1]);
+	close_fd(&err[1]);
+	close_fd(&fail[1]);
+	struct exec_failure f;
+	ssize_t n = read_failure(fail[0], &f);
+	close_fd(&fail[0]);
+	if (n == (ssize_t)sizeof f) {
+		waitpid(pid, NULL, 0);
+		report_failure(id, r, &f);
+		goto close_all;
+	}
+
+	struct session *s = session_alloc(id); /* a free slot was checked by the caller */
+	s->pid = pid;
+	s->stdin_used = r->flags & EXEC_STDIN;
+	s->in_fd = in[1];
+	s->out_fd = out[0];
+	s->err_fd = err[0];
+	for (int *fd = &s->in_fd; fd <= &s->err_fd; fd++)
+		if (*fd >= 0)
+			set_nonblock(*fd);
+	send_i32s(T_STARTED, id, 1, pid, 0);
+	return;
+
+close_all:
+	for (int i = 0; i < 2; i++) {
+		close_fd(&in[i]);
+		close_fd(&out[i]);
+		close_fd(&err[i]);
+		close_fd(&fail[i]);
+	}
+}
+
+/* ---- handlers of host frames ---- */
+
+static void on_exec(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	if (id == 0) {
+		complain(EINVAL, "EXEC on session 0");
+		return;
+	}
+	struct exec_req r;
+	if (!parse_exec(payload, len, &r)) {
+		complain(EINVAL, "malformed EXEC payload for session %u", id);
+	} else if (session_find(id)) {
+		send_error(id, EBUSY, "session %u is already live", id);
+	} else if (live_sessions >= MAX_SESSIONS) {
+		send_error(id, EBUSY, "too many sessions (max %d)", MAX_SESSIONS);
+	} else {
+		start_exec(id, &r);
+	}
+	exec_req_free(&r);
+}
+
+static void on_stdin(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	struct session *s = session_find(id);
+	if (!s)
+		return; /* the session ended while this was in flight: not the host's fault */
+	if (!s->stdin_used) {
+		complain(EINVAL, "STDIN for session %u, which was started without stdin", id);
+		return;
+	}
+	if (s->in_fd < 0 || s->stdin_eof)
+		return; /* the child closed its stdin (or EOF was already sent): drop */
+	if (len == 0) {
+		s->stdin_eof = true;
+		pump_stdin(s);
+		return;
+	}
+	if (s->inq.len + len > STDIN_LIMIT) {
+		session_abort(s, ENOBUFS, "stdin buffer full (4 MiB): session killed");
+		return;
+	}
+	uint8_t *p = buf_reserve(&s->inq, len);
+	if (!p) {
+		session_abort(s, ENOMEM, "out of memory buffering stdin: session killed");
+		return;
+	}
+	memcpy(p, payload, len);
+	buf_commit(&s->inq, len);
+	pump_stdin(s);
+}
+
+static void on_signal(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	int32_t sig = len == 4 ? (int32_t)get_u32(payload) : 0;
+	if (sig < 1 || sig > 64 || id == 0) {
+		complain(EINVAL, "malformed SIGNAL for session %u", id);
+		return;
+	}
+	struct session *s = session_find(id);
+	if (!s)
+		return; /* already exited: a race, not an error */
+	kill(-s->pid, sig);
+	if (s->reaped) {
+		/* The exec itself is gone and something else holds its output open (maybe
+		 * outside its process group, out of the signal's reach): the host has stopped
+		 * waiting for it, so finish the session now. */
+		if (s->out_fd >= 0)
+			drain_and_close(s, &s->out_fd, T_STDOUT);
+		if (s->used && s->err_fd >= 0)
+			drain_and_close(s, &s->err_fd, T_STDERR);
+		if (s->used)
+			session_maybe_exit(s);
+	}
+}
+
+static void kill_all_sessions(void)
+{
+	for (int i = 0; i < MAX_SESSIONS; i++)
+		if (sessions[i].used && sessions[i].pid > 0)
+			kill(-sessions[i].pid, SIGKILL);
+}
+
+static void on_shutdown(void)
+{
+	kill_all_sessions();
+	if (port_mode)
+		exit(0);
+	system_shutdown();
+}
+
+static void apply_rng_seed(const uint8_t *seed, uint32_t n)
+{
+	int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0) {
+		logmsg("open /dev/urandom: %s", strerror(errno));
+		return;
+	}
+	/* RNDADDENTROPY mixes the bytes in and credits them, so the guest's CRNG is ready
+	 * at once; a plain write (the fallback) mixes without crediting. */
+	struct {
+		int entropy_count, buf_size;
+		uint8_t buf[];
+	} *info = malloc(sizeof *info + n);
+	if (info) {
+		info->entropy_count = n > INT_MAX / 8 ? INT_MAX : (int)n * 8;
+		info->buf_size = n;
+		memcpy(info->buf, seed, n);
+		if (ioctl(fd, RNDADDENTROPY, info) < 0) {
+			logmsg("RNDADDENTROPY: %s", strerror(errno));
+			ssize_t w = write(fd, seed, n);
+			(void)w;
+		}
+		free(info);
+	}
+	close(fd);
+}
+
+static void on_configure(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	struct reader rd = { payload, len, 0, false };
+	uint32_t hn, sn;
+	const uint8_t *host = rd_bytes(&rd, &hn);
+	uint32_t sec = rd_u32(&rd), nsec = rd_u32(&rd);
+	const uint8_t *seed = rd_bytes(&rd, &sn);
+	if (id != 0 || !rd_done(&rd) || hn > 64 || (hn && memchr(host, 0, hn)) ||
+	    nsec >= 1000000000u) {
+		complain(EINVAL, "malformed CONFIGURE");
+		return;
+	}
+	/* In host-testing mode the "guest" is the host itself: touch nothing. */
+	if (!port_mode) {
+		if (hn) {
+			char name[65];
+			memcpy(name, host, hn);
+			name[hn] = '\0';
+			set_hostname(name);
+		}
+		if (sec) {
+			struct timespec ts = { sec, nsec };
+			if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+				logmsg("clock_settime: %s", strerror(errno));
+		}
+		if (sn)
+			apply_rng_seed(seed, sn);
+	}
+	send_frame(T_CONFIGURED, 0, NULL, 0);
+}
+
+static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	switch (type) {
+	case T_EXEC:
+		on_exec(id, payload, len);
+		break;
+	case T_STDIN:
+		if (id == 0)
+			complain(EINVAL, "STDIN on session 0");
+		else
+			on_stdin(id, payload, len);
+		break;
+	case T_SIGNAL:
+		on_signal(id, payload, len);
+		break;
+	case T_SHUTDOWN:
+		if (id != 0 || len != 0)
+			complain(EINVAL, "malformed SHUTDOWN");
+		else
+			on_shutdown();
+		break;
+	case T_PING:
+		if (id != 0 || len > MAX_PING)
+			complain(EINVAL, "malformed PING");
+		else
+			send_frame(T_PONG, 0, payload, len);
+		break;
+	case T_CONFIGURE:
+		on_configure(id, payload, len);
+		break;
+	}
+}
+
+static bool host_frame_type(uint16_t type)
+{
+	return type == T_EXEC || type == T_STDIN || type == T_SIGNAL || type == T_SHUTDOWN ||
+	       type == T_PING || type == T_CONFIGURE;
+}
+
+/* Handles every whole frame in inq. A rejected header's payload is skipped (skip_bytes),
+ * so framing stays in sync whatever the payload size. */
+static void parse_frames(void)
+{
+	for (;;) {
+		if (skip_bytes > 0) {
+			size_t k = skip_bytes < inq.len ? skip_bytes : inq.len;
+			buf_consume(&inq, k);
+			skip_bytes -= k;
+			if (skip_bytes > 0)
+				return;
+		}
+		if (inq.len < HEADER_SIZE)
+			return;
+		const uint8_t *h = buf_data(&inq);
+		uint32_t len = get_u32(h), id = get_u32(h + 4);
+		uint16_t type = h[8] | h[9] << 8, flags = h[10] | h[11] << 8;
+		bool ok = false;
+		if (len > MAX_PAYLOAD)
+			complain(EMSGSIZE, "frame of %u bytes (max %u)", len, MAX_PAYLOAD);
+		else if (flags != 0)
+			complain(EINVAL, "frame with flags 0x%x", flags);
+		else if (!host_frame_type(type))
+			complain(EINVAL, "unexpected frame type %u", type);
+		else
+			ok = true;
+		if (!ok) {
+			buf_consume(&inq, HEADER_SIZE);
+			skip_bytes = len;
+			continue;
+		}
+		if (inq.len < HEADER_SIZE + (size_t)len)
+			return;
+		dispatch(type, id, h + HEADER_SIZE, len);
+		buf_consume(&inq, HEADER_SIZE + len);
+	}
+}
+
+/* ---- the port ---- */
+
+/* The host went away. In the VM the port stays ours (the host may reconnect); poll
+ * reports HUP without pause while nobody is connected, so back off for a while. */
+static void port_hangup(const char *why)
+{
+	if (port_mode) {
+		kill_all_sessions();
+		exit(0);
+	}
+	if (port_backoff_until == 0)
+		logmsg("port: %s; waiting for the host", why);
+	port_backoff_until = clock_ms(CLOCK_MONOTONIC) + PORT_BACKOFF_MS;
+}
+
+static void port_read(void)
+{
+	uint8_t *p = buf_reserve(&inq, PORT_READ_CHUNK);
+	if (!p)
+		return;
+	ssize_t n = read(port_fd, p, PORT_READ_CHUNK);
+	if (n > 0) {
+		port_backoff_until = 0;
+		buf_commit(&inq, n);
+		parse_frames();
+	} else if (n == 0) {
+		port_hangup("end of file");
+	} else if (errno != EAGAIN && errno != EINTR) {
+		port_hangup(strerror(errno));
+	}
+}
+
+static void port_flush(void)
+{
+	while (outq.len > 0 && port_backoff_until == 0) {
+		ssize_t n = write(port_fd, buf_data(&outq), outq.len);
+		if (n > 0)
+			buf_consume(&outq, n);
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else if (n < 0 && errno == EAGAIN)
+			return;
+		else
+			port_hangup(n < 0 ? strerror(errno) : "short write");
+	}
+}
+
+static int open_port_path(const char *path)
+{
+	struct stat st;
+	if (stat(path, &st) < 0) {
+		logmsg("%s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (S_ISCHR(st.st_mode))
+		return open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof sa.sun_path) {
+		logmsg("%s: socket path too long", path);
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		logmsg("connect %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	set_nonblock(fd);
+	return fd;
+}
+
+/* ---- children ---- */
+
+static void reap_children(void)
+{
+	struct signalfd_siginfo si;
+	while (read(sig_fd, &si, sizeof si) > 0) {
+	}
+	int status;
+	pid_t pid;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (int i = 0; i < MAX_SESSIONS; i++) {
+			struct session *s = &sessions[i];
+			if (s->used && !s->reaped && s->pid == pid) {
+				s->reaped = true;
+				s->status = status;
+				session_maybe_exit(s);
+				break;
+			}
+		}
+		/* No session: an orphan we inherited as PID 1 (or subreaper), or an aborted
+		 * session's child. Reaping is all it needs. */
+	}
+}
+
+/* Up to 3 pipes per session: the default soft limit (1024) would cap us near 340
+ * sessions. Children get the original limit back before exec. */
+static void raise_nofile_limit(void)
+{
+	const rlim_t want = 4 * MAX_SESSIONS + 64;
+	if (getrlimit(RLIMIT_NOFILE, &nofile_orig) < 0 || nofile_orig.rlim_cur >= want)
+		return;
+	struct rlimit r = { want, nofile_orig.rlim_max > want ? nofile_orig.rlim_max : want };
+	if (setrlimit(RLIMIT_NOFILE, &r) == 0)
+		return;
+	r.rlim_cur = r.rlim_max = nofile_orig.rlim_max; /* unprivileged: as far as allowed */
+	if (setrlimit(RLIMIT_NOFILE, &r) < 0)
+		logmsg("setrlimit RLIMIT_NOFILE: %s", strerror(errno));
+}
+
+static void setup_signals(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (!port_mode) {
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGINT, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+	} else {
+		/* Adopt orphaned grandchildren, like PID 1 would. */
+		prctl(PR_SET_CHILD_SUBREAPER, 1);
+	}
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (sig_fd < 0)
+		logmsg("signalfd: %s", strerror(errno));
+}
+
+/* ---- main loop ---- */
+
+enum watch_kind { W_PORT, W_SIGNAL, W_STDIN, W_STDOUT, W_STDERR };
+struct watch {
+	enum watch_kind kind;
+	struct session *s;
+	uint32_t gen;
+};
+
+static struct pollfd pfds[2 + 3 * MAX_SESSIONS];
+static struct watch watches[2 + 3 * MAX_SESSIONS];
+
+static void watch_fd(int *n, int fd, short events, enum watch_kind kind, struct session *s)
+{
+	pfds[*n] = (struct pollfd){ .fd = fd, .events = events };
+	watches[*n] = (struct watch){ kind, s, s ? s->gen : 0 };
+	(*n)++;
+}
+
+/* Builds the poll set; returns its size and sets *timeout. */
+static int build_poll_set(int *timeout)
+{
+	int n = 0;
+	*timeout = -1;
+	if (port_backoff_until) {
+		uint64_t now = clock_ms(CLOCK_MONOTONIC);
+		if (now >= port_backoff_until)
+			port_backoff_until = 0;
+		else
+			*timeout = (int)(port_backoff_until - now);
+	}
+	if (!port_backoff_until)
+		watch_fd(&n, port_fd, (outq.len < OUTQ_PAUSE_PORT ? POLLIN : 0) |
+				      (outq.len ? POLLOUT : 0), W_PORT, NULL);
+	if (sig_fd >= 0)
+		watch_fd(&n, sig_fd, POLLIN, W_SIGNAL, NULL);
+	else
+		*timeout = *timeout < 0 || *timeout > 100 ? 100 : *timeout; /* poll for children */
+	bool read_children = outq.len < OUTQ_PAUSE_CHILDREN;
+	for (int i = 0; i < MAX_SESSIONS; i++) {
+		struct session *s = &sessions[i];
+		if (!s->used)
+			continue;
+		if (s->in_fd >= 0 && s->inq.len > 0)
+			watch_fd(&n, s->in_fd, POLLOUT, W_STDIN, s);
+		if (read_children && s->out_fd >= 0)
+			watch_fd(&n, s->out_fd, POLLIN, W_STDOUT, s);
+		if (read_children && s->err_fd >= 0)
+			watch_fd(&n, s->err_fd, POLLIN, W_STDERR, s);
+	}
+	return n;
+}
+
+static void handle_child_fd(const struct pollfd *pfd, const struct watch *w)
+{
+	struct session *s = w->s;
+	/* The session may have ended (and its slot been reused) earlier in this round. */
+	if (!s->used || s->gen != w->gen)
+		return;
+	if (w->kind == W_STDIN && s->in_fd == pfd->fd) {
+		if (pfd->revents & POLLOUT)
+			pump_stdin(s);
+		else
+			close_stdin(s); /* POLLERR: the reader is gone */
+	} else if (w->kind == W_STDOUT && s->out_fd == pfd->fd) {
+		pump_output(s, &s->out_fd, T_STDOUT);
+	} else if (w->kind == W_STDERR && s->err_fd == pfd->fd) {
+		pump_output(s, &s->err_fd, T_STDERR);
+	}
+}
+
+static void serve(void)
+{
+	send_hello();
+	for (;;) {
+		port_flush();
+		int timeout, n = build_poll_set(&timeout);
+		if (poll(pfds, n, timeout) < 0) {
+			if (errno != EINTR)
+				logmsg("poll: %s", strerror(errno));
+			continue;
+		}
+		if (sig_fd < 0)
+			reap_children();
+		int port_revents = 0;
+		for (int i = 0; i < n; i++) {
+			if (!pfds[i].revents)
+				continue;
+			if (watches[i].kind == W_PORT)
+				port_revents = pfds[i].revents;
+			else if (watches[i].kind == W_SIGNAL)
+				reap_children();
+			else
+				handle_child_fd(&pfds[i], &watches[i]);
+		}
+		/* Host frames last: an EXEC may reuse fds and slots freed above. */
+		if (port_revents & POLLOUT)
+			port_flush();
+		if (port_revents & POLLIN)
+			port_read();
+		else if (port_revents & (POLLHUP | POLLERR | POLLNVAL))
+			port_hangup("hangup");
+	}
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: corral-agent [--port PATH] [--version]\n"
+			"  As PID 1: assemble the root and serve the virtio port %s.\n"
+			"  --port PATH: host-testing mode, serve a unix socket or char device.\n",
+		AGENT_PORT_NAME);
+}
+
+int main(int argc, char **argv)
+{
+	start_ms = clock_ms(CLOCK_MONOTONIC);
+	const char *port_path = NULL;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("corral-agent %s (protocol %d)\n", AGENT_VERSION, PROTOCOL_VERSION);
+			return 0;
+		} else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
+			port_path = argv[++i];
+		} else if (getpid() != 1) {
+			/* As PID 1, stray words from the kernel command line land here: ignore. */
+			usage();
+			return 2;
+		}
+	}
+	port_mode = port_path != NULL;
+	if (!port_mode && getpid() != 1) {
+		usage();
+		return 2;
+	}
+
+	if (port_mode) {
+		ensure_std_fds();
+		raise_nofile_limit();
+		setup_signals();
+		port_fd = open_port_path(port_path);
+		if (port_fd < 0)
+			return 1;
+	} else {
+		if (boot_system() < 0)
+			system_shutdown(); /* fail fast: the host sees qemu exit, not a HELLO timeout */
+		setup_signals();
+		raise_nofile_limit();
+		port_fd = open_virtio_port();
+	}
+	serve();
+}

@@ -1,0 +1,49 @@
+/*
+ * corral guest agent — shared declarations.
+ *
+ * The agent is PID 1 of a corral microVM: it assembles the root filesystem (boot.c) and then
+ * serves the host↔guest protocol of PROTOCOL.md over one virtio-serial port (agent.c).
+ * Only libc and the kernel ABI are used (no <linux/...> headers: musl-gcc has none).
+ */
+#ifndef CORRAL_AGENT_H
+#define CORRAL_AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AGENT_VERSION "0.1.0"
+#define PROTOCOL_VERSION 1
+
+/* Name of the virtio-serial port the host exposes for us. */
+#define AGENT_PORT_NAME "corral.agent"
+
+/* Default PATH for execs whose environment has none (PROTOCOL.md, "Agent rules"). */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* ---- log.c-ish helpers (agent.c) ---- */
+
+/* Logs one line prefixed "corral-agent: " to /dev/kmsg if open, else to stderr. */
+void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Starts logging to /dev/kmsg (call once /dev is mounted). */
+void log_use_kmsg(void);
+/* Makes sure fds 0, 1 and 2 are open, so pipes never land on them. */
+void ensure_std_fds(void);
+/* Milliseconds on the given clock. */
+uint64_t clock_ms(int clock_id);
+
+/* ---- boot.c: PID 1 system bring-up ---- */
+
+/* Mounts proc/sysfs/devtmpfs, assembles the root from /proc/cmdline, sets the hostname,
+ * brings up lo. Returns 0, or -1 if the root could not be assembled (already logged). */
+int boot_system(void);
+/* Waits (forever, PID 1 must not exit) for the virtio port named corral.agent, opens it
+ * O_RDWR|O_NONBLOCK and creates /dev/virtio-ports/corral.agent. Returns the fd. */
+int open_virtio_port(void);
+/* sethostname() with logging; name is NUL-terminated. */
+int set_hostname(const char *name);
+/* Kills everything, syncs, unmounts what it can and resets the VM (qemu -no-reboot then
+ * exits). Never returns. */
+void system_shutdown(void) __attribute__((noreturn));
+
+#endif

@@ -1,0 +1,72 @@
+#!/usr/bin/env node
+// A stand-in for qemu whose "guest" is hostile. It connects to the agent and QMP sockets
+// named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
+// then answers the first EXEC with a frame that breaks the protocol (what a compromised
+// guest kernel could write to its virtio-serial port). A real guest cannot be made to do
+// this on demand: the real agent never sends malformed frames.
+import { connect } from 'node:net';
+
+const args = process.argv.slice(2);
+const chardev = (id) => {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '-chardev' && args[i + 1].includes(`id=${id},`)) return /path=([^,]+)/.exec(args[i + 1])[1];
+  }
+  throw new Error(`no -chardev ${id}`);
+};
+const mode = process.env.CORRAL_FAKE_GUEST ?? 'oversized';
+
+const qmp = connect(chardev('qmp'));
+qmp.write(JSON.stringify({ QMP: { version: {}, capabilities: [] } }) + '\n');
+let qbuf = '';
+qmp.on('data', (d) => {
+  qbuf += d;
+  let nl;
+  while ((nl = qbuf.indexOf('\n')) >= 0) {
+    const msg = JSON.parse(qbuf.slice(0, nl));
+    qbuf = qbuf.slice(nl + 1);
+    qmp.write(JSON.stringify({ return: {}, id: msg.id }) + '\n');
+    if (msg.execute === 'quit') process.exit(0);
+  }
+});
+
+function frame(type, session, payload = Buffer.alloc(0)) {
+  const h = Buffer.alloc(12);
+  h.writeUInt32LE(payload.length, 0);
+  h.writeUInt32LE(session, 4);
+  h.writeUInt16LE(type, 8);
+  return Buffer.concat([h, payload]);
+}
+const version = Buffer.from('fake-hostile');
+const hello = Buffer.alloc(4 + 4 + version.length + 8);
+hello.writeUInt32LE(1, 0);
+hello.writeUInt32LE(version.length, 4);
+version.copy(hello, 8);
+const agent = connect(chardev('agent'));
+agent.write(frame(1, 0, hello));
+let abuf = Buffer.alloc(0);
+agent.on('data', (d) => {
+  abuf = Buffer.concat([abuf, d]);
+  while (abuf.length >= 12) {
+    const len = abuf.readUInt32LE(0);
+    if (abuf.length < 12 + len) break;
+    const session = abuf.readUInt32LE(4);
+    const type = abuf.readUInt16LE(8);
+    abuf = abuf.subarray(12 + len);
+    if (type === 10) process.exit(0); // SHUTDOWN
+    if (type !== 2) continue; // only EXEC provokes the attack
+    if (mode === 'oversized') {
+      // Claims a 3 GiB payload: a host that trusted the length would try to buffer it.
+      const h = Buffer.alloc(12);
+      h.writeUInt32LE(3 * 1024 * 1024 * 1024, 0);
+      h.writeUInt32LE(session, 4);
+      h.writeUInt16LE(4, 8);
+      agent.write(h);
+    } else if (mode === 'wrong-session') {
+      agent.write(frame(6, session + 1000, Buffer.alloc(4)));
+    } else {
+      agent.write(Buffer.from('\xde\xad\xbe\xef garbage that is no frame at all', 'latin1'));
+    }
+  }
+});
+// Like qemu with -no-reboot: stay up until told to quit or killed.
+setInterval(() => {}, 1 << 30);

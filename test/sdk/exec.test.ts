@@ -1,0 +1,109 @@
+// exec in one real sandbox, shared by the tests of this file (boots under TCG cost ~1 s each).
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Sandbox, type SandboxEvent } from '../../src/index.ts';
+import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+
+describe('exec in a running sandbox', () => {
+  let sup: Supervisor;
+  let sb: Sandbox;
+  const events: SandboxEvent[] = [];
+
+  beforeAll(async () => {
+    sup = testSupervisor();
+    const name = uniqueName('exec');
+    sup.bus.forSandbox(name).subscribe((e) => events.push(e));
+    sb = await Sandbox.builder(name).image('corral/base').memory(256).cpus(1).workdir('/app').shell('/bin/sh').env('DEBUG', 'true').supervisor(sup).create();
+  });
+  afterAll(async () => {
+    await sb?.stop();
+    await sup?.close();
+  });
+
+  it('reports the exit code and keeps stdout and stderr apart', async () => {
+    const out = await sb.exec('sh', ['-c', 'echo hi; echo oops >&2; exit 3']);
+    expect(out.code).toBe(3);
+    expect(out.stdout).toBe('hi\n');
+    expect(out.stderr).toBe('oops\n');
+    expect(out.reason).toBe('exited');
+  });
+
+  it('applies the workdir and the sandbox env, and per-exec env and cwd over them', async () => {
+    expect((await sb.shell('pwd; echo $DEBUG')).stdout).toBe('/app\ntrue\n');
+    const r = await sb.shell('pwd; echo $DEBUG $EXTRA', { cwd: '/tmp', env: { DEBUG: 'no', EXTRA: 'x' } });
+    expect(r.stdout).toBe('/tmp\nno x\n');
+  });
+
+  it('pipes stdin to cat', async () => {
+    const r = await sb.exec('cat', [], { stdin: 'line 1\nline 2\n' });
+    expect(r.stdout).toBe('line 1\nline 2\n');
+  });
+
+  it('delivers 10 MiB of output byte-exact', async () => {
+    const prep = await sb.shell('head -c 10485760 /dev/urandom > /tmp/big && sha256sum /tmp/big');
+    const guestSum = prep.stdout.split(' ')[0];
+    const r = await sb.exec('cat', ['/tmp/big']);
+    expect(r.stdoutBytes.length).toBe(10 * 1024 * 1024);
+    expect(createHash('sha256').update(r.stdoutBytes).digest('hex')).toBe(guestSum);
+  });
+
+  it('runs 8 execs at once', async () => {
+    const rs = await Promise.all(Array.from({ length: 8 }, (_, i) => sb.shell(`sleep 0.2; echo ${i}; echo e${i} >&2`)));
+    rs.forEach((r, i) => {
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`${i}\n`);
+      expect(r.stderr).toBe(`e${i}\n`);
+    });
+  });
+
+  it('kills a running exec and its children', async () => {
+    const stream = await sb.execStream('sh', ['-c', 'sleep 300 & sleep 300; echo never']);
+    const started = await new Promise<number>((resolve) => {
+      stream.items$.subscribe((item) => {
+        if (item.type === 'started') resolve(item.pid);
+      });
+    });
+    expect(started).toBeGreaterThan(1);
+    await stream.kill(9);
+    const x = await stream.exited;
+    expect(x.signal).toBe(9);
+    expect(x.code).toBeNull();
+    // The whole process group went: no sleep is left in the guest.
+    const ps = await sb.shell('pgrep sleep | wc -l');
+    expect(ps.stdout.trim()).toBe('0');
+  });
+
+  it('ends a command that outlives timeoutMs and says so', async () => {
+    const r = await sb.exec('sleep', ['30'], { timeoutMs: 300 });
+    expect(r.timedOut).toBe(true);
+    expect(r.reason).toBe('timeout');
+    expect(r.signal).toBe(9);
+  });
+
+  it('streams started, stdout and exited in order', async () => {
+    const kinds: string[] = [];
+    let bytes = 0;
+    for await (const item of sb.execStream('seq', ['1', '100000'])) {
+      if (kinds.at(-1) !== item.type) kinds.push(item.type);
+      if (item.type === 'stdout') bytes += item.data.length;
+    }
+    expect(kinds).toEqual(['started', 'stdout', 'exited']);
+    // seq 1 100000 prints 588895 bytes.
+    expect(bytes).toBe(588_895);
+  });
+
+  it('rejects a program that does not exist with E_EXEC_START', async () => {
+    await expect(sb.exec('no-such-program')).rejects.toMatchObject({ code: 'E_EXEC_START' });
+  });
+
+  it('numbers the sandbox events without gaps and reports the boot', async () => {
+    const seqs = events.map((e) => e.seq);
+    expect(seqs).toEqual(seqs.map((_, i) => i + 1));
+    const started = events.find((e) => e.type === 'sandbox.started');
+    expect(started).toMatchObject({ accel: expect.stringMatching(/^(tcg|kvm)$/) });
+    const info = await sb.info();
+    expect(info.status).toBe('running');
+    expect(info.accelReason).toBeTruthy();
+  });
+});
