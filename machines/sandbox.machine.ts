@@ -21,6 +21,10 @@ export interface SandboxInput {
   readonly name: string;
   /** How long a graceful stop may take before it escalates to kill. */
   readonly stopTimeoutMs: number;
+  /** Host-enforced lifetime; on expiry the sandbox drains. Undefined: none. */
+  readonly maxDurationMs?: number | undefined;
+  /** Host-enforced idle limit: no exec running for this long drains the sandbox. */
+  readonly idleTimeoutMs?: number | undefined;
 }
 
 /** What booting produced. */
@@ -38,7 +42,9 @@ export interface VmEnded {
 
 export interface SandboxContext {
   readonly name: string;
-  readonly stopTimeoutMs: number;
+  stopTimeoutMs: number;
+  readonly maxDurationMs: number | undefined;
+  readonly idleTimeoutMs: number | undefined;
   vm: VmBooted | undefined;
   inFlight: number;
   stopReason: StopReason | undefined;
@@ -53,7 +59,7 @@ export type SandboxCommand =
   | { type: 'pause' }
   | { type: 'resume' }
   | { type: 'drain' }
-  | { type: 'stop' }
+  | { type: 'stop'; timeoutMs?: number }
   | { type: 'kill' }
   /** The VM process ended without being asked to. */
   | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
@@ -77,6 +83,11 @@ export const sandboxMachine = setup({
     killVm: fromPromise<VmEnded, void>(async () => notProvided('killVm')),
   },
   actions: {
+    execDone: assign({ inFlight: ({ context }) => Math.max(0, context.inFlight - 1) }),
+    takeStopRequest: assign({
+      stopReason: ({ context }) => (context.stopReason === 'max-duration' || context.stopReason === 'idle-timeout' ? context.stopReason : 'requested'),
+      stopTimeoutMs: ({ context, event }) => (event.type === 'stop' && event.timeoutMs !== undefined ? event.timeoutMs : context.stopTimeoutMs),
+    }),
     startExec: (_, _params: { execId: number }) => notProvided('startExec'),
     pauseVm: () => notProvided('pauseVm'),
     resumeVm: () => notProvided('resumeVm'),
@@ -86,11 +97,18 @@ export const sandboxMachine = setup({
   guards: {
     idle: ({ context }) => context.inFlight === 0,
   },
+  delays: {
+    // A timer of the machine, in the host process: nothing in the guest can move it.
+    maxDuration: ({ context }) => context.maxDurationMs ?? 2 ** 31 - 1,
+    idleTimeout: ({ context }) => context.idleTimeoutMs ?? 2 ** 31 - 1,
+  },
 }).createMachine({
   id: 'sandbox',
   context: ({ input }) => ({
     name: input.name,
     stopTimeoutMs: input.stopTimeoutMs,
+    maxDurationMs: input.maxDurationMs,
+    idleTimeoutMs: input.idleTimeoutMs,
     vm: undefined,
     inFlight: 0,
     stopReason: undefined,
@@ -103,7 +121,7 @@ export const sandboxMachine = setup({
       invoke: {
         src: 'bootVm',
         input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
-        onDone: { target: 'running', actions: assign({ vm: ({ event }) => event.output }) },
+        onDone: { target: 'live', actions: assign({ vm: ({ event }) => event.output }) },
         onError: {
           target: 'stopped',
           actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
@@ -114,27 +132,54 @@ export const sandboxMachine = setup({
         kill: { target: 'stopped', actions: assign({ stopReason: 'killed' }) },
       },
     },
-    running: {
-      on: {
-        exec: {
-          actions: [assign({ inFlight: ({ context }) => context.inFlight + 1 }), { type: 'startExec', params: ({ event }) => ({ execId: event.execId }) }],
+    /** The VM is up: running, paused or draining. The lifetime limit spans all three. */
+    live: {
+      initial: 'running',
+      after: {
+        maxDuration: {
+          guard: ({ context }) => context.maxDurationMs !== undefined,
+          target: '.draining',
+          actions: assign({ stopReason: 'max-duration' }),
         },
-        pause: 'paused',
-        drain: 'draining',
-        stop: { target: 'stopping', actions: assign({ stopReason: 'requested' }) },
       },
-    },
-    paused: {
-      entry: 'pauseVm',
       on: {
-        resume: { target: 'running', actions: 'resumeVm' },
-        stop: { target: 'stopping', actions: ['resumeVm', assign({ stopReason: 'requested' })] },
+        stop: { target: 'stopping', actions: 'takeStopRequest' },
       },
-    },
-    draining: {
-      always: { guard: 'idle', target: 'stopping', actions: assign({ stopReason: 'drained' }) },
-      on: {
-        stop: { target: 'stopping', actions: assign({ stopReason: 'requested' }) },
+      states: {
+        running: {
+          after: {
+            idleTimeout: {
+              guard: ({ context }) => context.idleTimeoutMs !== undefined && context.inFlight === 0,
+              target: 'draining',
+              actions: assign({ stopReason: 'idle-timeout' }),
+            },
+          },
+          on: {
+            // Re-entering `running` restarts the idle timer: every exec start and end is activity.
+            exec: {
+              target: 'running',
+              reenter: true,
+              actions: [assign({ inFlight: ({ context }) => context.inFlight + 1 }), { type: 'startExec', params: ({ event }) => ({ execId: event.execId }) }],
+            },
+            'exec.done': { target: 'running', reenter: true, actions: 'execDone' },
+            pause: 'paused',
+            drain: 'draining',
+          },
+        },
+        paused: {
+          entry: 'pauseVm',
+          exit: 'resumeVm',
+          on: {
+            resume: 'running',
+          },
+        },
+        draining: {
+          always: {
+            guard: 'idle',
+            target: '#sandbox.stopping',
+            actions: assign({ stopReason: ({ context }) => context.stopReason ?? 'drained' }),
+          },
+        },
       },
     },
     stopping: {
@@ -164,7 +209,7 @@ export const sandboxMachine = setup({
     },
   },
   on: {
-    'exec.done': { actions: assign({ inFlight: ({ context }) => Math.max(0, context.inFlight - 1) }) },
+    'exec.done': { actions: 'execDone' },
     // Legal in every state but creating (which handles it itself) and stopped (final).
     kill: { target: '.killing', actions: assign({ stopReason: 'killed' }) },
     'vm.exited': {
@@ -183,9 +228,15 @@ export const sandboxMachine = setup({
 
 export type SandboxSnapshot = SnapshotFrom<typeof sandboxMachine>;
 
-/** The public status of a machine state. `stopping`/`killing` read as draining/stopped. */
+/** The leaf state's name: `running`, `paused`, `draining`, `creating`, `stopping`, `killing`, `stopped`. */
+export function stateName(snapshot: SandboxSnapshot): string {
+  const v = snapshot.value;
+  return typeof v === 'string' ? v : String(Object.values(v)[0]);
+}
+
+/** The public status of a machine state. `stopping` reads as draining, `killing` as stopped. */
 export function statusOf(snapshot: SandboxSnapshot): SandboxStatus {
-  const v = snapshot.value as string;
+  const v = stateName(snapshot);
   switch (v) {
     case 'creating':
     case 'running':
@@ -208,7 +259,7 @@ export function statusOf(snapshot: SandboxSnapshot): SandboxStatus {
  */
 export function assertCan(snapshot: SandboxSnapshot, command: SandboxCommand): void {
   if (snapshot.status === 'done' || !snapshot.can(command)) {
-    const state = String(snapshot.value);
+    const state = stateName(snapshot);
     throw new CorralError('E_ILLEGAL_STATE', `cannot ${command.type} sandbox "${snapshot.context.name}": it is ${state}`, {
       details: { state, command: command.type },
     });

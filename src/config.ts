@@ -26,7 +26,17 @@ export interface SandboxConfig {
   readonly bootTimeoutMs: number;
   /** How long a graceful stop may take before it escalates to kill. */
   readonly stopTimeoutMs: number;
+  /** Host-enforced lifetime: past it the sandbox drains. */
+  readonly maxDurationMs?: number;
+  /** Host-enforced idle limit: this long with no exec running drains the sandbox. */
+  readonly idleTimeoutMs?: number;
+  /** Verbosity of the sandbox's runtime log (stderr of the hosting process). */
+  readonly logLevel: LogLevel;
 }
+
+/** Runtime log verbosity. */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace';
+export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug', 'trace'];
 
 export const LIMITS = {
   nameMaxLength: 63,
@@ -36,6 +46,7 @@ export const LIMITS = {
   envValueMaxBytes: 128 * 1024,
   envMaxEntries: 1024,
   timeoutMs: { min: 100, max: 24 * 3600 * 1000 },
+  policyMs: { min: 100, max: 30 * 24 * 3600 * 1000 },
 } as const;
 
 export const DEFAULTS = {
@@ -47,6 +58,7 @@ export const DEFAULTS = {
   accel: 'auto' as AccelOption,
   bootTimeoutMs: 60_000,
   stopTimeoutMs: 10_000,
+  logLevel: 'warn' as LogLevel,
 } as const;
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
@@ -133,7 +145,12 @@ export function validateImage(image: unknown): string {
 export function normalizeConfig(raw: unknown): SandboxConfig {
   if (typeof raw !== 'object' || raw === null) throw new InvalidOptionError('config', 'an object', raw);
   const c = raw as Partial<Record<keyof SandboxConfig, unknown>>;
-  const known = new Set<string>(['name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel', 'bootTimeoutMs', 'stopTimeoutMs']);
+  const known = new Set<string>([
+    'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
+    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel',
+  ]);
+  const logLevel = c.logLevel ?? DEFAULTS.logLevel;
+  if (!LOG_LEVELS.includes(logLevel as LogLevel)) throw new InvalidOptionError('logLevel', `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`, logLevel);
   for (const k of Object.keys(c)) {
     if (!known.has(k)) throw new InvalidOptionError(k, `a known option (${[...known].join(', ')})`, k);
   }
@@ -151,5 +168,8 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     accel,
     bootTimeoutMs: validateInt(c.bootTimeoutMs ?? DEFAULTS.bootTimeoutMs, 'bootTimeoutMs', LIMITS.timeoutMs, ' ms'),
     stopTimeoutMs: validateInt(c.stopTimeoutMs ?? DEFAULTS.stopTimeoutMs, 'stopTimeoutMs', LIMITS.timeoutMs, ' ms'),
+    ...(c.maxDurationMs !== undefined ? { maxDurationMs: validateInt(c.maxDurationMs, 'maxDurationMs', LIMITS.policyMs, ' ms') } : {}),
+    ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: validateInt(c.idleTimeoutMs, 'idleTimeoutMs', LIMITS.policyMs, ' ms') } : {}),
+    logLevel: logLevel as LogLevel,
   };
 }

@@ -7,12 +7,12 @@
  * console.log((await sb.shell('echo hi')).stdout);
  */
 
-export { Sandbox, getDefaultSupervisor, type StopOptions, type ExecStreamOptions } from './sdk/Sandbox.ts';
+export { Sandbox, getDefaultSupervisor, type StopOptions, type ExecStreamOptions, type SandboxSummary, type ListOptions, type LookupOptions } from './sdk/Sandbox.ts';
 export { SandboxBuilder } from './sdk/SandboxBuilder.ts';
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
 export { Supervisor, type SupervisorOptions, type CreateOptions, type SandboxInfo } from './supervisor/Supervisor.ts';
 export { EventBus, ofType } from './bus/EventBus.ts';
 export type { SandboxEvent, SandboxEventType, EventOf, StopReason, SandboxStatus, Accel } from './bus/events.ts';
 export { CorralError, InvalidOptionError, ErrorCodes, type ErrorCode } from './errors.ts';
-export { type SandboxConfig, normalizeConfig } from './config.ts';
+export { type SandboxConfig, type LogLevel, normalizeConfig } from './config.ts';
 export { sandboxMachine } from '../machines/sandbox.machine.ts';

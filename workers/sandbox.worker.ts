@@ -13,11 +13,11 @@ import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { randomBytes } from 'node:crypto';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
-import { assertCan, sandboxMachine, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
+import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
 import type { SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import type { SandboxConfig } from '../src/config.ts';
-import { CorralError, serializeError, type SerializedError } from '../src/errors.ts';
+import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
@@ -113,7 +113,14 @@ class SandboxHost implements SandboxWorkerApi {
         abortExecs: (_, params: { reason: string }) => this.#vm?.closeChannels(new CorralError('E_VM_CRASHED', params.reason)),
       },
     });
-    this.#actor = createActor(machine, { input: { name: data.config.name, stopTimeoutMs: data.config.stopTimeoutMs } });
+    this.#actor = createActor(machine, {
+      input: {
+        name: data.config.name,
+        stopTimeoutMs: data.config.stopTimeoutMs,
+        maxDurationMs: data.config.maxDurationMs,
+        idleTimeoutMs: data.config.idleTimeoutMs,
+      },
+    });
     this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
   }
 
@@ -123,11 +130,12 @@ class SandboxHost implements SandboxWorkerApi {
     this.#createdAt = performance.now();
     this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
     this.#actor.start();
-    const s = await waitFor(this.#actor, (s) => s.value !== 'creating');
-    if (s.value === 'stopped' && s.context.error) {
-      throw new CorralError('E_BOOT_FAILED', `sandbox "${this.#config.name}" failed to boot: ${s.context.error.message}`, {
-        details: { error: s.context.error },
-      });
+    const s = await waitFor(this.#actor, (s) => stateName(s) !== 'creating');
+    if (s.status === 'done') {
+      const cause = s.context.error ? deserializeError(s.context.error) : undefined;
+      // Keep a specific code (E_IMAGE_NOT_FOUND, E_SETUP_MISSING…); anything else is a boot failure.
+      const code = cause instanceof CorralError && cause.code !== 'E_TIMEOUT' ? cause.code : 'E_BOOT_FAILED';
+      throw new CorralError(code, `sandbox "${this.#config.name}" failed to boot: ${cause?.message ?? s.context.stopReason}`, { cause });
     }
     if (this.#config.workdir !== '/') await this.#ensureWorkdir();
     return this.info();
@@ -155,7 +163,7 @@ class SandboxHost implements SandboxWorkerApi {
 
   async pause(): Promise<void> {
     this.#command({ type: 'pause' });
-    await waitFor(this.#actor, (s) => s.value !== 'running');
+    await waitFor(this.#actor, (s) => stateName(s) !== 'running');
   }
 
   async resume(): Promise<void> {
@@ -170,15 +178,15 @@ class SandboxHost implements SandboxWorkerApi {
   async stop(timeoutMs?: number): Promise<SandboxInfo> {
     const s = this.#actor.getSnapshot();
     if (s.status === 'done') return this.info();
-    if (timeoutMs !== undefined) (s.context as { stopTimeoutMs: number }).stopTimeoutMs = timeoutMs;
-    if (s.value === 'stopping' || s.value === 'killing') return this.stopped();
-    this.#command({ type: 'stop' });
+    const state = stateName(s);
+    if (state === 'stopping' || state === 'killing') return this.stopped();
+    this.#command(timeoutMs === undefined ? { type: 'stop' } : { type: 'stop', timeoutMs });
     return this.stopped();
   }
 
   async kill(): Promise<SandboxInfo> {
     const s = this.#actor.getSnapshot();
-    if (s.status === 'done' || s.value === 'killing') return this.stopped();
+    if (s.status === 'done' || stateName(s) === 'killing') return this.stopped();
     this.#command({ type: 'kill' });
     return this.stopped();
   }
@@ -189,7 +197,7 @@ class SandboxHost implements SandboxWorkerApi {
     return {
       name: this.#config.name,
       status: statusOf(s),
-      state: String(s.value),
+      state: stateName(s),
       pid: c.vm?.pid ?? this.#vm?.pid ?? null,
       accel: c.vm?.accel ?? null,
       accelReason: this.#accelReason,
@@ -242,14 +250,16 @@ class SandboxHost implements SandboxWorkerApi {
     this.#agentVersion = vm.hello.agentVersion;
     // From here on the VM can die or misbehave at any time: tell the machine.
     vm.exited.then((x) => {
-      const v = this.#actor.getSnapshot().value;
+      const v = stateName(this.#actor.getSnapshot());
       if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
     });
-    vm.agent.failed.then((err) => {
-      if (!vm.isExited && this.#actor.getSnapshot().status !== 'done') {
-        const v = this.#actor.getSnapshot().value;
-        if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
-      }
+    vm.agent.failed.then(async (err) => {
+      // A closed connection usually means qemu is exiting (guest reboot, crash): give the
+      // exit a moment to be seen, so the stop reason says what really happened.
+      if (err instanceof CorralError && err.code === 'E_VM_CRASHED') await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 2000))]);
+      if (vm.isExited || this.#actor.getSnapshot().status === 'done') return;
+      const v = stateName(this.#actor.getSnapshot());
+      if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
     });
     return { pid: vm.pid, accel: vm.accel, bootMs: performance.now() - t0 };
   }
@@ -257,13 +267,17 @@ class SandboxHost implements SandboxWorkerApi {
   async #stopVm(timeoutMs: number, _reason: StopReason): Promise<VmEnded> {
     const vm = this.#vm;
     if (!vm) return { exitCode: null, signal: null };
+    const ended = vm.exited.then(() => vm.closeChannels(new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped`)));
     const x = await vm.shutdown(timeoutMs);
+    await ended;
     return { exitCode: x.code, signal: x.signal };
   }
 
   async #killVm(): Promise<VmEnded> {
     const vm = this.#vm;
     if (!vm) return { exitCode: null, signal: null };
+    // Say why running execs end before the connection drops under them.
+    vm.closeChannels(new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" was killed`));
     vm.kill();
     const x = await vm.exited;
     return { exitCode: x.code, signal: x.signal };
@@ -336,7 +350,7 @@ class SandboxHost implements SandboxWorkerApi {
   // ── events ─────────────────────────────────────────────────────────────────
 
   #onSnapshot(s: SandboxSnapshot): void {
-    const value = String(s.value);
+    const value = stateName(s);
     const prev = this.#lastValue;
     if (value === prev) return;
     this.#lastValue = value;
@@ -390,7 +404,7 @@ class SandboxHost implements SandboxWorkerApi {
 
   // ── helpers ────────────────────────────────────────────────────────────────
 
-  #command(command: { type: 'pause' } | { type: 'resume' } | { type: 'drain' } | { type: 'stop' } | { type: 'kill' }): void {
+  #command(command: { type: 'pause' } | { type: 'resume' } | { type: 'drain' } | { type: 'stop'; timeoutMs?: number } | { type: 'kill' }): void {
     assertCan(this.#actor.getSnapshot(), command);
     this.#actor.send(command);
   }

@@ -118,7 +118,7 @@ export class AgentClient {
     this.ready.catch(() => {});
     this.failed = new Promise((res) => (this.#resolveFailed = res));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('error', (err) => this.#fail(new CorralError('E_PROTOCOL', `agent connection error: ${err.message}`, { cause: err })));
+    socket.on('error', (err) => this.#fail(new CorralError('E_VM_CRASHED', `agent connection lost: ${err.message}`, { cause: err })));
     socket.on('close', () => this.#fail(new CorralError('E_VM_CRASHED', 'agent connection closed')));
   }
 

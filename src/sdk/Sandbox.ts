@@ -6,13 +6,15 @@
  * const out = await sb.exec('sh', ['-c', 'echo hi']);
  */
 
-import { filter, takeWhile, type Observable, type Subscription } from 'rxjs';
-import { isExecEvent, type SandboxEvent } from '../bus/events.ts';
+import { randomInt } from 'node:crypto';
+import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
+import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import type { SandboxController, SandboxInfo } from '../supervisor/Supervisor.ts';
+import type { SandboxLink } from '../supervisor/SandboxLink.ts';
+import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
-import { ExecResult, ExecStream, routeExecEvent, type ExecOptions } from './exec.ts';
+import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
 
 let defaultSupervisor: Supervisor | undefined;
@@ -36,43 +38,156 @@ export interface ExecStreamOptions extends Omit<ExecOptions, 'stdin'> {
 
 const encoder = new TextEncoder();
 
+/** One row of {@link Sandbox.list}. */
+export interface SandboxSummary {
+  readonly name: string;
+  readonly status: SandboxStatus;
+  readonly image: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly detached: boolean;
+  readonly stopReason: StopReason | null;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** Options of {@link Sandbox.list}. */
+export interface ListOptions {
+  /** Only sandboxes that carry all these labels. */
+  readonly labels?: Readonly<Record<string, string>>;
+  /** Page size. Default: all. */
+  readonly limit?: number;
+  /** Rows to skip (names are sorted). */
+  readonly offset?: number;
+  readonly supervisor?: Supervisor;
+}
+
+/** Options of the static lookups. */
+export interface LookupOptions {
+  readonly supervisor?: Supervisor;
+}
+
 export class Sandbox {
-  readonly #ctl: SandboxController;
-  #nextExecId = 1;
+  readonly #link: SandboxLink | undefined;
+  readonly #sup: Supervisor;
+  readonly #config: SandboxConfig;
   #released = false;
 
-  /** This sandbox's events, in order, until (and including) `sandbox.stopped`. */
+  /**
+   * This sandbox's events, in order, until (and including) `sandbox.stopped`. For a handle
+   * on a stopped sandbox it completes at once.
+   */
   readonly events$: Observable<SandboxEvent>;
 
-  private constructor(ctl: SandboxController) {
-    this.#ctl = ctl;
-    this.events$ = ctl.events$.pipe(takeWhile((e) => e.type !== 'sandbox.stopped', true));
+  private constructor(sup: Supervisor, config: SandboxConfig, link: SandboxLink | undefined) {
+    this.#sup = sup;
+    this.#config = config;
+    this.#link = link;
+    this.#released = link === undefined;
+    this.events$ = link ? link.events$.pipe(takeWhile((e) => e.type !== 'sandbox.stopped', true)) : EMPTY;
   }
 
   /** Starts building a sandbox. */
   static builder(name: string): SandboxBuilder {
-    return new SandboxBuilder(name, (config, opts) => Sandbox.create(config, opts));
+    return new SandboxBuilder(name, (config, opts) => (opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts)));
   }
 
   /** Boots a sandbox from a config (as `builder.build()` returns it, or parsed from JSON). */
   static async create(config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
     const sup = options.supervisor ?? getDefaultSupervisor();
     const ctl = await sup.create(config, options);
-    return new Sandbox(ctl);
+    return new Sandbox(sup, ctl.config, ctl);
+  }
+
+  /**
+   * Boots a detached sandbox: it runs in a host process of its own, survives this process,
+   * and any process reaches it with {@link Sandbox.get}.
+   */
+  static async createDetached(config: SandboxConfig, options: Pick<CreateOptions, 'replace'> & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    const link = await sup.createDetached(config, options);
+    return new Sandbox(sup, link.config, link);
+  }
+
+  /**
+   * A handle on an existing sandbox by name: connected if it runs (in this process, or
+   * detached), else a stopped handle whose {@link start} boots it again.
+   */
+  static async get(name: string, options: LookupOptions = {}): Promise<Sandbox> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    const link = await sup.open(name);
+    if (link) return new Sandbox(sup, link.config, link);
+    const rec = sup.reconcile(name);
+    if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+    return new Sandbox(sup, rec.config, undefined);
+  }
+
+  /** Boots a stopped sandbox again from its persisted config and upper disk. */
+  static async start(name: string, options: LookupOptions & { detached?: boolean } = {}): Promise<Sandbox> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    if (options.detached) {
+      const rec = sup.reconcile(name);
+      if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+      if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`);
+      const link = await sup.createDetached(rec.config, { restart: true });
+      return new Sandbox(sup, link.config, link);
+    }
+    const ctl = await sup.restart(name);
+    return new Sandbox(sup, ctl.config, ctl);
+  }
+
+  /** Every known sandbox, with its status (records left by dead processes are repaired). */
+  static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    const rows = sup
+      .list(options.labels ? { labels: options.labels } : {})
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+      .map((r) => ({
+        name: r.name,
+        status: r.status,
+        image: r.config.image,
+        labels: r.config.labels ?? {},
+        detached: Boolean(r.controlSocket),
+        stopReason: r.stopReason,
+        createdAt: r.createdAt,
+        updatedAt: r.updatedAt,
+      }));
+    const offset = options.offset ?? 0;
+    return rows.slice(offset, options.limit === undefined ? undefined : offset + options.limit);
+  }
+
+  /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
+  static async remove(name: string, options: LookupOptions = {}): Promise<void> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    await sup.remove(name);
   }
 
   get name(): string {
-    return this.#ctl.config.name;
+    return this.#config.name;
   }
 
   /** The config the sandbox was created from. */
   get config(): SandboxConfig {
-    return this.#ctl.config;
+    return this.#config;
+  }
+
+  /** True when the sandbox lives in a host process of its own. */
+  get detached(): boolean {
+    return this.#link?.detached ?? false;
   }
 
   /** Current facts: status, state, pid, accel, boot timings, stop reason. */
-  info(): Promise<SandboxInfo> {
-    return this.#ctl.busy(() => this.#ctl.api.info());
+  async info(): Promise<SandboxInfo> {
+    const link = this.#link;
+    if (!link || this.#released) return this.#recordInfo();
+    return link.busy(() => link.api.info()).catch((err: unknown) => {
+      if (err instanceof CorralError && err.code === 'E_CLOSED') return this.#recordInfo();
+      throw err;
+    });
+  }
+
+  /** Boots this (stopped) sandbox again; resolves with a handle on the running sandbox. */
+  start(options: { detached?: boolean } = {}): Promise<Sandbox> {
+    return Sandbox.start(this.name, { ...options, supervisor: this.#sup });
   }
 
   /**
@@ -102,14 +217,14 @@ export class Sandbox {
 
   /** Runs a script with the sandbox's shell (`shell -c script`). */
   shell(script: string, options: ExecOptions = {}): Promise<ExecResult> {
-    return this.exec(this.#ctl.config.shell, ['-c', script], options);
+    return this.exec(this.#config.shell, ['-c', script], options);
   }
 
   /**
    * Runs a command and streams what happens: `started`, `stdout`, `stderr`, `exited`.
    * Iterate it (`for await`) or subscribe to `items$`.
    */
-  execStream(command: string, args: readonly string[] = [], options: ExecStreamOptions = {}): Promise<ExecStream> & AsyncIterable<import('./exec.ts').ExecStreamItem> {
+  execStream(command: string, args: readonly string[] = [], options: ExecStreamOptions = {}): Promise<ExecStream> & AsyncIterable<ExecStreamItem> {
     const p = this.#start([command, ...args], options);
     // Allow `for await (const x of sb.execStream(…))` without an extra await.
     return Object.assign(p, {
@@ -119,61 +234,93 @@ export class Sandbox {
     });
   }
 
-  /** Freezes the VM's CPUs. */
+  /** Freezes the VM's CPUs: no guest code runs and the VM process uses no CPU. */
   pause(): Promise<void> {
-    return this.#ctl.busy(() => this.#ctl.api.pause());
+    const link = this.#requireLink('pause');
+    return link.busy(() => link.api.pause());
   }
 
-  /** Thaws the VM's CPUs. */
+  /** Thaws the VM's CPUs; running execs carry on. */
   resume(): Promise<void> {
-    return this.#ctl.busy(() => this.#ctl.api.resume());
+    const link = this.#requireLink('resume');
+    return link.busy(() => link.api.resume());
   }
 
-  /** Refuses new execs, lets running ones finish, then stops. */
+  /** Refuses new execs, lets running ones finish, then stops (reason `drained`). */
   async drain(): Promise<SandboxInfo> {
-    const info = await this.#ctl.busy(() => this.#ctl.api.drain());
+    const link = this.#requireLink('drain');
+    const info = await link.busy(() => link.api.drain());
     await this.#release();
     return info;
   }
 
-  /** Graceful stop: the agent syncs and powers off; escalates to kill after the timeout. */
+  /**
+   * Graceful stop: the agent syncs and the guest shuts down; after `timeoutMs` it escalates
+   * to kill by itself.
+   */
   async stop(options: StopOptions = {}): Promise<SandboxInfo> {
-    if (this.#released) return this.#lastInfo();
-    const info = await this.#ctl.busy(() => this.#ctl.api.stop(options.timeoutMs));
+    if (this.#released || !this.#link) return this.#recordInfo();
+    const link = this.#link;
+    const info = await link.busy(() => link.api.stop(options.timeoutMs));
     await this.#release();
     return info;
   }
 
   /** Forceful stop: SIGKILL to the VM. */
   async kill(): Promise<SandboxInfo> {
-    if (this.#released) return this.#lastInfo();
-    const info = await this.#ctl.busy(() => this.#ctl.api.kill());
+    if (this.#released || !this.#link) return this.#recordInfo();
+    const link = this.#link;
+    const info = await link.busy(() => link.api.kill());
     await this.#release();
     return info;
   }
 
   /** Resolves when the sandbox stops on its own (or by another caller), without stopping it. */
   async wait(): Promise<SandboxInfo> {
-    const info = await this.#ctl.busy(() => this.#ctl.api.stopped());
+    if (this.#released || !this.#link) return this.#recordInfo();
+    const link = this.#link;
+    const info = await link.busy(() => link.api.stopped());
     await this.#release();
     return info;
   }
 
+  /**
+   * Lets go of this handle without stopping the sandbox. A detached sandbox keeps running in
+   * its host process; an attached one keeps running in this process's supervisor (until
+   * this process exits). `Sandbox.get(name)` gives a new handle.
+   */
+  async detach(): Promise<void> {
+    if (this.#released) return;
+    this.#released = true;
+    await this.#link?.detach();
+  }
+
   /** Raw agent round trip (PING/PONG), ms. For benchmarks. */
   ping(bytes = 64): Promise<number> {
-    return this.#ctl.busy(() => this.#ctl.api.ping(bytes));
+    const link = this.#requireLink('ping');
+    return link.busy(() => link.api.ping(bytes));
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
 
-  async #lastInfo(): Promise<SandboxInfo> {
-    const rec = this.#ctl.supervisor.store.getSandbox(this.name);
+  #requireLink(what: string): SandboxLink {
+    if (this.#released || !this.#link) {
+      const state = this.#sup.reconcile(this.name)?.status ?? 'removed';
+      throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.name}": ${this.#link ? 'this handle was released' : `it is ${state}`}`, {
+        details: { state },
+      });
+    }
+    return this.#link;
+  }
+
+  async #recordInfo(): Promise<SandboxInfo> {
+    const rec = this.#sup.reconcile(this.name);
     return {
       name: this.name,
-      status: 'stopped',
-      state: 'stopped',
+      status: rec?.status ?? 'stopped',
+      state: rec?.state ?? 'stopped',
       pid: null,
       accel: null,
       accelReason: null,
@@ -191,18 +338,18 @@ export class Sandbox {
   async #release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
-    await this.#ctl.supervisor.release(this.#ctl);
+    await this.#link?.release();
   }
 
   async #start(argv: string[], options: ExecStreamOptions): Promise<ExecStream> {
-    if (this.#released) throw new CorralError('E_ILLEGAL_STATE', `cannot exec in sandbox "${this.name}": it is stopped`);
     for (const a of argv) if (typeof a !== 'string') throw new TypeError(`exec arguments must be strings (got ${typeof a})`);
     if (options.timeoutMs !== undefined && (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
       throw new CorralError('E_INVALID_OPTION', `invalid option timeoutMs: a positive number of ms (got ${options.timeoutMs})`);
     }
     options.signal?.throwIfAborted();
-    const ctl = this.#ctl;
-    const execId = this.#nextExecId++;
+    const ctl = this.#requireLink('exec in');
+    // Random ids: several processes may drive one detached sandbox at once.
+    const execId = randomInt(1, 2 ** 31 - 1);
     const stdin = options.stdin;
     const pipe = stdin !== undefined;
     const control = {

@@ -6,6 +6,8 @@
 import {
   DEFAULTS,
   LIMITS,
+  LOG_LEVELS,
+  type LogLevel,
   normalizeConfig,
   validateAbsolutePath,
   validateEnvName,
@@ -20,7 +22,7 @@ import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
 import { parseAccel, type AccelOption } from '../vm/accel.ts';
 import type { Sandbox } from './Sandbox.ts';
 
-type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor }) => Promise<Sandbox>;
+type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<Sandbox>;
 
 /**
  * @example
@@ -30,6 +32,7 @@ type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Su
 export class SandboxBuilder {
   #config: { -readonly [K in keyof SandboxConfig]: SandboxConfig[K] };
   #replace = false;
+  #detached = false;
   #supervisor: Supervisor | undefined;
   readonly #create: Create;
 
@@ -48,6 +51,7 @@ export class SandboxBuilder {
       accel: DEFAULTS.accel,
       bootTimeoutMs: DEFAULTS.bootTimeoutMs,
       stopTimeoutMs: DEFAULTS.stopTimeoutMs,
+      logLevel: DEFAULTS.logLevel,
     };
   }
 
@@ -117,9 +121,34 @@ export class SandboxBuilder {
     return this;
   }
 
+  /** Host-enforced maximum lifetime in seconds; when exceeded the sandbox drains. */
+  maxDuration(seconds: number): this {
+    this.#config.maxDurationMs = secondsToMs(seconds, 'maxDuration');
+    return this;
+  }
+
+  /** Host-enforced idle limit in seconds: that long with no exec running drains the sandbox. */
+  idleTimeout(seconds: number): this {
+    this.#config.idleTimeoutMs = secondsToMs(seconds, 'idleTimeout');
+    return this;
+  }
+
+  /** Verbosity of the sandbox runtime's log: error, warn (default), info, debug, trace. */
+  logLevel(level: LogLevel): this {
+    if (!LOG_LEVELS.includes(level)) throw new InvalidOptionError('logLevel', `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`, level);
+    this.#config.logLevel = level;
+    return this;
+  }
+
   /** Replace a same-named sandbox instead of failing on the conflict. */
   replace(): this {
     this.#replace = true;
+    return this;
+  }
+
+  /** Create the sandbox detached (same as {@link createDetached}). */
+  detached(on = true): this {
+    this.#detached = on;
     return this;
   }
 
@@ -135,7 +164,28 @@ export class SandboxBuilder {
   }
 
   /** Boots the sandbox; resolves once it runs. */
-  create(options: Omit<CreateOptions, 'replace'> = {}): Promise<Sandbox> {
-    return this.#create(this.build(), { ...options, replace: this.#replace, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
+  create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> = {}): Promise<Sandbox> {
+    return this.#create(this.build(), {
+      ...options,
+      replace: this.#replace,
+      detached: this.#detached,
+      ...(this.#supervisor ? { supervisor: this.#supervisor } : {}),
+    });
   }
+
+  /**
+   * Boots the sandbox detached: it survives this process in a host process of its own and
+   * is reached again with `Sandbox.get(name)` from any process.
+   */
+  createDetached(): Promise<Sandbox> {
+    return this.#create(this.build(), { replace: this.#replace, detached: true, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
+  }
+}
+
+function secondsToMs(seconds: number, option: string): number {
+  const { min, max } = LIMITS.policyMs;
+  if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds * 1000 < min || seconds * 1000 > max) {
+    throw new InvalidOptionError(option, `a number of seconds from ${min / 1000} to ${max / 1000}`, seconds);
+  }
+  return Math.round(seconds * 1000);
 }

@@ -23,6 +23,8 @@ export interface SandboxRecord {
   readonly ownerPid: number | null;
   readonly vmPid: number | null;
   readonly stopReason: StopReason | null;
+  /** Detached sandboxes: the host process's control socket. */
+  readonly controlSocket?: string | null;
   readonly createdAt: number;
   readonly updatedAt: number;
 }
@@ -61,6 +63,12 @@ export class Store {
   async putSandbox(rec: SandboxRecord): Promise<void> {
     this.#assertOpen();
     await this.#sandboxes.put(rec.name, rec);
+  }
+
+  /** Writes a record synchronously (for exit hooks and read-repair). */
+  putSandboxSync(rec: SandboxRecord): void {
+    this.#assertOpen();
+    this.#sandboxes.putSync(rec.name, rec);
   }
 
   /** Updates some fields of an existing record (no-op if it is gone). */

@@ -9,6 +9,8 @@
 import './comlinkErrors.ts';
 import { wrap, releaseProxy, type Remote } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -16,14 +18,20 @@ import type { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
-import { CorralError } from '../errors.ts';
+import { CorralError, deserializeError, type SerializedError } from '../errors.ts';
+import { SocketLink } from '../host/SocketLink.ts';
+import { controlSocketPath } from '../host/wire.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
+import type { SandboxLink } from './SandboxLink.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
 const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
+const HOST_MAIN = fileURLToPath(new URL('../host/hostMain.ts', import.meta.url));
+/** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
+const TSX_LOADER = import.meta.resolve('tsx');
 
 /** Options of a {@link Supervisor}. */
 export interface SupervisorOptions {
@@ -38,15 +46,18 @@ export interface CreateOptions {
   /** Stop and remove a same-named sandbox first instead of failing. */
   readonly replace?: boolean;
   readonly signal?: AbortSignal;
+  /** @internal set by a detached sandbox's host process. */
+  readonly controlSocket?: string;
 }
 
 /**
  * The supervisor's handle on one sandbox worker. The SDK's `Sandbox` wraps it.
  * Internal: not exported from the package entry.
  */
-export class SandboxController {
+export class SandboxController implements SandboxLink {
   readonly #worker: Worker;
   readonly api: Remote<SandboxWorkerApi>;
+  readonly detached = false;
   readonly events$: Observable<SandboxEvent>;
   #busy = 0;
   #terminated: Promise<void> | undefined;
@@ -77,6 +88,13 @@ export class SandboxController {
       if (--this.#busy === 0) this.#worker.unref();
     }
   }
+
+  release(): Promise<void> {
+    return this.supervisor.release(this);
+  }
+
+  /** An attached sandbox stays with its supervisor: dropping a handle changes nothing. */
+  async detach(): Promise<void> {}
 
   /** Ends the worker thread (the VM, spawned from it, dies with it). Idempotent. */
   terminate(): Promise<void> {
@@ -114,6 +132,18 @@ export class Supervisor {
     }
     this.#store = Store.open(this.stateDir);
     this.events$ = this.#bus.events$;
+    openSupervisors.add(this);
+    if (openSupervisors.size === 1) process.once('exit', onProcessExit);
+  }
+
+  /** @internal at process exit: the VMs die with the process; say so in the store. */
+  markLiveAsKilled(): void {
+    for (const name of this.#live.keys()) {
+      const rec = this.#store.getSandbox(name);
+      if (rec && rec.status !== 'stopped') {
+        this.#store.putSandboxSync({ ...rec, status: 'stopped', state: 'stopped', stopReason: 'killed', updatedAt: Date.now() });
+      }
+    }
   }
 
   /** The bus, for typed filtering (`supervisor.bus.on('exec.exited')`). */
@@ -132,16 +162,13 @@ export class Supervisor {
   }
 
   /**
-   * Boots a sandbox in a new worker; resolves once it runs. On a boot failure the worker is
-   * gone and the error says why.
+   * Boots a sandbox in a new worker of this process (attached); resolves once it runs. On a
+   * boot failure the worker is gone and the error says why.
    */
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<SandboxController> {
     this.#assertOpen();
     const config = normalizeConfig(rawConfig);
     await this.#claimName(config.name, options.replace ?? false);
-    if (this.#live.size >= this.maxSandboxes) {
-      throw new CorralError('E_INVALID_OPTION', `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
-    }
     const now = Date.now();
     await this.#store.putSandbox({
       name: config.name,
@@ -151,10 +178,40 @@ export class Supervisor {
       ownerPid: process.pid,
       vmPid: null,
       stopReason: null,
+      controlSocket: options.controlSocket ?? null,
       createdAt: now,
       updatedAt: now,
     });
+    return this.#boot(config, options);
+  }
 
+  /**
+   * Boots a stopped sandbox again from its persisted config and upper disk (files written
+   * before the stop are still there).
+   */
+  async restart(name: string, options: Pick<CreateOptions, 'signal' | 'controlSocket'> = {}): Promise<SandboxController> {
+    this.#assertOpen();
+    const rec = this.reconcile(name);
+    if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+    if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
+    await this.#store.putSandbox({
+      ...rec,
+      status: 'creating',
+      state: 'creating',
+      ownerPid: process.pid,
+      vmPid: null,
+      stopReason: null,
+      controlSocket: options.controlSocket ?? null,
+      updatedAt: Date.now(),
+    });
+    return this.#boot(rec.config, options);
+  }
+
+  async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<SandboxController> {
+    if (this.#live.size >= this.maxSandboxes) {
+      await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' });
+      throw new CorralError('E_INVALID_OPTION', `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
+    }
     const control = new MessageChannel();
     const events = new MessageChannel();
     const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2 };
@@ -172,17 +229,18 @@ export class Supervisor {
     // adds one per pending call, so the control port holds the process only during calls.
     events.port1.unref();
     control.port1.unref();
-    worker.on('error', (err) => {
+    worker.on('error', () => {
       // A worker that throws at top level never answers again: fail its record.
       void this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' }).catch(() => {});
       this.#live.delete(config.name);
-      void err;
     });
 
     const abort = () => void ctl.api.kill().catch(() => {});
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
-      await ctl.busy(() => ctl.api.start());
+      const info = await ctl.busy(() => ctl.api.start());
+      // Durable before create resolves: whoever reads the store next sees it running.
+      await this.#store.patchSandbox(config.name, { status: info.status, state: info.state, vmPid: info.pid });
       return ctl;
     } catch (err) {
       await ctl.terminate();
@@ -192,6 +250,87 @@ export class Supervisor {
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
+  }
+
+  /**
+   * Boots a sandbox in a host process of its own (detached): it survives this process and is
+   * reachable by name from any other. Resolves with a link over the host's control socket.
+   */
+  async createDetached(rawConfig: SandboxConfig, options: Pick<CreateOptions, 'replace'> & { restart?: boolean } = {}): Promise<SandboxLink> {
+    this.#assertOpen();
+    const config = normalizeConfig(rawConfig);
+    if (!options.restart && !options.replace && this.#live.has(config.name)) {
+      throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running (use .replace() to replace it)`);
+    }
+    const args = ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
+    if (options.replace) args.push('--replace');
+    if (options.restart) args.push('--restart');
+    // detached: true puts the host in a session of its own (setsid): no signal aimed at our
+    // process group or terminal reaches it. The config goes on stdin, never in argv.
+    const child = spawn(process.execPath, args, { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
+    child.stdin.end(JSON.stringify(config));
+    const first = await new Promise<string>((resolve, reject) => {
+      let buf = '';
+      child.stdout.setEncoding('utf8');
+      child.stdout.on('data', (d: string) => {
+        buf += d;
+        const nl = buf.indexOf('\n');
+        if (nl >= 0) resolve(buf.slice(0, nl));
+      });
+      child.once('exit', (code, signal) => reject(new CorralError('E_BOOT_FAILED', `the host process of "${config.name}" exited before it was ready (${signal ?? `exit code ${code}`})`)));
+      child.once('error', (err) => reject(new CorralError('E_BOOT_FAILED', `cannot start the host process: ${err.message}`, { cause: err })));
+    });
+    child.stdout.destroy();
+    child.unref();
+    const msg = JSON.parse(first) as { ready?: SandboxInfo; error?: SerializedError };
+    if (msg.error) throw deserializeError(msg.error);
+    return SocketLink.connect(config, controlSocketPath(this.stateDir, config.name));
+  }
+
+  /**
+   * A link to a live sandbox, wherever it runs: in this supervisor, or detached in a host
+   * process (reached over its socket). Undefined when it is not running.
+   */
+  async open(name: string): Promise<SandboxLink | undefined> {
+    const live = this.#live.get(name);
+    if (live) return live;
+    const rec = this.reconcile(name);
+    if (!rec || rec.status === 'stopped') return undefined;
+    if (rec.controlSocket) return SocketLink.connect(rec.config, rec.controlSocket);
+    if (rec.ownerPid === process.pid) return undefined;
+    throw new CorralError('E_ILLEGAL_STATE', `sandbox "${name}" is attached to process ${rec.ownerPid}; only that process can use it`, {
+      details: { ownerPid: rec.ownerPid },
+    });
+  }
+
+  /**
+   * Reads a record and repairs it if its owner died: a sandbox left `running` by a process
+   * that no longer exists is marked stopped with reason `crashed` (its VM, if somehow still
+   * there, is killed). Returns the (repaired) record.
+   */
+  reconcile(name: string): SandboxRecord | undefined {
+    const rec = this.#store.getSandbox(name);
+    if (!rec || rec.status === 'stopped' || ownerAlive(rec) || this.#live.has(name)) return rec;
+    if (rec.vmPid && isOurVm(rec.vmPid, name)) {
+      try {
+        process.kill(rec.vmPid, 'SIGKILL');
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+    const fixed: SandboxRecord = { ...rec, status: 'stopped', state: 'stopped', stopReason: 'crashed', updatedAt: Date.now() };
+    this.#store.putSandboxSync(fixed);
+    if (rec.controlSocket) rmSync(rec.controlSocket, { force: true });
+    return fixed;
+  }
+
+  /** Every sandbox record (reconciled), optionally only those with all the given labels. */
+  list(filter: { labels?: Readonly<Record<string, string>> } = {}): SandboxRecord[] {
+    const want = Object.entries(filter.labels ?? {});
+    return this.#store
+      .listSandboxes()
+      .map((r) => this.reconcile(r.name) ?? r)
+      .filter((r) => want.every(([k, v]) => r.config.labels?.[k] === v));
   }
 
   /** The live controller of a sandbox of this supervisor, if any. */
@@ -210,12 +349,13 @@ export class Supervisor {
     this.#assertOpen();
     const live = this.#live.get(name);
     if (live) throw new CorralError('E_ILLEGAL_STATE', `cannot remove sandbox "${name}": it is running in this process (stop it first)`);
-    const rec = this.#store.getSandbox(name);
+    const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
-    if (rec.status !== 'stopped' && ownerAlive(rec)) {
+    if (rec.status !== 'stopped') {
       throw new CorralError('E_ILLEGAL_STATE', `cannot remove sandbox "${name}": it is ${rec.status} (owned by pid ${rec.ownerPid})`);
     }
     await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
+    if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
     await this.#store.removeSandbox(name);
   }
 
@@ -236,6 +376,7 @@ export class Supervisor {
       await new Promise((r) => setImmediate(r));
       await this.#store.close();
       this.#bus.close();
+      openSupervisors.delete(this);
     })();
     return this.#closed;
   }
@@ -258,10 +399,9 @@ export class Supervisor {
       await live.api.stop().catch(() => live.api.kill()).catch(() => {});
       await this.release(live);
     }
-    const rec = this.#store.getSandbox(name);
+    const rec = this.reconcile(name);
     if (!rec) return;
-    const alive = rec.status !== 'stopped' && ownerAlive(rec);
-    if (alive) {
+    if (rec.status !== 'stopped') {
       throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is ${rec.status} in process ${rec.ownerPid}`, { details: { status: rec.status } });
     }
     if (!replace && rec.status === 'stopped') {
@@ -296,15 +436,42 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
   }
 }
 
+const openSupervisors = new Set<Supervisor>();
+
+function onProcessExit(): void {
+  for (const sup of openSupervisors) {
+    try {
+      sup.markLiveAsKilled();
+    } catch {
+      /* the store may be closing: the next reader reconciles */
+    }
+  }
+}
+
+/** Whether `pid` is a qemu that corral started for sandbox `name`. */
+function isOurVm(pid: number, name: string): boolean {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return argv.some((a) => a.includes('qemu-system')) && argv.some((a) => a.includes(`corral.hostname=${name}`));
+  } catch {
+    return false;
+  }
+}
+
 /** Whether the process that owns a record is still alive. */
 export function ownerAlive(rec: SandboxRecord): boolean {
   if (!rec.ownerPid) return false;
   if (rec.ownerPid === process.pid) return true;
+  return processAlive(rec.ownerPid);
+}
+
+/** Whether a process exists and is not a zombie (dead, waiting to be reaped). */
+export function processAlive(pid: number): boolean {
   try {
-    process.kill(rec.ownerPid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
+  } catch {
+    return false;
   }
 }
 

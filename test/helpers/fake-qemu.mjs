@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// A stand-in for qemu whose "guest" is hostile. It connects to the agent and QMP sockets
+// A stand-in for qemu whose "guest" is hostile (mode "deaf": it ignores SHUTDOWN and quit). It connects to the agent and QMP sockets
 // named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
@@ -25,7 +25,7 @@ qmp.on('data', (d) => {
     const msg = JSON.parse(qbuf.slice(0, nl));
     qbuf = qbuf.slice(nl + 1);
     qmp.write(JSON.stringify({ return: {}, id: msg.id }) + '\n');
-    if (msg.execute === 'quit') process.exit(0);
+    if (msg.execute === 'quit' && mode !== 'deaf') process.exit(0);
   }
 });
 
@@ -52,7 +52,7 @@ agent.on('data', (d) => {
     const session = abuf.readUInt32LE(4);
     const type = abuf.readUInt16LE(8);
     abuf = abuf.subarray(12 + len);
-    if (type === 10) process.exit(0); // SHUTDOWN
+    if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
     if (type !== 2) continue; // only EXEC provokes the attack
     if (mode === 'oversized') {
       // Claims a 3 GiB payload: a host that trusted the length would try to buffer it.

@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 /** Shared fixtures for tests that boot real sandboxes. */
-import { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { Supervisor, processAlive } from '../../src/supervisor/Supervisor.ts';
 
 let n = 0;
 /** A sandbox name unique in this test run. */
@@ -14,14 +14,7 @@ export function testSupervisor(): Supervisor {
 }
 
 /** Whether a process is alive. A zombie (dead, waiting for its reaper) is not. */
-export function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
+export const alive = processAlive;
 
 /** Polls until `pred` holds or `ms` pass. For conditions no event announces (a pid gone). */
 export async function until(pred: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
@@ -29,5 +22,22 @@ export async function until(pred: () => boolean, ms = 10_000, what = 'condition'
   while (!pred()) {
     if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const FAKE_QEMU = fileURLToPath(new URL('./fake-qemu.mjs', import.meta.url));
+
+/**
+ * Runs `fn` (a create) with the fake qemu of test/helpers/fake-qemu.mjs in place of qemu,
+ * in the given mode. The worker copies the environment when it starts, so this is scoped.
+ */
+export async function withFakeQemu<T>(mode: string, fn: () => Promise<T>): Promise<T> {
+  process.env.CORRAL_QEMU = FAKE_QEMU;
+  process.env.CORRAL_FAKE_GUEST = mode;
+  try {
+    return await fn();
+  } finally {
+    delete process.env.CORRAL_QEMU;
+    delete process.env.CORRAL_FAKE_GUEST;
   }
 }

@@ -3,11 +3,11 @@
 // The same rules run against real VMs in test/sdk/*.test.ts.
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise, waitFor } from 'xstate';
-import { assertCan, sandboxMachine, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
+import { assertCan, sandboxMachine, stateName, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { StopReason } from '../../src/bus/events.ts';
 import { CorralError } from '../../src/errors.ts';
 
-function fakeMachine(opts: { bootFails?: boolean } = {}) {
+function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTimeoutMs?: number } = {}) {
   const log: string[] = [];
   let endStop!: (v: VmEnded) => void;
   const machine = sandboxMachine.provide({
@@ -32,7 +32,7 @@ function fakeMachine(opts: { bootFails?: boolean } = {}) {
       abortExecs: () => void log.push('abort'),
     },
   });
-  const actor = createActor(machine, { input: { name: 'm', stopTimeoutMs: 500 } });
+  const actor = createActor(machine, { input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
   actor.start();
   return { actor, log, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
 }
@@ -40,7 +40,7 @@ function fakeMachine(opts: { bootFails?: boolean } = {}) {
 describe('sandbox machine', () => {
   it('boots into running and counts execs in flight', async () => {
     const { actor, log } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'exec', execId: 1 });
     actor.send({ type: 'exec', execId: 2 });
     expect(actor.getSnapshot().context.inFlight).toBe(2);
@@ -51,26 +51,26 @@ describe('sandbox machine', () => {
 
   it('refuses exec while paused with an error that names the state', async () => {
     const { actor, log } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'pause' });
-    expect(actor.getSnapshot().value).toBe('paused');
+    expect(stateName(actor.getSnapshot())).toBe('paused');
     expect(() => assertCan(actor.getSnapshot(), { type: 'exec', execId: 1 })).toThrowError(/cannot exec sandbox "m": it is paused/);
     expect(() => assertCan(actor.getSnapshot(), { type: 'pause' })).toThrowError(CorralError);
     actor.send({ type: 'resume' });
-    expect(actor.getSnapshot().value).toBe('running');
+    expect(stateName(actor.getSnapshot())).toBe('running');
     expect(() => assertCan(actor.getSnapshot(), { type: 'resume' })).toThrowError(/cannot resume sandbox "m": it is running/);
     expect(log).toEqual(['pause', 'resume']);
   });
 
   it('drains: refuses new execs, waits for running ones, then stops with reason drained', async () => {
     const { actor, log, finishStop } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'exec', execId: 1 });
     actor.send({ type: 'drain' });
-    expect(actor.getSnapshot().value).toBe('draining');
+    expect(stateName(actor.getSnapshot())).toBe('draining');
     expect(() => assertCan(actor.getSnapshot(), { type: 'exec', execId: 2 })).toThrowError(/it is draining/);
     actor.send({ type: 'exec.done', execId: 1 });
-    expect(actor.getSnapshot().value).toBe('stopping');
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
     finishStop();
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('drained');
@@ -79,11 +79,11 @@ describe('sandbox machine', () => {
 
   it('stops gracefully with reason requested and records how the VM ended', async () => {
     const { actor, finishStop } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'stop' });
     // The VM ending during a stop is the stop working, not a crash.
     actor.send({ type: 'vm.exited', exitCode: 0, signal: null });
-    expect(actor.getSnapshot().value).toBe('stopping');
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
     finishStop({ exitCode: 0, signal: null });
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('requested');
@@ -92,7 +92,7 @@ describe('sandbox machine', () => {
 
   it('escalates a stop to kill on request', async () => {
     const { actor, log } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'stop' });
     actor.send({ type: 'kill' });
     const s = await waitFor(actor, (s) => s.status === 'done');
@@ -102,7 +102,7 @@ describe('sandbox machine', () => {
 
   it('records a VM that died on its own as crashed', async () => {
     const { actor } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'vm.exited', exitCode: null, signal: 'SIGSEGV' });
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('crashed');
@@ -111,7 +111,7 @@ describe('sandbox machine', () => {
 
   it('kills the VM when the agent connection breaks', async () => {
     const { actor, log } = fakeMachine();
-    await waitFor(actor, (s) => s.value === 'running');
+    await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'vm.failed', error: { name: 'CorralError', message: 'bad frame', code: 'E_PROTOCOL' } });
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('crashed');
@@ -124,5 +124,38 @@ describe('sandbox machine', () => {
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('boot-failed');
     expect(s.context.error?.message).toBe('no kernel');
+  });
+
+  it('drains when the max duration passes, across pause and resume', async () => {
+    const { actor, finishStop } = fakeMachine({ maxDurationMs: 150 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'pause' });
+    actor.send({ type: 'resume' });
+    await waitFor(actor, (s) => stateName(s) === 'stopping', { timeout: 2000 });
+    finishStop();
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('max-duration');
+  });
+
+  it('drains after the idle timeout, but never while an exec runs', async () => {
+    const { actor, finishStop } = fakeMachine({ idleTimeoutMs: 100 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'exec', execId: 1 });
+    // Three idle periods with the exec running: still running.
+    await new Promise((r) => setTimeout(r, 350));
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    actor.send({ type: 'exec.done', execId: 1 });
+    await waitFor(actor, (s) => stateName(s) === 'stopping', { timeout: 2000 });
+    finishStop();
+    expect((await waitFor(actor, (s) => s.status === 'done')).context.stopReason).toBe('idle-timeout');
+  });
+
+  it('takes the stop timeout from the stop command', async () => {
+    const { actor, log, finishStop } = fakeMachine();
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'stop', timeoutMs: 1234 });
+    finishStop();
+    await waitFor(actor, (s) => s.status === 'done');
+    expect(log).toContain('stopVm:requested:1234');
   });
 });

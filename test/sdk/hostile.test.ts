@@ -1,24 +1,13 @@
 // A malformed frame from the guest fails that sandbox, never the supervisor or its other
 // sandboxes. The hostile guest is a fake (test/helpers/fake-qemu.mjs, swapped in through
 // CORRAL_QEMU) because the real agent never sends malformed frames; the neighbour is a real VM.
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
-import { alive, testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+import { alive, testSupervisor, uniqueName, withFakeQemu } from '../helpers/sandbox.ts';
 
-const FAKE_QEMU = fileURLToPath(new URL('../helpers/fake-qemu.mjs', import.meta.url));
-
-async function hostileSandbox(sup: Supervisor, mode: string): Promise<Sandbox> {
-  process.env.CORRAL_QEMU = FAKE_QEMU;
-  process.env.CORRAL_FAKE_GUEST = mode;
-  try {
-    // The worker copies the environment when it starts.
-    return await Sandbox.builder(uniqueName(`evil-${mode}`)).supervisor(sup).create();
-  } finally {
-    delete process.env.CORRAL_QEMU;
-    delete process.env.CORRAL_FAKE_GUEST;
-  }
+function hostileSandbox(sup: Supervisor, mode: string): Promise<Sandbox> {
+  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).supervisor(sup).create());
 }
 
 describe('a hostile guest', () => {

@@ -39,7 +39,7 @@ describe('sandbox lifecycle', () => {
     const failure = stream.exited.then(() => undefined, (e: Error) => e);
     const info = await sb.kill();
     expect(info).toMatchObject({ status: 'stopped', stopReason: 'killed', exitSignal: 'SIGKILL' });
-    expect((await failure)?.message).toMatch(/stopped|closed/);
+    expect(await failure).toMatchObject({ code: 'E_VM_CRASHED', message: expect.stringMatching(/was killed|stopped/) });
     expect(alive(pid!)).toBe(false);
   });
 

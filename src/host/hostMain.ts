@@ -1,0 +1,125 @@
+/**
+ * The host process of a detached sandbox. Started by `createDetached()` in a session of its
+ * own (`setsid`), it owns the sandbox's worker (and so its VM and its policy timers) and
+ * serves the sandbox's API on a unix socket that any process can reach by name.
+ *
+ *   node --import tsx src/host/hostMain.ts <stateDir> [--replace]   (config JSON on stdin)
+ *
+ * It prints one JSON line on stdout — `{ "ready": info }` or `{ "error": … }` — and never
+ * writes there again (its creator may be gone). It exits when the sandbox has stopped.
+ */
+
+import { mkdirSync, rmSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { dirname } from 'node:path';
+import type { SandboxEvent } from '../bus/events.ts';
+import type { SandboxConfig } from '../config.ts';
+import { serializeError } from '../errors.ts';
+import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
+import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
+
+const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping']);
+/** Events kept for late subscribers (a client that reconnects sees what it missed). */
+const REPLAY = 4096;
+
+async function readStdin(): Promise<string> {
+  let text = '';
+  for await (const chunk of process.stdin) text += chunk;
+  return text;
+}
+
+function say(line: unknown): void {
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+}
+
+const [stateDir, ...flags] = process.argv.slice(2);
+if (!stateDir) {
+  say({ error: { name: 'Error', message: 'usage: hostMain <stateDir>' } });
+  process.exit(2);
+}
+const config = JSON.parse(await readStdin()) as SandboxConfig;
+const socketPath = controlSocketPath(stateDir, config.name);
+mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
+rmSync(socketPath, { force: true });
+
+const sup = new Supervisor({ stateDir });
+const replay: SandboxEvent[] = [];
+const clients = new Set<Socket>();
+let ctl: SandboxController | undefined;
+
+sup.events$.subscribe((e) => {
+  replay.push(e);
+  if (replay.length > REPLAY) replay.shift();
+  const line = `${JSON.stringify(toWire({ event: e }))}\n`;
+  for (const c of clients) if ((c as Socket & { subscribed?: boolean }).subscribed) c.write(line);
+});
+
+const server = createServer((sock) => {
+  clients.add(sock);
+  sock.setEncoding('utf8');
+  const lines = new LineSplitter();
+  sock.on('close', () => clients.delete(sock));
+  sock.on('error', () => sock.destroy());
+  sock.on('data', (chunk: string) => {
+    let reqs: WireRequest[];
+    try {
+      reqs = lines.push(chunk).map((l) => fromWire(JSON.parse(l)) as WireRequest);
+    } catch {
+      sock.destroy();
+      return;
+    }
+    for (const req of reqs) void answer(sock, req);
+  });
+});
+
+async function answer(sock: Socket, req: WireRequest): Promise<void> {
+  try {
+    let result: unknown;
+    if (req.method === 'subscribe') {
+      // Replay first, then live: the client's stream has no gap and no duplicate.
+      const since = typeof req.args[0] === 'number' ? req.args[0] : 0;
+      for (const e of replay) if (e.seq > since) sock.write(`${JSON.stringify(toWire({ event: e }))}\n`);
+      (sock as Socket & { subscribed?: boolean }).subscribed = true;
+    } else if (CALLS.has(req.method) && ctl) {
+      const fn = (ctl.api as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[req.method]!;
+      result = await fn(...req.args);
+    } else {
+      throw new TypeError(`unknown method ${req.method}`);
+    }
+    sock.write(`${JSON.stringify(toWire({ id: req.id, result }))}\n`);
+  } catch (err) {
+    if (!sock.destroyed) sock.write(`${JSON.stringify({ id: req.id, error: serializeError(err) })}\n`);
+  }
+}
+
+await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+
+try {
+  ctl = flags.includes('--restart')
+    ? await sup.restart(config.name, { controlSocket: socketPath })
+    : await sup.create(config, { replace: flags.includes('--replace'), controlSocket: socketPath });
+  say({ ready: await ctl.api.info() });
+} catch (err) {
+  say({ error: serializeError(err) });
+  server.close();
+  rmSync(socketPath, { force: true });
+  await sup.close();
+  process.exit(1);
+}
+
+// A polite signal to the host is a request to stop the sandbox, not to drop it.
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void ctl?.api.stop().catch(() => {}));
+
+// From here on nobody reads our stdout; a write there must not kill us.
+process.stdout.on('error', () => {});
+process.stdin.destroy();
+
+await ctl.api.stopped();
+// Let the last events reach connected clients before the socket goes.
+await new Promise((r) => setTimeout(r, 100));
+for (const c of clients) c.end();
+server.close();
+rmSync(socketPath, { force: true });
+await ctl.terminate();
+await sup.close();
+process.exit(0);
