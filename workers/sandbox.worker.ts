@@ -18,6 +18,7 @@ import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
 import type { SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import type { SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
+import { createLogger, type Logger } from '../src/runtime/log.ts';
 import { prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
@@ -95,11 +96,14 @@ class SandboxHost implements SandboxWorkerApi {
   #lastValue = '';
   #createdAt = performance.now();
   #imageEnv: Record<string, string> = {};
+  readonly #log: Logger;
+  #qmpDone: Promise<void> = Promise.resolve();
 
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#events = data.events;
+    this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
     const machine = sandboxMachine.provide({
       actors: {
         bootVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#boot(signal)),
@@ -163,11 +167,12 @@ class SandboxHost implements SandboxWorkerApi {
 
   async pause(): Promise<void> {
     this.#command({ type: 'pause' });
-    await waitFor(this.#actor, (s) => stateName(s) !== 'running');
+    await this.#qmpDone;
   }
 
   async resume(): Promise<void> {
     this.#command({ type: 'resume' });
+    await this.#qmpDone;
   }
 
   async drain(): Promise<SandboxInfo> {
@@ -243,8 +248,12 @@ class SandboxHost implements SandboxWorkerApi {
       tscKhz: hostTscKhz(),
       bootTimeoutMs: this.#config.bootTimeoutMs,
       signal,
-      onSpawn: (pid) => this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason }),
+      onSpawn: (pid) => {
+        this.#log.debug(`qemu spawned: pid ${pid}, accel ${choice.accel} (${choice.reason})`);
+        this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason });
+      },
     });
+    this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
     this.#vm = vm;
     this.#guestBootMs = vm.hello.bootMs;
     this.#agentVersion = vm.hello.agentVersion;
@@ -325,9 +334,14 @@ class SandboxHost implements SandboxWorkerApi {
   }
 
   #qmp(command: 'stop' | 'cont'): void {
-    this.#vm?.qmp.execute(command).catch((err: Error) => {
-      if (this.#actor.getSnapshot().status !== 'done') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
-    });
+    const done = this.#vm?.qmp.execute(command).then(
+      () => undefined,
+      (err: Error) => {
+        if (this.#actor.getSnapshot().status !== 'done') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+      },
+    );
+    // pause()/resume() resolve only once qemu has acted on the command.
+    this.#qmpDone = done ?? Promise.resolve();
   }
 
   /** Creates the workdir in the writable layer (images rarely ship it). */
@@ -354,7 +368,8 @@ class SandboxHost implements SandboxWorkerApi {
     const prev = this.#lastValue;
     if (value === prev) return;
     this.#lastValue = value;
-    this.#emit({ type: 'sandbox.state', state: value, status: statusOf(s) });
+    this.#emit({ type: 'sandbox.state', state: value, status: statusOf(s), snapshot: { value: s.value, inFlight: s.context.inFlight, stopReason: s.context.stopReason ?? null } });
+    this.#log.debug(`state ${prev || '(start)'} → ${value}`);
     const c = s.context;
     switch (value) {
       case 'running':
@@ -380,7 +395,11 @@ class SandboxHost implements SandboxWorkerApi {
         this.#emit({ type: 'sandbox.stopping', reason: c.stopReason ?? (value === 'killing' ? 'killed' : 'requested') });
         break;
       case 'stopped': {
-        if (c.error) this.#emit({ type: 'sandbox.failed', error: c.error });
+        if (c.error) {
+          this.#log.warn(`failed: ${c.error.message}`);
+          this.#emit({ type: 'sandbox.failed', error: c.error });
+        }
+        this.#log.info(`stopped (${c.stopReason ?? 'requested'})`);
         const ended = c.ended;
         this.#emit({
           type: 'sandbox.stopped',

@@ -50,7 +50,14 @@ export type SandboxEventBody =
       readonly error?: SerializedError;
     }
   | { readonly type: 'sandbox.failed'; readonly error: SerializedError }
-  | { readonly type: 'sandbox.state'; readonly state: string; readonly status: SandboxStatus }
+  | {
+      readonly type: 'sandbox.state';
+      /** The leaf state of the lifecycle machine. */
+      readonly state: string;
+      readonly status: SandboxStatus;
+      /** The machine's snapshot: its full state value and the parts of its context that matter. */
+      readonly snapshot: { readonly value: unknown; readonly inFlight: number; readonly stopReason: StopReason | null };
+    }
   | { readonly type: 'exec.started'; readonly execId: number; readonly argv: readonly string[]; readonly pid: number }
   | { readonly type: 'exec.stdout'; readonly execId: number; readonly data: Uint8Array }
   | { readonly type: 'exec.stderr'; readonly execId: number; readonly data: Uint8Array }

@@ -28,6 +28,8 @@ export function getDefaultSupervisor(): Supervisor {
 export interface StopOptions {
   /** Graceful stop budget before escalating to kill. Default: the sandbox's stopTimeoutMs. */
   readonly timeoutMs?: number;
+  /** Aborting it escalates the stop to a kill at once. */
+  readonly signal?: AbortSignal;
 }
 
 /** Options of {@link Sandbox.execStream}. */
@@ -261,9 +263,17 @@ export class Sandbox {
   async stop(options: StopOptions = {}): Promise<SandboxInfo> {
     if (this.#released || !this.#link) return this.#recordInfo();
     const link = this.#link;
-    const info = await link.busy(() => link.api.stop(options.timeoutMs));
-    await this.#release();
-    return info;
+    // An abort turns the graceful stop into a kill (the "timeout fallback" pattern).
+    const onAbort = () => void link.api.kill().catch(() => {});
+    if (options.signal?.aborted) onAbort();
+    options.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const info = await link.busy(() => link.api.stop(options.timeoutMs));
+      await this.#release();
+      return info;
+    } finally {
+      options.signal?.removeEventListener('abort', onAbort);
+    }
   }
 
   /** Forceful stop: SIGKILL to the VM. */

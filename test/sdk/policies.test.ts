@@ -98,4 +98,10 @@ describe('lifecycle verbs and policies', () => {
     expect(info).toMatchObject({ status: 'stopped', stopReason: 'requested', exitSignal: 'SIGKILL' });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
   });
+
+  it('an aborted signal turns a graceful stop into a kill', async () => {
+    const sb = await withFakeQemu('deaf', () => Sandbox.builder(uniqueName('abort')).supervisor(sup).create());
+    const info = await sb.stop({ timeoutMs: 60_000, signal: AbortSignal.timeout(300) });
+    expect(info).toMatchObject({ status: 'stopped', stopReason: 'killed', exitSignal: 'SIGKILL' });
+  });
 });
