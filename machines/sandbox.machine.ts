@@ -25,6 +25,8 @@ export interface SandboxInput {
   readonly maxDurationMs?: number | undefined;
   /** Host-enforced idle limit: no exec running for this long drains the sandbox. */
   readonly idleTimeoutMs?: number | undefined;
+  /** Start by restoring the shape's template rather than booting cold. */
+  readonly useTemplate?: boolean;
 }
 
 /** What booting produced. */
@@ -45,6 +47,7 @@ export interface SandboxContext {
   stopTimeoutMs: number;
   readonly maxDurationMs: number | undefined;
   readonly idleTimeoutMs: number | undefined;
+  readonly useTemplate: boolean;
   vm: VmBooted | undefined;
   inFlight: number;
   stopReason: StopReason | undefined;
@@ -78,6 +81,8 @@ export const sandboxMachine = setup({
   },
   actors: {
     bootVm: fromPromise<VmBooted, SandboxInput>(async () => notProvided('bootVm')),
+    /** Restores the VM from its shape's template (building the template first if needed). */
+    restoreVm: fromPromise<VmBooted, SandboxInput>(async () => notProvided('restoreVm')),
     /** Graceful stop with escalation; resolves with how the VM ended. */
     stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(async () => notProvided('stopVm')),
     killVm: fromPromise<VmEnded, void>(async () => notProvided('killVm')),
@@ -89,6 +94,8 @@ export const sandboxMachine = setup({
       stopTimeoutMs: ({ context, event }) => (event.type === 'stop' && event.timeoutMs !== undefined ? event.timeoutMs : context.stopTimeoutMs),
     }),
     startExec: (_, _params: { execId: number }) => notProvided('startExec'),
+    /** Notes why a restore fell back to a cold boot. */
+    restoreFailed: () => notProvided('restoreFailed'),
     pauseVm: () => notProvided('pauseVm'),
     resumeVm: () => notProvided('resumeVm'),
     /** Fails every exec still in flight (the VM is gone). */
@@ -109,6 +116,7 @@ export const sandboxMachine = setup({
     stopTimeoutMs: input.stopTimeoutMs,
     maxDurationMs: input.maxDurationMs,
     idleTimeoutMs: input.idleTimeoutMs,
+    useTemplate: input.useTemplate ?? false,
     vm: undefined,
     inFlight: 0,
     stopReason: undefined,
@@ -117,14 +125,40 @@ export const sandboxMachine = setup({
   }),
   initial: 'creating',
   states: {
+    /** Pull/prepare and boot: restored from a template when one fits, else a cold boot. */
     creating: {
-      invoke: {
-        src: 'bootVm',
-        input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
-        onDone: { target: 'live', actions: assign({ vm: ({ event }) => event.output }) },
-        onError: {
-          target: 'stopped',
-          actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
+      initial: 'choosing',
+      states: {
+        choosing: {
+          always: [{ guard: ({ context }) => context.useTemplate, target: 'restoring' }, { target: 'booting' }],
+        },
+        restoring: {
+          invoke: {
+            src: 'restoreVm',
+            input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
+            onDone: { target: '#sandbox.live', actions: assign({ vm: ({ event }) => event.output }) },
+            onError: [
+              // A missing image or setup fails a cold boot just the same: stop here.
+              {
+                guard: ({ event }) => ['E_IMAGE_NOT_FOUND', 'E_SETUP_MISSING', 'E_INVALID_OPTION'].includes((event.error as { code?: string })?.code ?? ''),
+                target: '#sandbox.stopped',
+                actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
+              },
+              // A template that cannot be built or restored is no reason to fail: boot cold.
+              { target: 'booting', actions: 'restoreFailed' },
+            ],
+          },
+        },
+        booting: {
+          invoke: {
+            src: 'bootVm',
+            input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
+            onDone: { target: '#sandbox.live', actions: assign({ vm: ({ event }) => event.output }) },
+            onError: {
+              target: '#sandbox.stopped',
+              actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
+            },
+          },
         },
       },
       on: {
@@ -228,7 +262,10 @@ export const sandboxMachine = setup({
 
 export type SandboxSnapshot = SnapshotFrom<typeof sandboxMachine>;
 
-/** The leaf state's name: `running`, `paused`, `draining`, `creating`, `stopping`, `killing`, `stopped`. */
+/**
+ * The leaf state's name: `choosing`, `restoring`, `booting` (all three are creating),
+ * `running`, `paused`, `draining`, `stopping`, `killing`, `stopped`.
+ */
 export function stateName(snapshot: SandboxSnapshot): string {
   const v = snapshot.value;
   return typeof v === 'string' ? v : String(Object.values(v)[0]);
@@ -238,7 +275,10 @@ export function stateName(snapshot: SandboxSnapshot): string {
 export function statusOf(snapshot: SandboxSnapshot): SandboxStatus {
   const v = stateName(snapshot);
   switch (v) {
-    case 'creating':
+    case 'choosing':
+    case 'restoring':
+    case 'booting':
+      return 'creating';
     case 'running':
     case 'paused':
     case 'draining':

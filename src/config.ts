@@ -6,10 +6,14 @@
  */
 
 import { InvalidOptionError } from './errors.ts';
+import { IMAGE_CONFIG_KEYS, normalizeImageFields, type ImageConfigFields } from './image/imageOptions.ts';
 import type { AccelOption } from './vm/accel.ts';
 
-/** The complete description of a sandbox. */
-export interface SandboxConfig {
+/**
+ * The complete description of a sandbox. Image fields (`image`, `pullPolicy`,
+ * `registryAuth`, `insecureRegistries`, `disk`) are described in src/image/imageOptions.ts.
+ */
+export interface SandboxConfig extends ImageConfigFields {
   readonly name: string;
   /** Image reference; `corral/base` is the default local image built by setup. */
   readonly image: string;
@@ -32,6 +36,11 @@ export interface SandboxConfig {
   readonly idleTimeoutMs?: number;
   /** Verbosity of the sandbox's runtime log (stderr of the hosting process). */
   readonly logLevel: LogLevel;
+  /**
+   * Start by restoring a template of this shape (booted once, saved after the agent came
+   * up) instead of a cold boot. Default true.
+   */
+  readonly template?: boolean;
 }
 
 /** Runtime log verbosity. */
@@ -147,8 +156,10 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   const c = raw as Partial<Record<keyof SandboxConfig, unknown>>;
   const known = new Set<string>([
     'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
-    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel',
+    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel', 'template',
+    ...IMAGE_CONFIG_KEYS,
   ]);
+  if (c.template !== undefined && typeof c.template !== 'boolean') throw new InvalidOptionError('template', 'true or false', c.template);
   const logLevel = c.logLevel ?? DEFAULTS.logLevel;
   if (!LOG_LEVELS.includes(logLevel as LogLevel)) throw new InvalidOptionError('logLevel', `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`, logLevel);
   for (const k of Object.keys(c)) {
@@ -158,7 +169,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new InvalidOptionError('accel', 'one of "auto", "kvm", "tcg"', accel);
   return {
     name: validateName(c.name),
-    image: validateImage(c.image ?? DEFAULTS.image),
+    ...normalizeImageFields(c, validateImage(c.image ?? DEFAULTS.image)),
     memoryMib: validateInt(c.memoryMib ?? DEFAULTS.memoryMib, 'memoryMib', LIMITS.memoryMib, ' MiB'),
     cpus: validateInt(c.cpus ?? DEFAULTS.cpus, 'cpus', LIMITS.cpus),
     workdir: validateAbsolutePath(c.workdir ?? DEFAULTS.workdir, 'workdir'),
@@ -171,5 +182,6 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     ...(c.maxDurationMs !== undefined ? { maxDurationMs: validateInt(c.maxDurationMs, 'maxDurationMs', LIMITS.policyMs, ' ms') } : {}),
     ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: validateInt(c.idleTimeoutMs, 'idleTimeoutMs', LIMITS.policyMs, ' ms') } : {}),
     logLevel: logLevel as LogLevel,
+    ...(c.template !== undefined ? { template: c.template as boolean } : {}),
   };
 }

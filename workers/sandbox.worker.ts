@@ -11,15 +11,17 @@ import '../src/supervisor/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
-import type { SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
+import type { Accel, SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import type { SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
-import { prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { copySparse, createOverlay, hasUpper, prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
 
@@ -107,11 +109,13 @@ class SandboxHost implements SandboxWorkerApi {
     const machine = sandboxMachine.provide({
       actors: {
         bootVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#boot(signal)),
+        restoreVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#restoreVm(signal)),
         stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(({ input }) => this.#stopVm(input.timeoutMs, input.reason)),
         killVm: fromPromise<VmEnded, void>(() => this.#killVm()),
       },
       actions: {
         startExec: (_, params: { execId: number }) => this.#startExec(params.execId),
+        restoreFailed: ({ event }) => this.#log.warn(`restore from template failed, booting cold: ${(event as { error?: Error }).error?.message}`),
         pauseVm: () => this.#qmp('stop'),
         resumeVm: () => this.#qmp('cont'),
         abortExecs: (_, params: { reason: string }) => this.#vm?.closeChannels(new CorralError('E_VM_CRASHED', params.reason)),
@@ -123,6 +127,8 @@ class SandboxHost implements SandboxWorkerApi {
         stopTimeoutMs: data.config.stopTimeoutMs,
         maxDurationMs: data.config.maxDurationMs,
         idleTimeoutMs: data.config.idleTimeoutMs,
+        // A restarted sandbox has its own upper disk: the template's would not match it.
+        useTemplate: data.config.template !== false && !hasUpper(data.stateDir, data.config.name),
       },
     });
     this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
@@ -134,7 +140,7 @@ class SandboxHost implements SandboxWorkerApi {
     this.#createdAt = performance.now();
     this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
     this.#actor.start();
-    const s = await waitFor(this.#actor, (s) => stateName(s) !== 'creating');
+    const s = await waitFor(this.#actor, (s) => statusOf(s) !== 'creating');
     if (s.status === 'done') {
       const cause = s.context.error ? deserializeError(s.context.error) : undefined;
       // Keep a specific code (E_IMAGE_NOT_FOUND, E_SETUP_MISSING…); anything else is a boot failure.
@@ -236,28 +242,106 @@ class SandboxHost implements SandboxWorkerApi {
     this.#imageEnv = this.#root.imageEnv;
     const t0 = this.#createdAt;
     const vm = await Vm.boot({
-      qemu: this.#root.qemu,
-      kernel: this.#root.kernel,
-      initramfs: this.#root.initramfs,
-      lower: this.#root.lower,
+      ...this.#vmShape(this.#root, choice.accel),
       upper: this.#root.upper,
+      hostname: this.#config.name,
+      bootTimeoutMs: this.#config.bootTimeoutMs,
+      signal,
+      onSpawn: (pid) => this.#spawned(pid, choice),
+    });
+    this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
+    return this.#adopt(vm, t0);
+  }
+
+  /**
+   * Starts the VM by restoring its shape's template: a VM booted once, saved right after its
+   * agent came up. The first sandbox of a shape builds the template (a cold boot + save);
+   * each restore maps the template's RAM copy-on-write and gets its own copy of the upper
+   * disk, then the agent is handed the sandbox's identity (hostname, clock, fresh entropy).
+   */
+  async #restoreVm(signal: AbortSignal): Promise<VmBooted> {
+    const choice = resolveAccel(this.#config.accel);
+    this.#accelReason = choice.reason;
+    const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false });
+    this.#root = root;
+    this.#imageEnv = root.imageEnv;
+    const t0 = this.#createdAt;
+    const key = templateKey({
+      files: [root.qemu, root.kernel, root.initramfs, root.lower.path, root.upperTemplate],
       memoryMib: this.#config.memoryMib,
       cpus: this.#config.cpus,
       accel: choice.accel,
-      hostname: this.#config.name,
-      tscKhz: hostTscKhz(),
+    });
+    const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
+      await copySparse(root.upperTemplate, p.upper);
+      const vm = await Vm.boot({
+        ...this.#vmShape(root, choice.accel),
+        upper: p.upper,
+        memoryFile: { path: p.memFile, share: true },
+        hostname: 'corral',
+        bootTimeoutMs: this.#config.bootTimeoutMs,
+        signal,
+      });
+      try {
+        await vm.saveTo(p.stateFile, { ignoreShared: true });
+      } finally {
+        vm.kill();
+        await vm.exited;
+      }
+      this.#emit({ type: 'template.built', key, buildMs: performance.now() - t0 });
+      return { hello: vm.hello };
+    });
+    const tRestore = performance.now();
+    const upper = join(dirname(root.upper), 'upper.qcow2');
+    await createOverlay(tpl.upper, upper);
+    const vm = await Vm.boot({
+      ...this.#vmShape(root, choice.accel),
+      upper,
+      memoryFile: { path: tpl.memFile, share: false },
+      incoming: true,
+      restore: { stateFile: tpl.stateFile, hello: tpl.hello },
+      hostname: 'corral',
       bootTimeoutMs: this.#config.bootTimeoutMs,
       signal,
-      onSpawn: (pid) => {
-        this.#log.debug(`qemu spawned: pid ${pid}, accel ${choice.accel} (${choice.reason})`);
-        this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason });
-      },
+      onSpawn: (pid) => this.#spawned(pid, choice),
     });
-    this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
+    try {
+      // The clone still believes it is the template: give it its own identity first.
+      await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
+    } catch (err) {
+      vm.kill();
+      throw err;
+    }
+    const restoreMs = performance.now() - tRestore;
+    this.#emit({ type: 'sandbox.restored', template: key, restoreMs });
+    this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms`);
+    return this.#adopt(vm, t0);
+  }
+
+  /** The parts of the VM command line that a template and its clones must share. */
+  #vmShape(root: PreparedRoot, accel: Accel) {
+    return {
+      qemu: root.qemu,
+      kernel: root.kernel,
+      initramfs: root.initramfs,
+      lower: root.lower,
+      memoryMib: this.#config.memoryMib,
+      cpus: this.#config.cpus,
+      accel,
+      tscKhz: hostTscKhz(),
+    };
+  }
+
+  #spawned(pid: number, choice: { accel: Accel; reason: string }): void {
+    this.#log.debug(`qemu spawned: pid ${pid}, accel ${choice.accel} (${choice.reason})`);
+    this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason });
+  }
+
+  /** Takes ownership of a running VM: from here on its death or misbehaviour reaches the machine. */
+  #adopt(vm: Vm, t0: number): VmBooted {
     this.#vm = vm;
     this.#guestBootMs = vm.hello.bootMs;
     this.#agentVersion = vm.hello.agentVersion;
-    // From here on the VM can die or misbehave at any time: tell the machine.
     vm.exited.then((x) => {
       const v = stateName(this.#actor.getSnapshot());
       if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
@@ -373,7 +457,7 @@ class SandboxHost implements SandboxWorkerApi {
     const c = s.context;
     switch (value) {
       case 'running':
-        if (prev === 'creating' && c.vm) {
+        if ((prev === 'booting' || prev === 'restoring') && c.vm) {
           this.#emit({
             type: 'sandbox.started',
             pid: c.vm.pid,

@@ -67,6 +67,7 @@ enum frame_type {
 
 /* RNDADDENTROPY from <linux/random.h>, which musl-gcc cannot include. */
 #define RNDADDENTROPY _IOW('R', 0x03, int[2])
+#define RNDRESEEDCRNG _IO('R', 0x07)
 
 /* ---- logging and small utilities ---- */
 
@@ -844,6 +845,11 @@ static void apply_rng_seed(const uint8_t *seed, uint32_t n)
 		}
 		free(info);
 	}
+	/* Clones restored from one snapshot share the CRNG's state: crediting entropy alone
+	 * does not reseed a CRNG that is already ready, so force it, or two clones would hand
+	 * out the same "random" bytes until the next periodic reseed. */
+	if (ioctl(fd, RNDRESEEDCRNG) < 0)
+		logmsg("RNDRESEEDCRNG: %s", strerror(errno));
 	close(fd);
 }
 

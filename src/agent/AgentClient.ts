@@ -70,6 +70,11 @@ export interface ExecSession {
 export interface AgentLimits {
   /** Most live exec sessions. Default 1024 (the agent's own bound). */
   readonly maxSessions?: number;
+  /**
+   * The HELLO the agent sent before a snapshot: a restored agent does not say it again, so
+   * the connection starts as ready.
+   */
+  readonly hello?: AgentHello;
 }
 
 interface Live {
@@ -117,6 +122,10 @@ export class AgentClient {
     });
     this.ready.catch(() => {});
     this.failed = new Promise((res) => (this.#resolveFailed = res));
+    if (limits.hello) {
+      this.#hello = limits.hello;
+      this.#resolveReady(limits.hello);
+    }
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('error', (err) => this.#fail(new CorralError('E_VM_CRASHED', `agent connection lost: ${err.message}`, { cause: err })));
     socket.on('close', () => this.#fail(new CorralError('E_VM_CRASHED', 'agent connection closed')));

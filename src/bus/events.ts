@@ -24,8 +24,47 @@ interface Base {
   readonly ts: number;
 }
 
+/**
+ * Image pull progress (src/image/pull.ts), on the stream of the sandbox that pulls.
+ * `image` is the canonical reference, `layer` a compressed blob digest; a pull served from
+ * the cache emits only `image.pull.done` with `cached: true`.
+ */
+export type ImagePullEventBody =
+  | {
+      readonly type: 'image.pull.started';
+      readonly image: string;
+      /** The platform manifest digest being pulled. */
+      readonly digest: string;
+      readonly layers: number;
+      /** Layers already in the cache (not downloaded). */
+      readonly cachedLayers: number;
+      /** Compressed bytes to download. */
+      readonly bytesTotal: number;
+    }
+  | {
+      readonly type: 'image.pull.progress';
+      readonly image: string;
+      readonly layer: string;
+      /** `download` (bytesDone of bytesTotal compressed), `unpack` (building the layer image), `done`. */
+      readonly phase: 'download' | 'unpack' | 'done';
+      readonly bytesDone: number;
+      readonly bytesTotal: number;
+    }
+  | {
+      readonly type: 'image.pull.done';
+      readonly image: string;
+      readonly digest: string;
+      readonly layers: number;
+      /** Compressed bytes downloaded. */
+      readonly bytes: number;
+      readonly durationMs: number;
+      readonly cached: boolean;
+    }
+  | { readonly type: 'image.pull.failed'; readonly image: string; readonly error: SerializedError };
+
 /** Event bodies before the worker stamps `name`, `seq` and `ts`. */
 export type SandboxEventBody =
+  | ImagePullEventBody
   | { readonly type: 'sandbox.creating'; readonly image: string; readonly memoryMib: number; readonly cpus: number }
   | { readonly type: 'sandbox.vm.spawned'; readonly pid: number; readonly accel: Accel; readonly accelReason: string }
   | {
@@ -37,6 +76,14 @@ export type SandboxEventBody =
       /** ms the guest kernel + agent took, as the agent measured it (CLOCK_BOOTTIME at HELLO). */
       readonly guestBootMs: number;
       readonly agentVersion: string;
+    }
+  | { readonly type: 'template.built'; readonly key: string; readonly buildMs: number }
+  | {
+      readonly type: 'sandbox.restored';
+      /** The template's key. */
+      readonly template: string;
+      /** ms from qemu spawn to the agent answering with the sandbox's identity. */
+      readonly restoreMs: number;
     }
   | { readonly type: 'sandbox.paused' }
   | { readonly type: 'sandbox.resumed' }

@@ -140,6 +140,16 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Whether to start from a template of this shape (default true): the first sandbox of a
+   * shape boots once more to save it, later ones restore it in a fraction of a cold boot.
+   */
+  template(on: boolean): this {
+    if (typeof on !== 'boolean') throw new InvalidOptionError('template', 'true or false', on);
+    this.#config.template = on;
+    return this;
+  }
+
   /** Replace a same-named sandbox instead of failing on the conflict. */
   replace(): this {
     this.#replace = true;

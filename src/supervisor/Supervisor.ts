@@ -22,6 +22,7 @@ import { CorralError, deserializeError, type SerializedError } from '../errors.t
 import { SocketLink } from '../host/SocketLink.ts';
 import { controlSocketPath } from '../host/wire.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
+import { processAlive } from '../runtime/process.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
@@ -465,14 +466,7 @@ export function ownerAlive(rec: SandboxRecord): boolean {
   return processAlive(rec.ownerPid);
 }
 
-/** Whether a process exists and is not a zombie (dead, waiting to be reaped). */
-export function processAlive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 export type { SandboxInfo };
+
+export { processAlive };

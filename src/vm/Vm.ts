@@ -35,6 +35,11 @@ export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpS
   readonly signal?: AbortSignal;
   /** Called with the pid as soon as qemu is spawned. */
   readonly onSpawn?: (pid: number) => void;
+  /**
+   * Restore instead of booting: the migration state file saved by {@link Vm.saveTo} and the
+   * HELLO its agent sent at the time. Needs `incoming: true` and the same machine shape.
+   */
+  readonly restore?: { readonly stateFile: string; readonly hello: AgentHello };
 }
 
 /** Bytes of console output kept for error messages. */
@@ -131,8 +136,12 @@ export class Vm {
         const [agentSock, qmpSock] = await Promise.race([Promise.all([agentConn, qmpConn]), exitedEarly, deadline.promise]);
         // Both connected: the socket files have served their purpose.
         await rm(dir, { recursive: true, force: true });
-        vm.agent = new AgentClient(agentSock);
+        vm.agent = new AgentClient(agentSock, opts.restore ? { hello: opts.restore.hello } : {});
         vm.qmp = new QmpClient(qmpSock);
+        if (opts.restore) {
+          await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
+          await Promise.race([vm.#restore(opts.restore.stateFile), exitedEarly, deadline.promise]);
+        }
         vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
       } finally {
@@ -149,6 +158,39 @@ export class Vm {
     } finally {
       for (const s of servers) s.close();
       await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Saves the VM's state to `stateFile` and leaves it paused. With `ignoreShared` (a VM whose
+   * RAM is a shared file) the RAM stays in that file and the state file holds only devices.
+   */
+  async saveTo(stateFile: string, options: { ignoreShared: boolean }): Promise<void> {
+    await this.qmp.execute('stop');
+    await this.qmp.execute('migrate-set-capabilities', {
+      capabilities: [{ capability: 'x-ignore-shared', state: options.ignoreShared }],
+    });
+    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(stateFile)}` });
+    await this.#migrationDone();
+  }
+
+  async #restore(stateFile: string): Promise<void> {
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(stateFile)}` });
+    await this.#migrationDone();
+    await this.qmp.execute('cont');
+  }
+
+  async #migrationDone(timeoutMs = 30_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      if (performance.now() > deadline) throw new CorralError('E_TIMEOUT', `migration did not complete within ${timeoutMs} ms`);
+      const st = await this.qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (st.status === 'completed') return;
+      if (st.status === 'failed' || st.status === 'cancelled') {
+        throw new CorralError('E_QMP', `migration ${st.status}: ${st['error-desc'] ?? 'no detail'}`);
+      }
+      await new Promise((r) => setTimeout(r, 2));
     }
   }
 
@@ -240,4 +282,9 @@ export function describeExit(x: VmExit): string {
 function lastLines(text: string, n = 12): string {
   const lines = text.trimEnd().split('\n');
   return lines.length ? `\n${lines.slice(-n).join('\n')}` : '(no console output)';
+}
+
+/** Quotes a path for the shell that qemu's `exec:` migration URIs run under. */
+function shellQuote(path: string): string {
+  return `'${path.replace(/'/g, `'\\''`)}'`;
 }

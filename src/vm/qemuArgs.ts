@@ -20,18 +20,61 @@ export interface QemuArgsInput {
   readonly accel: Accel;
   readonly agentSocket: string;
   readonly qmpSocket: string;
-  /** Read-only root image (the lower layer). */
-  readonly lower: { readonly path: string; readonly fstype: string };
-  /** Writable ext4 upper disk. */
+  /**
+   * Read-only layer images, topmost first (one, or a list). Attached as /dev/vda, /dev/vdb…
+   * in this order, the upper disk after them. Ignored when `disk` is given.
+   */
+  readonly lower?: LayerDisk | readonly LayerDisk[];
+  /** A disk image as the root, read-write, no overlay (`corral.root=`); no upper then. */
+  readonly disk?: DiskRoot | undefined;
+  /** Writable ext4 upper disk: a raw file, or a qcow2 overlay on a template's upper. */
   readonly upper?: string;
   readonly hostname: string;
   readonly tscKhz?: number;
   /** Extra kernel command line words. */
   readonly cmdline?: readonly string[];
+  /**
+   * Guest RAM in a file: `share: true` for a template (its RAM is saved in place), `false`
+   * for a clone (a private copy-on-write mapping of the template's RAM).
+   */
+  readonly memoryFile?: { readonly path: string; readonly share: boolean };
+  /** Start paused, waiting for a migration stream (`migrate-incoming` over QMP). */
+  readonly incoming?: boolean;
+}
+
+/** One read-only layer image. */
+export interface LayerDisk {
+  readonly path: string;
+  readonly fstype: string;
+}
+
+/** A disk-image root. */
+export interface DiskRoot {
+  readonly path: string;
+  readonly format: 'qcow2' | 'raw' | 'vmdk';
+  /** A filesystem type, or `auto` to probe in the guest. */
+  readonly fstype: string;
+}
+
+/** `/dev/vda`, `/dev/vdb`, … for the n-th virtio-blk device (0-based). */
+function vd(n: number): string {
+  return `/dev/vd${n < 26 ? String.fromCharCode(97 + n) : `${String.fromCharCode(96 + Math.floor(n / 26))}${String.fromCharCode(97 + (n % 26))}`}`;
 }
 
 /** The argv (without the qemu binary) for one VM. */
 export function qemuArgs(input: QemuArgsInput): string[] {
+  const lowers: readonly LayerDisk[] = input.disk ? [] : input.lower === undefined ? [] : 'path' in input.lower ? [input.lower] : input.lower;
+  // microvm's virtio-mmio devices appear in command-line order: the n-th -device
+  // virtio-blk-device is the n-th /dev/vd* (checked in a real boot, see test/image).
+  const rootWords = input.disk
+    ? ['corral.root=/dev/vda', `corral.rootfs=${input.disk.fstype}`]
+    : lowers.length === 0
+      ? []
+      : [
+          `corral.lower=${lowers.map((_, i) => vd(i)).join(',')}`,
+          `corral.lowerfs=${lowers[0]!.fstype}`,
+          ...(input.upper ? [`corral.upper=${vd(lowers.length)}`] : []),
+        ];
   const cmdline = [
     'console=ttyS0',
     'quiet',
@@ -43,14 +86,13 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     '8250.nr_uarts=1',
     'random.trust_cpu=on',
     ...(input.tscKhz ? [`tsc_early_khz=${input.tscKhz}`] : []),
-    'corral.lower=/dev/vda',
-    `corral.lowerfs=${input.lower.fstype}`,
-    ...(input.upper ? ['corral.upper=/dev/vdb'] : []),
+    ...rootWords,
     `corral.hostname=${input.hostname}`,
     ...(input.cmdline ?? []),
   ];
+  const machine = `microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on${input.memoryFile ? ',memory-backend=mem' : ''}`;
   const args = [
-    '-M', 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on',
+    '-M', machine,
     '-accel', input.accel,
     '-cpu', input.accel === 'kvm' ? 'host' : 'max',
     '-m', String(input.memoryMib),
@@ -66,11 +108,22 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     '-device', 'virtserialport,chardev=agent,name=corral.agent',
     '-chardev', `socket,id=qmp,path=${input.qmpSocket}`,
     '-mon', 'chardev=qmp,mode=control',
-    '-drive', `id=lower,file=${input.lower.path},format=raw,if=none,read-only=on`,
-    '-device', 'virtio-blk-device,drive=lower',
   ];
-  if (input.upper) {
-    args.push('-drive', `id=upper,file=${input.upper},format=raw,if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=upper');
+  if (input.disk) {
+    args.push('-drive', `id=root,file=${input.disk.path},format=${input.disk.format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=root');
+  }
+  lowers.forEach((l, i) => {
+    // The first keeps its old id: the same argv as before for single-layer images.
+    const id = i === 0 ? 'lower' : `lower${i}`;
+    args.push('-drive', `id=${id},file=${l.path},format=raw,if=none,read-only=on`, '-device', `virtio-blk-device,drive=${id}`);
+  });
+  if (input.memoryFile) {
+    args.push('-object', `memory-backend-file,id=mem,size=${input.memoryMib}M,mem-path=${input.memoryFile.path},share=${input.memoryFile.share ? 'on' : 'off'}`);
+  }
+  if (input.incoming) args.push('-incoming', 'defer');
+  if (input.upper && !input.disk) {
+    const format = input.upper.endsWith('.qcow2') ? 'qcow2' : 'raw';
+    args.push('-drive', `id=upper,file=${input.upper},format=${format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=upper');
   }
   return args;
 }

@@ -7,7 +7,7 @@ import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { alive, testSupervisor, uniqueName, withFakeQemu } from '../helpers/sandbox.ts';
 
 function hostileSandbox(sup: Supervisor, mode: string): Promise<Sandbox> {
-  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).supervisor(sup).create());
+  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).template(false).supervisor(sup).create());
 }
 
 describe('a hostile guest', () => {

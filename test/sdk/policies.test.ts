@@ -92,7 +92,7 @@ describe('lifecycle verbs and policies', () => {
 
   it('stop with a timeout escalates to kill when the guest does not go in time', async () => {
     // A guest that ignores SHUTDOWN and QMP quit: the fake qemu, as the real agent always obeys.
-    const sb = await withFakeQemu('deaf', () => Sandbox.builder(uniqueName('deaf')).supervisor(sup).create());
+    const sb = await withFakeQemu('deaf', () => Sandbox.builder(uniqueName('deaf')).template(false).supervisor(sup).create());
     const t0 = Date.now();
     const info = await sb.stop({ timeoutMs: 500 });
     expect(info).toMatchObject({ status: 'stopped', stopReason: 'requested', exitSignal: 'SIGKILL' });
@@ -100,7 +100,7 @@ describe('lifecycle verbs and policies', () => {
   });
 
   it('an aborted signal turns a graceful stop into a kill', async () => {
-    const sb = await withFakeQemu('deaf', () => Sandbox.builder(uniqueName('abort')).supervisor(sup).create());
+    const sb = await withFakeQemu('deaf', () => Sandbox.builder(uniqueName('abort')).template(false).supervisor(sup).create());
     const info = await sb.stop({ timeoutMs: 60_000, signal: AbortSignal.timeout(300) });
     expect(info).toMatchObject({ status: 'stopped', stopReason: 'killed', exitSignal: 'SIGKILL' });
   });

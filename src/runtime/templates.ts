@@ -1,0 +1,140 @@
+/**
+ * Templates: a VM booted once per machine shape and saved right after its agent came up,
+ * so later sandboxes of that shape start by restoring it instead of booting a kernel.
+ *
+ * A template is a directory `<stateDir>/templates/<key>/` holding the guest RAM (`mem`, the
+ * file the template VM ran with as shared memory), the device state (`state`, a migration
+ * stream written with `x-ignore-shared`, so RAM is not in it), the upper disk as it was at
+ * the save (`upper.ext4`: clones copy it, since the saved guest has it mounted) and
+ * `meta.json`. The key hashes every input: kernel, initramfs, image layers, qemu, upper
+ * template (identity by path, size and mtime), memory, cpus and accel; a change in any of
+ * them gives a new key, and so a new template.
+ */
+
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AgentHello } from '../agent/AgentClient.ts';
+import { processAlive } from './process.ts';
+
+/** What a finished template holds. */
+export interface Template {
+  readonly key: string;
+  readonly dir: string;
+  readonly memFile: string;
+  readonly stateFile: string;
+  readonly upper: string;
+  readonly hello: AgentHello;
+  readonly buildMs: number;
+  readonly builtAt: number;
+}
+
+/** The inputs that shape a template. */
+export interface TemplateInputs {
+  readonly files: readonly string[];
+  readonly memoryMib: number;
+  readonly cpus: number;
+  readonly accel: string;
+}
+
+/** A stable hash of the inputs; files count by path, size and mtime. */
+export function templateKey(inputs: TemplateInputs): string {
+  const h = createHash('sha256');
+  for (const f of inputs.files) {
+    const st = statSync(f);
+    h.update(`${f}\0${st.size}\0${st.mtimeMs}\0`);
+  }
+  h.update(`${inputs.memoryMib}\0${inputs.cpus}\0${inputs.accel}\0v1`);
+  return h.digest('hex').slice(0, 16);
+}
+
+export function templatesDir(stateDir: string): string {
+  return join(stateDir, 'templates');
+}
+
+function paths(dir: string, key: string) {
+  return { key, dir, memFile: join(dir, 'mem'), stateFile: join(dir, 'state'), upper: join(dir, 'upper.ext4'), meta: join(dir, 'meta.json') };
+}
+
+/** The template of `key` if it was built, else undefined. */
+export function findTemplate(stateDir: string, key: string): Template | undefined {
+  const p = paths(join(templatesDir(stateDir), key), key);
+  if (!existsSync(p.meta)) return undefined;
+  const meta = JSON.parse(readFileSync(p.meta, 'utf8')) as { hello: AgentHello; buildMs: number; builtAt: number };
+  return { key, dir: p.dir, memFile: p.memFile, stateFile: p.stateFile, upper: p.upper, ...meta };
+}
+
+const building = new Map<string, Promise<Template>>();
+
+/**
+ * Returns the template of `key`, building it with `build` if there is none. One build at a
+ * time per key: concurrent callers in this process share the promise, other processes wait
+ * on a lock directory (taken over if its owner died).
+ */
+export function ensureTemplate(
+  stateDir: string,
+  key: string,
+  build: (p: { dir: string; memFile: string; stateFile: string; upper: string }) => Promise<{ hello: AgentHello }>,
+): Promise<Template> {
+  const found = findTemplate(stateDir, key);
+  if (found) return Promise.resolve(found);
+  let p = building.get(key);
+  if (!p) {
+    p = buildLocked(stateDir, key, build).finally(() => building.delete(key));
+    building.set(key, p);
+  }
+  return p;
+}
+
+async function buildLocked(
+  stateDir: string,
+  key: string,
+  build: (p: { dir: string; memFile: string; stateFile: string; upper: string }) => Promise<{ hello: AgentHello }>,
+): Promise<Template> {
+  const root = templatesDir(stateDir);
+  await mkdir(root, { recursive: true, mode: 0o700 });
+  const lock = join(root, `${key}.lock`);
+  for (;;) {
+    try {
+      await mkdir(lock);
+      await writeFile(join(lock, 'pid'), String(process.pid));
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const done = findTemplate(stateDir, key);
+      if (done) return done;
+      const owner = Number(await readFile(join(lock, 'pid'), 'utf8').catch(() => '0'));
+      if (owner && !processAlive(owner)) await rm(lock, { recursive: true, force: true });
+      else await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  try {
+    const done = findTemplate(stateDir, key);
+    if (done) return done;
+    // Half-built templates of builders that died (we hold the lock: nobody else is building).
+    for (const f of await readdir(root)) {
+      if (f.startsWith(`${key}.tmp-`)) await rm(join(root, f), { recursive: true, force: true });
+    }
+    const tmp = join(root, `${key}.tmp-${process.pid}-${Date.now()}`);
+    await mkdir(tmp, { mode: 0o700 });
+    const p = paths(tmp, key);
+    const t0 = performance.now();
+    try {
+      const { hello } = await build(p);
+      await writeFile(p.meta, JSON.stringify({ hello, buildMs: performance.now() - t0, builtAt: Date.now() }));
+      await rename(tmp, join(root, key));
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    return findTemplate(stateDir, key)!;
+  } finally {
+    await rm(lock, { recursive: true, force: true });
+  }
+}
+
+/** Removes every template (they are rebuilt on demand). */
+export async function pruneTemplates(stateDir: string): Promise<void> {
+  await rm(templatesDir(stateDir), { recursive: true, force: true });
+}
