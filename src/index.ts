@@ -16,3 +16,8 @@ export type { SandboxEvent, SandboxEventType, EventOf, StopReason, SandboxStatus
 export { CorralError, InvalidOptionError, ErrorCodes, type ErrorCode } from './errors.ts';
 export { type SandboxConfig, type LogLevel, normalizeConfig } from './config.ts';
 export { sandboxMachine } from '../machines/sandbox.machine.ts';
+export { Image, type ImageInfo, type ImageOptions, type PruneResult } from './image/Image.ts';
+export { PullPolicy } from './image/pullPolicy.ts';
+export type { RegistryAuthConfig, RegistryAuthInput } from './image/auth.ts';
+export { registerSecret } from './image/secrets.ts';
+export { ImageBuilder } from './sdk/ImageBuilder.ts';

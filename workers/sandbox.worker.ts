@@ -16,7 +16,7 @@ import { workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
-import type { Accel, SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
+import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import type { SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
@@ -31,6 +31,8 @@ export interface SandboxWorkerData {
   readonly stateDir: string;
   readonly control: MessagePort;
   readonly events: MessagePort;
+  /** Values of the secret handles the config refers to (registryAuth.secret), in memory only. */
+  readonly secrets?: Readonly<Record<string, string>>;
 }
 
 /** A command to run, as the SDK sends it. */
@@ -128,7 +130,7 @@ class SandboxHost implements SandboxWorkerApi {
         maxDurationMs: data.config.maxDurationMs,
         idleTimeoutMs: data.config.idleTimeoutMs,
         // A restarted sandbox has its own upper disk: the template's would not match it.
-        useTemplate: data.config.template !== false && !hasUpper(data.stateDir, data.config.name),
+        useTemplate: data.config.template !== false && !hasUpper(data.stateDir, data.config.name) && !data.config.disk,
       },
     });
     this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
@@ -238,7 +240,7 @@ class SandboxHost implements SandboxWorkerApi {
   async #boot(signal: AbortSignal): Promise<VmBooted> {
     const choice = resolveAccel(this.#config.accel);
     this.#accelReason = choice.reason;
-    this.#root = await prepareRoot(this.#config, this.#stateDir);
+    this.#root = await prepareRoot(this.#config, this.#stateDir, this.#imageOptions(signal));
     this.#imageEnv = this.#root.imageEnv;
     const t0 = this.#createdAt;
     const vm = await Vm.boot({
@@ -262,12 +264,12 @@ class SandboxHost implements SandboxWorkerApi {
   async #restoreVm(signal: AbortSignal): Promise<VmBooted> {
     const choice = resolveAccel(this.#config.accel);
     this.#accelReason = choice.reason;
-    const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false });
+    const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
     this.#root = root;
     this.#imageEnv = root.imageEnv;
     const t0 = this.#createdAt;
     const key = templateKey({
-      files: [root.qemu, root.kernel, root.initramfs, root.lower.path, root.upperTemplate],
+      files: [root.qemu, root.kernel, root.initramfs, ...root.lower.map((l) => l.path), root.upperTemplate],
       memoryMib: this.#config.memoryMib,
       cpus: this.#config.cpus,
       accel: choice.accel,
@@ -318,6 +320,11 @@ class SandboxHost implements SandboxWorkerApi {
     return this.#adopt(vm, t0);
   }
 
+  /** Image pull options: progress events go out on this sandbox's stream. */
+  #imageOptions(signal: AbortSignal) {
+    return { onEvent: (e: ImagePullEventBody) => this.#emit(e), secrets: (workerData as SandboxWorkerData).secrets, signal };
+  }
+
   /** The parts of the VM command line that a template and its clones must share. */
   #vmShape(root: PreparedRoot, accel: Accel) {
     return {
@@ -325,6 +332,7 @@ class SandboxHost implements SandboxWorkerApi {
       kernel: root.kernel,
       initramfs: root.initramfs,
       lower: root.lower,
+      disk: root.disk,
       memoryMib: this.#config.memoryMib,
       cpus: this.#config.cpus,
       accel,
@@ -405,7 +413,8 @@ class SandboxHost implements SandboxWorkerApi {
         {
           argv: req.argv,
           env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          cwd: req.cwd ?? this.#config.workdir,
+          // The image's WorkingDir applies when the config keeps the default "/".
+          cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
           stdin: req.stdin ?? false,
           mergeStderr: req.mergeStderr ?? false,
         },

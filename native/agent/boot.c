@@ -1,6 +1,7 @@
 /*
  * PID 1 system bring-up: pseudo filesystems, root assembly from /proc/cmdline
- * (erofs lower + ext4/tmpfs upper → overlayfs → switch_root), hostname, loopback, and
+ * (erofs lowers + ext4/tmpfs upper → overlayfs → switch_root, or a disk image as the root
+ * directly), hostname, loopback, and
  * discovery of the virtio-serial port. Also the final power-off.
  */
 #define _GNU_SOURCE
@@ -23,11 +24,16 @@
 
 /* What we take from /proc/cmdline. Empty string = not given. */
 struct cmdline {
-	char lower[256];
+	char lower[512]; /* comma-separated, topmost layer first */
 	char lowerfs[32];
 	char upper[256];
+	char root[256]; /* a disk image root: mounted read-write as /, no overlay */
+	char rootfs[32];
 	char hostname[65];
 };
+
+/* Most lower layers (each is a virtio-blk device; microvm has few virtio-mmio slots). */
+#define MAX_LOWERS 24
 
 static void sleep_ms(long ms)
 {
@@ -81,6 +87,8 @@ static void parse_cmdline(struct cmdline *c)
 		{ "corral.lower=", offsetof(struct cmdline, lower), sizeof c->lower },
 		{ "corral.lowerfs=", offsetof(struct cmdline, lowerfs), sizeof c->lowerfs },
 		{ "corral.upper=", offsetof(struct cmdline, upper), sizeof c->upper },
+		{ "corral.root=", offsetof(struct cmdline, root), sizeof c->root },
+		{ "corral.rootfs=", offsetof(struct cmdline, rootfs), sizeof c->rootfs },
 		{ "corral.hostname=", offsetof(struct cmdline, hostname), sizeof c->hostname },
 	};
 	char buf[4096];
@@ -109,6 +117,8 @@ static void parse_cmdline(struct cmdline *c)
 	}
 	if (!c->lowerfs[0])
 		strcpy(c->lowerfs, "erofs");
+	if (!c->rootfs[0])
+		strcpy(c->rootfs, "auto");
 }
 
 /* Block devices are normally probed before init runs, but give a slow one a moment. */
@@ -134,31 +144,10 @@ static void mount_pseudo_filesystems(void)
 	do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 }
 
-/* Mounts lower (ro) and upper, overlays them on /mnt/root, moves /dev /proc /sys into it
- * and makes it the root (what busybox switch_root does, minus deleting the initramfs: ours
- * holds only this binary). */
-static int assemble_root(const struct cmdline *c)
+/* Moves /dev /proc /sys into the new root at /mnt/root and makes it the root (what busybox
+ * switch_root does, minus deleting the initramfs: ours holds only this binary). */
+static int switch_into(void)
 {
-	if (ensure_dir("/mnt", 0755) || ensure_dir("/mnt/lower", 0755) ||
-	    ensure_dir("/mnt/upper", 0755) || ensure_dir("/mnt/root", 0755))
-		return -1;
-
-	if (wait_for_path(c->lower, 5000) ||
-	    do_mount(c->lower, "/mnt/lower", c->lowerfs, MS_RDONLY, NULL))
-		return -1;
-	if (c->upper[0]) {
-		if (wait_for_path(c->upper, 5000) ||
-		    do_mount(c->upper, "/mnt/upper", "ext4", MS_NOATIME, NULL))
-			return -1;
-	} else if (do_mount("tmpfs", "/mnt/upper", "tmpfs", 0, "mode=0755")) {
-		return -1;
-	}
-	if (ensure_dir("/mnt/upper/upper", 0755) || ensure_dir("/mnt/upper/work", 0755))
-		return -1;
-	if (do_mount("overlay", "/mnt/root", "overlay", 0,
-		     "lowerdir=/mnt/lower,upperdir=/mnt/upper/upper,workdir=/mnt/upper/work"))
-		return -1;
-
 	static const char *const moved[] = { "dev", "proc", "sys" };
 	for (size_t i = 0; i < 3; i++) {
 		char src[16], dst[32];
@@ -173,6 +162,80 @@ static int assemble_root(const struct cmdline *c)
 		return -1;
 	}
 	return 0;
+}
+
+/* A disk image root: mounted read-write at /mnt/root. rootfs "auto" tries the block
+ * filesystems the kernel has (from /proc/filesystems). */
+static int mount_disk_root(const struct cmdline *c)
+{
+	if (wait_for_path(c->root, 5000))
+		return -1;
+	if (strcmp(c->rootfs, "auto") != 0)
+		return do_mount(c->root, "/mnt/root", c->rootfs, MS_NOATIME, NULL);
+	char buf[2048];
+	int fd = open("/proc/filesystems", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0) {
+		logmsg("cannot read /proc/filesystems to probe %s", c->root);
+		return -1;
+	}
+	buf[n] = '\0';
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strncmp(line, "nodev", 5) == 0)
+			continue;
+		line += strspn(line, " \t");
+		if (mount(c->root, "/mnt/root", line, MS_NOATIME, NULL) == 0)
+			return 0;
+	}
+	logmsg("could not mount %s with any known filesystem", c->root);
+	return -1;
+}
+
+/* Mounts each lower (ro) at /mnt/lower/N and the upper, overlays them on /mnt/root. */
+static int mount_overlay_root(const struct cmdline *c)
+{
+	if (ensure_dir("/mnt/lower", 0755) || ensure_dir("/mnt/upper", 0755))
+		return -1;
+	char devs[sizeof c->lower];
+	char opts[sizeof c->lower + MAX_LOWERS * 16 + 128] = "lowerdir=";
+	int n = 0;
+	strcpy(devs, c->lower);
+	for (char *save = NULL, *dev = strtok_r(devs, ",", &save); dev; dev = strtok_r(NULL, ",", &save)) {
+		char dir[32];
+		if (n == MAX_LOWERS) {
+			logmsg("more than %d lower layers", MAX_LOWERS);
+			return -1;
+		}
+		snprintf(dir, sizeof dir, "/mnt/lower/%d", n);
+		if (ensure_dir(dir, 0755) || wait_for_path(dev, 5000) ||
+		    do_mount(dev, dir, c->lowerfs, MS_RDONLY, NULL))
+			return -1;
+		if (n++ > 0)
+			strcat(opts, ":");
+		strcat(opts, dir);
+	}
+	if (c->upper[0]) {
+		if (wait_for_path(c->upper, 5000) ||
+		    do_mount(c->upper, "/mnt/upper", "ext4", MS_NOATIME, NULL))
+			return -1;
+	} else if (do_mount("tmpfs", "/mnt/upper", "tmpfs", 0, "mode=0755")) {
+		return -1;
+	}
+	if (ensure_dir("/mnt/upper/upper", 0755) || ensure_dir("/mnt/upper/work", 0755))
+		return -1;
+	strcat(opts, ",upperdir=/mnt/upper/upper,workdir=/mnt/upper/work");
+	return do_mount("overlay", "/mnt/root", "overlay", 0, opts);
+}
+
+static int assemble_root(const struct cmdline *c)
+{
+	if (ensure_dir("/mnt", 0755) || ensure_dir("/mnt/root", 0755))
+		return -1;
+	if (c->root[0] ? mount_disk_root(c) : mount_overlay_root(c))
+		return -1;
+	return switch_into();
 }
 
 /* The mounts and /dev entries a userland expects and that udev/systemd would provide. */
@@ -229,8 +292,8 @@ int boot_system(void)
 
 	struct cmdline c;
 	parse_cmdline(&c);
-	if (c.lower[0] && assemble_root(&c) < 0) {
-		logmsg("could not assemble the root filesystem from %s", c.lower);
+	if ((c.lower[0] || c.root[0]) && assemble_root(&c) < 0) {
+		logmsg("could not assemble the root filesystem from %s", c.root[0] ? c.root : c.lower);
 		return -1;
 	}
 	mount_runtime_filesystems();

@@ -1,15 +1,19 @@
 /**
  * Turns a sandbox config into the files its VM boots from: kernel, initramfs, the read-only
- * image (lower layer) and the sandbox's own writable upper disk.
+ * layer images (an OCI image's layers, pulled by policy, or `corral/base`) and the sandbox's
+ * own writable upper disk — or a disk image as the whole root.
  */
 
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { ImagePullEventBody } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
-import { CorralError } from '../errors.ts';
+import { resolveRootImage } from '../image/rootImage.ts';
+import type { ImageDefaults } from '../image/manifest.ts';
+import type { DiskRoot, LayerDisk } from '../vm/qemuArgs.ts';
 import { loadArtifacts } from './artifacts.ts';
 
 const run = promisify(execFile);
@@ -19,17 +23,29 @@ export interface PreparedRoot {
   readonly qemu: string;
   readonly kernel: string;
   readonly initramfs: string;
-  readonly lower: { readonly path: string; readonly fstype: string };
+  /** Read-only layer images, topmost first (one for `corral/base`; none for a disk root). */
+  readonly lower: readonly LayerDisk[];
+  /** A disk-image root (then no lower and no upper is used). */
+  readonly disk?: DiskRoot | undefined;
   readonly upper: string;
   /** The empty upper-disk template it is copied from. */
   readonly upperTemplate: string;
   /** Environment defaults from the image config. */
   readonly imageEnv: Record<string, string>;
+  /** All image config defaults (env, cmd, entrypoint, workdir, user). */
+  readonly imageDefaults: ImageDefaults;
+  /** The pinned digest of an OCI image. */
+  readonly imageDigest?: string | undefined;
 }
 
 export interface PrepareOptions {
   /** Create the upper disk from the empty template if missing. Default true. */
   readonly createUpper?: boolean;
+  /** Image pull progress (`image.pull.*`), for the sandbox's event stream. */
+  readonly onEvent?: ((e: ImagePullEventBody) => void) | undefined;
+  /** Secret handle → value for `registryAuth.secret`. */
+  readonly secrets?: Readonly<Record<string, string>> | undefined;
+  readonly signal?: AbortSignal | undefined;
 }
 
 /** Copies a disk image atomically, keeping it sparse (fs.copyFile would write every zero). */
@@ -66,41 +82,24 @@ export function sandboxDir(stateDir: string, name: string): string {
  */
 export async function prepareRoot(config: SandboxConfig, stateDir: string, options: PrepareOptions = {}): Promise<PreparedRoot> {
   const a = loadArtifacts();
-  const image = a.images[config.image];
-  if (!image) {
-    throw new CorralError('E_IMAGE_NOT_FOUND', `image "${config.image}" is not available locally (known: ${Object.keys(a.images).join(', ') || 'none'})`, {
-      details: { image: config.image },
-    });
-  }
+  const image = await resolveRootImage(config, stateDir, a, options);
   const dir = sandboxDir(stateDir, config.name);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   // A restored sandbox's upper is a qcow2 overlay on its template's; a cold one a raw copy.
   const overlay = join(dir, 'upper.qcow2');
   const upper = existsSync(overlay) ? overlay : join(dir, 'upper.ext4');
-  if (options.createUpper !== false && !existsSync(upper)) await copySparse(a.upperTemplate, upper);
+  if (options.createUpper !== false && !image.disk && !existsSync(upper)) await copySparse(a.upperTemplate, upper);
   return {
     // CORRAL_QEMU swaps the VM binary (the tests' hostile fake guest uses it).
     qemu: process.env.CORRAL_QEMU || a.qemu,
     kernel: a.kernel,
     initramfs: a.initramfs,
-    lower: { path: image.rootfs, fstype: image.fstype },
+    lower: image.lower,
+    disk: image.disk,
     upper,
     upperTemplate: a.upperTemplate,
-    imageEnv: image.config ? readImageEnv(image.config) : {},
+    imageEnv: { ...image.defaults.env },
+    imageDefaults: image.defaults,
+    imageDigest: image.digest,
   };
-}
-
-function readImageEnv(path: string): Record<string, string> {
-  try {
-    const cfg = JSON.parse(readFileSync(path, 'utf8')) as { env?: string[]; Env?: string[]; config?: { Env?: string[] } };
-    const list = cfg.env ?? cfg.Env ?? cfg.config?.Env ?? [];
-    const out: Record<string, string> = {};
-    for (const kv of list) {
-      const i = kv.indexOf('=');
-      if (i > 0) out[kv.slice(0, i)] = kv.slice(i + 1);
-    }
-    return out;
-  } catch {
-    return {};
-  }
 }

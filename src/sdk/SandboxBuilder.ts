@@ -18,6 +18,10 @@ import {
   type SandboxConfig,
 } from '../config.ts';
 import { InvalidOptionError } from '../errors.ts';
+import { normalizeRegistryAuth, type RegistryAuthInput } from '../image/auth.ts';
+import { normalizeImageFields } from '../image/imageOptions.ts';
+import type { PullPolicy } from '../image/pullPolicy.ts';
+import { ImageBuilder } from './ImageBuilder.ts';
 import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
 import { parseAccel, type AccelOption } from '../vm/accel.ts';
 import type { Sandbox } from './Sandbox.ts';
@@ -56,8 +60,39 @@ export class SandboxBuilder {
   }
 
   /** The root filesystem: `corral/base` (default, built by setup). */
-  image(ref: string): this {
-    this.#config.image = validateImage(ref);
+  /**
+   * The root filesystem: an OCI reference (`python:3.12`, `registry:5000/team/app@sha256:…`),
+   * `corral/base` (default, built by setup), a disk image path (`./ubuntu.qcow2`), or
+   * `(i) => i.disk('./alpine.raw').fstype('ext4')`.
+   */
+  image(ref: string | ((i: ImageBuilder) => ImageBuilder)): this {
+    const fields = typeof ref === 'function' ? ref(new ImageBuilder()).toConfig() : { image: ref };
+    const checked = normalizeImageFields(fields, validateImage(fields.image));
+    this.#config.image = checked.image;
+    if (checked.disk) this.#config.disk = checked.disk;
+    else delete this.#config.disk;
+    return this;
+  }
+
+  /** When to pull: `always`, `if-missing` (default), `never` (see {@link PullPolicy}). */
+  pullPolicy(policy: PullPolicy): this {
+    this.#config.pullPolicy = normalizeImageFields({ pullPolicy: policy }, 'corral/base').pullPolicy!;
+    return this;
+  }
+
+  /**
+   * Credentials for the image's registry: `{ kind: 'basic', username, passwordEnv: 'VAR' }`,
+   * or `{ kind: 'basic', username, password }` — the password is then kept in this process's
+   * secret registry and the config holds only a handle (never the password).
+   */
+  registryAuth(auth: RegistryAuthInput): this {
+    this.#config.registryAuth = normalizeRegistryAuth(auth, true);
+    return this;
+  }
+
+  /** Registries (host[:port]) that may be used over plain http. Loopback always may. */
+  insecureRegistries(...hosts: string[]): this {
+    this.#config.insecureRegistries = normalizeImageFields({ insecureRegistries: hosts }, 'corral/base').insecureRegistries!;
     return this;
   }
 

@@ -18,6 +18,7 @@ import type { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
+import { secretsFor } from '../image/secrets.ts';
 import { CorralError, deserializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
 import { controlSocketPath } from '../host/wire.ts';
@@ -215,7 +216,8 @@ export class Supervisor {
     }
     const control = new MessageChannel();
     const events = new MessageChannel();
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2 };
+    // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config) };
     const worker = new Worker(WORKER_BOOT, {
       workerData: { entry: WORKER_ENTRY, ...data },
       transferList: [control.port2, events.port2],

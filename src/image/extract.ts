@@ -1,0 +1,308 @@
+/**
+ * A safe extractor of one image layer (a tar stream) into an empty directory, on
+ * `tar-stream`.
+ *
+ * - Nothing is written outside the root: entry names are resolved component by component,
+ *   and a symlink met on the way is followed *inside* the root (as if chrooted), so neither
+ *   `../x` nor a symlink to `/etc` followed by `link/passwd` escapes.
+ * - Symlink targets are kept as they are (absolute ones too): they are resolved in the guest.
+ * - OCI whiteouts become overlayfs whiteouts: `.wh.name` → a 0/0 character device `name`,
+ *   `.wh..wh..opq` → the `trusted.overlay.opaque=y` xattr on its directory.
+ * - Owners, modes (setuid included), mtimes, devices, fifos, hard links and PAX xattrs are kept.
+ *
+ * It runs as root in an image worker thread (CPU and syscall heavy): node has no mknod or
+ * setxattr, so devices, whiteouts and xattrs are applied in two batched child processes at
+ * the end (`sh` running mknod, `setfattr --restore`).
+ */
+
+import { spawn } from 'node:child_process';
+import { closeSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { CorralError } from '../errors.ts';
+
+/** What an extraction produced. */
+export interface ExtractStats {
+  readonly files: number;
+  readonly bytes: number;
+  readonly whiteouts: number;
+  readonly opaqueDirs: number;
+}
+
+const WH = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+const MAX_SYMLINK_HOPS = 40;
+
+function fail(msg: string, cause?: unknown): never {
+  throw new CorralError('E_IMAGE_LAYER', msg, cause === undefined ? undefined : { cause });
+}
+
+function components(p: string): string[] {
+  return p.split('/').filter((c) => c !== '' && c !== '.');
+}
+
+/**
+ * Resolves `name` (a path inside the layer) to a host path under `root`, following symlinks
+ * of the parent components within the root. The last component is not followed.
+ */
+export function resolveInRoot(root: string, name: string, followLast = false): string {
+  const pending = components(name);
+  if (pending.length === 0) return root;
+  const last = followLast ? '.' : pending.pop()!;
+  let done: string[] = [];
+  let hops = 0;
+  while (pending.length > 0) {
+    const c = pending.shift()!;
+    if (c === '..') {
+      done.pop();
+      continue;
+    }
+    const host = join(root, ...done, c);
+    let isLink = false;
+    try {
+      isLink = lstatSync(host).isSymbolicLink();
+    } catch {
+      /* missing: created later as a directory */
+    }
+    if (!isLink) {
+      done.push(c);
+      continue;
+    }
+    if (++hops > MAX_SYMLINK_HOPS) fail(`too many symlinks resolving ${name}`);
+    const target = readlinkSync(host);
+    if (target.startsWith('/')) done = [];
+    pending.unshift(...components(target));
+  }
+  if (last === '..') done.pop();
+  return last === '.' || last === '..' ? join(root, ...done) : join(root, ...done, last);
+}
+
+/** Removes whatever is at `path` unless it is a directory and `keepDir`. */
+function clear(path: string, keepDir: boolean): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (st.isDirectory()) {
+    if (keepDir) return;
+    rmSync(path, { recursive: true, force: true });
+  } else {
+    unlinkSync(path);
+  }
+}
+
+function mkdirp(path: string, root: string): void {
+  if (path === root) return;
+  try {
+    const st = lstatSync(path);
+    if (st.isDirectory()) return;
+    unlinkSync(path);
+  } catch {
+    /* missing */
+  }
+  mkdirSync(path, { recursive: true, mode: 0o755 });
+}
+
+/** Quotes a path for sh. */
+function shq(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** getfattr-dump quoting: anything unusual as \ooo. */
+function dumpq(s: string): string {
+  let out = '';
+  for (const b of Buffer.from(s)) {
+    const ch = String.fromCharCode(b);
+    out += /[A-Za-z0-9._\/+@:,~-]/.test(ch) ? ch : `\\${b.toString(8).padStart(3, '0')}`;
+  }
+  return out;
+}
+
+function run(cmd: string, args: string[], input: string, cwd: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd, stdio: ['pipe', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-2000)));
+    child.once('error', (e) => reject(new CorralError('E_IMAGE_LAYER', `${cmd} could not run: ${e.message}${cmd === 'setfattr' ? ' (Debian package attr; run scripts/setup.sh)' : ''}`, { cause: e })));
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new CorralError('E_IMAGE_LAYER', `${cmd} failed (exit ${code}): ${err.trim()}`))));
+    child.stdin.end(input);
+  });
+}
+
+interface Special {
+  readonly path: string;
+  readonly kind: 'c' | 'b' | 'p';
+  readonly major: number;
+  readonly minor: number;
+  readonly mode: number;
+  readonly uid: number;
+  readonly gid: number;
+  readonly mtime: Date;
+}
+
+/**
+ * Extracts a tar stream into `root` (an existing, empty directory).
+ *
+ * @example
+ * await extractLayer(createReadStream('layer.tar'), '/tmp/unpack/root');
+ */
+export async function extractLayer(source: Readable, root: string): Promise<ExtractStats> {
+  const specials: Special[] = [];
+  const opaque = new Set<string>();
+  const xattrs: { path: string; name: string; value: string }[] = [];
+  const dirTimes: { path: string; mtime: Date }[] = [];
+  let files = 0;
+  let bytes = 0;
+  let whiteouts = 0;
+
+  const handle = async (header: tar.Headers, stream: Readable): Promise<void> => {
+    const name = header.name;
+    if (name.includes('\0')) fail(`entry name with NUL: ${JSON.stringify(name)}`);
+    const parts = components(name);
+    const base = parts[parts.length - 1] ?? '';
+    const parentName = parts.slice(0, -1).join('/');
+    const mode = (header.mode ?? 0o644) & 0o7777;
+    const uid = header.uid ?? 0;
+    const gid = header.gid ?? 0;
+    const mtime = header.mtime ?? new Date(0);
+
+    if (base === OPAQUE) {
+      const dir = resolveInRoot(root, parentName, true);
+      mkdirp(dir, root);
+      opaque.add(dir);
+      stream.resume();
+      return;
+    }
+    if (base.startsWith(WH)) {
+      if (base.startsWith(`${WH}${WH}`)) return void stream.resume(); // aufs metadata (.wh..wh.plnk…)
+      const target = resolveInRoot(root, `${parentName}/${base.slice(WH.length)}`);
+      mkdirp(resolveInRoot(root, parentName, true), root);
+      specials.push({ path: target, kind: 'c', major: 0, minor: 0, mode: 0, uid: 0, gid: 0, mtime });
+      whiteouts++;
+      stream.resume();
+      return;
+    }
+    const path = resolveInRoot(root, name);
+    if (path === root) {
+      // "./" itself: only its metadata matters
+      if (header.type === 'directory') dirTimes.push({ path, mtime });
+      stream.resume();
+      return;
+    }
+    const parent = resolveInRoot(root, parentName, true);
+    mkdirp(parent, root);
+    for (const [k, v] of Object.entries((header as { pax?: Record<string, string> }).pax ?? {})) {
+      if (k.startsWith('SCHILY.xattr.')) xattrs.push({ path, name: k.slice('SCHILY.xattr.'.length), value: Buffer.from(v, 'latin1').toString('base64') });
+    }
+    switch (header.type) {
+      case 'file':
+      case 'contiguous-file': {
+        clear(path, false);
+        const fd = openSync(path, 'wx', 0o600);
+        try {
+          for await (const chunk of stream) {
+            writeSync(fd, chunk as Buffer);
+            bytes += (chunk as Buffer).length;
+          }
+        } finally {
+          closeSync(fd);
+        }
+        lchownSync(path, uid, gid);
+        chmodSync(path, mode);
+        utimesSync(path, mtime, mtime);
+        files++;
+        return;
+      }
+      case 'directory':
+        mkdirp(path, root);
+        lchownSync(path, uid, gid);
+        chmodSync(path, mode);
+        dirTimes.push({ path, mtime });
+        stream.resume();
+        return;
+      case 'symlink':
+        clear(path, false);
+        symlinkSync(header.linkname ?? '', path);
+        lchownSync(path, uid, gid);
+        lutimesSync(path, mtime, mtime);
+        files++;
+        stream.resume();
+        return;
+      case 'link': {
+        const target = resolveInRoot(root, header.linkname ?? '');
+        clear(path, false);
+        try {
+          linkSync(target, path);
+        } catch (err) {
+          fail(`hard link ${name} → ${header.linkname}: ${(err as Error).message}`, err);
+        }
+        files++;
+        stream.resume();
+        return;
+      }
+      case 'character-device':
+      case 'block-device':
+      case 'fifo':
+        clear(path, false);
+        specials.push({
+          path,
+          kind: header.type === 'fifo' ? 'p' : header.type === 'block-device' ? 'b' : 'c',
+          major: header.devmajor ?? 0,
+          minor: header.devminor ?? 0,
+          mode,
+          uid,
+          gid,
+          mtime,
+        });
+        files++;
+        stream.resume();
+        return;
+      default:
+        stream.resume();
+    }
+  };
+
+  const extract = tar.extract();
+  await new Promise<void>((resolve, reject) => {
+    let failed = false;
+    const onError = (err: Error) => {
+      if (failed) return;
+      failed = true;
+      source.unpipe?.(extract as never);
+      source.destroy();
+      extract.destroy();
+      reject(err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err }));
+    };
+    extract.on('entry', (header, stream, next) => {
+      handle(header, stream as unknown as Readable).then(() => next(), onError);
+    });
+    extract.on('finish', () => !failed && resolve());
+    extract.on('error', onError);
+    source.on('error', onError);
+    source.pipe(extract as never);
+  });
+
+  // Devices, fifos and whiteouts: one sh running mknod for all of them.
+  if (specials.length > 0) {
+    const script = specials
+      .map((s) => `rm -rf ${shq(s.path)}; mknod ${s.kind === 'p' ? '' : `-m ${s.mode.toString(8)} `}${shq(s.path)} ${s.kind}${s.kind === 'p' ? '' : ` ${s.major} ${s.minor}`}`)
+      .join('\n');
+    await run('sh', ['-e'], `${script}\n`, root);
+    for (const s of specials) {
+      lchownSync(s.path, s.uid, s.gid);
+      if (s.kind === 'p') chmodSync(s.path, s.mode);
+    }
+  }
+  if (opaque.size > 0 || xattrs.length > 0) {
+    const lines: string[] = [];
+    for (const d of opaque) lines.push(`# file: ${dumpq(d)}`, 'trusted.overlay.opaque="y"', '');
+    for (const x of xattrs) lines.push(`# file: ${dumpq(x.path)}`, `${x.name}=0s${x.value}`, '');
+    await run('setfattr', ['-h', '--restore=-'], `${lines.join('\n')}\n`, root);
+  }
+  // Directory mtimes last: creating their children changed them.
+  for (let i = dirTimes.length - 1; i >= 0; i--) utimesSync(dirTimes[i]!.path, dirTimes[i]!.mtime, dirTimes[i]!.mtime);
+  return { files, bytes, whiteouts, opaqueDirs: opaque.size };
+}

@@ -1,0 +1,44 @@
+/**
+ * The image pool: a piscina pool running workers/image.worker.ts (decompress, extract,
+ * mkfs.erofs). A thin front: created on first use, closed when the last pull of this thread
+ * that needed it is done, so no worker outlives the pulls that use it.
+ */
+
+import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import { deserializeError } from '../errors.ts';
+import type { UnpackOutcome } from '../../workers/image.worker.ts';
+import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
+
+const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
+
+let pool: Piscina | undefined;
+let users = 0;
+
+/** Most layers unpacked at once (each also runs a decompressor and mkfs.erofs). */
+export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()));
+
+/**
+ * Holds the pool for the duration of `fn` (pulls nest this around all their unpacks).
+ *
+ * @example
+ * await withImagePool(async (unpack) => unpack(task));
+ */
+export async function withImagePool<T>(fn: (unpack: (task: UnpackTask, signal?: AbortSignal) => Promise<UnpackResult>) => Promise<T>): Promise<T> {
+  users++;
+  pool ??= new Piscina({ filename: BOOT, minThreads: 0, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default' });
+  const p = pool;
+  try {
+    return await fn(async (task, signal) => {
+      const out = (await p.run(task, signal ? { signal } : {})) as UnpackOutcome;
+      if (!out.ok) throw deserializeError(out.error);
+      return out.result;
+    });
+  } finally {
+    if (--users === 0 && pool === p) {
+      pool = undefined;
+      await p.close({ force: true }).catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * Pulling an image into the local cache, by policy, and resolving a reference to the layer
+ * images a sandbox boots from.
+ *
+ * - `if-missing` (default): use the cached image the tag points at, pull only if missing.
+ * - `always`: resolve the tag at the registry every time; fetch only layers not cached.
+ * - `never`: use the cache or fail with E_IMAGE_NOT_CACHED.
+ * - A pinned digest (a sandbox's first pull) wins over the tag: the same layers forever.
+ *
+ * Manifests, configs and blobs are checked against their digests; layers are keyed by their
+ * uncompressed digest and built once (a lock file makes concurrent pulls of one layer, from
+ * any thread or process, wait for a single build). Downloads stream to temp files; the
+ * CPU-heavy unpack runs in the image pool.
+ */
+
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ImagePullEventBody } from '../bus/events.ts';
+import { CorralError } from '../errors.ts';
+import type { Credentials } from './auth.ts';
+import { checkDigest, digestHex, DigestTap, sha256Digest } from './digest.ts';
+import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
+import { withFileLock } from './lock.ts';
+import { formatPlatform, hostPlatform, layerCompression, parseImageConfig, parseManifest, selectPlatform, type ImageDefaults, type Platform } from './manifest.ts';
+import { withImagePool } from './pool.ts';
+import { parseReference, type ImageReference } from './reference.ts';
+import { RegistryClient } from './RegistryClient.ts';
+
+import type { PullPolicy } from './pullPolicy.ts';
+
+/** Options of {@link resolveImage}. */
+export interface ResolveImageOptions {
+  readonly stateDir: string;
+  readonly policy?: PullPolicy;
+  readonly credentials?: Credentials | (() => Credentials | undefined) | undefined;
+  readonly insecureRegistries?: readonly string[] | undefined;
+  /** Default: the host's (linux/amd64 here). */
+  readonly platform?: Platform;
+  /** Use exactly this platform manifest (a sandbox's pin). */
+  readonly pinnedDigest?: string | undefined;
+  readonly signal?: AbortSignal | undefined;
+  readonly onEvent?: ((e: ImagePullEventBody) => void) | undefined;
+  /** An open index to use (else one is opened and closed). */
+  readonly index?: ImageIndex;
+}
+
+/** An image ready to boot: its layer images, topmost first. */
+export interface ResolvedImage {
+  /** The canonical reference (`registry/repo:tag`). */
+  readonly ref: string;
+  readonly name: string;
+  /** The platform manifest digest (what a sandbox pins). */
+  readonly digest: string;
+  readonly defaults: ImageDefaults;
+  /** Layer image files, topmost first (overlayfs lowerdir order). */
+  readonly layers: readonly { readonly diffId: string; readonly path: string }[];
+  /** True if anything was fetched from the registry. */
+  readonly pulled: boolean;
+}
+
+const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+const DOWNLOAD_CONCURRENCY = 3;
+const PROGRESS_EVERY_MS = 200;
+
+const inflight = new Map<string, Promise<ResolvedImage>>();
+
+/**
+ * Resolves `ref` by policy to layer images in the cache, pulling what is missing.
+ * Concurrent calls for the same image in one thread share one pull; other threads and
+ * processes share layer builds through lock files.
+ *
+ * @example
+ * const img = await resolveImage('127.0.0.1:5000/python:3.12', { stateDir, onEvent: console.log });
+ */
+export function resolveImage(ref: string, options: ResolveImageOptions): Promise<ResolvedImage> {
+  const r = parseReference(ref);
+  const key = [options.stateDir, r.canonical, options.pinnedDigest ?? '', options.policy ?? 'if-missing', formatPlatform(options.platform ?? hostPlatform())].join('|');
+  const cur = inflight.get(key);
+  if (cur) return cur;
+  const p = (async () => {
+    const index = options.index ?? ImageIndex.open(options.stateDir);
+    try {
+      return await resolveWith(index, r, options);
+    } finally {
+      if (!options.index) await index.close();
+    }
+  })().finally(() => inflight.delete(key));
+  inflight.set(key, p);
+  return p;
+}
+
+function toResolved(index: ImageIndex, r: ImageReference, rec: ImageRecord, pulled: boolean): ResolvedImage {
+  return {
+    ref: r.canonical,
+    name: rec.name,
+    digest: rec.digest,
+    defaults: rec.defaults,
+    layers: [...rec.layers].reverse().map((l) => ({ diffId: l.diffId, path: index.layerPath(l.diffId) })),
+    pulled,
+  };
+}
+
+async function resolveWith(index: ImageIndex, r: ImageReference, o: ResolveImageOptions): Promise<ResolvedImage> {
+  const policy = o.policy ?? 'if-missing';
+  const t0 = performance.now();
+  const wanted = o.pinnedDigest ?? r.digest;
+  const cachedDigest = wanted ?? (policy !== 'always' && r.tag !== undefined ? index.getTag(r.canonical) : undefined);
+  const cached = cachedDigest ? index.getImage(r.name, cachedDigest) : undefined;
+  // A digest is immutable: once complete in the cache, "always" has nothing new to fetch.
+  if (index.isComplete(cached) && (policy !== 'always' || wanted)) {
+    o.onEvent?.({ type: 'image.pull.done', image: r.canonical, digest: cached.digest, layers: cached.layers.length, bytes: 0, durationMs: performance.now() - t0, cached: true });
+    return toResolved(index, r, cached, false);
+  }
+  if (policy === 'never') {
+    throw new CorralError('E_IMAGE_NOT_CACHED', `image ${r.canonical}${wanted ? `@${wanted}` : ''} is not in the local cache and the pull policy is "never"`, {
+      details: { image: r.canonical },
+    });
+  }
+  try {
+    const rec = await pull(index, r, wanted, o, t0);
+    return toResolved(index, r, rec, true);
+  } catch (err) {
+    o.onEvent?.({ type: 'image.pull.failed', image: r.canonical, error: { name: (err as Error).name, message: (err as Error).message, ...((err as CorralError).code ? { code: (err as CorralError).code } : {}) } });
+    throw err;
+  }
+}
+
+async function pull(index: ImageIndex, r: ImageReference, wanted: string | undefined, o: ResolveImageOptions, t0: number): Promise<ImageRecord> {
+  const client = new RegistryClient(r.registry, { credentials: o.credentials, insecureRegistries: o.insecureRegistries, signal: o.signal });
+  const platform = o.platform ?? hostPlatform();
+  let m = await client.manifest(r.repository, wanted ?? r.tag!);
+  let parsed = parseManifest(m.bytes, m.contentType);
+  if (parsed.kind === 'index') {
+    const desc = selectPlatform(parsed.manifests, platform, r.canonical);
+    m = await client.manifest(r.repository, desc.digest);
+    parsed = parseManifest(m.bytes, m.contentType);
+    if (parsed.kind !== 'image') throw new CorralError('E_REGISTRY', `image ${r.canonical}: the ${formatPlatform(platform)} entry of the index is not an image manifest`);
+  }
+  const { config, layers } = parsed;
+  if (config.size > MAX_CONFIG_BYTES) throw new CorralError('E_REGISTRY', `image ${r.canonical}: config blob of ${config.size} bytes is too large`);
+  const configRes = await client.blob(r.repository, config.digest);
+  const configBytes = Buffer.from(await configRes.arrayBuffer());
+  checkDigest(`config of ${r.canonical}`, config.digest, sha256Digest(configBytes));
+  const cfg = parseImageConfig(configBytes);
+  if (cfg.diffIds.length !== layers.length) {
+    throw new CorralError('E_REGISTRY', `image ${r.canonical}: ${layers.length} layers but ${cfg.diffIds.length} diff_ids in its config`);
+  }
+  const work = layers.map((l, i) => ({ ...l, diffId: cfg.diffIds[i]!, compression: layerCompression(l.mediaType) }));
+  const missing = work.filter((l) => !index.hasLayer(l.diffId));
+  const image = r.canonical;
+  o.onEvent?.({
+    type: 'image.pull.started',
+    image,
+    digest: m.digest,
+    layers: work.length,
+    cachedLayers: work.length - missing.length,
+    bytesTotal: missing.reduce((s, l) => s + l.size, 0),
+  });
+
+  let bytes = 0;
+  await withImagePool(async (unpack) => {
+    const queue = [...missing];
+    const worker = async () => {
+      for (let l = queue.shift(); l; l = queue.shift()) {
+        const layer = l;
+        let last = 0;
+        const progress = (phase: 'download' | 'unpack' | 'done', done: number, force = false) => {
+          const now = performance.now();
+          if (!force && now - last < PROGRESS_EVERY_MS) return;
+          last = now;
+          o.onEvent?.({ type: 'image.pull.progress', image, layer: layer.digest, phase, bytesDone: done, bytesTotal: layer.size });
+        };
+        const out = index.layerPath(layer.diffId);
+        await withFileLock(
+          `${out}.lock`,
+          () => index.hasLayer(layer.diffId),
+          async () => {
+            const blob = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`);
+            try {
+              const res = await client.blob(r.repository, layer.digest, o.signal);
+              const tap = new DigestTap(layer.size, (n) => progress('download', n));
+              await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(blob, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []);
+              checkDigest(`layer ${layer.digest} of ${image}`, layer.digest, tap.digest());
+              bytes += tap.bytes;
+              progress('unpack', tap.bytes, true);
+              const res2 = await unpack(
+                { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: join(index.tmpDir, `${digestHex(layer.diffId)}.${randomBytes(4).toString('hex')}.d`) },
+                o.signal,
+              );
+              await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
+            } finally {
+              await rm(blob, { force: true });
+            }
+          },
+          o.signal,
+        );
+        progress('done', layer.size, true);
+      }
+    };
+    const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, missing.length) }, worker));
+    const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+    if (failed) throw failed.reason;
+  });
+
+  const rec: ImageRecord = {
+    name: r.name,
+    digest: m.digest,
+    tags: [],
+    platform: formatPlatform(cfg.platform),
+    configDigest: config.digest,
+    defaults: cfg.defaults,
+    layers: work.map((l) => ({ digest: l.digest, diffId: l.diffId, size: l.size, mediaType: l.mediaType })),
+    sizeBytes: work.reduce((s, l) => s + l.size, 0),
+    pulledAt: Date.now(),
+  };
+  await index.putImage(rec, r.tag !== undefined && !r.digest ? r.canonical : undefined);
+  o.onEvent?.({ type: 'image.pull.done', image, digest: m.digest, layers: work.length, bytes, durationMs: performance.now() - t0, cached: false });
+  return rec;
+}
