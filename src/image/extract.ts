@@ -203,10 +203,19 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
         clear(path, false);
         const fd = openSync(path, 'wx', 0o600);
         try {
-          for await (const chunk of stream) {
-            writeSync(fd, chunk as Buffer);
-            bytes += (chunk as Buffer).length;
-          }
+          // 'data' events: async iteration of tar-stream's entry streams costs ~2x here.
+          await new Promise<void>((resolve, reject) => {
+            stream.on('data', (chunk: Buffer) => {
+              try {
+                writeSync(fd, chunk);
+                bytes += chunk.length;
+              } catch (err) {
+                stream.destroy(err as Error);
+              }
+            });
+            stream.once('end', resolve);
+            stream.once('error', reject);
+          });
         } finally {
           closeSync(fd);
         }

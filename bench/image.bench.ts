@@ -1,0 +1,57 @@
+/**
+ * Image pull benchmark. Prints figures; asserts nothing.
+ *
+ *   npm run bench:image          (RUNS=5 to change the sample count)
+ *
+ * Pull + verify + unpack + erofs layer-image build of the python test image (Debian
+ * bookworm + python3, from scripts/test-images.sh) from a loopback docker-registry into an
+ * empty cache, against `skopeo copy docker://… oci:DIR` of the same image in the same run
+ * (download + verify only, no unpack: the floor of moving the bytes).
+ */
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Image } from '../src/image/Image.ts';
+import { resolveImage } from '../src/image/pull.ts';
+import { startRegistry, testImages } from '../test/image/helpers/registry.ts';
+import { quantile } from './stats.ts';
+
+const RUNS = Number(process.env.RUNS ?? 5);
+const images = testImages();
+const reg = await startRegistry('none');
+const tmp = mkdtempSync(join(tmpdir(), 'corral-bench-image-'));
+try {
+  await reg.push(join(images.dir, 'python'), 'python', '3.12');
+  const ref = `${reg.host}/python:3.12`;
+  const ours: number[] = [];
+  const skopeo: number[] = [];
+  let bytes = 0;
+  let tarBytes = 0;
+  for (let i = 0; i < RUNS; i++) {
+    const sd = join(tmp, `state-${i}`);
+    const t0 = performance.now();
+    await resolveImage(ref, { stateDir: sd, onEvent: (e) => void (e.type === 'image.pull.done' && (bytes = e.bytes)) });
+    ours.push((performance.now() - t0) / 1000);
+    if (i === 0) {
+      const info = await Image.inspect(ref, { stateDir: sd });
+      tarBytes = info.layers.reduce((s, l) => s + (l.imageBytes ?? 0), 0);
+    }
+    rmSync(sd, { recursive: true, force: true });
+    const out = join(tmp, `oci-${i}`);
+    const t1 = performance.now();
+    execFileSync('skopeo', ['copy', '-q', '--src-tls-verify=false', `docker://${ref}`, `oci:${out}:latest`], { stdio: 'ignore' });
+    skopeo.push((performance.now() - t1) / 1000);
+    rmSync(out, { recursive: true, force: true });
+  }
+  const mb = bytes / 1e6;
+  const fmt = (s: number[]) => `median ${quantile(s, 0.5).toFixed(2)} s (${(mb / quantile(s, 0.5)).toFixed(1)} MB/s), p95 ${quantile(s, 0.95).toFixed(2)} s (n=${s.length})`;
+  console.log(`corral image bench — ${new Date().toISOString()} — python:3.12 test image: ${mb.toFixed(1)} MB compressed, ${(tarBytes / 1e6).toFixed(1)} MB of erofs layer images`);
+  console.log(`  corral pull + verify + unpack + mkfs.erofs: ${fmt(ours)}`);
+  console.log(`  skopeo copy docker:// → oci: (no unpack):   ${fmt(skopeo)}`);
+  console.log(`  ratio corral / skopeo (medians): ×${(quantile(ours, 0.5) / quantile(skopeo, 0.5)).toFixed(2)}`);
+} finally {
+  await reg.close();
+  rmSync(tmp, { recursive: true, force: true });
+}
