@@ -64,6 +64,8 @@ export type SandboxCommand =
   | { type: 'drain' }
   | { type: 'stop'; timeoutMs?: number }
   | { type: 'kill' }
+  /** Save memory + upper disk under a name; the sandbox runs on afterwards. */
+  | { type: 'snapshot'; snapshot: string }
   /** The VM process ended without being asked to. */
   | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
   /** The agent connection broke (protocol violation, I/O error). */
@@ -86,6 +88,8 @@ export const sandboxMachine = setup({
     /** Graceful stop with escalation; resolves with how the VM ended. */
     stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(async () => notProvided('stopVm')),
     killVm: fromPromise<VmEnded, void>(async () => notProvided('killVm')),
+    /** Pauses, saves memory and upper disk, resumes. */
+    snapshotVm: fromPromise<void, { snapshot: string }>(async () => notProvided('snapshotVm')),
   },
   actions: {
     execDone: assign({ inFlight: ({ context }) => Math.max(0, context.inFlight - 1) }),
@@ -138,9 +142,9 @@ export const sandboxMachine = setup({
             input: ({ context }) => ({ name: context.name, stopTimeoutMs: context.stopTimeoutMs }),
             onDone: { target: '#sandbox.live', actions: assign({ vm: ({ event }) => event.output }) },
             onError: [
-              // A missing image or setup fails a cold boot just the same: stop here.
+              // A missing image, setup or snapshot fails a cold boot just the same: stop here.
               {
-                guard: ({ event }) => ['E_IMAGE_NOT_FOUND', 'E_SETUP_MISSING', 'E_INVALID_OPTION'].includes((event.error as { code?: string })?.code ?? ''),
+                guard: ({ event }) => /^E_(IMAGE|REGISTRY|SETUP|INVALID_OPTION|SNAPSHOT)/.test((event.error as { code?: string })?.code ?? ''),
                 target: '#sandbox.stopped',
                 actions: assign({ stopReason: 'boot-failed', error: ({ event }) => serializeError(event.error) }),
               },
@@ -198,6 +202,16 @@ export const sandboxMachine = setup({
             'exec.done': { target: 'running', reenter: true, actions: 'execDone' },
             pause: 'paused',
             drain: 'draining',
+            snapshot: 'snapshotting',
+          },
+        },
+        /** The VM is briefly frozen while its memory and disk are saved. */
+        snapshotting: {
+          invoke: {
+            src: 'snapshotVm',
+            input: ({ event }) => ({ snapshot: event.type === 'snapshot' ? event.snapshot : '' }),
+            onDone: 'running',
+            onError: 'running',
           },
         },
         paused: {
@@ -264,7 +278,7 @@ export type SandboxSnapshot = SnapshotFrom<typeof sandboxMachine>;
 
 /**
  * The leaf state's name: `choosing`, `restoring`, `booting` (all three are creating),
- * `running`, `paused`, `draining`, `stopping`, `killing`, `stopped`.
+ * `running`, `snapshotting` (running), `paused`, `draining`, `stopping`, `killing`, `stopped`.
  */
 export function stateName(snapshot: SandboxSnapshot): string {
   const v = snapshot.value;
@@ -279,6 +293,8 @@ export function statusOf(snapshot: SandboxSnapshot): SandboxStatus {
     case 'restoring':
     case 'booting':
       return 'creating';
+    case 'snapshotting':
+      return 'running';
     case 'running':
     case 'paused':
     case 'draining':

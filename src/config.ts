@@ -41,6 +41,8 @@ export interface SandboxConfig extends ImageConfigFields {
    * up) instead of a cold boot. Default true.
    */
   readonly template?: boolean;
+  /** Start from this snapshot (memory + upper disk) of another sandbox: what ran there runs on. */
+  readonly fromSnapshot?: string;
 }
 
 /** Runtime log verbosity. */
@@ -156,10 +158,11 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   const c = raw as Partial<Record<keyof SandboxConfig, unknown>>;
   const known = new Set<string>([
     'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
-    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel', 'template',
+    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel', 'template', 'fromSnapshot',
     ...IMAGE_CONFIG_KEYS,
   ]);
   if (c.template !== undefined && typeof c.template !== 'boolean') throw new InvalidOptionError('template', 'true or false', c.template);
+  if (c.fromSnapshot !== undefined) validateName(c.fromSnapshot, 'fromSnapshot');
   const logLevel = c.logLevel ?? DEFAULTS.logLevel;
   if (!LOG_LEVELS.includes(logLevel as LogLevel)) throw new InvalidOptionError('logLevel', `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`, logLevel);
   for (const k of Object.keys(c)) {
@@ -183,5 +186,6 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: validateInt(c.idleTimeoutMs, 'idleTimeoutMs', LIMITS.policyMs, ' ms') } : {}),
     logLevel: logLevel as LogLevel,
     ...(c.template !== undefined ? { template: c.template as boolean } : {}),
+    ...(c.fromSnapshot !== undefined ? { fromSnapshot: c.fromSnapshot as string } : {}),
   };
 }

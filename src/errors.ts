@@ -32,6 +32,9 @@ export const ErrorCodes = {
   E_CLOSED: 'the object was closed',
   E_QMP: 'qemu\'s QMP interface returned an error',
   E_STORE: 'the state store could not be read or written',
+  E_SNAPSHOT_NOT_FOUND: 'no snapshot with that name',
+  E_SNAPSHOT_EXISTS: 'a snapshot with that name already exists',
+  E_SNAPSHOT: 'a snapshot could not be taken or restored',
 } as const;
 
 /** A stable error code. */

@@ -21,3 +21,4 @@ export { PullPolicy } from './image/pullPolicy.ts';
 export type { RegistryAuthConfig, RegistryAuthInput } from './image/auth.ts';
 export { registerSecret } from './image/secrets.ts';
 export { ImageBuilder } from './sdk/ImageBuilder.ts';
+export { Snapshot, type SnapshotMeta } from './sdk/Snapshot.ts';

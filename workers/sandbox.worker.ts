@@ -11,16 +11,19 @@ import '../src/supervisor/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
-import type { SandboxConfig } from '../src/config.ts';
+import { validateName, type SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
-import { copySparse, createOverlay, hasUpper, prepareRoot, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { copySparse, createOverlay, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { readSnapshot, snapshotBytes, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
 import { ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
@@ -80,6 +83,8 @@ export interface SandboxWorkerApi {
   stopped(): Promise<SandboxInfo>;
   /** ms of one agent PING round trip (a raw port round trip, bypassing exec). */
   ping(bytes: number): Promise<number>;
+  /** Saves memory + upper disk as snapshot `name`; the sandbox runs on. */
+  snapshot(name: string): Promise<SnapshotMeta>;
 }
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -102,6 +107,7 @@ class SandboxHost implements SandboxWorkerApi {
   #imageEnv: Record<string, string> = {};
   readonly #log: Logger;
   #qmpDone: Promise<void> = Promise.resolve();
+  readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
 
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
@@ -114,6 +120,7 @@ class SandboxHost implements SandboxWorkerApi {
         restoreVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#restoreVm(signal)),
         stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(({ input }) => this.#stopVm(input.timeoutMs, input.reason)),
         killVm: fromPromise<VmEnded, void>(() => this.#killVm()),
+        snapshotVm: fromPromise<void, { snapshot: string }>(({ input }) => this.#snapshotVm(input.snapshot)),
       },
       actions: {
         startExec: (_, params: { execId: number }) => this.#startExec(params.execId),
@@ -130,7 +137,8 @@ class SandboxHost implements SandboxWorkerApi {
         maxDurationMs: data.config.maxDurationMs,
         idleTimeoutMs: data.config.idleTimeoutMs,
         // A restarted sandbox has its own upper disk: the template's would not match it.
-        useTemplate: data.config.template !== false && !hasUpper(data.stateDir, data.config.name) && !data.config.disk,
+        useTemplate:
+          data.config.fromSnapshot !== undefined || (data.config.template !== false && !hasUpper(data.stateDir, data.config.name) && !data.config.disk),
       },
     });
     this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
@@ -234,6 +242,15 @@ class SandboxHost implements SandboxWorkerApi {
     const vm = this.#requireVm();
     return vm.agent.ping(new Uint8Array(Math.min(Math.max(bytes, 0), 1000)));
   }
+  async snapshot(name: string): Promise<SnapshotMeta> {
+    validateName(name, 'snapshot name');
+    if (existsSync(snapshotDir(this.#stateDir, name))) throw new CorralError('E_SNAPSHOT_EXISTS', `a snapshot named "${name}" exists`);
+    assertCan(this.#actor.getSnapshot(), { type: 'snapshot', snapshot: name });
+    const done = new Promise<SnapshotMeta>((resolve, reject) => this.#snapshots.set(name, { resolve, reject }));
+    this.#actor.send({ type: 'snapshot', snapshot: name });
+    return done;
+  }
+
 
   // ── machine implementations ─────────────────────────────────────────────────
 
@@ -262,6 +279,7 @@ class SandboxHost implements SandboxWorkerApi {
    * disk, then the agent is handed the sandbox's identity (hostname, clock, fresh entropy).
    */
   async #restoreVm(signal: AbortSignal): Promise<VmBooted> {
+    if (this.#config.fromSnapshot) return this.#restoreSnapshot(signal, this.#config.fromSnapshot);
     const choice = resolveAccel(this.#config.accel);
     this.#accelReason = choice.reason;
     const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
@@ -363,6 +381,97 @@ class SandboxHost implements SandboxWorkerApi {
       if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
     });
     return { pid: vm.pid, accel: vm.accel, bootMs: performance.now() - t0 };
+  }
+
+  /**
+   * Freezes the VM, saves its whole state (RAM included) and a copy of its upper disk taken
+   * while frozen, then lets it run on. The caller of snapshot() gets the result.
+   */
+  async #snapshotVm(name: string): Promise<void> {
+    const waiter = this.#snapshots.get(name);
+    this.#snapshots.delete(name);
+    const vm = this.#requireVm();
+    const t0 = performance.now();
+    const final = snapshotDir(this.#stateDir, name);
+    const tmp = `${final}.tmp-${process.pid}-${Date.now()}`;
+    try {
+      await mkdir(tmp, { recursive: true, mode: 0o700 });
+      const upperFile = this.#upperPath().endsWith('.qcow2') ? 'upper.qcow2' : 'upper.ext4';
+      try {
+        await vm.saveTo(join(tmp, 'state'), { ignoreShared: false });
+        await copySparse(this.#upperPath(), join(tmp, upperFile));
+      } finally {
+        await vm.qmp.execute('cont').catch(() => {});
+      }
+      const meta: SnapshotMeta = {
+        name,
+        source: this.#config.name,
+        config: this.#config,
+        hello: vm.hello,
+        sessions: vm.agent.sessionIds,
+        upperFile,
+        createdAt: Date.now(),
+        bytes: snapshotBytes(tmp),
+      };
+      await writeFile(join(tmp, 'meta.json'), JSON.stringify(meta));
+      await rename(tmp, final);
+      this.#emit({ type: 'sandbox.snapshotted', snapshot: name, ms: performance.now() - t0, bytes: meta.bytes });
+      waiter?.resolve(meta);
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      const e = new CorralError('E_SNAPSHOT', `snapshot "${name}" of sandbox "${this.#config.name}" failed: ${(err as Error).message}`, { cause: err });
+      waiter?.reject(e);
+      throw e;
+    }
+  }
+
+  /** The upper disk this sandbox's VM runs with. */
+  #upperPath(): string {
+    const dir = sandboxDir(this.#stateDir, this.#config.name);
+    return existsSync(join(dir, 'upper.qcow2')) ? join(dir, 'upper.qcow2') : join(dir, 'upper.ext4');
+  }
+
+  /**
+   * Starts from a snapshot: its upper disk copied into this sandbox, its RAM and devices
+   * restored from the stream; then the agent is handed this sandbox's identity. Processes
+   * that ran in the snapshot run on; output of their exec sessions is dropped (their host
+   * side is gone).
+   */
+  async #restoreSnapshot(signal: AbortSignal, snapshot: string): Promise<VmBooted> {
+    const t0 = this.#createdAt;
+    try {
+      const meta = readSnapshot(this.#stateDir, snapshot);
+      const choice = resolveAccel(this.#config.accel);
+      this.#accelReason = choice.reason;
+      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
+      this.#root = root;
+      this.#imageEnv = root.imageEnv;
+      const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
+      await copySparse(join(snapshotDir(this.#stateDir, snapshot), meta.upperFile), upper);
+      const tRestore = performance.now();
+      const vm = await Vm.boot({
+        ...this.#vmShape(root, choice.accel),
+        upper,
+        incoming: true,
+        restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
+        hostname: 'corral',
+        bootTimeoutMs: this.#config.bootTimeoutMs,
+        signal,
+        onSpawn: (pid) => this.#spawned(pid, choice),
+      });
+      try {
+        await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
+      } catch (err) {
+        vm.kill();
+        throw err;
+      }
+      const restoreMs = performance.now() - tRestore;
+      this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs });
+      return this.#adopt(vm, t0);
+    } catch (err) {
+      if (err instanceof CorralError && err.code === 'E_SNAPSHOT_NOT_FOUND') throw err;
+      throw new CorralError('E_SNAPSHOT', `cannot start "${this.#config.name}" from snapshot "${snapshot}": ${(err as Error).message}`, { cause: err });
+    }
   }
 
   async #stopVm(timeoutMs: number, _reason: StopReason): Promise<VmEnded> {

@@ -75,6 +75,11 @@ export interface AgentLimits {
    * the connection starts as ready.
    */
   readonly hello?: AgentHello;
+  /**
+   * Sessions a restored guest may still talk about (they were live when its snapshot was
+   * taken, on a connection that no longer exists): their frames are dropped, not fatal.
+   */
+  readonly orphanSessions?: readonly number[];
 }
 
 interface Live {
@@ -103,6 +108,7 @@ export class AgentClient {
   #error: Error | undefined;
   #closed = false;
   #hello: AgentHello | undefined;
+  readonly #orphans: Set<number>;
 
   /** Resolves with the agent's HELLO; rejects if the connection fails first. */
   readonly ready: Promise<AgentHello>;
@@ -116,6 +122,7 @@ export class AgentClient {
   constructor(socket: Socket, limits: AgentLimits = {}) {
     this.#socket = socket;
     this.#maxSessions = limits.maxSessions ?? 1024;
+    this.#orphans = new Set(limits.orphanSessions ?? []);
     this.ready = new Promise((res, rej) => {
       this.#resolveReady = res;
       this.#rejectReady = rej;
@@ -139,6 +146,11 @@ export class AgentClient {
   /** Live exec sessions. */
   get sessionCount(): number {
     return this.#sessions.size;
+  }
+
+  /** Ids of the live sessions (and of orphans still running), for a snapshot's record. */
+  get sessionIds(): number[] {
+    return [...this.#sessions.keys(), ...this.#orphans];
   }
 
   /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
@@ -234,7 +246,7 @@ export class AgentClient {
     for (;;) {
       const id = this.#nextId;
       this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-      if (!this.#sessions.has(id)) return id;
+      if (!this.#sessions.has(id) && !this.#orphans.has(id)) return id;
     }
   }
 
@@ -276,6 +288,10 @@ export class AgentClient {
         return this.#onError(f);
     }
     const live = this.#sessions.get(f.session);
+    if (!live && this.#orphans.has(f.session)) {
+      if (f.type === FrameType.EXIT) this.#orphans.delete(f.session);
+      return;
+    }
     if (!live) throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type} for session ${f.session}, which is not open`);
     switch (f.type) {
       case FrameType.STARTED: {
@@ -330,6 +346,7 @@ export class AgentClient {
       throw new CorralError('E_AGENT', `guest agent rejected a request: ${message} (errno ${errno})`);
     }
     const live = this.#sessions.get(f.session);
+    if (!live && this.#orphans.delete(f.session)) return;
     if (!live) throw new CorralError('E_PROTOCOL', `guest sent ERROR for session ${f.session}, which is not open`);
     this.#sessions.delete(f.session);
     live.handlers.failed(new CorralError('E_EXEC_START', message, { details: { errno } }));

@@ -85,6 +85,7 @@ export type SandboxEventBody =
       /** ms from qemu spawn to the agent answering with the sandbox's identity. */
       readonly restoreMs: number;
     }
+  | { readonly type: 'sandbox.snapshotted'; readonly snapshot: string; readonly ms: number; readonly bytes: number }
   | { readonly type: 'sandbox.paused' }
   | { readonly type: 'sandbox.resumed' }
   | { readonly type: 'sandbox.draining'; readonly inFlight: number }

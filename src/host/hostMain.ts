@@ -18,7 +18,7 @@ import { serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
 import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
-const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping']);
+const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot']);
 /** Events kept for late subscribers (a client that reconnects sees what it missed). */
 const REPLAY = 4096;
 

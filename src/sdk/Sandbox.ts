@@ -9,7 +9,8 @@
 import { randomInt } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
-import type { SandboxConfig } from '../config.ts';
+import { validateInt, validateName, type SandboxConfig } from '../config.ts';
+import { removeSnapshot, type SnapshotMeta } from '../runtime/snapshots.ts';
 import { CorralError } from '../errors.ts';
 import type { SandboxLink } from '../supervisor/SandboxLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
@@ -303,6 +304,43 @@ export class Sandbox {
     if (this.#released) return;
     this.#released = true;
     await this.#link?.detach();
+  }
+
+  /**
+   * Saves this sandbox's memory and upper disk as snapshot `name` (the VM is frozen for the
+   * save, then runs on). `Sandbox.builder(n).fromSnapshot(name).create()` starts from it.
+   */
+  async snapshot(name: string): Promise<SnapshotMeta> {
+    const link = this.#requireLink('snapshot');
+    return link.busy(() => link.api.snapshot(name));
+  }
+
+  /**
+   * Running copies of this sandbox that share its state up to now and diverge after. Each
+   * gets its own name, disk, hostname and entropy; this sandbox runs on.
+   *
+   * @example
+   * const child = await sb.fork('child');
+   * const kids = await sb.fork({ count: 3 });   // names `${sb.name}-fork-1` …
+   */
+  fork(name: string): Promise<Sandbox>;
+  fork(options: { count: number; prefix?: string }): Promise<Sandbox[]>;
+  async fork(arg: string | { count: number; prefix?: string }): Promise<Sandbox | Sandbox[]> {
+    const names =
+      typeof arg === 'string'
+        ? [arg]
+        : Array.from({ length: validateInt(arg.count, 'count', { min: 1, max: 64 }) }, (_, i) => `${arg.prefix ?? `${this.name}-fork`}-${i + 1}`);
+    for (const n of names) validateName(n, 'fork name');
+    const snap = `fork-${this.name.slice(0, 40)}-${randomInt(1e9)}`;
+    await this.snapshot(snap);
+    try {
+      const forks = await Promise.all(
+        names.map((n) => Sandbox.create({ ...this.#config, name: n, fromSnapshot: snap }, { supervisor: this.#sup })),
+      );
+      return typeof arg === 'string' ? forks[0]! : forks;
+    } finally {
+      await removeSnapshot(this.#sup.stateDir, snap).catch(() => {});
+    }
   }
 
   /** Raw agent round trip (PING/PONG), ms. For benchmarks. */

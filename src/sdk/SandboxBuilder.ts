@@ -185,6 +185,15 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Start from a snapshot taken with `sandbox.snapshot(name)`: memory and disk as they were,
+   * what was running still running. Image, memory and cpus come from the snapshot.
+   */
+  fromSnapshot(name: string): this {
+    this.#config.fromSnapshot = validateName(name, 'fromSnapshot');
+    return this;
+  }
+
   /** Replace a same-named sandbox instead of failing on the conflict. */
   replace(): this {
     this.#replace = true;

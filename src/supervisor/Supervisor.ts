@@ -25,6 +25,7 @@ import { controlSocketPath } from '../host/wire.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
+import { readSnapshot } from '../runtime/snapshots.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 import type { SandboxLink } from './SandboxLink.ts';
@@ -169,7 +170,7 @@ export class Supervisor {
    */
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<SandboxController> {
     this.#assertOpen();
-    const config = normalizeConfig(rawConfig);
+    const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
     await this.#claimName(config.name, options.replace ?? false);
     const now = Date.now();
     await this.#store.putSandbox({
@@ -207,6 +208,24 @@ export class Supervisor {
       updatedAt: Date.now(),
     });
     return this.#boot(rec.config, options);
+  }
+
+  /**
+   * A sandbox started from a snapshot must have the snapshot's shape (image, memory, cpus…):
+   * its RAM and devices come from there. Its name, labels and policies stay its own.
+   */
+  #withSnapshotShape(config: SandboxConfig): SandboxConfig {
+    if (!config.fromSnapshot) return config;
+    const src = readSnapshot(this.stateDir, config.fromSnapshot).config;
+    return normalizeConfig({
+      ...src,
+      name: config.name,
+      labels: config.labels,
+      logLevel: config.logLevel,
+      fromSnapshot: config.fromSnapshot,
+      ...(config.maxDurationMs !== undefined ? { maxDurationMs: config.maxDurationMs } : { maxDurationMs: undefined }),
+      ...(config.idleTimeoutMs !== undefined ? { idleTimeoutMs: config.idleTimeoutMs } : { idleTimeoutMs: undefined }),
+    });
   }
 
   async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<SandboxController> {

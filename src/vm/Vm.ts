@@ -39,7 +39,14 @@ export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpS
    * Restore instead of booting: the migration state file saved by {@link Vm.saveTo} and the
    * HELLO its agent sent at the time. Needs `incoming: true` and the same machine shape.
    */
-  readonly restore?: { readonly stateFile: string; readonly hello: AgentHello };
+  readonly restore?: {
+    readonly stateFile: string;
+    readonly hello: AgentHello;
+    /** Template restores: RAM comes from the shared file, not the stream. Default true. */
+    readonly ignoreShared?: boolean;
+    /** Exec sessions that were live at the save: their late output is dropped. */
+    readonly orphanSessions?: readonly number[];
+  };
 }
 
 /** Bytes of console output kept for error messages. */
@@ -136,11 +143,11 @@ export class Vm {
         const [agentSock, qmpSock] = await Promise.race([Promise.all([agentConn, qmpConn]), exitedEarly, deadline.promise]);
         // Both connected: the socket files have served their purpose.
         await rm(dir, { recursive: true, force: true });
-        vm.agent = new AgentClient(agentSock, opts.restore ? { hello: opts.restore.hello } : {});
+        vm.agent = new AgentClient(agentSock, opts.restore ? { hello: opts.restore.hello, orphanSessions: opts.restore.orphanSessions ?? [] } : {});
         vm.qmp = new QmpClient(qmpSock);
         if (opts.restore) {
           await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
-          await Promise.race([vm.#restore(opts.restore.stateFile), exitedEarly, deadline.promise]);
+          await Promise.race([vm.#restore(opts.restore.stateFile, opts.restore.ignoreShared ?? true), exitedEarly, deadline.promise]);
         }
         vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
@@ -174,8 +181,8 @@ export class Vm {
     await this.#migrationDone();
   }
 
-  async #restore(stateFile: string): Promise<void> {
-    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  async #restore(stateFile: string, ignoreShared: boolean): Promise<void> {
+    await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: ignoreShared }] });
     await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(stateFile)}` });
     await this.#migrationDone();
     await this.qmp.execute('cont');

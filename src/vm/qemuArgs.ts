@@ -90,7 +90,9 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     `corral.hostname=${input.hostname}`,
     ...(input.cmdline ?? []),
   ];
-  const machine = `microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on${input.memoryFile ? ',memory-backend=mem' : ''}`;
+  // Every VM's RAM is the backend "mem" (a file for templates and their clones, anonymous
+  // otherwise): a migration stream names RAM blocks, so any VM's snapshot restores anywhere.
+  const machine = 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on,memory-backend=mem';
   const args = [
     '-M', machine,
     '-accel', input.accel,
@@ -119,6 +121,8 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   });
   if (input.memoryFile) {
     args.push('-object', `memory-backend-file,id=mem,size=${input.memoryMib}M,mem-path=${input.memoryFile.path},share=${input.memoryFile.share ? 'on' : 'off'}`);
+  } else {
+    args.push('-object', `memory-backend-ram,id=mem,size=${input.memoryMib}M`);
   }
   if (input.incoming) args.push('-incoming', 'defer');
   if (input.upper && !input.disk) {

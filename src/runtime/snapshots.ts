@@ -1,0 +1,65 @@
+/**
+ * Snapshots of running sandboxes: `<stateDir>/snapshots/<name>/` holds the migration stream
+ * (`state`, with the whole guest RAM), a copy of the upper disk taken while the VM was
+ * frozen, and `meta.json` (the source's config, the agent's HELLO, the exec sessions that
+ * were live). A snapshot whose upper is a qcow2 overlay refers to its template's upper disk,
+ * which templates never change.
+ */
+
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AgentHello } from '../agent/AgentClient.ts';
+import type { SandboxConfig } from '../config.ts';
+import { CorralError } from '../errors.ts';
+
+export interface SnapshotMeta {
+  readonly name: string;
+  /** The sandbox it was taken from. */
+  readonly source: string;
+  readonly config: SandboxConfig;
+  readonly hello: AgentHello;
+  /** Exec sessions live at the save (they keep running in the restored guest). */
+  readonly sessions: readonly number[];
+  /** `upper.qcow2` or `upper.ext4`. */
+  readonly upperFile: string;
+  readonly createdAt: number;
+  readonly bytes: number;
+}
+
+export function snapshotsDir(stateDir: string): string {
+  return join(stateDir, 'snapshots');
+}
+
+export function snapshotDir(stateDir: string, name: string): string {
+  return join(snapshotsDir(stateDir), name);
+}
+
+/** A snapshot's metadata; throws E_SNAPSHOT_NOT_FOUND. */
+export function readSnapshot(stateDir: string, name: string): SnapshotMeta {
+  const meta = join(snapshotDir(stateDir, name), 'meta.json');
+  if (!existsSync(meta)) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no snapshot named "${name}"`);
+  return JSON.parse(readFileSync(meta, 'utf8')) as SnapshotMeta;
+}
+
+/** Every complete snapshot, by name. */
+export function listSnapshots(stateDir: string): SnapshotMeta[] {
+  const dir = snapshotsDir(stateDir);
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((n) => !n.includes('.tmp-') && existsSync(join(dir, n, 'meta.json')))
+    .sort()
+    .map((n) => readSnapshot(stateDir, n));
+}
+
+export async function removeSnapshot(stateDir: string, name: string): Promise<void> {
+  readSnapshot(stateDir, name);
+  await rm(snapshotDir(stateDir, name), { recursive: true, force: true });
+}
+
+/** Bytes a snapshot takes on disk (allocated, so sparse files count what they hold). */
+export function snapshotBytes(dir: string): number {
+  let total = 0;
+  for (const f of readdirSync(dir)) total += statSync(join(dir, f)).blocks * 512;
+  return total;
+}
