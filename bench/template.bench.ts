@@ -97,6 +97,20 @@ console.log(`PSS per idle restored VM process:        median ${quantile(pss, 0.5
 const coldOne = await Sandbox.builder('cold-pss').template(false).supervisor(sup).create();
 await new Promise((r) => setTimeout(r, 1000));
 console.log(`PSS of one idle cold-booted VM process:  ${(pssKib((await coldOne.info()).pid!) / 1024).toFixed(1)} MiB`);
+const forkMs: number[] = [];
+const snapMs: number[] = [];
+for (let i = 0; i < Math.min(RUNS, 5); i++) {
+  let t = performance.now();
+  await burst[0]!.snapshot(`snap-${i}`);
+  snapMs.push(performance.now() - t);
+  t = performance.now();
+  const child = await burst[0]!.fork(`fork-${i}`);
+  await child.exec('true');
+  forkMs.push(performance.now() - t);
+  await child.stop();
+}
+console.log(`snapshot of a running sandbox:           ${fmtMs(snapMs)}`);
+console.log(`fork → child's first exec result:        ${fmtMs(forkMs)}`);
 await Promise.all([...burst, coldOne].map((s) => s.stop()));
 await sup.close();
 rmSync(stateDir, { recursive: true, force: true });
