@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { workerData, type MessagePort } from 'node:worker_threads';
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
@@ -642,5 +642,12 @@ class SandboxHost implements SandboxWorkerApi {
   }
 }
 
-const data = workerData as SandboxWorkerData;
-expose(new SandboxHost(data), nodeEndpoint(data.control as never));
+function host(data: SandboxWorkerData): void {
+  expose(new SandboxHost(data), nodeEndpoint(data.control as never));
+}
+
+// A worker is either started for a sandbox (its data in workerData) or started ahead as a
+// warm spare: modules loaded, waiting for the supervisor to hand it a sandbox.
+const initial = workerData as Partial<SandboxWorkerData>;
+if (initial.config) host(initial as SandboxWorkerData);
+else parentPort?.once('message', (data: SandboxWorkerData) => host(data));

@@ -22,6 +22,7 @@ import { secretsFor } from '../image/secrets.ts';
 import { CorralError, deserializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
 import { controlSocketPath } from '../host/wire.ts';
+import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
@@ -123,6 +124,8 @@ export class Supervisor {
   readonly #store: Store;
   readonly #live = new Map<string, SandboxController>();
   #closed: Promise<void> | undefined;
+  /** A worker started ahead of need, idle until a create hands it a sandbox. */
+  #spare: Worker | undefined;
 
   /** Every event of every sandbox of this supervisor. */
   readonly events$: Observable<SandboxEvent>;
@@ -135,6 +138,7 @@ export class Supervisor {
     }
     this.#store = Store.open(this.stateDir);
     this.events$ = this.#bus.events$;
+    sweepStaleRunDirs();
     openSupervisors.add(this);
     if (openSupervisors.size === 1) process.once('exit', onProcessExit);
   }
@@ -237,11 +241,12 @@ export class Supervisor {
     const events = new MessageChannel();
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config) };
-    const worker = new Worker(WORKER_BOOT, {
-      workerData: { entry: WORKER_ENTRY, ...data },
-      transferList: [control.port2, events.port2],
-      name: `corral:${config.name}`,
-    });
+    // A warm spare has its modules loaded already (starting a worker and loading them costs
+    // most of a restored create); hand it this sandbox and start the next spare.
+    const spare = this.#spare;
+    const worker = spare && !exitedWorkers.has(spare) ? spare : spawnWorker();
+    this.#spare = this.#closed ? undefined : spawnWorker();
+    worker.postMessage(data, [control.port2, events.port2]);
     const api = wrap<SandboxWorkerApi>(nodeEndpoint(control.port1 as never));
     const events$ = this.#bus.forSandbox(config.name);
     const ctl = new SandboxController(config, worker, api, events$, this);
@@ -260,7 +265,12 @@ export class Supervisor {
     const abort = () => void ctl.api.kill().catch(() => {});
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
-      const info = await ctl.busy(() => ctl.api.start());
+      // A worker that dies before answering (a module that fails to load) must not hang create.
+      const died = new Promise<never>((_, reject) =>
+        worker.once('exit', (code) => reject(new CorralError('E_BOOT_FAILED', `the worker of sandbox "${config.name}" exited with code ${code} before it started`))),
+      );
+      died.catch(() => {});
+      const info = await ctl.busy(() => Promise.race([ctl.api.start(), died]));
       // Durable before create resolves: whoever reads the store next sees it running.
       await this.#store.patchSandbox(config.name, { status: info.status, state: info.state, vmPid: info.pid });
       return ctl;
@@ -394,6 +404,8 @@ export class Supervisor {
         }),
       );
       this.#live.clear();
+      await this.#spare?.terminate();
+      this.#spare = undefined;
       // Let the last events (sandbox.stopped) reach the store before it closes.
       await new Promise((r) => setImmediate(r));
       await this.#store.close();
@@ -456,6 +468,18 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
     default:
       return undefined;
   }
+}
+
+/** Starts a sandbox worker that waits (unref'd: it holds no process alive) for its sandbox. */
+const exitedWorkers = new WeakSet<Worker>();
+
+function spawnWorker(): Worker {
+  const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });
+  worker.unref();
+  worker.once('exit', () => exitedWorkers.add(worker));
+  // An idle spare that fails to start is replaced on the next create.
+  worker.on('error', () => {});
+  return worker;
 }
 
 const openSupervisors = new Set<Supervisor>();

@@ -11,6 +11,7 @@
  */
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -18,6 +19,7 @@ import { join } from 'node:path';
 import { AgentClient, type AgentHello } from '../agent/AgentClient.ts';
 import type { Accel } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
+import { processAlive } from '../runtime/process.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
 
@@ -111,7 +113,8 @@ export class Vm {
 
   /** Spawns qemu and waits for the agent's HELLO. On any failure nothing is left running. */
   static async boot(opts: VmBootOptions): Promise<Vm> {
-    const dir = await mkdtemp(join(tmpdir(), 'corral-run-'));
+    // The owner's pid in the name lets a later process sweep dirs left by one that died mid-boot.
+    const dir = await mkdtemp(join(tmpdir(), `corral-run-${process.pid}-`));
     const agentPath = join(dir, 'a.sock');
     const qmpPath = join(dir, 'q.sock');
     const servers: Server[] = [];
@@ -294,4 +297,21 @@ function lastLines(text: string, n = 12): string {
 /** Quotes a path for the shell that qemu's `exec:` migration URIs run under. */
 function shellQuote(path: string): string {
   return `'${path.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * Removes the socket dirs of VM boots whose process died before it could clean up (a boot
+ * interrupted by SIGKILL). Called when a supervisor starts.
+ */
+export function sweepStaleRunDirs(): void {
+  let names: string[];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    const m = /^corral-run-(\d+)-/.exec(n);
+    if (m && !processAlive(Number(m[1]))) rmSync(join(tmpdir(), n), { recursive: true, force: true });
+  }
 }

@@ -1,6 +1,7 @@
 // Detached sandboxes outlive the process that made them; any process finds them by name.
 // Records left behind by processes that died are repaired on the next read.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
 import { sandboxDir } from '../../src/runtime/rootfs.ts';
@@ -85,6 +86,9 @@ describe('detached sandboxes and the store', () => {
     const name = `child-${child.pid}`;
     expect(sup.store.getSandbox(name)?.status).not.toBe('stopped'); // what the dead owner left
     expect(sup.reconcile(name)).toMatchObject({ status: 'stopped', stopReason: 'crashed' });
+    // Its half-booted VM's socket dir is swept by the next supervisor that starts.
+    await testSupervisor().close();
+    expect(readdirSync(tmpdir()).filter((d) => d.startsWith(`corral-run-${child.pid}-`))).toEqual([]);
     await Sandbox.remove(name, { supervisor: sup });
   });
 
