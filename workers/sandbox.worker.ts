@@ -22,11 +22,12 @@ import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, Sandbox
 import { validateName, type SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
-import { copySparse, createOverlay, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
+import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
 import { readSnapshot, snapshotBytes, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
-import { ensureTemplate, templateKey } from '../src/runtime/templates.ts';
+import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
+import { qemuArgs } from '../src/vm/qemuArgs.ts';
 
 /** What the supervisor hands a new worker. */
 export interface SandboxWorkerData {
@@ -291,6 +292,8 @@ class SandboxHost implements SandboxWorkerApi {
       memoryMib: this.#config.memoryMib,
       cpus: this.#config.cpus,
       accel: choice.accel,
+      // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
+      argv: qemuArgs({ ...this.#vmShape(root, choice.accel), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
     });
     const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
       await copySparse(root.upperTemplate, p.upper);
@@ -313,7 +316,7 @@ class SandboxHost implements SandboxWorkerApi {
     });
     const tRestore = performance.now();
     const upper = join(dirname(root.upper), 'upper.qcow2');
-    await createOverlay(tpl.upper, upper);
+    await cloneOverlay(tpl, upper);
     const vm = await Vm.boot({
       ...this.#vmShape(root, choice.accel),
       upper,

@@ -5,6 +5,7 @@
  */
 
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -50,7 +51,7 @@ export interface PrepareOptions {
 
 /** Copies a disk image atomically, keeping it sparse (fs.copyFile would write every zero). */
 export async function copySparse(from: string, to: string): Promise<void> {
-  const tmp = `${to}.${process.pid}.tmp`;
+  const tmp = `${to}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`; // threads of one process race too
   await run('cp', ['--sparse=always', from, tmp]);
   await rename(tmp, to);
 }
@@ -60,7 +61,7 @@ export async function copySparse(from: string, to: string): Promise<void> {
  * sandbox's writes stay in its own small file. `backing` must never change afterwards.
  */
 export async function createOverlay(backing: string, to: string): Promise<void> {
-  const tmp = `${to}.${process.pid}.tmp`;
+  const tmp = `${to}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`; // threads of one process race too
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', backing, tmp]);
   await rename(tmp, to);
 }

@@ -11,12 +11,13 @@
  * them gives a new key, and so a new template.
  */
 
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { processAlive } from './process.ts';
+import { createOverlay } from './rootfs.ts';
 
 /** What a finished template holds. */
 export interface Template {
@@ -36,6 +37,8 @@ export interface TemplateInputs {
   readonly memoryMib: number;
   readonly cpus: number;
   readonly accel: string;
+  /** The VM's command line with per-VM paths blanked. */
+  readonly argv?: readonly string[];
 }
 
 /** A stable hash of the inputs; files count by path, size and mtime. */
@@ -45,7 +48,7 @@ export function templateKey(inputs: TemplateInputs): string {
     const st = statSync(f);
     h.update(`${f}\0${st.size}\0${st.mtimeMs}\0`);
   }
-  h.update(`${inputs.memoryMib}\0${inputs.cpus}\0${inputs.accel}\0v1`);
+  h.update(`${inputs.memoryMib}\0${inputs.cpus}\0${inputs.accel}\0${(inputs.argv ?? []).join('\0')}\0v2`);
   return h.digest('hex').slice(0, 16);
 }
 
@@ -137,4 +140,17 @@ async function buildLocked(
 /** Removes every template (they are rebuilt on demand). */
 export async function pruneTemplates(stateDir: string): Promise<void> {
   await rm(templatesDir(stateDir), { recursive: true, force: true });
+}
+
+/**
+ * Gives a clone its upper disk: a qcow2 overlay whose backing file is the template's upper.
+ * The first clone of a template makes a pristine overlay next to it (one qemu-img run);
+ * every clone after that copies that ~200 KB file, which is much cheaper than a process.
+ */
+export async function cloneOverlay(tpl: Template, to: string): Promise<void> {
+  const seed = join(tpl.dir, 'overlay.qcow2');
+  if (!existsSync(seed)) await createOverlay(tpl.upper, seed);
+  const tmp = `${to}.${process.pid}-${randomUUID().slice(0, 8)}.tmp`;
+  await copyFile(seed, tmp);
+  await rename(tmp, to);
 }

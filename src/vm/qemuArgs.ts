@@ -40,6 +40,27 @@ export interface QemuArgsInput {
   readonly memoryFile?: { readonly path: string; readonly share: boolean };
   /** Start paused, waiting for a migration stream (`migrate-incoming` over QMP). */
   readonly incoming?: boolean;
+  /**
+   * Host directories shared over virtio-9p (src/guest/volumes.ts), attached after the disks
+   * in this order. The count is part of the device layout (a template's clones need the same).
+   */
+  readonly shares?: readonly SharedDir[];
+  /** A virtio-net NIC on qemu user networking (src/guest/network.ts); part of the layout. */
+  readonly net?: NetDevice | undefined;
+}
+
+/** One host directory shared into the guest over virtio-9p. */
+export interface SharedDir {
+  /** The 9p mount tag the guest mounts by (`corral.v0`, …). */
+  readonly tag: string;
+  readonly path: string;
+  /** Enforced by qemu: the guest cannot write through it, even as root after a remount. */
+  readonly readonly: boolean;
+}
+
+/** The guest's NIC: qemu user networking (slirp), with host-loopback port forwards. */
+export interface NetDevice {
+  readonly hostForwards: readonly { readonly hostPort: number; readonly guestPort: number }[];
 }
 
 /** One read-only layer image. */
@@ -54,6 +75,11 @@ export interface DiskRoot {
   readonly format: 'qcow2' | 'raw' | 'vmdk';
   /** A filesystem type, or `auto` to probe in the guest. */
   readonly fstype: string;
+}
+
+/** Escapes a value for a qemu `-opt key=value,…` list (a comma is doubled). */
+function qemuOpt(value: string): string {
+  return value.replace(/,/g, ',,');
 }
 
 /** `/dev/vda`, `/dev/vdb`, … for the n-th virtio-blk device (0-based). */
@@ -85,6 +111,9 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     'audit=0',
     '8250.nr_uarts=1',
     'random.trust_cpu=on',
+    // Under TCG a quarter of the boot is the APIC timer calibrating against the PIT (TCG has
+    // no TSC-deadline timer to skip it with); this skips it for ~250 ms at ~1 % idle CPU.
+    ...(input.accel === 'tcg' ? ['noapictimer'] : []),
     ...(input.tscKhz ? [`tsc_early_khz=${input.tscKhz}`] : []),
     ...rootWords,
     `corral.hostname=${input.hostname}`,
@@ -128,6 +157,21 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   if (input.upper && !input.disk) {
     const format = input.upper.endsWith('.qcow2') ? 'qcow2' : 'raw';
     args.push('-drive', `id=upper,file=${input.upper},format=${format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=upper');
+  }
+  // After every disk, so /dev/vd* names do not move; the guest finds shares by tag.
+  (input.shares ?? []).forEach((s, i) => {
+    // mapped-xattr: guest owners and modes live in xattrs, host files stay owned by qemu's
+    // user with safe modes (a guest root cannot plant a setuid-root file on the host), and
+    // guest symlinks are stored as plain files (they cannot point the host anywhere).
+    args.push(
+      '-fsdev', `local,id=fs${i},path=${qemuOpt(s.path)},security_model=mapped-xattr${s.readonly ? ',readonly=on' : ''}`,
+      '-device', `virtio-9p-device,fsdev=fs${i},mount_tag=${s.tag}`,
+    );
+  });
+  if (input.net) {
+    // ipv6=off: one address family to police. Forwards listen on host loopback only.
+    const fwd = input.net.hostForwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
+    args.push('-netdev', `user,id=net0,ipv6=off${fwd}`, '-device', 'virtio-net-device,netdev=net0');
   }
   return args;
 }
