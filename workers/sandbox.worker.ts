@@ -35,6 +35,8 @@ export interface SandboxWorkerData {
   readonly stateDir: string;
   readonly control: MessagePort;
   readonly events: MessagePort;
+  /** The CORRAL_* variables of the creating thread at create time. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
   /** Values of the secret handles the config refers to (registryAuth.secret), in memory only. */
   readonly secrets?: Readonly<Record<string, string>>;
 }
@@ -86,6 +88,8 @@ export interface SandboxWorkerApi {
   ping(bytes: number): Promise<number>;
   /** Saves memory + upper disk as snapshot `name`; the sandbox runs on. */
   snapshot(name: string): Promise<SnapshotMeta>;
+  /** QMP `query-blockstats` of the VM: host-side disk counters, for metrics. */
+  blockStats(): Promise<unknown[]>;
 }
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -252,6 +256,10 @@ class SandboxHost implements SandboxWorkerApi {
     return done;
   }
 
+
+  async blockStats(): Promise<unknown[]> {
+    return this.#requireVm().qmp.execute<unknown[]>('query-blockstats');
+  }
 
   // ── machine implementations ─────────────────────────────────────────────────
 
@@ -646,6 +654,12 @@ class SandboxHost implements SandboxWorkerApi {
 }
 
 function host(data: SandboxWorkerData): void {
+  // A spare worker copied the environment when it started, before this sandbox existed:
+  // take the runtime's variables as they are at create time.
+  for (const [k, v] of Object.entries(data.env ?? {})) {
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
   expose(new SandboxHost(data), nodeEndpoint(data.control as never));
 }
 

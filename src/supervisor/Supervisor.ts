@@ -28,6 +28,9 @@ import { processAlive } from '../runtime/process.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { readSnapshot } from '../runtime/snapshots.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
+import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
+import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
+import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 import type { SandboxLink } from './SandboxLink.ts';
 
@@ -43,6 +46,10 @@ export interface SupervisorOptions {
   readonly stateDir?: string;
   /** Most sandboxes this supervisor runs at once. Default 64. */
   readonly maxSandboxes?: number;
+  /** Bounds of the per-sandbox event replay buffer (see {@link Supervisor.events}). */
+  readonly replay?: ReplayLimits;
+  /** Bounds of the per-sandbox exec logs (see {@link Supervisor.logs}). */
+  readonly logs?: ExecLogLimits;
 }
 
 /** Options of {@link Supervisor.create}. */
@@ -122,6 +129,8 @@ export class Supervisor {
   readonly maxSandboxes: number;
   readonly #bus = new EventBus();
   readonly #store: Store;
+  readonly #replay: ReplayLog;
+  readonly #execLog: ExecLog;
   readonly #live = new Map<string, SandboxController>();
   #closed: Promise<void> | undefined;
   /** A worker started ahead of need, idle until a create hands it a sandbox. */
@@ -137,6 +146,8 @@ export class Supervisor {
       throw new RangeError(`maxSandboxes must be a positive integer (got ${options.maxSandboxes})`);
     }
     this.#store = Store.open(this.stateDir);
+    this.#replay = new ReplayLog(this.#store, options.replay);
+    this.#execLog = new ExecLog(this.#store, options.logs);
     this.events$ = this.#bus.events$;
     sweepStaleRunDirs();
     openSupervisors.add(this);
@@ -161,6 +172,47 @@ export class Supervisor {
   /** The store (read-only use by the SDK). */
   get store(): Store {
     return this.#store;
+  }
+
+  /** @internal the replay buffer (a detached sandbox's host serves it on its socket). */
+  get replayLog(): ReplayLog {
+    return this.#replay;
+  }
+
+  /**
+   * Events with resume: the buffered events after `since` exactly once, then live ones, with
+   * no gap and no duplicate. With `name`: that sandbox's events, wherever it runs (a detached
+   * one through its host), completing after `sandbox.stopped`. Without: every sandbox's,
+   * `since` then being one seq for all or a `{ name: seq }` cursor. When the buffer no longer
+   * reaches back to `since`, the stream starts with a `stream.gap` event saying what is lost.
+   *
+   * @example
+   * sup.events({ name: 'worker', since: lastSeq }).subscribe((e) => (lastSeq = e.seq));
+   */
+  events(options: EventsOptions = {}): Observable<SandboxEvent> {
+    return supervisorEvents(
+      {
+        read: (n, since) => this.#replay.read(n, since),
+        names: () => this.#store.listSandboxes().map((r) => r.name),
+        isLive: (n) => this.#live.has(n),
+        record: (n) => this.reconcile(n),
+        bus: this.#bus,
+      },
+      options,
+    );
+  }
+
+  /**
+   * The recorded output of a sandbox's execs, oldest first; also after it stopped (until it
+   * is removed). Bounded per sandbox: the oldest output goes first.
+   *
+   * @example
+   * sup.logs('worker', { tail: 10 }).map((e) => Buffer.from(e.data).toString()).join('')
+   */
+  logs(name: string, options: LogsOptions = {}): LogEntry[] {
+    const entries = this.#execLog.read(name, options);
+    if (entries.length === 0 && !this.#store.getSandbox(name)) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+    return entries;
   }
 
   /** Live sandboxes of this supervisor. */
@@ -240,7 +292,8 @@ export class Supervisor {
     const control = new MessageChannel();
     const events = new MessageChannel();
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config) };
+    const env = Object.fromEntries(RUNTIME_ENV.map((k) => [k, process.env[k]]));
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env };
     // A warm spare has its modules loaded already (starting a worker and loading them costs
     // most of a restored create); hand it this sandbox and start the next spare.
     const spare = this.#spare;
@@ -389,6 +442,7 @@ export class Supervisor {
     await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
     if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
     await this.#store.removeSandbox(name);
+    await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
   }
 
   /**
@@ -449,6 +503,10 @@ export class Supervisor {
   #onEvent(e: SandboxEvent): void {
     const patch = recordPatch(e);
     if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
+    // Buffered before it is published: a subscriber that reads the buffer then goes live
+    // (events({ since })) cannot miss it.
+    this.#replay.append(e);
+    this.#execLog.record(e);
     this.#bus.publish(e);
   }
 
@@ -472,6 +530,9 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
 
 /** Starts a sandbox worker that waits (unref'd: it holds no process alive) for its sandbox. */
 const exitedWorkers = new WeakSet<Worker>();
+
+/** Variables a sandbox worker reads, passed at create time (a spare started earlier). */
+const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME'];
 
 function spawnWorker(): Worker {
   const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });
