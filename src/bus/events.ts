@@ -116,7 +116,13 @@ export type SandboxEventBody =
       readonly signal: number | null;
       readonly durationMs: number;
     }
-  | { readonly type: 'exec.failed'; readonly execId: number; readonly error: SerializedError };
+  | { readonly type: 'exec.failed'; readonly execId: number; readonly error: SerializedError }
+  /**
+   * Not emitted by a sandbox: a replaying stream (`events({ since })`) says with it that its
+   * buffer no longer reaches back to `since`. Events `since + 1 … seq` are lost; `seq` is the
+   * last lost one, so the next event has `seq + 1`. Never stored.
+   */
+  | { readonly type: 'stream.gap'; readonly since: number; readonly missed: number };
 
 /** A stamped event, as subscribers see it. */
 export type SandboxEvent = SandboxEventBody & Base;

@@ -18,9 +18,7 @@ import { serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
 import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
-const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot']);
-/** Events kept for late subscribers (a client that reconnects sees what it missed). */
-const REPLAY = 4096;
+const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats']);
 
 async function readStdin(): Promise<string> {
   let text = '';
@@ -43,13 +41,11 @@ mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
 rmSync(socketPath, { force: true });
 
 const sup = new Supervisor({ stateDir });
-const replay: SandboxEvent[] = [];
 const clients = new Set<Socket>();
 let ctl: SandboxController | undefined;
 
+// The supervisor buffers every event in LMDB (its replay log) before publishing it here.
 sup.events$.subscribe((e) => {
-  replay.push(e);
-  if (replay.length > REPLAY) replay.shift();
   const line = `${JSON.stringify(toWire({ event: e }))}\n`;
   for (const c of clients) if ((c as Socket & { subscribed?: boolean }).subscribed) c.write(line);
 });
@@ -76,9 +72,17 @@ async function answer(sock: Socket, req: WireRequest): Promise<void> {
   try {
     let result: unknown;
     if (req.method === 'subscribe') {
-      // Replay first, then live: the client's stream has no gap and no duplicate.
-      const since = typeof req.args[0] === 'number' ? req.args[0] : 0;
-      for (const e of replay) if (e.seq > since) sock.write(`${JSON.stringify(toWire({ event: e }))}\n`);
+      // Replay first, then live, in one tick: the client's stream has no gap and no
+      // duplicate. No `since` (or a negative one): live events only.
+      const since = req.args[0];
+      if (typeof since === 'number' && since >= 0) {
+        const r = sup.replayLog.read(config.name, since);
+        if (r.missed !== undefined) {
+          const gap: SandboxEvent = { type: 'stream.gap', name: config.name, seq: r.missed, ts: Date.now(), since, missed: r.missed };
+          sock.write(`${JSON.stringify(toWire({ event: gap }))}\n`);
+        }
+        for (const e of r.events) sock.write(`${JSON.stringify(toWire({ event: e }))}\n`);
+      }
       (sock as Socket & { subscribed?: boolean }).subscribed = true;
     } else if (CALLS.has(req.method) && ctl) {
       const fn = (ctl.api as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[req.method]!;

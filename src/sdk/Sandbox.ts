@@ -17,6 +17,10 @@ import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
+import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
+import type { SinceCursor } from '../events/resumeStream.ts';
+import { metricsStream } from '../metrics/metricsStream.ts';
+import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 
 let defaultSupervisor: Supervisor | undefined;
 
@@ -74,6 +78,7 @@ export class Sandbox {
   readonly #sup: Supervisor;
   readonly #config: SandboxConfig;
   #released = false;
+  #sampler: MetricsSampler | undefined;
 
   /**
    * This sandbox's events, in order, until (and including) `sandbox.stopped`. For a handle
@@ -156,6 +161,17 @@ export class Sandbox {
       }));
     const offset = options.offset ?? 0;
     return rows.slice(offset, options.limit === undefined ? undefined : offset + options.limit);
+  }
+
+  /**
+   * The recorded exec output of a sandbox by name, also after it stopped (until removed).
+   *
+   * @example
+   * const last = await Sandbox.logs('worker', { tail: 5 });
+   */
+  static async logs(name: string, options: LogsOptions & LookupOptions = {}): Promise<LogEntry[]> {
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    return sup.logs(name, options);
   }
 
   /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
@@ -347,6 +363,69 @@ export class Sandbox {
   ping(bytes = 64): Promise<number> {
     const link = this.#requireLink('ping');
     return link.busy(() => link.api.ping(bytes));
+  }
+
+  /**
+   * This sandbox's events with resume: everything buffered after `since` exactly once, then
+   * live events, completing after `sandbox.stopped`. A `stream.gap` event first says so when
+   * the buffer no longer reaches back to `since`. Works for detached sandboxes too.
+   *
+   * @example
+   * let last = 0;
+   * sb.events({ since: last }).subscribe((e) => (last = e.seq));
+   */
+  events(options: { since?: number } = {}): Observable<SandboxEvent> {
+    return this.#sup.events({ name: this.name, ...(options.since !== undefined ? { since: options.since as SinceCursor } : {}) });
+  }
+
+  /**
+   * The recorded output of this sandbox's execs, oldest first (bounded: the oldest goes
+   * first). Readable after the sandbox stopped.
+   *
+   * @example
+   * const text = (await sb.logs({ tail: 10 })).map((e) => Buffer.from(e.data).toString()).join('');
+   */
+  async logs(options: LogsOptions = {}): Promise<LogEntry[]> {
+    return this.#sup.logs(this.name, options);
+  }
+
+  /**
+   * One sample of resource use, taken on the host: CPU % of the VM process (since the
+   * previous call on this handle; the first call measures over 250 ms), its RSS/PSS, and
+   * qemu's disk byte counters.
+   *
+   * @example
+   * const m = await sb.metrics(); // m.cpuPercent, m.memory.pssBytes, m.disk.writeBytes
+   */
+  metrics(): Promise<SandboxMetrics> {
+    this.#sampler ??= this.#newSampler();
+    return this.#sampler.sample();
+  }
+
+  /**
+   * A sample every `intervalMs` (default 1000), CPU % over each interval; completes when the
+   * sandbox stops. Each subscription samples on its own.
+   *
+   * @example
+   * sb.metrics$({ intervalMs: 500 }).subscribe((m) => console.log(m.cpuPercent));
+   */
+  metrics$(options: { intervalMs?: number } = {}): Observable<SandboxMetrics> {
+    return metricsStream(() => this.#newSampler(), options.intervalMs ?? 1000);
+  }
+
+  #newSampler(): MetricsSampler {
+    return new MetricsSampler({
+      guestBytes: this.#config.memoryMib * 1024 * 1024,
+      pid: async () => {
+        const pid = (await this.info()).pid;
+        if (!pid) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" has no running VM`, { details: { state: 'stopped' } });
+        return pid;
+      },
+      blockStats: async () => {
+        const link = this.#requireLink('read metrics of');
+        return (await link.busy(() => link.api.blockStats())) as BlockStat[];
+      },
+    });
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

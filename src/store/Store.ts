@@ -8,7 +8,7 @@
 
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import { open, type Database, type Key, type RootDatabase } from 'lmdb';
 import type { SandboxStatus, StopReason } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
@@ -83,6 +83,20 @@ export class Store {
   async removeSandbox(name: string): Promise<void> {
     this.#assertOpen();
     await this.#sandboxes.remove(name);
+  }
+
+  /**
+   * A named sub-database of the same LMDB environment, for the components that keep their own
+   * data next to the records (the replay buffer, exec logs). Keys may be arrays (`[name, n]`).
+   */
+  database<V, K extends Key = Key>(name: string): Database<V, K> {
+    this.#assertOpen();
+    return this.#root.openDB<V, K>({ name });
+  }
+
+  /** Whether {@link close} was called. */
+  get closed(): boolean {
+    return this.#closed;
   }
 
   listSandboxes(): SandboxRecord[] {
