@@ -11,6 +11,6 @@ export default defineConfig({
     hookTimeout: 300_000,
     teardownTimeout: 60_000,
     globalSetup: ['test/globalSetup.ts'],
-    reporters: ['default'],
+    reporters: ['default', './test/summaryReporter.ts'],
   },
 });
