@@ -1,0 +1,92 @@
+// `corral serve` driven over HTTP and WebSocket, as another process or language would: real
+// server on loopback, real supervisor, a real VM behind it.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { CorralServer } from '../../src/server/CorralServer.ts';
+import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+
+const TOKEN = 'test-token-0123456789abcdef';
+
+describe('corral serve', () => {
+  let sup: Supervisor;
+  let server: CorralServer;
+  const name = uniqueName('srv');
+  const api = async (method: string, path: string, body?: unknown, token: string | null = TOKEN) => {
+    const res = await fetch(`${server.url}${path}`, {
+      method,
+      headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : undefined };
+  };
+
+  beforeAll(async () => {
+    sup = testSupervisor();
+    server = await CorralServer.listen({ supervisor: sup, token: TOKEN });
+  });
+  afterAll(async () => {
+    await server?.close();
+    await sup?.close();
+  });
+
+  it('binds loopback by default and refuses another address without a token', async () => {
+    expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    await expect(CorralServer.listen({ supervisor: sup, host: '0.0.0.0' })).rejects.toMatchObject({ code: 'E_INVALID_OPTION' });
+    expect((await api('GET', '/v1/sandboxes', undefined, null)).status).toBe(401);
+    expect((await api('GET', '/v1/sandboxes', undefined, 'wrong-token-0123456789abcdef')).status).toBe(401);
+    expect((await api('GET', '/v1/nothing')).body.error.code).toBe('E_ROUTE_NOT_FOUND');
+  });
+
+  it('creates, lists, execs, pauses, resumes, reads logs and metrics, streams events, stops and removes', async () => {
+    const created = await api('POST', '/v1/sandboxes', { config: { name, labels: { via: 'http' } } });
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ name, status: 'running' });
+    expect((await api('POST', '/v1/sandboxes', { config: { name } })).body.error.code).toBe('E_SANDBOX_EXISTS');
+
+    const list = await api('GET', '/v1/sandboxes?label=via=http');
+    expect(list.body.map((s: { name: string }) => s.name)).toEqual([name]);
+
+    // Events over WebSocket, from the start of the buffer.
+    const events: Array<{ type: string; seq: number; execId?: number; data?: { $b64: string } }> = [];
+    const ws = new WebSocket(`${server.url.replace('http', 'ws')}/v1/events?name=${name}&since=0`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    ws.on('message', (m) => events.push(JSON.parse(String(m))));
+    await new Promise((r, j) => ws.once('open', r).once('error', j));
+
+    const r = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'sh', args: ['-c', 'echo out; echo err >&2; exit 4'] });
+    expect(r.body).toMatchObject({ code: 4, stdout: 'out\n', stderr: 'err\n', reason: 'exited' });
+    const withStdin = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'cat', stdin: 'piped' });
+    expect(withStdin.body.stdout).toBe('piped');
+
+    expect((await api('POST', `/v1/sandboxes/${name}/pause`)).body).toMatchObject({ status: 'paused' });
+    expect((await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'true' })).status).toBe(409);
+    expect((await api('POST', `/v1/sandboxes/${name}/resume`)).body).toMatchObject({ status: 'running' });
+    const metrics = await api('GET', `/v1/sandboxes/${name}/metrics`);
+    expect(metrics.body.memory.rssBytes).toBeGreaterThan(0);
+
+    const stopped = await api('POST', `/v1/sandboxes/${name}/stop`);
+    expect(stopped.body).toMatchObject({ status: 'stopped', stopReason: 'requested' });
+    await new Promise<void>((resolve) => (ws.readyState === ws.CLOSED ? resolve() : ws.once('close', () => resolve())));
+
+    const types = events.map((e) => e.type);
+    expect(types[0]).toBe('sandbox.creating');
+    expect(events.map((e) => e.seq)).toEqual(events.map((_, i) => i + 1));
+    expect(types).toContain('sandbox.paused');
+    expect(types.at(-1)).toBe('sandbox.stopped');
+    const out = events.filter((e) => e.type === 'exec.stdout').map((e) => Buffer.from(e.data!.$b64, 'base64').toString()).join('');
+    expect(out).toBe('out\npiped');
+
+    const logs = await api('GET', `/v1/sandboxes/${name}/logs?tail=2`);
+    expect(logs.body.map((e: { text: string }) => e.text)).toEqual(['err\n', 'piped']);
+    expect((await api('GET', `/v1/sandboxes/${name}`)).body).toMatchObject({ status: 'stopped' });
+    expect((await api('DELETE', `/v1/sandboxes/${name}`)).status).toBe(204);
+    expect((await api('GET', `/v1/sandboxes/${name}`)).status).toBe(404);
+  });
+
+  it('serves the machine graph the inspector draws', async () => {
+    const g = (await api('GET', '/v1/machine')).body;
+    expect(g.nodes.map((n: { key: string }) => n.key)).toEqual(expect.arrayContaining(['running', 'paused', 'stopped', 'creating', 'live']));
+    expect(g.edges).toContainEqual({ source: 'sandbox.live.running', target: 'sandbox.live.paused', event: 'pause' });
+  });
+});
