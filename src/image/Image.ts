@@ -7,6 +7,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
+import { pruneTemplates } from '../runtime/templates.ts';
 import { digestHex } from './digest.ts';
 import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
 import type { ImageDefaults } from './manifest.ts';
@@ -42,6 +43,8 @@ export interface PruneResult {
   readonly images: number;
   readonly layers: number;
   readonly bytes: number;
+  /** Templates removed (none that a sandbox's or snapshot's disk still backs onto). */
+  readonly templates: number;
 }
 
 async function withIndex<T>(options: ImageOptions, fn: (idx: ImageIndex) => Promise<T> | T): Promise<T> {
@@ -148,7 +151,9 @@ export const Image = {
       if (locks.length === 0) {
         for (const f of await readdir(idx.tmpDir).catch(() => [] as string[])) await rm(join(idx.tmpDir, f), { recursive: true, force: true });
       }
-      return { images, layers, bytes };
+      // Templates are built from images: prune the ones nothing depends on with them.
+      const t = await pruneTemplates(idx.stateDir);
+      return { images, layers, bytes: bytes + t.bytes, templates: t.templates };
     });
   },
 };

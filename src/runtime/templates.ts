@@ -12,9 +12,10 @@
  */
 
 import { createHash, randomUUID } from 'node:crypto';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { open, type Database } from 'lmdb';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { processAlive } from './process.ts';
 import { createOverlay } from './rootfs.ts';
@@ -125,8 +126,11 @@ async function buildLocked(
     const t0 = performance.now();
     try {
       const { hello } = await build(p);
-      await writeFile(p.meta, JSON.stringify({ hello, buildMs: performance.now() - t0, builtAt: Date.now() }));
+      const buildMs = performance.now() - t0;
+      await writeFile(p.meta, JSON.stringify({ hello, buildMs, builtAt: Date.now() }));
       await rename(tmp, join(root, key));
+      const bytes = await dirBytes(join(root, key));
+      await withIndex(stateDir, (db) => db.put(key, { key, builtAt: Date.now(), buildMs, bytes }));
     } catch (err) {
       await rm(tmp, { recursive: true, force: true });
       throw err;
@@ -137,9 +141,85 @@ async function buildLocked(
   }
 }
 
-/** Removes every template (they are rebuilt on demand). */
-export async function pruneTemplates(stateDir: string): Promise<void> {
-  await rm(templatesDir(stateDir), { recursive: true, force: true });
+/** A template as the store's index lists it. */
+export interface TemplateRecord {
+  readonly key: string;
+  readonly builtAt: number;
+  readonly buildMs: number;
+  readonly bytes: number;
+}
+
+/** Runs `fn` on the `templates` database of the state dir's LMDB environment (any thread). */
+async function withIndex<T>(stateDir: string, fn: (db: Database<TemplateRecord, string>) => T | Promise<T>): Promise<T> {
+  const root = open({ path: join(stateDir, 'store.lmdb'), maxDbs: 16, compression: false });
+  try {
+    return await fn(root.openDB<TemplateRecord, string>({ name: 'templates' }));
+  } finally {
+    await root.close();
+  }
+}
+
+/** Every template in the index. */
+export function listTemplates(stateDir: string): Promise<TemplateRecord[]> {
+  return withIndex(stateDir, (db) => [...db.getRange()].map((e) => e.value));
+}
+
+/**
+ * The backing file named in a qcow2 header, if any (offset 8: u64 name offset, 16: u32
+ * length). Read from disk, so a prune trusts what the overlays really point at.
+ */
+export function qcow2Backing(path: string): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const head = Buffer.alloc(20);
+    readSync(fd, head, 0, 20, 0);
+    if (head.readUInt32BE(0) !== 0x514649fb) return undefined; // "QFI\xfb"
+    const off = Number(head.readBigUInt64BE(8));
+    const len = head.readUInt32BE(16);
+    if (off === 0 || len === 0 || len > 4096) return undefined;
+    const name = Buffer.alloc(len);
+    readSync(fd, name, 0, len, off);
+    return name.toString('utf8');
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * Removes the templates no sandbox or snapshot depends on (their upper disks are qcow2
+ * overlays on a template's upper): they are rebuilt on demand. Returns how many went.
+ */
+export async function pruneTemplates(stateDir: string): Promise<{ templates: number; bytes: number }> {
+  const root = templatesDir(stateDir);
+  if (!existsSync(root)) return { templates: 0, bytes: 0 };
+  const used = new Set<string>();
+  for (const base of [join(stateDir, 'sandboxes'), join(stateDir, 'snapshots')]) {
+    if (!existsSync(base)) continue;
+    for (const d of await readdir(base)) {
+      const backing = qcow2Backing(join(base, d, 'upper.qcow2'));
+      if (backing) used.add(basename(dirname(backing)));
+    }
+  }
+  let templates = 0;
+  let bytes = 0;
+  for (const f of await readdir(root)) {
+    // Locks and half-built dirs belong to builds that may be under way.
+    if (f.includes('.lock') || f.includes('.tmp-') || used.has(f)) continue;
+    bytes += await dirBytes(join(root, f));
+    await rm(join(root, f), { recursive: true, force: true });
+    await withIndex(stateDir, (db) => db.remove(f));
+    templates++;
+  }
+  return { templates, bytes };
+}
+
+async function dirBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const f of await readdir(dir).catch(() => [] as string[])) total += statSync(join(dir, f)).blocks * 512;
+  return total;
 }
 
 /**

@@ -3,6 +3,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { findTemplate, listTemplates, pruneTemplates } from '../../src/runtime/templates.ts';
+import { Supervisor as SupervisorClass } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
 describe('templates', () => {
@@ -73,6 +78,31 @@ describe('templates', () => {
       expect(events.filter((e) => e.type === 'template.built').length).toBe(before + 1);
     } finally {
       await other.stop();
+    }
+  });
+
+  it('are indexed, and pruned only when no sandbox disk backs onto them', async () => {
+    // A state dir of its own: a prune must not race the other test files' templates.
+    const dir = mkdtempSync(join(tmpdir(), 'corral-test-prune-'));
+    const own = new SupervisorClass({ stateDir: dir });
+    try {
+      const name = uniqueName('prune');
+      const sb = await Sandbox.builder(name).supervisor(own).create();
+      await sb.stop();
+      const [rec] = await listTemplates(dir);
+      expect(rec).toMatchObject({ key: expect.any(String), bytes: expect.any(Number) });
+      expect(await pruneTemplates(dir)).toEqual({ templates: 0, bytes: 0 });
+      // The stopped sandbox's disk backs onto the template: it must still start.
+      const again = await Sandbox.start(name, { supervisor: own });
+      expect((await again.exec('echo', ['ok'])).stdout).toBe('ok\n');
+      await again.stop();
+      await Sandbox.remove(name, { supervisor: own });
+      expect((await pruneTemplates(dir)).templates).toBe(1);
+      expect(await listTemplates(dir)).toEqual([]);
+      expect(findTemplate(dir, rec!.key)).toBeUndefined();
+    } finally {
+      await own.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
