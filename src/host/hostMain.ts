@@ -9,12 +9,12 @@
  * writes there again (its creator may be gone). It exits when the sandbox has stopped.
  */
 
-import { mkdirSync, rmSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
-import { serializeError } from '../errors.ts';
+import { CorralError, serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
 import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
@@ -24,6 +24,21 @@ async function readStdin(): Promise<string> {
   let text = '';
   for await (const chunk of process.stdin) text += chunk;
   return text;
+}
+
+/** Whether something accepts connections on a unix socket. */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (v: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(false), 1000);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
 }
 
 function say(line: unknown): void {
@@ -38,6 +53,12 @@ if (!stateDir) {
 const config = JSON.parse(await readStdin()) as SandboxConfig;
 const socketPath = controlSocketPath(stateDir, config.name);
 mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
+// A live host of the same name owns this socket: taking it over would cut that sandbox off
+// from every client (the create then fails here anyway, and would remove the socket).
+if (existsSync(socketPath) && (await socketAnswers(socketPath))) {
+  say({ error: serializeError(new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running detached (its host answers on ${socketPath})`)) });
+  process.exit(1);
+}
 rmSync(socketPath, { force: true });
 
 const sup = new Supervisor({ stateDir });

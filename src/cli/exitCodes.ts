@@ -1,0 +1,65 @@
+/**
+ * The exit codes of the `corral` CLI: stable, so scripts can branch on them.
+ *
+ * | code | meaning |
+ * |---|---|
+ * | 0 | success |
+ * | 1 | any other error (the message, and with `--json` its `code`, say which) |
+ * | 2 | usage: unknown command or option, missing argument (`E_USAGE`, `E_INVALID_OPTION`) |
+ * | 3 | not found: no such sandbox or image (`E_SANDBOX_NOT_FOUND`, `E_IMAGE_NOT_FOUND`, `E_IMAGE_NOT_CACHED`) |
+ * | 4 | the sandbox's state does not allow it (`E_ILLEGAL_STATE`) |
+ * | 5 | already exists (`E_SANDBOX_EXISTS`) |
+ * | 6 | timed out (`E_TIMEOUT`) |
+ * | 7 | the sandbox failed to boot or its VM crashed (`E_BOOT_FAILED`, `E_VM_CRASHED`) |
+ *
+ * `run` and `exec` exit with the command's own exit code; 128 + n when a signal n ended it,
+ * 124 when `--timeout` ended it, 125 when corral itself failed (the message says why) and
+ * 127 when the command could not be started (`E_EXEC_START`).
+ */
+
+import { CorralError } from '../errors.ts';
+
+/** Exit codes of the commands other than `run`/`exec`. */
+export const EXIT = {
+  OK: 0,
+  ERROR: 1,
+  USAGE: 2,
+  NOT_FOUND: 3,
+  ILLEGAL_STATE: 4,
+  EXISTS: 5,
+  TIMEOUT: 6,
+  VM_FAILED: 7,
+} as const;
+
+/** Exit codes `run` and `exec` use for their own failures. */
+export const EXEC_EXIT = { TIMEOUT: 124, CORRAL_ERROR: 125, CANNOT_START: 127 } as const;
+
+/**
+ * The exit code for an error of a sandbox or image command.
+ *
+ * @example
+ * process.exitCode = exitCodeOf(new CorralError('E_SANDBOX_NOT_FOUND', '…')); // 3
+ */
+export function exitCodeOf(err: unknown): number {
+  if (!(err instanceof CorralError)) return err instanceof TypeError || err instanceof RangeError ? EXIT.USAGE : EXIT.ERROR;
+  switch (err.code) {
+    case 'E_USAGE':
+    case 'E_INVALID_OPTION':
+      return EXIT.USAGE;
+    case 'E_SANDBOX_NOT_FOUND':
+    case 'E_IMAGE_NOT_FOUND':
+    case 'E_IMAGE_NOT_CACHED':
+      return EXIT.NOT_FOUND;
+    case 'E_ILLEGAL_STATE':
+      return EXIT.ILLEGAL_STATE;
+    case 'E_SANDBOX_EXISTS':
+      return EXIT.EXISTS;
+    case 'E_TIMEOUT':
+      return EXIT.TIMEOUT;
+    case 'E_BOOT_FAILED':
+    case 'E_VM_CRASHED':
+      return EXIT.VM_FAILED;
+    default:
+      return EXIT.ERROR;
+  }
+}

@@ -1,0 +1,350 @@
+/**
+ * The `corral` command line: sandbox verbs over the SDK, images, `serve` and `ui`.
+ *
+ * Sandboxes that must outlive one invocation (`create`, `start`) are detached: they run in
+ * a host process of their own and every later command reaches them by name. `run` is the
+ * exception: a throwaway sandbox for one command, removed afterwards. `--json` prints one
+ * JSON document per command on stdout (errors too: `{ "error": { code, message } }`).
+ * Exit codes: src/cli/exitCodes.ts.
+ */
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { CorralError, serializeError } from '../errors.ts';
+import { Image } from '../image/Image.ts';
+import { resolveImage } from '../image/pull.ts';
+import { Sandbox } from '../sdk/Sandbox.ts';
+import { CorralServer } from '../server/CorralServer.ts';
+import { Supervisor } from '../supervisor/Supervisor.ts';
+import type { SandboxConfig } from '../config.ts';
+import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
+import { pullProgress } from './pullProgress.ts';
+
+const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
+
+sandboxes (create/start make detached sandboxes, reachable by name from any process)
+  run [--image I] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] -- CMD [ARGS…]
+                             a throwaway sandbox: run one command, exit with its code
+  create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
+  start NAME                 boot a stopped sandbox again
+  stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
+  exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] -- CMD [ARGS…]
+  ls [--label K=V]           list sandboxes
+  inspect NAME               status, pid, accel, boot timings, stop reason
+  logs NAME [--since T] [--tail N]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago)
+  rm NAME                    remove a stopped sandbox
+images
+  images                     cached images
+  pull REF [--insecure]      pull an image (progress on stderr)
+servers
+  serve [--host H] [--port P] [--token T]   HTTP + WebSocket API (token: --token or CORRAL_TOKEN)
+  ui [--port P]              the live inspector page on loopback
+
+exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
+7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
+125 corral failed, 127 cannot start)`;
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+interface Ctx {
+  readonly json: boolean;
+  readonly sup: Supervisor;
+  readonly values: Values;
+  readonly positionals: string[];
+  /** Everything after `--` (run, exec). */
+  readonly rest: string[];
+}
+
+const SANDBOX_OPTS = {
+  image: { type: 'string' },
+  memory: { type: 'string' },
+  cpus: { type: 'string' },
+  env: { type: 'string', multiple: true },
+  label: { type: 'string', multiple: true },
+  workdir: { type: 'string' },
+  replace: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options'];
+
+const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
+  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' } }, run: cmdRun },
+  create: { options: SANDBOX_OPTS, run: cmdCreate },
+  start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
+  stop: {
+    options: { timeout: { type: 'string' } },
+    run: async (c) => withSandbox(c, (sb) => sb.stop(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {})),
+  },
+  kill: { run: async (c) => withSandbox(c, (sb) => sb.kill()) },
+  pause: { run: async (c) => withSandbox(c, async (sb) => (await sb.pause(), sb.info())) },
+  resume: { run: async (c) => withSandbox(c, async (sb) => (await sb.resume(), sb.info())) },
+  exec: { options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' } }, run: cmdExec },
+  ls: { options: { label: { type: 'string', multiple: true } }, run: cmdLs },
+  inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
+  logs: { options: { since: { type: 'string' }, tail: { type: 'string' } }, run: cmdLogs },
+  rm: {
+    run: async (c) => {
+      const name = one(c);
+      await Sandbox.remove(name, { supervisor: c.sup });
+      print(c, { removed: name }, `removed ${name}`);
+      return EXIT.OK;
+    },
+  },
+  images: { run: cmdImages },
+  pull: { options: { insecure: { type: 'boolean' } }, run: cmdPull },
+  serve: { options: { host: { type: 'string' }, port: { type: 'string' }, token: { type: 'string' } }, run: (c) => cmdServe(c, false) },
+  ui: { options: { port: { type: 'string' } }, run: (c) => cmdServe(c, true) },
+};
+
+/**
+ * Runs one command line; resolves with the exit code.
+ *
+ * @example
+ * process.exitCode = await main(['ls', '--json']);
+ */
+export async function main(argv: readonly string[]): Promise<number> {
+  const dash = argv.indexOf('--');
+  const head = dash >= 0 ? argv.slice(0, dash) : [...argv];
+  const rest = dash >= 0 ? argv.slice(dash + 1) : [];
+  const json = head.includes('--json');
+  let stateDir: string | undefined;
+  const sdIdx = head.indexOf('--state-dir');
+  if (sdIdx >= 0) {
+    stateDir = head[sdIdx + 1];
+    head.splice(sdIdx, 2);
+  }
+  const args = head.filter((a) => a !== '--json');
+  const name = args[0];
+  if (!name || name === 'help' || name === '--help' || name === '-h') {
+    process.stdout.write(`${USAGE}\n`);
+    return name ? EXIT.OK : EXIT.USAGE;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) return fail(json, new CorralError('E_USAGE', `unknown command "${name}" (corral help lists them)`), false);
+  let parsed: { values: Values; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: args.slice(1), options: cmd.options ?? {}, allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
+  } catch (err) {
+    return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
+  }
+  const sup = new Supervisor(stateDir ? { stateDir } : {});
+  try {
+    return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });
+  } catch (err) {
+    return fail(json, err, name === 'run' || name === 'exec');
+  } finally {
+    await sup.close();
+  }
+}
+
+function fail(json: boolean, err: unknown, execLike: boolean): number {
+  const s = serializeError(err);
+  if (json) process.stdout.write(`${JSON.stringify({ error: { code: s.code ?? 'E_INTERNAL', name: s.name, message: s.message } })}\n`);
+  else process.stderr.write(`corral: ${s.message}\n`);
+  if (!execLike) return exitCodeOf(err);
+  return err instanceof CorralError && err.code === 'E_EXEC_START' ? EXEC_EXIT.CANNOT_START : EXEC_EXIT.CORRAL_ERROR;
+}
+
+function print(c: Ctx, value: unknown, text: string): void {
+  process.stdout.write(c.json ? `${JSON.stringify(value)}\n` : `${text}\n`);
+}
+
+function printInfo(c: Ctx, info: Awaited<ReturnType<Sandbox['info']>>): number {
+  print(c, info, c.json ? '' : formatInfo(info));
+  return EXIT.OK;
+}
+
+function formatInfo(i: Awaited<ReturnType<Sandbox['info']>>): string {
+  const lines = [`name:      ${i.name}`, `status:    ${i.status} (${i.state})`];
+  if (i.pid) lines.push(`pid:       ${i.pid}`);
+  if (i.accel) lines.push(`accel:     ${i.accel}${i.accelReason ? ` (${i.accelReason})` : ''}`);
+  if (i.bootMs !== null) lines.push(`boot:      ${Math.round(i.bootMs)} ms (guest ${i.guestBootMs ?? '?'} ms)`);
+  if (i.stopReason) lines.push(`stopped:   ${i.stopReason}`);
+  return lines.join('\n');
+}
+
+function one(c: Ctx): string {
+  const [name, ...extra] = c.positionals;
+  if (!name) throw new CorralError('E_USAGE', 'a sandbox name is needed (corral help)');
+  if (extra.length) throw new CorralError('E_USAGE', `unexpected argument "${extra[0]}" (a command to run goes after --)`);
+  return name;
+}
+
+async function withSandbox(c: Ctx, fn: (sb: Sandbox) => Promise<Awaited<ReturnType<Sandbox['info']>>>): Promise<number> {
+  const sb = await Sandbox.get(one(c), { supervisor: c.sup });
+  try {
+    return printInfo(c, await fn(sb));
+  } finally {
+    await sb.detach();
+  }
+}
+
+function seconds(v: unknown, what: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new CorralError('E_USAGE', `--${what} must be a positive number of seconds (got ${JSON.stringify(v)})`);
+  return Math.round(n * 1000);
+}
+
+function pairs(list: unknown, what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of (list as string[] | undefined) ?? []) {
+    const eq = kv.indexOf('=');
+    if (eq < 1) throw new CorralError('E_USAGE', `--${what} takes KEY=VALUE (got ${JSON.stringify(kv)})`);
+    out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
+function configFrom(c: Ctx, name: string): SandboxConfig {
+  const v = c.values;
+  const int = (x: unknown, what: string) => {
+    const n = Number(x);
+    if (!Number.isInteger(n)) throw new CorralError('E_USAGE', `--${what} must be an integer (got ${JSON.stringify(x)})`);
+    return n;
+  };
+  return {
+    name,
+    ...(v.image ? { image: v.image } : {}),
+    ...(v.memory ? { memoryMib: int(v.memory, 'memory') } : {}),
+    ...(v.cpus ? { cpus: int(v.cpus, 'cpus') } : {}),
+    ...(v.workdir ? { workdir: v.workdir } : {}),
+    env: pairs(v.env, 'env'),
+    labels: pairs(v.label, 'label'),
+  } as SandboxConfig;
+}
+
+async function cmdCreate(c: Ctx): Promise<number> {
+  const sb = await Sandbox.createDetached(configFrom(c, one(c)), { supervisor: c.sup, replace: c.values.replace === true });
+  try {
+    return printInfo(c, await sb.info());
+  } finally {
+    await sb.detach();
+  }
+}
+
+/** Exit code for a finished command, shell style. */
+function commandExit(r: { code: number | null; signal: number | null; timedOut: boolean }): number {
+  if (r.timedOut) return EXEC_EXIT.TIMEOUT;
+  if (r.signal !== null) return 128 + r.signal;
+  return r.code ?? EXEC_EXIT.CORRAL_ERROR;
+}
+
+async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string }): Promise<number> {
+  const [command, ...args] = c.rest;
+  if (!command) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -- CMD ARGS…)');
+  if (c.json) {
+    const r = await sb.exec(command, args, opts);
+    print(c, { execId: r.execId, code: r.code, signal: r.signal, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs, stdout: r.stdout, stderr: r.stderr }, '');
+    return commandExit(r);
+  }
+  // Output as it happens.
+  const stream = await sb.execStream(command, args, opts);
+  for await (const item of stream) {
+    if (item.type === 'stdout') process.stdout.write(item.data);
+    else if (item.type === 'stderr') process.stderr.write(item.data);
+  }
+  const x = await stream.exited;
+  return commandExit(x);
+}
+
+function execOpts(c: Ctx): { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string } {
+  const v = c.values;
+  return {
+    ...(v.env ? { env: pairs(v.env, 'env') } : {}),
+    ...(typeof v.cwd === 'string' ? { cwd: v.cwd } : {}),
+    ...(v.timeout ? { timeoutMs: seconds(v.timeout, 'timeout') } : {}),
+    ...(typeof v.stdin === 'string' ? { stdin: v.stdin } : {}),
+  };
+}
+
+async function cmdExec(c: Ctx): Promise<number> {
+  const sb = await Sandbox.get(one(c), { supervisor: c.sup });
+  try {
+    return await runIn(c, sb, execOpts(c));
+  } finally {
+    await sb.detach();
+  }
+}
+
+async function cmdRun(c: Ctx): Promise<number> {
+  if (c.positionals.length) throw new CorralError('E_USAGE', `unexpected argument "${c.positionals[0]}" (the command goes after --)`);
+  const name = (c.values.name as string | undefined) ?? `run-${process.pid}-${Date.now().toString(36)}`;
+  const { env: _env, ...config } = configFrom(c, name);
+  // The env flags are the command's; the sandbox itself keeps the image's environment.
+  const sb = await Sandbox.create({ ...config, env: {} } as SandboxConfig, { supervisor: c.sup });
+  try {
+    return await runIn(c, sb, { ...(c.values.env ? { env: pairs(c.values.env, 'env') } : {}), ...(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {}) });
+  } finally {
+    await sb.stop().catch(() => sb.kill());
+    await Sandbox.remove(name, { supervisor: c.sup }).catch(() => {});
+  }
+}
+
+async function cmdLs(c: Ctx): Promise<number> {
+  const labels = pairs(c.values.label, 'label');
+  const rows = await Sandbox.list({ supervisor: c.sup, ...(Object.keys(labels).length ? { labels } : {}) });
+  const table = [['NAME', 'STATUS', 'IMAGE', 'DETACHED', 'STOP REASON'], ...rows.map((r) => [r.name, r.status, r.image, r.detached ? 'yes' : 'no', r.stopReason ?? ''])];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  print(c, rows, table.map((r) => r.map((x, i) => x.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n'));
+  return EXIT.OK;
+}
+
+/** A `--since` value: ms since the epoch, an ISO date, or a duration ago (`30s`, `5m`, `2h`). */
+function sinceTime(v: string): number {
+  const ago = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(v);
+  if (ago) return Date.now() - Number(ago[1]) * { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[ago[2] as 'ms'];
+  if (/^\d+$/.test(v)) return Number(v);
+  const t = Date.parse(v);
+  if (Number.isNaN(t)) throw new CorralError('E_USAGE', `--since takes ms since the epoch, an ISO date or a duration like 5m (got ${JSON.stringify(v)})`);
+  return t;
+}
+
+async function cmdLogs(c: Ctx): Promise<number> {
+  const name = one(c);
+  const tail = c.values.tail === undefined ? undefined : Number(c.values.tail);
+  if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) throw new CorralError('E_USAGE', `--tail takes a number of entries (got ${JSON.stringify(c.values.tail)})`);
+  const entries = await Sandbox.logs(name, {
+    supervisor: c.sup,
+    ...(typeof c.values.since === 'string' ? { since: sinceTime(c.values.since) } : {}),
+    ...(tail !== undefined ? { tail } : {}),
+  });
+  if (c.json) print(c, entries.map((e) => ({ ts: e.ts, execId: e.execId, stream: e.stream, text: Buffer.from(e.data).toString('utf8') })), '');
+  else for (const e of entries) (e.stream === 'stderr' ? process.stderr : process.stdout).write(e.data);
+  return EXIT.OK;
+}
+
+async function cmdImages(c: Ctx): Promise<number> {
+  const list = await Image.list({ stateDir: c.sup.stateDir });
+  const table = [['REFERENCE', 'DIGEST', 'SIZE'], ...list.map((i) => [i.tags.join(',') || '<none>', i.digest.slice(0, 19), `${(i.sizeBytes / 1048576).toFixed(1)} MiB`])];
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  print(c, list, table.map((r) => r.map((x, i) => x.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n'));
+  return EXIT.OK;
+}
+
+async function cmdPull(c: Ctx): Promise<number> {
+  const ref = one(c);
+  const img = await resolveImage(ref, {
+    stateDir: c.sup.stateDir,
+    policy: 'always',
+    ...(c.values.insecure ? { insecureRegistries: [ref.split('/')[0]!] } : {}),
+    ...(c.json ? {} : { onEvent: pullProgress(process.stderr) }),
+  });
+  print(c, { ref: img.ref, digest: img.digest, layers: img.layers.length, pulled: img.pulled }, `${img.ref}@${img.digest}`);
+  return EXIT.OK;
+}
+
+async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
+  const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
+  const port = c.values.port === undefined ? (ui ? 0 : 7070) : Number(c.values.port);
+  const server = await CorralServer.listen({
+    supervisor: c.sup,
+    port,
+    ...(!ui && typeof c.values.host === 'string' ? { host: c.values.host } : {}),
+    ...(token && !ui ? { token } : {}),
+  });
+  const url = ui ? `${server.url}/ui` : server.url;
+  print(c, { url }, ui ? `corral inspector: ${url}  (Ctrl-C to stop)` : `corral API on ${url}  (Ctrl-C to stop)`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await server.close();
+  return EXIT.OK;
+}

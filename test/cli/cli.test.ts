@@ -1,0 +1,75 @@
+// The `corral` CLI with --json, as a script would use it: each command a fresh process
+// (bin/corral.mjs), sandboxes detached so they outlive each invocation. Real VMs.
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { uniqueName } from '../helpers/sandbox.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
+
+function corral(...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
+      let json: unknown;
+      try {
+        json = stdout.trim() ? JSON.parse(stdout) : undefined;
+      } catch {
+        json = { raw: stdout };
+      }
+      resolve({ code: typeof code === 'number' ? code : 1, json, stderr });
+    });
+  });
+}
+
+describe('the corral CLI', () => {
+  const name = uniqueName('cli');
+  afterAll(async () => {
+    await corral('kill', name);
+    await corral('rm', name);
+  });
+
+  it('drives a detached sandbox through its life with --json and stable exit codes', async () => {
+    const created = await corral('create', name, '--label', 'made-by=cli', '--env', 'GREETING=hi');
+    expect(created.code).toBe(0);
+    expect(created.json).toMatchObject({ name, status: 'running' });
+    expect(await corral('create', name)).toMatchObject({ code: 5, json: { error: { code: 'E_SANDBOX_EXISTS' } } });
+
+    const ex = await corral('exec', name, '--', 'sh', '-c', 'echo $GREETING; echo oops >&2; exit 3');
+    expect(ex.code).toBe(3);
+    expect(ex.json).toMatchObject({ code: 3, stdout: 'hi\n', stderr: 'oops\n', reason: 'exited' });
+
+    const ls = await corral('ls', '--label', 'made-by=cli');
+    expect(ls.code).toBe(0);
+    expect(ls.json).toEqual([expect.objectContaining({ name, status: 'running', detached: true })]);
+
+    expect(await corral('pause', name)).toMatchObject({ code: 0, json: { status: 'paused' } });
+    expect(await corral('exec', name, '--', 'true')).toMatchObject({ code: 125, json: { error: { code: 'E_ILLEGAL_STATE' } } });
+    expect(await corral('resume', name)).toMatchObject({ code: 0, json: { status: 'running' } });
+    expect(await corral('inspect', name)).toMatchObject({ code: 0, json: { name, status: 'running', accel: expect.any(String) } });
+
+    expect(await corral('stop', name)).toMatchObject({ code: 0, json: { status: 'stopped', stopReason: 'requested' } });
+    expect(await corral('pause', name)).toMatchObject({ code: 4, json: { error: { code: 'E_ILLEGAL_STATE' } } });
+    const logs = await corral('logs', name);
+    expect(logs.json.map((e: { stream: string; text: string }) => [e.stream, e.text])).toEqual([
+      ['stdout', 'hi\n'],
+      ['stderr', 'oops\n'],
+    ]);
+
+    expect(await corral('rm', name)).toMatchObject({ code: 0, json: { removed: name } });
+    expect(await corral('inspect', name)).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
+  });
+
+  it('runs a throwaway sandbox for one command and exits with its code', async () => {
+    const r = await corral('run', '--', 'sh', '-c', 'echo ran; exit 7');
+    expect(r).toMatchObject({ code: 7, json: { code: 7, stdout: 'ran\n' } });
+    const left = (await corral('ls')).json as Array<{ name: string }>;
+    expect(left.filter((s) => s.name.startsWith('run-'))).toEqual([]);
+  });
+
+  it('says what is wrong with a command line, with exit code 2', async () => {
+    expect(await corral('frobnicate')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+    expect(await corral('exec', name)).toMatchObject({ code: 125 });
+    expect(await corral('stop', '--bogus', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+  });
+});
