@@ -47,6 +47,8 @@ enum frame_type {
 	T_PONG = 12,
 	T_CONFIGURE = 13,
 	T_CONFIGURED = 14,
+	T_SETUP = 15,
+	T_SETUP_DONE = 16,
 };
 
 #define HEADER_SIZE 12
@@ -884,6 +886,26 @@ static void on_configure(uint32_t id, const uint8_t *payload, uint32_t len)
 	send_frame(T_CONFIGURED, 0, NULL, 0);
 }
 
+/* SETUP: validated whole by setup.c, applied in order; always answered with SETUP_DONE
+ * (i32 errno, u32 failed op index, str message). Host-testing mode only validates. */
+static void on_setup(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	if (id != 0) {
+		complain(EINVAL, "SETUP on session %u", id);
+		return;
+	}
+	char msg[400];
+	uint32_t failed = 0;
+	int err = setup_apply(payload, len, port_mode, &failed, msg, sizeof msg);
+	size_t ml = strlen(msg);
+	uint8_t p[12 + sizeof msg];
+	put_u32(p, (uint32_t)err);
+	put_u32(p + 4, failed);
+	put_u32(p + 8, ml);
+	memcpy(p + 12, msg, ml);
+	send_frame(T_SETUP_DONE, 0, p, 12 + ml);
+}
+
 static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_t len)
 {
 	switch (type) {
@@ -914,13 +936,16 @@ static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_
 	case T_CONFIGURE:
 		on_configure(id, payload, len);
 		break;
+	case T_SETUP:
+		on_setup(id, payload, len);
+		break;
 	}
 }
 
 static bool host_frame_type(uint16_t type)
 {
 	return type == T_EXEC || type == T_STDIN || type == T_SIGNAL || type == T_SHUTDOWN ||
-	       type == T_PING || type == T_CONFIGURE;
+	       type == T_PING || type == T_CONFIGURE || type == T_SETUP;
 }
 
 /* Handles every whole frame in inq. A rejected header's payload is skipped (skip_bytes),

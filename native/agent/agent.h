@@ -13,7 +13,7 @@
 #include <stdint.h>
 
 #define AGENT_VERSION "0.1.0"
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 
 /* Name of the virtio-serial port the host exposes for us. */
 #define AGENT_PORT_NAME "corral.agent"
@@ -45,5 +45,13 @@ int set_hostname(const char *name);
 /* Kills everything, syncs, unmounts what it can and resets the VM (qemu -no-reboot then
  * exits). Never returns. */
 void system_shutdown(void) __attribute__((noreturn));
+
+/* ---- setup.c: SETUP frames (mounts, patches, scripts, NIC) ---- */
+
+/* Validates a SETUP payload whole, then (unless dry_run) applies its ops in order, stopping
+ * at the first that fails. Returns 0, or an errno with *failed = the op's index and msg
+ * saying what failed. Never exits, whatever the payload. */
+int setup_apply(const uint8_t *payload, uint32_t len, bool dry_run, uint32_t *failed, char *msg,
+		size_t msgcap);
 
 #endif

@@ -14,6 +14,7 @@ import {
   FrameDecoder,
   FrameType,
   MAX_PAYLOAD,
+  MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PayloadReader,
   PayloadWriter,
@@ -105,6 +106,7 @@ export class AgentClient {
   #nextId = 1;
   #pings = new Map<string, () => void>();
   #configured: Array<() => void> = [];
+  #setups: Array<{ resolve(): void; reject(e: Error): void; describe(index: number): string }> = [];
   #error: Error | undefined;
   #closed = false;
   #hello: AgentHello | undefined;
@@ -223,6 +225,23 @@ export class AgentClient {
     });
   }
 
+  /**
+   * Sends one SETUP frame (payload from src/agent/setupOps.ts) and waits for its SETUP_DONE.
+   * Rejects with E_AGENT naming the op that failed (`describe(index)`), E_PROTOCOL if the
+   * agent is too old to know SETUP.
+   */
+  async setup(payload: Uint8Array, describe: (index: number) => string = (i) => `op ${i}`): Promise<void> {
+    this.#assertOpen();
+    if ((this.#hello?.protocolVersion ?? 0) < 2) {
+      throw new CorralError('E_SETUP_MISSING', `the guest agent speaks protocol ${this.#hello?.protocolVersion}, volumes/scripts/patches/network need 2: rebuild with scripts/setup.sh`);
+    }
+    await new Promise<void>((resolve, reject) => {
+      this.#setups.push({ resolve, reject, describe });
+      this.failed.then(reject);
+      this.#send(FrameType.SETUP, 0, payload);
+    });
+  }
+
   /** Asks the agent to sync and power off. Returns once the request is written. */
   shutdown(): void {
     if (this.#closed || this.#error) return;
@@ -286,6 +305,17 @@ export class AgentClient {
       }
       case FrameType.ERROR:
         return this.#onError(f);
+      case FrameType.SETUP_DONE: {
+        const waiter = this.#setups.shift();
+        if (!waiter) throw new CorralError('E_PROTOCOL', 'guest sent SETUP_DONE unasked');
+        const r = new PayloadReader(f.payload, 'SETUP_DONE');
+        const errno = r.i32();
+        const index = r.u32();
+        const message = r.str(4096);
+        r.end();
+        if (errno === 0) return waiter.resolve();
+        return waiter.reject(new CorralError('E_AGENT', `guest setup failed at ${waiter.describe(index)}: ${message} (errno ${errno})`, { details: { errno, index } }));
+      }
     }
     const live = this.#sessions.get(f.session);
     if (!live && this.#orphans.has(f.session)) {
@@ -329,8 +359,8 @@ export class AgentClient {
     const bootMs = r.u32();
     const initMs = r.u32();
     r.end();
-    if (protocolVersion !== PROTOCOL_VERSION) {
-      throw new CorralError('E_PROTOCOL', `guest agent speaks protocol ${protocolVersion}, host speaks ${PROTOCOL_VERSION}`);
+    if (protocolVersion < MIN_PROTOCOL_VERSION || protocolVersion > PROTOCOL_VERSION) {
+      throw new CorralError('E_PROTOCOL', `guest agent speaks protocol ${protocolVersion}, host speaks ${MIN_PROTOCOL_VERSION}–${PROTOCOL_VERSION}`);
     }
     this.#hello = { protocolVersion, agentVersion, bootMs, initMs };
     this.#resolveReady(this.#hello);

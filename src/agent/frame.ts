@@ -11,7 +11,9 @@ import { CorralError } from '../errors.ts';
 export const HEADER_SIZE = 12;
 /** Largest payload either side may send (1 MiB). */
 export const MAX_PAYLOAD = 1024 * 1024;
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+/** The oldest agent protocol the host still speaks (version 1 has no SETUP frame). */
+export const MIN_PROTOCOL_VERSION = 1;
 
 export const FrameType = {
   HELLO: 1,
@@ -28,6 +30,8 @@ export const FrameType = {
   PONG: 12,
   CONFIGURE: 13,
   CONFIGURED: 14,
+  SETUP: 15,
+  SETUP_DONE: 16,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
@@ -42,6 +46,7 @@ const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.ERROR,
   FrameType.PONG,
   FrameType.CONFIGURED,
+  FrameType.SETUP_DONE,
 ]);
 
 export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2 } as const;

@@ -18,8 +18,8 @@ describe('agent protocol against the real agent (host mode)', () => {
     await agent?.close();
   });
 
-  it('announces protocol 1 with a version', () => {
-    expect(agent.client.hello?.protocolVersion).toBe(1);
+  it('announces protocol 2 with a version', () => {
+    expect(agent.client.hello?.protocolVersion).toBe(2);
     expect(agent.client.hello?.agentVersion).toMatch(/\d/);
   });
 
