@@ -534,6 +534,7 @@ main() {
   esac
   local t0=$SECONDS
   step_packages
+  bash "$ROOT/scripts/setup-ui.sh"
   step_npm
   step_kernel
   step_agent
