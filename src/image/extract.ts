@@ -17,7 +17,7 @@
 
 import { spawn } from 'node:child_process';
 import { closeSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { CorralError } from '../errors.ts';
@@ -78,6 +78,24 @@ export function resolveInRoot(root: string, name: string, followLast = false): s
   return last === '.' || last === '..' ? join(root, ...done) : join(root, ...done, last);
 }
 
+/** A directory, not a symlink to one. */
+function isDir(path: string): boolean {
+  try {
+    return lstatSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Removes whatever is at `path` unless it is a directory and `keepDir`. */
 function clear(path: string, keepDir: boolean): void {
   let st;
@@ -133,7 +151,8 @@ function run(cmd: string, args: string[], input: string, cwd: string): Promise<v
 }
 
 interface Special {
-  readonly path: string;
+  /** The entry's name in the layer: resolved again when the special is made (see below). */
+  readonly name: string;
   readonly kind: 'c' | 'b' | 'p';
   readonly major: number;
   readonly minor: number;
@@ -150,10 +169,15 @@ interface Special {
  * await extractLayer(createReadStream('layer.tar'), '/tmp/unpack/root');
  */
 export async function extractLayer(source: Readable, root: string): Promise<ExtractStats> {
-  const specials: Special[] = [];
+  // Work deferred to the end (devices, whiteouts, xattrs, directory mtimes) is kept by the
+  // entry's *name* and resolved again inside the root when it is done: a later entry may have
+  // turned a parent directory into a symlink (`a/dev` as a device, then `a` → `/`), and a
+  // path resolved earlier would then be followed out of the root by mknod, rm -rf, setfattr
+  // or utimes. Keyed by the path resolved at the time, so a later entry at the same place wins.
+  const specials = new Map<string, Special>();
   const opaque = new Set<string>();
-  const xattrs: { path: string; name: string; value: string }[] = [];
-  const dirTimes: { path: string; mtime: Date }[] = [];
+  const xattrs: { entry: string; name: string; value: string }[] = [];
+  const dirTimes: { entry: string; mtime: Date }[] = [];
   let files = 0;
   let bytes = 0;
   let whiteouts = 0;
@@ -172,15 +196,17 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     if (base === OPAQUE) {
       const dir = resolveInRoot(root, parentName, true);
       mkdirp(dir, root);
-      opaque.add(dir);
+      opaque.add(parentName);
       stream.resume();
       return;
     }
     if (base.startsWith(WH)) {
       if (base.startsWith(`${WH}${WH}`)) return void stream.resume(); // aufs metadata (.wh..wh.plnk…)
-      const target = resolveInRoot(root, `${parentName}/${base.slice(WH.length)}`);
+      const hidden = `${parentName}/${base.slice(WH.length)}`;
+      const target = resolveInRoot(root, hidden);
       mkdirp(resolveInRoot(root, parentName, true), root);
-      specials.push({ path: target, kind: 'c', major: 0, minor: 0, mode: 0, uid: 0, gid: 0, mtime });
+      specials.delete(target);
+      specials.set(target, { name: hidden, kind: 'c', major: 0, minor: 0, mode: 0, uid: 0, gid: 0, mtime });
       whiteouts++;
       stream.resume();
       return;
@@ -188,14 +214,15 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     const path = resolveInRoot(root, name);
     if (path === root) {
       // "./" itself: only its metadata matters
-      if (header.type === 'directory') dirTimes.push({ path, mtime });
+      if (header.type === 'directory') dirTimes.push({ entry: '', mtime });
       stream.resume();
       return;
     }
     const parent = resolveInRoot(root, parentName, true);
     mkdirp(parent, root);
+    specials.delete(path);
     for (const [k, v] of Object.entries((header as { pax?: Record<string, string> }).pax ?? {})) {
-      if (k.startsWith('SCHILY.xattr.')) xattrs.push({ path, name: k.slice('SCHILY.xattr.'.length), value: Buffer.from(v, 'latin1').toString('base64') });
+      if (k.startsWith('SCHILY.xattr.')) xattrs.push({ entry: name, name: k.slice('SCHILY.xattr.'.length), value: Buffer.from(v, 'latin1').toString('base64') });
     }
     switch (header.type) {
       case 'file':
@@ -229,7 +256,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
         mkdirp(path, root);
         lchownSync(path, uid, gid);
         chmodSync(path, mode);
-        dirTimes.push({ path, mtime });
+        dirTimes.push({ entry: name, mtime });
         stream.resume();
         return;
       case 'symlink':
@@ -256,8 +283,8 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
       case 'block-device':
       case 'fifo':
         clear(path, false);
-        specials.push({
-          path,
+        specials.set(path, {
+          name,
           kind: header.type === 'fifo' ? 'p' : header.type === 'block-device' ? 'b' : 'c',
           major: header.devmajor ?? 0,
           minor: header.devminor ?? 0,
@@ -294,24 +321,36 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     source.pipe(extract as never);
   });
 
-  // Devices, fifos and whiteouts: one sh running mknod for all of them.
-  if (specials.length > 0) {
-    const script = specials
-      .map((s) => `rm -rf ${shq(s.path)}; mknod ${s.kind === 'p' ? '' : `-m ${s.mode.toString(8)} `}${shq(s.path)} ${s.kind}${s.kind === 'p' ? '' : ` ${s.major} ${s.minor}`}`)
+  // Devices, fifos and whiteouts: one sh running mknod for all of them, at paths resolved
+  // now (nothing changes the tree between here and the mknod). One whose parent is no longer
+  // a directory was removed by a later entry.
+  const made: { path: string; s: Special }[] = [];
+  for (const s of specials.values()) {
+    const path = resolveInRoot(root, s.name);
+    if (path !== root && isDir(dirname(path))) made.push({ path, s });
+  }
+  if (made.length > 0) {
+    const script = made
+      .map(({ path, s }) => `rm -rf ${shq(path)}; mknod ${s.kind === 'p' ? '' : `-m ${s.mode.toString(8)} `}${shq(path)} ${s.kind}${s.kind === 'p' ? '' : ` ${s.major} ${s.minor}`}`)
       .join('\n');
     await run('sh', ['-e'], `${script}\n`, root);
-    for (const s of specials) {
-      lchownSync(s.path, s.uid, s.gid);
-      if (s.kind === 'p') chmodSync(s.path, s.mode);
+    for (const { path, s } of made) {
+      lchownSync(path, s.uid, s.gid);
+      if (s.kind === 'p') chmodSync(path, s.mode);
     }
   }
-  if (opaque.size > 0 || xattrs.length > 0) {
+  const opaqueDirs = [...opaque].map((n) => resolveInRoot(root, n, true)).filter(isDir);
+  const attrs = xattrs.map((x) => ({ ...x, path: resolveInRoot(root, x.entry) })).filter((x) => x.path !== root && exists(x.path));
+  if (opaqueDirs.length > 0 || attrs.length > 0) {
     const lines: string[] = [];
-    for (const d of opaque) lines.push(`# file: ${dumpq(d)}`, 'trusted.overlay.opaque="y"', '');
-    for (const x of xattrs) lines.push(`# file: ${dumpq(x.path)}`, `${x.name}=0s${x.value}`, '');
+    for (const d of opaqueDirs) lines.push(`# file: ${dumpq(d)}`, 'trusted.overlay.opaque="y"', '');
+    for (const x of attrs) lines.push(`# file: ${dumpq(x.path)}`, `${x.name}=0s${x.value}`, '');
     await run('setfattr', ['-h', '--restore=-'], `${lines.join('\n')}\n`, root);
   }
   // Directory mtimes last: creating their children changed them.
-  for (let i = dirTimes.length - 1; i >= 0; i--) utimesSync(dirTimes[i]!.path, dirTimes[i]!.mtime, dirTimes[i]!.mtime);
-  return { files, bytes, whiteouts, opaqueDirs: opaque.size };
+  for (let i = dirTimes.length - 1; i >= 0; i--) {
+    const path = resolveInRoot(root, dirTimes[i]!.entry);
+    if (isDir(path)) utimesSync(path, dirTimes[i]!.mtime, dirTimes[i]!.mtime);
+  }
+  return { files, bytes, whiteouts, opaqueDirs: opaqueDirs.length };
 }
