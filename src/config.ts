@@ -8,12 +8,13 @@
 import { InvalidOptionError } from './errors.ts';
 import { IMAGE_CONFIG_KEYS, normalizeImageFields, type ImageConfigFields } from './image/imageOptions.ts';
 import type { AccelOption } from './vm/accel.ts';
+import { GUEST_CONFIG_KEYS, normalizeGuestFields, type GuestConfigFields } from './guest/guestConfig.ts';
 
 /**
  * The complete description of a sandbox. Image fields (`image`, `pullPolicy`,
  * `registryAuth`, `insecureRegistries`, `disk`) are described in src/image/imageOptions.ts.
  */
-export interface SandboxConfig extends ImageConfigFields {
+export interface SandboxConfig extends ImageConfigFields, GuestConfigFields {
   readonly name: string;
   /** Image reference; `corral/base` is the default local image built by setup. */
   readonly image: string;
@@ -160,6 +161,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
     'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel', 'template', 'fromSnapshot',
     ...IMAGE_CONFIG_KEYS,
+    ...GUEST_CONFIG_KEYS,
   ]);
   if (c.template !== undefined && typeof c.template !== 'boolean') throw new InvalidOptionError('template', 'true or false', c.template);
   if (c.fromSnapshot !== undefined) validateName(c.fromSnapshot, 'fromSnapshot');
@@ -187,5 +189,6 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     logLevel: logLevel as LogLevel,
     ...(c.template !== undefined ? { template: c.template as boolean } : {}),
     ...(c.fromSnapshot !== undefined ? { fromSnapshot: c.fromSnapshot as string } : {}),
+    ...normalizeGuestFields(c),
   };
 }

@@ -35,6 +35,8 @@ export const ErrorCodes = {
   E_SNAPSHOT_NOT_FOUND: 'no snapshot with that name',
   E_SNAPSHOT_EXISTS: 'a snapshot with that name already exists',
   E_SNAPSHOT: 'a snapshot could not be taken or restored',
+  E_VOLUME_NOT_FOUND: 'no named volume with that name',
+  E_VOLUME_IN_USE: 'the named volume is mounted by a running sandbox and cannot be removed',
   E_UNAUTHORIZED: 'the API server needs a valid token (Authorization: Bearer …)',
   E_ROUTE_NOT_FOUND: 'the API server has no such route',
   E_USAGE: 'the command line is not valid (corral CLI)',

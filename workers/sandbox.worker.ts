@@ -27,6 +27,8 @@ import { readSnapshot, snapshotBytes, snapshotDir, type SnapshotMeta } from '../
 import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
+import { GuestEnv } from '../src/guest/GuestEnv.ts';
+import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
 
 /** What the supervisor hands a new worker. */
@@ -39,7 +41,17 @@ export interface SandboxWorkerData {
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Values of the secret handles the config refers to (registryAuth.secret), in memory only. */
   readonly secrets?: Readonly<Record<string, string>>;
+  /**
+   * Exec output bytes posted on `events` and not yet handled by the receiver, which
+   * subtracts what it handled (Atomics). Absent: no flow control.
+   */
+  readonly outputInFlight?: Int32Array;
 }
+
+/** Exec output in flight to the supervisor above which the guest is no longer read. */
+const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
+/** ...and below which it is read again. */
+const OUTPUT_LOW_WATER = 2 * 1024 * 1024;
 
 /** A command to run, as the SDK sends it. */
 export interface ExecRequest {
@@ -98,6 +110,8 @@ class SandboxHost implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
   readonly #events: MessagePort;
+  readonly #outputInFlight: Int32Array | undefined;
+  #throttled = false;
   readonly #actor: Actor<typeof sandboxMachine>;
   readonly #pending = new Map<number, ExecRequest>();
   readonly #sessions = new Map<number, ExecSession>();
@@ -110,6 +124,8 @@ class SandboxHost implements SandboxWorkerApi {
   #lastValue = '';
   #createdAt = performance.now();
   #imageEnv: Record<string, string> = {};
+  /** Volumes, scripts, patches, network (src/guest): prepared once, applied after each boot. */
+  #guest: Promise<GuestEnv> | undefined;
   readonly #log: Logger;
   #qmpDone: Promise<void> = Promise.resolve();
   readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
@@ -118,6 +134,7 @@ class SandboxHost implements SandboxWorkerApi {
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#events = data.events;
+    this.#outputInFlight = data.outputInFlight;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
     const machine = sandboxMachine.provide({
       actors: {
@@ -269,14 +286,17 @@ class SandboxHost implements SandboxWorkerApi {
     this.#root = await prepareRoot(this.#config, this.#stateDir, this.#imageOptions(signal));
     this.#imageEnv = this.#root.imageEnv;
     const t0 = this.#createdAt;
+    const guest = await this.#guestEnv();
     const vm = await Vm.boot({
       ...this.#vmShape(this.#root, choice.accel),
+      ...(await guest.vmOptions()),
       upper: this.#root.upper,
       hostname: this.#config.name,
       bootTimeoutMs: this.#config.bootTimeoutMs,
       signal,
       onSpawn: (pid) => this.#spawned(pid, choice),
     });
+    await this.#applyGuest(vm, guest);
     this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
     return this.#adopt(vm, t0);
   }
@@ -295,18 +315,20 @@ class SandboxHost implements SandboxWorkerApi {
     this.#root = root;
     this.#imageEnv = root.imageEnv;
     const t0 = this.#createdAt;
+    const guest = await this.#guestEnv();
     const key = templateKey({
       files: [root.qemu, root.kernel, root.initramfs, ...root.lower.map((l) => l.path), root.upperTemplate],
       memoryMib: this.#config.memoryMib,
       cpus: this.#config.cpus,
       accel: choice.accel,
       // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
-      argv: qemuArgs({ ...this.#vmShape(root, choice.accel), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
+      argv: qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
     });
     const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
       await copySparse(root.upperTemplate, p.upper);
       const vm = await Vm.boot({
         ...this.#vmShape(root, choice.accel),
+        ...guest.templateVmOptions(p.dir),
         upper: p.upper,
         memoryFile: { path: p.memFile, share: true },
         hostname: 'corral',
@@ -327,6 +349,7 @@ class SandboxHost implements SandboxWorkerApi {
     await cloneOverlay(tpl, upper);
     const vm = await Vm.boot({
       ...this.#vmShape(root, choice.accel),
+      ...(await guest.vmOptions()),
       upper,
       memoryFile: { path: tpl.memFile, share: false },
       incoming: true,
@@ -343,10 +366,30 @@ class SandboxHost implements SandboxWorkerApi {
       vm.kill();
       throw err;
     }
+    await this.#applyGuest(vm, guest);
     const restoreMs = performance.now() - tRestore;
     this.#emit({ type: 'sandbox.restored', template: key, restoreMs });
     this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms`);
     return this.#adopt(vm, t0);
+  }
+
+  /** The sandbox's guest environment (src/guest), prepared on first use. */
+  #guestEnv(): Promise<GuestEnv> {
+    this.#guest ??= GuestEnv.prepare(this.#config, this.#stateDir, sandboxDir(this.#stateDir, this.#config.name));
+    return this.#guest;
+  }
+
+  /** Mounts, scripts, patches, NIC: before any user code. A VM that cannot get them is ended. */
+  async #applyGuest(vm: Vm, guest: GuestEnv): Promise<void> {
+    // As soon as qemu is gone, so are its network enforcement and volume claims.
+    vm.exited.then(() => guest.release()).catch(() => {});
+    try {
+      await guest.apply(vm.agent, vm.pid);
+    } catch (err) {
+      vm.kill();
+      await vm.exited;
+      throw err;
+    }
   }
 
   /** Image pull options: progress events go out on this sandbox's stream. */
@@ -528,7 +571,7 @@ class SandboxHost implements SandboxWorkerApi {
       },
     };
     try {
-      const env = { PATH: DEFAULT_PATH, HOME: '/root', ...this.#imageEnv, ...this.#config.env, ...req.env };
+      const env = withScriptsPath({ PATH: DEFAULT_PATH, HOME: '/root', ...this.#imageEnv, ...this.#config.env, ...req.env }, this.#config.scripts);
       const session = vm.agent.exec(
         {
           argv: req.argv,
@@ -623,6 +666,8 @@ class SandboxHost implements SandboxWorkerApi {
         });
         // Whatever path led here, no VM process outlives the stopped state.
         this.#vm?.kill();
+        // Then the host-side network enforcement and volume claims go with it.
+        void Promise.resolve(this.#vm?.exited).then(() => this.#guest?.then((g) => g.release())).catch(() => {});
         break;
       }
     }
@@ -631,7 +676,31 @@ class SandboxHost implements SandboxWorkerApi {
   #emit(body: SandboxEventBody): void {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
+    const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
     this.#events.postMessage(event, transfer);
+    if (bytes > 0) this.#throttle(bytes);
+  }
+
+  /**
+   * Flow control of guest output: a guest can write far faster than the supervisor's thread
+   * handles events, and every chunk posted waits in the port's queue. Past OUTPUT_HIGH_WATER
+   * bytes in flight the agent socket stops being read (the guest's writes then block in its
+   * virtio-serial port) until the receiver is below OUTPUT_LOW_WATER.
+   */
+  #throttle(bytes: number): void {
+    const inFlight = this.#outputInFlight;
+    if (!inFlight) return;
+    if (Atomics.add(inFlight, 0, bytes) + bytes < OUTPUT_HIGH_WATER || this.#throttled) return;
+    const agent = this.#vm?.agent;
+    if (!agent) return;
+    this.#throttled = true;
+    agent.pauseInput();
+    const poll = setInterval(() => {
+      if (Atomics.load(inFlight, 0) > OUTPUT_LOW_WATER && this.#vm?.agent === agent && !this.#vm.isExited) return;
+      clearInterval(poll);
+      this.#throttled = false;
+      agent.resumeInput();
+    }, 2);
   }
 
   // ── helpers ────────────────────────────────────────────────────────────────

@@ -24,6 +24,13 @@ import type { PullPolicy } from '../image/pullPolicy.ts';
 import { ImageBuilder } from './ImageBuilder.ts';
 import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
 import { parseAccel, type AccelOption } from '../vm/accel.ts';
+import { normalizeGuestFields } from '../guest/guestConfig.ts';
+import { NetworkBuilder } from '../guest/NetworkPolicy.ts';
+import { PatchBuilder } from '../guest/patches.ts';
+import { guestPath } from '../guest/paths.ts';
+import { validatePort } from '../guest/ports.ts';
+import { validateScript } from '../guest/scripts.ts';
+import { VolumeBuilder } from '../guest/volumes.ts';
 import type { Sandbox } from './Sandbox.ts';
 
 type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<Sandbox>;
@@ -138,6 +145,55 @@ export class SandboxBuilder {
     return this;
   }
 
+  /**
+   * Mounts a volume at `guestPath`: a host directory (`v.bind('./src')`, `.readonly()` is
+   * enforced by qemu on the host), a corral-managed named volume (`v.named('my-data')`,
+   * kept across sandboxes, see `Volume`), or a size-limited tmpfs (`v.tmpfs().size(100)`, MiB).
+   *
+   * @example
+   * .volume('/app/src', (v) => v.bind('./src').readonly())
+   */
+  volume(path: string, configure: (v: VolumeBuilder) => VolumeBuilder): this {
+    const guest = guestPath(path, 'volume');
+    if (typeof configure !== 'function') throw new InvalidOptionError(`volume ${guest}`, 'a function (v) => v.bind(…) | v.named(…) | v.tmpfs()', configure);
+    const volume = configure(new VolumeBuilder(`volume ${guest}`)).toConfig(guest);
+    return this.#setGuest({ volumes: [...(this.#config.volumes ?? []), volume] });
+  }
+
+  /** Adds an executable script at `/.msb/scripts/<name>`, on `PATH` for exec and shell. */
+  script(name: string, body: string): this {
+    validateScript(name, body);
+    return this.#setGuest({ scripts: { ...this.#config.scripts, [name]: body } });
+  }
+
+  /**
+   * Changes the root filesystem before user code runs, in this sandbox's writable layer
+   * only: `p.text(path, content)`, `.append`, `.mkdir`, `.copyDir(hostDir, guestDir)`,
+   * `.symlink(target, linkPath)`, `.remove(path)`. Applied in order.
+   */
+  patch(configure: (p: PatchBuilder) => PatchBuilder): this {
+    if (typeof configure !== 'function') throw new InvalidOptionError('patch', 'a function (p) => p.text(…)…', configure);
+    return this.#setGuest({ patches: [...(this.#config.patches ?? []), ...configure(new PatchBuilder()).toConfig()] });
+  }
+
+  /**
+   * The guest's network and its policy, enforced on the host. Without `.network()` the VM
+   * has no NIC at all.
+   *
+   * @example
+   * .network((n) => n.policy(NetworkPolicy.publicOnly()))
+   */
+  network(configure: (n: NetworkBuilder) => NetworkBuilder): this {
+    if (typeof configure !== 'function') throw new InvalidOptionError('network', 'a function (n) => n.policy(…)', configure);
+    return this.#setGuest({ network: configure(new NetworkBuilder()).toConfig() });
+  }
+
+  /** Publishes guest TCP port `guestPort` at `127.0.0.1:hostPort` on the host. */
+  port(hostPort: number, guestPort: number): this {
+    const p = validatePort(hostPort, guestPort);
+    return this.#setGuest({ ports: [...(this.#config.ports ?? []), p] });
+  }
+
   /** CPU acceleration: `auto` (default: KVM where it really works, else TCG), `kvm`, `tcg`. */
   accel(value: AccelOption): this {
     this.#config.accel = parseAccel(value);
@@ -215,6 +271,16 @@ export class SandboxBuilder {
   /** The config as plain JSON-serialisable data, without booting anything. */
   build(): SandboxConfig {
     return normalizeConfig(structuredClone(this.#config));
+  }
+
+  /** Validates the guest fields together (as `build()` will), then keeps them. */
+  #setGuest(fields: Partial<Pick<SandboxConfig, 'volumes' | 'scripts' | 'patches' | 'network' | 'ports'>>): this {
+    const c = this.#config;
+    const merged = { volumes: c.volumes, scripts: c.scripts, patches: c.patches, network: c.network, ports: c.ports, ...fields };
+    const checked = normalizeGuestFields(merged);
+    for (const k of ['volumes', 'scripts', 'patches', 'network', 'ports'] as const) delete c[k];
+    Object.assign(c, checked);
+    return this;
   }
 
   /** Boots the sandbox; resolves once it runs. */

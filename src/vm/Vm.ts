@@ -38,6 +38,11 @@ export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpS
   /** Called with the pid as soon as qemu is spawned. */
   readonly onSpawn?: (pid: number) => void;
   /**
+   * A command that runs first and then execs its arguments (the setpriv + qemu argv), e.g.
+   * to move the process into a cgroup before qemu opens any socket (src/guest/netfilter.ts).
+   */
+  readonly wrap?: readonly string[];
+  /**
    * Restore instead of booting: the migration state file saved by {@link Vm.saveTo} and the
    * HELLO its agent sent at the time. Needs `incoming: true` and the same machine shape.
    */
@@ -124,7 +129,9 @@ export class Vm {
       const qmpConn = listenOnce(qmpPath, servers);
       await Promise.all(servers.map((s) => new Promise<void>((res, rej) => s.once('listening', res).once('error', rej))));
       const args = qemuArgs({ ...opts, agentSocket: agentPath, qmpSocket: qmpPath });
-      const child = spawn('setpriv', ['--pdeathsig', 'KILL', '--', opts.qemu, ...args], {
+      const argv = ['setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
+      if (opts.wrap?.length) argv.unshift(...opts.wrap);
+      const child = spawn(argv[0]!, argv.slice(1), {
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       vm = new Vm(child, opts.accel);

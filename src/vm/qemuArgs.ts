@@ -10,6 +10,7 @@
  */
 
 import type { Accel } from '../bus/events.ts';
+import { InvalidOptionError } from '../errors.ts';
 
 /** Everything that shapes one VM's command line. */
 export interface QemuArgsInput {
@@ -45,7 +46,7 @@ export interface QemuArgsInput {
    * in this order. The count is part of the device layout (a template's clones need the same).
    */
   readonly shares?: readonly SharedDir[];
-  /** A virtio-net NIC on qemu user networking (src/guest/network.ts); part of the layout. */
+  /** A virtio-net NIC on qemu user networking (src/guest/netfilter.ts); part of the layout. */
   readonly net?: NetDevice | undefined;
 }
 
@@ -75,6 +76,16 @@ export interface DiskRoot {
   readonly format: 'qcow2' | 'raw' | 'vmdk';
   /** A filesystem type, or `auto` to probe in the guest. */
   readonly fstype: string;
+}
+
+/** virtio-mmio transports of microvm with ACPI off (IRQs 12 down to 5). */
+const VIRTIO_SLOTS = 8;
+/** The slot whose IRQ (8) the guest's RTC owns. */
+const RTC_SLOT = 4;
+
+/** Extra virtio devices that fit after `used` slots. */
+function maxExtraDevices(used: number): number {
+  return VIRTIO_SLOTS - used - (used <= RTC_SLOT ? 1 : 0);
 }
 
 /** Escapes a value for a qemu `-opt key=value,…` list (a comma is doubled). */
@@ -159,7 +170,24 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     args.push('-drive', `id=upper,file=${input.upper},format=${format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=upper');
   }
   // After every disk, so /dev/vd* names do not move; the guest finds shares by tag.
+  // microvm without ACPI has 8 virtio-mmio slots on IRQs 12, 11, … 5 in command-line order,
+  // and the 5th (IRQ 8) clashes with the RTC in the guest ("Flags mismatch irq 8"): an extra
+  // device never takes that slot, an inert filler does (its probe fails, harmlessly).
+  const disks = 1 + (input.disk ? 1 : lowers.length) + (input.upper && !input.disk ? 1 : 0);
+  const extra = (input.shares?.length ?? 0) + (input.net ? 1 : 0);
+  if (extra > maxExtraDevices(disks)) {
+    throw new InvalidOptionError('volumes', `at most ${maxExtraDevices(disks)} bind/named volumes and NIC together for this image (microvm has ${VIRTIO_SLOTS} virtio slots, its serial port and disks use ${disks})`, extra);
+  }
+  let slots = disks;
+  const claimSlot = () => {
+    if (slots === RTC_SLOT) {
+      args.push('-device', 'virtio-rng-device');
+      slots++;
+    }
+    slots++;
+  };
   (input.shares ?? []).forEach((s, i) => {
+    claimSlot();
     // mapped-xattr: guest owners and modes live in xattrs, host files stay owned by qemu's
     // user with safe modes (a guest root cannot plant a setuid-root file on the host), and
     // guest symlinks are stored as plain files (they cannot point the host anywhere).
@@ -169,6 +197,7 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     );
   });
   if (input.net) {
+    claimSlot();
     // ipv6=off: one address family to police. Forwards listen on host loopback only.
     const fwd = input.net.hostForwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
     args.push('-netdev', `user,id=net0,ipv6=off${fwd}`, '-device', 'virtio-net-device,netdev=net0');

@@ -1,0 +1,197 @@
+/**
+ * Host-side enforcement of a sandbox's network policy.
+ *
+ * The guest's NIC is qemu user networking (slirp): every connection the guest makes leaves
+ * the host as a socket that the qemu process opens. Each networked VM is started inside a
+ * cgroup of its own (`<cgroup2>/corral/<id>`, joined before qemu starts, so every socket it
+ * ever opens belongs to it), and an nftables table of its own (`inet corral_<id>`) filters
+ * the output hook for sockets of that cgroup only:
+ *
+ *   established/related → accept (replies; connections to published ports)
+ *   DNS to the host's resolvers (if the policy allows DNS) → accept
+ *   the policy's rules, first match wins → accept / reject
+ *   the preset's rules, then its default
+ *
+ * Rejections are TCP resets / ICMP admin-prohibited, so the guest sees "connection refused"
+ * at once. The filter sees the real destination: the guest's 10.0.2.2 (slirp's alias for
+ * the host) arrives here as 127.0.0.1, and loopback is policed like anything else. Nothing
+ * in the guest can change any of this: the table, the cgroup and slirp are host state.
+ *
+ * Needs root and nftables (scripts/setup-guest-env.sh). The table and cgroup are removed
+ * when the VM ends; ones left by a killed host process are swept at the next start.
+ */
+
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { mkdir, readFile, readdir, rmdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CorralError } from '../errors.ts';
+import { NON_PUBLIC_CIDRS, type NetworkPolicyConfig, type NetworkRule } from './NetworkPolicy.ts';
+
+/** The guest side of the NIC (slirp's defaults). */
+export const GUEST_NET = { ifname: 'eth0', address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
+
+/** Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts). */
+export function cgroup2Root(): string {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const sep = line.indexOf(' - ');
+    if (sep < 0) continue;
+    const fstype = line.slice(sep + 3).split(' ')[0];
+    if (fstype === 'cgroup2') return line.split(' ')[4]!;
+  }
+  throw new CorralError('E_SETUP_MISSING', 'network policies need cgroup v2, and no cgroup2 filesystem is mounted');
+}
+
+/** IPv4 nameservers of the host's /etc/resolv.conf (what slirp forwards the guest's DNS to). */
+export function hostResolvers(file = '/etc/resolv.conf'): string[] {
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return [];
+  }
+  return [...text.matchAll(/^\s*nameserver\s+(\d{1,3}(?:\.\d{1,3}){3})\s*$/gm)].map((m) => m[1]!);
+}
+
+function ruleMatch(r: Pick<NetworkRule, 'cidr' | 'protocol' | 'ports'>): string {
+  const parts: string[] = [];
+  if (r.cidr !== '0.0.0.0/0') parts.push(`ip daddr ${r.cidr}`);
+  else parts.push('meta nfproto ipv4');
+  const ports = r.ports ? (r.ports[0] === r.ports[1] ? `${r.ports[0]}` : `${r.ports[0]}-${r.ports[1]}`) : undefined;
+  if (r.protocol === 'tcp' || r.protocol === 'udp') parts.push(ports ? `${r.protocol} dport ${ports}` : `meta l4proto ${r.protocol}`);
+  else if (r.protocol === 'icmp') parts.push('meta l4proto icmp');
+  else if (ports) parts.push(`meta l4proto { tcp, udp } th dport ${ports}`);
+  return parts.join(' ');
+}
+
+/**
+ * The nftables script (for `nft -f -`) of one sandbox's table. `cgroupPath` is relative to
+ * the cgroup2 root, `level` its depth.
+ */
+export function policyRuleset(table: string, cgroupPath: string, policy: NetworkPolicyConfig, resolvers: readonly string[]): string {
+  const level = cgroupPath.split('/').length;
+  const lines = ['ct state established,related accept'];
+  if (policy.dns) for (const ns of resolvers) lines.push(`ip daddr ${ns} meta l4proto { tcp, udp } th dport 53 accept`);
+  // The NIC is IPv4-only; anything else from this VM is unexpected.
+  lines.push('meta nfproto != ipv4 goto refuse');
+  for (const r of policy.rules) lines.push(`${ruleMatch(r)} ${r.action === 'allow' ? 'accept' : 'goto refuse'}`);
+  if (policy.preset === 'public-only') for (const cidr of NON_PUBLIC_CIDRS) lines.push(`ip daddr ${cidr} goto refuse`);
+  lines.push(policy.preset === 'allow-all' || policy.preset === 'public-only' ? 'accept' : 'goto refuse');
+  return [
+    `table inet ${table} {`,
+    '  chain refuse {',
+    '    meta l4proto tcp reject with tcp reset',
+    '    reject with icmpx type admin-prohibited',
+    '  }',
+    '  chain egress {',
+    ...lines.map((l) => `    ${l}`),
+    '  }',
+    '  chain output {',
+    '    type filter hook output priority filter; policy accept;',
+    `    socket cgroupv2 level ${level} "${cgroupPath}" goto egress`,
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+function run(cmd: string, args: readonly string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => {
+      if (err) reject(Object.assign(err, { stderr: String(stderr) }));
+      else resolve(String(stdout));
+    });
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+/**
+ * Runs nft. nft resolves `socket cgroupv2` paths under /sys/fs/cgroup only; on a hybrid
+ * host cgroup2 is elsewhere, so nft then runs in a private mount namespace with cgroup2
+ * mounted there (the host's mounts are not touched).
+ */
+async function nft(args: readonly string[], input?: string): Promise<string> {
+  const root = cgroup2Root();
+  try {
+    if (root === '/sys/fs/cgroup') return await run('nft', args, input);
+    return await run('unshare', ['-m', '--', 'sh', '-c', 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec nft "$@"', 'nft', ...args], input);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string };
+    if (e.code === 'ENOENT') throw new CorralError('E_SETUP_MISSING', 'network policies need nftables: run scripts/setup-guest-env.sh (as root)', { cause: err });
+    throw new CorralError('E_SETUP_MISSING', `nft ${args.join(' ')} failed (network policies need root and nftables): ${e.stderr?.trim() || e.message}`, { cause: err });
+  }
+}
+
+/** One VM's enforcement: its cgroup and its nftables table. */
+export interface NetEnforcement {
+  readonly table: string;
+  /** The cgroup directory; the VM process must join it before it starts. */
+  readonly cgroupDir: string;
+  /** argv prefix that joins the cgroup and then execs the rest (Vm's `wrap`). */
+  readonly wrap: readonly string[];
+  /** Removes the table and the cgroup. Idempotent; call once the VM has exited. */
+  release(): Promise<void>;
+}
+
+const PREFIX = 'corral_';
+
+/**
+ * Creates the cgroup and loads the policy's table. Sweeps tables and cgroups of VMs that
+ * are gone first.
+ */
+export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig): Promise<NetEnforcement> {
+  if (process.getuid?.() !== 0) throw new CorralError('E_SETUP_MISSING', 'network policies are enforced with nftables and cgroups on the host, which needs root');
+  const root = cgroup2Root();
+  await sweepStale(root).catch(() => {});
+  const id = `${sandbox.replace(/[^a-z0-9]/g, '_').slice(0, 40)}_${randomBytes(4).toString('hex')}`;
+  const table = `${PREFIX}${id}`;
+  const rel = `corral/${id}`;
+  const cgroupDir = join(root, rel);
+  await mkdir(cgroupDir, { recursive: true });
+  try {
+    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers()));
+  } catch (err) {
+    await rmdir(cgroupDir).catch(() => {});
+    throw err;
+  }
+  let released: Promise<void> | undefined;
+  return {
+    table,
+    cgroupDir,
+    wrap: ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')],
+    release() {
+      released ??= Promise.all([run('nft', ['delete', 'table', 'inet', table]).catch(() => {}), removeCgroup(cgroupDir)]).then(() => {});
+      return released;
+    },
+  };
+}
+
+/** rmdir of an emptied cgroup; the last process may take a moment to leave it. */
+async function removeCgroup(dir: string): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    try {
+      await rmdir(dir);
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return;
+      if (code !== 'EBUSY') return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+/** Tables and cgroups of VMs that are gone (their host process was killed before cleanup). */
+async function sweepStale(root: string): Promise<void> {
+  const base = join(root, 'corral');
+  if (!existsSync(base)) return;
+  for (const id of await readdir(base)) {
+    const dir = join(base, id);
+    const procs = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => 'x');
+    // Empty and not brand new (a VM about to join it was just set up by another process).
+    if (procs.trim() !== '' || Date.now() - statSync(dir).mtimeMs < 30_000) continue;
+    await run('nft', ['delete', 'table', 'inet', `${PREFIX}${id}`]).catch(() => {});
+    await rmdir(dir).catch(() => {});
+  }
+}

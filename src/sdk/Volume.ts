@@ -1,0 +1,32 @@
+/**
+ * Named volumes (`.volume('/data', v => v.named('my-data'))`): corral-managed directories
+ * under the state dir that outlive the sandboxes using them.
+ *
+ * @example
+ * for (const v of await Volume.list()) console.log(v.name, v.path, v.usedBy);
+ * await Volume.remove('my-data');
+ */
+
+import { listVolumes, readVolume, removeVolume, type VolumeInfo } from '../guest/namedVolumes.ts';
+import type { Supervisor } from '../supervisor/Supervisor.ts';
+import { getDefaultSupervisor } from './Sandbox.ts';
+
+export type { VolumeInfo };
+
+export const Volume = {
+  /** Every named volume in the supervisor's state dir. */
+  async list(options: { supervisor?: Supervisor } = {}): Promise<VolumeInfo[]> {
+    return listVolumes((options.supervisor ?? getDefaultSupervisor()).stateDir);
+  },
+  /** One volume; throws E_VOLUME_NOT_FOUND. */
+  async get(name: string, options: { supervisor?: Supervisor } = {}): Promise<VolumeInfo> {
+    return readVolume((options.supervisor ?? getDefaultSupervisor()).stateDir, name);
+  },
+  /**
+   * Deletes a volume and its data. Refuses (E_VOLUME_IN_USE) while a running sandbox has it
+   * mounted, unless `force`.
+   */
+  async remove(name: string, options: { supervisor?: Supervisor; force?: boolean } = {}): Promise<void> {
+    await removeVolume((options.supervisor ?? getDefaultSupervisor()).stateDir, name, { force: options.force ?? false });
+  },
+};
