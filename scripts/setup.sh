@@ -535,6 +535,7 @@ main() {
   local t0=$SECONDS
   step_packages
   bash "$ROOT/scripts/setup-ui.sh"
+  bash "$ROOT/scripts/setup-guest-env.sh"
   step_npm
   step_kernel
   step_agent
