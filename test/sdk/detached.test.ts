@@ -99,6 +99,9 @@ describe('detached sandboxes and the store', () => {
     const hostPid = sup.store.getSandbox(name)!.ownerPid!;
     process.kill(hostPid, 'SIGKILL');
     await until(() => !alive(vmPid!), 10_000, 'the VM to die with its host');
+    // The VM dies as soon as the host's worker thread does, which can be before the host
+    // process has finished exiting: only a gone owner makes the record read crashed.
+    await until(() => !alive(hostPid), 10_000, 'the host process to be gone');
     await sb.detach();
     expect(sup.reconcile(name)).toMatchObject({ status: 'stopped', stopReason: 'crashed' });
     await Sandbox.remove(name, { supervisor: sup });
