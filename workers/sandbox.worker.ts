@@ -26,7 +26,7 @@ import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from
 import { readSnapshot, snapshotBytes, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
 import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
-import { Vm } from '../src/vm/Vm.ts';
+import { Vm, type VmBootOptions } from '../src/vm/Vm.ts';
 import { GuestEnv } from '../src/guest/GuestEnv.ts';
 import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
@@ -347,25 +347,12 @@ class SandboxHost implements SandboxWorkerApi {
     const tRestore = performance.now();
     const upper = join(dirname(root.upper), 'upper.qcow2');
     await cloneOverlay(tpl, upper);
-    const vm = await Vm.boot({
-      ...this.#vmShape(root, choice.accel),
+    const vm = await this.#restoreClone(root, choice, signal, {
       ...(await guest.vmOptions()),
       upper,
       memoryFile: { path: tpl.memFile, share: false },
-      incoming: true,
       restore: { stateFile: tpl.stateFile, hello: tpl.hello },
-      hostname: 'corral',
-      bootTimeoutMs: this.#config.bootTimeoutMs,
-      signal,
-      onSpawn: (pid) => this.#spawned(pid, choice),
     });
-    try {
-      // The clone still believes it is the template: give it its own identity first.
-      await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
-    } catch (err) {
-      vm.kill();
-      throw err;
-    }
     await this.#applyGuest(vm, guest);
     const restoreMs = performance.now() - tRestore;
     this.#emit({ type: 'sandbox.restored', template: key, restoreMs });
@@ -395,6 +382,35 @@ class SandboxHost implements SandboxWorkerApi {
   /** Image pull options: progress events go out on this sandbox's stream. */
   #imageOptions(signal: AbortSignal) {
     return { onEvent: (e: ImagePullEventBody) => this.#emit(e), secrets: (workerData as SandboxWorkerData).secrets, signal };
+  }
+
+  /**
+   * Starts a qemu that takes a saved VM's state instead of booting, then hands the agent this
+   * sandbox's identity (hostname, clock, fresh entropy): the restored guest still believes
+   * it is the VM that was saved.
+   */
+  async #restoreClone(
+    root: PreparedRoot,
+    choice: { accel: Accel; reason: string },
+    signal: AbortSignal,
+    from: Partial<VmBootOptions> & Pick<VmBootOptions, 'restore'>,
+  ): Promise<Vm> {
+    const vm = await Vm.boot({
+      ...this.#vmShape(root, choice.accel),
+      ...from,
+      incoming: true,
+      hostname: 'corral',
+      bootTimeoutMs: this.#config.bootTimeoutMs,
+      signal,
+      onSpawn: (pid) => this.#spawned(pid, choice),
+    });
+    try {
+      await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
+    } catch (err) {
+      vm.kill();
+      throw err;
+    }
+    return vm;
   }
 
   /** The parts of the VM command line that a template and its clones must share. */
@@ -503,22 +519,10 @@ class SandboxHost implements SandboxWorkerApi {
       const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
       await copySparse(join(snapshotDir(this.#stateDir, snapshot), meta.upperFile), upper);
       const tRestore = performance.now();
-      const vm = await Vm.boot({
-        ...this.#vmShape(root, choice.accel),
+      const vm = await this.#restoreClone(root, choice, signal, {
         upper,
-        incoming: true,
         restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
-        hostname: 'corral',
-        bootTimeoutMs: this.#config.bootTimeoutMs,
-        signal,
-        onSpawn: (pid) => this.#spawned(pid, choice),
       });
-      try {
-        await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
-      } catch (err) {
-        vm.kill();
-        throw err;
-      }
       const restoreMs = performance.now() - tRestore;
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs });
       return this.#adopt(vm, t0);
