@@ -83,9 +83,9 @@ const VIRTIO_SLOTS = 8;
 /** The slot whose IRQ (8) the guest's RTC owns. */
 const RTC_SLOT = 4;
 
-/** Extra virtio devices that fit after `used` slots. */
+/** Extra virtio devices that fit after `used` slots (one slot always goes to the RTC filler). */
 function maxExtraDevices(used: number): number {
-  return VIRTIO_SLOTS - used - (used <= RTC_SLOT ? 1 : 0);
+  return VIRTIO_SLOTS - used - 1;
 }
 
 /** Escapes a value for a qemu `-opt key=value,…` list (a comma is doubled). */
@@ -151,10 +151,28 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     '-chardev', `socket,id=qmp,path=${input.qmpSocket}`,
     '-mon', 'chardev=qmp,mode=control',
   ];
+  // microvm without ACPI has 8 virtio-mmio slots on IRQs 12, 11, … 5 in command-line order
+  // (the serial port takes the first), and the 5th (IRQ 8) clashes with the RTC in the guest
+  // ("Flags mismatch irq 8"): no real device may take that slot, an inert filler does (its
+  // probe fails, harmlessly; it is no block device, so /dev/vd* names do not move).
+  let slots = 1;
+  const claimSlot = () => {
+    if (slots === RTC_SLOT) {
+      args.push('-device', 'virtio-rng-device');
+      slots++;
+    }
+    slots++;
+  };
+  const disks = 1 + (input.disk ? 1 : lowers.length) + (input.upper && !input.disk ? 1 : 0);
+  if (disks + (disks > RTC_SLOT ? 1 : 0) > VIRTIO_SLOTS) {
+    throw new InvalidOptionError('image', `an image of at most ${VIRTIO_SLOTS - 3} layers (microvm has ${VIRTIO_SLOTS} virtio slots; the serial port, the upper disk and the RTC's slot take 3)`, lowers.length);
+  }
   if (input.disk) {
+    claimSlot();
     args.push('-drive', `id=root,file=${input.disk.path},format=${input.disk.format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=root');
   }
   lowers.forEach((l, i) => {
+    claimSlot();
     // The first keeps its old id: the same argv as before for single-layer images.
     const id = i === 0 ? 'lower' : `lower${i}`;
     args.push('-drive', `id=${id},file=${l.path},format=raw,if=none,read-only=on`, '-device', `virtio-blk-device,drive=${id}`);
@@ -166,26 +184,16 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   }
   if (input.incoming) args.push('-incoming', 'defer');
   if (input.upper && !input.disk) {
+    claimSlot();
     const format = input.upper.endsWith('.qcow2') ? 'qcow2' : 'raw';
     args.push('-drive', `id=upper,file=${input.upper},format=${format},if=none,discard=unmap,aio=threads`, '-device', 'virtio-blk-device,drive=upper');
   }
-  // After every disk, so /dev/vd* names do not move; the guest finds shares by tag.
-  // microvm without ACPI has 8 virtio-mmio slots on IRQs 12, 11, … 5 in command-line order,
-  // and the 5th (IRQ 8) clashes with the RTC in the guest ("Flags mismatch irq 8"): an extra
-  // device never takes that slot, an inert filler does (its probe fails, harmlessly).
-  const disks = 1 + (input.disk ? 1 : lowers.length) + (input.upper && !input.disk ? 1 : 0);
+  // Shares and the NIC come after every disk, so /dev/vd* names do not move; the guest
+  // finds shares by tag.
   const extra = (input.shares?.length ?? 0) + (input.net ? 1 : 0);
   if (extra > maxExtraDevices(disks)) {
     throw new InvalidOptionError('volumes', `at most ${maxExtraDevices(disks)} bind/named volumes and NIC together for this image (microvm has ${VIRTIO_SLOTS} virtio slots, its serial port and disks use ${disks})`, extra);
   }
-  let slots = disks;
-  const claimSlot = () => {
-    if (slots === RTC_SLOT) {
-      args.push('-device', 'virtio-rng-device');
-      slots++;
-    }
-    slots++;
-  };
   (input.shares ?? []).forEach((s, i) => {
     claimSlot();
     // mapped-xattr: guest owners and modes live in xattrs, host files stay owned by qemu's
