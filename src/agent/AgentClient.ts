@@ -242,6 +242,20 @@ export class AgentClient {
     });
   }
 
+  /**
+   * Stops reading from the guest until {@link resumeInput}: the protocol has no flow control
+   * from host to guest output, so a host whose consumers fall behind holds the guest back
+   * here (the virtio-serial port then blocks its writes) instead of queueing without bound.
+   */
+  pauseInput(): void {
+    if (!this.#closed && !this.#error) this.#socket.pause();
+  }
+
+  /** Reads from the guest again after {@link pauseInput}. */
+  resumeInput(): void {
+    if (!this.#closed && !this.#error) this.#socket.resume();
+  }
+
   /** Asks the agent to sync and power off. Returns once the request is written. */
   shutdown(): void {
     if (this.#closed || this.#error) return;

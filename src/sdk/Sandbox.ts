@@ -43,6 +43,8 @@ export interface ExecStreamOptions extends Omit<ExecOptions, 'stdin'> {
   readonly stdin?: 'pipe' | string | Uint8Array;
 }
 
+/** How long an exec killed for its timeoutMs may take to report its exit before the host gives up on it. */
+const KILL_GRACE_MS = 5000;
 const encoder = new TextEncoder();
 
 /** One row of {@link Sandbox.list}. */
@@ -524,12 +526,21 @@ export class Sandbox {
       throw err;
     }
     if (options.timeoutMs !== undefined) {
+      const timeoutMs = options.timeoutMs;
       timer = setTimeout(() => {
         timedOut = true;
         void control.kill(9).catch(() => {});
-      }, options.timeoutMs);
+        // The exit after the SIGKILL comes from the guest: one that never answers must not
+        // hold the caller past its timeout for ever.
+        timer = setTimeout(() => {
+          stream.fail(new CorralError('E_TIMEOUT', `exec ${execId} did not end within ${KILL_GRACE_MS} ms of its SIGKILL (timeoutMs ${timeoutMs}): the guest did not answer`));
+          finish();
+        }, KILL_GRACE_MS);
+      }, timeoutMs);
     }
     options.signal?.addEventListener('abort', onAbort, { once: true });
+    // Aborted while the start was on its way: the 'abort' event has fired already.
+    if (options.signal?.aborted) onAbort();
     if (pipe && stdin !== 'pipe') {
       const bytes = typeof stdin === 'string' ? encoder.encode(stdin) : stdin;
       await control.write(bytes).catch(() => {});

@@ -293,7 +293,10 @@ export class Supervisor {
     const events = new MessageChannel();
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     const env = Object.fromEntries(RUNTIME_ENV.map((k) => [k, process.env[k]]));
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env };
+    // Exec output bytes posted by the worker and not yet handled here: the worker stops
+    // reading from the guest while too many are in flight (see OUTPUT_HIGH_WATER there).
+    const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env, outputInFlight };
     // A warm spare has its modules loaded already (starting a worker and loading them costs
     // most of a restored create); hand it this sandbox and start the next spare.
     const spare = this.#spare;
@@ -304,7 +307,10 @@ export class Supervisor {
     const events$ = this.#bus.forSandbox(config.name);
     const ctl = new SandboxController(config, worker, api, events$, this);
     this.#live.set(config.name, ctl);
-    events.port1.on('message', (e: SandboxEvent) => this.#onEvent(e));
+    events.port1.on('message', (e: SandboxEvent) => {
+      this.#onEvent(e);
+      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') Atomics.sub(outputInFlight, 0, e.data.byteLength);
+    });
     // Unref after adding listeners: adding a 'message' listener refs a port again. Comlink
     // adds one per pending call, so the control port holds the process only during calls.
     events.port1.unref();

@@ -1,5 +1,8 @@
 #!/usr/bin/env node
-// A stand-in for qemu whose "guest" is hostile (mode "deaf": it ignores SHUTDOWN and quit). It connects to the agent and QMP sockets
+// A stand-in for qemu whose "guest" is hostile (mode "deaf": it ignores SHUTDOWN and quit;
+// "flood": answers an EXEC with CORRAL_FAKE_FLOOD_MIB MiB of stdout as fast as the socket
+// takes it, then exits 0; "mute": never answers an EXEC; "cross-talk": answers the second
+// EXEC with the first one's id). It connects to the agent and QMP sockets
 // named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
@@ -44,6 +47,24 @@ version.copy(hello, 8);
 const agent = connect(chardev('agent'));
 agent.write(frame(1, 0, hello));
 let abuf = Buffer.alloc(0);
+const execs = [];
+const i32 = (v) => {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v, 0);
+  return b;
+};
+async function flood(session) {
+  // Full 1 MiB frames of a known pattern, written as fast as the host socket drains them.
+  const mib = Number(process.env.CORRAL_FAKE_FLOOD_MIB ?? 256);
+  const body = Buffer.alloc(1024 * 1024);
+  for (let i = 0; i < body.length; i++) body[i] = i & 0xff;
+  const out = frame(4, session, body);
+  agent.write(frame(6, session, i32(4242)));
+  for (let i = 0; i < mib; i++) {
+    if (!agent.write(out)) await new Promise((r) => agent.once('drain', r));
+  }
+  agent.write(frame(7, session, Buffer.concat([i32(0), i32(0)])));
+}
 agent.on('data', (d) => {
   abuf = Buffer.concat([abuf, d]);
   while (abuf.length >= 12) {
@@ -54,7 +75,15 @@ agent.on('data', (d) => {
     abuf = abuf.subarray(12 + len);
     if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
     if (type !== 2) continue; // only EXEC provokes the attack
-    if (mode === 'oversized') {
+    execs.push(session);
+    if (mode === 'flood') {
+      void flood(session);
+    } else if (mode === 'mute') {
+      // Says nothing, ever: not STARTED, not EXIT, not even after a SIGNAL.
+    } else if (mode === 'cross-talk') {
+      // The first exec starts; the second is answered on the first one's id.
+      agent.write(frame(6, execs.length === 1 ? session : execs[0], i32(4242)));
+    } else if (mode === 'oversized') {
       // Claims a 3 GiB payload: a host that trusted the length would try to buffer it.
       const h = Buffer.alloc(12);
       h.writeUInt32LE(3 * 1024 * 1024 * 1024, 0);

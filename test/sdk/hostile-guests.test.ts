@@ -1,0 +1,106 @@
+// Hostile guests that stay within the frame format: a flood of output, a guest that never
+// answers, one that answers on another exec's id, thousands of sessions. The guest is the
+// fake qemu of test/helpers/fake-qemu.mjs (the real agent cannot be made to misbehave on
+// demand); the neighbour is a real VM that must not notice any of it.
+import { createHash } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Sandbox } from '../../src/index.ts';
+import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { alive, testSupervisor, uniqueName, until, withFakeQemu } from '../helpers/sandbox.ts';
+
+function hostile(sup: Supervisor, mode: string): Promise<Sandbox> {
+  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).template(false).supervisor(sup).create());
+}
+
+const MiB = 1024 * 1024;
+
+describe('a hostile guest within the frame format', () => {
+  let sup: Supervisor;
+  let good: Sandbox;
+  beforeAll(async () => {
+    sup = testSupervisor();
+    good = await Sandbox.builder(uniqueName('good')).supervisor(sup).create();
+  });
+  afterAll(async () => {
+    await good?.stop();
+    await sup?.close();
+  });
+
+  const neighbourFine = async () => expect((await good.exec('echo', ['still here'])).stdout).toBe('still here\n');
+
+  it('floods 256 MiB of stdout at a slow consumer: every byte arrives, host memory stays bounded', async () => {
+    const floodMib = Number(process.env.CORRAL_TEST_FLOOD_MIB ?? 256);
+    process.env.CORRAL_FAKE_FLOOD_MIB = String(floodMib);
+    const evil = await hostile(sup, 'flood').finally(() => delete process.env.CORRAL_FAKE_FLOOD_MIB);
+    try {
+      const rss0 = process.memoryUsage().rss;
+      let peak = rss0;
+      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 25);
+      const hash = createHash('sha256');
+      let bytes = 0;
+      const t0 = performance.now();
+      for await (const item of evil.execStream('flood')) {
+        if (item.type !== 'stdout') continue;
+        hash.update(item.data);
+        bytes += item.data.length;
+        // A slow consumer: a guest that writes faster than this must be held back, not queued.
+        if (bytes % (16 * MiB) < item.data.length) await new Promise((r) => setTimeout(r, 20));
+        peak = Math.max(peak, process.memoryUsage().rss);
+      }
+      clearInterval(sampler);
+      const ms = performance.now() - t0;
+      const pattern = Buffer.alloc(MiB);
+      for (let i = 0; i < MiB; i++) pattern[i] = i & 0xff;
+      const want = createHash('sha256');
+      for (let i = 0; i < floodMib; i++) want.update(pattern);
+      expect(bytes).toBe(floodMib * MiB);
+      expect(hash.digest('hex')).toBe(want.digest('hex'));
+      const growthMib = (peak - rss0) / MiB;
+      console.log(`flood: ${floodMib} MiB in ${ms.toFixed(0)} ms (${((floodMib * 1000) / ms).toFixed(0)} MiB/s); host RSS ${(rss0 / MiB).toFixed(0)} → peak ${(peak / MiB).toFixed(0)} MiB (+${growthMib.toFixed(0)}), maxRSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
+      // Generous. The worker→supervisor queue is held to 8 MiB (the worker stops reading the
+      // guest past it); measured here +310–350 MiB for 256 MiB, +400–435 before that bound.
+      // What remains is downstream (replay and exec logs, the stream's queue) and garbage not
+      // yet collected: not yet shown to be independent of the flood's size.
+      expect(growthMib).toBeLessThan(512);
+      await neighbourFine();
+    } finally {
+      await evil.kill().catch(() => {});
+    }
+  });
+
+  it('that never answers an exec: timeoutMs still ends it, and the session table is bounded', async () => {
+    const evil = await hostile(sup, 'mute');
+    try {
+      const t0 = performance.now();
+      await expect(evil.exec('sleep', ['1000'], { timeoutMs: 500 })).rejects.toMatchObject({ code: 'E_TIMEOUT', message: expect.stringMatching(/did not end/) });
+      expect(performance.now() - t0).toBeLessThan(15_000);
+      const ac = new AbortController();
+      const aborted = evil.exec('sleep', ['1000'], { signal: ac.signal });
+      ac.abort();
+      await expect(aborted).rejects.toMatchObject({ code: 'E_ABORTED' });
+      // Thousands of sessions: the host refuses past its bound, it does not grow without one.
+      const refused: Error[] = [];
+      const streams = await Promise.all(Array.from({ length: 1100 }, () => evil.execStream('sleep', ['1000']).catch((e: Error) => (refused.push(e), undefined))));
+      for (const st of streams) st?.exited.catch((e: Error) => refused.push(e));
+      await until(() => refused.length >= 1100 - 1024, 30_000, 'refusals past the session bound');
+      expect(refused[0]).toMatchObject({ code: 'E_EXEC_START', message: expect.stringMatching(/too many concurrent execs/) });
+      expect((await evil.info()).status).toBe('running');
+      await neighbourFine();
+    } finally {
+      await evil.kill().catch(() => {});
+    }
+  });
+
+  it("that answers with another exec's id fails only its own sandbox, with E_PROTOCOL", async () => {
+    const evil = await hostile(sup, 'cross-talk');
+    const { pid } = await evil.info();
+    const first = await evil.execStream('sleep', ['1000']);
+    await expect(evil.exec('second')).rejects.toMatchObject({ code: expect.stringMatching(/E_PROTOCOL|E_VM_CRASHED/) });
+    await expect(first.exited).rejects.toMatchObject({ code: expect.stringMatching(/E_PROTOCOL|E_VM_CRASHED/) });
+    const info = await evil.wait();
+    expect(info).toMatchObject({ status: 'stopped', stopReason: 'crashed' });
+    expect(info.error).toMatchObject({ code: 'E_PROTOCOL', message: expect.stringMatching(/STARTED twice/) });
+    expect(alive(pid!)).toBe(false);
+    await neighbourFine();
+  });
+});
