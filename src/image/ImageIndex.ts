@@ -10,7 +10,8 @@
 
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { open, type Database, type RootDatabase } from 'lmdb';
+import type { Database, RootDatabase } from 'lmdb';
+import { sharedRoot } from '../store/lmdbEnv.ts';
 import { CorralError } from '../errors.ts';
 import { digestHex } from './digest.ts';
 import type { ImageDefaults } from './manifest.ts';
@@ -98,8 +99,7 @@ export class ImageIndex {
     try {
       mkdirSync(join(imagesDir(stateDir), 'layers'), { recursive: true, mode: 0o700 });
       mkdirSync(join(imagesDir(stateDir), 'tmp'), { recursive: true, mode: 0o700 });
-      const root = open({ path: join(stateDir, 'store.lmdb'), maxDbs: 16, compression: false });
-      return new ImageIndex(stateDir, root);
+      return new ImageIndex(stateDir, sharedRoot(stateDir));
     } catch (err) {
       throw new CorralError('E_STORE', `cannot open the image index in ${stateDir}: ${(err as Error).message}`, { cause: err });
     }
@@ -204,7 +204,7 @@ export class ImageIndex {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // The root is shared by the thread's users of the state dir: flush, do not close.
     await this.#root.flushed;
-    await this.#root.close();
   }
 }

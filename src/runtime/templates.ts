@@ -15,7 +15,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { open, type Database } from 'lmdb';
+import type { Database } from 'lmdb';
+import { sharedRoot } from '../store/lmdbEnv.ts';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { processAlive } from './process.ts';
 import { createOverlay } from './rootfs.ts';
@@ -151,12 +152,10 @@ export interface TemplateRecord {
 
 /** Runs `fn` on the `templates` database of the state dir's LMDB environment (any thread). */
 async function withIndex<T>(stateDir: string, fn: (db: Database<TemplateRecord, string>) => T | Promise<T>): Promise<T> {
-  const root = open({ path: join(stateDir, 'store.lmdb'), maxDbs: 16, compression: false });
-  try {
-    return await fn(root.openDB<TemplateRecord, string>({ name: 'templates' }));
-  } finally {
-    await root.close();
-  }
+  const root = sharedRoot(stateDir);
+  const result = await fn(root.openDB<TemplateRecord, string>({ name: 'templates' }));
+  await root.flushed;
+  return result;
 }
 
 /** Every template in the index. */

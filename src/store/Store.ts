@@ -7,8 +7,8 @@
  */
 
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { open, type Database, type Key, type RootDatabase } from 'lmdb';
+import type { Database, Key, RootDatabase } from 'lmdb';
+import { sharedRoot } from './lmdbEnv.ts';
 import type { SandboxStatus, StopReason } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
@@ -47,7 +47,7 @@ export class Store {
   static open(stateDir: string): Store {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-      const root = open({ path: join(stateDir, 'store.lmdb'), maxDbs: 16, compression: false });
+      const root = sharedRoot(stateDir);
       return new Store(root);
     } catch (err) {
       throw new CorralError('E_STORE', `cannot open the state store in ${stateDir}: ${(err as Error).message}`, { cause: err });
@@ -108,8 +108,9 @@ export class Store {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // The environment is shared with the thread's other users of the state dir (image and
+    // template indexes): flush, and leave it open for them.
     await this.#root.flushed;
-    await this.#root.close();
   }
 
   #assertOpen(): void {

@@ -135,6 +135,7 @@ export class Supervisor {
   #closed: Promise<void> | undefined;
   /** A worker started ahead of need, idle until a create hands it a sandbox. */
   #spare: Worker | undefined;
+  #spareTimer: NodeJS.Timeout | undefined;
 
   /** Every event of every sandbox of this supervisor. */
   readonly events$: Observable<SandboxEvent>;
@@ -300,8 +301,8 @@ export class Supervisor {
     // A warm spare has its modules loaded already (starting a worker and loading them costs
     // most of a restored create); hand it this sandbox and start the next spare.
     const spare = this.#spare;
+    this.#spare = undefined;
     const worker = spare && !exitedWorkers.has(spare) ? spare : spawnWorker();
-    this.#spare = this.#closed ? undefined : spawnWorker();
     worker.postMessage(data, [control.port2, events.port2]);
     const api = wrap<SandboxWorkerApi>(nodeEndpoint(control.port1 as never));
     const events$ = this.#bus.forSandbox(config.name);
@@ -332,6 +333,7 @@ export class Supervisor {
       const info = await ctl.busy(() => Promise.race([ctl.api.start(), died]));
       // Durable before create resolves: whoever reads the store next sees it running.
       await this.#store.patchSandbox(config.name, { status: info.status, state: info.state, vmPid: info.pid });
+      this.#scheduleSpare();
       return ctl;
     } catch (err) {
       await ctl.terminate();
@@ -341,6 +343,18 @@ export class Supervisor {
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
+  }
+
+  /**
+   * Starts the next spare worker a little after a create: loading its modules takes a core
+   * for most of a second on a 2-core host, which must not land on a boot or a first exec.
+   */
+  #scheduleSpare(): void {
+    clearTimeout(this.#spareTimer);
+    this.#spareTimer = setTimeout(() => {
+      if (!this.#closed && !this.#spare) this.#spare = spawnWorker();
+    }, 1000);
+    this.#spareTimer.unref();
   }
 
   /**
@@ -464,6 +478,7 @@ export class Supervisor {
         }),
       );
       this.#live.clear();
+      clearTimeout(this.#spareTimer);
       await this.#spare?.terminate();
       this.#spare = undefined;
       // Let the last events (sandbox.stopped) reach the store before it closes.
