@@ -256,7 +256,7 @@ export class AgentClient {
     if (!this.#closed && !this.#error) this.#socket.resume();
   }
 
-  /** Asks the agent to sync and power off. Returns once the request is written. */
+  /** Asks the agent to sync and end the VM (a reset that -no-reboot turns into exit). Returns once the request is written. */
   shutdown(): void {
     if (this.#closed || this.#error) return;
     this.#send(FrameType.SHUTDOWN, 0);

@@ -222,7 +222,7 @@ export class Vm {
   }
 
   /**
-   * Graceful end: the agent syncs and powers off; after `timeoutMs` QMP `quit`; after
+   * Graceful end: the agent syncs and resets the guest (qemu exits); after `timeoutMs` QMP `quit`; after
    * another second SIGKILL. Resolves with how the process ended.
    */
   async shutdown(timeoutMs = 10_000): Promise<VmExit> {
