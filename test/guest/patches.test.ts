@@ -41,9 +41,13 @@ describe('scripts and patches', () => {
     ]);
   });
   afterAll(async () => {
-    await Promise.all([patched?.stop(), plain?.stop()]);
-    await sup?.close();
-    rmSync(assets, { recursive: true, force: true });
+    try {
+      await Promise.all([patched?.stop(), plain?.stop()]);
+      await sup?.close();
+    } finally {
+      // Even when a stop fails, the host-side assets dir must not outlive the test.
+      rmSync(assets, { recursive: true, force: true });
+    }
   });
 
   it('puts scripts under /.msb/scripts, executable and callable by name from exec and shell', async () => {
