@@ -140,10 +140,6 @@ static void put_u32(uint8_t *p, uint32_t v)
 	p[3] = v >> 24;
 }
 
-static uint32_t get_u32(const uint8_t *p)
-{
-	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
 
 /* ---- byte queue: data lives in p[off .. off+len) ---- */
 
@@ -291,39 +287,6 @@ static void send_hello(void)
 	put_u32(p + 8 + vl, (uint32_t)clock_ms(CLOCK_BOOTTIME));
 	put_u32(p + 12 + vl, (uint32_t)(clock_ms(CLOCK_MONOTONIC) - start_ms));
 	send_frame(T_HELLO, 0, p, 16 + vl);
-}
-
-/* ---- payload reader: every read is bounds-checked; errors are sticky ---- */
-
-struct reader {
-	const uint8_t *p;
-	size_t len, off;
-	bool bad;
-};
-
-static uint32_t rd_u32(struct reader *r)
-{
-	if (r->bad || r->len - r->off < 4) {
-		r->bad = true;
-		return 0;
-	}
-	uint32_t v = get_u32(r->p + r->off);
-	r->off += 4;
-	return v;
-}
-
-/* Reads a str/bytes field; returns a pointer into the payload and its length. */
-static const uint8_t *rd_bytes(struct reader *r, uint32_t *n)
-{
-	*n = rd_u32(r);
-	if (r->bad || r->len - r->off < *n) {
-		r->bad = true;
-		*n = 0;
-		return NULL;
-	}
-	const uint8_t *s = r->p + r->off;
-	r->off += *n;
-	return s;
 }
 
 /* Reads a str (no embedded NUL) and copies it NUL-terminated to *pool. */

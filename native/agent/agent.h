@@ -54,4 +54,44 @@ void system_shutdown(void) __attribute__((noreturn));
 int setup_apply(const uint8_t *payload, uint32_t len, bool dry_run, uint32_t *failed, char *msg,
 		size_t msgcap);
 
+/* Shared by agent.c and setup.c: every read of a guest-bound payload is bounds-checked. */
+static inline uint32_t get_u32(const uint8_t *p)
+{
+	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---- payload reader: every read is bounds-checked; errors are sticky ---- */
+
+struct reader {
+	const uint8_t *p;
+	size_t len, off;
+	bool bad;
+};
+
+static inline uint32_t rd_u32(struct reader *r)
+{
+	if (r->bad || r->len - r->off < 4) {
+		r->bad = true;
+		return 0;
+	}
+	uint32_t v = get_u32(r->p + r->off);
+	r->off += 4;
+	return v;
+}
+
+/* Reads a str/bytes field; returns a pointer into the payload and its length. */
+static inline const uint8_t *rd_bytes(struct reader *r, uint32_t *n)
+{
+	*n = rd_u32(r);
+	if (r->bad || r->len - r->off < *n) {
+		r->bad = true;
+		*n = 0;
+		return NULL;
+	}
+	const uint8_t *s = r->p + r->off;
+	r->off += *n;
+	return s;
+}
+
+
 #endif

@@ -53,41 +53,9 @@ struct op {
 	uint32_t data_len;
 };
 
-/* ---- bounds-checked payload reading ---- */
-
-struct rd {
-	const uint8_t *p;
-	size_t len, off;
-	bool bad;
-};
-
-static uint32_t rd_u32(struct rd *r)
-{
-	if (r->bad || r->len - r->off < 4) {
-		r->bad = true;
-		return 0;
-	}
-	const uint8_t *p = r->p + r->off;
-	r->off += 4;
-	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static const uint8_t *rd_bytes(struct rd *r, uint32_t *n)
-{
-	*n = rd_u32(r);
-	if (r->bad || r->len - r->off < *n) {
-		r->bad = true;
-		*n = 0;
-		return NULL;
-	}
-	const uint8_t *s = r->p + r->off;
-	r->off += *n;
-	return s;
-}
-
 /* A str field copied NUL-terminated into *pool (which has room: each str takes n+4 bytes
  * in the payload and n+1 in the pool). Rejects embedded NULs and strings over max bytes. */
-static const char *rd_str(struct rd *r, char **pool, uint32_t max)
+static const char *rd_str(struct reader *r, char **pool, uint32_t max)
 {
 	uint32_t n;
 	const uint8_t *s = rd_bytes(r, &n);
@@ -146,7 +114,7 @@ static bool valid_name(const char *s, size_t max)
 	return true;
 }
 
-static bool parse_op(struct rd *r, char **pool, struct op *o)
+static bool parse_op(struct reader *r, char **pool, struct op *o)
 {
 	memset(o, 0, sizeof *o);
 	o->kind = rd_u32(r);
@@ -380,7 +348,7 @@ static int apply_op(const struct op *o)
 int setup_apply(const uint8_t *payload, uint32_t len, bool dry_run, uint32_t *failed, char *msg,
 		size_t msgcap)
 {
-	struct rd r = { payload, len, 0, false };
+	struct reader r = { payload, len, 0, false };
 	*failed = 0;
 	msg[0] = '\0';
 	uint32_t count = rd_u32(&r);

@@ -335,6 +335,9 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
       .join('\n');
     await run('sh', ['-e'], `${script}\n`, root);
     for (const { path, s } of made) {
+      // A later special can replace a parent of an earlier one (`a/x`, then a whiteout of
+      // `a`): the earlier node is gone then, as in the layer's own order.
+      if (!existsNoFollow(path)) continue;
       lchownSync(path, s.uid, s.gid);
       if (s.kind === 'p') chmodSync(path, s.mode);
     }
@@ -353,4 +356,14 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     if (isDir(path)) utimesSync(path, dirTimes[i]!.mtime, dirTimes[i]!.mtime);
   }
   return { files, bytes, whiteouts, opaqueDirs: opaqueDirs.length };
+}
+
+/** Whether a path exists, without following a final symlink (a missing or non-dir parent: no). */
+function existsNoFollow(path: string): boolean {
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -445,6 +445,12 @@ export class Supervisor {
 
   /** Ends a controller's worker once its sandbox stopped, and forgets it. */
   async release(ctl: SandboxController): Promise<void> {
+    // The record follows events asynchronously; make the final state durable before the
+    // caller (stop(), kill()…) returns, so an immediate start() or list() reads it.
+    const info = await ctl.api.info().catch(() => undefined);
+    if (info?.status === 'stopped' && !this.#store.closed) {
+      await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason }).catch(() => {});
+    }
     if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
     await ctl.terminate();
   }
