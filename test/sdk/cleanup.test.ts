@@ -6,28 +6,27 @@ import { describe, expect, it } from 'vitest';
 import { startChild } from '../helpers/child.ts';
 import { alive, until } from '../helpers/sandbox.ts';
 
-function runDirs(): string[] {
-  return readdirSync(tmpdir()).filter((f) => f.startsWith('corral-run-'));
+/** Socket dirs of VM boots by process `pid` (other test files boot VMs at the same time). */
+function runDirsOf(pid: number): string[] {
+  return readdirSync(tmpdir()).filter((f) => f.startsWith(`corral-run-${pid}-`));
 }
 
 describe('cleanup when the owning process ends', () => {
   it('leaves no qemu when the process exits without stopping its sandbox', async () => {
-    const before = runDirs();
     const { child, first } = await startChild('exit');
     const vmPid = first.vmPid as number;
     expect(alive(vmPid)).toBe(true);
     await new Promise((r) => child.once('exit', r));
     await until(() => !alive(vmPid), 10_000, `qemu ${vmPid} to go`);
-    expect(runDirs().filter((d) => !before.includes(d))).toEqual([]);
+    expect(runDirsOf(child.pid!)).toEqual([]);
   });
 
   it('leaves no qemu when the process is SIGKILLed', async () => {
-    const before = runDirs();
     const { child, first } = await startChild('hang');
     const vmPid = first.vmPid as number;
     expect(alive(vmPid)).toBe(true);
     child.kill('SIGKILL');
     await until(() => !alive(vmPid), 10_000, `qemu ${vmPid} to go`);
-    expect(runDirs().filter((d) => !before.includes(d))).toEqual([]);
+    expect(runDirsOf(child.pid!)).toEqual([]);
   });
 });
