@@ -37,7 +37,7 @@ export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
 
 /** Frame types the guest may send to the host. */
-const GUEST_TYPES: ReadonlySet<number> = new Set([
+export const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.HELLO,
   FrameType.STDOUT,
   FrameType.STDERR,

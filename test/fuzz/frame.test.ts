@@ -7,21 +7,11 @@ import { EventEmitter } from 'node:events';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/AgentClient.ts';
-import { FrameDecoder, FrameType, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
+import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
 import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
 
-const GUEST_TYPES = [
-  FrameType.HELLO,
-  FrameType.STDOUT,
-  FrameType.STDERR,
-  FrameType.STARTED,
-  FrameType.EXIT,
-  FrameType.ERROR,
-  FrameType.PONG,
-  FrameType.CONFIGURED,
-  FrameType.SETUP_DONE,
-] as FrameTypeCode[];
+const GUEST_FRAME_TYPES = [...GUEST_TYPES] as FrameTypeCode[];
 
 /** Cuts `bytes` at the given points (taken modulo its length). */
 function split(bytes: Buffer, cuts: number[]): Buffer[] {
@@ -45,13 +35,13 @@ function header(length: number, session: number, type: number, flags = 0): Buffe
   return h;
 }
 
-const guestType = fc.oneof(fc.constantFrom(...GUEST_TYPES), fc.integer({ min: 0, max: 0xffff }));
+const guestType = fc.oneof(fc.constantFrom(...GUEST_FRAME_TYPES), fc.integer({ min: 0, max: 0xffff }));
 /** Pieces a hostile stream is made of: valid frames, lying headers, big frames, noise. */
 const segment = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ type: fc.constantFrom(...GUEST_TYPES), session: fc.nat(), payload: fc.uint8Array({ maxLength: 256 }) }).map((f) => encodeFrame(f.type, f.session, f.payload)) },
+  { weight: 4, arbitrary: fc.record({ type: fc.constantFrom(...GUEST_FRAME_TYPES), session: fc.nat(), payload: fc.uint8Array({ maxLength: 256 }) }).map((f) => encodeFrame(f.type, f.session, f.payload)) },
   { weight: 2, arbitrary: fc.tuple(fc.oneof(fc.nat({ max: MAX_PAYLOAD + 64 }), fc.nat()), fc.nat(), guestType, fc.oneof(fc.constant(0), fc.nat({ max: 0xffff }))).map(([l, s, t, f]) => header(l, s, t, f)) },
   // A frame at (or just past) the payload limit, body and all: what makes the decoder buffer most.
-  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: MAX_PAYLOAD - 8, max: MAX_PAYLOAD + 8 }), fc.constantFrom(...GUEST_TYPES)).map(([l, t]) => Buffer.concat([header(l, 1, t), Buffer.alloc(l)])) },
+  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: MAX_PAYLOAD - 8, max: MAX_PAYLOAD + 8 }), fc.constantFrom(...GUEST_FRAME_TYPES)).map(([l, t]) => Buffer.concat([header(l, 1, t), Buffer.alloc(l)])) },
   { weight: 2, arbitrary: fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)) },
 );
 const hostileStream = fc.tuple(fc.array(segment, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 40 })).map(([segs, cuts]) => split(Buffer.concat(segs), cuts));
@@ -158,7 +148,7 @@ describe('fuzzing the frame decoder', () => {
   }, timeoutFor(2500));
 
   it('returns exactly the frames that were sent, however the stream is cut', () => {
-    const frames = fc.array(fc.record({ type: fc.constantFrom(...GUEST_TYPES), session: fc.nat(), payload: fc.uint8Array({ maxLength: 2048 }) }), { maxLength: 20 });
+    const frames = fc.array(fc.record({ type: fc.constantFrom(...GUEST_FRAME_TYPES), session: fc.nat(), payload: fc.uint8Array({ maxLength: 2048 }) }), { maxLength: 20 });
     fc.assert(
       fc.property(frames, fc.array(fc.nat(), { maxLength: 50 }), (fs, cuts) => {
         const d = new FrameDecoder();

@@ -15,7 +15,12 @@ import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 const CHROMIUM = '/usr/bin/chromium';
 const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-describe.skipIf(!existsSync(CHROMIUM))('the inspector page', () => {
+describe('the inspector page', () => {
+  // npm test installs Chromium (scripts/setup-ui.sh): a missing one is a setup failure, not a skip.
+  beforeAll(() => {
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: run scripts/setup-ui.sh (npm test does)`);
+  });
+
   let sup: Supervisor;
   let server: CorralServer;
   let sb: Sandbox;
