@@ -229,19 +229,7 @@ export class Supervisor {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
     await this.#claimName(config.name, options.replace ?? false);
-    const now = Date.now();
-    await this.#store.putSandbox({
-      name: config.name,
-      config,
-      status: 'creating',
-      state: 'creating',
-      ownerPid: process.pid,
-      vmPid: null,
-      stopReason: null,
-      controlSocket: options.controlSocket ?? null,
-      createdAt: now,
-      updatedAt: now,
-    });
+    await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
     return this.#boot(config, options);
   }
 
@@ -254,17 +242,22 @@ export class Supervisor {
     const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
     if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
+    await this.#putCreating(rec, options.controlSocket);
+    return this.#boot(rec.config, options);
+  }
+
+  /** Records a sandbox as being created by this process (keeping what `base` has, e.g. a pinned image). */
+  async #putCreating(base: Pick<SandboxRecord, 'name' | 'config' | 'createdAt'> & Partial<SandboxRecord>, controlSocket: string | undefined): Promise<void> {
     await this.#store.putSandbox({
-      ...rec,
+      ...base,
       status: 'creating',
       state: 'creating',
       ownerPid: process.pid,
       vmPid: null,
       stopReason: null,
-      controlSocket: options.controlSocket ?? null,
+      controlSocket: controlSocket ?? null,
       updatedAt: Date.now(),
     });
-    return this.#boot(rec.config, options);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 /** Shared fixtures for tests that boot real sandboxes. */
+import { Sandbox } from '../../src/sdk/Sandbox.ts';
 import { Supervisor, processAlive } from '../../src/supervisor/Supervisor.ts';
 
 let n = 0;
@@ -40,4 +41,9 @@ export async function withFakeQemu<T>(mode: string, fn: () => Promise<T>): Promi
     delete process.env.CORRAL_QEMU;
     delete process.env.CORRAL_FAKE_GUEST;
   }
+}
+
+/** A sandbox whose "guest" is the fake qemu in `mode` (cold boot: a fake cannot be a template). */
+export function hostileSandbox(sup: Supervisor, mode: string): Promise<Sandbox> {
+  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).template(false).supervisor(sup).create());
 }

@@ -6,11 +6,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
-import { alive, testSupervisor, uniqueName, until, withFakeQemu } from '../helpers/sandbox.ts';
-
-function hostile(sup: Supervisor, mode: string): Promise<Sandbox> {
-  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).template(false).supervisor(sup).create());
-}
+import { alive, hostileSandbox, testSupervisor, uniqueName, until } from '../helpers/sandbox.ts';
 
 const MiB = 1024 * 1024;
 
@@ -31,7 +27,7 @@ describe('a hostile guest within the frame format', () => {
   it('floods 256 MiB of stdout at a slow consumer: every byte arrives, host memory stays bounded', async () => {
     const floodMib = Number(process.env.CORRAL_TEST_FLOOD_MIB ?? 256);
     process.env.CORRAL_FAKE_FLOOD_MIB = String(floodMib);
-    const evil = await hostile(sup, 'flood').finally(() => delete process.env.CORRAL_FAKE_FLOOD_MIB);
+    const evil = await hostileSandbox(sup, 'flood').finally(() => delete process.env.CORRAL_FAKE_FLOOD_MIB);
     try {
       const rss0 = process.memoryUsage().rss;
       let peak = rss0;
@@ -69,7 +65,7 @@ describe('a hostile guest within the frame format', () => {
   });
 
   it('that never answers an exec: timeoutMs still ends it, and the session table is bounded', async () => {
-    const evil = await hostile(sup, 'mute');
+    const evil = await hostileSandbox(sup, 'mute');
     try {
       const t0 = performance.now();
       await expect(evil.exec('sleep', ['1000'], { timeoutMs: 500 })).rejects.toMatchObject({ code: 'E_TIMEOUT', message: expect.stringMatching(/did not end/) });
@@ -92,7 +88,7 @@ describe('a hostile guest within the frame format', () => {
   });
 
   it("that answers with another exec's id fails only its own sandbox, with E_PROTOCOL", async () => {
-    const evil = await hostile(sup, 'cross-talk');
+    const evil = await hostileSandbox(sup, 'cross-talk');
     const { pid } = await evil.info();
     const first = await evil.execStream('sleep', ['1000']);
     await expect(evil.exec('second')).rejects.toMatchObject({ code: expect.stringMatching(/E_PROTOCOL|E_VM_CRASHED/) });

@@ -4,11 +4,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
-import { alive, testSupervisor, uniqueName, withFakeQemu } from '../helpers/sandbox.ts';
+import { alive, hostileSandbox, testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
-function hostileSandbox(sup: Supervisor, mode: string): Promise<Sandbox> {
-  return withFakeQemu(mode, () => Sandbox.builder(uniqueName(`evil-${mode}`)).template(false).supervisor(sup).create());
-}
 
 describe('a hostile guest', () => {
   let sup: Supervisor;
