@@ -6,8 +6,8 @@
  * | 0 | success |
  * | 1 | any other error (the message, and with `--json` its `code`, say which) |
  * | 2 | usage: unknown command or option, missing argument (`E_USAGE`, `E_INVALID_OPTION`) |
- * | 3 | not found: no such sandbox or image (`E_SANDBOX_NOT_FOUND`, `E_IMAGE_NOT_FOUND`, `E_IMAGE_NOT_CACHED`) |
- * | 4 | the sandbox's state does not allow it (`E_ILLEGAL_STATE`) |
+ * | 3 | not found: no such sandbox, image or volume (`E_SANDBOX_NOT_FOUND`, `E_IMAGE_NOT_FOUND`, `E_IMAGE_NOT_CACHED`, `E_VOLUME_NOT_FOUND`) |
+ * | 4 | the sandbox's state does not allow it (`E_ILLEGAL_STATE`), or a volume is in use (`E_VOLUME_IN_USE`) |
  * | 5 | already exists (`E_SANDBOX_EXISTS`) |
  * | 6 | timed out (`E_TIMEOUT`) |
  * | 7 | the sandbox failed to boot or its VM crashed (`E_BOOT_FAILED`, `E_VM_CRASHED`) |
@@ -49,8 +49,10 @@ export function exitCodeOf(err: unknown): number {
     case 'E_SANDBOX_NOT_FOUND':
     case 'E_IMAGE_NOT_FOUND':
     case 'E_IMAGE_NOT_CACHED':
+    case 'E_VOLUME_NOT_FOUND':
       return EXIT.NOT_FOUND;
     case 'E_ILLEGAL_STATE':
+    case 'E_VOLUME_IN_USE':
       return EXIT.ILLEGAL_STATE;
     case 'E_SANDBOX_EXISTS':
       return EXIT.EXISTS;

@@ -12,7 +12,10 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { CorralError, serializeError } from '../errors.ts';
 import { Image } from '../image/Image.ts';
 import { resolveImage } from '../image/pull.ts';
+import { lastValueFrom, tap } from 'rxjs';
+import type { LogEntry } from '../logs/ExecLog.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
+import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
 import { CorralServer } from '../server/CorralServer.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
@@ -30,8 +33,11 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] -- CMD [ARGS…]
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
-  logs NAME [--since T] [--tail N]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago)
+  logs NAME [--since T] [--tail N] [-f]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago);
+                             -f/--follow keeps printing new output until the sandbox stops
   rm NAME                    remove a stopped sandbox
+volumes
+  volume ls | volume create NAME | volume inspect NAME | volume rm NAME [--force]
 images
   images                     cached images
   pull REF [--insecure]      pull an image (progress on stderr)
@@ -78,7 +84,8 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   exec: { options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' } }, run: cmdExec },
   ls: { options: { label: { type: 'string', multiple: true } }, run: cmdLs },
   inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
-  logs: { options: { since: { type: 'string' }, tail: { type: 'string' } }, run: cmdLogs },
+  logs: { options: { since: { type: 'string' }, tail: { type: 'string' }, follow: { type: 'boolean', short: 'f' } }, run: cmdLogs },
+  volume: { options: { force: { type: 'boolean' } }, run: cmdVolume },
   rm: {
     run: async (c) => {
       const name = one(c);
@@ -300,14 +307,62 @@ async function cmdLogs(c: Ctx): Promise<number> {
   const name = one(c);
   const tail = c.values.tail === undefined ? undefined : Number(c.values.tail);
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) throw new CorralError('E_USAGE', `--tail takes a number of entries (got ${JSON.stringify(c.values.tail)})`);
-  const entries = await Sandbox.logs(name, {
+  const options = {
     supervisor: c.sup,
     ...(typeof c.values.since === 'string' ? { since: sinceTime(c.values.since) } : {}),
     ...(tail !== undefined ? { tail } : {}),
-  });
-  if (c.json) print(c, entries.map((e) => ({ ts: e.ts, execId: e.execId, stream: e.stream, text: Buffer.from(e.data).toString('utf8') })), '');
+  };
+  const line = (e: LogEntry) => ({ ts: e.ts, execId: e.execId, stream: e.stream, text: Buffer.from(e.data).toString('utf8') });
+  if (c.values.follow) {
+    // --json --follow prints one JSON object per line (JSON Lines), as entries arrive.
+    const write = (e: LogEntry): void => {
+      if (c.json) process.stdout.write(`${JSON.stringify(line(e))}\n`);
+      else (e.stream === 'stderr' ? process.stderr : process.stdout).write(e.data);
+    };
+    const interrupted = new Promise<void>((resolve) => process.once('SIGINT', resolve));
+    await Promise.race([lastValueFrom(Sandbox.followLogs(name, options).pipe(tap(write)), { defaultValue: undefined }), interrupted]);
+    return EXIT.OK;
+  }
+  const entries = await Sandbox.logs(name, options);
+  if (c.json) print(c, entries.map(line), '');
   else for (const e of entries) (e.stream === 'stderr' ? process.stderr : process.stdout).write(e.data);
   return EXIT.OK;
+}
+
+async function cmdVolume(c: Ctx): Promise<number> {
+  const [sub, name, ...extra] = c.positionals;
+  const opts = { supervisor: c.sup };
+  const needName = (): string => {
+    if (!name) throw new CorralError('E_USAGE', `volume ${sub} needs a volume name (corral help)`);
+    if (extra.length) throw new CorralError('E_USAGE', `unexpected argument "${extra[0]}"`);
+    return name;
+  };
+  const show = (v: VolumeInfo): string => `${v.name}  ${v.path}  ${v.usedBy.length ? `used by ${v.usedBy.join(', ')}` : 'unused'}`;
+  switch (sub) {
+    case 'ls': {
+      const list = await Volume.list(opts);
+      print(c, list, list.map(show).join('\n') || '(no volumes)');
+      return EXIT.OK;
+    }
+    case 'create': {
+      const v = await Volume.create(needName(), opts);
+      print(c, v, v.name);
+      return EXIT.OK;
+    }
+    case 'inspect': {
+      const v = await Volume.get(needName(), opts);
+      print(c, v, show(v));
+      return EXIT.OK;
+    }
+    case 'rm': {
+      const n = needName();
+      await Volume.remove(n, { ...opts, force: c.values.force === true });
+      print(c, { removed: n }, `removed ${n}`);
+      return EXIT.OK;
+    }
+    default:
+      throw new CorralError('E_USAGE', `volume takes ls, create, inspect or rm (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
+  }
 }
 
 async function cmdImages(c: Ctx): Promise<number> {

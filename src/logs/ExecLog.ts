@@ -108,17 +108,25 @@ export class ExecLog {
    * const text = log.read('worker', { tail: 20 }).map((e) => Buffer.from(e.data).toString()).join('');
    */
   read(name: string, options: LogsOptions = {}): LogEntry[] {
+    return this.readNumbered(name, options).map(([, e]) => e);
+  }
+
+  /**
+   * Like {@link read}, each entry with its number; numbers only grow, so a follower passes the
+   * last number it saw as `after` and gets exactly the entries recorded since.
+   */
+  readNumbered(name: string, options: LogsOptions & { readonly after?: number } = {}): Array<[number, LogEntry]> {
     const since = options.since instanceof Date ? options.since.getTime() : options.since;
     if (options.tail !== undefined && (!Number.isInteger(options.tail) || options.tail < 0)) throw new RangeError(`tail must be a non-negative integer (got ${options.tail})`);
+    const from = (options.after ?? 0) + 1;
     const byN = new Map<number, LogEntry>();
-    if (!this.#store.closed) for (const { key, value } of this.#db.getRange({ start: [name, 0], end: [name, MAX_N] })) byN.set(key[1], value);
-    for (const [n, e] of this.#unflushed.get(name) ?? []) byN.set(n, e);
+    if (!this.#store.closed) for (const { key, value } of this.#db.getRange({ start: [name, from], end: [name, MAX_N] })) byN.set(key[1], value);
+    for (const [n, e] of this.#unflushed.get(name) ?? []) if (n >= from) byN.set(n, e);
     const t = this.#totals.get(name);
     const keptFrom = t && t.head < t.entries.length ? t.entries[t.head]![0] : 0;
     let out = [...byN.entries()]
       .filter(([n, e]) => n >= keptFrom && (since === undefined || e.ts >= since) && (options.execId === undefined || e.execId === options.execId))
-      .sort((a, b) => a[0] - b[0])
-      .map(([, e]) => e);
+      .sort((a, b) => a[0] - b[0]);
     if (options.tail !== undefined) out = options.tail === 0 ? [] : out.slice(-options.tail);
     return out;
   }

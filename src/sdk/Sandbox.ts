@@ -176,6 +176,18 @@ export class Sandbox {
     return sup.logs(name, options);
   }
 
+  /**
+   * The recorded output, then new output as it arrives (from this or another process), until
+   * the sandbox stops: `tail -f` for a sandbox.
+   *
+   * @example
+   * Sandbox.followLogs('worker', { tail: 10 }).subscribe((e) => process.stdout.write(e.data));
+   */
+  static followLogs(name: string, options: LogsOptions & LookupOptions & { intervalMs?: number } = {}): Observable<LogEntry> {
+    const { supervisor, ...rest } = options;
+    return (supervisor ?? getDefaultSupervisor()).followLogs(name, rest);
+  }
+
   /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
   static async remove(name: string, options: LookupOptions = {}): Promise<void> {
     const sup = options.supervisor ?? getDefaultSupervisor();
@@ -389,6 +401,11 @@ export class Sandbox {
    */
   async logs(options: LogsOptions = {}): Promise<LogEntry[]> {
     return this.#sup.logs(this.name, options);
+  }
+
+  /** {@link Sandbox.followLogs} for this sandbox. */
+  logs$(options: LogsOptions & { intervalMs?: number } = {}): Observable<LogEntry> {
+    return this.#sup.followLogs(this.name, options);
   }
 
   /**

@@ -7,13 +7,19 @@
  * await Volume.remove('my-data');
  */
 
-import { listVolumes, readVolume, removeVolume, type VolumeInfo } from '../guest/namedVolumes.ts';
+import { ensureVolume, listVolumes, readVolume, removeVolume, type VolumeInfo } from '../guest/namedVolumes.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
 
 export type { VolumeInfo };
 
 export const Volume = {
+  /** Makes a volume ahead of its first use (a no-op if it exists); sandboxes also make it on first mount. */
+  async create(name: string, options: { supervisor?: Supervisor } = {}): Promise<VolumeInfo> {
+    const stateDir = (options.supervisor ?? getDefaultSupervisor()).stateDir;
+    await ensureVolume(stateDir, name);
+    return readVolume(stateDir, name);
+  },
   /** Every named volume in the supervisor's state dir. */
   async list(options: { supervisor?: Supervisor } = {}): Promise<VolumeInfo[]> {
     return listVolumes((options.supervisor ?? getDefaultSupervisor()).stateDir);

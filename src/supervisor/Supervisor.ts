@@ -14,7 +14,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
-import type { Observable } from 'rxjs';
+import { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
@@ -214,6 +214,48 @@ export class Supervisor {
     const entries = this.#execLog.read(name, options);
     if (entries.length === 0 && !this.#store.getSandbox(name)) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
     return entries;
+  }
+
+  /**
+   * The recorded output of a sandbox, then its new output as it is recorded (by this or any
+   * other process sharing the state dir), each entry exactly once; completes once the sandbox
+   * is stopped and its last output has been read. `since`/`tail` pick where to start.
+   *
+   * @example
+   * sup.followLogs('worker', { tail: 10 }).subscribe((e) => process.stdout.write(e.data));
+   */
+  followLogs(name: string, options: LogsOptions & { readonly intervalMs?: number } = {}): Observable<LogEntry> {
+    const { intervalMs = 200, ...first } = options;
+    return new Observable<LogEntry>((sub) => {
+      let last = 0;
+      let timer: NodeJS.Timeout | undefined;
+      const drain = (o: LogsOptions & { after?: number }): void => {
+        for (const [n, e] of this.#execLog.readNumbered(name, o)) {
+          last = n;
+          sub.next(e);
+        }
+      };
+      const poll = (): void => {
+        try {
+          const stopped = this.reconcile(name)?.status === 'stopped'; // read before draining: output of a stopped sandbox is final
+          drain({ after: last, ...(first.execId !== undefined ? { execId: first.execId } : {}) });
+          if (stopped) sub.complete();
+          else timer = setTimeout(poll, intervalMs);
+        } catch (e) {
+          sub.error(e);
+        }
+      };
+      try {
+        if (!this.#store.getSandbox(name)) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+        const head = this.#execLog.readNumbered(name, first);
+        for (const [n, e] of head) sub.next(e);
+        last = head.at(-1)?.[0] ?? (first.tail !== undefined || first.since !== undefined ? this.#execLog.readNumbered(name, { tail: 1 }).at(-1)?.[0] ?? 0 : 0);
+        poll();
+      } catch (e) {
+        sub.error(e);
+      }
+      return () => clearTimeout(timer);
+    });
   }
 
   /** Live sandboxes of this supervisor. */

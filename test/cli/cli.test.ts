@@ -22,6 +22,16 @@ function corral(...args: string[]): Promise<{ code: number; json: any; stderr: s
   });
 }
 
+/** `corral --json logs -f NAME` in its own process: resolves with its JSON lines once it exits. */
+function followLogs(name: string): Promise<{ code: number; lines: Array<{ stream: string; text: string }> }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, '--json', 'logs', '-f', name], { env: process.env, timeout: 120_000 }, (err, stdout) => {
+      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
+      resolve({ code: typeof code === 'number' ? code : 1, lines: stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)) });
+    });
+  });
+}
+
 describe('the corral CLI', () => {
   const name = uniqueName('cli');
   afterAll(async () => {
@@ -34,6 +44,7 @@ describe('the corral CLI', () => {
     expect(created.code).toBe(0);
     expect(created.json).toMatchObject({ name, status: 'running' });
     expect(await corral('create', name)).toMatchObject({ code: 5, json: { error: { code: 'E_SANDBOX_EXISTS' } } });
+    const follower = followLogs(name); // another process, reading the output as the host process records it
 
     const ex = await corral('exec', name, '--', 'sh', '-c', 'echo $GREETING; echo oops >&2; exit 3');
     expect(ex.code).toBe(3);
@@ -55,6 +66,13 @@ describe('the corral CLI', () => {
       ['stdout', 'hi\n'],
       ['stderr', 'oops\n'],
     ]);
+    // logs -f printed the same entries, each once, and ended by itself when the sandbox stopped.
+    const followed = await follower;
+    expect(followed.code).toBe(0);
+    expect(followed.lines.map((e) => [e.stream, e.text])).toEqual([
+      ['stdout', 'hi\n'],
+      ['stderr', 'oops\n'],
+    ]);
 
     expect(await corral('rm', name)).toMatchObject({ code: 0, json: { removed: name } });
     expect(await corral('inspect', name)).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
@@ -65,6 +83,17 @@ describe('the corral CLI', () => {
     expect(r).toMatchObject({ code: 7, json: { code: 7, stdout: 'ran\n' } });
     const left = (await corral('ls')).json as Array<{ name: string }>;
     expect(left.filter((s) => s.name.startsWith('run-'))).toEqual([]);
+  });
+
+  it('manages named volumes', async () => {
+    const vol = uniqueName('clivol');
+    expect(await corral('volume', 'create', vol)).toMatchObject({ code: 0, json: { name: vol, usedBy: [] } });
+    expect((await corral('volume', 'ls')).json).toContainEqual(expect.objectContaining({ name: vol }));
+    expect(await corral('volume', 'inspect', vol)).toMatchObject({ code: 0, json: { name: vol, path: expect.stringContaining(vol) } });
+    expect(await corral('volume', 'rm', vol)).toMatchObject({ code: 0, json: { removed: vol } });
+    expect(await corral('volume', 'inspect', vol)).toMatchObject({ code: 3, json: { error: { code: 'E_VOLUME_NOT_FOUND' } } });
+    expect(await corral('volume', 'create', 'Bad/Name')).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION' } } });
+    expect(await corral('volume', 'frob')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 
   it('says what is wrong with a command line, with exit code 2', async () => {

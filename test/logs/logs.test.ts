@@ -2,6 +2,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
 import { ExecLog, type LogEntry } from '../../src/logs/ExecLog.ts';
@@ -26,10 +27,13 @@ describe('exec logs', () => {
   it('keeps every exec output after the sandbox stopped, with tail and since', async () => {
     const sb = await Sandbox.builder(name).supervisor(sup).create();
     await sb.shell('echo one; echo err >&2');
+    // A follower from here on sees the last entry, then each new one once, and ends with the stop.
+    const followed = lastValueFrom(sb.logs$({ tail: 1, intervalMs: 50 }).pipe(toArray()));
     const mid = Date.now();
     await new Promise((r) => setTimeout(r, 20));
     await sb.shell('echo two');
     await sb.stop();
+    expect(text(await followed)).toBe('err\ntwo\n');
 
     const all = await Sandbox.logs(name, { supervisor: sup });
     expect(text(all, 'stdout')).toBe('one\ntwo\n');
