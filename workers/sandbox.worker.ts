@@ -103,6 +103,8 @@ export interface SandboxWorkerApi {
   snapshot(name: string): Promise<SnapshotMeta>;
   /** QMP `query-blockstats` of the VM: host-side disk counters, for metrics. */
   blockStats(): Promise<unknown[]>;
+  /** Bytes of the VM's network traffic, counted on the host; null without a NIC. */
+  networkStats(): Promise<{ rxBytes: number; txBytes: number } | null>;
 }
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -277,6 +279,11 @@ class SandboxHost implements SandboxWorkerApi {
 
   async blockStats(): Promise<unknown[]> {
     return this.#requireVm().qmp.execute<unknown[]>('query-blockstats');
+  }
+
+  async networkStats(): Promise<{ rxBytes: number; txBytes: number } | null> {
+    this.#requireVm();
+    return (await this.#guest)?.networkBytes() ?? null;
   }
 
   // ── machine implementations ─────────────────────────────────────────────────

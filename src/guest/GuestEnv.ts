@@ -197,6 +197,12 @@ export class GuestEnv {
     return shared.map((v, i) => ({ op: 'mount9p', tag: this.#shares[i]!.tag, path: v.guestPath, readonly: v.readonly }));
   }
 
+  /** Bytes the VM's NIC traffic took on the host (its nftables counters), or null without a NIC. */
+  async networkBytes(): Promise<{ rxBytes: number; txBytes: number } | null> {
+    const enforcement = await this.#enforcement;
+    return enforcement ? enforcement.trafficBytes() : null;
+  }
+
   /** Drops the network enforcement and the named-volume claims. Idempotent. */
   async release(): Promise<void> {
     const enforcement = this.#enforcement;

@@ -13,7 +13,9 @@
  *   the preset's rules, then its default
  *
  * Rejections are TCP resets / ICMP admin-prohibited, so the guest sees "connection refused"
- * at once. The filter sees the real destination: the guest's 10.0.2.2 (slirp's alias for
+ * at once. Two named counters of the table count the VM's traffic for metrics: `tx`, what
+ * its sockets sent and the filter let out; `rx`, what they received (the input hook, same
+ * cgroup match). Bytes are IP packets as the host sees them (headers included). The filter sees the real destination: the guest's 10.0.2.2 (slirp's alias for
  * the host) arrives here as 127.0.0.1, and loopback is policed like anything else. Nothing
  * in the guest can change any of this: the table, the cgroup and slirp are host state.
  *
@@ -71,15 +73,24 @@ function ruleMatch(r: Pick<NetworkRule, 'cidr' | 'protocol' | 'ports'>): string 
  */
 export function policyRuleset(table: string, cgroupPath: string, policy: NetworkPolicyConfig, resolvers: readonly string[]): string {
   const level = cgroupPath.split('/').length;
-  const lines = ['ct state established,related accept'];
-  if (policy.dns) for (const ns of resolvers) lines.push(`ip daddr ${ns} meta l4proto { tcp, udp } th dport 53 accept`);
+  // Every accept goes through `pass`, which counts what leaves.
+  const lines = ['ct state established,related goto pass'];
+  if (policy.dns) for (const ns of resolvers) lines.push(`ip daddr ${ns} meta l4proto { tcp, udp } th dport 53 goto pass`);
   // The NIC is IPv4-only; anything else from this VM is unexpected.
   lines.push('meta nfproto != ipv4 goto refuse');
-  for (const r of policy.rules) lines.push(`${ruleMatch(r)} ${r.action === 'allow' ? 'accept' : 'goto refuse'}`);
+  for (const r of policy.rules) lines.push(`${ruleMatch(r)} ${r.action === 'allow' ? 'goto pass' : 'goto refuse'}`);
   if (policy.preset === 'public-only') for (const cidr of NON_PUBLIC_CIDRS) lines.push(`ip daddr ${cidr} goto refuse`);
-  lines.push(policy.preset === 'allow-all' || policy.preset === 'public-only' ? 'accept' : 'goto refuse');
+  lines.push(policy.preset === 'allow-all' || policy.preset === 'public-only' ? 'goto pass' : 'goto refuse');
+  const match = `socket cgroupv2 level ${level} "${cgroupPath}"`;
   return [
     `table inet ${table} {`,
+    '  counter rx {',
+    '  }',
+    '  counter tx {',
+    '  }',
+    '  chain pass {',
+    '    counter name "tx" accept',
+    '  }',
     '  chain refuse {',
     '    meta l4proto tcp reject with tcp reset',
     '    reject with icmpx type admin-prohibited',
@@ -89,7 +100,11 @@ export function policyRuleset(table: string, cgroupPath: string, policy: Network
     '  }',
     '  chain output {',
     '    type filter hook output priority filter; policy accept;',
-    `    socket cgroupv2 level ${level} "${cgroupPath}" goto egress`,
+    `    ${match} goto egress`,
+    '  }',
+    '  chain input {',
+    '    type filter hook input priority filter; policy accept;',
+    `    ${match} counter name "rx"`,
     '  }',
     '}',
     '',
@@ -130,8 +145,18 @@ export interface NetEnforcement {
   readonly cgroupDir: string;
   /** argv prefix that joins the cgroup and then execs the rest (Vm's `wrap`). */
   readonly wrap: readonly string[];
+  /** Bytes the VM's sockets received and sent (the table's counters), since it started. */
+  trafficBytes(): Promise<{ rxBytes: number; txBytes: number }>;
   /** Removes the table and the cgroup. Idempotent; call once the VM has exited. */
   release(): Promise<void>;
+}
+
+/** `nft -j list counters table …` output → the named counters' bytes. */
+export function parseCounters(json: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const items = (JSON.parse(json) as { nftables?: { counter?: { name: string; bytes: number } }[] }).nftables ?? [];
+  for (const item of items) if (item.counter) out[item.counter.name] = item.counter.bytes;
+  return out;
 }
 
 const PREFIX = 'corral_';
@@ -160,6 +185,10 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
     table,
     cgroupDir,
     wrap: ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')],
+    async trafficBytes() {
+      const c = parseCounters(await nft(['-j', 'list', 'counters', 'table', 'inet', table]));
+      return { rxBytes: c.rx ?? 0, txBytes: c.tx ?? 0 };
+    },
     release() {
       released ??= Promise.all([run('nft', ['delete', 'table', 'inet', table]).catch(() => {}), removeCgroup(cgroupDir)]).then(() => {});
       return released;
