@@ -27,7 +27,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, readdir, rmdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { NON_PUBLIC_CIDRS, type NetworkPolicyConfig, type NetworkRule } from './NetworkPolicy.ts';
 
@@ -45,7 +45,21 @@ export function cgroup2Root(): string {
   throw new CorralError('E_SETUP_MISSING', 'network policies need cgroup v2, and no cgroup2 filesystem is mounted');
 }
 
-/** IPv4 nameservers of the host's /etc/resolv.conf (what slirp forwards the guest's DNS to). */
+/**
+ * The resolv.conf whose nameservers slirp forwards the guests' DNS (10.0.2.3) to: the host's,
+ * or the file `CORRAL_GUEST_RESOLV_CONF` names (bind-mounted over /etc/resolv.conf in a
+ * mount namespace of the VM process only), for guests that should use another resolver.
+ */
+export function guestResolvConf(): string {
+  const file = process.env.CORRAL_GUEST_RESOLV_CONF;
+  if (!file) return '/etc/resolv.conf';
+  if (!isAbsolute(file) || !existsSync(file) || !statSync(file).isFile()) {
+    throw new CorralError('E_INVALID_OPTION', `CORRAL_GUEST_RESOLV_CONF must be the absolute path of a resolv.conf file (got "${file}")`);
+  }
+  return file;
+}
+
+/** IPv4 nameservers of a resolv.conf (by default the host's: what slirp forwards the guest's DNS to). */
 export function hostResolvers(file = '/etc/resolv.conf'): string[] {
   let text = '';
   try {
@@ -173,9 +187,10 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   const table = `${PREFIX}${id}`;
   const rel = `corral/${id}`;
   const cgroupDir = join(root, rel);
+  const resolvConf = guestResolvConf();
   await mkdir(cgroupDir, { recursive: true });
   try {
-    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers()));
+    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers(resolvConf)));
   } catch (err) {
     await rmdir(cgroupDir).catch(() => {});
     throw err;
@@ -184,7 +199,10 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   return {
     table,
     cgroupDir,
-    wrap: ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')],
+    wrap:
+      resolvConf === '/etc/resolv.conf'
+        ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')]
+        : ['unshare', '-m', '--', 'sh', '-c', 'echo $$ > "$0" && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', join(cgroupDir, 'cgroup.procs'), resolvConf],
     async trafficBytes() {
       const c = parseCounters(await nft(['-j', 'list', 'counters', 'table', 'inet', table]));
       return { rxBytes: c.rx ?? 0, txBytes: c.tx ?? 0 };
