@@ -18,6 +18,12 @@ function listen(body: string): Promise<Server> {
   return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve(srv)));
 }
 const portOf = (s: Server) => (s.address() as AddressInfo).port;
+async function freePort(): Promise<number> {
+  const s = await listen('');
+  const p = portOf(s);
+  await new Promise((r) => s.close(r));
+  return p;
+}
 const fetchIn = (sb: Sandbox, port: number) => sb.shell(`timeout 10 wget -q -O- http://10.0.2.2:${port}/ 2>&1 || echo FAIL`);
 
 describe('snapshots of sandboxes with volumes and a network', () => {
@@ -92,12 +98,18 @@ describe('snapshots of sandboxes with volumes and a network', () => {
   it('starts from a snapshot with the new builder\'s volumes, policy and ports', async () => {
     const name = uniqueName('snap');
     await src.snapshot(name);
-    const child = await Sandbox.builder(uniqueName('snapvol-new'))
-      .fromSnapshot(name)
-      .volume('/other', (v) => v.bind(join(host, 'b')).readonly())
-      .network((n) => n.policy(NetworkPolicy.publicOnly().allow({ cidr: '127.0.0.1/32', protocol: 'tcp', port: portOf(open) })))
-      .supervisor(sup)
-      .create();
+    const hostPort = await freePort();
+    const [child, cut] = await Promise.all([
+      Sandbox.builder(uniqueName('snapvol-new'))
+        .fromSnapshot(name)
+        .volume('/other', (v) => v.bind(join(host, 'b')).readonly())
+        .network((n) => n.policy(NetworkPolicy.publicOnly().allow({ cidr: '127.0.0.1/32', protocol: 'tcp', port: portOf(open) })))
+        .port(hostPort, 8080)
+        .supervisor(sup)
+        .create(),
+      // The snapshot's NIC stays attached (the device layout must match), with everything refused.
+      Sandbox.builder(uniqueName('snapvol-cut')).fromSnapshot(name).network((n) => n.policy(NetworkPolicy.none())).supervisor(sup).create(),
+    ]);
     try {
       // One volume asked for, on a VM with the snapshot's two 9p devices; the old mounts are gone.
       const r = await child.shell('cat /other/which; grep " 9p " /proc/mounts | cut -d" " -f2; ls /work | wc -l');
@@ -105,8 +117,12 @@ describe('snapshots of sandboxes with volumes and a network', () => {
       // The source allowed everything; this one is publicOnly with one port open, from its first instruction.
       expect((await fetchIn(child, portOf(open))).stdout).toBe('open-port');
       expect((await fetchIn(child, portOf(other))).stdout).toMatch(/refused[\s\S]*FAIL/i);
+      await child.shell('mkdir -p /www && echo restored-ok > /www/index.html && httpd -p 8080 -h /www');
+      expect(await (await fetch(`http://127.0.0.1:${hostPort}/index.html`)).text()).toBe('restored-ok\n');
+      expect((await fetchIn(cut, portOf(open))).stdout).toMatch(/FAIL/);
+      expect((await cut.metrics()).network).not.toBeNull();
     } finally {
-      await child.stop();
+      await Promise.all([child.stop(), cut.stop()]);
     }
     // More bind/named volumes than the snapshot's VM has devices for: refused up front.
     const tooMany = Sandbox.builder(uniqueName('snapvol-many'))
