@@ -23,11 +23,12 @@ import { validateName, type SandboxConfig } from '../src/config.ts';
 import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
-import { readSnapshot, snapshotBytes, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
+import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
 import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm, type VmBootOptions } from '../src/vm/Vm.ts';
 import { GuestEnv } from '../src/guest/GuestEnv.ts';
+import type { DeviceLayout as GuestDeviceLayout } from '../src/guest/guestConfig.ts';
 import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
 
@@ -102,6 +103,8 @@ export interface SandboxWorkerApi {
   snapshot(name: string): Promise<SnapshotMeta>;
   /** QMP `query-blockstats` of the VM: host-side disk counters, for metrics. */
   blockStats(): Promise<unknown[]>;
+  /** Bytes of the VM's network traffic, counted on the host; null without a NIC. */
+  networkStats(): Promise<{ rxBytes: number; txBytes: number } | null>;
 }
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -278,6 +281,11 @@ class SandboxHost implements SandboxWorkerApi {
     return this.#requireVm().qmp.execute<unknown[]>('query-blockstats');
   }
 
+  async networkStats(): Promise<{ rxBytes: number; txBytes: number } | null> {
+    this.#requireVm();
+    return (await this.#guest)?.networkBytes() ?? null;
+  }
+
   // ── machine implementations ─────────────────────────────────────────────────
 
   async #boot(signal: AbortSignal): Promise<VmBooted> {
@@ -360,18 +368,18 @@ class SandboxHost implements SandboxWorkerApi {
     return this.#adopt(vm, t0);
   }
 
-  /** The sandbox's guest environment (src/guest), prepared on first use. */
-  #guestEnv(): Promise<GuestEnv> {
-    this.#guest ??= GuestEnv.prepare(this.#config, this.#stateDir, sandboxDir(this.#stateDir, this.#config.name));
+  /** The sandbox's guest environment (src/guest), prepared on first use; `layout`: a snapshot's devices. */
+  #guestEnv(layout?: GuestDeviceLayout): Promise<GuestEnv> {
+    this.#guest ??= GuestEnv.prepare(this.#config, this.#stateDir, sandboxDir(this.#stateDir, this.#config.name), layout);
     return this.#guest;
   }
 
   /** Mounts, scripts, patches, NIC: before any user code. A VM that cannot get them is ended. */
-  async #applyGuest(vm: Vm, guest: GuestEnv): Promise<void> {
+  async #applyGuest(vm: Vm, guest: GuestEnv, restoredFrom?: SandboxConfig): Promise<void> {
     // As soon as qemu is gone, so are its network enforcement and volume claims.
     vm.exited.then(() => guest.release()).catch(() => {});
     try {
-      await guest.apply(vm.agent, vm.pid);
+      await guest.apply(vm.agent, vm.pid, restoredFrom ? { restoredFrom } : {});
     } catch (err) {
       vm.kill();
       await vm.exited;
@@ -467,11 +475,15 @@ class SandboxHost implements SandboxWorkerApi {
     try {
       await mkdir(tmp, { recursive: true, mode: 0o700 });
       const upperFile = this.#upperPath().endsWith('.qcow2') ? 'upper.qcow2' : 'upper.ext4';
+      const guest = await this.#guest;
+      // qemu will not save a VM with a 9p volume mounted: unmounted for the save, mounted after.
+      const remount = await guest?.unmountShares(vm.agent);
       try {
         await vm.saveTo(join(tmp, 'state'), { ignoreShared: false });
         await copySparse(this.#upperPath(), join(tmp, upperFile));
       } finally {
         await vm.qmp.execute('cont').catch(() => {});
+        await remount?.();
       }
       const meta: SnapshotMeta = {
         name,
@@ -480,6 +492,7 @@ class SandboxHost implements SandboxWorkerApi {
         hello: vm.hello,
         sessions: vm.agent.sessionIds,
         upperFile,
+        devices: guest?.layout ?? { shares: 0, nic: false },
         createdAt: Date.now(),
         bytes: snapshotBytes(tmp),
       };
@@ -518,11 +531,15 @@ class SandboxHost implements SandboxWorkerApi {
       this.#imageEnv = root.imageEnv;
       const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
       await copySparse(join(snapshotDir(this.#stateDir, snapshot), meta.upperFile), upper);
+      // The snapshot's devices, with this sandbox's volumes, policy (enforced before qemu starts) and ports.
+      const guest = await this.#guestEnv(snapshotDevices(meta));
       const tRestore = performance.now();
       const vm = await this.#restoreClone(root, choice, signal, {
+        ...(await guest.vmOptions()),
         upper,
         restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
       });
+      await this.#applyGuest(vm, guest, meta.config);
       const restoreMs = performance.now() - tRestore;
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs });
       return this.#adopt(vm, t0);

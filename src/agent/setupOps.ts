@@ -15,9 +15,10 @@ export type SetupOp =
   | { readonly op: 'remove'; readonly path: string }
   | { readonly op: 'mount9p'; readonly tag: string; readonly path: string; readonly readonly: boolean }
   | { readonly op: 'mountTmpfs'; readonly path: string; readonly sizeMib: number }
-  | { readonly op: 'net'; readonly ifname: string; readonly address: string; readonly prefix: number; readonly gateway: string };
+  | { readonly op: 'net'; readonly ifname: string; readonly address: string; readonly prefix: number; readonly gateway: string }
+  | { readonly op: 'umount'; readonly path: string };
 
-const OP_CODE = { mkdir: 1, write: 2, symlink: 3, remove: 4, mount9p: 5, mountTmpfs: 6, net: 7 } as const;
+const OP_CODE = { mkdir: 1, write: 2, symlink: 3, remove: 4, mount9p: 5, mountTmpfs: 6, net: 7, umount: 8 } as const;
 
 /** One SETUP frame's payload, and which input op each of its ops came from. */
 export interface SetupFrame {
@@ -51,6 +52,8 @@ function encodeOp(op: SetupOp): Buffer {
       return w.str(op.path).u32(op.sizeMib).finish();
     case 'net':
       return w.str(op.ifname).u32(ipv4(op.address)).u32(op.prefix).u32(ipv4(op.gateway)).finish();
+    case 'umount':
+      return w.str(op.path).finish();
   }
 }
 
@@ -110,6 +113,8 @@ export function describeOp(op: SetupOp): string {
       return `tmpfs ${op.path}`;
     case 'net':
       return `network ${op.ifname}`;
+    case 'umount':
+      return `volume ${op.path}`;
     default:
       return `${op.op} ${op.path}`;
   }

@@ -8,20 +8,21 @@
  */
 
 import { existsSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentClient } from '../agent/AgentClient.ts';
+import { CorralError } from '../errors.ts';
 import { describeOp, encodeSetup, type SetupOp } from '../agent/setupOps.ts';
 import type { SandboxConfig } from '../config.ts';
 import type { NetDevice, SharedDir } from '../vm/qemuArgs.ts';
-import { guestDeviceKey, hasNic } from './guestConfig.ts';
+import { guestDeviceKey, hasNic, type DeviceLayout } from './guestConfig.ts';
 import { claimVolume, ensureVolume, releaseVolume } from './namedVolumes.ts';
 import { GUEST_NET, enforcePolicy, type NetEnforcement } from './netfilter.ts';
 import type { NetworkPolicyConfig } from './NetworkPolicy.ts';
 import { patchOps } from './patches.ts';
 import { hostDir } from './paths.ts';
 import { scriptOps } from './scripts.ts';
-import { shareTag } from './volumes.ts';
+import { shareTag, type VolumeConfig } from './volumes.ts';
 
 /** qemu options of a VM (spread into Vm.boot's options). */
 export interface GuestVmOptions {
@@ -30,7 +31,7 @@ export interface GuestVmOptions {
   readonly wrap?: readonly string[];
 }
 
-/** What a policy-less NIC (ports only) enforces: nothing out, replies only. */
+/** What a policy-less NIC (ports only, or a snapshot's NIC nobody asked for) enforces: nothing out, replies only. */
 const PORTS_ONLY: NetworkPolicyConfig = { preset: 'deny-all', rules: [], dns: false };
 
 /**
@@ -44,26 +45,47 @@ export class GuestEnv {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
   readonly #marker: string;
+  /** Shares of the config's bind/named volumes, then unused ones padding a snapshot's layout. */
   readonly #shares: SharedDir[];
+  readonly #nic: boolean;
   #enforcement: Promise<NetEnforcement> | undefined;
   #claimed = false;
 
-  private constructor(config: SandboxConfig, stateDir: string, sandboxDir: string, shares: SharedDir[]) {
+  private constructor(config: SandboxConfig, stateDir: string, sandboxDir: string, shares: SharedDir[], nic: boolean) {
     this.#config = config;
     this.#stateDir = stateDir;
     this.#marker = join(sandboxDir, 'patches.applied');
     this.#shares = shares;
+    this.#nic = nic;
   }
 
-  /** Resolves volumes (named ones are made on first use; bind sources must still exist). */
-  static async prepare(config: SandboxConfig, stateDir: string, sandboxDir: string): Promise<GuestEnv> {
+  /**
+   * Resolves volumes (named ones are made on first use; bind sources must still exist).
+   * `layout`: the devices of the snapshot this sandbox starts from, which its VM must have
+   * too (the config was checked to fit it: src/guest/guestConfig.ts snapshotGuestFields).
+   */
+  static async prepare(config: SandboxConfig, stateDir: string, sandboxDir: string, layout?: DeviceLayout): Promise<GuestEnv> {
     const shares: SharedDir[] = [];
     for (const v of config.volumes ?? []) {
       if (v.kind === 'tmpfs') continue;
       const path = v.kind === 'bind' ? hostDir(v.hostPath, `volume ${v.guestPath}`) : await ensureVolume(stateDir, v.name);
       shares.push({ tag: shareTag(shares.length), path, readonly: v.readonly });
     }
-    return new GuestEnv(config, stateDir, sandboxDir, shares);
+    if (layout && (shares.length > layout.shares || (hasNic(config) && !layout.nic))) {
+      throw new CorralError('E_SNAPSHOT', `sandbox "${config.name}" asks for devices its snapshot's VM did not have (${shares.length} shares, NIC ${hasNic(config)}; snapshot: ${layout.shares}, NIC ${layout.nic})`);
+    }
+    if (layout && shares.length < layout.shares) {
+      // Never mounted; an empty read-only directory, so a guest that mounts the tag anyway sees nothing.
+      const empty = join(sandboxDir, 'unused-share');
+      await mkdir(empty, { recursive: true, mode: 0o555 });
+      while (shares.length < layout.shares) shares.push({ tag: shareTag(shares.length), path: empty, readonly: true });
+    }
+    return new GuestEnv(config, stateDir, sandboxDir, shares, layout?.nic ?? hasNic(config));
+  }
+
+  /** The 9p shares and NIC this sandbox's VM has (what a snapshot of it records). */
+  get layout(): DeviceLayout {
+    return { shares: this.#shares.length, nic: this.#nic };
   }
 
   /** The device-layout input of the template key ('' when there are no extra devices). */
@@ -84,8 +106,9 @@ export class GuestEnv {
   async vmOptions(): Promise<GuestVmOptions> {
     const opts: { shares?: readonly SharedDir[]; net?: NetDevice; wrap?: readonly string[] } = {};
     if (this.#shares.length) opts.shares = this.#shares;
-    if (hasNic(this.#config)) {
-      this.#enforcement ??= enforcePolicy(this.#config.name, this.#config.network ?? PORTS_ONLY);
+    if (this.#nic) {
+      const policy = hasNic(this.#config) ? (this.#config.network ?? PORTS_ONLY) : PORTS_ONLY;
+      this.#enforcement ??= enforcePolicy(this.#config.name, policy);
       const enforcement = await this.#enforcement;
       opts.net = { hostForwards: this.#config.ports ?? [] };
       opts.wrap = enforcement.wrap;
@@ -101,22 +124,26 @@ export class GuestEnv {
   templateVmOptions(emptyDir: string): GuestVmOptions {
     const opts: { shares?: readonly SharedDir[]; net?: NetDevice } = {};
     if (this.#shares.length) opts.shares = this.#shares.map((s) => ({ ...s, path: emptyDir, readonly: true }));
-    if (hasNic(this.#config)) opts.net = { hostForwards: [] };
+    if (this.#nic) opts.net = { hostForwards: [] };
     return opts;
   }
 
-  /** Applies patches (first boot only), scripts, mounts and the NIC config in the guest. */
-  async apply(agent: AgentClient, vmPid: number): Promise<void> {
+  /**
+   * Applies patches (first boot only), scripts, mounts and the NIC config in the guest.
+   * `restoredFrom`: the config of the snapshot this VM was restored from. Its patches and
+   * tmpfs mounts are in the restored disk and RAM already; its 9p volumes were unmounted for
+   * the save, so this sandbox's are mounted.
+   */
+  async apply(agent: AgentClient, vmPid: number, options: { restoredFrom?: SandboxConfig } = {}): Promise<void> {
     const c = this.#config;
     const ops: SetupOp[] = [];
+    const restored = options.restoredFrom;
     const patching = (c.patches?.length ?? 0) > 0 && !existsSync(this.#marker);
-    if (patching) ops.push(...patchOps(c.patches!));
+    if (patching && !restored) ops.push(...patchOps(c.patches!));
     ops.push(...scriptOps(c.scripts ?? {}));
-    let share = 0;
-    for (const v of c.volumes ?? []) {
-      if (v.kind === 'tmpfs') ops.push({ op: 'mountTmpfs', path: v.guestPath, sizeMib: v.sizeMib });
-      else ops.push({ op: 'mount9p', tag: this.#shares[share++]!.tag, path: v.guestPath, readonly: v.readonly });
-    }
+    const mountedTmpfs = new Set((restored?.volumes ?? []).filter((v) => v.kind === 'tmpfs').map((v) => v.guestPath));
+    for (const v of c.volumes ?? []) if (v.kind === 'tmpfs' && !mountedTmpfs.has(v.guestPath)) ops.push({ op: 'mountTmpfs', path: v.guestPath, sizeMib: v.sizeMib });
+    ops.push(...this.#mountOps());
     if (hasNic(c)) {
       ops.push({ op: 'net', ifname: GUEST_NET.ifname, address: GUEST_NET.address, prefix: GUEST_NET.prefix, gateway: GUEST_NET.gateway });
       if (c.network?.dns) {
@@ -130,6 +157,50 @@ export class GuestEnv {
     if (patching) await writeFile(this.#marker, String(Date.now()));
     for (const v of c.volumes ?? []) if (v.kind === 'named') await claimVolume(this.#stateDir, v.name, c.name, vmPid);
     this.#claimed = true;
+  }
+
+  /**
+   * Unmounts the bind/named volumes in the guest so that qemu can save the VM (it refuses
+   * to migrate while a 9p export is mounted); resolves to the function that mounts them
+   * again. A volume still in use in the guest (open files, a working directory there) fails
+   * with E_SNAPSHOT naming it, and the ones unmounted before it are mounted again.
+   *
+   * @example
+   * const remount = await guest.unmountShares(vm.agent);
+   * try { await vm.saveTo(file, { ignoreShared: false }); } finally { await vm.resume(); await remount(); }
+   */
+  async unmountShares(agent: AgentClient): Promise<() => Promise<void>> {
+    const mounts = this.#mountOps();
+    const done: SetupOp[] = [];
+    const remount = async () => {
+      for (const frame of encodeSetup(done)) await agent.setup(frame.payload, (i) => describeOp(done[frame.sources[i] ?? 0]!));
+    };
+    for (const m of [...mounts].reverse()) {
+      try {
+        for (const frame of encodeSetup([{ op: 'umount', path: m.path }])) await agent.setup(frame.payload, () => `volume ${m.path}`);
+      } catch (err) {
+        done.reverse();
+        await remount().catch(() => {});
+        const errno = (err as CorralError).details?.errno;
+        const why = errno === 16 ? 'a process in the guest has files open there or its working directory inside (EBUSY)' : (err as Error).message;
+        throw new CorralError('E_SNAPSHOT', `volume ${m.path} could not be unmounted for the save: ${why}`, { cause: err, details: { volume: m.path } });
+      }
+      done.push(m);
+    }
+    done.reverse();
+    return remount;
+  }
+
+  /** The 9p mounts of the config's bind/named volumes (padding shares are never mounted). */
+  #mountOps(): (SetupOp & { op: 'mount9p' })[] {
+    const shared = (this.#config.volumes ?? []).filter((v): v is Exclude<VolumeConfig, { kind: 'tmpfs' }> => v.kind !== 'tmpfs');
+    return shared.map((v, i) => ({ op: 'mount9p', tag: this.#shares[i]!.tag, path: v.guestPath, readonly: v.readonly }));
+  }
+
+  /** Bytes the VM's NIC traffic took on the host (its nftables counters), or null without a NIC. */
+  async networkBytes(): Promise<{ rxBytes: number; txBytes: number } | null> {
+    const enforcement = await this.#enforcement;
+    return enforcement ? enforcement.trafficBytes() : null;
   }
 
   /** Drops the network enforcement and the named-volume claims. Idempotent. */

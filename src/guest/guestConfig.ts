@@ -58,3 +58,41 @@ export function guestDeviceKey(c: GuestConfigFields): string {
   const nic = hasNic(c);
   return shares === 0 && !nic ? '' : `9p=${shares};nic=${nic ? 1 : 0}`;
 }
+
+/**
+ * The guest devices a VM was started with: how many 9p shares, whether a NIC. A VM restored
+ * from a snapshot must be started with the same ones (qemu's migration checks the layout).
+ */
+export interface DeviceLayout {
+  readonly shares: number;
+  readonly nic: boolean;
+}
+
+/** The layout a config asks for (before any padding to a snapshot's layout). */
+export function deviceLayout(c: GuestConfigFields): DeviceLayout {
+  return { shares: (c.volumes ?? []).filter((v) => v.kind !== 'tmpfs').length, nic: hasNic(c) };
+}
+
+/**
+ * The guest fields of a sandbox started from a snapshot: volumes, network, ports and scripts
+ * of the new config where it sets them, else the snapshot source's; patches always the
+ * source's (they are in the snapshot's disk already). The new config must fit the
+ * snapshot's devices: at most as many bind/named volumes (missing ones are attached empty
+ * and never mounted), and a NIC only if the snapshot has one (a snapshot's NIC with no
+ * network asked for stays attached with everything refused).
+ *
+ * @example
+ * snapshotGuestFields(meta.config, config, meta.devices) // → { volumes, network, … }
+ */
+export function snapshotGuestFields(source: GuestConfigFields, given: GuestConfigFields, layout: DeviceLayout, snapshot: string): GuestConfigFields {
+  const pick = <K extends keyof GuestConfigFields>(k: K) => (given[k] !== undefined ? given[k] : source[k]);
+  const merged: GuestConfigFields = { volumes: pick('volumes'), scripts: pick('scripts'), patches: source.patches, network: pick('network'), ports: pick('ports') };
+  const wanted = deviceLayout(merged);
+  if (wanted.shares > layout.shares) {
+    throw new InvalidOptionError('volumes', `at most ${layout.shares} bind/named volumes when starting from snapshot "${snapshot}" (its VM had ${layout.shares} 9p devices; tmpfs volumes are not limited)`, wanted.shares);
+  }
+  if (wanted.nic && !layout.nic) {
+    throw new InvalidOptionError('network', `no network or ports when starting from snapshot "${snapshot}": its VM had no NIC (snapshot a sandbox that has a network policy)`, merged.network?.preset ?? 'ports');
+  }
+  return Object.fromEntries(Object.entries(merged).filter(([, v]) => v !== undefined)) as GuestConfigFields;
+}

@@ -13,7 +13,9 @@
  *   the preset's rules, then its default
  *
  * Rejections are TCP resets / ICMP admin-prohibited, so the guest sees "connection refused"
- * at once. The filter sees the real destination: the guest's 10.0.2.2 (slirp's alias for
+ * at once. Two named counters of the table count the VM's traffic for metrics: `tx`, what
+ * its sockets sent and the filter let out; `rx`, what they received (the input hook, same
+ * cgroup match). Bytes are IP packets as the host sees them (headers included). The filter sees the real destination: the guest's 10.0.2.2 (slirp's alias for
  * the host) arrives here as 127.0.0.1, and loopback is policed like anything else. Nothing
  * in the guest can change any of this: the table, the cgroup and slirp are host state.
  *
@@ -25,7 +27,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, readdir, rmdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { NON_PUBLIC_CIDRS, type NetworkPolicyConfig, type NetworkRule } from './NetworkPolicy.ts';
 
@@ -43,7 +45,21 @@ export function cgroup2Root(): string {
   throw new CorralError('E_SETUP_MISSING', 'network policies need cgroup v2, and no cgroup2 filesystem is mounted');
 }
 
-/** IPv4 nameservers of the host's /etc/resolv.conf (what slirp forwards the guest's DNS to). */
+/**
+ * The resolv.conf whose nameservers slirp forwards the guests' DNS (10.0.2.3) to: the host's,
+ * or the file `CORRAL_GUEST_RESOLV_CONF` names (bind-mounted over /etc/resolv.conf in a
+ * mount namespace of the VM process only), for guests that should use another resolver.
+ */
+export function guestResolvConf(): string {
+  const file = process.env.CORRAL_GUEST_RESOLV_CONF;
+  if (!file) return '/etc/resolv.conf';
+  if (!isAbsolute(file) || !existsSync(file) || !statSync(file).isFile()) {
+    throw new CorralError('E_INVALID_OPTION', `CORRAL_GUEST_RESOLV_CONF must be the absolute path of a resolv.conf file (got "${file}")`);
+  }
+  return file;
+}
+
+/** IPv4 nameservers of a resolv.conf (by default the host's: what slirp forwards the guest's DNS to). */
 export function hostResolvers(file = '/etc/resolv.conf'): string[] {
   let text = '';
   try {
@@ -71,15 +87,24 @@ function ruleMatch(r: Pick<NetworkRule, 'cidr' | 'protocol' | 'ports'>): string 
  */
 export function policyRuleset(table: string, cgroupPath: string, policy: NetworkPolicyConfig, resolvers: readonly string[]): string {
   const level = cgroupPath.split('/').length;
-  const lines = ['ct state established,related accept'];
-  if (policy.dns) for (const ns of resolvers) lines.push(`ip daddr ${ns} meta l4proto { tcp, udp } th dport 53 accept`);
+  // Every accept goes through `pass`, which counts what leaves.
+  const lines = ['ct state established,related goto pass'];
+  if (policy.dns) for (const ns of resolvers) lines.push(`ip daddr ${ns} meta l4proto { tcp, udp } th dport 53 goto pass`);
   // The NIC is IPv4-only; anything else from this VM is unexpected.
   lines.push('meta nfproto != ipv4 goto refuse');
-  for (const r of policy.rules) lines.push(`${ruleMatch(r)} ${r.action === 'allow' ? 'accept' : 'goto refuse'}`);
+  for (const r of policy.rules) lines.push(`${ruleMatch(r)} ${r.action === 'allow' ? 'goto pass' : 'goto refuse'}`);
   if (policy.preset === 'public-only') for (const cidr of NON_PUBLIC_CIDRS) lines.push(`ip daddr ${cidr} goto refuse`);
-  lines.push(policy.preset === 'allow-all' || policy.preset === 'public-only' ? 'accept' : 'goto refuse');
+  lines.push(policy.preset === 'allow-all' || policy.preset === 'public-only' ? 'goto pass' : 'goto refuse');
+  const match = `socket cgroupv2 level ${level} "${cgroupPath}"`;
   return [
     `table inet ${table} {`,
+    '  counter rx {',
+    '  }',
+    '  counter tx {',
+    '  }',
+    '  chain pass {',
+    '    counter name "tx" accept',
+    '  }',
     '  chain refuse {',
     '    meta l4proto tcp reject with tcp reset',
     '    reject with icmpx type admin-prohibited',
@@ -89,7 +114,11 @@ export function policyRuleset(table: string, cgroupPath: string, policy: Network
     '  }',
     '  chain output {',
     '    type filter hook output priority filter; policy accept;',
-    `    socket cgroupv2 level ${level} "${cgroupPath}" goto egress`,
+    `    ${match} goto egress`,
+    '  }',
+    '  chain input {',
+    '    type filter hook input priority filter; policy accept;',
+    `    ${match} counter name "rx"`,
     '  }',
     '}',
     '',
@@ -130,8 +159,18 @@ export interface NetEnforcement {
   readonly cgroupDir: string;
   /** argv prefix that joins the cgroup and then execs the rest (Vm's `wrap`). */
   readonly wrap: readonly string[];
+  /** Bytes the VM's sockets received and sent (the table's counters), since it started. */
+  trafficBytes(): Promise<{ rxBytes: number; txBytes: number }>;
   /** Removes the table and the cgroup. Idempotent; call once the VM has exited. */
   release(): Promise<void>;
+}
+
+/** `nft -j list counters table …` output → the named counters' bytes. */
+export function parseCounters(json: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  const items = (JSON.parse(json) as { nftables?: { counter?: { name: string; bytes: number } }[] }).nftables ?? [];
+  for (const item of items) if (item.counter) out[item.counter.name] = item.counter.bytes;
+  return out;
 }
 
 const PREFIX = 'corral_';
@@ -148,9 +187,10 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   const table = `${PREFIX}${id}`;
   const rel = `corral/${id}`;
   const cgroupDir = join(root, rel);
+  const resolvConf = guestResolvConf();
   await mkdir(cgroupDir, { recursive: true });
   try {
-    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers()));
+    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers(resolvConf)));
   } catch (err) {
     await rmdir(cgroupDir).catch(() => {});
     throw err;
@@ -159,7 +199,14 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   return {
     table,
     cgroupDir,
-    wrap: ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')],
+    wrap:
+      resolvConf === '/etc/resolv.conf'
+        ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')]
+        : ['unshare', '-m', '--', 'sh', '-c', 'echo $$ > "$0" && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', join(cgroupDir, 'cgroup.procs'), resolvConf],
+    async trafficBytes() {
+      const c = parseCounters(await nft(['-j', 'list', 'counters', 'table', 'inet', table]));
+      return { rxBytes: c.rx ?? 0, txBytes: c.tx ?? 0 };
+    },
     release() {
       released ??= Promise.all([run('nft', ['delete', 'table', 'inet', table]).catch(() => {}), removeCgroup(cgroupDir)]).then(() => {});
       return released;

@@ -1,6 +1,7 @@
 /**
  * Samples a sandbox's resource use on the host side: CPU % and memory of its qemu process
- * (from /proc), disk bytes from qemu's block statistics (QMP `query-blockstats`). The guest
+ * (from /proc), disk bytes from qemu's block statistics (QMP `query-blockstats`), network
+ * bytes from the counters of the VM's nftables table (src/guest/netfilter.ts). The guest
  * has no say in any of these numbers.
  */
 
@@ -33,8 +34,10 @@ export interface SandboxMetrics {
     readonly writeOps: number;
   };
   /**
-   * Network bytes, or null: this sandbox has no NIC, or its NIC is qemu user networking,
-   * which keeps no byte counters that QMP can read.
+   * Network bytes since the VM started, or null when it has no NIC: what the VM's qemu
+   * process received (`rxBytes`) and sent past the policy (`txBytes`) on host sockets for
+   * the guest's traffic, IP headers included; connections the policy refused are not in
+   * `txBytes`.
    */
   readonly network: { readonly rxBytes: number; readonly txBytes: number } | null;
 }
@@ -46,6 +49,8 @@ export interface MetricsSource {
   /** QMP `query-blockstats` of the VM. */
   blockStats(): Promise<readonly BlockStat[]>;
   readonly guestBytes: number;
+  /** Host-side byte counters of the VM's network traffic (null: no NIC). Absent: null. */
+  networkBytes?(): Promise<{ readonly rxBytes: number; readonly txBytes: number } | null>;
 }
 
 /** The part of a QMP `query-blockstats` entry that metrics read. */
@@ -77,7 +82,7 @@ export class MetricsSampler {
       this.#prev = { pid, cpu: await readProcCpu(pid) };
       await new Promise((r) => setTimeout(r, options.firstWindowMs ?? 250));
     }
-    const [cpu, mem, blocks] = await Promise.all([readProcCpu(pid), readProcMemory(pid), this.#src.blockStats()]);
+    const [cpu, mem, blocks, network] = await Promise.all([readProcCpu(pid), readProcMemory(pid), this.#src.blockStats(), this.#src.networkBytes?.() ?? null]);
     const percent = cpuPercent(this.#prev.cpu, cpu);
     this.#prev = { pid, cpu };
     const disk = { readBytes: 0, writeBytes: 0, readOps: 0, writeOps: 0 };
@@ -94,8 +99,7 @@ export class MetricsSampler {
       cpuSeconds: cpu.cpuSeconds,
       memory: { ...mem, guestBytes: this.#src.guestBytes },
       disk,
-      // TODO: with a tap NIC read /sys/class/net/<tap>/statistics; user networking has no counters.
-      network: null,
+      network: network ? { rxBytes: network.rxBytes, txBytes: network.txBytes } : null,
     };
   }
 }

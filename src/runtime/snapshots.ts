@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
+import { deviceLayout, type DeviceLayout } from '../guest/guestConfig.ts';
 
 export interface SnapshotMeta {
   readonly name: string;
@@ -23,6 +24,11 @@ export interface SnapshotMeta {
   readonly sessions: readonly number[];
   /** `upper.qcow2` or `upper.ext4`. */
   readonly upperFile: string;
+  /**
+   * The VM's 9p shares and NIC: a restore attaches the same (absent in snapshots taken
+   * before it was recorded: then the config's).
+   */
+  readonly devices?: DeviceLayout;
   readonly createdAt: number;
   readonly bytes: number;
 }
@@ -40,6 +46,11 @@ export function readSnapshot(stateDir: string, name: string): SnapshotMeta {
   const meta = join(snapshotDir(stateDir, name), 'meta.json');
   if (!existsSync(meta)) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no snapshot named "${name}"`);
   return JSON.parse(readFileSync(meta, 'utf8')) as SnapshotMeta;
+}
+
+/** The guest devices a restore of this snapshot must attach. */
+export function snapshotDevices(meta: SnapshotMeta): DeviceLayout {
+  return meta.devices ?? deviceLayout(meta.config);
 }
 
 /** Every complete snapshot, by name. */

@@ -410,8 +410,8 @@ export class Sandbox {
 
   /**
    * One sample of resource use, taken on the host: CPU % of the VM process (since the
-   * previous call on this handle; the first call measures over 250 ms), its RSS/PSS, and
-   * qemu's disk byte counters.
+   * previous call on this handle; the first call measures over 250 ms), its RSS/PSS,
+   * qemu's disk byte counters, and the network bytes of its NIC (null without one).
    *
    * @example
    * const m = await sb.metrics(); // m.cpuPercent, m.memory.pssBytes, m.disk.writeBytes
@@ -443,6 +443,10 @@ export class Sandbox {
       blockStats: async () => {
         const link = this.#requireLink('read metrics of');
         return (await link.busy(() => link.api.blockStats())) as BlockStat[];
+      },
+      networkBytes: async () => {
+        const link = this.#requireLink('read metrics of');
+        return link.busy(() => link.api.networkStats());
       },
     });
   }

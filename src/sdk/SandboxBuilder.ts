@@ -243,7 +243,13 @@ export class SandboxBuilder {
 
   /**
    * Start from a snapshot taken with `sandbox.snapshot(name)`: memory and disk as they were,
-   * what was running still running. Image, memory and cpus come from the snapshot.
+   * what was running still running. Image, memory, cpus and patches come from the snapshot;
+   * volumes, network policy, ports and scripts from this builder where it sets them, else
+   * from the snapshot's source (at most as many bind/named volumes as the snapshot had, and
+   * network only if it had a NIC).
+   *
+   * @example
+   * await Sandbox.builder('copy').fromSnapshot('warm').network((n) => n.policy(NetworkPolicy.none())).create()
    */
   fromSnapshot(name: string): this {
     this.#config.fromSnapshot = validateName(name, 'fromSnapshot');

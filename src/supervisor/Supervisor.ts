@@ -26,7 +26,8 @@ import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
-import { readSnapshot } from '../runtime/snapshots.ts';
+import { readSnapshot, snapshotDevices } from '../runtime/snapshots.ts';
+import { snapshotGuestFields } from '../guest/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
 import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
@@ -304,13 +305,16 @@ export class Supervisor {
 
   /**
    * A sandbox started from a snapshot must have the snapshot's shape (image, memory, cpus…):
-   * its RAM and devices come from there. Its name, labels and policies stay its own.
+   * its RAM and devices come from there. Its name, labels and policies stay its own, and
+   * so do its volumes, network and ports where it sets them (src/guest/guestConfig.ts).
    */
   #withSnapshotShape(config: SandboxConfig): SandboxConfig {
     if (!config.fromSnapshot) return config;
-    const src = readSnapshot(this.stateDir, config.fromSnapshot).config;
+    const meta = readSnapshot(this.stateDir, config.fromSnapshot);
+    const src = meta.config;
     return normalizeConfig({
       ...src,
+      ...snapshotGuestFields(src, config, snapshotDevices(meta), config.fromSnapshot),
       name: config.name,
       labels: config.labels,
       logLevel: config.logLevel,
@@ -594,7 +598,7 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
 const exitedWorkers = new WeakSet<Worker>();
 
 /** Variables a sandbox worker reads, passed at create time (a spare started earlier). */
-const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME'];
+const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
 
 function spawnWorker(): Worker {
   const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });

@@ -15,6 +15,10 @@ function listen(body: string): Promise<Server> {
   return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve(srv)));
 }
 const portOf = (s: Server) => (s.address() as AddressInfo).port;
+function listen6(body: string): Promise<Server> {
+  const srv = createServer((_, res) => res.end(body));
+  return new Promise((resolve) => srv.listen(0, '::1', () => resolve(srv)));
+}
 async function freePort(): Promise<number> {
   const s = await listen('');
   const p = portOf(s);
@@ -81,6 +85,39 @@ describe('network policies and published ports', () => {
     expect(r.stdout).toMatch(/FAIL\n0\n$/);
   });
 
+  it('has no IPv6: even root with an address and a route reaches nothing over v6', async () => {
+    // slirp's IPv6 (off here) would map fec0::2 to the host's ::1, where this server listens.
+    const v6 = await listen6('v6-port');
+    try {
+      const r = await all.shell(
+        `awk '$6 == "eth0" && $1 !~ /^fe80/' /proc/net/if_inet6 | wc -l; ` +
+          `ip -6 addr add fec0::15/64 dev eth0 && ip -6 route add default via fec0::2 dev eth0 && echo configured; ` +
+          `timeout 10 wget -q -O- http://[fec0::2]:${portOf(v6)}/ 2>&1 || echo FAIL; id -u`,
+      );
+      expect(r.stdout).toMatch(/^0\nconfigured\n[\s\S]*FAIL\n0\n$/);
+      // The server is up: the host itself reaches it on ::1.
+      expect(await (await fetch(`http://[::1]:${portOf(v6)}/`)).text()).toBe('v6-port');
+    } finally {
+      await new Promise((r) => v6.close(r));
+    }
+  });
+
+  it('counts the VM\'s network bytes on the host, for metrics', async () => {
+    const big = await listen('x'.repeat(200_000));
+    try {
+      const before = await all.metrics();
+      expect(before.network).not.toBeNull();
+      expect((await all.shell(`timeout 20 wget -q -O- http://10.0.2.2:${portOf(big)}/ | wc -c`)).stdout.trim()).toBe('200000');
+      const after = await all.metrics();
+      expect(after.network!.rxBytes - before.network!.rxBytes).toBeGreaterThanOrEqual(200_000);
+      expect(after.network!.txBytes).toBeGreaterThan(before.network!.txBytes);
+      // No NIC, no counters.
+      expect((await none.metrics()).network).toBeNull();
+    } finally {
+      await new Promise((r) => big.close(r));
+    }
+  });
+
   it('a published port serves an HTTP request from host loopback', async () => {
     await all.shell('mkdir -p /www && echo guest-ok > /www/index.html && httpd -p 8080 -h /www');
     const res = await fetch(`http://127.0.0.1:${hostPort}/index.html`);
@@ -92,11 +129,15 @@ describe('network policies and published ports', () => {
     const rules = policyRuleset('corral_t', 'corral/t', NetworkPolicy.publicOnly().allow({ cidr: '10.0.0.5', protocol: 'tcp', port: [80, 90] }).deny({ protocol: 'udp' }).toJSON(), ['10.255.255.53']);
     const lines = rules.split('\n').map((l) => l.trim());
     const at = (s: string) => lines.indexOf(s);
-    expect(at('ct state established,related accept')).toBeGreaterThan(-1);
-    expect(at('ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept')).toBeGreaterThan(at('ct state established,related accept'));
-    expect(at('ip daddr 10.0.0.5/32 tcp dport 80-90 accept')).toBeLessThan(at('meta nfproto ipv4 meta l4proto udp goto refuse'));
+    expect(at('ct state established,related goto pass')).toBeGreaterThan(-1);
+    expect(at('ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 goto pass')).toBeGreaterThan(at('ct state established,related goto pass'));
+    expect(at('meta nfproto != ipv4 goto refuse')).toBeLessThan(at('ip daddr 10.0.0.5/32 tcp dport 80-90 goto pass'));
+    expect(at('ip daddr 10.0.0.5/32 tcp dport 80-90 goto pass')).toBeLessThan(at('meta nfproto ipv4 meta l4proto udp goto refuse'));
     expect(at('meta nfproto ipv4 meta l4proto udp goto refuse')).toBeLessThan(at('ip daddr 10.0.0.0/8 goto refuse'));
     expect(lines).toContain('socket cgroupv2 level 2 "corral/t" goto egress');
-    expect(lines[lines.indexOf('chain egress {') + 1]).toBe('ct state established,related accept');
+    expect(lines[lines.indexOf('chain egress {') + 1]).toBe('ct state established,related goto pass');
+    // Counters for metrics: what passes the filter out, what the VM's sockets receive.
+    expect(lines[lines.indexOf('chain pass {') + 1]).toBe('counter name "tx" accept');
+    expect(lines[lines.indexOf('chain input {') + 2]).toBe('socket cgroupv2 level 2 "corral/t" counter name "rx"');
   });
 });

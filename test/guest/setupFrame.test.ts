@@ -24,6 +24,7 @@ describe('SETUP frames (real agent, host mode)', () => {
       { op: 'mount9p', tag: 'corral.v0', path: '/data', readonly: true },
       { op: 'mountTmpfs', path: '/scratch', sizeMib: 10 },
       { op: 'net', ifname: 'eth0', address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2' },
+      { op: 'umount', path: '/data' },
     ]);
     expect(frames.length).toBeGreaterThan(3);
     for (const f of frames) await agent.client.setup(f.payload);
@@ -38,6 +39,7 @@ describe('SETUP frames (real agent, host mode)', () => {
       new PayloadWriter().u32(1).u32(2).str('/proc/sys/x').u32(0o644).u32(0).bytes(Buffer.from('x')).finish(),
       new PayloadWriter().u32(1).u32(6).str('/t').u32(0).finish(), // tmpfs of 0 MiB
       new PayloadWriter().u32(1).u32(5).str('bad tag!').str('/d').u32(0).finish(),
+      new PayloadWriter().u32(1).u32(8).str('/sys/fs/cgroup').finish(), // umount in /sys
       new PayloadWriter().u32(2).u32(4).str('/ok').finish(), // says 2 ops, has 1
       new PayloadWriter().u32(1).u32(4).str('/ok').u32(7).finish(), // trailing bytes
       new PayloadWriter().u32(0xffffffff).finish(), // absurd count
