@@ -11,7 +11,7 @@ import { CorralError, deserializeError } from '../errors.ts';
 import type { SandboxApi, SandboxLink } from '../supervisor/SandboxLink.ts';
 import { LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';
 
-const METHODS = ['start', 'exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats'] as const;
+const METHODS = ['start', 'exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'fs', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats'] as const;
 
 /**
  * @example

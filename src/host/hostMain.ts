@@ -18,7 +18,7 @@ import { CorralError, serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
 import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
-const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats']);
+const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'fs', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats']);
 
 async function readStdin(): Promise<string> {
   let text = '';
