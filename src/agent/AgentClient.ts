@@ -466,7 +466,8 @@ export class AgentClient {
 
   #onFsReply(f: Frame): void {
     const waiters = this.#fs.get(f.session);
-    const waiter = waiters?.shift();
+    // Left queued until handled: if the reply breaks the protocol, #fail rejects it too.
+    const waiter = waiters?.[0];
     if (!waiters || !waiter) throw new CorralError('E_PROTOCOL', `guest sent FS_REPLY for session ${f.session}, which has no request pending`);
     const r = new PayloadReader(f.payload, 'FS_REPLY');
     const errno = r.i32();
@@ -475,6 +476,7 @@ export class AgentClient {
       const message = r.str(4096);
       r.end();
       this.#fs.delete(f.session);
+      waiters.shift();
       const name = errnoName(errno);
       const err = new CorralError('E_FS', `${message} (${name})`, { details: { errno: name, errnoNumber: errno } });
       waiter.reject(err);
@@ -484,6 +486,7 @@ export class AgentClient {
     }
     const value = waiter.decode(r);
     r.end();
+    waiters.shift();
     if (waiter.last) this.#fs.delete(f.session);
     waiter.resolve(value);
   }

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CorralError, Sandbox } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
-import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+import { alive, hostileSandbox, testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -137,5 +137,18 @@ describe('sandbox.fs()', () => {
     await expect(fs.read('relative/path')).rejects.toMatchObject({ code: 'E_INVALID_OPTION' });
     // the sandbox is fine afterwards
     expect((await sb.exec('echo', ['ok'])).stdout).toBe('ok\n');
+  });
+
+  it('fails only its own sandbox when a guest lies in an FS reply', async () => {
+    // The lying guest is the fake qemu of test/helpers/fake-qemu.mjs: the real agent never lies.
+    const evil = await hostileSandbox(sup, 'fs-liar');
+    const { pid } = await evil.info();
+    await expect(evil.fs().stat('/etc/passwd')).rejects.toMatchObject({ code: 'E_PROTOCOL', message: expect.stringContaining('unknown kind 9') });
+    const info = await evil.wait();
+    expect(info).toMatchObject({ status: 'stopped', stopReason: 'crashed' });
+    expect(info.error?.code).toBe('E_PROTOCOL');
+    expect(alive(pid!)).toBe(false);
+    // this file's real sandbox never noticed
+    expect(await sb.fs().readText('/tmp/t/deep/note.txt')).toBe('héllo\nmore\n');
   });
 });
