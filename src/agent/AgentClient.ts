@@ -192,9 +192,9 @@ export class AgentClient {
     return this.#sessions.size;
   }
 
-  /** Ids of the live sessions (and of orphans still running), for a snapshot's record. */
+  /** Ids of the live sessions, open files and orphans still running, for a snapshot's record. */
   get sessionIds(): number[] {
-    return [...this.#sessions.keys(), ...this.#orphans];
+    return [...this.#sessions.keys(), ...this.#fs.keys(), ...this.#orphans];
   }
 
   /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
@@ -468,6 +468,8 @@ export class AgentClient {
     const waiters = this.#fs.get(f.session);
     // Left queued until handled: if the reply breaks the protocol, #fail rejects it too.
     const waiter = waiters?.[0];
+    // A file opened before this VM's snapshot: its requester is gone.
+    if (!waiters && this.#orphans.has(f.session)) return;
     if (!waiters || !waiter) throw new CorralError('E_PROTOCOL', `guest sent FS_REPLY for session ${f.session}, which has no request pending`);
     const r = new PayloadReader(f.payload, 'FS_REPLY');
     const errno = r.i32();
