@@ -32,7 +32,7 @@ import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
 import { GuestFs } from '../src/agent/GuestFs.ts';
 import { FsCalls, type FsCall, type FsCallResult } from '../src/agent/fsCalls.ts';
-import { execEnvDefaults } from '../src/agent/execDefaults.ts';
+import { execEnvDefaults, execUser } from '../src/agent/execDefaults.ts';
 
 /** What the supervisor hands a new worker. */
 export interface SandboxWorkerData {
@@ -598,7 +598,7 @@ class SandboxHost implements SandboxWorkerApi {
       },
     };
     try {
-      const user = req.user ?? (this.#root?.imageDefaults.user || undefined);
+      const user = execUser(req.user, this.#root?.imageDefaults.user);
       const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env, ...req.env }, { user, tty: req.tty !== undefined }), this.#config.scripts);
       const session = vm.agent.exec(
         {

@@ -16,3 +16,19 @@ export function execEnvDefaults(env: Readonly<Record<string, string>>, options: 
   if (out.TERM === undefined && options.tty) out.TERM = 'xterm-256color';
   return out;
 }
+
+const ROOT_USERS = new Set(['', 'root', '0', '0:0', 'root:root', 'root:0', '0:root']);
+
+/**
+ * The user an exec runs as: the one it asks for, else the image config's `User` — unless that
+ * is root, which the agent runs as anyway (and an agent older than protocol 3 cannot resolve
+ * users at all). Undefined means root.
+ *
+ * @example
+ * execUser(undefined, '0:0'); // undefined
+ * execUser(undefined, 'app'); // 'app'
+ */
+export function execUser(requested: string | undefined, imageUser: string | undefined): string | undefined {
+  if (requested !== undefined) return requested;
+  return imageUser === undefined || ROOT_USERS.has(imageUser) ? undefined : imageUser;
+}
