@@ -46,6 +46,30 @@ describe('FS frames against the real agent (host mode)', () => {
     await reader.close();
   });
 
+  it('answers every truncation of every op, and trailing bytes, with EINVAL and serves on', async () => {
+    const p = join(dir, 'never');
+    const ops = [
+      new PayloadWriter().u32(1).str(p),
+      new PayloadWriter().u32(2).str(p).u32(0),
+      new PayloadWriter().u32(3).str(p).u32(0o755).u32(0),
+      new PayloadWriter().u32(4).str(p).u32(0),
+      new PayloadWriter().u32(5).str(p).str(p + '2'),
+      new PayloadWriter().u32(6).str(p),
+      new PayloadWriter().u32(8).str(p).u32(0o644).u32(0),
+      new PayloadWriter().u32(11).str('t').str(p),
+      new PayloadWriter().u32(12).str(p),
+    ].map((w) => w.finish());
+    const rest = (r: { remaining: number }) => r.remaining;
+    for (const whole of ops) {
+      const bad = [...Array.from({ length: whole.length }, (_, n) => whole.subarray(0, n)), Buffer.concat([whole, Buffer.from([0])])];
+      for (const payload of bad) {
+        await expect(agent.client.fsChannel().request(payload, rest)).rejects.toMatchObject({ code: 'E_FS', details: { errno: 'EINVAL' } });
+      }
+    }
+    expect(await fs.readlink('/proc/self')).toMatch(/^\d+$/); // still serving, and nothing was made
+    await expect(fs.stat(p)).rejects.toMatchObject({ details: { errno: 'ENOENT' } });
+  });
+
   it('takes pipelined writes in order; a failed open names its errno and path', async () => {
     const w = await fs.openWrite(join(dir, 'sub', 'p.bin'), { parents: true, mode: 0o600 });
     await Promise.all([w.write(Buffer.alloc(300_000, 1)), w.write(Buffer.alloc(10, 2))]);
