@@ -22,6 +22,25 @@ export interface FsWriteOptions {
   readonly append?: boolean;
   /** Create missing parent directories. */
   readonly parents?: boolean;
+  /** Aborting it stops the transfer (the file is closed, what was written stays) with E_ABORTED. */
+  readonly signal?: AbortSignal;
+}
+
+/** Options of the calls that only move data. */
+export interface FsTransferOptions {
+  /** Aborting it stops the transfer with E_ABORTED; the guest file is closed. */
+  readonly signal?: AbortSignal;
+}
+
+/** Rethrows an abort (Node's AbortError, or the signal's reason) as E_ABORTED. */
+async function abortable<T>(signal: AbortSignal | undefined, what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    signal?.throwIfAborted();
+    return await fn();
+  } catch (err) {
+    if (signal?.aborted) throw new CorralError('E_ABORTED', `${what} aborted`, { cause: signal.reason ?? err });
+    throw err;
+  }
 }
 
 /** Bytes per read call (the agent serves at most 512 KiB). */
@@ -50,41 +69,46 @@ export class SandboxFs {
   ) {}
 
   /** The whole file's bytes. */
-  async read(path: string): Promise<Uint8Array> {
-    const parts: Uint8Array[] = [];
-    for await (const chunk of this.createReadStream(path)) parts.push(chunk as Uint8Array);
-    return Buffer.concat(parts);
+  async read(path: string, options: FsTransferOptions = {}): Promise<Uint8Array> {
+    return abortable(options.signal, `read ${path}`, async () => {
+      const parts: Uint8Array[] = [];
+      for await (const chunk of this.createReadStream(path, options)) parts.push(chunk as Uint8Array);
+      return Buffer.concat(parts);
+    });
   }
 
   /** The whole file as text. */
-  async readText(path: string, encoding: BufferEncoding = 'utf8'): Promise<string> {
-    return Buffer.from(await this.read(path)).toString(encoding);
+  async readText(path: string, options: FsTransferOptions & { encoding?: BufferEncoding } = {}): Promise<string> {
+    return Buffer.from(await this.read(path, options)).toString(options.encoding ?? 'utf8');
   }
 
   /** Writes (or appends) bytes or UTF-8 text. */
   async write(path: string, data: string | Uint8Array, options: FsWriteOptions = {}): Promise<void> {
     const bytes = typeof data === 'string' ? encoder.encode(data) : data;
     if (!(bytes instanceof Uint8Array)) throw new CorralError('E_INVALID_OPTION', `invalid option data: a string or a Uint8Array (got ${typeof data})`, { details: { option: 'data' } });
-    const handle = await this.#openWrite(path, options);
-    try {
-      await this.#writeAll(handle, bytes);
-    } catch (err) {
-      await this.call({ op: 'close', handle }).catch(() => {});
-      throw err;
-    }
-    await this.call({ op: 'close', handle });
+    await abortable(options.signal, `write ${path}`, async () => {
+      const handle = await this.#openWrite(path, options);
+      try {
+        await this.#writeAll(handle, bytes, options.signal);
+      } catch (err) {
+        await this.call({ op: 'close', handle }).catch(() => {});
+        throw err;
+      }
+      await this.call({ op: 'close', handle });
+    });
   }
 
   /**
    * A Node Readable of the file's bytes, fetched chunk by chunk as it is read (also an
    * AsyncIterable of Buffers).
    */
-  createReadStream(path: string): Readable {
+  createReadStream(path: string, options: FsTransferOptions = {}): Readable {
     checkGuestPath(path);
     let handle: number | undefined;
     const caller = this.call;
     return new Readable({
       highWaterMark: READ_CHUNK,
+      ...(options.signal ? { signal: options.signal } : {}),
       construct: (cb) => {
         this.call({ op: 'openRead', path }).then(
           (r) => {
@@ -127,6 +151,7 @@ export class SandboxFs {
     };
     return new Writable({
       highWaterMark: WRITE_CALL,
+      ...(options.signal ? { signal: options.signal } : {}),
       construct: (cb) => {
         this.#openWrite(path, options).then(
           (h) => {
@@ -188,14 +213,19 @@ export class SandboxFs {
   }
 
   /** Copies a host file or directory tree (files, dirs, symlinks; modes kept) to `guestPath`. */
-  async copyIn(hostPath: string, guestPath: string): Promise<void> {
+  async copyIn(hostPath: string, guestPath: string, options: FsTransferOptions = {}): Promise<void> {
     checkGuestPath(guestPath, 'guestPath');
+    await abortable(options.signal, `copyIn ${hostPath}`, () => this.#copyIn(hostPath, guestPath, options.signal));
+  }
+
+  async #copyIn(hostPath: string, guestPath: string, signal: AbortSignal | undefined): Promise<void> {
+    signal?.throwIfAborted();
     const st = await lstat(hostPath);
     if (st.isDirectory()) {
       await this.mkdir(guestPath, { recursive: true, mode: st.mode & 0o7777 });
-      for (const name of await readdir(hostPath)) await this.copyIn(join(hostPath, name), posix.join(guestPath, name));
+      for (const name of await readdir(hostPath)) await this.#copyIn(join(hostPath, name), posix.join(guestPath, name), signal);
     } else if (st.isFile()) {
-      await pipeline(createReadStream(hostPath), this.createWriteStream(guestPath, { mode: st.mode & 0o7777 }));
+      await pipeline(createReadStream(hostPath), this.createWriteStream(guestPath, { mode: st.mode & 0o7777 }), ...(signal ? [{ signal }] : []));
     } else if (st.isSymbolicLink()) {
       await this.call({ op: 'symlink', target: await readlink(hostPath), path: guestPath });
     } else {
@@ -208,16 +238,17 @@ export class SandboxFs {
    * host is overwritten or followed (each entry is created new), so a hostile guest's
    * listing cannot steer writes outside `hostPath`.
    */
-  async copyOut(guestPath: string, hostPath: string): Promise<void> {
-    await this.#copyOut(guestPath, hostPath, await this.stat(guestPath), true);
+  async copyOut(guestPath: string, hostPath: string, options: FsTransferOptions = {}): Promise<void> {
+    await abortable(options.signal, `copyOut ${guestPath}`, async () => this.#copyOut(guestPath, hostPath, await this.stat(guestPath), true, options.signal));
   }
 
-  async #copyOut(guestPath: string, hostPath: string, st: FsStat, top: boolean): Promise<void> {
+  async #copyOut(guestPath: string, hostPath: string, st: FsStat, top: boolean, signal: AbortSignal | undefined): Promise<void> {
+    signal?.throwIfAborted();
     if (st.type === 'directory') {
       await mkdir(hostPath, { recursive: top, mode: st.mode & 0o777 });
-      for (const e of await this.list(guestPath)) await this.#copyOut(posix.join(guestPath, e.name), join(hostPath, e.name), e, false);
+      for (const e of await this.list(guestPath)) await this.#copyOut(posix.join(guestPath, e.name), join(hostPath, e.name), e, false, signal);
     } else if (st.type === 'file') {
-      await pipeline(this.createReadStream(guestPath), createWriteStream(hostPath, { flags: top ? 'w' : 'wx', mode: st.mode & 0o777 }));
+      await pipeline(this.createReadStream(guestPath), createWriteStream(hostPath, { flags: top ? 'w' : 'wx', mode: st.mode & 0o777 }), ...(signal ? [{ signal }] : []));
     } else if (st.type === 'symlink') {
       await symlink((await this.call({ op: 'readlink', path: guestPath })) as string, hostPath);
     }
@@ -229,8 +260,9 @@ export class SandboxFs {
     return (r as { handle: number }).handle;
   }
 
-  async #writeAll(handle: number, bytes: Uint8Array): Promise<void> {
+  async #writeAll(handle: number, bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
     for (let off = 0; off < bytes.length; off += WRITE_CALL) {
+      signal?.throwIfAborted();
       // A copy: a view would clone its whole buffer across the worker boundary.
       await this.call({ op: 'write', handle, data: bytes.slice(off, Math.min(bytes.length, off + WRITE_CALL)) });
     }

@@ -123,6 +123,28 @@ describe('sandbox.fs()', () => {
     expect(readlinkSync(join(back, 'link'))).toBe('a.txt');
   });
 
+  it('stops a transfer when its signal aborts, and the guest file is closed', async () => {
+    const agentFds = async () => Number((await sb.shell('ls /proc/1/fd | wc -l')).stdout.trim());
+    await sb.shell('head -c 3000000 /dev/urandom > /tmp/abort.bin');
+    const before = await agentFds();
+    const ac = new AbortController();
+    let got = 0;
+    const reading = (async () => {
+      for await (const chunk of sb.fs().createReadStream('/tmp/abort.bin', { signal: ac.signal })) {
+        got += (chunk as Buffer).length;
+        if (got >= 512 * 1024) ac.abort();
+      }
+    })();
+    await expect(reading).rejects.toMatchObject({ name: 'AbortError' });
+    expect(got).toBeLessThan(3000000);
+    await expect(sb.fs().read('/tmp/abort.bin', { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'E_ABORTED' });
+    await expect(sb.fs().write('/tmp/never', 'x', { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'E_ABORTED' });
+    // the agent (PID 1) holds no file of the aborted read any more (the close is async: poll)
+    let after = await agentFds();
+    for (let i = 0; i < 50 && after > before; i++) after = await agentFds();
+    expect(after).toBe(before);
+  });
+
   it('reports guest errors with their errno and path', async () => {
     const fs = sb.fs();
     await expectFsError(fs.read('/nope/missing'), 'ENOENT', '/nope/missing');
