@@ -27,6 +27,7 @@ export const ErrorCodes = {
   E_AGENT: 'the guest agent reported an error',
   E_EXEC_START: 'the command could not be started in the guest',
   E_EXEC_NOT_FOUND: 'no running exec with that id',
+  E_FS: 'a file operation in the guest failed (details.errno names the errno: ENOENT, EISDIR…; details.path the path)',
   E_TIMEOUT: 'the operation did not finish in time',
   E_ABORTED: 'the operation was aborted by its signal',
   E_CLOSED: 'the object was closed',

@@ -31,6 +31,9 @@ import { GuestEnv } from '../src/guest/GuestEnv.ts';
 import type { DeviceLayout as GuestDeviceLayout } from '../src/guest/guestConfig.ts';
 import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
+import { GuestFs } from '../src/agent/GuestFs.ts';
+import { FsCalls, type FsCall, type FsCallResult } from '../src/agent/fsCalls.ts';
+import { execEnvDefaults, execUser } from '../src/agent/execDefaults.ts';
 
 /** What the supervisor hands a new worker. */
 export interface SandboxWorkerData {
@@ -61,6 +64,10 @@ export interface ExecRequest {
   readonly cwd?: string;
   readonly stdin?: boolean;
   readonly mergeStderr?: boolean;
+  /** Run on a pseudo-terminal of this size. */
+  readonly tty?: { readonly cols: number; readonly rows: number };
+  /** `name`, `uid`, `name:group` or `uid:gid`; default the image's user. */
+  readonly user?: string;
 }
 
 /** A sandbox's facts, as `sandbox.info()` returns them. */
@@ -89,6 +96,10 @@ export interface SandboxWorkerApi {
   writeStdin(execId: number, data: Uint8Array): void;
   closeStdin(execId: number): void;
   signalExec(execId: number, signo: number): void;
+  /** Sets a tty exec's window size. */
+  resizeExec(execId: number, cols: number, rows: number): void;
+  /** One file call in the guest (src/agent/fsCalls.ts). */
+  fs(call: FsCall): Promise<FsCallResult>;
   pause(): Promise<void>;
   resume(): Promise<void>;
   drain(): Promise<SandboxInfo>;
@@ -132,6 +143,7 @@ class SandboxHost implements SandboxWorkerApi {
   readonly #log: Logger;
   #qmpDone: Promise<void> = Promise.resolve();
   readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
+  readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
 
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
@@ -204,6 +216,17 @@ class SandboxHost implements SandboxWorkerApi {
   signalExec(execId: number, signo: number): void {
     if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new RangeError(`signal must be an integer from 1 to 64 (got ${signo})`);
     this.#session(execId).signal(signo);
+  }
+
+  resizeExec(execId: number, cols: number, rows: number): void {
+    for (const [name, v] of [['cols', cols], ['rows', rows]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > 65535) throw new RangeError(`${name} must be an integer from 1 to 65535 (got ${v})`);
+    }
+    this.#session(execId).resize(cols, rows);
+  }
+
+  fs(call: FsCall): Promise<FsCallResult> {
+    return this.#fs.call(call);
   }
 
   async pause(): Promise<void> {
@@ -582,8 +605,8 @@ class SandboxHost implements SandboxWorkerApi {
       started: (pid) => this.#emit({ type: 'exec.started', execId, argv: req.argv, pid }),
       stdout: (data) => this.#emit({ type: 'exec.stdout', execId, data }),
       stderr: (data) => this.#emit({ type: 'exec.stderr', execId, data }),
-      exited: (code, signal) => {
-        this.#emit({ type: 'exec.exited', execId, code, signal, durationMs: performance.now() - t0 });
+      exited: (code, signal, info) => {
+        this.#emit({ type: 'exec.exited', execId, code, signal, durationMs: performance.now() - t0, ...(info?.oomKilled ? { oomKilled: true } : {}) });
         done();
       },
       failed: (err) => {
@@ -592,9 +615,12 @@ class SandboxHost implements SandboxWorkerApi {
       },
     };
     try {
-      const env = withScriptsPath({ PATH: DEFAULT_PATH, HOME: '/root', ...this.#imageEnv, ...this.#config.env, ...req.env }, this.#config.scripts);
+      const user = execUser(req.user, this.#root?.imageDefaults.user);
+      const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env, ...req.env }, { user, tty: req.tty !== undefined }), this.#config.scripts);
       const session = vm.agent.exec(
         {
+          ...(req.tty ? { tty: req.tty } : {}),
+          ...(user !== undefined ? { user } : {}),
           argv: req.argv,
           env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
           // The image's WorkingDir applies when the config keeps the default "/".
@@ -735,6 +761,13 @@ class SandboxHost implements SandboxWorkerApi {
     const s = this.#sessions.get(execId);
     if (!s) throw new CorralError('E_EXEC_NOT_FOUND', `no running exec ${execId} in sandbox "${this.#config.name}"`);
     return s;
+  }
+
+  /** The VM, if the sandbox is running (not paused: a paused guest would leave the call hanging). */
+  #requireRunning(what: string): Vm {
+    const state = stateName(this.#actor.getSnapshot());
+    if (state !== 'running' && state !== 'draining') throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.#config.name}": it is ${state}`, { details: { state } });
+    return this.#requireVm();
   }
 
   #requireVm(): Vm {

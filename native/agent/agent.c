@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sys/mount.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -49,6 +50,9 @@ enum frame_type {
 	T_CONFIGURED = 14,
 	T_SETUP = 15,
 	T_SETUP_DONE = 16,
+	T_FS = 17,
+	T_FS_REPLY = 18,
+	T_RESIZE = 19,
 };
 
 #define HEADER_SIZE 12
@@ -59,6 +63,11 @@ enum frame_type {
 #define STDIN_LIMIT (4u * 1024 * 1024)     /* pending stdin per session */
 #define EXEC_STDIN 1u
 #define EXEC_MERGE_STDERR 2u
+#define EXEC_TTY 4u                        /* protocol 3: u32 cols, u32 rows follow */
+#define EXEC_USER 8u                       /* protocol 3: str user follows */
+#define EXIT_OOM 1u                        /* EXIT flags: the guest's OOM killer struck */
+#define CGROUP_ROOT "/sys/fs/cgroup"
+#define MAX_GROUPS 64
 
 /* Back-pressure thresholds on the output queue. */
 #define OUTQ_PAUSE_CHILDREN (1024 * 1024)  /* stop reading child output above this */
@@ -204,6 +213,9 @@ struct session {
 	bool stdin_used;   /* exec flag bit 0 */
 	bool stdin_eof;    /* host sent the zero-length STDIN: close once flushed */
 	struct buf inq;    /* stdin not yet accepted by the pipe */
+	bool tty;          /* out_fd is a pty master */
+	bool cgroup;       /* runs in CGROUP_ROOT/exec-<id> */
+	uint64_t oom_base; /* that cgroup's oom_kill count at start */
 };
 
 static struct session sessions[MAX_SESSIONS];
@@ -219,6 +231,7 @@ static uint64_t port_backoff_until; /* VM mode: host side disconnected, retry th
 static unsigned complaints;
 static uint64_t start_ms;
 static struct rlimit nofile_orig; /* restored in children */
+static bool cgroups_ok;           /* per-exec cgroups (memory.events) available */
 
 /* ---- frame output ---- */
 
@@ -231,7 +244,7 @@ static void put_header(uint8_t *p, uint32_t len, uint32_t session, uint16_t type
 	p[10] = p[11] = 0;
 }
 
-static void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len)
+void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len)
 {
 	uint8_t *p = buf_reserve(&outq, HEADER_SIZE + len);
 	if (!p) {
@@ -364,15 +377,66 @@ static void session_free(struct session *s)
 	live_sessions--;
 }
 
+/* ---- per-exec cgroups: how the agent learns that the OOM killer struck an exec ---- */
+
+/* Mounts cgroup2 (VM mode only) and enables the memory controller for child groups. */
+static void cgroups_init(void)
+{
+	if (mount("cgroup2", CGROUP_ROOT, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0 &&
+	    errno != EBUSY) {
+		logmsg("mount cgroup2: %s (OOM kills will not be reported)", strerror(errno));
+		return;
+	}
+	int fd = open(CGROUP_ROOT "/cgroup.subtree_control", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0 && write(fd, "+memory", 7) == 7)
+		cgroups_ok = true;
+	else
+		logmsg("enable memory cgroup: %s (OOM kills will not be reported)", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+static void cgroup_path(char *out, size_t cap, uint32_t id, const char *file)
+{
+	snprintf(out, cap, CGROUP_ROOT "/exec-%u%s%s", id, file ? "/" : "", file ? file : "");
+}
+
+/* The group's oom_kill count (hierarchical memory.events); 0 if unreadable. */
+static uint64_t cgroup_oom_kills(uint32_t id)
+{
+	char path[96], text[512];
+	cgroup_path(path, sizeof path, id, "memory.events");
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, text, sizeof text - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	text[n] = '\0';
+	const char *k = strstr(text, "oom_kill ");
+	return k ? strtoull(k + 9, NULL, 10) : 0;
+}
+
 /* Sends EXIT and frees the session once the child is reaped and its output drained. */
 static void session_maybe_exit(struct session *s)
 {
 	if (!s->reaped || s->out_fd >= 0 || s->err_fd >= 0)
 		return;
-	if (WIFSIGNALED(s->status))
-		send_i32s(T_EXIT, s->id, 2, -1, WTERMSIG(s->status));
-	else
-		send_i32s(T_EXIT, s->id, 2, WEXITSTATUS(s->status), 0);
+	uint32_t flags = 0;
+	if (s->cgroup) {
+		if (cgroup_oom_kills(s->id) > s->oom_base)
+			flags |= EXIT_OOM;
+		char path[96];
+		cgroup_path(path, sizeof path, s->id, NULL);
+		rmdir(path); /* EBUSY while descendants live on in it: it is reused or left */
+	}
+	uint8_t p[12];
+	bool sig = WIFSIGNALED(s->status);
+	put_u32(p, sig ? (uint32_t)-1 : (uint32_t)WEXITSTATUS(s->status));
+	put_u32(p + 4, sig ? (uint32_t)WTERMSIG(s->status) : 0);
+	put_u32(p + 8, flags);
+	send_frame(T_EXIT, s->id, p, sizeof p);
 	session_free(s);
 }
 
@@ -448,11 +512,18 @@ struct exec_req {
 	char **argv, **envp;
 	const char *cwd;
 	uint32_t uid, gid;
+	uint32_t cols, rows;   /* EXEC_TTY */
+	const char *user;      /* EXEC_USER: "name", "uid", "name:group", "uid:gid" */
 	char *pool; /* storage of all strings */
+	/* Resolved from user in the agent, before the fork: */
+	bool creds;
+	gid_t groups[MAX_GROUPS];
+	int ngroups;
+	char *home_env;        /* "HOME=…" added to envp when it had no HOME */
 };
 
 /* Why a child failed before exec; sent over the close-on-exec pipe. */
-enum exec_stage { STAGE_STDIO, STAGE_CREDS, STAGE_CHDIR, STAGE_EXEC };
+enum exec_stage { STAGE_STDIO, STAGE_CREDS, STAGE_CHDIR, STAGE_EXEC, STAGE_TTY };
 struct exec_failure {
 	int32_t stage, err;
 };
@@ -462,6 +533,7 @@ static void exec_req_free(struct exec_req *r)
 	free(r->argv);
 	free(r->envp);
 	free(r->pool);
+	free(r->home_env);
 }
 
 /* Parses an EXEC payload. Returns false if malformed. */
@@ -481,7 +553,19 @@ static bool parse_exec(const uint8_t *payload, uint32_t len, struct exec_req *r)
 	char *cwd = rd_str(&rd, &pool);
 	r->uid = rd_u32(&rd);
 	r->gid = rd_u32(&rd);
-	if (!rd_done(&rd) || argc < 1 || (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR)))
+	if (r->flags & EXEC_TTY) {
+		r->cols = rd_u32(&rd);
+		r->rows = rd_u32(&rd);
+		if (r->cols < 1 || r->cols > 65535 || r->rows < 1 || r->rows > 65535)
+			return false;
+	}
+	if (r->flags & EXEC_USER) {
+		r->user = rd_str(&rd, &pool);
+		if (!r->user || !r->user[0] || strlen(r->user) > 256)
+			return false;
+	}
+	if (!rd_done(&rd) || argc < 1 ||
+	    (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR | EXEC_TTY | EXEC_USER)))
 		return false;
 	for (uint32_t i = 0; i < envc; i++) {
 		const char *eq = strchr(r->envp[i], '=');
@@ -490,6 +574,156 @@ static bool parse_exec(const uint8_t *payload, uint32_t len, struct exec_req *r)
 	}
 	r->cwd = cwd[0] ? cwd : "/";
 	return true;
+}
+
+/* ---- users: "name", "uid", "name:group", "uid:gid", resolved from the guest's files ---- */
+
+static bool all_digits(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
+/* Splits one colon-separated line of /etc/passwd or /etc/group into at most max fields. */
+static int split_fields(char *line, char **f, int max)
+{
+	int n = 0;
+	line[strcspn(line, "\n")] = '\0';
+	for (char *p = line; n < max; n++) {
+		f[n] = p;
+		p = strchr(p, ':');
+		if (!p)
+			return n + 1;
+		*p++ = '\0';
+	}
+	return n;
+}
+
+/* Finds the passwd entry by name (or by uid when name is NULL). */
+static bool passwd_find(const char *name, uid_t uid, char *namebuf, size_t namecap, uid_t *u, gid_t *g,
+			char *home, size_t homecap)
+{
+	FILE *f = fopen("/etc/passwd", "re");
+	if (!f)
+		return false;
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char *v[7];
+		if (split_fields(line, v, 7) < 7 || !all_digits(v[2]) || !all_digits(v[3]))
+			continue;
+		uid_t lu = strtoul(v[2], NULL, 10);
+		if (name ? strcmp(v[0], name) != 0 : lu != uid)
+			continue;
+		found = true;
+		*u = lu;
+		*g = strtoul(v[3], NULL, 10);
+		snprintf(home, homecap, "%s", v[5][0] ? v[5] : "/");
+		snprintf(namebuf, namecap, "%s", v[0]);
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* Looks a group up by name (sets *gid), and/or collects the groups that list user. */
+static bool group_scan(const char *group, gid_t *gid, const char *user, gid_t *groups, int *n)
+{
+	FILE *f = fopen("/etc/group", "re");
+	if (!f)
+		return false;
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+	while (getline(&line, &cap, f) > 0) {
+		char *v[4];
+		if (split_fields(line, v, 4) < 4 || !all_digits(v[2]))
+			continue;
+		gid_t g = strtoul(v[2], NULL, 10);
+		if (group && !found && strcmp(v[0], group) == 0) {
+			*gid = g;
+			found = true;
+		}
+		if (!user || !user[0])
+			continue;
+		for (char *m = strtok(v[3], ","); m; m = strtok(NULL, ","))
+			if (strcmp(m, user) == 0 && *n < MAX_GROUPS)
+				groups[(*n)++] = g;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* Resolves r->user into r->uid/gid/groups and HOME. Returns 0 or an errno, msg set. */
+static int resolve_user(struct exec_req *r, char *msg, size_t cap)
+{
+	char spec[258], name[258] = "", home[512] = "/";
+	snprintf(spec, sizeof spec, "%s", r->user);
+	char *grp = strchr(spec, ':');
+	if (grp)
+		*grp++ = '\0';
+	uid_t u = 0;
+	gid_t g = 0;
+	bool known;
+	if (all_digits(spec)) {
+		u = strtoul(spec, NULL, 10);
+		/* A uid without a passwd entry is allowed (gid 0, HOME /), like docker. */
+		known = passwd_find(NULL, u, name, sizeof name, &u, &g, home, sizeof home);
+	} else {
+		known = passwd_find(spec, 0, name, sizeof name, &u, &g, home, sizeof home);
+		if (!known) {
+			snprintf(msg, cap, "unknown user \"%s\": no such name in /etc/passwd", spec);
+			return ENOENT;
+		}
+	}
+	r->ngroups = 0;
+	if (grp && !grp[0]) {
+		snprintf(msg, cap, "user \"%s\": empty group after ':'", r->user);
+		return EINVAL;
+	}
+	if (grp && all_digits(grp)) {
+		g = strtoul(grp, NULL, 10);
+		grp = NULL;
+	}
+	gid_t named = 0;
+	bool gfound = group_scan(grp, &named, known ? name : NULL, r->groups + 1, &r->ngroups);
+	if (grp && !gfound) {
+		snprintf(msg, cap, "unknown group \"%s\": no such name in /etc/group", grp);
+		return ENOENT;
+	}
+	if (grp)
+		g = named;
+	r->groups[0] = g;
+	r->ngroups++;
+	r->uid = u;
+	r->gid = g;
+	r->creds = true;
+	/* HOME of the user unless the host's environment names one. */
+	size_t envc = 0;
+	bool has_home = false;
+	for (; r->envp[envc]; envc++)
+		if (strncmp(r->envp[envc], "HOME=", 5) == 0)
+			has_home = true;
+	if (!has_home) {
+		char **e = realloc(r->envp, (envc + 2) * sizeof *e);
+		if (!e || asprintf(&r->home_env, "HOME=%s", home) < 0) {
+			if (e)
+				r->envp = e;
+			r->home_env = NULL;
+			snprintf(msg, cap, "out of memory");
+			return ENOMEM;
+		}
+		r->envp = e;
+		e[envc] = r->home_env;
+		e[envc + 1] = NULL;
+	}
+	return 0;
 }
 
 static const char *env_get(char *const envp[], const char *key)
@@ -586,7 +820,8 @@ static void child_fail(int fd, enum exec_stage stage)
 
 /* Runs in the forked child: never returns. All agent fds are O_CLOEXEC, so only the
  * three dup2'd ones survive the exec. */
-static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_wr, int fail_wr)
+static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_wr, int fail_wr,
+		       const char *pts, int cg_fd)
 {
 	/* Undo the agent's signal setup (and whatever it inherited): ignored dispositions and
 	 * the mask survive exec. Errors for SIGKILL/SIGSTOP/libc-reserved ones don't matter. */
@@ -599,11 +834,28 @@ static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_
 		setrlimit(RLIMIT_NOFILE, &nofile_orig);
 
 	setsid();
+	if (cg_fd >= 0) {
+		/* Join the exec's cgroup before anything runs, so all descendants are in it. */
+		ssize_t w = write(cg_fd, "0", 1);
+		(void)w; /* without it only the OOM report is lost */
+	}
+	if (pts) {
+		/* The pty becomes the controlling terminal of the new session. */
+		int t = open(pts, O_RDWR | O_CLOEXEC);
+		if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0)
+			child_fail(fail_wr, STAGE_TTY);
+		if (r->creds && fchown(t, r->uid, -1) < 0)
+			child_fail(fail_wr, STAGE_TTY);
+		in_rd = out_wr = err_wr = t;
+	}
 	if (in_rd < 0)
 		in_rd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (in_rd < 0 || dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0)
 		child_fail(fail_wr, STAGE_STDIO);
-	if (r->uid != 0 || r->gid != 0) {
+	if (r->creds) {
+		if (setgroups(r->ngroups, r->groups) < 0 || setgid(r->gid) < 0 || setuid(r->uid) < 0)
+			child_fail(fail_wr, STAGE_CREDS);
+	} else if (r->uid != 0 || r->gid != 0) {
 		gid_t g = r->gid;
 		if (setgroups(1, &g) < 0 || setgid(r->gid) < 0 || setuid(r->uid) < 0)
 			child_fail(fail_wr, STAGE_CREDS);
@@ -635,6 +887,9 @@ static void report_failure(uint32_t id, const struct exec_req *r, const struct e
 	case STAGE_CREDS:
 		send_error(id, f->err, "set uid %u gid %u: %s", r->uid, r->gid, e);
 		break;
+	case STAGE_TTY:
+		send_error(id, f->err, "controlling terminal: %s", e);
+		break;
 	case STAGE_EXEC:
 		send_error(id, f->err, "exec %s: %s", r->argv[0], e);
 		break;
@@ -645,23 +900,85 @@ static void report_failure(uint32_t id, const struct exec_req *r, const struct e
 
 /* Forks and execs; reports STARTED or ERROR. Waits (briefly, synchronously) on the
  * close-on-exec pipe so that STARTED always precedes any output of the session. */
-static void start_exec(uint32_t id, const struct exec_req *r)
+/* Opens a pty master sized cols x rows; sets *pts to the slave's path. */
+static int open_pty(const struct exec_req *r, char *pts, size_t cap)
+{
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (m < 0)
+		return -1;
+	struct winsize ws = { .ws_row = r->rows, .ws_col = r->cols };
+	if (grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, pts, cap) != 0 ||
+	    ioctl(m, TIOCSWINSZ, &ws) < 0) {
+		int e = errno;
+		close(m);
+		errno = e;
+		return -1;
+	}
+	return m;
+}
+
+/* Makes (or reuses) the exec's cgroup; returns its cgroup.procs fd for the child, or -1. */
+static int cgroup_enter_fd(uint32_t id, uint64_t *base)
+{
+	if (!cgroups_ok)
+		return -1;
+	char path[96];
+	cgroup_path(path, sizeof path, id, NULL);
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return -1;
+	*base = cgroup_oom_kills(id); /* a reused group (descendants lived on) has counts */
+	cgroup_path(path, sizeof path, id, "cgroup.procs");
+	return open(path, O_WRONLY | O_CLOEXEC);
+}
+
+static void start_exec(uint32_t id, struct exec_req *r)
 {
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, fail[2] = { -1, -1 };
+	int pty = -1, cg_fd = -1;
+	uint64_t oom_base = 0;
+	char pts[64];
 	bool merge = r->flags & EXEC_MERGE_STDERR;
-	if (((r->flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
-	    (!merge && pipe2(err, O_CLOEXEC) < 0) || pipe2(fail, O_CLOEXEC) < 0) {
+	bool tty = r->flags & EXEC_TTY;
+	if (r->user) {
+		char msg[400];
+		int e = resolve_user(r, msg, sizeof msg);
+		if (e) {
+			send_error(id, e, "%s", msg);
+			return;
+		}
+	}
+	if (tty) {
+		pty = open_pty(r, pts, sizeof pts);
+		if (pty < 0) {
+			send_error(id, errno, "pty: %s", strerror(errno));
+			return;
+		}
+		/* stdin frames go to the master too; its own fd, so closing it ends nothing. */
+		if ((r->flags & EXEC_STDIN) && (in[1] = fcntl(pty, F_DUPFD_CLOEXEC, 0)) < 0) {
+			send_error(id, errno, "dup: %s", strerror(errno));
+			goto close_all;
+		}
+		out[0] = pty;
+		pty = -1;
+		if (pipe2(fail, O_CLOEXEC) < 0) {
+			send_error(id, errno, "pipe: %s", strerror(errno));
+			goto close_all;
+		}
+	} else if (((r->flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
+		   (!merge && pipe2(err, O_CLOEXEC) < 0) || pipe2(fail, O_CLOEXEC) < 0) {
 		send_error(id, errno, "pipe: %s", strerror(errno));
 		goto close_all;
 	}
+	cg_fd = cgroup_enter_fd(id, &oom_base);
 	pid_t pid = fork();
 	if (pid < 0) {
 		send_error(id, errno, "fork: %s", strerror(errno));
 		goto close_all;
 	}
 	if (pid == 0)
-		child_exec(r, in[0], out[1], merge ? out[1] : err[1], fail[1]);
+		child_exec(r, in[0], out[1], merge ? out[1] : err[1], fail[1], tty ? pts : NULL, cg_fd);
 
+	close_fd(&cg_fd);
 	close_fd(&in[0]);
 	close_fd(&out[1]);
 	close_fd(&err[1]);
@@ -678,6 +995,9 @@ static void start_exec(uint32_t id, const struct exec_req *r)
 	struct session *s = session_alloc(id); /* a free slot was checked by the caller */
 	s->pid = pid;
 	s->stdin_used = r->flags & EXEC_STDIN;
+	s->tty = tty;
+	s->cgroup = cgroups_ok;
+	s->oom_base = oom_base;
 	s->in_fd = in[1];
 	s->out_fd = out[0];
 	s->err_fd = err[0];
@@ -688,6 +1008,8 @@ static void start_exec(uint32_t id, const struct exec_req *r)
 	return;
 
 close_all:
+	close_fd(&pty);
+	close_fd(&cg_fd);
 	for (int i = 0; i < 2; i++) {
 		close_fd(&in[i]);
 		close_fd(&out[i]);
@@ -707,7 +1029,7 @@ static void on_exec(uint32_t id, const uint8_t *payload, uint32_t len)
 	struct exec_req r;
 	if (!parse_exec(payload, len, &r)) {
 		complain(EINVAL, "malformed EXEC payload for session %u", id);
-	} else if (session_find(id)) {
+	} else if (session_find(id) || fs_session_live(id)) {
 		send_error(id, EBUSY, "session %u is already live", id);
 	} else if (live_sessions >= MAX_SESSIONS) {
 		send_error(id, EBUSY, "too many sessions (max %d)", MAX_SESSIONS);
@@ -729,6 +1051,14 @@ static void on_stdin(uint32_t id, const uint8_t *payload, uint32_t len)
 	if (s->in_fd < 0 || s->stdin_eof)
 		return; /* the child closed its stdin (or EOF was already sent): drop */
 	if (len == 0) {
+		if (s->tty) {
+			/* A terminal has no EOF of its own: the line discipline's VEOF (^D) is it. */
+			uint8_t *q = buf_reserve(&s->inq, 1);
+			if (q) {
+				*q = 4;
+				buf_commit(&s->inq, 1);
+			}
+		}
 		s->stdin_eof = true;
 		pump_stdin(s);
 		return;
@@ -769,6 +1099,26 @@ static void on_signal(uint32_t id, const uint8_t *payload, uint32_t len)
 		if (s->used)
 			session_maybe_exit(s);
 	}
+}
+
+static void on_resize(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	uint32_t cols = len == 8 ? get_u32(payload) : 0, rows = len == 8 ? get_u32(payload + 4) : 0;
+	if (id == 0 || cols < 1 || cols > 65535 || rows < 1 || rows > 65535) {
+		complain(EINVAL, "malformed RESIZE for session %u", id);
+		return;
+	}
+	struct session *s = session_find(id);
+	if (!s || s->out_fd < 0)
+		return; /* ended (or its terminal hung up) while this was in flight */
+	if (!s->tty) {
+		complain(EINVAL, "RESIZE for session %u, which has no terminal", id);
+		return;
+	}
+	/* The kernel sends SIGWINCH to the terminal's foreground process group. */
+	struct winsize ws = { .ws_row = rows, .ws_col = cols };
+	if (ioctl(s->out_fd, TIOCSWINSZ, &ws) < 0)
+		logmsg("TIOCSWINSZ: %s", strerror(errno));
 }
 
 static void kill_all_sessions(void)
@@ -902,13 +1252,23 @@ static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_
 	case T_SETUP:
 		on_setup(id, payload, len);
 		break;
+	case T_FS:
+		if (session_find(id))
+			complain(EINVAL, "FS on exec session %u", id);
+		else
+			fs_request(id, payload, len);
+		break;
+	case T_RESIZE:
+		on_resize(id, payload, len);
+		break;
 	}
 }
 
 static bool host_frame_type(uint16_t type)
 {
 	return type == T_EXEC || type == T_STDIN || type == T_SIGNAL || type == T_SHUTDOWN ||
-	       type == T_PING || type == T_CONFIGURE || type == T_SETUP;
+	       type == T_PING || type == T_CONFIGURE || type == T_SETUP || type == T_FS ||
+	       type == T_RESIZE;
 }
 
 /* Handles every whole frame in inq. A rejected header's payload is skipped (skip_bytes),
@@ -1228,6 +1588,7 @@ int main(int argc, char **argv)
 			system_shutdown(); /* fail fast: the host sees qemu exit, not a HELLO timeout */
 		setup_signals();
 		raise_nofile_limit();
+		cgroups_init();
 		port_fd = open_virtio_port();
 	}
 	serve();

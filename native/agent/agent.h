@@ -11,9 +11,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define AGENT_VERSION "0.1.0"
-#define PROTOCOL_VERSION 2
+#define PROTOCOL_VERSION 3
 
 /* Name of the virtio-serial port the host exposes for us. */
 #define AGENT_PORT_NAME "corral.agent"
@@ -53,6 +54,26 @@ void system_shutdown(void) __attribute__((noreturn));
  * saying what failed. Never exits, whatever the payload. */
 int setup_apply(const uint8_t *payload, uint32_t len, bool dry_run, uint32_t *failed, char *msg,
 		size_t msgcap);
+
+/* mkdir -p of every parent of path (not path itself); paths up to 4096 bytes. */
+int make_parents(const char *path);
+/* mkdir -p path, then chmod a new leaf to mode; an existing dir is fine. */
+int make_dirs(const char *path, mode_t mode);
+/* rm -rf path (no symlinks followed, one filesystem); nothing there is success. */
+int remove_tree(const char *path);
+
+/* ---- fs.c: FS frames (file access for the host) ---- */
+
+/* Handles one FS frame on session id; always answers FS_REPLY (or drops a handle op
+ * for a session that is not open). Never exits. */
+void fs_request(uint32_t id, const uint8_t *payload, uint32_t len);
+/* Whether id is an open file handle's session. */
+bool fs_session_live(uint32_t id);
+
+/* ---- agent.c: output to the host ---- */
+
+/* Queues one whole frame for the host. */
+void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len);
 
 /* Shared by agent.c and setup.c: every read of a guest-bound payload is bounds-checked. */
 static inline uint32_t get_u32(const uint8_t *p)

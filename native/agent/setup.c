@@ -168,7 +168,7 @@ static bool parse_op(struct reader *r, char **pool, struct op *o)
 /* ---- applying ---- */
 
 /* mkdir -p of every parent of path (not path itself). */
-static int make_parents(const char *path)
+int make_parents(const char *path)
 {
 	char buf[SETUP_PATH_MAX + 1];
 	snprintf(buf, sizeof buf, "%s", path);
@@ -181,7 +181,7 @@ static int make_parents(const char *path)
 	return 0;
 }
 
-static int make_dirs(const char *path, mode_t mode)
+int make_dirs(const char *path, mode_t mode)
 {
 	if (make_parents(path) < 0)
 		return -1;
@@ -233,7 +233,7 @@ static int remove_entry(const char *path, const struct stat *st, int type, struc
 	return (type == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? -1 : 0;
 }
 
-static int remove_tree(const char *path)
+int remove_tree(const char *path)
 {
 	struct stat st;
 	if (lstat(path, &st) < 0)

@@ -8,9 +8,11 @@
  */
 
 import type { Socket } from 'node:net';
+import { constants as osConstants } from 'node:os';
 import { CorralError } from '../errors.ts';
 import {
   ExecFlags,
+  ExitFlags,
   FrameDecoder,
   FrameType,
   MAX_PAYLOAD,
@@ -44,6 +46,28 @@ export interface ExecSpec {
   /** Whether the host will send stdin; if false the child's stdin is /dev/null. */
   readonly stdin?: boolean;
   readonly mergeStderr?: boolean;
+  /** Run on a pseudo-terminal of this size (protocol 3); stdout carries the terminal's output. */
+  readonly tty?: { readonly cols: number; readonly rows: number };
+  /** `name`, `uid`, `name:group` or `uid:gid`, resolved by the agent from the guest's /etc files (protocol 3). */
+  readonly user?: string;
+}
+
+/** How an exec ended, beyond its status. */
+export interface ExitInfo {
+  /** The guest kernel's OOM killer killed a process of the exec (protocol 3 agents say so). */
+  readonly oomKilled: boolean;
+}
+
+/** One FS session: its requests are answered in order (src/agent/GuestFs.ts speaks it). */
+export interface FsChannel {
+  readonly id: number;
+  /**
+   * Sends one FS frame and resolves with `decode` of the reply's body (after its errno 0),
+   * run while the frame is handled: a decode that throws E_PROTOCOL fails the connection.
+   * A non-zero errno rejects with E_FS (`details.errno` its name) and ends the session, as
+   * does the reply to a request marked `last`.
+   */
+  request<T>(payload: Uint8Array, decode: (r: PayloadReader) => T, options?: { last?: boolean }): Promise<T>;
 }
 
 /** Callbacks of one exec session, called in the order the guest sent them. */
@@ -51,7 +75,7 @@ export interface ExecHandlers {
   started(pid: number): void;
   stdout(data: Uint8Array): void;
   stderr(data: Uint8Array): void;
-  exited(code: number | null, signal: number | null): void;
+  exited(code: number | null, signal: number | null, info?: ExitInfo): void;
   /** The exec could not start, or the connection failed under it. Final. */
   failed(err: Error): void;
 }
@@ -65,6 +89,8 @@ export interface ExecSession {
   end(): void;
   /** Sends a signal to the exec's process group. */
   signal(signo: number): void;
+  /** Sets a tty exec's window size (the guest process gets SIGWINCH). */
+  resize(cols: number, rows: number): void;
 }
 
 /** Limits that keep a hostile guest from exhausting the host. */
@@ -88,6 +114,21 @@ interface Live {
   started: boolean;
 }
 
+interface FsWaiter {
+  decode(r: PayloadReader): unknown;
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+  last: boolean;
+}
+
+/** Linux errno numbers to names (host and guest are both Linux). */
+const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
+
+/** The name of a Linux errno (`ENOENT`), or `errno N`. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
+
 const STDIN_CHUNK = 64 * 1024;
 
 /**
@@ -107,6 +148,7 @@ export class AgentClient {
   #pings = new Map<string, () => void>();
   #configured: Array<() => void> = [];
   #setups: Array<{ resolve(): void; reject(e: Error): void; describe(index: number): string }> = [];
+  readonly #fs = new Map<number, FsWaiter[]>();
   #error: Error | undefined;
   #closed = false;
   #hello: AgentHello | undefined;
@@ -150,9 +192,9 @@ export class AgentClient {
     return this.#sessions.size;
   }
 
-  /** Ids of the live sessions (and of orphans still running), for a snapshot's record. */
+  /** Ids of the live sessions, open files and orphans still running, for a snapshot's record. */
   get sessionIds(): number[] {
-    return [...this.#sessions.keys(), ...this.#orphans];
+    return [...this.#sessions.keys(), ...this.#fs.keys(), ...this.#orphans];
   }
 
   /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
@@ -162,16 +204,23 @@ export class AgentClient {
       throw new CorralError('E_EXEC_START', `too many concurrent execs (max ${this.#maxSessions})`);
     }
     if (spec.argv.length === 0) throw new TypeError('exec argv must have at least one element');
+    if (spec.tty || spec.user !== undefined) this.#requireProtocol(3, spec.tty ? 'tty execs' : 'exec users');
     const id = this.#allocateId();
-    const flags = (spec.stdin ? ExecFlags.STDIN : 0) | (spec.mergeStderr ? ExecFlags.MERGE_STDERR : 0);
-    const payload = new PayloadWriter()
+    const flags =
+      (spec.stdin ? ExecFlags.STDIN : 0) |
+      (spec.mergeStderr ? ExecFlags.MERGE_STDERR : 0) |
+      (spec.tty ? ExecFlags.TTY : 0) |
+      (spec.user !== undefined ? ExecFlags.USER : 0);
+    const w = new PayloadWriter()
       .u32(flags)
       .strList(spec.argv)
       .strList(spec.env)
       .str(spec.cwd)
       .u32(spec.uid ?? 0)
-      .u32(spec.gid ?? 0)
-      .finish();
+      .u32(spec.gid ?? 0);
+    if (spec.tty) w.u32(spec.tty.cols).u32(spec.tty.rows);
+    if (spec.user !== undefined) w.str(spec.user);
+    const payload = w.finish();
     if (payload.length > MAX_PAYLOAD) throw new RangeError(`exec request of ${payload.length} bytes exceeds ${MAX_PAYLOAD} (argv + env too large)`);
     this.#sessions.set(id, { handlers, started: false });
     this.#send(FrameType.EXEC, id, payload);
@@ -191,7 +240,38 @@ export class AgentClient {
         if (!this.#sessions.has(id) || this.#closed) return;
         this.#send(FrameType.SIGNAL, id, new PayloadWriter().i32(signo).finish());
       },
+      resize: (cols, rows) => {
+        if (!spec.tty) throw new CorralError('E_ILLEGAL_STATE', `exec session ${id} has no terminal to resize (start it with tty)`);
+        if (!this.#sessions.has(id) || this.#closed) return;
+        this.#send(FrameType.RESIZE, id, new PayloadWriter().u32(cols).u32(rows).finish());
+      },
     };
+  }
+
+  /** Opens an FS session (protocol 3). Throws if the connection is broken or the agent too old. */
+  fsChannel(): FsChannel {
+    this.#assertOpen();
+    this.#requireProtocol(3, 'file access');
+    const id = this.#allocateId();
+    const waiters: FsWaiter[] = [];
+    this.#fs.set(id, waiters);
+    return {
+      id,
+      request: <T>(payload: Uint8Array, decode: (r: PayloadReader) => T, options: { last?: boolean } = {}) =>
+        new Promise<T>((resolve, reject) => {
+          if (this.#error) return reject(this.#error);
+          if (this.#fs.get(id) !== waiters) return reject(new CorralError('E_CLOSED', `file session ${id} is finished`));
+          waiters.push({ decode, resolve: resolve as (v: unknown) => void, reject, last: options.last ?? false });
+          this.#send(FrameType.FS, id, payload);
+        }),
+    };
+  }
+
+  #requireProtocol(version: number, what: string): void {
+    const have = this.#hello?.protocolVersion ?? 0;
+    if (have < version) {
+      throw new CorralError('E_SETUP_MISSING', `the guest agent speaks protocol ${have}, ${what} need ${version}: rebuild with scripts/setup.sh`);
+    }
   }
 
   /** Round trip through the agent; resolves with the elapsed ms. */
@@ -279,7 +359,7 @@ export class AgentClient {
     for (;;) {
       const id = this.#nextId;
       this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-      if (!this.#sessions.has(id) && !this.#orphans.has(id)) return id;
+      if (!this.#sessions.has(id) && !this.#orphans.has(id) && !this.#fs.has(id)) return id;
     }
   }
 
@@ -330,6 +410,8 @@ export class AgentClient {
         if (errno === 0) return waiter.resolve();
         return waiter.reject(new CorralError('E_AGENT', `guest setup failed at ${waiter.describe(index)}: ${message} (errno ${errno})`, { details: { errno, index } }));
       }
+      case FrameType.FS_REPLY:
+        return this.#onFsReply(f);
     }
     const live = this.#sessions.get(f.session);
     if (!live && this.#orphans.has(f.session)) {
@@ -356,9 +438,11 @@ export class AgentClient {
         const r = new PayloadReader(f.payload, 'EXIT');
         const code = r.i32();
         const signal = r.i32();
+        const flags = (this.#hello?.protocolVersion ?? 0) >= 3 ? r.u32() : 0;
         r.end();
+        if (flags & ~ExitFlags.OOM_KILLED) throw new CorralError('E_PROTOCOL', `guest sent EXIT with unknown flags 0x${flags.toString(16)}`);
         this.#sessions.delete(f.session);
-        return live.handlers.exited(signal > 0 ? null : code, signal > 0 ? signal : null);
+        return live.handlers.exited(signal > 0 ? null : code, signal > 0 ? signal : null, { oomKilled: (flags & ExitFlags.OOM_KILLED) !== 0 });
       }
       default:
         throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type}, which only the host may send`);
@@ -378,6 +462,35 @@ export class AgentClient {
     }
     this.#hello = { protocolVersion, agentVersion, bootMs, initMs };
     this.#resolveReady(this.#hello);
+  }
+
+  #onFsReply(f: Frame): void {
+    const waiters = this.#fs.get(f.session);
+    // Left queued until handled: if the reply breaks the protocol, #fail rejects it too.
+    const waiter = waiters?.[0];
+    // A file opened before this VM's snapshot: its requester is gone.
+    if (!waiters && this.#orphans.has(f.session)) return;
+    if (!waiters || !waiter) throw new CorralError('E_PROTOCOL', `guest sent FS_REPLY for session ${f.session}, which has no request pending`);
+    const r = new PayloadReader(f.payload, 'FS_REPLY');
+    const errno = r.i32();
+    if (errno < 0) throw new CorralError('E_PROTOCOL', `guest sent FS_REPLY with errno ${errno}`);
+    if (errno !== 0) {
+      const message = r.str(4096);
+      r.end();
+      this.#fs.delete(f.session);
+      waiters.shift();
+      const name = errnoName(errno);
+      const err = new CorralError('E_FS', `${message} (${name})`, { details: { errno: name, errnoNumber: errno } });
+      waiter.reject(err);
+      // The agent closed the file: requests queued behind the failed one get no reply.
+      for (const w of waiters.splice(0)) w.reject(err);
+      return;
+    }
+    const value = waiter.decode(r);
+    r.end();
+    waiters.shift();
+    if (waiter.last) this.#fs.delete(f.session);
+    waiter.resolve(value);
   }
 
   #onError(f: Frame): void {
@@ -404,6 +517,9 @@ export class AgentClient {
     const sessions = [...this.#sessions.values()];
     this.#sessions.clear();
     for (const s of sessions) s.handlers.failed(err);
+    const fs = [...this.#fs.values()].flat();
+    this.#fs.clear();
+    for (const w of fs) w.reject(err);
     this.#socket.destroy();
   }
 }

@@ -11,7 +11,7 @@ import { CorralError } from '../errors.ts';
 export const HEADER_SIZE = 12;
 /** Largest payload either side may send (1 MiB). */
 export const MAX_PAYLOAD = 1024 * 1024;
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** The oldest agent protocol the host still speaks (version 1 has no SETUP frame). */
 export const MIN_PROTOCOL_VERSION = 1;
 
@@ -32,6 +32,11 @@ export const FrameType = {
   CONFIGURED: 14,
   SETUP: 15,
   SETUP_DONE: 16,
+  /** Protocol 3: file access (src/agent/GuestFs.ts). */
+  FS: 17,
+  FS_REPLY: 18,
+  /** Protocol 3: a tty exec's window size. */
+  RESIZE: 19,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
@@ -47,9 +52,13 @@ export const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.PONG,
   FrameType.CONFIGURED,
   FrameType.SETUP_DONE,
+  FrameType.FS_REPLY,
 ]);
 
-export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2 } as const;
+export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8 } as const;
+
+/** Flags of a protocol-3 EXIT frame. */
+export const ExitFlags = { OOM_KILLED: 1 } as const;
 
 export interface Frame {
   readonly type: number;
@@ -187,6 +196,29 @@ export class PayloadReader {
     this.#off += 4;
     return v;
   }
+  /** A u64 as a number; E_PROTOCOL past 2^53. */
+  u64(): number {
+    const lo = this.u32();
+    const hi = this.u32();
+    if (hi >= 2 ** 21) throw protocolError(`u64 out of range in ${this.what} payload`);
+    return hi * 2 ** 32 + lo;
+  }
+  /** An i64 as a number; E_PROTOCOL beyond ±2^53. */
+  i64(): number {
+    const lo = this.u32();
+    const hi = this.i32();
+    if (hi >= 2 ** 21 || hi < -(2 ** 21)) throw protocolError(`i64 out of range in ${this.what} payload`);
+    return hi * 2 ** 32 + lo;
+  }
+  /** A length-prefixed byte field (a copy), at most `maxBytes` long. */
+  bytes(maxBytes: number): Uint8Array {
+    const n = this.u32();
+    if (n > maxBytes) throw protocolError(`${n} bytes in ${this.what} payload (max ${maxBytes})`);
+    this.#need(n);
+    const b = Uint8Array.prototype.slice.call(this.#buf, this.#off, this.#off + n);
+    this.#off += n;
+    return b;
+  }
   str(maxBytes = 64 * 1024): string {
     const n = this.u32();
     if (n > maxBytes) throw protocolError(`string of ${n} bytes in ${this.what} payload (max ${maxBytes})`);
@@ -194,6 +226,10 @@ export class PayloadReader {
     const s = this.#buf.toString('utf8', this.#off, this.#off + n);
     this.#off += n;
     return s;
+  }
+  /** Bytes not read yet. */
+  get remaining(): number {
+    return this.#buf.length - this.#off;
   }
   end(): void {
     if (this.#off !== this.#buf.length) throw protocolError(`${this.#buf.length - this.#off} trailing bytes in ${this.what} payload`);

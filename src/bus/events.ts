@@ -115,6 +115,8 @@ export type SandboxEventBody =
       readonly code: number | null;
       readonly signal: number | null;
       readonly durationMs: number;
+      /** The guest kernel's OOM killer killed a process of this exec. */
+      readonly oomKilled?: boolean;
     }
   | { readonly type: 'exec.failed'; readonly execId: number; readonly error: SerializedError }
   /**

@@ -9,9 +9,9 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import type { SandboxApi, SandboxLink } from '../supervisor/SandboxLink.ts';
-import { LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';
+import { FORWARDED_CALLS, LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';
 
-const METHODS = ['start', 'exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats', 'networkStats'] as const;
+const METHODS = ['start', ...FORWARDED_CALLS] as const;
 
 /**
  * @example

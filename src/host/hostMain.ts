@@ -16,9 +16,9 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
-import { LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
+import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
-const CALLS = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats', 'networkStats']);
+const CALLS = new Set<string>(FORWARDED_CALLS);
 
 async function readStdin(): Promise<string> {
   let text = '';

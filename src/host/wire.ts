@@ -18,6 +18,12 @@ export type WireMessage =
   | { event: SandboxEvent };
 
 /** Longest line either side accepts (a 1 MiB output chunk is ~1.4 MB in base64). */
+/**
+ * The sandbox API calls a detached host process forwards to its sandbox (besides `start`,
+ * which the host makes itself): SocketLink sends only these, hostMain accepts only these.
+ */
+export const FORWARDED_CALLS = ['exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'fs', 'pause', 'resume', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'snapshot', 'blockStats', 'networkStats'] as const;
+
 export const MAX_LINE = 4 * 1024 * 1024;
 
 /** Deep-copies `v`, turning byte arrays into `{ $b64 }`. */

@@ -15,7 +15,8 @@ import { CorralError } from '../errors.ts';
 import type { SandboxLink } from '../supervisor/SandboxLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
-import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
+import { ExecResult, ExecStream, routeExecEvent, ttyOption, userOption, type ExecOptions, type ExecStreamItem } from './exec.ts';
+import { SandboxFs } from './SandboxFs.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
@@ -242,7 +243,7 @@ export class Sandbox {
     });
     try {
       const x = await stream.exited;
-      return new ExecResult(stream.execId, x.code, x.signal, Buffer.concat(out), Buffer.concat(err), x.durationMs, x.timedOut);
+      return new ExecResult(stream.execId, x.code, x.signal, Buffer.concat(out), Buffer.concat(err), x.durationMs, x.timedOut, x.oomKilled);
     } finally {
       sub.unsubscribe();
     }
@@ -264,6 +265,21 @@ export class Sandbox {
       async *[Symbol.asyncIterator]() {
         yield* await p;
       },
+    });
+  }
+
+  /**
+   * The guest's filesystem: read, write (bytes, text, streams), list, stat, mkdir, remove,
+   * rename, copy in from and out to the host. Works for detached sandboxes too.
+   *
+   * @example
+   * await sb.fs().write('/tmp/a.txt', 'hi');
+   * const text = await sb.fs().readText('/tmp/a.txt');
+   */
+  fs(): SandboxFs {
+    return new SandboxFs(this.name, (call) => {
+      const link = this.#requireLink('use files of');
+      return link.busy(() => link.api.fs(call));
     });
   }
 
@@ -496,6 +512,8 @@ export class Sandbox {
     if (options.timeoutMs !== undefined && (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
       throw new CorralError('E_INVALID_OPTION', `invalid option timeoutMs: a positive number of ms (got ${options.timeoutMs})`);
     }
+    const tty = ttyOption(options.tty);
+    const user = userOption(options.user);
     options.signal?.throwIfAborted();
     const ctl = this.#requireLink('exec in');
     // Random ids: several processes may drive one detached sandbox at once.
@@ -506,6 +524,7 @@ export class Sandbox {
       write: async (data: string | Uint8Array) => ctl.api.writeStdin(execId, typeof data === 'string' ? encoder.encode(data) : data),
       end: async () => ctl.api.closeStdin(execId),
       kill: async (signo = 9) => ctl.api.signalExec(execId, signo),
+      resize: async (cols: number, rows: number) => ctl.api.resizeExec(execId, cols, rows),
     };
     const stream = new ExecStream(execId, control);
     let timedOut = false;
@@ -539,6 +558,8 @@ export class Sandbox {
         ...(options.cwd ? { cwd: options.cwd } : {}),
         stdin: pipe,
         mergeStderr: options.mergeStderr ?? false,
+        ...(tty ? { tty } : {}),
+        ...(user !== undefined ? { user } : {}),
       });
     } catch (err) {
       finish();

@@ -20,6 +20,33 @@ export interface ExecOptions {
   readonly timeoutMs?: number;
   /** Abort: kills the command and rejects with E_ABORTED. */
   readonly signal?: AbortSignal;
+  /**
+   * Run on a pseudo-terminal (`true`: 80×24): stdout carries the terminal's output (stderr
+   * included), `stream.resize()` changes its size.
+   */
+  readonly tty?: boolean | { readonly cols: number; readonly rows: number };
+  /** Run as `name`, `uid`, `name:group` or `uid:gid` (from the guest's /etc/passwd, /etc/group). Default: the image's user, else root. */
+  readonly user?: string;
+}
+
+/** The terminal size an exec's `tty` option asks for, or undefined; throws E_INVALID_OPTION on a bad one. */
+export function ttyOption(tty: ExecOptions['tty']): { cols: number; rows: number } | undefined {
+  if (tty === undefined || tty === false) return undefined;
+  if (tty === true) return { cols: 80, rows: 24 };
+  const ok = (v: unknown) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
+  if (typeof tty !== 'object' || tty === null || !ok(tty.cols) || !ok(tty.rows)) {
+    throw new CorralError('E_INVALID_OPTION', `invalid option tty: true, false or { cols, rows } with integers from 1 to 65535 (got ${JSON.stringify(tty)})`, { details: { option: 'tty' } });
+  }
+  return { cols: tty.cols, rows: tty.rows };
+}
+
+/** Checks an exec's `user` option. */
+export function userOption(user: unknown): string | undefined {
+  if (user === undefined) return undefined;
+  if (typeof user !== 'string' || !/^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63})?$/.test(user)) {
+    throw new CorralError('E_INVALID_OPTION', `invalid option user: "name", "uid", "name:group" or "uid:gid" (got ${JSON.stringify(user)})`, { details: { option: 'user' } });
+  }
+  return user;
 }
 
 /** How a command ended, with its collected output. */
@@ -35,6 +62,8 @@ export class ExecResult {
     readonly durationMs: number,
     /** True when `timeoutMs` ran out and corral killed it. */
     readonly timedOut: boolean,
+    /** True when the guest kernel's OOM killer killed a process of it. */
+    readonly oomKilled = false,
   ) {}
 
   /** stdout decoded as UTF-8. */
@@ -53,8 +82,8 @@ export class ExecResult {
   }
 
   /** Why it ended, in words. */
-  get reason(): 'exited' | 'signaled' | 'timeout' {
-    return this.timedOut ? 'timeout' : this.signal !== null ? 'signaled' : 'exited';
+  get reason(): 'exited' | 'signaled' | 'timeout' | 'oom' {
+    return this.timedOut ? 'timeout' : this.oomKilled ? 'oom' : this.signal !== null ? 'signaled' : 'exited';
   }
 
   toJSON() {
@@ -67,13 +96,22 @@ export type ExecStreamItem =
   | { readonly type: 'started'; readonly pid: number }
   | { readonly type: 'stdout'; readonly data: Uint8Array }
   | { readonly type: 'stderr'; readonly data: Uint8Array }
-  | { readonly type: 'exited'; readonly code: number | null; readonly signal: number | null; readonly durationMs: number; readonly timedOut: boolean };
+  | {
+      readonly type: 'exited';
+      readonly code: number | null;
+      readonly signal: number | null;
+      readonly durationMs: number;
+      readonly timedOut: boolean;
+      /** The guest kernel's OOM killer killed a process of the exec. */
+      readonly oomKilled: boolean;
+    };
 
 /** Control of a running exec. */
 export interface ExecControl {
   write(data: string | Uint8Array): Promise<void>;
   end(): Promise<void>;
   kill(signo?: number): Promise<void>;
+  resize(cols: number, rows: number): Promise<void>;
 }
 
 /**
@@ -137,6 +175,12 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   /** Signals the command's process group (default SIGKILL). */
   kill(signo = 9): Promise<void> {
     return this.control.kill(signo);
+  }
+
+  /** Sets the terminal size of a `tty` exec; its processes get SIGWINCH. */
+  resize(cols: number, rows: number): Promise<void> {
+    ttyOption({ cols, rows });
+    return this.control.resize(cols, rows);
   }
 
   /** @internal fed by the Sandbox from the event stream. */
@@ -203,7 +247,7 @@ export function routeExecEvent(stream: ExecStream, e: SandboxEvent, timedOut: ()
       stream.push({ type: 'stderr', data: e.data });
       return false;
     case 'exec.exited':
-      stream.push({ type: 'exited', code: e.code, signal: e.signal, durationMs: e.durationMs, timedOut: timedOut() });
+      stream.push({ type: 'exited', code: e.code, signal: e.signal, durationMs: e.durationMs, timedOut: timedOut(), oomKilled: e.oomKilled ?? false });
       return true;
     case 'exec.failed':
       stream.fail(deserializeError(e.error));

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/AgentClient.ts';
-import { FrameType, PayloadWriter, encodeFrame } from '../../src/agent/frame.ts';
+import { FrameType, PROTOCOL_VERSION, PayloadWriter, encodeFrame } from '../../src/agent/frame.ts';
 import { CorralError } from '../../src/errors.ts';
 import { run, startHostAgent, type HostAgent } from '../helpers/hostAgent.ts';
 
@@ -18,8 +18,8 @@ describe('agent protocol against the real agent (host mode)', () => {
     await agent?.close();
   });
 
-  it('announces protocol 2 with a version', () => {
-    expect(agent.client.hello?.protocolVersion).toBe(2);
+  it('announces protocol 3 with a version', () => {
+    expect(agent.client.hello?.protocolVersion).toBe(PROTOCOL_VERSION);
     expect(agent.client.hello?.agentVersion).toMatch(/\d/);
   });
 

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/AgentClient.ts';
+import { GuestFs } from '../../src/agent/GuestFs.ts';
 import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
 import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
@@ -182,3 +183,58 @@ describe('fuzzing the agent client', () => {
     fc.assert(fc.property(conversation, converse), budget(2500));
   }, timeoutFor(2500));
 });
+
+/** FS_REPLY bodies a guest could send: plausible records, errors, lies, noise. */
+const u32 = (v: number) => new PayloadWriter().u32(v).finish();
+const statRecord = fc
+  .tuple(fc.integer({ min: 0, max: 6 }), fc.oneof(fc.nat({ max: 0o7777 }), fc.nat()), fc.nat(), fc.nat({ max: 2 ** 22 }), fc.integer(), fc.integer(), fc.nat(), fc.nat())
+  .map(([kind, mode, lo, hi, mlo, mhi, uid, gid]) => Buffer.concat([u32(kind), u32(mode), u32(lo), u32(hi), u32(mlo), u32(mhi), u32(uid), u32(gid)]));
+const fsBody = fc.oneof(
+  { weight: 3, arbitrary: statRecord.map((r) => Buffer.concat([u32(0), r])) },
+  { weight: 2, arbitrary: fc.tuple(fc.integer({ min: -3, max: 140 }), fc.string({ maxLength: 30 })).map(([e, m]) => new PayloadWriter().i32(e).str(m.replace(/\0/g, '')).finish()) },
+  {
+    weight: 2,
+    arbitrary: fc
+      .tuple(fc.nat({ max: 2 }), fc.array(fc.tuple(fc.constantFrom('a', 'b', '.', '..', 'x/y', '', 'é'), statRecord), { maxLength: 4 }), fc.nat({ max: 6 }))
+      .map(([more, entries, count]) => Buffer.concat([u32(0), u32(more), u32(count), ...entries.flatMap(([n, r]) => [new PayloadWriter().str(n).finish(), r])])),
+  },
+  { weight: 1, arbitrary: fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.concat([u32(0), new PayloadWriter().bytes(b).finish()])) },
+  { weight: 1, arbitrary: fc.uint8Array({ maxLength: 40 }).map((b) => Buffer.from(b)) },
+);
+const fsConversation = fc
+  .tuple(fc.array(fc.tuple(fc.integer({ min: 0, max: 6 }), fsBody), { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 20 }))
+  .map(([replies, cuts]) => split(Buffer.concat(replies.map(([s, b]) => encodeFrame(FrameType.FS_REPLY, s, b))), cuts));
+
+describe('fuzzing the file client', () => {
+  it('settles every file request with a checked value, E_FS, or the connection failure, never a throw', async () => {
+    await fc.assert(
+      fc.asyncProperty(fsConversation, async (chunks) => {
+        const sock = new FakeSocket();
+        const client = new AgentClient(sock as never);
+        sock.emit('data', hello(3));
+        const fs = new GuestFs(client);
+        // Sessions 1..5: stat, list, readlink, open for reading, mkdir.
+        const requests: Array<Promise<unknown>> = [fs.stat('/a'), fs.list('/d'), fs.readlink('/l'), fs.openRead('/f'), fs.mkdir('/m')];
+        const outcomes: Array<{ ok: boolean; value?: unknown; error?: unknown } | undefined> = requests.map(() => undefined);
+        requests.forEach((p, i) => p.then((value) => (outcomes[i] = { ok: true, value }), (error: unknown) => (outcomes[i] = { ok: false, error })));
+        for (const c of chunks) sock.emit('data', c); // a throw here fails the property
+        await new Promise((r) => setImmediate(r));
+        for (const o of outcomes) {
+          if (!o) continue;
+          if (!o.ok) {
+            expect(o.error).toBeInstanceOf(CorralError);
+            expect(['E_FS', 'E_PROTOCOL']).toContain((o.error as CorralError).code);
+          }
+        }
+        const [stat, list, link] = outcomes;
+        if (stat?.ok) expect(['file', 'directory', 'symlink', 'other']).toContain((stat.value as { type: string }).type);
+        if (list?.ok) for (const e of list.value as Array<{ name: string }>) expect(e.name).toMatch(/^[^/]+$/);
+        if (link?.ok) expect(typeof link.value).toBe('string');
+        // A broken connection leaves no request hanging.
+        if (sock.destroyed) expect(outcomes.every((o) => o !== undefined)).toBe(true);
+      }),
+      budget(1500),
+    );
+  }, timeoutFor(1500));
+});
+

@@ -41,7 +41,8 @@ function frame(type, session, payload = Buffer.alloc(0)) {
 }
 const version = Buffer.from('fake-hostile');
 const hello = Buffer.alloc(4 + 4 + version.length + 8);
-hello.writeUInt32LE(1, 0);
+// fs-liar speaks protocol 3 (FS frames); the others the oldest protocol.
+hello.writeUInt32LE(mode === 'fs-liar' ? 3 : 1, 0);
 hello.writeUInt32LE(version.length, 4);
 version.copy(hello, 8);
 const agent = connect(chardev('agent'));
@@ -74,6 +75,13 @@ agent.on('data', (d) => {
     const type = abuf.readUInt16LE(8);
     abuf = abuf.subarray(12 + len);
     if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
+    if (type === 17 && mode === 'fs-liar') {
+      // Answers an FS request with a stat record of a kind that does not exist.
+      const body = Buffer.alloc(36);
+      body.writeUInt32LE(9, 4);
+      agent.write(frame(18, session, body));
+      continue;
+    }
     if (type !== 2) continue; // only EXEC provokes the attack
     execs.push(session);
     if (mode === 'flood') {

@@ -1,5 +1,6 @@
 // Detached sandboxes outlive the process that made them; any process finds them by name.
 // Records left behind by processes that died are repaired on the next read.
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -30,6 +31,11 @@ describe('detached sandboxes and the store', () => {
     expect(sb.detached).toBe(true);
     expect((await sb.info()).status).toBe('running');
     expect((await sb.exec('echo', ['from another process'])).stdout).toBe('from another process\n');
+    // file access (chunked, bytes as base64 on the control socket) and terminals go through it too
+    const blob = randomBytes(1536 * 1024);
+    await sb.fs().write('/tmp/blob', blob);
+    expect(Buffer.compare(Buffer.from(await sb.fs().read('/tmp/blob')), blob)).toBe(0);
+    expect((await sb.shell('stty size', { tty: { cols: 90, rows: 30 } })).stdout).toBe('30 90\r\n');
     const listed = await Sandbox.list({ supervisor: sup, labels: { 'made-by': 'child' } });
     expect(listed.map((r) => [r.name, r.status, r.detached])).toContainEqual([name, 'running', true]);
 
