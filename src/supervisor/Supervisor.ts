@@ -152,10 +152,14 @@ export class Supervisor {
     this.events$ = this.#bus.events$;
     sweepStaleRunDirs();
     openSupervisors.add(this);
-    if (openSupervisors.size === 1) process.once('exit', onProcessExit);
+    // 'beforeExit', not 'exit': in an 'exit' hook lmdb-js 3.5 can no longer read ("No
+    // current read transaction available") and a write there crashed the process (SIGSEGV).
+    // An explicit process.exit() or a signal skips this; the next reader reconciles then
+    // (the owner pid is dead).
+    if (openSupervisors.size === 1) process.once('beforeExit', onProcessExit);
   }
 
-  /** @internal at process exit: the VMs die with the process; say so in the store. */
+  /** @internal when the process is about to exit: the VMs die with it; say so in the store. */
   markLiveAsKilled(): void {
     for (const name of this.#live.keys()) {
       const rec = this.#store.getSandbox(name);
