@@ -37,6 +37,7 @@ export interface LogsOptions {
 }
 
 type Key = [string, number];
+const DONE: Promise<void> = Promise.resolve();
 const MAX_N = Number.MAX_SAFE_INTEGER;
 
 interface Totals {
@@ -70,9 +71,13 @@ export class ExecLog {
     this.#db = store.database<LogEntry, Key>('logs');
   }
 
-  /** Records the output carried by an event; any other event is ignored. Never throws. */
-  record(e: SandboxEvent): void {
-    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return;
+  /**
+   * Records the output carried by an event; any other event is ignored. Never throws (nor
+   * rejects). Resolves once the write is committed (or failed).
+   */
+  record(e: SandboxEvent): Promise<void> {
+    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return DONE;
+    let written = DONE;
     try {
       const t = this.#totalsOf(e.name);
       const n = t.next++;
@@ -82,8 +87,8 @@ export class ExecLog {
       let pending = this.#unflushed.get(e.name);
       if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
       pending.set(n, entry);
-      void this.#db.put([e.name, n], entry).then(
-        () => pending.get(n) === entry && pending.delete(n),
+      written = this.#db.put([e.name, n], entry).then(
+        () => void (pending.get(n) === entry && pending.delete(n)),
         () => {},
       );
       while (t.entries.length - t.head > this.maxEntries || (t.bytes > this.maxBytes && t.entries.length - t.head > 1)) {
@@ -99,6 +104,7 @@ export class ExecLog {
     } catch {
       // The store is closing: live subscribers still got the output.
     }
+    return written;
   }
 
   /**

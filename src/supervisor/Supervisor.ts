@@ -306,8 +306,10 @@ export class Supervisor {
     const ctl = new SandboxController(config, worker, api, events$, this);
     this.#live.set(config.name, ctl);
     events.port1.on('message', (e: SandboxEvent) => {
-      this.#onEvent(e);
-      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') Atomics.sub(outputInFlight, 0, e.data.byteLength);
+      const written = this.#onEvent(e);
+      // Output stays in flight until its replay and log writes commit: LMDB queues writes
+      // in memory, so releasing earlier lets a flood grow that queue with its size.
+      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') void written.then(() => Atomics.sub(outputInFlight, 0, e.data.byteLength));
     });
     // Unref after adding listeners: adding a 'message' listener refs a port again. Comlink
     // adds one per pending call, so the control port holds the process only during calls.
@@ -524,14 +526,15 @@ export class Supervisor {
     await this.#store.removeSandbox(name);
   }
 
-  #onEvent(e: SandboxEvent): void {
+  /** Records and publishes one event; resolves when its replay and log writes commit. */
+  #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
     if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
-    this.#replay.append(e);
-    this.#execLog.record(e);
+    const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
     this.#bus.publish(e);
+    return written;
   }
 
   #assertOpen(): void {
