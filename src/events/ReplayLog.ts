@@ -9,6 +9,7 @@
  */
 
 import type { Database } from 'lmdb';
+import { InvalidOptionError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
 
@@ -62,8 +63,8 @@ export class ReplayLog {
   constructor(store: Store, limits: ReplayLimits = {}) {
     this.maxEvents = limits.maxEvents ?? 10_000;
     this.maxBytes = limits.maxBytes ?? 16 * 1024 * 1024;
-    if (!Number.isInteger(this.maxEvents) || this.maxEvents < 1) throw new RangeError(`replay.maxEvents must be a positive integer (got ${limits.maxEvents})`);
-    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1024) throw new RangeError(`replay.maxBytes must be at least 1024 (got ${limits.maxBytes})`);
+    if (!Number.isInteger(this.maxEvents) || this.maxEvents < 1) throw new InvalidOptionError('replay.maxEvents', 'a positive integer', limits.maxEvents);
+    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1024) throw new InvalidOptionError('replay.maxBytes', 'at least 1024', limits.maxBytes);
     this.#store = store;
     this.#db = store.database<SandboxEvent, Key>('events');
   }

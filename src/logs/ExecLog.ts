@@ -6,6 +6,7 @@
  */
 
 import type { Database } from 'lmdb';
+import { InvalidOptionError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
 
@@ -65,8 +66,8 @@ export class ExecLog {
   constructor(store: Store, limits: ExecLogLimits = {}) {
     this.maxEntries = limits.maxEntries ?? 50_000;
     this.maxBytes = limits.maxBytes ?? 8 * 1024 * 1024;
-    if (!Number.isInteger(this.maxEntries) || this.maxEntries < 1) throw new RangeError(`logs.maxEntries must be a positive integer (got ${limits.maxEntries})`);
-    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1) throw new RangeError(`logs.maxBytes must be a positive number of bytes (got ${limits.maxBytes})`);
+    if (!Number.isInteger(this.maxEntries) || this.maxEntries < 1) throw new InvalidOptionError('logs.maxEntries', 'a positive integer', limits.maxEntries);
+    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1) throw new InvalidOptionError('logs.maxBytes', 'a positive number of bytes', limits.maxBytes);
     this.#store = store;
     this.#db = store.database<LogEntry, Key>('logs');
   }

@@ -16,6 +16,7 @@ import type { SandboxLink } from '../supervisor/SandboxLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
+import { validateExec } from './execOptions.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
@@ -471,10 +472,7 @@ export class Sandbox {
   }
 
   async #start(argv: string[], options: ExecStreamOptions): Promise<ExecStream> {
-    for (const a of argv) if (typeof a !== 'string') throw new TypeError(`exec arguments must be strings (got ${typeof a})`);
-    if (options.timeoutMs !== undefined && (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
-      throw new CorralError('E_INVALID_OPTION', `invalid option timeoutMs: a positive number of ms (got ${options.timeoutMs})`);
-    }
+    validateExec(argv, options);
     options.signal?.throwIfAborted();
     const ctl = this.#requireLink('exec in');
     // Random ids: several processes may drive one detached sandbox at once.

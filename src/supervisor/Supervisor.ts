@@ -19,7 +19,7 @@ import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
-import { CorralError, deserializeError, type SerializedError } from '../errors.ts';
+import { CorralError, InvalidOptionError, deserializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
 import { controlSocketPath } from '../host/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
@@ -144,7 +144,7 @@ export class Supervisor {
     this.stateDir = options.stateDir ?? defaultStateDir();
     this.maxSandboxes = options.maxSandboxes ?? 64;
     if (!Number.isInteger(this.maxSandboxes) || this.maxSandboxes < 1) {
-      throw new RangeError(`maxSandboxes must be a positive integer (got ${options.maxSandboxes})`);
+      throw new InvalidOptionError('maxSandboxes', 'a positive integer', options.maxSandboxes);
     }
     this.#store = Store.open(this.stateDir);
     this.#replay = new ReplayLog(this.#store, options.replay);
