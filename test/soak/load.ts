@@ -65,14 +65,14 @@ function processesMentioning(needle: string): number[] {
   return out;
 }
 
-/** Live (not zombie) children of this process. */
-function children(): number[] {
+/** Live (not zombie) children of this process, but tsx's esbuild service and ps itself. */
+function children(): string[] {
   try {
     return execFileSync('ps', ['-o', 'pid=,stat=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' })
       .split('\n')
       .map((l) => l.trim().split(/\s+/))
-      .filter(([pid, stat, comm]) => pid && !stat?.startsWith('Z') && comm !== 'ps')
-      .map(([pid]) => Number(pid));
+      .filter(([pid, stat, comm]) => pid && !stat?.startsWith('Z') && comm !== 'ps' && comm !== 'esbuild')
+      .map(([pid, , comm]) => `${pid} ${comm}`);
   } catch {
     return []; // ps exits 1 when there are none
   }
