@@ -12,7 +12,8 @@
  *    Prints throughput and p50/p99 exec latency, then checks that no fd, qemu or child
  *    process outlived the run.
  *
- * Exits non-zero when a check fails.
+ * Exits non-zero when a check fails. `npm run soak` then runs test/sdk/faults.test.ts with
+ * CORRAL_FAULT_KILLS=12 SIGKILLs of the embedding process (2 in the default test run).
  *
  * @example
  * SOAK_N=3 SOAK_M=6 SOAK_FLOOD_MIB=1024 npm run soak
