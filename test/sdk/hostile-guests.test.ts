@@ -54,9 +54,9 @@ describe('a hostile guest within the frame format', () => {
       const growthMib = (peak - rss0) / MiB;
       console.log(`flood: ${floodMib} MiB in ${ms.toFixed(0)} ms (${((floodMib * 1000) / ms).toFixed(0)} MiB/s); host RSS ${(rss0 / MiB).toFixed(0)} → peak ${(peak / MiB).toFixed(0)} MiB (+${growthMib.toFixed(0)}), maxRSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
       // Output stays in flight (the worker stops reading the guest past 8 MiB) until its
-      // replay and exec-log writes commit. Measured (test/soak/load.ts): +230 MiB for 256 MiB
-      // and +260 MiB for 1 GiB, of which ~70–110 MiB is LMDB's mapped file; before that bound
-      // +350 MiB and +455 MiB. The bound holds for any flood size, not this number.
+      // replay and exec-log writes commit. Measured (npm run soak): +202 MiB for 256 MiB and
+      // +195 MiB for 1 GiB, of which ~60 MiB is LMDB's mapped file; before that bound +310 MiB
+      // and +455 MiB. The bound holds for any flood size, not this number.
       expect(growthMib).toBeLessThan(400);
       await neighbourFine();
     } finally {
