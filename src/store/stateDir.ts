@@ -31,8 +31,9 @@ export function secureStateDir(dir: unknown): string {
   tighten(dir, st.mode);
   for (const entry of readdirSync(dir)) {
     const path = join(dir, entry);
-    const sub = lstatSync(path);
-    if (sub.isDirectory() && sub.uid === st.uid) tighten(path, sub.mode);
+    // Another process may remove an entry meanwhile (a sandbox dir, a temp dir).
+    const sub = lstatSync(path, { throwIfNoEntry: false });
+    if (sub?.isDirectory() && sub.uid === st.uid) tighten(path, sub.mode);
   }
   return dir;
 }
@@ -42,6 +43,7 @@ function tighten(path: string, mode: number): void {
   try {
     chmodSync(path, 0o700);
   } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw new CorralError('E_STORE', `${path} is readable by other users (mode ${(mode & 0o777).toString(8)}) and cannot be made private: ${(err as Error).message}`, { cause: err });
   }
 }
