@@ -108,10 +108,11 @@ describe('bad input to the builder and configs', () => {
   });
 });
 
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
 describe('bad options of the Supervisor', () => {
-  afterAll(() => {
-    for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  });
   it.each(supervisorRows)('%s fails with %s naming its option', async (_what, call, code, option) => {
     await expectRejected(call, code, option);
   });
