@@ -117,7 +117,7 @@ export function validateEnvValue(name: string, value: unknown, option = 'env'): 
   return value;
 }
 
-function validateEnv(env: unknown, option: string): Record<string, string> {
+export function validateEnv(env: unknown, option: string): Record<string, string> {
   if (env === undefined) return {};
   if (typeof env !== 'object' || env === null || Array.isArray(env)) throw new InvalidOptionError(option, 'an object of NAME: value strings', env);
   const entries = Object.entries(env);

@@ -141,6 +141,8 @@ class SandboxHost implements SandboxWorkerApi {
   /** Volumes, scripts, patches, network (src/guest): prepared once, applied after each boot. */
   #guest: Promise<GuestEnv> | undefined;
   readonly #log: Logger;
+  /** From the data the sandbox was handed (a spare worker's workerData has none). */
+  readonly #secrets: SandboxWorkerData['secrets'];
   #qmpDone: Promise<void> = Promise.resolve();
   readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
   readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
@@ -150,6 +152,7 @@ class SandboxHost implements SandboxWorkerApi {
     this.#stateDir = data.stateDir;
     this.#events = data.events;
     this.#outputInFlight = data.outputInFlight;
+    this.#secrets = data.secrets;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
     const machine = sandboxMachine.provide({
       actors: {
@@ -412,7 +415,7 @@ class SandboxHost implements SandboxWorkerApi {
 
   /** Image pull options: progress events go out on this sandbox's stream. */
   #imageOptions(signal: AbortSignal) {
-    return { onEvent: (e: ImagePullEventBody) => this.#emit(e), secrets: (workerData as SandboxWorkerData).secrets, signal };
+    return { onEvent: (e: ImagePullEventBody) => this.#emit(e), secrets: this.#secrets, signal };
   }
 
   /**

@@ -9,6 +9,7 @@
  */
 
 import type { Database } from 'lmdb';
+import { InvalidOptionError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
 
@@ -34,6 +35,7 @@ export interface ReplayRead {
 }
 
 type Key = [string, number];
+const DONE: Promise<void> = Promise.resolve();
 const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 interface Tail {
@@ -61,15 +63,20 @@ export class ReplayLog {
   constructor(store: Store, limits: ReplayLimits = {}) {
     this.maxEvents = limits.maxEvents ?? 10_000;
     this.maxBytes = limits.maxBytes ?? 16 * 1024 * 1024;
-    if (!Number.isInteger(this.maxEvents) || this.maxEvents < 1) throw new RangeError(`replay.maxEvents must be a positive integer (got ${limits.maxEvents})`);
-    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1024) throw new RangeError(`replay.maxBytes must be at least 1024 (got ${limits.maxBytes})`);
+    if (!Number.isInteger(this.maxEvents) || this.maxEvents < 1) throw new InvalidOptionError('replay.maxEvents', 'a positive integer', limits.maxEvents);
+    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1024) throw new InvalidOptionError('replay.maxBytes', 'at least 1024', limits.maxBytes);
     this.#store = store;
     this.#db = store.database<SandboxEvent, Key>('events');
   }
 
-  /** Records one event (synthetic `stream.gap` notices are not stored). Never throws. */
-  append(e: SandboxEvent): void {
-    if (e.type === 'stream.gap' || this.#store.closed) return;
+  /**
+   * Records one event (synthetic `stream.gap` notices are not stored). Never throws (nor
+   * rejects). Resolves once the write is committed (or failed): a producer that must not
+   * run ahead of the disk waits on it (the supervisor's output flow control does).
+   */
+  append(e: SandboxEvent): Promise<void> {
+    if (e.type === 'stream.gap' || this.#store.closed) return DONE;
+    let written = DONE;
     try {
       // A new actor life numbers its events from 1 again: the old buffer is of no use.
       if (e.seq === 1) this.#clearSync(e.name);
@@ -81,8 +88,8 @@ export class ReplayLog {
       let pending = this.#unflushed.get(e.name);
       if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
       pending.set(e.seq, e);
-      void this.#db.put([e.name, e.seq], e).then(
-        () => pending.get(e.seq) === e && pending.delete(e.seq),
+      written = this.#db.put([e.name, e.seq], e).then(
+        () => void (pending.get(e.seq) === e && pending.delete(e.seq)),
         () => {},
       );
       while (tail.entries.length - tail.head > this.maxEvents || (tail.bytes > this.maxBytes && tail.entries.length - tail.head > 1)) {
@@ -98,6 +105,7 @@ export class ReplayLog {
     } catch {
       // The store is closing: the event still reaches live subscribers.
     }
+    return written;
   }
 
   /**

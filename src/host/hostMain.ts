@@ -9,7 +9,7 @@
  * writes there again (its creator may be gone). It exits when the sandbox has stopped.
  */
 
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { SandboxEvent } from '../bus/events.ts';
@@ -118,6 +118,8 @@ async function answer(sock: Socket, req: WireRequest): Promise<void> {
 }
 
 await new Promise<void>((resolve) => server.listen(socketPath, resolve));
+// Only this user may drive the sandbox (the run dir is 0700 already).
+chmodSync(socketPath, 0o600);
 
 try {
   ctl = flags.includes('--restart')

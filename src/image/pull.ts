@@ -143,7 +143,13 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   const { config, layers } = parsed;
   if (config.size > MAX_CONFIG_BYTES) throw new CorralError('E_REGISTRY', `image ${r.canonical}: config blob of ${config.size} bytes is too large`);
   const configRes = await client.blob(r.repository, config.digest);
-  const configBytes = Buffer.from(await configRes.arrayBuffer());
+  let configBody: ArrayBuffer;
+  try {
+    configBody = await configRes.arrayBuffer();
+  } catch (err) {
+    throw brokenDownload(err, `config of ${r.canonical}`, r.registry, 0, config.size, o.signal);
+  }
+  const configBytes = Buffer.from(configBody);
   checkDigest(`config of ${r.canonical}`, config.digest, sha256Digest(configBytes));
   const cfg = parseImageConfig(configBytes);
   if (cfg.diffIds.length !== layers.length) {
@@ -183,7 +189,9 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
             try {
               const res = await client.blob(r.repository, layer.digest, o.signal);
               const tap = new DigestTap(layer.size, (n) => progress('download', n));
-              await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(blob, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []);
+              await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(blob, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []).catch((err: unknown) => {
+                throw brokenDownload(err, `layer ${layer.digest} of ${image}`, r.registry, tap.bytes, layer.size, o.signal);
+              });
               checkDigest(`layer ${layer.digest} of ${image}`, layer.digest, tap.digest());
               bytes += tap.bytes;
               progress('unpack', tap.bytes, true);
@@ -220,4 +228,18 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   await index.putImage(rec, r.tag !== undefined && !r.digest ? r.canonical : undefined);
   o.onEvent?.({ type: 'image.pull.done', image, digest: m.digest, layers: work.length, bytes, durationMs: performance.now() - t0, cached: false });
   return rec;
+}
+
+/**
+ * A blob download that broke off (the registry or the network closed the connection, a
+ * write failed): E_REGISTRY naming the blob and how far it got, unless it is already a
+ * CorralError or the caller aborted.
+ */
+function brokenDownload(err: unknown, what: string, registry: string, done: number, total: number, signal: AbortSignal | undefined): unknown {
+  if (err instanceof CorralError || signal?.aborted) return err;
+  const e = err as Error & { cause?: { message?: string }; code?: string };
+  // A full disk is not the registry's fault: say so, with the system's words.
+  if (e.code === 'ENOSPC') return new CorralError('E_IMAGE_LAYER', `cannot store ${what}: ${e.message}`, { cause: err });
+  const why = [e.message, e.cause?.message].filter(Boolean).join(': ');
+  return new CorralError('E_REGISTRY', `downloading ${what} from registry ${registry} failed after ${done} of ${total} bytes: the connection broke (${why})`, { cause: err });
 }

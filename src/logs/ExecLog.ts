@@ -6,6 +6,7 @@
  */
 
 import type { Database } from 'lmdb';
+import { InvalidOptionError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
 
@@ -37,6 +38,7 @@ export interface LogsOptions {
 }
 
 type Key = [string, number];
+const DONE: Promise<void> = Promise.resolve();
 const MAX_N = Number.MAX_SAFE_INTEGER;
 
 interface Totals {
@@ -64,15 +66,19 @@ export class ExecLog {
   constructor(store: Store, limits: ExecLogLimits = {}) {
     this.maxEntries = limits.maxEntries ?? 50_000;
     this.maxBytes = limits.maxBytes ?? 8 * 1024 * 1024;
-    if (!Number.isInteger(this.maxEntries) || this.maxEntries < 1) throw new RangeError(`logs.maxEntries must be a positive integer (got ${limits.maxEntries})`);
-    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1) throw new RangeError(`logs.maxBytes must be a positive number of bytes (got ${limits.maxBytes})`);
+    if (!Number.isInteger(this.maxEntries) || this.maxEntries < 1) throw new InvalidOptionError('logs.maxEntries', 'a positive integer', limits.maxEntries);
+    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1) throw new InvalidOptionError('logs.maxBytes', 'a positive number of bytes', limits.maxBytes);
     this.#store = store;
     this.#db = store.database<LogEntry, Key>('logs');
   }
 
-  /** Records the output carried by an event; any other event is ignored. Never throws. */
-  record(e: SandboxEvent): void {
-    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return;
+  /**
+   * Records the output carried by an event; any other event is ignored. Never throws (nor
+   * rejects). Resolves once the write is committed (or failed).
+   */
+  record(e: SandboxEvent): Promise<void> {
+    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return DONE;
+    let written = DONE;
     try {
       const t = this.#totalsOf(e.name);
       const n = t.next++;
@@ -82,8 +88,8 @@ export class ExecLog {
       let pending = this.#unflushed.get(e.name);
       if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
       pending.set(n, entry);
-      void this.#db.put([e.name, n], entry).then(
-        () => pending.get(n) === entry && pending.delete(n),
+      written = this.#db.put([e.name, n], entry).then(
+        () => void (pending.get(n) === entry && pending.delete(n)),
         () => {},
       );
       while (t.entries.length - t.head > this.maxEntries || (t.bytes > this.maxBytes && t.entries.length - t.head > 1)) {
@@ -99,6 +105,7 @@ export class ExecLog {
     } catch {
       // The store is closing: live subscribers still got the output.
     }
+    return written;
   }
 
   /**

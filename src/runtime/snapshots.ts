@@ -10,7 +10,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentHello } from '../agent/AgentClient.ts';
-import type { SandboxConfig } from '../config.ts';
+import { validateName, type SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { deviceLayout, type DeviceLayout } from '../guest/guestConfig.ts';
 
@@ -38,7 +38,8 @@ export function snapshotsDir(stateDir: string): string {
 }
 
 export function snapshotDir(stateDir: string, name: string): string {
-  return join(snapshotsDir(stateDir), name);
+  // The name becomes a path under the state dir: "../x" would reach (and remove) outside it.
+  return join(snapshotsDir(stateDir), validateName(name, 'snapshot name'));
 }
 
 /** A snapshot's metadata; throws E_SNAPSHOT_NOT_FOUND. */

@@ -16,6 +16,7 @@ import type { SandboxLink } from '../supervisor/SandboxLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, ttyOption, userOption, type ExecOptions, type ExecStreamItem } from './exec.ts';
+import { validateExec } from './execOptions.ts';
 import { SandboxFs } from './SandboxFs.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
@@ -508,10 +509,7 @@ export class Sandbox {
   }
 
   async #start(argv: string[], options: ExecStreamOptions): Promise<ExecStream> {
-    for (const a of argv) if (typeof a !== 'string') throw new TypeError(`exec arguments must be strings (got ${typeof a})`);
-    if (options.timeoutMs !== undefined && (!Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
-      throw new CorralError('E_INVALID_OPTION', `invalid option timeoutMs: a positive number of ms (got ${options.timeoutMs})`);
-    }
+    validateExec(argv, options);
     const tty = ttyOption(options.tty);
     const user = userOption(options.user);
     options.signal?.throwIfAborted();

@@ -6,9 +6,9 @@
  * whose owner died.
  */
 
-import { mkdirSync } from 'node:fs';
 import type { Database, Key, RootDatabase } from 'lmdb';
 import { sharedRoot } from './lmdbEnv.ts';
+import { secureStateDir } from './stateDir.ts';
 import type { SandboxStatus, StopReason } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
@@ -45,8 +45,8 @@ export class Store {
 
   /** Opens (creating if needed) the store under `stateDir`. */
   static open(stateDir: string): Store {
+    secureStateDir(stateDir);
     try {
-      mkdirSync(stateDir, { recursive: true, mode: 0o700 });
       const root = sharedRoot(stateDir);
       return new Store(root);
     } catch (err) {

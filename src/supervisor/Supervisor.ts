@@ -19,7 +19,7 @@ import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
-import { CorralError, deserializeError, type SerializedError } from '../errors.ts';
+import { CorralError, InvalidOptionError, deserializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
 import { controlSocketPath } from '../host/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
@@ -145,7 +145,7 @@ export class Supervisor {
     this.stateDir = options.stateDir ?? defaultStateDir();
     this.maxSandboxes = options.maxSandboxes ?? 64;
     if (!Number.isInteger(this.maxSandboxes) || this.maxSandboxes < 1) {
-      throw new RangeError(`maxSandboxes must be a positive integer (got ${options.maxSandboxes})`);
+      throw new InvalidOptionError('maxSandboxes', 'a positive integer', options.maxSandboxes);
     }
     this.#store = Store.open(this.stateDir);
     this.#replay = new ReplayLog(this.#store, options.replay);
@@ -153,10 +153,14 @@ export class Supervisor {
     this.events$ = this.#bus.events$;
     sweepStaleRunDirs();
     openSupervisors.add(this);
-    if (openSupervisors.size === 1) process.once('exit', onProcessExit);
+    // 'beforeExit', not 'exit': in an 'exit' hook lmdb-js 3.5 can no longer read ("No
+    // current read transaction available") and a write there crashed the process (SIGSEGV).
+    // An explicit process.exit() or a signal skips this; the next reader reconciles then
+    // (the owner pid is dead).
+    if (openSupervisors.size === 1) process.once('beforeExit', onProcessExit);
   }
 
-  /** @internal at process exit: the VMs die with the process; say so in the store. */
+  /** @internal when the process is about to exit: the VMs die with it; say so in the store. */
   markLiveAsKilled(): void {
     for (const name of this.#live.keys()) {
       const rec = this.#store.getSandbox(name);
@@ -348,8 +352,10 @@ export class Supervisor {
     const ctl = new SandboxController(config, worker, api, events$, this);
     this.#live.set(config.name, ctl);
     events.port1.on('message', (e: SandboxEvent) => {
-      this.#onEvent(e);
-      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') Atomics.sub(outputInFlight, 0, e.data.byteLength);
+      const written = this.#onEvent(e);
+      // Output stays in flight until its replay and log writes commit: LMDB queues writes
+      // in memory, so releasing earlier lets a flood grow that queue with its size.
+      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') void written.then(() => Atomics.sub(outputInFlight, 0, e.data.byteLength));
     });
     // Unref after adding listeners: adding a 'message' listener refs a port again. Comlink
     // adds one per pending call, so the control port holds the process only during calls.
@@ -566,14 +572,15 @@ export class Supervisor {
     await this.#store.removeSandbox(name);
   }
 
-  #onEvent(e: SandboxEvent): void {
+  /** Records and publishes one event; resolves when its replay and log writes commit. */
+  #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
     if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
-    this.#replay.append(e);
-    this.#execLog.record(e);
+    const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
     this.#bus.publish(e);
+    return written;
   }
 
   #assertOpen(): void {
@@ -598,7 +605,7 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
 const exitedWorkers = new WeakSet<Worker>();
 
 /** Variables a sandbox worker reads, passed at create time (a spare started earlier). */
-const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
+const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_FAKE_FLOOD_MIB', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
 
 function spawnWorker(): Worker {
   const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });

@@ -11,7 +11,7 @@
  */
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, rmSync } from 'node:fs';
+import { chmodSync, readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -258,6 +258,8 @@ function listenOnce(path: string, servers: Server[]): Promise<Socket> {
       resolve(sock);
     });
   });
+  // Only this user may connect (the dir is 0700 already; this holds if it is ever loosened).
+  server.once('listening', () => chmodSync(path, 0o600));
   server.listen(path);
   return conn;
 }

@@ -3,6 +3,12 @@
 //   hang       the same, then wait to be SIGKILLed
 //   midcreate  print the VM pid as soon as qemu is spawned (before boot completes), then hang
 //   detached   create a detached sandbox named argv[3], print its info, exit
+//   cycle      create, exec, stop one sandbox, printing {"phase"} before each and the pid
+//              of every qemu spawned; then wait to be SIGKILLed (faults.test.ts)
+//   registry   create a sandbox from image argv[3] with Basic credentials (user argv[4],
+//              password from CORRAL_TEST_SECRET: never in argv), log level trace; print
+//              its VM pid and exec result, then every event as a JSON line; stop when
+//              stdin closes
 import { Sandbox, getDefaultSupervisor } from '../../src/index.ts';
 
 const mode = process.argv[2];
@@ -10,6 +16,33 @@ if (mode === 'detached') {
   const sb = await Sandbox.builder(process.argv[3]!).label('made-by', 'child').createDetached();
   process.stdout.write(`${JSON.stringify(await sb.info())}\n`);
   await sb.detach();
+} else if (mode === 'cycle') {
+  const say = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
+  getDefaultSupervisor().bus.on('sandbox.vm.spawned').subscribe((e) => say({ vmPid: e.pid }));
+  setInterval(() => {}, 1000);
+  say({ phase: 'create' });
+  const sb = await Sandbox.builder(`child-${process.pid}`).create();
+  say({ phase: 'exec' });
+  await Promise.all([sb.exec('sh', ['-c', 'sleep 0.2; echo a']), sb.exec('echo', ['b'])]);
+  say({ phase: 'stop' });
+  await sb.stop();
+  say({ phase: 'done' });
+} else if (mode === 'registry') {
+  const sup = getDefaultSupervisor();
+  const sub = sup.events$.subscribe((e) => process.stdout.write(`${JSON.stringify({ event: e })}\n`));
+  const sb = await Sandbox.builder(`child-${process.pid}`)
+    .template(false)
+    .logLevel('trace')
+    .image(process.argv[3]!)
+    .registryAuth({ kind: 'basic', username: process.argv[4]!, password: process.env.CORRAL_TEST_SECRET! })
+    .create();
+  const out = (await sb.exec('echo', ['hello'])).stdout;
+  process.stdout.write(`${JSON.stringify({ vmPid: (await sb.info()).pid, out })}\n`);
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.once('end', r));
+  await sb.stop();
+  sub.unsubscribe();
+  await sup.close();
 } else if (mode === 'midcreate') {
   getDefaultSupervisor().bus.on('sandbox.vm.spawned').subscribe((e) => process.stdout.write(`${JSON.stringify({ vmPid: e.pid })}\n`));
   setInterval(() => {}, 1000);

@@ -7,7 +7,9 @@
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
 // this on demand: the real agent never sends malformed frames.
+import { statSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { dirname } from 'node:path';
 
 const args = process.argv.slice(2);
 const chardev = (id) => {
@@ -16,7 +18,14 @@ const chardev = (id) => {
   }
   throw new Error(`no -chardev ${id}`);
 };
-const mode = process.env.CORRAL_FAKE_GUEST ?? 'oversized';
+// "report:<file>" behaves like "mute", after writing to <file> the modes of the sockets it
+// is about to connect to and of their directories (they are gone once connected).
+const [mode, reportFile] = (process.env.CORRAL_FAKE_GUEST ?? 'oversized').split(/:(.*)/);
+if (reportFile) {
+  const modeOf = (p) => statSync(p).mode & 0o777;
+  const report = Object.fromEntries(['agent', 'qmp'].flatMap((id) => [[id, modeOf(chardev(id))], [`${id}Dir`, modeOf(dirname(chardev(id)))]]));
+  writeFileSync(reportFile, JSON.stringify(report));
+}
 
 const qmp = connect(chardev('qmp'));
 qmp.write(JSON.stringify({ QMP: { version: {}, capabilities: [] } }) + '\n');
@@ -86,7 +95,7 @@ agent.on('data', (d) => {
     execs.push(session);
     if (mode === 'flood') {
       void flood(session);
-    } else if (mode === 'mute') {
+    } else if (mode === 'mute' || mode === 'report') {
       // Says nothing, ever: not STARTED, not EXIT, not even after a SIGNAL.
     } else if (mode === 'cross-talk') {
       // The first exec starts; the second is answered on the first one's id.

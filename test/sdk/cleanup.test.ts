@@ -4,7 +4,7 @@ import { readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { startChild } from '../helpers/child.ts';
-import { alive, until } from '../helpers/sandbox.ts';
+import { alive, testSupervisor, until } from '../helpers/sandbox.ts';
 
 /** Socket dirs of VM boots by process `pid` (other test files boot VMs at the same time). */
 function runDirsOf(pid: number): string[] {
@@ -19,6 +19,14 @@ describe('cleanup when the owning process ends', () => {
     await new Promise((r) => child.once('exit', r));
     await until(() => !alive(vmPid), 10_000, `qemu ${vmPid} to go`);
     expect(runDirsOf(child.pid!)).toEqual([]);
+    // The process said so in the store on its way out (this once failed with lmdb-js's
+    // "No current read transaction available" from an 'exit' hook).
+    const sup = testSupervisor();
+    try {
+      expect(sup.store.getSandbox(`child-${child.pid}`)).toMatchObject({ status: 'stopped', stopReason: 'killed' });
+    } finally {
+      await sup.close();
+    }
   });
 
   it('leaves no qemu when the process is SIGKILLed', async () => {

@@ -53,11 +53,11 @@ describe('a hostile guest within the frame format', () => {
       expect(hash.digest('hex')).toBe(want.digest('hex'));
       const growthMib = (peak - rss0) / MiB;
       console.log(`flood: ${floodMib} MiB in ${ms.toFixed(0)} ms (${((floodMib * 1000) / ms).toFixed(0)} MiB/s); host RSS ${(rss0 / MiB).toFixed(0)} → peak ${(peak / MiB).toFixed(0)} MiB (+${growthMib.toFixed(0)}), maxRSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
-      // Generous. The worker→supervisor queue is held to 8 MiB (the worker stops reading the
-      // guest past it); measured here +310–350 MiB for 256 MiB, +400–435 before that bound.
-      // What remains is downstream (replay and exec logs, the stream's queue) and garbage not
-      // yet collected: not yet shown to be independent of the flood's size.
-      expect(growthMib).toBeLessThan(512);
+      // Output stays in flight (the worker stops reading the guest past 8 MiB) until its
+      // replay and exec-log writes commit. Measured (npm run soak): +202 MiB for 256 MiB and
+      // +195 MiB for 1 GiB, of which ~60 MiB is LMDB's mapped file; before that bound +310 MiB
+      // and +455 MiB. The bound holds for any flood size, not this number.
+      expect(growthMib).toBeLessThan(400);
       await neighbourFine();
     } finally {
       await evil.kill().catch(() => {});

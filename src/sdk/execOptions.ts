@@ -1,0 +1,42 @@
+/**
+ * Validation of an exec's command and options, before anything reaches the sandbox: a bad
+ * value fails with E_INVALID_OPTION naming the option, not later in the guest.
+ */
+
+import { validateAbsolutePath, validateEnv } from '../config.ts';
+import { InvalidOptionError } from '../errors.ts';
+import type { ExecOptions } from './exec.ts';
+
+/** Most arguments of one exec (the guest agent's own bound is 4096). */
+const MAX_ARGS = 4096;
+/** Most bytes of one argument. */
+const MAX_ARG_BYTES = 128 * 1024;
+
+/**
+ * Throws an InvalidOptionError naming the first bad field of an exec request.
+ *
+ * @example
+ * validateExec(['ls', '-l'], { cwd: '/app', timeoutMs: 5000 });
+ */
+export function validateExec(argv: readonly unknown[], options: ExecOptions & { readonly stdin?: unknown }): void {
+  if (typeof argv[0] !== 'string' || argv[0].length === 0 || argv[0].includes('\0')) {
+    throw new InvalidOptionError('command', 'a non-empty string without NUL bytes', argv[0]);
+  }
+  if (argv.length > MAX_ARGS) throw new InvalidOptionError('args', `at most ${MAX_ARGS - 1} arguments`, argv.length - 1);
+  argv.forEach((a, i) => {
+    if (i > 0 && (typeof a !== 'string' || a.includes('\0') || Buffer.byteLength(a) > MAX_ARG_BYTES)) {
+      throw new InvalidOptionError(`args[${i - 1}]`, `a string without NUL bytes, at most ${MAX_ARG_BYTES} bytes`, a);
+    }
+  });
+  if (typeof options !== 'object' || options === null) throw new InvalidOptionError('exec options', 'an object', options);
+  if (options.env !== undefined) validateEnv(options.env, 'exec env');
+  if (options.cwd !== undefined) validateAbsolutePath(options.cwd, 'cwd');
+  if (options.timeoutMs !== undefined && (typeof options.timeoutMs !== 'number' || !Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
+    throw new InvalidOptionError('timeoutMs', 'a positive number of ms', options.timeoutMs);
+  }
+  if (options.stdin !== undefined && typeof options.stdin !== 'string' && !(options.stdin instanceof Uint8Array)) {
+    throw new InvalidOptionError('stdin', 'a string or a Uint8Array', options.stdin);
+  }
+  if (options.mergeStderr !== undefined && typeof options.mergeStderr !== 'boolean') throw new InvalidOptionError('mergeStderr', 'true or false', options.mergeStderr);
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new InvalidOptionError('signal', 'an AbortSignal', options.signal);
+}
