@@ -166,6 +166,11 @@ describe('bad exec options', () => {
     ['mergeStderr "yes"', () => sb.exec('ls', [], { mergeStderr: 'yes' as never }), 'E_INVALID_OPTION', 'mergeStderr'],
     ['a signal that is no AbortSignal', () => sb.exec('ls', [], { signal: {} as never }), 'E_INVALID_OPTION', 'signal'],
     ['execStream with a relative cwd', () => sb.execStream('ls', [], { cwd: '..' }), 'E_INVALID_OPTION', 'cwd'],
+    ['a tty of 0 columns', () => sb.exec('ls', [], { tty: { cols: 0, rows: 24 } }), 'E_INVALID_OPTION', 'tty'],
+    ['a user with a space', () => sb.exec('id', [], { user: 'root admin' }), 'E_INVALID_OPTION', 'user'],
+    ['a user with two ":"', () => sb.exec('id', [], { user: '1:2:3' }), 'E_INVALID_OPTION', 'user'],
+    ['fs read of a relative path', () => sb.fs().read('etc/passwd'), 'E_INVALID_OPTION', 'path'],
+    ['fs write of a number', () => sb.fs().write('/tmp/x', 5 as never), 'E_INVALID_OPTION', 'data'],
     ['a snapshot named "../x"', () => sb.snapshot('../x'), 'E_INVALID_OPTION', 'snapshot name'],
   ];
   it.each(rows)('%s fails with %s naming its option', async (_what, call, code, option) => {
