@@ -30,6 +30,7 @@ import { Vm, type VmBootOptions } from '../src/vm/Vm.ts';
 import { GuestEnv } from '../src/guest/GuestEnv.ts';
 import { withScriptsPath } from '../src/guest/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
+import { imageArgv, type ImageCommandRequest } from '../src/image/imageCommand.ts';
 
 /** What the supervisor hands a new worker. */
 export interface SandboxWorkerData {
@@ -56,6 +57,8 @@ const OUTPUT_LOW_WATER = 2 * 1024 * 1024;
 /** A command to run, as the SDK sends it. */
 export interface ExecRequest {
   readonly argv: readonly string[];
+  /** Run the image's command instead of `argv` (src/image/imageCommand.ts). */
+  readonly imageCommand?: ImageCommandRequest;
   readonly env?: Readonly<Record<string, string>>;
   readonly cwd?: string;
   readonly stdin?: boolean;
@@ -186,6 +189,10 @@ class SandboxHost implements SandboxWorkerApi {
   async exec(execId: number, req: ExecRequest): Promise<void> {
     if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
     assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
+    if (req.imageCommand) {
+      const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
+      req = { ...req, argv: imageArgv(defaults, req.imageCommand, this.#config.image) };
+    }
     this.#pending.set(execId, req);
     this.#actor.send({ type: 'exec', execId });
   }

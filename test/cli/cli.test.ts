@@ -1,26 +1,8 @@
 // The `corral` CLI with --json, as a script would use it: each command a fresh process
 // (bin/corral.mjs), sandboxes detached so they outlive each invocation. Real VMs.
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { corral } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
-
-function corral(...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-      let json: unknown;
-      try {
-        json = stdout.trim() ? JSON.parse(stdout) : undefined;
-      } catch {
-        json = { raw: stdout };
-      }
-      resolve({ code: typeof code === 'number' ? code : 1, json, stderr });
-    });
-  });
-}
 
 describe('the corral CLI', () => {
   const name = uniqueName('cli');
