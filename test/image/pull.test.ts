@@ -7,6 +7,7 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
 import { hostname, tmpdir } from 'node:os';
+import { PassThrough } from 'node:stream';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImagePullEventBody } from '../../src/bus/events.ts';
@@ -14,6 +15,7 @@ import { CorralError } from '../../src/errors.ts';
 import { Image } from '../../src/image/Image.ts';
 import { ImageIndex } from '../../src/image/ImageIndex.ts';
 import { resolveImage } from '../../src/image/pull.ts';
+import { pullProgress } from '../../src/cli/pullProgress.ts';
 import { deriveLayout, registryBlobPath, startRegistry, testImages, type TestRegistry } from './helpers/registry.ts';
 
 const images = testImages();
@@ -74,6 +76,33 @@ describe('pulling', () => {
     expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
     const listed = await Image.list({ stateDir: sd });
     expect(listed.map((i) => i.tags)).toEqual([[`${open.host}/test/multilayer:v1`]]);
+  });
+
+  it('pulls Docker v2 manifests and manifest lists', async () => {
+    const sd = stateDir();
+    const keep = () => {};
+    const manifest = await open.push(deriveLayout(layout('busybox'), join(sd, 'docker'), keep, { docker: true }), 'test/docker', 'v1');
+    const list = await open.push(deriveLayout(layout('busybox'), join(sd, 'docker-list'), keep, { docker: true, list: true }), 'test/docker-list', 'v1');
+    const one = await resolveImage(`${open.host}/test/docker:v1`, { stateDir: sd });
+    expect(one.digest).toBe(manifest);
+    expect(one.layers).toHaveLength(1);
+    // the list resolves to its linux/amd64 entry, that same manifest
+    const listed = await resolveImage(`${open.host}/test/docker-list:v1`, { stateDir: sd });
+    expect(list).not.toBe(manifest);
+    expect(listed.digest).toBe(manifest);
+    expect(listed.defaults.cmd).toEqual(['/bin/sh']);
+  });
+
+  it('draws a progress bar from the pull events (corral pull, the demo)', async () => {
+    const out = new PassThrough();
+    let text = '';
+    out.setEncoding('utf8').on('data', (d: string) => (text += d));
+    await resolveImage(`${open.host}/test/busybox:v1`, { stateDir: stateDir(), onEvent: pullProgress(out as unknown as NodeJS.WriteStream) });
+    // not a terminal: the forced lines only (start, each layer done), then the summary
+    const lines = text.trim().split('\n');
+    expect(lines[0]).toMatch(new RegExp(`^pulling ${open.host}/test/busybox:v1 \\(1 layers, 0 cached, [\\d.]+ MiB\\)$`));
+    expect(lines).toContainEqual(expect.stringMatching(/^\[#{30}\] 100% [\d.]+ MiB \/ [\d.]+ MiB {2}layers 1\/1$/));
+    expect(lines.at(-1)).toMatch(new RegExp(`^pulled ${open.host}/test/busybox:v1@sha256:[0-9a-f]{64} \\(1 layers`));
   });
 
   it('deduplicates concurrent pulls of the same image', async () => {
