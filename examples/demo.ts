@@ -3,8 +3,13 @@
  * print the output and every event the sandbox emitted.
  *
  *   npm run demo
+ *   npm run demo -- 127.0.0.1:5000/python:3.12     (or CORRAL_DEMO_IMAGE=…): an OCI image,
+ *                                                  pulled with a progress bar
  */
 import { Sandbox, getDefaultSupervisor, type SandboxEvent } from '../src/index.ts';
+import { pullProgress } from '../src/cli/pullProgress.ts';
+
+const image = process.argv[2] ?? process.env.CORRAL_DEMO_IMAGE ?? 'corral/base';
 
 function show(e: SandboxEvent): string {
   const t = new Date(e.ts).toISOString().slice(11, 23);
@@ -28,11 +33,16 @@ function show(e: SandboxEvent): string {
 
 const events: string[] = [];
 const sup = getDefaultSupervisor();
-const sub = sup.events$.subscribe((e) => events.push(show(e)));
+const progress = pullProgress(process.stderr);
+const sub = sup.events$.subscribe((e) => {
+  events.push(show(e));
+  // The pull's image.pull.* events, as a progress bar while the sandbox is created.
+  if (e.type.startsWith('image.pull.')) progress(e as Parameters<typeof progress>[0]);
+});
 
 const t0 = performance.now();
 const sb = await Sandbox.builder('demo')
-  .image('corral/base')
+  .image(image)
   .memory(256)
   .cpus(1)
   .workdir('/app')

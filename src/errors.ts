@@ -28,6 +28,7 @@ export const ErrorCodes = {
   E_EXEC_START: 'the command could not be started in the guest',
   E_EXEC_NOT_FOUND: 'no running exec with that id',
   E_FS: 'a file operation in the guest failed (details.errno names the errno: ENOENT, EISDIR…; details.path the path)',
+  E_NO_COMMAND: 'no command was given and the image has no entrypoint or cmd',
   E_TIMEOUT: 'the operation did not finish in time',
   E_ABORTED: 'the operation was aborted by its signal',
   E_CLOSED: 'the object was closed',

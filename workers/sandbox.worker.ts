@@ -34,6 +34,7 @@ import { qemuArgs } from '../src/vm/qemuArgs.ts';
 import { GuestFs } from '../src/agent/GuestFs.ts';
 import { FsCalls, type FsCall, type FsCallResult } from '../src/agent/fsCalls.ts';
 import { execEnvDefaults, execUser } from '../src/agent/execDefaults.ts';
+import { imageArgv, type ImageCommandRequest } from '../src/image/imageCommand.ts';
 
 /** What the supervisor hands a new worker. */
 export interface SandboxWorkerData {
@@ -60,6 +61,8 @@ const OUTPUT_LOW_WATER = 2 * 1024 * 1024;
 /** A command to run, as the SDK sends it. */
 export interface ExecRequest {
   readonly argv: readonly string[];
+  /** Run the image's command instead of `argv` (src/image/imageCommand.ts). */
+  readonly imageCommand?: ImageCommandRequest;
   readonly env?: Readonly<Record<string, string>>;
   readonly cwd?: string;
   readonly stdin?: boolean;
@@ -204,6 +207,10 @@ class SandboxHost implements SandboxWorkerApi {
   async exec(execId: number, req: ExecRequest): Promise<void> {
     if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
     assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
+    if (req.imageCommand) {
+      const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
+      req = { ...req, argv: imageArgv(defaults, req.imageCommand, this.#config.image) };
+    }
     this.#pending.set(execId, req);
     this.#actor.send({ type: 'exec', execId });
   }

@@ -25,8 +25,9 @@ import { pullProgress } from './pullProgress.ts';
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
 sandboxes (create/start make detached sandboxes, reachable by name from any process)
-  run [--image I] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] -- CMD [ARGS…]
-                             a throwaway sandbox: run one command, exit with its code
+  run [IMAGE] [--entrypoint E] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] [-- ARGS…]
+                             a throwaway sandbox running the image's entrypoint + cmd, or
+                             entrypoint + ARGS (docker run style); exit with its code
   create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
   start NAME                 boot a stopped sandbox again
   stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
@@ -71,7 +72,7 @@ const SANDBOX_OPTS = {
 } as const satisfies ParseArgsConfig['options'];
 
 const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
-  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' } }, run: cmdRun },
+  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, entrypoint: { type: 'string' } }, run: cmdRun },
   create: { options: SANDBOX_OPTS, run: cmdCreate },
   start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
   stop: {
@@ -233,16 +234,17 @@ function commandExit(r: { code: number | null; signal: number | null; timedOut: 
   return r.code ?? EXEC_EXIT.CORRAL_ERROR;
 }
 
-async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string }): Promise<number> {
+/** Runs `c.rest` (exec), or the image's command with `c.rest` as its arguments (`image` given: run). */
+async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string }, image?: { entrypoint?: string[] }): Promise<number> {
   const [command, ...args] = c.rest;
-  if (!command) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -- CMD ARGS…)');
+  if (!command && !image) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -- CMD ARGS…)');
   if (c.json) {
-    const r = await sb.exec(command, args, opts);
+    const r = image ? await sb.run(c.rest, { ...opts, ...image }) : await sb.exec(command!, args, opts);
     print(c, { execId: r.execId, code: r.code, signal: r.signal, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs, stdout: r.stdout, stderr: r.stderr }, '');
     return commandExit(r);
   }
   // Output as it happens.
-  const stream = await sb.execStream(command, args, opts);
+  const stream = image ? await sb.runStream(c.rest, { ...opts, ...image }) : await sb.execStream(command!, args, opts);
   for await (const item of stream) {
     if (item.type === 'stdout') process.stdout.write(item.data);
     else if (item.type === 'stderr') process.stderr.write(item.data);
@@ -271,13 +273,17 @@ async function cmdExec(c: Ctx): Promise<number> {
 }
 
 async function cmdRun(c: Ctx): Promise<number> {
-  if (c.positionals.length) throw new CorralError('E_USAGE', `unexpected argument "${c.positionals[0]}" (the command goes after --)`);
+  const [image, extra] = c.positionals;
+  if (extra !== undefined || (image && c.values.image)) throw new CorralError('E_USAGE', `unexpected argument "${extra ?? image}" (one image, then the arguments after --)`);
   const name = (c.values.name as string | undefined) ?? `run-${process.pid}-${Date.now().toString(36)}`;
   const { env: _env, ...config } = configFrom(c, name);
+  const ep = c.values.entrypoint;
   // The env flags are the command's; the sandbox itself keeps the image's environment.
-  const sb = await Sandbox.create({ ...config, env: {} } as SandboxConfig, { supervisor: c.sup });
+  const sb = await Sandbox.create({ ...config, ...(image ? { image } : {}), env: {} } as SandboxConfig, { supervisor: c.sup });
   try {
-    return await runIn(c, sb, { ...(c.values.env ? { env: pairs(c.values.env, 'env') } : {}), ...(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {}) });
+    const opts = { ...(c.values.env ? { env: pairs(c.values.env, 'env') } : {}), ...(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {}) };
+    // `--entrypoint ''` clears the image's entrypoint, as with docker.
+    return await runIn(c, sb, opts, typeof ep === 'string' ? { entrypoint: ep === '' ? [] : [ep] } : {});
   } finally {
     await sb.stop().catch(() => sb.kill());
     await Sandbox.remove(name, { supervisor: c.sup }).catch(() => {});

@@ -97,7 +97,10 @@ export class RegistryClient {
       if (this.#opts.signal?.aborted || extra?.aborted) throw new CorralError('E_ABORTED', `request to registry ${this.registry} aborted`, { cause: err });
       const e = err as Error & { cause?: { code?: string; message?: string } };
       const why = e.name === 'TimeoutError' ? 'timed out' : (e.cause?.code ?? e.cause?.message ?? e.message);
-      throw new CorralError('E_REGISTRY', `cannot reach registry ${this.registry} (${new URL(url).origin}): ${why}`, { cause: err });
+      // A registry that speaks plain http answers a TLS hello with garbage.
+      const tls = url.startsWith('https:') && /SSL|TLS|EPROTO/i.test(`${e.cause?.code ?? ''} ${e.cause?.message ?? ''}`);
+      const hint = tls ? ` (corral speaks plain http only to loopback registries and those listed in insecureRegistries)` : '';
+      throw new CorralError('E_REGISTRY', `cannot reach registry ${this.registry} (${new URL(url).origin}): ${why}${hint}`, { cause: err });
     }
   }
 

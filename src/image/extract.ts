@@ -16,7 +16,7 @@
  */
 
 import { spawn } from 'node:child_process';
-import { closeSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
+import { closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
@@ -43,10 +43,25 @@ function components(p: string): string[] {
 }
 
 /**
+ * Host paths this extraction created or checked as real directories (not symlinks), so that
+ * resolving `a/b/c/file` does not lstat `a`, `a/b`, `a/b/c` again for every entry (lstat was
+ * the largest cost of an unpack). Sound because, while the tar is read, every change to the
+ * tree is made by this module: whatever removes or replaces a path calls {@link forget}.
+ * It is dropped before the deferred work (the mknod script changes the tree behind it).
+ */
+type KnownDirs = Set<string>;
+
+function forget(dirs: KnownDirs | undefined, path: string): void {
+  if (!dirs?.delete(path)) return;
+  const prefix = `${path}/`;
+  for (const d of dirs) if (d.startsWith(prefix)) dirs.delete(d);
+}
+
+/**
  * Resolves `name` (a path inside the layer) to a host path under `root`, following symlinks
  * of the parent components within the root. The last component is not followed.
  */
-export function resolveInRoot(root: string, name: string, followLast = false): string {
+export function resolveInRoot(root: string, name: string, followLast = false, dirs?: KnownDirs): string {
   const pending = components(name);
   if (pending.length === 0) return root;
   const last = followLast ? '.' : pending.pop()!;
@@ -59,9 +74,15 @@ export function resolveInRoot(root: string, name: string, followLast = false): s
       continue;
     }
     const host = join(root, ...done, c);
+    if (dirs?.has(host)) {
+      done.push(c);
+      continue;
+    }
     let isLink = false;
     try {
-      isLink = lstatSync(host).isSymbolicLink();
+      const st = lstatSync(host);
+      isLink = st.isSymbolicLink();
+      if (st.isDirectory()) dirs?.add(host);
     } catch {
       /* missing: created later as a directory */
     }
@@ -97,7 +118,7 @@ function exists(path: string): boolean {
 }
 
 /** Removes whatever is at `path` unless it is a directory and `keepDir`. */
-function clear(path: string, keepDir: boolean): void {
+function clear(path: string, keepDir: boolean, dirs?: KnownDirs): void {
   let st;
   try {
     st = lstatSync(path);
@@ -106,22 +127,44 @@ function clear(path: string, keepDir: boolean): void {
   }
   if (st.isDirectory()) {
     if (keepDir) return;
+    forget(dirs, path);
     rmSync(path, { recursive: true, force: true });
   } else {
     unlinkSync(path);
   }
 }
 
-function mkdirp(path: string, root: string): void {
-  if (path === root) return;
+/** `path` (resolved inside the root: no symlink on the way) becomes a directory. */
+function mkdirp(path: string, root: string, dirs?: KnownDirs): void {
+  if (path === root || dirs?.has(path)) return;
   try {
-    const st = lstatSync(path);
-    if (st.isDirectory()) return;
-    unlinkSync(path);
-  } catch {
-    /* missing */
+    // The common case, a new directory under an existing one, in one syscall.
+    mkdirSync(path, { mode: 0o755 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') {
+      if (lstatSync(path).isDirectory()) return void dirs?.add(path);
+      unlinkSync(path);
+      mkdirSync(path, { mode: 0o755 });
+    } else if (code === 'ENOENT') {
+      mkdirSync(path, { recursive: true, mode: 0o755 });
+    } else {
+      throw err;
+    }
   }
-  mkdirSync(path, { recursive: true, mode: 0o755 });
+  dirs?.add(path);
+}
+
+/** Creates a regular file for writing, replacing whatever was at `path` (never following it). */
+function createFile(path: string, dirs: KnownDirs): number {
+  try {
+    // O_CREAT|O_EXCL: fails on anything already there, a symlink included.
+    return openSync(path, 'wx', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  clear(path, false, dirs);
+  return openSync(path, 'wx', 0o600);
 }
 
 /** Quotes a path for sh. */
@@ -178,6 +221,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
   const opaque = new Set<string>();
   const xattrs: { entry: string; name: string; value: string }[] = [];
   const dirTimes: { entry: string; mtime: Date }[] = [];
+  const dirs: KnownDirs = new Set([root]);
   let files = 0;
   let bytes = 0;
   let whiteouts = 0;
@@ -194,8 +238,8 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     const mtime = header.mtime ?? new Date(0);
 
     if (base === OPAQUE) {
-      const dir = resolveInRoot(root, parentName, true);
-      mkdirp(dir, root);
+      const dir = resolveInRoot(root, parentName, true, dirs);
+      mkdirp(dir, root, dirs);
       opaque.add(parentName);
       stream.resume();
       return;
@@ -203,23 +247,23 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     if (base.startsWith(WH)) {
       if (base.startsWith(`${WH}${WH}`)) return void stream.resume(); // aufs metadata (.wh..wh.plnk…)
       const hidden = `${parentName}/${base.slice(WH.length)}`;
-      const target = resolveInRoot(root, hidden);
-      mkdirp(resolveInRoot(root, parentName, true), root);
+      const target = resolveInRoot(root, hidden, false, dirs);
+      mkdirp(resolveInRoot(root, parentName, true, dirs), root, dirs);
       specials.delete(target);
       specials.set(target, { name: hidden, kind: 'c', major: 0, minor: 0, mode: 0, uid: 0, gid: 0, mtime });
       whiteouts++;
       stream.resume();
       return;
     }
-    const path = resolveInRoot(root, name);
+    const path = resolveInRoot(root, name, false, dirs);
     if (path === root) {
       // "./" itself: only its metadata matters
       if (header.type === 'directory') dirTimes.push({ entry: '', mtime });
       stream.resume();
       return;
     }
-    const parent = resolveInRoot(root, parentName, true);
-    mkdirp(parent, root);
+    const parent = resolveInRoot(root, parentName, true, dirs);
+    mkdirp(parent, root, dirs);
     specials.delete(path);
     for (const [k, v] of Object.entries((header as { pax?: Record<string, string> }).pax ?? {})) {
       if (k.startsWith('SCHILY.xattr.')) xattrs.push({ entry: name, name: k.slice('SCHILY.xattr.'.length), value: Buffer.from(v, 'latin1').toString('base64') });
@@ -227,8 +271,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     switch (header.type) {
       case 'file':
       case 'contiguous-file': {
-        clear(path, false);
-        const fd = openSync(path, 'wx', 0o600);
+        const fd = createFile(path, dirs);
         try {
           // 'data' events: async iteration of tar-stream's entry streams costs ~2x here.
           await new Promise<void>((resolve, reject) => {
@@ -243,24 +286,25 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
             stream.once('end', resolve);
             stream.once('error', reject);
           });
+          // On the descriptor: no path walk, and chown before chmod (chown drops setuid).
+          fchownSync(fd, uid, gid);
+          fchmodSync(fd, mode);
+          futimesSync(fd, mtime, mtime);
         } finally {
           closeSync(fd);
         }
-        lchownSync(path, uid, gid);
-        chmodSync(path, mode);
-        utimesSync(path, mtime, mtime);
         files++;
         return;
       }
       case 'directory':
-        mkdirp(path, root);
+        mkdirp(path, root, dirs);
         lchownSync(path, uid, gid);
         chmodSync(path, mode);
         dirTimes.push({ entry: name, mtime });
         stream.resume();
         return;
       case 'symlink':
-        clear(path, false);
+        clear(path, false, dirs);
         symlinkSync(header.linkname ?? '', path);
         lchownSync(path, uid, gid);
         lutimesSync(path, mtime, mtime);
@@ -268,8 +312,8 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
         stream.resume();
         return;
       case 'link': {
-        const target = resolveInRoot(root, header.linkname ?? '');
-        clear(path, false);
+        const target = resolveInRoot(root, header.linkname ?? '', false, dirs);
+        clear(path, false, dirs);
         try {
           linkSync(target, path);
         } catch (err) {
@@ -282,7 +326,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
       case 'character-device':
       case 'block-device':
       case 'fifo':
-        clear(path, false);
+        clear(path, false, dirs);
         specials.set(path, {
           name,
           kind: header.type === 'fifo' ? 'p' : header.type === 'block-device' ? 'b' : 'c',
@@ -321,6 +365,8 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     source.pipe(extract as never);
   });
 
+  // From here on the tree changes behind the cache (rm -rf in the mknod script).
+  dirs.clear();
   // Devices, fifos and whiteouts: one sh running mknod for all of them, at paths resolved
   // now (nothing changes the tree between here and the mknod). One whose parent is no longer
   // a directory was removed by a later entry.

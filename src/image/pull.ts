@@ -27,6 +27,7 @@ import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
 import { withFileLock } from './lock.ts';
 import { formatPlatform, hostPlatform, layerCompression, parseImageConfig, parseManifest, selectPlatform, type ImageDefaults, type Platform } from './manifest.ts';
 import { withImagePool } from './pool.ts';
+import { unpackScratchDir } from './scratch.ts';
 import { parseReference, type ImageReference } from './reference.ts';
 import { RegistryClient } from './RegistryClient.ts';
 
@@ -168,7 +169,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   });
 
   let bytes = 0;
-  await withImagePool(async (unpack) => {
+  if (missing.length > 0) await withImagePool(async (unpack) => {
     const queue = [...missing];
     const worker = async () => {
       for (let l = queue.shift(); l; l = queue.shift()) {
@@ -186,6 +187,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
           () => index.hasLayer(layer.diffId),
           async () => {
             const blob = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`);
+            let workDir: string | undefined;
             try {
               const res = await client.blob(r.repository, layer.digest, o.signal);
               const tap = new DigestTap(layer.size, (n) => progress('download', n));
@@ -196,12 +198,14 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
               bytes += tap.bytes;
               progress('unpack', tap.bytes, true);
               const res2 = await unpack(
-                { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: join(index.tmpDir, `${digestHex(layer.diffId)}.${randomBytes(4).toString('hex')}.d`) },
+                { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: (workDir = unpackScratchDir(layer.size, index.tmpDir)) },
                 o.signal,
               );
               await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
             } finally {
               await rm(blob, { force: true });
+              // The worker removes it; not if the task never reached it (aborted, pool closed).
+              if (workDir) await rm(workDir, { recursive: true, force: true });
             }
           },
           o.signal,
@@ -212,7 +216,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
     const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, missing.length) }, worker));
     const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
     if (failed) throw failed.reason;
-  });
+  }, { layers: missing.length });
 
   const rec: ImageRecord = {
     name: r.name,

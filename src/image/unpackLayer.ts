@@ -27,7 +27,7 @@ export interface UnpackTask {
   readonly diffId: string;
   /** Final path of the erofs layer image. */
   readonly out: string;
-  /** A scratch directory (created and removed here). */
+  /** An empty scratch directory (src/image/scratch.ts), removed here. */
   readonly workDir: string;
 }
 
@@ -61,10 +61,9 @@ function decompress(blob: string, compression: LayerCompression): { stream: Read
 export async function unpackLayer(task: UnpackTask): Promise<UnpackResult> {
   const t0 = performance.now();
   const root = join(task.workDir, 'root');
-  await rm(task.workDir, { recursive: true, force: true });
-  await mkdir(root, { recursive: true, mode: 0o755 });
   const tmpOut = `${task.out}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   try {
+    await mkdir(root, { mode: 0o755 });
     const { stream, done } = decompress(task.blob, task.compression);
     const tap = new DigestTap();
     stream.on('error', (e) => tap.destroy(e));

@@ -19,6 +19,7 @@ import { ExecResult, ExecStream, routeExecEvent, ttyOption, userOption, type Exe
 import { validateExec } from './execOptions.ts';
 import { SandboxFs } from './SandboxFs.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
+import { imageCommandRequest, type ImageCommandRequest } from '../image/imageCommand.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
 import { metricsStream } from '../metrics/metricsStream.ts';
@@ -43,6 +44,26 @@ export interface StopOptions {
 export interface ExecStreamOptions extends Omit<ExecOptions, 'stdin'> {
   /** `'pipe'` keeps stdin open for {@link ExecStream.write}; a value is written then closed. */
   readonly stdin?: 'pipe' | string | Uint8Array;
+}
+
+/** Options of {@link Sandbox.run}: those of exec, and an entrypoint override. */
+export interface RunOptions extends ExecOptions {
+  /** Replaces the image's entrypoint and drops its cmd (`docker run --entrypoint`). */
+  readonly entrypoint?: readonly string[];
+}
+
+/** Options of {@link Sandbox.runStream}. */
+export interface RunStreamOptions extends ExecStreamOptions {
+  readonly entrypoint?: readonly string[];
+}
+
+/** Allows `for await (const x of sb.execStream(…))` without an extra await. */
+function iterable(p: Promise<ExecStream>): Promise<ExecStream> & AsyncIterable<ExecStreamItem> {
+  return Object.assign(p, {
+    async *[Symbol.asyncIterator]() {
+      yield* await p;
+    },
+  });
 }
 
 /** How long an exec killed for its timeoutMs may take to report its exit before the host gives up on it. */
@@ -232,7 +253,31 @@ export class Sandbox {
    * const r = await sb.exec('sh', ['-c', 'echo hi; exit 3']); // r.code === 3, r.stdout === 'hi\n'
    */
   async exec(command: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
-    const stream = await this.#start([command, ...args], { ...options, stdin: options.stdin });
+    return this.#collect(await this.#start([command, ...args], { ...options, stdin: options.stdin }));
+  }
+
+  /**
+   * Runs the image's own command, as `docker run IMAGE [ARGS…]` would: its entrypoint
+   * followed by `args`, or by its cmd when `args` is empty. `options.entrypoint` replaces the
+   * entrypoint and drops the cmd. Fails with E_NO_COMMAND when that leaves nothing to run.
+   *
+   * @example
+   * const r = await sb.run();                    // entrypoint + cmd
+   * const v = await sb.run(['--version']);       // entrypoint + --version
+   * const s = await sb.run(['-c', 'id'], { entrypoint: ['/bin/sh'] });
+   */
+  async run(args: readonly string[] = [], options: RunOptions = {}): Promise<ExecResult> {
+    const { entrypoint, ...rest } = options;
+    return this.#collect(await this.#start({ args, entrypoint }, rest));
+  }
+
+  /** {@link run}, streamed like {@link execStream}. */
+  runStream(args: readonly string[] = [], options: RunStreamOptions = {}): Promise<ExecStream> & AsyncIterable<ExecStreamItem> {
+    const { entrypoint, ...rest } = options;
+    return iterable(this.#start({ args, entrypoint }, rest));
+  }
+
+  async #collect(stream: ExecStream): Promise<ExecResult> {
     const out: Uint8Array[] = [];
     const err: Uint8Array[] = [];
     const sub = stream.items$.subscribe({
@@ -260,13 +305,7 @@ export class Sandbox {
    * Iterate it (`for await`) or subscribe to `items$`.
    */
   execStream(command: string, args: readonly string[] = [], options: ExecStreamOptions = {}): Promise<ExecStream> & AsyncIterable<ExecStreamItem> {
-    const p = this.#start([command, ...args], options);
-    // Allow `for await (const x of sb.execStream(…))` without an extra await.
-    return Object.assign(p, {
-      async *[Symbol.asyncIterator]() {
-        yield* await p;
-      },
-    });
+    return iterable(this.#start([command, ...args], options));
   }
 
   /**
@@ -508,8 +547,11 @@ export class Sandbox {
     await this.#link?.release();
   }
 
-  async #start(argv: string[], options: ExecStreamOptions): Promise<ExecStream> {
-    validateExec(argv, options);
+  async #start(what: string[] | { args: unknown; entrypoint: unknown }, options: ExecStreamOptions): Promise<ExecStream> {
+    const command: string[] | ImageCommandRequest = Array.isArray(what) ? what : imageCommandRequest(what.args, what.entrypoint);
+    // An image command is resolved against the image's config in the sandbox's worker.
+    const argv = Array.isArray(command) ? command : [];
+    validateExec(Array.isArray(command) ? command : null, options);
     const tty = ttyOption(options.tty);
     const user = userOption(options.user);
     options.signal?.throwIfAborted();
@@ -552,6 +594,7 @@ export class Sandbox {
     try {
       await ctl.api.exec(execId, {
         argv,
+        ...(Array.isArray(command) ? {} : { imageCommand: command }),
         ...(options.env ? { env: options.env } : {}),
         ...(options.cwd ? { cwd: options.cwd } : {}),
         stdin: pipe,

@@ -13,21 +13,14 @@ const MAX_ARGS = 4096;
 const MAX_ARG_BYTES = 128 * 1024;
 
 /**
- * Throws an InvalidOptionError naming the first bad field of an exec request.
+ * Throws an InvalidOptionError naming the first bad field of an exec request. `argv` is null
+ * for the image's own command (`run()`), which the sandbox resolves from the image config.
  *
  * @example
  * validateExec(['ls', '-l'], { cwd: '/app', timeoutMs: 5000 });
  */
-export function validateExec(argv: readonly unknown[], options: ExecOptions & { readonly stdin?: unknown }): void {
-  if (typeof argv[0] !== 'string' || argv[0].length === 0 || argv[0].includes('\0')) {
-    throw new InvalidOptionError('command', 'a non-empty string without NUL bytes', argv[0]);
-  }
-  if (argv.length > MAX_ARGS) throw new InvalidOptionError('args', `at most ${MAX_ARGS - 1} arguments`, argv.length - 1);
-  argv.forEach((a, i) => {
-    if (i > 0 && (typeof a !== 'string' || a.includes('\0') || Buffer.byteLength(a) > MAX_ARG_BYTES)) {
-      throw new InvalidOptionError(`args[${i - 1}]`, `a string without NUL bytes, at most ${MAX_ARG_BYTES} bytes`, a);
-    }
-  });
+export function validateExec(argv: readonly unknown[] | null, options: ExecOptions & { readonly stdin?: unknown }): void {
+  if (argv !== null) validateArgv(argv);
   if (typeof options !== 'object' || options === null) throw new InvalidOptionError('exec options', 'an object', options);
   if (options.env !== undefined) validateEnv(options.env, 'exec env');
   if (options.cwd !== undefined) validateAbsolutePath(options.cwd, 'cwd');
@@ -39,4 +32,16 @@ export function validateExec(argv: readonly unknown[], options: ExecOptions & { 
   }
   if (options.mergeStderr !== undefined && typeof options.mergeStderr !== 'boolean') throw new InvalidOptionError('mergeStderr', 'true or false', options.mergeStderr);
   if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new InvalidOptionError('signal', 'an AbortSignal', options.signal);
+}
+
+function validateArgv(argv: readonly unknown[]): void {
+  if (typeof argv[0] !== 'string' || argv[0].length === 0 || argv[0].includes('\0')) {
+    throw new InvalidOptionError('command', 'a non-empty string without NUL bytes', argv[0]);
+  }
+  if (argv.length > MAX_ARGS) throw new InvalidOptionError('args', `at most ${MAX_ARGS - 1} arguments`, argv.length - 1);
+  argv.forEach((a, i) => {
+    if (i > 0 && (typeof a !== 'string' || a.includes('\0') || Buffer.byteLength(a) > MAX_ARG_BYTES)) {
+      throw new InvalidOptionError(`args[${i - 1}]`, `a string without NUL bytes, at most ${MAX_ARG_BYTES} bytes`, a);
+    }
+  });
 }

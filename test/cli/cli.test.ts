@@ -1,36 +1,8 @@
 // The `corral` CLI with --json, as a script would use it: each command a fresh process
 // (bin/corral.mjs), sandboxes detached so they outlive each invocation. Real VMs.
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { corral, corralLines } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
-
-function corral(...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-      let json: unknown;
-      try {
-        json = stdout.trim() ? JSON.parse(stdout) : undefined;
-      } catch {
-        json = { raw: stdout };
-      }
-      resolve({ code: typeof code === 'number' ? code : 1, json, stderr });
-    });
-  });
-}
-
-/** `corral --json logs -f NAME` in its own process: resolves with its JSON lines once it exits. */
-function followLogs(name: string): Promise<{ code: number; lines: Array<{ stream: string; text: string }> }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', 'logs', '-f', name], { env: process.env, timeout: 120_000 }, (err, stdout) => {
-      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-      resolve({ code: typeof code === 'number' ? code : 1, lines: stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)) });
-    });
-  });
-}
 
 describe('the corral CLI', () => {
   const name = uniqueName('cli');
@@ -44,7 +16,7 @@ describe('the corral CLI', () => {
     expect(created.code).toBe(0);
     expect(created.json).toMatchObject({ name, status: 'running' });
     expect(await corral('create', name)).toMatchObject({ code: 5, json: { error: { code: 'E_SANDBOX_EXISTS' } } });
-    const follower = followLogs(name); // another process, reading the output as the host process records it
+    const follower = corralLines('logs', '-f', name); // another process, reading the output as the host process records it
 
     const ex = await corral('exec', name, '--', 'sh', '-c', 'echo $GREETING; echo oops >&2; exit 3');
     expect(ex.code).toBe(3);

@@ -5,7 +5,9 @@
  */
 
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { lookup } from 'node:dns/promises';
+import { hostname, tmpdir } from 'node:os';
+import { PassThrough } from 'node:stream';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImagePullEventBody } from '../../src/bus/events.ts';
@@ -13,7 +15,8 @@ import { CorralError } from '../../src/errors.ts';
 import { Image } from '../../src/image/Image.ts';
 import { ImageIndex } from '../../src/image/ImageIndex.ts';
 import { resolveImage } from '../../src/image/pull.ts';
-import { registryBlobPath, startRegistry, testImages, type TestRegistry } from './helpers/registry.ts';
+import { pullProgress } from '../../src/cli/pullProgress.ts';
+import { deriveLayout, registryBlobPath, startRegistry, testImages, type TestRegistry } from './helpers/registry.ts';
 
 const images = testImages();
 const layout = (n: string) => join(images.dir, n);
@@ -73,6 +76,33 @@ describe('pulling', () => {
     expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
     const listed = await Image.list({ stateDir: sd });
     expect(listed.map((i) => i.tags)).toEqual([[`${open.host}/test/multilayer:v1`]]);
+  });
+
+  it('pulls Docker v2 manifests and manifest lists', async () => {
+    const sd = stateDir();
+    const keep = () => {};
+    const manifest = await open.push(deriveLayout(layout('busybox'), join(sd, 'docker'), keep, { docker: true }), 'test/docker', 'v1');
+    const list = await open.push(deriveLayout(layout('busybox'), join(sd, 'docker-list'), keep, { docker: true, list: true }), 'test/docker-list', 'v1');
+    const one = await resolveImage(`${open.host}/test/docker:v1`, { stateDir: sd });
+    expect(one.digest).toBe(manifest);
+    expect(one.layers).toHaveLength(1);
+    // the list resolves to its linux/amd64 entry, that same manifest
+    const listed = await resolveImage(`${open.host}/test/docker-list:v1`, { stateDir: sd });
+    expect(list).not.toBe(manifest);
+    expect(listed.digest).toBe(manifest);
+    expect(listed.defaults.cmd).toEqual(['/bin/sh']);
+  });
+
+  it('draws a progress bar from the pull events (corral pull, the demo)', async () => {
+    const out = new PassThrough();
+    let text = '';
+    out.setEncoding('utf8').on('data', (d: string) => (text += d));
+    await resolveImage(`${open.host}/test/busybox:v1`, { stateDir: stateDir(), onEvent: pullProgress(out as unknown as NodeJS.WriteStream) });
+    // not a terminal: the forced lines only (start, each layer done), then the summary
+    const lines = text.trim().split('\n');
+    expect(lines[0]).toMatch(new RegExp(`^pulling ${open.host}/test/busybox:v1 \\(1 layers, 0 cached, [\\d.]+ MiB\\)$`));
+    expect(lines).toContainEqual(expect.stringMatching(/^\[#{30}\] 100% [\d.]+ MiB \/ [\d.]+ MiB {2}layers 1\/1$/));
+    expect(lines.at(-1)).toMatch(new RegExp(`^pulled ${open.host}/test/busybox:v1@sha256:[0-9a-f]{64} \\(1 layers`));
   });
 
   it('deduplicates concurrent pulls of the same image', async () => {
@@ -146,6 +176,39 @@ describe('pulling', () => {
     } finally {
       writeFileSync(blob, good);
     }
+  });
+  it('rejects a layer whose unpacked content is not its diff_id, and leaves no scratch or layer image behind', async () => {
+    const sd = stateDir();
+    const layoutDir = deriveLayout(layout('busybox'), join(sd, 'bad-diffid'), (c) => {
+      c.rootfs.diff_ids[0] = `sha256:${'0'.repeat(64)}`;
+    });
+    await open.push(layoutDir, 'test/bad-diffid', 'v1');
+    const err = await rejection(resolveImage(`${open.host}/test/bad-diffid:v1`, { stateDir: sd }));
+    expect(err.code).toBe('E_IMAGE_DIGEST');
+    expect(err.message).toContain('(uncompressed)');
+    expect(readdirSync(join(sd, 'images', 'layers'))).toEqual([]);
+    expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
+    // the unpack scratch (src/image/scratch.ts) is gone too
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith(`corral-unpack-${process.pid}-`))).toEqual([]);
+    expect(await Image.list({ stateDir: sd })).toEqual([]);
+  });
+});
+
+describe('plain http', () => {
+  it('is refused for a registry that is not loopback by name unless it is listed as insecure', async (ctx) => {
+    // The machine's own hostname names the loopback registry without being a loopback
+    // address literal, as a LAN registry would (skipped where it does not resolve to 127.0.0.1).
+    const { address } = await lookup(hostname(), { family: 4 }).catch(() => ({ address: '' }));
+    if (address !== '127.0.0.1') return ctx.skip(`${hostname()} resolves to ${address || 'nothing'}, not 127.0.0.1`);
+    const registry = `${hostname()}:${open.host.split(':')[1]}`;
+    const ref = `${registry}/test/busybox:v1`;
+    const err = await rejection(resolveImage(ref, { stateDir: stateDir() }));
+    expect(err.code).toBe('E_REGISTRY');
+    expect(err.message).toContain(`cannot reach registry ${registry} (https://${registry})`);
+    expect(err.message).toContain('insecureRegistries');
+    expect((await resolveImage(ref, { stateDir: stateDir(), insecureRegistries: [registry] })).layers).toHaveLength(1);
+    // loopback by address: plain http without asking (every other test here)
+    expect((await resolveImage(`${open.host}/test/busybox:v1`, { stateDir: stateDir() })).layers).toHaveLength(1);
   });
 });
 

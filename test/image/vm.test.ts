@@ -56,6 +56,7 @@ describe('OCI images in the guest', () => {
     const config = Sandbox.builder(uniqueName('ml')).template(false).image(`${reg.host}/test/multilayer:v1`).registryAuth(auth()).build();
     // the config survives JSON and boots as it is
     const a = await Sandbox.create(JSON.parse(JSON.stringify(config)), { supervisor: sup });
+    expect(a.config).toEqual(config);
     const b = await Sandbox.builder(uniqueName('ml')).supervisor(sup).template(false).image(`${reg.host}/test/multilayer:v1`).registryAuth(auth()).create();
     try {
       const r = await a.shell('test ! -e /etc/deleteme && echo gone; ls /data/old; cat /marker /data/keep /data/hard; readlink /data/link; echo $IMAGE_VAR; pwd');

@@ -8,7 +8,7 @@
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createSign, randomBytes, X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { homedir, tmpdir } from 'node:os';
@@ -187,4 +187,64 @@ export function registryBlobPath(storageDir: string, digest: string): string {
 /** sha256 of a file. */
 export function fileDigest(path: string): string {
   return `sha256:${createHash('sha256').update(readFileSync(path)).digest('hex')}`;
+}
+
+/** Options of {@link deriveLayout}. */
+export interface DeriveOptions {
+  /** Docker v2 media types (manifest, config, gzip layers) instead of OCI ones. */
+  readonly docker?: boolean;
+  /** Wrap the manifest in a Docker manifest list (`docker`) or an OCI index for linux/amd64. */
+  readonly list?: boolean;
+}
+
+const DOCKER = {
+  manifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  list: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  config: 'application/vnd.docker.container.image.v1+json',
+  layer: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+};
+
+/**
+ * A copy of a single-image OCI layout (scripts/test-images.sh) with its config changed by
+ * `edit` (e.g. an Entrypoint, or a wrong diff_id), written to `dest`: new config, manifest and
+ * index; the layer blobs are the source's (symlinked). Built at test time in milliseconds,
+ * so variants need no new image in the cached test-image build.
+ */
+export function deriveLayout(src: string, dest: string, edit: (config: Record<string, any>) => void, options: DeriveOptions = {}): string {
+  const blobs = join(dest, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const read = (d: string) => readFileSync(join(src, 'blobs', 'sha256', d.slice(7)));
+  const put = (bytes: Buffer) => {
+    const hex = createHash('sha256').update(bytes).digest('hex');
+    writeFileSync(join(blobs, hex), bytes);
+    return { digest: `sha256:${hex}`, size: bytes.length };
+  };
+  const index = JSON.parse(readFileSync(join(src, 'index.json'), 'utf8')) as { manifests: { digest: string; mediaType: string }[] };
+  const manifest = JSON.parse(read(index.manifests[0]!.digest).toString('utf8')) as {
+    mediaType: string;
+    config: { mediaType: string; digest: string; size: number };
+    layers: { mediaType: string; digest: string }[];
+  };
+  if (!manifest.layers) throw new Error(`${src} is not a single-image layout`);
+  for (const l of manifest.layers) {
+    const to = join(blobs, l.digest.slice(7));
+    if (!existsSync(to)) symlinkSync(join(src, 'blobs', 'sha256', l.digest.slice(7)), to);
+    if (options.docker) {
+      if (!l.mediaType.endsWith('+gzip')) throw new Error(`Docker v2 layers here are gzip only (${l.mediaType})`);
+      l.mediaType = DOCKER.layer;
+    }
+  }
+  const config = JSON.parse(read(manifest.config.digest).toString('utf8')) as Record<string, any>;
+  edit(config);
+  manifest.config = { ...manifest.config, ...(options.docker ? { mediaType: DOCKER.config } : {}), ...put(Buffer.from(JSON.stringify(config))) };
+  if (options.docker) manifest.mediaType = DOCKER.manifest;
+  let top = { mediaType: manifest.mediaType, ...put(Buffer.from(JSON.stringify(manifest))) };
+  if (options.list) {
+    const mediaType = options.docker ? DOCKER.list : 'application/vnd.oci.image.index.v1+json';
+    const list = { schemaVersion: 2, mediaType, manifests: [{ ...top, platform: { architecture: 'amd64', os: 'linux' } }] };
+    top = { mediaType, ...put(Buffer.from(JSON.stringify(list))) };
+  }
+  writeFileSync(join(dest, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
+  writeFileSync(join(dest, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [top] }));
+  return dest;
 }
