@@ -16,6 +16,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { AgentClient, type AgentHello } from '../agent/AgentClient.ts';
 import type { Accel } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
@@ -168,8 +169,14 @@ export class Vm {
       return vm;
     } catch (err) {
       if (vm) {
+        // The agent's socket closing is usually the first sign of a guest that died: give qemu
+        // a moment to exit on its own, so the error can say how and show the console.
+        const exit = await Promise.race([vm.exited, delay(1000).then(() => undefined)]);
         vm.kill();
-        await vm.exited;
+        const x = exit ?? (await vm.exited);
+        if (err instanceof CorralError && err.code === 'E_VM_CRASHED') {
+          throw new CorralError('E_VM_CRASHED', `${err.message} during boot; qemu ${exit ? describeExit(x) : 'was killed'}: ${lastLines(vm.consoleTail)}`, { cause: err });
+        }
       }
       throw err instanceof CorralError ? err : new CorralError('E_BOOT_FAILED', `VM boot failed: ${(err as Error).message}`, { cause: err });
     } finally {
