@@ -21,16 +21,20 @@ import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
 import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
 import { pullProgress } from './pullProgress.ts';
+import { copy } from './cp.ts';
+import { execTty } from './execTty.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
 sandboxes (create/start make detached sandboxes, reachable by name from any process)
-  run [--image I] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] -- CMD [ARGS…]
+  run [--image I] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] [--user U] -- CMD [ARGS…]
                              a throwaway sandbox: run one command, exit with its code
   create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
   start NAME                 boot a stopped sandbox again
   stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
-  exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] -- CMD [ARGS…]
+  exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] [--user U] [-t|--tty] -- CMD [ARGS…]
+                             --tty: a guest terminal wired to this one (stdin forwarded)
+  cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
   logs NAME [--since T] [--tail N] [-f]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago);
@@ -71,7 +75,7 @@ const SANDBOX_OPTS = {
 } as const satisfies ParseArgsConfig['options'];
 
 const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
-  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' } }, run: cmdRun },
+  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, user: { type: 'string', short: 'u' } }, run: cmdRun },
   create: { options: SANDBOX_OPTS, run: cmdCreate },
   start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
   stop: {
@@ -81,7 +85,19 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   kill: { run: async (c) => withSandbox(c, (sb) => sb.kill()) },
   pause: { run: async (c) => withSandbox(c, async (sb) => (await sb.pause(), sb.info())) },
   resume: { run: async (c) => withSandbox(c, async (sb) => (await sb.resume(), sb.info())) },
-  exec: { options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' } }, run: cmdExec },
+  exec: {
+    options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' }, user: { type: 'string', short: 'u' }, tty: { type: 'boolean', short: 't' } },
+    run: cmdExec,
+  },
+  cp: {
+    run: async (c) => {
+      const [src, dst, ...extra] = c.positionals;
+      if (!src || !dst || extra.length) throw new CorralError('E_USAGE', 'cp takes SRC and DST, one of them NAME:/path (corral help)');
+      const r = await copy(c.sup, src, dst);
+      print(c, r, r.direction === 'in' ? `copied ${r.from} to ${r.sandbox}:${r.to}` : `copied ${r.sandbox}:${r.from} to ${r.to}`);
+      return EXIT.OK;
+    },
+  },
   ls: { options: { label: { type: 'string', multiple: true } }, run: cmdLs },
   inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
   logs: { options: { since: { type: 'string' }, tail: { type: 'string' }, follow: { type: 'boolean', short: 'f' } }, run: cmdLogs },
@@ -233,9 +249,15 @@ function commandExit(r: { code: number | null; signal: number | null; timedOut: 
   return r.code ?? EXEC_EXIT.CORRAL_ERROR;
 }
 
-async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string }): Promise<number> {
+async function runIn(c: Ctx, sb: Sandbox, opts: ExecFlags): Promise<number> {
   const [command, ...args] = c.rest;
   if (!command) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -- CMD ARGS…)');
+  if (c.values.tty === true) {
+    if (opts.stdin !== undefined) throw new CorralError('E_USAGE', '--stdin and --tty do not go together: with --tty stdin is forwarded');
+    const x = await execTty(sb, command, args, opts, c.json);
+    if (c.json) print(c, { execId: x.execId, code: x.code, signal: x.signal, timedOut: x.timedOut, durationMs: x.durationMs, stdout: x.stdout }, '');
+    return commandExit(x);
+  }
   if (c.json) {
     const r = await sb.exec(command, args, opts);
     print(c, { execId: r.execId, code: r.code, signal: r.signal, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs, stdout: r.stdout, stderr: r.stderr }, '');
@@ -251,9 +273,12 @@ async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; 
   return commandExit(x);
 }
 
-function execOpts(c: Ctx): { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string } {
+type ExecFlags = { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string; user?: string };
+
+function execOpts(c: Ctx): ExecFlags {
   const v = c.values;
   return {
+    ...(typeof v.user === 'string' ? { user: v.user } : {}),
     ...(v.env ? { env: pairs(v.env, 'env') } : {}),
     ...(typeof v.cwd === 'string' ? { cwd: v.cwd } : {}),
     ...(v.timeout ? { timeoutMs: seconds(v.timeout, 'timeout') } : {}),
@@ -277,7 +302,7 @@ async function cmdRun(c: Ctx): Promise<number> {
   // The env flags are the command's; the sandbox itself keeps the image's environment.
   const sb = await Sandbox.create({ ...config, env: {} } as SandboxConfig, { supervisor: c.sup });
   try {
-    return await runIn(c, sb, { ...(c.values.env ? { env: pairs(c.values.env, 'env') } : {}), ...(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {}) });
+    return await runIn(c, sb, execOpts(c));
   } finally {
     await sb.stop().catch(() => sb.kill());
     await Sandbox.remove(name, { supervisor: c.sup }).catch(() => {});

@@ -1,6 +1,10 @@
 // The `corral` CLI with --json, as a script would use it: each command a fresh process
 // (bin/corral.mjs), sandboxes detached so they outlive each invocation. Real VMs.
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { uniqueName } from '../helpers/sandbox.ts';
@@ -8,8 +12,13 @@ import { uniqueName } from '../helpers/sandbox.ts';
 const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
 
 function corral(...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
+  return corralWith(undefined, ...args);
+}
+
+/** {@link corral} with `input` piped to its stdin (then EOF). */
+function corralWith(input: string | undefined, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err ? ((err as { code?: number }).code ?? 1) : 0;
       let json: unknown;
       try {
@@ -19,6 +28,7 @@ function corral(...args: string[]): Promise<{ code: number; json: any; stderr: s
       }
       resolve({ code: typeof code === 'number' ? code : 1, json, stderr });
     });
+    if (input !== undefined) child.stdin!.end(input);
   });
 }
 
@@ -49,6 +59,12 @@ describe('the corral CLI', () => {
     const ex = await corral('exec', name, '--', 'sh', '-c', 'echo $GREETING; echo oops >&2; exit 3');
     expect(ex.code).toBe(3);
     expect(ex.json).toMatchObject({ code: 3, stdout: 'hi\n', stderr: 'oops\n', reason: 'exited' });
+    expect(await corral('exec', name, '--user', '65534', '--', 'id', '-u')).toMatchObject({ code: 0, json: { stdout: '65534\n' } });
+    // --tty: the command sees a terminal, and this process's stdin (a pipe here) reaches it.
+    const tty = await corralWith('hello\n', 'exec', name, '--tty', '--', 'sh', '-c', 'test -t 0 && echo on-a-tty; read x; echo "got $x"; exit 4');
+    expect(tty.code).toBe(4);
+    expect(tty.json.stdout).toMatch(/on-a-tty\r\n[^]*got hello\r\n/);
+    await copiesBothWays(name);
 
     const ls = await corral('ls', '--label', 'made-by=cli');
     expect(ls.code).toBe(0);
@@ -62,25 +78,50 @@ describe('the corral CLI', () => {
     expect(await corral('stop', name)).toMatchObject({ code: 0, json: { status: 'stopped', stopReason: 'requested' } });
     expect(await corral('pause', name)).toMatchObject({ code: 4, json: { error: { code: 'E_ILLEGAL_STATE' } } });
     const logs = await corral('logs', name);
-    expect(logs.json.map((e: { stream: string; text: string }) => [e.stream, e.text])).toEqual([
+    const entries = logs.json.map((e: { stream: string; text: string }) => [e.stream, e.text]);
+    expect(entries.slice(0, 3)).toEqual([
       ['stdout', 'hi\n'],
       ['stderr', 'oops\n'],
+      ['stdout', '65534\n'],
     ]);
     // logs -f printed the same entries, each once, and ended by itself when the sandbox stopped.
     const followed = await follower;
     expect(followed.code).toBe(0);
-    expect(followed.lines.map((e) => [e.stream, e.text])).toEqual([
-      ['stdout', 'hi\n'],
-      ['stderr', 'oops\n'],
-    ]);
+    expect(followed.lines.map((e) => [e.stream, e.text])).toEqual(entries);
 
     expect(await corral('rm', name)).toMatchObject({ code: 0, json: { removed: name } });
     expect(await corral('inspect', name)).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
   });
 
+  /** `corral cp` of a directory tree into the sandbox and back out. */
+  async function copiesBothWays(sandbox: string): Promise<void> {
+    const dir = mkdtempSync(join(tmpdir(), 'corral-cp-'));
+    try {
+      const src = join(dir, 'tree');
+      mkdirSync(join(src, 'sub'), { recursive: true });
+      const blob = randomBytes(300_000);
+      writeFileSync(join(src, 'blob.bin'), blob);
+      writeFileSync(join(src, 'sub', 'note.txt'), 'hi\n');
+      // Into an existing directory: lands under the source's own name, like docker cp.
+      expect(await corral('cp', src, `${sandbox}:/tmp`)).toMatchObject({ code: 0, json: { direction: 'in', to: '/tmp/tree' } });
+      const out = join(dir, 'out');
+      mkdirSync(out);
+      expect(await corral('cp', `${sandbox}:/tmp/tree`, out)).toMatchObject({ code: 0, json: { direction: 'out', to: join(out, basename(src)) } });
+      expect(readFileSync(join(out, 'tree', 'blob.bin')).equals(blob)).toBe(true);
+      expect(readFileSync(join(out, 'tree', 'sub', 'note.txt'), 'utf8')).toBe('hi\n');
+      // A single file to a new name.
+      expect(await corral('cp', `${sandbox}:/tmp/tree/sub/note.txt`, join(dir, 'copy.txt'))).toMatchObject({ code: 0 });
+      expect(readFileSync(join(dir, 'copy.txt'), 'utf8')).toBe('hi\n');
+      expect(await corral('cp', `${sandbox}:/no/such`, out)).toMatchObject({ code: 1, json: { error: { code: 'E_FS' } } });
+      expect(await corral('cp', src, out)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
   it('runs a throwaway sandbox for one command and exits with its code', async () => {
-    const r = await corral('run', '--', 'sh', '-c', 'echo ran; exit 7');
-    expect(r).toMatchObject({ code: 7, json: { code: 7, stdout: 'ran\n' } });
+    const r = await corral('run', '--user', '65534', '--', 'sh', '-c', 'echo ran; id -u; exit 7');
+    expect(r).toMatchObject({ code: 7, json: { code: 7, stdout: 'ran\n65534\n' } });
     const left = (await corral('ls')).json as Array<{ name: string }>;
     expect(left.filter((s) => s.name.startsWith('run-'))).toEqual([]);
   });
