@@ -65,6 +65,7 @@ describe('the corral CLI', () => {
     expect(tty.code).toBe(4);
     expect(tty.json.stdout).toMatch(/on-a-tty\r\n[^]*got hello\r\n/);
     await copiesBothWays(name);
+    await ttyOnATerminal(name);
 
     const ls = await corral('ls', '--label', 'made-by=cli');
     expect(ls.code).toBe(0);
@@ -92,6 +93,44 @@ describe('the corral CLI', () => {
     expect(await corral('rm', name)).toMatchObject({ code: 0, json: { removed: name } });
     expect(await corral('inspect', name)).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
   });
+
+  /**
+   * `corral exec --tty` on a real local terminal: a pty from Python's pty module (Node has no
+   * pty of its own). The guest sees the terminal's size and then its new size after SIGWINCH;
+   * typed input reaches it unechoed by the local terminal (raw mode), so it shows once.
+   */
+  async function ttyOnATerminal(sandbox: string): Promise<void> {
+    const py = String.raw`
+import os, pty, sys, fcntl, termios, struct, signal, select
+def size(fd, rows, cols): fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    size(0, 30, 100)
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b''
+def until(s):
+    global out
+    while s not in out:
+        select.select([fd], [], [])
+        try: out += os.read(fd, 4096)
+        except OSError: return
+until(b'30 100')
+size(fd, 40, 120); os.kill(pid, signal.SIGWINCH)
+until(b'40 120')
+os.write(fd, b'hi\r')
+until(b'x=hi')
+until(b'never: read to the end')
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_exitcode(st))
+`;
+    const guest = 'stty size; while [ "$(stty size)" = "30 100" ]; do sleep 0.1; done; stty size; read x; echo "x=$x"; exit 3';
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile('python3', ['-c', py, process.execPath, BIN, 'exec', sandbox, '--tty', '--', 'sh', '-c', guest], { env: process.env, timeout: 120_000 }, (err, stdout) =>
+        err ? reject(err) : resolve(stdout),
+      ),
+    );
+    expect(out).toMatch(/^30 100\r+\n40 120\r+\nhi\r+\nx=hi\r+\n\nEXIT 3$/);
+  }
 
   /** `corral cp` of a directory tree into the sandbox and back out. */
   async function copiesBothWays(sandbox: string): Promise<void> {
