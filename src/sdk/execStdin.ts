@@ -31,30 +31,26 @@ export function stdinOption(v: unknown, allowPipe: boolean): void {
  */
 export async function feedStdin(stream: ExecStream, source: StdinSource): Promise<void> {
   let finished = false;
-  stream.exited.then(
-    () => (finished = true),
-    () => (finished = true),
-  );
   const it = source[Symbol.asyncIterator]();
-  try {
-    for (;;) {
-      let next: IteratorResult<Uint8Array | string>;
-      try {
-        next = await it.next();
-      } catch (err) {
-        if (finished) return;
-        await stream.kill(9).catch(() => {});
-        stream.fail(new CorralError('E_ABORTED', `exec ${stream.execId} aborted: its stdin stream failed: ${(err as Error)?.message ?? err}`, { cause: err }));
-        return;
-      }
-      if (next.done) break;
+  const stop = () => {
+    finished = true;
+    // Lets go of a source that waits for input nobody will read now (a Readable is destroyed).
+    void it.return?.()?.catch(() => {});
+  };
+  stream.exited.then(stop, stop);
+  for (;;) {
+    let next: IteratorResult<Uint8Array | string>;
+    try {
+      next = await it.next();
+    } catch (err) {
       if (finished) return;
-      // A write that fails means the exec is gone: its own end says why.
-      if (!(await stream.write(next.value).then(() => true, () => false))) return;
+      await stream.kill(9).catch(() => {});
+      stream.fail(new CorralError('E_ABORTED', `exec ${stream.execId} aborted: its stdin stream failed: ${(err as Error)?.message ?? err}`, { cause: err }));
+      return;
     }
-    if (!finished) await stream.end().catch(() => {});
-  } finally {
-    // Ends a source read only in part (a Node Readable is destroyed).
-    if (finished) await it.return?.().catch(() => {});
+    if (next.done || finished) break;
+    // A write that fails means the exec is gone: its own end says why.
+    if (!(await stream.write(next.value).then(() => true, () => false))) return;
   }
+  if (!finished) await stream.end().catch(() => {});
 }

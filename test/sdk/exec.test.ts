@@ -50,6 +50,15 @@ describe('exec in a running sandbox', () => {
     expect(r.stdout.split(' ')[0]).toBe(hash.digest('hex'));
   });
 
+  it('kills the command when its stdin stream fails, and refuses a stdin it cannot read', async () => {
+    async function* failing() {
+      yield 'partial';
+      throw new Error('source broke');
+    }
+    await expect(sb.exec('cat', [], { stdin: failing() })).rejects.toMatchObject({ code: 'E_ABORTED', message: expect.stringContaining('source broke') });
+    await expect(sb.exec('cat', [], { stdin: 42 as never })).rejects.toMatchObject({ code: 'E_INVALID_OPTION' });
+  });
+
   it('holds a stdin write back until the command reads', async () => {
     const stream = await sb.execStream('sh', ['-c', 'while [ ! -e /tmp/gate ]; do sleep 0.05; done; exec wc -c'], { stdin: 'pipe' });
     let settled = false;
