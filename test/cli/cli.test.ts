@@ -59,11 +59,10 @@ describe('the corral CLI', () => {
     const ex = await corral('exec', name, '--', 'sh', '-c', 'echo $GREETING; echo oops >&2; exit 3');
     expect(ex.code).toBe(3);
     expect(ex.json).toMatchObject({ code: 3, stdout: 'hi\n', stderr: 'oops\n', reason: 'exited' });
-    expect(await corral('exec', name, '--user', '65534', '--', 'id', '-u')).toMatchObject({ code: 0, json: { stdout: '65534\n' } });
     // --tty: the command sees a terminal, and this process's stdin (a pipe here) reaches it.
-    const tty = await corralWith('hello\n', 'exec', name, '--tty', '--', 'sh', '-c', 'test -t 0 && echo on-a-tty; read x; echo "got $x"; exit 4');
+    const tty = await corralWith('hello\n', 'exec', name, '--tty', '--user', '65534', '--', 'sh', '-c', 'test -t 0 && echo on-a-tty; id -u; read x; echo "got $x"; exit 4');
     expect(tty.code).toBe(4);
-    expect(tty.json.stdout).toMatch(/on-a-tty\r\n[^]*got hello\r\n/);
+    expect(tty.json.stdout).toMatch(/on-a-tty\r\n65534\r\n[^]*got hello\r\n/);
     await copiesBothWays(name);
     await ttyOnATerminal(name);
 
@@ -80,10 +79,9 @@ describe('the corral CLI', () => {
     expect(await corral('pause', name)).toMatchObject({ code: 4, json: { error: { code: 'E_ILLEGAL_STATE' } } });
     const logs = await corral('logs', name);
     const entries = logs.json.map((e: { stream: string; text: string }) => [e.stream, e.text]);
-    expect(entries.slice(0, 3)).toEqual([
+    expect(entries.slice(0, 2)).toEqual([
       ['stdout', 'hi\n'],
       ['stderr', 'oops\n'],
-      ['stdout', '65534\n'],
     ]);
     // logs -f printed the same entries, each once, and ended by itself when the sandbox stopped.
     const followed = await follower;
@@ -148,9 +146,6 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
       expect(await corral('cp', `${sandbox}:/tmp/tree`, out)).toMatchObject({ code: 0, json: { direction: 'out', to: join(out, basename(src)) } });
       expect(readFileSync(join(out, 'tree', 'blob.bin')).equals(blob)).toBe(true);
       expect(readFileSync(join(out, 'tree', 'sub', 'note.txt'), 'utf8')).toBe('hi\n');
-      // A single file to a new name.
-      expect(await corral('cp', `${sandbox}:/tmp/tree/sub/note.txt`, join(dir, 'copy.txt'))).toMatchObject({ code: 0 });
-      expect(readFileSync(join(dir, 'copy.txt'), 'utf8')).toBe('hi\n');
       expect(await corral('cp', `${sandbox}:/no/such`, out)).toMatchObject({ code: 1, json: { error: { code: 'E_FS' } } });
       expect(await corral('cp', src, out)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
     } finally {
