@@ -1,6 +1,7 @@
 // exec in one real sandbox, shared by the tests of this file (boots under TCG cost ~1 s each).
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
@@ -72,6 +73,14 @@ describe('exec in a running sandbox', () => {
     const out: Uint8Array[] = [];
     for await (const item of stream) if (item.type === 'stdout') out.push(item.data);
     expect(Buffer.concat(out).toString().trim()).toBe(String(8 * 1024 * 1024));
+  });
+
+  it('takes stdin through a Node Writable, ended by the pipeline', async () => {
+    const stream = await sb.execStream('cat', [], { stdin: 'pipe' });
+    await pipeline(Readable.from(['one ', Buffer.from('two')]), stream.stdinWritable());
+    const out: Uint8Array[] = [];
+    for await (const item of stream) if (item.type === 'stdout') out.push(item.data);
+    expect(Buffer.concat(out).toString()).toBe('one two');
   });
 
   it('pipes stdin to cat', async () => {
