@@ -10,6 +10,7 @@
 export { Sandbox, getDefaultSupervisor, type StopOptions, type ExecStreamOptions, type SandboxSummary, type ListOptions, type LookupOptions } from './sdk/Sandbox.ts';
 export { SandboxBuilder } from './sdk/SandboxBuilder.ts';
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
+export type { StdinSource } from './sdk/execStdin.ts';
 export { SandboxFs, type FsEntry, type FsEntryType, type FsStat, type FsWriteOptions, type FsTransferOptions } from './sdk/SandboxFs.ts';
 export { Supervisor, type SupervisorOptions, type CreateOptions, type SandboxInfo } from './supervisor/Supervisor.ts';
 export { EventBus, ofType } from './bus/EventBus.ts';

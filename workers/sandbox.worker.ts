@@ -96,7 +96,8 @@ export interface SandboxWorkerApi {
   /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
   start(): Promise<SandboxInfo>;
   exec(execId: number, req: ExecRequest): Promise<void>;
-  writeStdin(execId: number, data: Uint8Array): void;
+  /** Resolves once the guest agent has room for the bytes (stdin flow control). */
+  writeStdin(execId: number, data: Uint8Array): Promise<void>;
   closeStdin(execId: number): void;
   signalExec(execId: number, signo: number): void;
   /** Sets a tty exec's window size. */
@@ -215,8 +216,8 @@ class SandboxHost implements SandboxWorkerApi {
     this.#actor.send({ type: 'exec', execId });
   }
 
-  writeStdin(execId: number, data: Uint8Array): void {
-    this.#session(execId).write(data);
+  writeStdin(execId: number, data: Uint8Array): Promise<void> {
+    return this.#session(execId).write(data);
   }
 
   closeStdin(execId: number): void {

@@ -53,6 +53,7 @@ enum frame_type {
 	T_FS = 17,
 	T_FS_REPLY = 18,
 	T_RESIZE = 19,
+	T_STDIN_ACK = 20,
 };
 
 #define HEADER_SIZE 12
@@ -65,6 +66,8 @@ enum frame_type {
 #define EXEC_MERGE_STDERR 2u
 #define EXEC_TTY 4u                        /* protocol 3: u32 cols, u32 rows follow */
 #define EXEC_USER 8u                       /* protocol 3: str user follows */
+#define EXEC_CREDIT 16u                    /* protocol 4: acknowledge stdin with STDIN_ACK */
+#define STDIN_ACK_MIN (64u * 1024)         /* acknowledge at least this much at once (or all, once drained) */
 #define EXIT_OOM 1u                        /* EXIT flags: the guest's OOM killer struck */
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_GROUPS 64
@@ -213,6 +216,10 @@ struct session {
 	bool stdin_used;   /* exec flag bit 0 */
 	bool stdin_eof;    /* host sent the zero-length STDIN: close once flushed */
 	struct buf inq;    /* stdin not yet accepted by the pipe */
+	bool credit;       /* exec flag CREDIT: the host waits for STDIN_ACK */
+	uint64_t in_recv;  /* stdin bytes received from the host */
+	uint64_t in_done;  /* of those, written to the child or dropped (may pass in_recv by a tty's ^D) */
+	uint64_t in_acked; /* of those, acknowledged with STDIN_ACK */
 	bool tty;          /* out_fd is a pty master */
 	bool cgroup;       /* runs in CGROUP_ROOT/exec-<id> */
 	uint64_t oom_base; /* that cgroup's oom_kill count at start */
@@ -454,6 +461,24 @@ static void close_stdin(struct session *s)
 {
 	close_fd(&s->in_fd);
 	buf_free(&s->inq);
+	s->in_done = s->in_recv; /* what the child will never read is dropped: done with it */
+}
+
+/* CREDIT sessions: gives the host back the window of the stdin that left inq, in steps of
+ * STDIN_ACK_MIN (or all once inq is empty), so a slow child holds the host back instead of
+ * growing inq. Never called once the session is finished (no frame may follow EXIT/ERROR). */
+static void ack_stdin(struct session *s)
+{
+	if (!s->credit)
+		return;
+	uint64_t done = s->in_done < s->in_recv ? s->in_done : s->in_recv;
+	uint64_t d = done - s->in_acked;
+	if (d == 0 || (d < STDIN_ACK_MIN && s->inq.len > 0))
+		return;
+	uint8_t p[4];
+	put_u32(p, (uint32_t)d); /* d ≤ STDIN_LIMIT: inq never holds more */
+	send_frame(T_STDIN_ACK, s->id, p, sizeof p);
+	s->in_acked += d;
 }
 
 /* Writes as much pending stdin as the pipe takes; closes it once drained after EOF. */
@@ -463,18 +488,20 @@ static void pump_stdin(struct session *s)
 		ssize_t n = write(s->in_fd, buf_data(&s->inq), s->inq.len);
 		if (n > 0) {
 			buf_consume(&s->inq, n);
+			s->in_done += n;
 		} else if (n < 0 && errno == EINTR) {
 			continue;
 		} else if (n < 0 && errno == EAGAIN) {
-			return;
+			break;
 		} else {
 			/* EPIPE: the child closed its stdin; what it did not read is dropped. */
 			close_stdin(s);
-			return;
+			break;
 		}
 	}
 	if (s->in_fd >= 0 && s->stdin_eof && s->inq.len == 0)
 		close_stdin(s);
+	ack_stdin(s);
 }
 
 /* Reads one chunk of child output straight into the output queue as a frame. Returns
@@ -565,7 +592,7 @@ static bool parse_exec(const uint8_t *payload, uint32_t len, struct exec_req *r)
 			return false;
 	}
 	if (!rd_done(&rd) || argc < 1 ||
-	    (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR | EXEC_TTY | EXEC_USER)))
+	    (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR | EXEC_TTY | EXEC_USER | EXEC_CREDIT)))
 		return false;
 	for (uint32_t i = 0; i < envc; i++) {
 		const char *eq = strchr(r->envp[i], '=');
@@ -995,6 +1022,7 @@ static void start_exec(uint32_t id, struct exec_req *r)
 	struct session *s = session_alloc(id); /* a free slot was checked by the caller */
 	s->pid = pid;
 	s->stdin_used = r->flags & EXEC_STDIN;
+	s->credit = (r->flags & EXEC_STDIN) && (r->flags & EXEC_CREDIT);
 	s->tty = tty;
 	s->cgroup = cgroups_ok;
 	s->oom_base = oom_base;
@@ -1048,8 +1076,13 @@ static void on_stdin(uint32_t id, const uint8_t *payload, uint32_t len)
 		complain(EINVAL, "STDIN for session %u, which was started without stdin", id);
 		return;
 	}
-	if (s->in_fd < 0 || s->stdin_eof)
-		return; /* the child closed its stdin (or EOF was already sent): drop */
+	if (s->in_fd < 0 || s->stdin_eof) {
+		/* The child closed its stdin (or EOF was already sent): drop, but give the window back. */
+		s->in_recv += len;
+		s->in_done = s->in_recv;
+		ack_stdin(s);
+		return;
+	}
 	if (len == 0) {
 		if (s->tty) {
 			/* A terminal has no EOF of its own: the line discipline's VEOF (^D) is it. */
@@ -1074,6 +1107,7 @@ static void on_stdin(uint32_t id, const uint8_t *payload, uint32_t len)
 	}
 	memcpy(p, payload, len);
 	buf_commit(&s->inq, len);
+	s->in_recv += len;
 	pump_stdin(s);
 }
 
@@ -1503,8 +1537,10 @@ static void handle_child_fd(const struct pollfd *pfd, const struct watch *w)
 	if (w->kind == W_STDIN && s->in_fd == pfd->fd) {
 		if (pfd->revents & POLLOUT)
 			pump_stdin(s);
-		else
+		else {
 			close_stdin(s); /* POLLERR: the reader is gone */
+			ack_stdin(s);
+		}
 	} else if (w->kind == W_STDOUT && s->out_fd == pfd->fd) {
 		pump_output(s, &s->out_fd, T_STDOUT);
 	} else if (w->kind == W_STDERR && s->err_fd == pfd->fd) {

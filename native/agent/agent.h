@@ -14,7 +14,7 @@
 #include <sys/types.h>
 
 #define AGENT_VERSION "0.1.0"
-#define PROTOCOL_VERSION 3
+#define PROTOCOL_VERSION 4
 
 /* Name of the virtio-serial port the host exposes for us. */
 #define AGENT_PORT_NAME "corral.agent"

@@ -20,6 +20,7 @@ import {
   PROTOCOL_VERSION,
   PayloadReader,
   PayloadWriter,
+  STDIN_WINDOW,
   encodeFrame,
   type Frame,
   type FrameTypeCode,
@@ -83,10 +84,19 @@ export interface ExecHandlers {
 /** A running exec session. */
 export interface ExecSession {
   readonly id: number;
-  /** Sends stdin bytes (chunked to the frame limit). */
-  write(data: Uint8Array): void;
-  /** Closes the child's stdin. */
+  /**
+   * Sends stdin bytes (chunked to the frame limit). Resolves once all of them are sent: with
+   * a protocol-4 agent only {@link STDIN_WINDOW} bytes may be unacknowledged, so a child that
+   * reads slowly holds the promise back (the bytes stay in the caller's buffer, not copied).
+   * Resolves too, the bytes dropped, if the session ends first.
+   */
+  write(data: Uint8Array): Promise<void>;
+  /** Closes the child's stdin, after the bytes of earlier writes. */
   end(): void;
+  /** Stdin bytes sent but not yet acknowledged by the agent (0 without flow control). */
+  readonly stdinInFlight: number;
+  /** The most {@link stdinInFlight} ever was: never above {@link STDIN_WINDOW}. */
+  readonly stdinInFlightPeak: number;
   /** Sends a signal to the exec's process group. */
   signal(signo: number): void;
   /** Sets a tty exec's window size (the guest process gets SIGWINCH). */
@@ -112,6 +122,17 @@ export interface AgentLimits {
 interface Live {
   readonly handlers: ExecHandlers;
   started: boolean;
+  /** Protocol 4 stdin flow control; undefined for an exec without stdin or an older agent. */
+  readonly credit: StdinCredit | undefined;
+}
+
+interface StdinCredit {
+  inFlight: number;
+  peak: number;
+  /** Writes waiting for window, oldest first; `off` bytes of the first are sent. */
+  readonly queue: Array<{ readonly data: Uint8Array; off: number; readonly resolve: () => void }>;
+  /** end() came while writes were queued: the EOF goes after them. */
+  eof: boolean;
 }
 
 interface FsWaiter {
@@ -206,11 +227,13 @@ export class AgentClient {
     if (spec.argv.length === 0) throw new TypeError('exec argv must have at least one element');
     if (spec.tty || spec.user !== undefined) this.#requireProtocol(3, spec.tty ? 'tty execs' : 'exec users');
     const id = this.#allocateId();
+    const credit = spec.stdin === true && (this.#hello?.protocolVersion ?? 0) >= 4;
     const flags =
       (spec.stdin ? ExecFlags.STDIN : 0) |
       (spec.mergeStderr ? ExecFlags.MERGE_STDERR : 0) |
       (spec.tty ? ExecFlags.TTY : 0) |
-      (spec.user !== undefined ? ExecFlags.USER : 0);
+      (spec.user !== undefined ? ExecFlags.USER : 0) |
+      (credit ? ExecFlags.CREDIT : 0);
     const w = new PayloadWriter()
       .u32(flags)
       .strList(spec.argv)
@@ -222,19 +245,36 @@ export class AgentClient {
     if (spec.user !== undefined) w.str(spec.user);
     const payload = w.finish();
     if (payload.length > MAX_PAYLOAD) throw new RangeError(`exec request of ${payload.length} bytes exceeds ${MAX_PAYLOAD} (argv + env too large)`);
-    this.#sessions.set(id, { handlers, started: false });
+    const live: Live = { handlers, started: false, credit: credit ? { inFlight: 0, peak: 0, queue: [], eof: false } : undefined };
+    this.#sessions.set(id, live);
     this.#send(FrameType.EXEC, id, payload);
+    const open = () => this.#sessions.get(id) === live && !this.#closed;
     return {
       id,
       write: (data) => {
-        if (!this.#sessions.has(id) || this.#closed) return;
-        for (let off = 0; off < data.length; off += STDIN_CHUNK) {
-          this.#send(FrameType.STDIN, id, data.subarray(off, Math.min(data.length, off + STDIN_CHUNK)));
+        if (!open() || data.length === 0) return Promise.resolve();
+        const c = live.credit;
+        if (!c) {
+          for (let off = 0; off < data.length; off += STDIN_CHUNK) {
+            this.#send(FrameType.STDIN, id, data.subarray(off, Math.min(data.length, off + STDIN_CHUNK)));
+          }
+          return Promise.resolve();
         }
+        return new Promise<void>((resolve) => {
+          c.queue.push({ data, off: 0, resolve });
+          this.#pumpStdin(id, c);
+        });
       },
       end: () => {
-        if (!this.#sessions.has(id) || this.#closed) return;
-        this.#send(FrameType.STDIN, id);
+        if (!open()) return;
+        if (live.credit && live.credit.queue.length > 0) live.credit.eof = true;
+        else this.#send(FrameType.STDIN, id);
+      },
+      get stdinInFlight() {
+        return live.credit?.inFlight ?? 0;
+      },
+      get stdinInFlightPeak() {
+        return live.credit?.peak ?? 0;
       },
       signal: (signo) => {
         if (!this.#sessions.has(id) || this.#closed) return;
@@ -265,6 +305,32 @@ export class AgentClient {
           this.#send(FrameType.FS, id, payload);
         }),
     };
+  }
+
+  /** Sends queued stdin while the window allows; the EOF once the queue is empty. */
+  #pumpStdin(id: number, c: StdinCredit): void {
+    while (c.queue.length > 0 && c.inFlight < STDIN_WINDOW) {
+      const w = c.queue[0]!;
+      const n = Math.min(STDIN_CHUNK, STDIN_WINDOW - c.inFlight, w.data.length - w.off);
+      this.#send(FrameType.STDIN, id, w.data.subarray(w.off, w.off + n));
+      w.off += n;
+      c.inFlight += n;
+      c.peak = Math.max(c.peak, c.inFlight);
+      if (w.off === w.data.length) {
+        c.queue.shift();
+        w.resolve();
+      }
+    }
+    if (c.queue.length === 0 && c.eof) {
+      c.eof = false;
+      this.#send(FrameType.STDIN, id);
+    }
+  }
+
+  /** A session is over: writes still waiting for window are dropped (as writes after its end are). */
+  #endSession(id: number, live: Live): void {
+    this.#sessions.delete(id);
+    for (const w of live.credit?.queue.splice(0) ?? []) w.resolve();
   }
 
   #requireProtocol(version: number, what: string): void {
@@ -441,8 +507,18 @@ export class AgentClient {
         const flags = (this.#hello?.protocolVersion ?? 0) >= 3 ? r.u32() : 0;
         r.end();
         if (flags & ~ExitFlags.OOM_KILLED) throw new CorralError('E_PROTOCOL', `guest sent EXIT with unknown flags 0x${flags.toString(16)}`);
-        this.#sessions.delete(f.session);
+        this.#endSession(f.session, live);
         return live.handlers.exited(signal > 0 ? null : code, signal > 0 ? signal : null, { oomKilled: (flags & ExitFlags.OOM_KILLED) !== 0 });
+      }
+      case FrameType.STDIN_ACK: {
+        const r = new PayloadReader(f.payload, 'STDIN_ACK');
+        const n = r.u32();
+        r.end();
+        const c = live.credit;
+        if (!c) throw new CorralError('E_PROTOCOL', `guest sent STDIN_ACK for session ${f.session}, which has no stdin flow control`);
+        if (n === 0 || n > c.inFlight) throw new CorralError('E_PROTOCOL', `guest acknowledged ${n} stdin bytes of session ${f.session}, ${c.inFlight} are unacknowledged`);
+        c.inFlight -= n;
+        return this.#pumpStdin(f.session, c);
       }
       default:
         throw new CorralError('E_PROTOCOL', `guest sent frame type ${f.type}, which only the host may send`);
@@ -505,7 +581,7 @@ export class AgentClient {
     const live = this.#sessions.get(f.session);
     if (!live && this.#orphans.delete(f.session)) return;
     if (!live) throw new CorralError('E_PROTOCOL', `guest sent ERROR for session ${f.session}, which is not open`);
-    this.#sessions.delete(f.session);
+    this.#endSession(f.session, live);
     live.handlers.failed(new CorralError('E_EXEC_START', message, { details: { errno } }));
   }
 
@@ -514,9 +590,9 @@ export class AgentClient {
     this.#error = err;
     this.#rejectReady(err);
     this.#resolveFailed(err);
-    const sessions = [...this.#sessions.values()];
-    this.#sessions.clear();
-    for (const s of sessions) s.handlers.failed(err);
+    const sessions = [...this.#sessions];
+    for (const [id, s] of sessions) this.#endSession(id, s);
+    for (const [, s] of sessions) s.handlers.failed(err);
     const fs = [...this.#fs.values()].flat();
     this.#fs.clear();
     for (const w of fs) w.reject(err);

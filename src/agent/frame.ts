@@ -11,7 +11,7 @@ import { CorralError } from '../errors.ts';
 export const HEADER_SIZE = 12;
 /** Largest payload either side may send (1 MiB). */
 export const MAX_PAYLOAD = 1024 * 1024;
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** The oldest agent protocol the host still speaks (version 1 has no SETUP frame). */
 export const MIN_PROTOCOL_VERSION = 1;
 
@@ -37,6 +37,8 @@ export const FrameType = {
   FS_REPLY: 18,
   /** Protocol 3: a tty exec's window size. */
   RESIZE: 19,
+  /** Protocol 4: stdin bytes of a CREDIT exec that left the agent's buffer (flow control). */
+  STDIN_ACK: 20,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
@@ -53,9 +55,16 @@ export const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.CONFIGURED,
   FrameType.SETUP_DONE,
   FrameType.FS_REPLY,
+  FrameType.STDIN_ACK,
 ]);
 
-export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8 } as const;
+export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8, CREDIT: 16 } as const;
+
+/**
+ * Most stdin bytes of one CREDIT exec (protocol 4) the host keeps unacknowledged by
+ * STDIN_ACK: the agent's buffer per session stays under this, far from its 4 MiB limit.
+ */
+export const STDIN_WINDOW = 1024 * 1024;
 
 /** Flags of a protocol-3 EXIT frame. */
 export const ExitFlags = { OOM_KILLED: 1 } as const;

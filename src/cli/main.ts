@@ -21,17 +21,21 @@ import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
 import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
 import { pullProgress } from './pullProgress.ts';
+import { copy } from './cp.ts';
+import { execTty } from './execTty.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
 sandboxes (create/start make detached sandboxes, reachable by name from any process)
-  run [IMAGE] [--entrypoint E] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] [-- ARGS…]
+  run [IMAGE] [--entrypoint E] [--memory MiB] [--cpus N] [--env K=V] [--timeout S] [--user U] [-- ARGS…]
                              a throwaway sandbox running the image's entrypoint + cmd, or
                              entrypoint + ARGS (docker run style); exit with its code
   create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
   start NAME                 boot a stopped sandbox again
   stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
-  exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] -- CMD [ARGS…]
+  exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] [--user U] [-t|--tty] -- CMD [ARGS…]
+                             --tty: a guest terminal wired to this one (stdin forwarded)
+  cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
   logs NAME [--since T] [--tail N] [-f]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago);
@@ -72,7 +76,7 @@ const SANDBOX_OPTS = {
 } as const satisfies ParseArgsConfig['options'];
 
 const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
-  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, entrypoint: { type: 'string' } }, run: cmdRun },
+  run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, entrypoint: { type: 'string' }, user: { type: 'string', short: 'u' } }, run: cmdRun },
   create: { options: SANDBOX_OPTS, run: cmdCreate },
   start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
   stop: {
@@ -82,7 +86,19 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   kill: { run: async (c) => withSandbox(c, (sb) => sb.kill()) },
   pause: { run: async (c) => withSandbox(c, async (sb) => (await sb.pause(), sb.info())) },
   resume: { run: async (c) => withSandbox(c, async (sb) => (await sb.resume(), sb.info())) },
-  exec: { options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' } }, run: cmdExec },
+  exec: {
+    options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' }, user: { type: 'string', short: 'u' }, tty: { type: 'boolean', short: 't' } },
+    run: cmdExec,
+  },
+  cp: {
+    run: async (c) => {
+      const [src, dst, ...extra] = c.positionals;
+      if (!src || !dst || extra.length) throw new CorralError('E_USAGE', 'cp takes SRC and DST, one of them NAME:/path (corral help)');
+      const r = await copy(c.sup, src, dst);
+      print(c, r, r.direction === 'in' ? `copied ${r.from} to ${r.sandbox}:${r.to}` : `copied ${r.sandbox}:${r.from} to ${r.to}`);
+      return EXIT.OK;
+    },
+  },
   ls: { options: { label: { type: 'string', multiple: true } }, run: cmdLs },
   inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
   logs: { options: { since: { type: 'string' }, tail: { type: 'string' }, follow: { type: 'boolean', short: 'f' } }, run: cmdLogs },
@@ -235,9 +251,16 @@ function commandExit(r: { code: number | null; signal: number | null; timedOut: 
 }
 
 /** Runs `c.rest` (exec), or the image's command with `c.rest` as its arguments (`image` given: run). */
-async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string }, image?: { entrypoint?: string[] }): Promise<number> {
+async function runIn(c: Ctx, sb: Sandbox, opts: ExecFlags, image?: { entrypoint?: string[] }): Promise<number> {
   const [command, ...args] = c.rest;
   if (!command && !image) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -- CMD ARGS…)');
+  if (c.values.tty === true) {
+    if (!command) throw new CorralError('E_USAGE', '--tty needs a command after --');
+    if (opts.stdin !== undefined) throw new CorralError('E_USAGE', '--stdin and --tty do not go together: with --tty stdin is forwarded');
+    const x = await execTty(sb, command, args, opts, c.json);
+    if (c.json) print(c, { execId: x.execId, code: x.code, signal: x.signal, timedOut: x.timedOut, durationMs: x.durationMs, stdout: x.stdout }, '');
+    return commandExit(x);
+  }
   if (c.json) {
     const r = image ? await sb.run(c.rest, { ...opts, ...image }) : await sb.exec(command!, args, opts);
     print(c, { execId: r.execId, code: r.code, signal: r.signal, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs, stdout: r.stdout, stderr: r.stderr }, '');
@@ -253,9 +276,12 @@ async function runIn(c: Ctx, sb: Sandbox, opts: { env?: Record<string, string>; 
   return commandExit(x);
 }
 
-function execOpts(c: Ctx): { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string } {
+type ExecFlags = { env?: Record<string, string>; cwd?: string; timeoutMs?: number; stdin?: string; user?: string };
+
+function execOpts(c: Ctx): ExecFlags {
   const v = c.values;
   return {
+    ...(typeof v.user === 'string' ? { user: v.user } : {}),
     ...(v.env ? { env: pairs(v.env, 'env') } : {}),
     ...(typeof v.cwd === 'string' ? { cwd: v.cwd } : {}),
     ...(v.timeout ? { timeoutMs: seconds(v.timeout, 'timeout') } : {}),
@@ -281,9 +307,8 @@ async function cmdRun(c: Ctx): Promise<number> {
   // The env flags are the command's; the sandbox itself keeps the image's environment.
   const sb = await Sandbox.create({ ...config, ...(image ? { image } : {}), env: {} } as SandboxConfig, { supervisor: c.sup });
   try {
-    const opts = { ...(c.values.env ? { env: pairs(c.values.env, 'env') } : {}), ...(c.values.timeout ? { timeoutMs: seconds(c.values.timeout, 'timeout') } : {}) };
     // `--entrypoint ''` clears the image's entrypoint, as with docker.
-    return await runIn(c, sb, opts, typeof ep === 'string' ? { entrypoint: ep === '' ? [] : [ep] } : {});
+    return await runIn(c, sb, execOpts(c), typeof ep === 'string' ? { entrypoint: ep === '' ? [] : [ep] } : {});
   } finally {
     await sb.stop().catch(() => sb.kill());
     await Sandbox.remove(name, { supervisor: c.sup }).catch(() => {});

@@ -18,6 +18,7 @@ import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, ttyOption, userOption, type ExecOptions, type ExecStreamItem } from './exec.ts';
 import { validateExec } from './execOptions.ts';
 import { SandboxFs } from './SandboxFs.ts';
+import { feedStdin, isStdinSource, stdinOption, type StdinSource } from './execStdin.ts';
 import { SandboxBuilder } from './SandboxBuilder.ts';
 import { imageCommandRequest, type ImageCommandRequest } from '../image/imageCommand.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
@@ -42,8 +43,8 @@ export interface StopOptions {
 
 /** Options of {@link Sandbox.execStream}. */
 export interface ExecStreamOptions extends Omit<ExecOptions, 'stdin'> {
-  /** `'pipe'` keeps stdin open for {@link ExecStream.write}; a value is written then closed. */
-  readonly stdin?: 'pipe' | string | Uint8Array;
+  /** `'pipe'` keeps stdin open for {@link ExecStream.write}; a value is written then closed; a stream is copied in. */
+  readonly stdin?: 'pipe' | string | Uint8Array | StdinSource;
 }
 
 /** Options of {@link Sandbox.run}: those of exec, and an entrypoint override. */
@@ -554,6 +555,7 @@ export class Sandbox {
     validateExec(Array.isArray(command) ? command : null, options);
     const tty = ttyOption(options.tty);
     const user = userOption(options.user);
+    if (options.stdin !== 'pipe') stdinOption(options.stdin, true);
     options.signal?.throwIfAborted();
     const ctl = this.#requireLink('exec in');
     // Random ids: several processes may drive one detached sandbox at once.
@@ -624,7 +626,9 @@ export class Sandbox {
     options.signal?.addEventListener('abort', onAbort, { once: true });
     // Aborted while the start was on its way: the 'abort' event has fired already.
     if (options.signal?.aborted) onAbort();
-    if (pipe && stdin !== 'pipe') {
+    if (isStdinSource(stdin)) {
+      void feedStdin(stream, stdin);
+    } else if (pipe && stdin !== 'pipe') {
       const bytes = typeof stdin === 'string' ? encoder.encode(stdin) : stdin;
       await control.write(bytes).catch(() => {});
       await control.end().catch(() => {});

@@ -2,9 +2,11 @@
  * Exec results and streams, assembled in the caller's thread from the sandbox's events.
  */
 
+import { Writable } from 'node:stream';
 import { Observable, Subject } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, deserializeError } from '../errors.ts';
+import type { StdinSource } from './execStdin.ts';
 
 /** Options of one exec. */
 export interface ExecOptions {
@@ -12,8 +14,11 @@ export interface ExecOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Working directory; default the sandbox's workdir. */
   readonly cwd?: string;
-  /** Bytes or text to feed the command's stdin, then EOF. */
-  readonly stdin?: string | Uint8Array;
+  /**
+   * Bytes or text to feed the command's stdin, then EOF; or a stream (a Node Readable, any
+   * async iterable of chunks), read only as fast as the command takes it.
+   */
+  readonly stdin?: string | Uint8Array | StdinSource;
   /** Send stderr into stdout. */
   readonly mergeStderr?: boolean;
   /** Kill the command's whole process group after this long; the result says `timedOut`. */
@@ -162,9 +167,23 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
     });
   }
 
-  /** Sends stdin (only if the stream was opened with `stdin: 'pipe'`). */
+  /**
+   * Sends stdin (only if the stream was opened with `stdin: 'pipe'`). Resolves once the
+   * guest has room for the bytes: awaiting each write keeps at most a fixed window in flight.
+   */
   write(data: string | Uint8Array): Promise<void> {
     return this.control.write(data);
+  }
+
+  /**
+   * The command's stdin as a Node Writable (`stdin: 'pipe'`) with back-pressure: `pipeline(src, stream.stdinWritable())`.
+   * Ending it closes the command's stdin.
+   */
+  stdinWritable(): Writable {
+    return new Writable({
+      write: (chunk: Uint8Array, _enc, cb) => void this.write(chunk).then(() => cb(), cb),
+      final: (cb) => void this.end().then(() => cb(), cb),
+    });
   }
 
   /** Closes stdin. */

@@ -27,9 +27,7 @@ export function validateExec(argv: readonly unknown[] | null, options: ExecOptio
   if (options.timeoutMs !== undefined && (typeof options.timeoutMs !== 'number' || !Number.isFinite(options.timeoutMs) || options.timeoutMs <= 0)) {
     throw new InvalidOptionError('timeoutMs', 'a positive number of ms', options.timeoutMs);
   }
-  if (options.stdin !== undefined && typeof options.stdin !== 'string' && !(options.stdin instanceof Uint8Array)) {
-    throw new InvalidOptionError('stdin', 'a string or a Uint8Array', options.stdin);
-  }
+  // stdin (data, 'pipe' or a stream) is checked by stdinOption (execStdin.ts).
   if (options.mergeStderr !== undefined && typeof options.mergeStderr !== 'boolean') throw new InvalidOptionError('mergeStderr', 'true or false', options.mergeStderr);
   if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) throw new InvalidOptionError('signal', 'an AbortSignal', options.signal);
 }

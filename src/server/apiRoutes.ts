@@ -5,7 +5,8 @@
  *   POST   /v1/sandboxes                       create { config, detached?, replace? } → 201 info
  *   GET    /v1/sandboxes/:name                 info
  *   DELETE /v1/sandboxes/:name                 remove (stopped only) → 204
- *   POST   /v1/sandboxes/:name/exec            { command, args?, stdin?, env?, cwd?, timeoutMs? } → result
+ *   POST   /v1/sandboxes/:name/exec            { command, args?, stdin?, env?, cwd?, timeoutMs?, user?, tty? } → result
+ *   …      /v1/sandboxes/:name/files…          files (src/server/fileRoutes.ts)
  *   POST   /v1/sandboxes/:name/{start|stop|kill|pause|resume}   → info
  *   GET    /v1/sandboxes/:name/logs            ?since=ms&tail=n → [{ ts, execId, stream, text }]
  *   GET    /v1/sandboxes/:name/metrics         one sample
@@ -21,6 +22,7 @@ import { CorralError, serializeError } from '../errors.ts';
 import { machineGraph } from '../inspector/machineGraph.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
+import { fsStatus, handleFiles } from './fileRoutes.ts';
 
 /** Largest request body accepted (a config, or an exec with its stdin). */
 const MAX_BODY = 16 * 1024 * 1024;
@@ -40,6 +42,7 @@ const STATUS: Readonly<Record<string, number>> = {
 
 /** The HTTP status for an error. */
 export function httpStatus(err: unknown): number {
+  if (err instanceof CorralError && err.code === 'E_FS') return fsStatus(err.details?.errno);
   if (err instanceof CorralError) return STATUS[err.code] ?? 500;
   if (err instanceof TypeError || err instanceof RangeError || err instanceof SyntaxError) return 400;
   return 500;
@@ -124,6 +127,11 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
     }
+    const files = /^\/v1\/sandboxes\/([^/]+)\/files(?:\/([a-z]+))?$/.exec(path);
+    if (files) {
+      await withSandbox(sup, decodeURIComponent(files[1]!), (sb) => handleFiles(sb, req, res, url, files[2], () => readJson(req)));
+      return true;
+    }
     const m = /^\/v1\/sandboxes\/([^/]+)(?:\/([a-z]+))?$/.exec(path);
     if (m) {
       const name = decodeURIComponent(m[1]!);
@@ -162,6 +170,9 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
             ...(body.env ? { env: body.env as Record<string, string> } : {}),
             ...(typeof body.cwd === 'string' ? { cwd: body.cwd } : {}),
             ...(typeof body.timeoutMs === 'number' ? { timeoutMs: body.timeoutMs } : {}),
+            // Checked by the SDK (E_INVALID_OPTION → 400); a tty exec's output is all in stdout.
+            ...(body.user !== undefined ? { user: body.user as string } : {}),
+            ...(body.tty !== undefined ? { tty: body.tty as boolean } : {}),
           }),
         );
         sendJson(res, 200, { execId: r.execId, code: r.code, signal: r.signal, stdout: r.stdout, stderr: r.stderr, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs });

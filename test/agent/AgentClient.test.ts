@@ -18,7 +18,7 @@ describe('agent protocol against the real agent (host mode)', () => {
     await agent?.close();
   });
 
-  it('announces protocol 3 with a version', () => {
+  it('announces the current protocol with a version', () => {
     expect(agent.client.hello?.protocolVersion).toBe(PROTOCOL_VERSION);
     expect(agent.client.hello?.agentVersion).toMatch(/\d/);
   });

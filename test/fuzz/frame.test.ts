@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/AgentClient.ts';
 import { GuestFs } from '../../src/agent/GuestFs.ts';
-import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
+import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, STDIN_WINDOW, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
 import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
 
@@ -238,3 +238,41 @@ describe('fuzzing the file client', () => {
   }, timeoutFor(1500));
 });
 
+
+/** What a guest says to one stdin exec (session 1) under flow control: acknowledgements true, false and absurd. */
+const ackAct = fc.oneof(
+  { weight: 6, arbitrary: fc.oneof(fc.integer({ min: 1, max: 64 * 1024 }), fc.constantFrom(0, STDIN_WINDOW, STDIN_WINDOW + 1, 0xffffffff)).map((n) => encodeFrame(FrameType.STDIN_ACK, 1, u32(n))) },
+  { weight: 1, arbitrary: fc.uint8Array({ maxLength: 8 }).map((b) => encodeFrame(FrameType.STDIN_ACK, 1, b)) },
+  { weight: 1, arbitrary: fc.integer({ min: 0, max: 3 }).map((s) => encodeFrame(FrameType.STDIN_ACK, s, u32(1))) },
+  { weight: 1, arbitrary: fc.constant(encodeFrame(FrameType.EXIT, 1, new PayloadWriter().i32(0).i32(0).u32(0).finish())) },
+);
+
+describe('fuzzing stdin flow control', () => {
+  it('never has more than the window in flight, and settles every write when the session or connection ends', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 1, max: 3 * STDIN_WINDOW }), fc.array(ackAct, { maxLength: 40 }), fc.array(fc.nat(), { maxLength: 20 }), async (size, acts, cuts) => {
+        const sock = new FakeSocket();
+        const client = new AgentClient(sock as never);
+        sock.emit('data', hello(4));
+        let ended = false;
+        const s = client.exec({ argv: ['cat'], env: [], cwd: '/', stdin: true }, { started() {}, stdout() {}, stderr() {}, exited: () => (ended = true), failed: () => (ended = true) });
+        let written = false;
+        void s.write(new Uint8Array(size)).then(() => (written = true));
+        sock.emit('data', encodeFrame(FrameType.STARTED, 1, i32(7)));
+        for (const c of split(Buffer.concat(acts), cuts)) {
+          sock.emit('data', c); // a throw here fails the property
+          expect(s.stdinInFlight).toBeGreaterThanOrEqual(0);
+          expect(s.stdinInFlight).toBeLessThanOrEqual(STDIN_WINDOW);
+        }
+        await new Promise((r) => setImmediate(r));
+        expect(s.stdinInFlightPeak).toBeLessThanOrEqual(STDIN_WINDOW);
+        // Only what the window allowed (plus what was acknowledged) was sent.
+        const stdinBytes = new FrameDecoder({ accept: new Set([FrameType.EXEC, FrameType.STDIN]) }).push(Buffer.concat(sock.written)).filter((f) => f.type === FrameType.STDIN).reduce((n, f) => n + f.payload.length, 0);
+        expect(stdinBytes - s.stdinInFlight).toBeGreaterThanOrEqual(0);
+        if (ended || sock.destroyed) expect(written).toBe(true);
+        if (sock.destroyed) expect(['E_PROTOCOL', 'E_AGENT']).toContain(((await client.failed) as CorralError).code);
+      }),
+      budget(800),
+    );
+  }, timeoutFor(800));
+});

@@ -2,12 +2,17 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
+export const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
 
 /** Exit code, stdout parsed as JSON (`{ raw }` if it is not), stderr. */
 export function corral(...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
+  return corralWith(undefined, ...args);
+}
+
+/** {@link corral} with `input` piped to its stdin (then EOF). */
+export function corralWith(input: string | undefined, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [BIN, '--json', ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err ? ((err as { code?: number }).code ?? 1) : 0;
       let json: unknown;
       try {
@@ -17,6 +22,7 @@ export function corral(...args: string[]): Promise<{ code: number; json: any; st
       }
       resolve({ code: typeof code === 'number' ? code : 1, json, stderr });
     });
+    if (input !== undefined) child.stdin!.end(input);
   });
 }
 

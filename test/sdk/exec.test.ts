@@ -1,5 +1,7 @@
 // exec in one real sandbox, shared by the tests of this file (boots under TCG cost ~1 s each).
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
@@ -33,6 +35,52 @@ describe('exec in a running sandbox', () => {
     expect((await sb.shell('pwd; echo $DEBUG')).stdout).toBe('/app\ntrue\n');
     const r = await sb.shell('pwd; echo $DEBUG $EXTRA', { cwd: '/tmp', env: { DEBUG: 'no', EXTRA: 'x' } });
     expect(r.stdout).toBe('/tmp\nno x\n');
+  });
+
+  it('pipes 64 MiB from a host stream through sha256sum, as fast as the guest reads it', async () => {
+    const hash = createHash('sha256');
+    async function* source() {
+      for (let i = 0; i < 1024; i++) {
+        const chunk = randomBytes(64 * 1024);
+        hash.update(chunk);
+        yield chunk;
+      }
+    }
+    const r = await sb.exec('sha256sum', [], { stdin: Readable.from(source()) });
+    expect(r.code).toBe(0);
+    expect(r.stdout.split(' ')[0]).toBe(hash.digest('hex'));
+  });
+
+  it('kills the command when its stdin stream fails, and refuses a stdin it cannot read', async () => {
+    async function* failing() {
+      yield 'partial';
+      throw new Error('source broke');
+    }
+    await expect(sb.exec('cat', [], { stdin: failing() })).rejects.toMatchObject({ code: 'E_ABORTED', message: expect.stringContaining('source broke') });
+    await expect(sb.exec('cat', [], { stdin: 42 as never })).rejects.toMatchObject({ code: 'E_INVALID_OPTION' });
+  });
+
+  it('holds a stdin write back until the command reads', async () => {
+    const stream = await sb.execStream('sh', ['-c', 'while [ ! -e /tmp/gate ]; do sleep 0.05; done; exec wc -c'], { stdin: 'pipe' });
+    let settled = false;
+    // Past the window and the pipe: this write cannot complete before the command reads.
+    const written = stream.write(new Uint8Array(8 * 1024 * 1024)).then(() => (settled = true));
+    await sb.exec('true');
+    expect(settled).toBe(false);
+    await sb.exec('touch', ['/tmp/gate']);
+    await written;
+    await stream.end();
+    const out: Uint8Array[] = [];
+    for await (const item of stream) if (item.type === 'stdout') out.push(item.data);
+    expect(Buffer.concat(out).toString().trim()).toBe(String(8 * 1024 * 1024));
+  });
+
+  it('takes stdin through a Node Writable, ended by the pipeline', async () => {
+    const stream = await sb.execStream('cat', [], { stdin: 'pipe' });
+    await pipeline(Readable.from(['one ', Buffer.from('two')]), stream.stdinWritable());
+    const out: Uint8Array[] = [];
+    for await (const item of stream) if (item.type === 'stdout') out.push(item.data);
+    expect(Buffer.concat(out).toString()).toBe('one two');
   });
 
   it('pipes stdin to cat', async () => {

@@ -1,5 +1,6 @@
 // `corral serve` driven over HTTP and WebSocket, as another process or language would: real
 // server on loopback, real supervisor, a real VM behind it.
+import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { CorralServer } from '../../src/server/CorralServer.ts';
@@ -54,10 +55,14 @@ describe('corral serve', () => {
     ws.on('message', (m) => events.push(JSON.parse(String(m))));
     await new Promise((r, j) => ws.once('open', r).once('error', j));
 
+    const asUser = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'sh', args: ['-c', 'id -u; test -t 1 && echo tty'], user: '65534', tty: true });
+    expect(asUser.body).toMatchObject({ code: 0, stdout: '65534\r\ntty\r\n' });
+    expect((await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'true', user: 'bad user' })).body.error.code).toBe('E_INVALID_OPTION');
     const r = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'sh', args: ['-c', 'echo out; echo err >&2; exit 4'] });
     expect(r.body).toMatchObject({ code: 4, stdout: 'out\n', stderr: 'err\n', reason: 'exited' });
     const withStdin = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'cat', stdin: 'piped' });
     expect(withStdin.body.stdout).toBe('piped');
+    await filesRoundTrip();
 
     expect((await api('POST', `/v1/sandboxes/${name}/pause`)).body).toMatchObject({ status: 'paused' });
     expect((await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'true' })).status).toBe(409);
@@ -75,7 +80,7 @@ describe('corral serve', () => {
     expect(types).toContain('sandbox.paused');
     expect(types.at(-1)).toBe('sandbox.stopped');
     const out = events.filter((e) => e.type === 'exec.stdout').map((e) => Buffer.from(e.data!.$b64, 'base64').toString()).join('');
-    expect(out).toBe('out\npiped');
+    expect(out).toBe('65534\r\ntty\r\nout\npiped');
 
     const logs = await api('GET', `/v1/sandboxes/${name}/logs?tail=2`);
     expect(logs.body.map((e: { text: string }) => e.text)).toEqual(['err\n', 'piped']);
@@ -83,6 +88,33 @@ describe('corral serve', () => {
     expect((await api('DELETE', `/v1/sandboxes/${name}`)).status).toBe(204);
     expect((await api('GET', `/v1/sandboxes/${name}`)).status).toBe(404);
   });
+
+  /** The file routes on the running sandbox: upload, download, stat, list, mkdir, delete. */
+  async function filesRoundTrip(): Promise<void> {
+    const files = `${server.url}/v1/sandboxes/${name}/files`;
+    const auth = { authorization: `Bearer ${TOKEN}` };
+    const blob = randomBytes(2 * 1024 * 1024 + 17);
+    const up = await fetch(`${files}?path=/tmp/up/blob.bin&parents=1&mode=0600`, { method: 'PUT', headers: auth, body: blob });
+    expect(up.status).toBe(201);
+    expect(await up.json()).toMatchObject({ type: 'file', sizeBytes: blob.length, mode: 0o600 });
+    const down = await fetch(`${files}?path=/tmp/up/blob.bin`, { headers: auth });
+    expect(down.status).toBe(200);
+    expect(down.headers.get('content-length')).toBe(String(blob.length));
+    expect(Buffer.from(await down.arrayBuffer()).equals(blob)).toBe(true);
+    expect((await api('GET', `/v1/sandboxes/${name}/files/stat?path=/tmp/up/blob.bin`)).body).toMatchObject({ type: 'file', sizeBytes: blob.length });
+    expect(await api('POST', `/v1/sandboxes/${name}/files/mkdir`, { path: '/tmp/up/d', mode: '0750' })).toMatchObject({ status: 201, body: { type: 'directory', mode: 0o750 } });
+    const list = await api('GET', `/v1/sandboxes/${name}/files/list?path=/tmp/up`);
+    expect(list.body.map((e: { name: string; type: string }) => [e.name, e.type]).sort()).toEqual([
+      ['blob.bin', 'file'],
+      ['d', 'directory'],
+    ]);
+    expect(await api('GET', `/v1/sandboxes/${name}/files?path=/tmp/up`)).toMatchObject({ status: 400, body: { error: { code: 'E_FS', details: { errno: 'EISDIR' } } } });
+    expect(await api('GET', `/v1/sandboxes/${name}/files/stat?path=/no/such`)).toMatchObject({ status: 404, body: { error: { code: 'E_FS' } } });
+    expect(await api('GET', `/v1/sandboxes/${name}/files`)).toMatchObject({ status: 400, body: { error: { code: 'E_INVALID_OPTION' } } });
+    expect(await api('DELETE', `/v1/sandboxes/${name}/files?path=/tmp/up`)).toMatchObject({ status: 409, body: { error: { code: 'E_FS' } } });
+    expect((await api('DELETE', `/v1/sandboxes/${name}/files?path=/tmp/up&recursive=1`)).status).toBe(204);
+    expect((await api('GET', `/v1/sandboxes/${name}/files/stat?path=/tmp/up`)).status).toBe(404);
+  }
 
   it('serves the machine graph the inspector draws', async () => {
     const g = (await api('GET', '/v1/machine')).body;
