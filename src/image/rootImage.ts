@@ -78,7 +78,7 @@ function lowerLayers(img: ResolvedImage): LayerDisk[] {
   if (img.layers.length > SQUASH_ABOVE && img.layers.length > MAX_SEPARATE_LAYERS) {
     throw new CorralError(
       'E_IMAGE_NOT_CACHED',
-      `image ${img.ref} (${img.layers.length} layers) was cached before layer squashing and its squashed layer is missing; its layers do not fit a microVM's ${MAX_SEPARATE_LAYERS} disk slots and the pull policy is "never": pull it again (pull policy "if-missing" or "always", or corral pull ${img.ref})`,
+      `image ${img.ref} (${img.layers.length} layers) was cached before layer squashing and its squashed layer is missing; its layers do not fit the ${MAX_SEPARATE_LAYERS} layer slots of a microVM and the pull policy is "never": pull it again (pull policy "if-missing" or "always", or corral pull ${img.ref})`,
       { details: { image: img.ref } },
     );
   }
