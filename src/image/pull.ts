@@ -198,9 +198,10 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
         };
         const out = index.layerPath(layer.diffId);
         let blob: string | undefined;
+        let blobPath: string | undefined;
         const download = async (): Promise<string> => {
           if (blob) return blob;
-          const path = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`);
+          const path = (blobPath = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`));
           if (layer.squash) kept.set(layer, path);
           const res = await client.blob(r.repository, layer.digest, o.signal);
           const tap = new DigestTap(layer.size, (n) => progress('download', n));
@@ -224,7 +225,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
               );
               await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
             } finally {
-              if (!layer.squash && blob) await rm(blob, { force: true });
+              if (!layer.squash && blobPath) await rm(blobPath, { force: true });
               // The worker removes it; not if the task never reached it (aborted, pool closed).
               if (workDir) await rm(workDir, { recursive: true, force: true });
             }
