@@ -9,7 +9,7 @@
  * - what may still hide content of layer 0 stays: a whiteout (0/0 char device) and the
  *   `trusted.overlay.opaque` xattr, and a directory that replaced a non-directory (a file, a
  *   symlink, a whiteout) is made opaque, as overlayfs shows it in the full stack. Under an
- *   opaque directory nothing of layer 0 shows, so whiteouts there are dropped.
+ *   opaque directory nothing of layer 0 shows, so whiteouts and opaque dirs there are dropped.
  *
  * The merged image is keyed by the merged layers' diff_ids only (two images with the same
  * upper stack share it), so it cannot know what layer 0 holds: a whiteout of a path the
@@ -144,12 +144,36 @@ function setDirMeta(path: string, st: Stats): void {
   utimesSync(path, st.atime, st.mtime);
 }
 
-function setOpaque(tree: string, rels: Iterable<string>): Promise<void> {
-  const dirs = [...rels].map((r) => join(tree, r)).filter((p) => lstatOrUndefined(p)?.isDirectory());
-  if (dirs.length === 0) return Promise.resolve();
+/** Whiteouts under `dir` (a real directory), not following symlinks. */
+function removeWhiteouts(dir: string): void {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    const st = lstatSync(p);
+    if (st.isDirectory()) removeWhiteouts(p);
+    else if (isWhiteout(st)) rmSync(p);
+  }
+}
+
+/**
+ * Leaves the opaque xattr on the outermost opaque directories only, with no whiteout under
+ * them: below one, nothing of layer 0 shows, so those would hide nothing. (A layer's own
+ * opaque dirs and whiteouts arrive nested when it is moved over as a whole.)
+ */
+async function finishOpaque(tree: string, opaque: Set<string>): Promise<void> {
+  const dirs = [...opaque].filter((r) => lstatOrUndefined(join(tree, r))?.isDirectory());
+  const nested = (r: string) => dirs.some((a) => a !== r && (a === '' || r.startsWith(`${a}/`)));
+  const outer = dirs.filter((r) => !nested(r));
+  for (const r of outer) removeWhiteouts(join(tree, r));
+  // Nested ones came with their layer, xattr included (see applyLayer).
+  await setfattr(['-x', 'trusted.overlay.opaque'], dirs.filter(nested).map((r) => join(tree, r)));
+  await setfattr(['-n', 'trusted.overlay.opaque', '-v', 'y'], outer.map((r) => join(tree, r)));
+}
+
+function setfattr(args: string[], paths: string[]): Promise<void> {
+  if (paths.length === 0) return Promise.resolve();
   return new Promise((resolve, reject) => {
     // Absolute paths: none can be taken for an option.
-    const child = spawn('setfattr', ['-h', '-n', 'trusted.overlay.opaque', '-v', 'y', ...dirs], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn('setfattr', ['-h', ...args, ...paths], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-2000)));
     child.once('error', (e) => reject(new CorralError('E_IMAGE_LAYER', `setfattr could not run (Debian package attr; run scripts/setup.sh): ${e.message}`, { cause: e })));
@@ -179,7 +203,7 @@ export async function mergeLayers(layers: SquashTask['layers'], tree: string, wo
       rmSync(dir, { recursive: true, force: true });
     }
   }
-  await setOpaque(tree, opaque);
+  await finishOpaque(tree, opaque);
   return tarBytes;
 }
 
