@@ -71,9 +71,14 @@ const MAX_SEPARATE_LAYERS = 5;
 /**
  * The lower disks of an OCI image, topmost first: at most {@link SQUASH_ABOVE} layers as they
  * are, more as their squashed layer over the bottom one (two virtio slots, whatever the
- * image), so that volumes and a NIC keep their slots.
+ * image), so that volumes and a NIC keep their slots. Without a squashed layer (an image
+ * cached before squashing, resolved with the policy "never"): the separate layers if they
+ * fit, else E_IMAGE_NOT_CACHED saying to pull it again.
+ *
+ * @example
+ * lowerLayers(await resolveImage(ref, { stateDir })); // [{ path: '…/x.squash.erofs', fstype: 'erofs' }, { path: '…/base.erofs', … }]
  */
-function lowerLayers(img: ResolvedImage): LayerDisk[] {
+export function lowerLayers(img: Pick<ResolvedImage, 'ref' | 'layers' | 'squashed'>): LayerDisk[] {
   if (img.squashed) return [{ path: img.squashed.path, fstype: 'erofs' }, { path: img.layers[img.layers.length - 1]!.path, fstype: 'erofs' }];
   if (img.layers.length > SQUASH_ABOVE && img.layers.length > MAX_SEPARATE_LAYERS) {
     throw new CorralError(
