@@ -80,6 +80,9 @@ const PROGRESS_EVERY_MS = 200;
 
 const inflight = new Map<string, Promise<ResolvedImage>>();
 
+type Unpack = Parameters<Parameters<typeof withImagePool>[0]>[0];
+type Squash = Parameters<Parameters<typeof withImagePool>[0]>[1];
+
 /**
  * Resolves `ref` by policy to layer images in the cache, pulling what is missing.
  * Concurrent calls for the same image in one thread share one pull; other threads and
@@ -184,8 +187,10 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   });
 
   let bytes = 0;
-  if (missing.length > 0) await withImagePool(async (unpack, squash) => {
-    const queue = [...missing];
+  const fetchAll = async (unpack: Unpack, squash: Squash): Promise<void> => {
+    // Built by another pull while this one waited for the squash lock: no blob to keep.
+    if (plan && index.hasSquash(plan.key)) for (const l of work) l.squash = false;
+    const queue = work.filter((l) => l.squash || !index.hasLayer(l.diffId));
     const worker = async () => {
       for (let l = queue.shift(); l; l = queue.shift()) {
         const layer = l;
@@ -236,38 +241,39 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
       }
     };
     try {
-      const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, missing.length) }, worker));
+      const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, queue.length) }, worker));
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed) throw failed.reason;
-      if (plan && squashOut) {
-        await withFileLock(
-          `${squashOut}.lock`,
-          () => index.hasSquash(plan.key),
-          async () => {
-            const merged = work.filter((l) => l.squash);
-            let workDir: string | undefined;
-            try {
-              const res = await squash(
-                {
-                  kind: 'squash',
-                  layers: merged.map((l) => ({ blob: kept.get(l)!, compression: l.compression, diffId: l.diffId })),
-                  out: squashOut,
-                  workDir: (workDir = unpackScratchDir(merged.reduce((s, l) => s + l.size, 0), index.tmpDir)),
-                },
-                o.signal,
-              );
-              await index.putSquash({ key: plan.key, diffIds: plan.diffIds, imageBytes: res.imageBytes, tarBytes: res.tarBytes, createdAt: Date.now() });
-            } finally {
-              if (workDir) await rm(workDir, { recursive: true, force: true });
-            }
-          },
-          o.signal,
-        );
+      const merged = work.filter((l) => l.squash);
+      if (plan && squashOut && merged.length > 0) {
+        let workDir: string | undefined;
+        try {
+          const res = await squash(
+            {
+              kind: 'squash',
+              layers: merged.map((l) => ({ blob: kept.get(l)!, compression: l.compression, diffId: l.diffId })),
+              out: squashOut,
+              workDir: (workDir = unpackScratchDir(merged.reduce((s, l) => s + l.size, 0), index.tmpDir)),
+            },
+            o.signal,
+          );
+          await index.putSquash({ key: plan.key, diffIds: plan.diffIds, imageBytes: res.imageBytes, tarBytes: res.tarBytes, createdAt: Date.now() });
+        } finally {
+          if (workDir) await rm(workDir, { recursive: true, force: true });
+        }
       }
     } finally {
       for (const blob of kept.values()) await rm(blob, { force: true });
     }
-  }, { layers: missing.length });
+  };
+  if (missing.length > 0) {
+    await withImagePool(
+      // The squash lock is held from the first kept blob on: it also tells Image.prune that
+      // the blobs in the tmp dir are in use.
+      (unpack, squash) => (squashOut ? withFileLock(`${squashOut}.lock`, () => false, () => fetchAll(unpack, squash), o.signal) : fetchAll(unpack, squash)),
+      { layers: missing.length },
+    );
+  }
 
   const rec: ImageRecord = {
     name: r.name,

@@ -5,7 +5,7 @@
  * One sandbox serves the checks; the restart checks pinning.
  */
 
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Image, Sandbox } from '../../src/index.ts';
@@ -100,6 +100,10 @@ describe('an image of 7 layers', () => {
       expect(img.squashed?.path).toBe(idx.squashPath(plan.key));
       expect(existsSync(idx.squashPath(plan.key))).toBe(true);
       expect(idx.getSquash(plan.key)?.diffIds).toEqual(plan.diffIds);
+      // nothing left behind: no lock, no kept blob of its layers
+      expect(existsSync(`${idx.squashPath(plan.key)}.lock`)).toBe(false);
+      const blobs = new Set(rec.layers.map((l) => l.digest.slice('sha256:'.length)));
+      expect(readdirSync(idx.tmpDir).filter((f) => blobs.has(f.split('.')[0]!))).toEqual([]);
       // remove() takes the squashed layer with the image
       await Image.remove(ref, { stateDir, force: true });
       expect(existsSync(idx.squashPath(plan.key))).toBe(false);
