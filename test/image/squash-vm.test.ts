@@ -2,10 +2,12 @@
  * A 7-layer image (scripts/test-images.sh: `squash`) pulled through a real loopback registry
  * and booted in a real VM (TCG here): the guest sees exactly the tree of the 7 layers applied
  * in order, from 2 read-only devices (layer 0 + the squashed layers 1-6) and its upper disk.
- * One sandbox serves the checks; the restart checks pinning.
+ * One sandbox serves the checks (with 3 bind volumes in the slots the squash leaves free);
+ * the restart checks pinning.
  */
 
-import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Image, Sandbox } from '../../src/index.ts';
@@ -20,6 +22,7 @@ const images = testImages();
 let reg: TestRegistry;
 let sup: Supervisor;
 let ref: string;
+const tmp = mkdtempSync(join(tmpdir(), 'corral-test-squashvm-'));
 
 beforeAll(async () => {
   reg = await startRegistry('none');
@@ -31,6 +34,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await sup?.close();
   await reg?.close();
+  rmSync(tmp, { recursive: true, force: true });
 });
 
 /** The guest's view of what the 7 layers touched. */
@@ -59,9 +63,19 @@ const EXPECTED = [
 describe('an image of 7 layers', () => {
   it('boots from layer 0 + one squashed layer, the guest seeing the layers applied in order, also after a restart', async () => {
     const name = uniqueName('squash');
-    const sb = await Sandbox.builder(name).supervisor(sup).template(false).image(ref).memory(128).create();
+    // the 3 virtio slots the squash leaves free: 3 bind volumes (7 separate layers fit none)
+    const vols = ['a', 'b', 'c'].map((v) => {
+      const dir = join(tmp, v);
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'v'), `${v}\n`);
+      return dir;
+    });
+    const sb = await vols
+      .reduce((b, dir, i) => b.volume(`/mnt/v${i}`, (v) => v.bind(dir)), Sandbox.builder(name).supervisor(sup).template(false).image(ref).memory(128))
+      .create();
     try {
       expect((await sb.shell(PROBE)).stdout).toBe(`${EXPECTED}\n`);
+      expect((await sb.shell('cat /mnt/v0/v /mnt/v1/v /mnt/v2/v')).stdout).toBe('a\nb\nc\n');
       const info = await Image.inspect(ref, { stateDir: sup.stateDir });
       expect(info.layers).toHaveLength(7);
       expect(info.squashed?.diffIds).toEqual(info.layers.slice(1).map((l) => l.diffId));
