@@ -10,7 +10,7 @@
 # (docker-registry, skopeo, apache2-utils: htpasswd, debootstrap).
 #
 # Cache: ${CORRAL_CACHE_DIR:-$HOME/.cache/corral}
-#   test-images/<hash>/{busybox,multilayer,multiarch,python}/   OCI image layouts
+#   test-images/<hash>/{busybox,multilayer,multiarch,python,squash}/   OCI image layouts
 #   test-images/<hash>/disks/root.{raw,qcow2,vmdk}              ext4 busybox roots
 #   test-images.json                                             <- what the tests read
 #
@@ -21,6 +21,12 @@
 #               /data/link -> /data/keep (absolute), /data/hard (hard link to /data/keep)
 #   multiarch   an image index: linux/amd64 (busybox + /marker = amd64), linux/arm64 (/marker)
 #   python      Debian bookworm minbase + python3-minimal (debootstrap, configured mirror)
+#   squash      7 gzip layers, so that layers 1-6 are squashed into one (src/image/squash.ts):
+#               s0: busybox + /etc/zero-del, /data/opq/{x,y}, /data/over = 0, /lnk0 -> etc
+#               s1: /data/over = 1, /data/sl -> /etc, /data/tmpfile
+#               s2: /data/over = 2, /data/d1/a          s3: whiteout of /etc/zero-del
+#               s4: opaque /data/opq with only z         s5: /data/sl a dir with f, /lnk0 a dir with g
+#               s6: whiteout of /data/tmpfile, /data/h1 + /data/h2 hard links, /data/over = 6
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -104,6 +110,19 @@ build_images() { # $1 = temp output dir
   ln "$w/m2/data/keep" "$w/m2/data/hard"; ln -s /data/keep "$w/m2/data/link"
   rtar "$w/m2" "$out/layers/m2.tar"
 
+  # squash
+  busybox_root "$w/s0"; echo squash >"$w/s0/marker"; echo zero >"$w/s0/etc/zero-del"
+  mkdir -p "$w/s0/data/opq"; echo x >"$w/s0/data/opq/x"; echo y >"$w/s0/data/opq/y"; echo 0 >"$w/s0/data/over"
+  ln -s etc "$w/s0/lnk0"
+  mkdir -p "$w"/s{1,2,3,4,5,6}/data
+  echo 1 >"$w/s1/data/over"; ln -s /etc "$w/s1/data/sl"; echo t >"$w/s1/data/tmpfile"
+  echo 2 >"$w/s2/data/over"; mkdir -p "$w/s2/data/d1"; echo a >"$w/s2/data/d1/a"
+  mkdir -p "$w/s3/etc"; : >"$w/s3/etc/.wh.zero-del"
+  mkdir -p "$w/s4/data/opq"; : >"$w/s4/data/opq/.wh..wh..opq"; echo z >"$w/s4/data/opq/z"
+  mkdir -p "$w/s5/data/sl" "$w/s5/lnk0"; echo f >"$w/s5/data/sl/f"; echo g >"$w/s5/lnk0/g"
+  : >"$w/s6/data/.wh.tmpfile"; echo hard >"$w/s6/data/h1"; ln "$w/s6/data/h1" "$w/s6/data/h2"; echo 6 >"$w/s6/data/over"
+  for i in 0 1 2 3 4 5 6; do rtar "$w/s$i" "$out/layers/s$i.tar"; done
+
   # multiarch
   busybox_root "$w/amd"; echo amd64 >"$w/amd/marker"
   rtar "$w/amd" "$out/layers/amd64.tar"
@@ -183,6 +202,7 @@ layout('multiarch', { index: [
   { arch: 'amd64', layers: [{ tar: 'amd64.tar' }], config: { Cmd: ['/bin/sh'] } },
   { arch: 'arm64', layers: [{ tar: 'arm64.tar' }], config: { Cmd: ['/bin/sh'] } },
 ] });
+layout('squash', { arch: 'amd64', layers: [0, 1, 2, 3, 4, 5, 6].map((i) => ({ tar: `s${i}.tar` })), config: { Cmd: ['/bin/sh'], WorkingDir: '/' } });
 layout('python', { arch: 'amd64', layers: [{ tar: 'python.tar' }], config: { Cmd: ['python3'], Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG=C.UTF-8'] } });
 JS
 )
@@ -207,7 +227,7 @@ step_images() {
   fi
   local m="$CACHE/test-images.json" t="$CACHE/.test-images.json.$$"
   TMPDIRS+=("$t")
-  printf '{\n  "dir": "%s",\n  "layouts": ["busybox", "multilayer", "multiarch", "python"],\n  "disks": { "raw": "%s", "qcow2": "%s", "vmdk": "%s" }\n}\n' \
+  printf '{\n  "dir": "%s",\n  "layouts": ["busybox", "multilayer", "multiarch", "python", "squash"],\n  "disks": { "raw": "%s", "qcow2": "%s", "vmdk": "%s" }\n}\n' \
     "$dir" "$dir/disks/root.raw" "$dir/disks/root.qcow2" "$dir/disks/root.vmdk" >"$t"
   if cmp -s "$t" "$m"; then rm -f "$t"; else mv -f "$t" "$m"; fi
 }

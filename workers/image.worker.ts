@@ -1,17 +1,19 @@
 /**
  * The image pool's worker (piscina): the CPU-heavy part of a pull — decompress, check,
- * extract and build the erofs layer image of one layer. It never imports the pool.
+ * extract and build the erofs layer image of one layer, or the squashed image of several
+ * (src/image/squash.ts). It never imports the pool.
  */
 
 import { serializeError } from '../src/errors.ts';
+import { squashLayers, type SquashResult, type SquashTask } from '../src/image/squash.ts';
 import { unpackLayer, type UnpackResult, type UnpackTask } from '../src/image/unpackLayer.ts';
 
 /** Errors cross the thread boundary as plain data with their code. */
-export type UnpackOutcome = { ok: true; result: UnpackResult } | { ok: false; error: ReturnType<typeof serializeError> };
+export type UnpackOutcome = { ok: true; result: UnpackResult | SquashResult } | { ok: false; error: ReturnType<typeof serializeError> };
 
-export default async function run(task: UnpackTask): Promise<UnpackOutcome> {
+export default async function run(task: UnpackTask | SquashTask): Promise<UnpackOutcome> {
   try {
-    return { ok: true, result: await unpackLayer(task) };
+    return { ok: true, result: 'kind' in task && task.kind === 'squash' ? await squashLayers(task) : await unpackLayer(task as UnpackTask) };
   } catch (err) {
     return { ok: false, error: serializeError(err) };
   }

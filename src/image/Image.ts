@@ -12,6 +12,7 @@ import { digestHex } from './digest.ts';
 import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
 import type { ImageDefaults } from './manifest.ts';
 import { parseReference } from './reference.ts';
+import { squashPlan } from './squash.ts';
 
 /** Options of the Image calls. */
 export interface ImageOptions {
@@ -31,6 +32,12 @@ export interface ImageInfo {
   readonly configDigest: string;
   readonly defaults: ImageDefaults;
   readonly layers: readonly { readonly digest: string; readonly diffId: string; readonly size: number; readonly imageBytes: number | null }[];
+  /**
+   * Images of more than 3 layers: the squashed layer image of the layers above the bottom one
+   * (sandboxes boot from it and the bottom layer). `imageBytes` null: not built yet (the image
+   * was cached before squashing existed; the next pull builds it).
+   */
+  readonly squashed?: { readonly key: string; readonly diffIds: readonly string[]; readonly imageBytes: number | null };
   /** Compressed size. */
   readonly sizeBytes: number;
   readonly pulledAt: number;
@@ -57,6 +64,7 @@ async function withIndex<T>(options: ImageOptions, fn: (idx: ImageIndex) => Prom
 }
 
 function info(idx: ImageIndex, rec: ImageRecord): ImageInfo {
+  const plan = squashPlan(rec.layers.map((l) => l.diffId));
   const usedBy = idx.pins().filter((p) => p.pin.digest === rec.digest).map((p) => p.sandbox);
   return {
     name: rec.name,
@@ -66,6 +74,7 @@ function info(idx: ImageIndex, rec: ImageRecord): ImageInfo {
     configDigest: rec.configDigest,
     defaults: rec.defaults,
     layers: rec.layers.map((l) => ({ digest: l.digest, diffId: l.diffId, size: l.size, imageBytes: idx.getLayer(l.diffId)?.imageBytes ?? null })),
+    ...(plan ? { squashed: { key: plan.key, diffIds: plan.diffIds, imageBytes: idx.hasSquash(plan.key) ? idx.getSquash(plan.key)?.imageBytes ?? null : null } } : {}),
     sizeBytes: rec.sizeBytes,
     pulledAt: rec.pulledAt,
     usedBy,
@@ -80,9 +89,14 @@ function find(idx: ImageIndex, ref: string): ImageRecord {
   return rec;
 }
 
-/** Removes layer images no image record needs, and leftovers of interrupted pulls. */
+/** Removes layer images (squashed ones too) no image record needs, and leftovers of interrupted pulls. */
 async function collectLayers(idx: ImageIndex): Promise<{ layers: number; bytes: number }> {
-  const needed = new Set(idx.listImages().flatMap((i) => i.layers.map((l) => digestHex(l.diffId))));
+  const needed = new Set(
+    idx.listImages().flatMap((i) => {
+      const plan = squashPlan(i.layers.map((l) => l.diffId));
+      return [...i.layers.map((l) => digestHex(l.diffId)), ...(plan ? [`${digestHex(plan.key)}.squash`] : [])];
+    }),
+  );
   let layers = 0;
   let bytes = 0;
   for (const f of await readdir(idx.layersDir).catch(() => [] as string[])) {
@@ -92,7 +106,10 @@ async function collectLayers(idx: ImageIndex): Promise<{ layers: number; bytes: 
     const p = join(idx.layersDir, f);
     bytes += (await stat(p).catch(() => ({ size: 0 }))).size;
     await rm(p, { force: true });
-    if (f.endsWith('.erofs')) {
+    if (f.endsWith('.squash.erofs')) {
+      layers++;
+      await idx.removeSquash(`sha256:${hex.slice(0, -'.squash'.length)}`);
+    } else if (f.endsWith('.erofs')) {
       layers++;
       await idx.removeLayer(`sha256:${hex}`);
     }

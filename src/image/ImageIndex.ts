@@ -4,8 +4,9 @@
  * layers (uncompressed digest → erofs layer image), and each sandbox's pinned image (a field
  * of its record, so it goes when the sandbox is removed).
  *
- * Layer images live in `<stateDir>/images/layers/<hex>.erofs`; a layer is present when its
- * file is (files are renamed into place complete), the record adds its sizes.
+ * Layer images live in `<stateDir>/images/layers/<hex>.erofs`, squashed ones (images of more
+ * than 3 layers, src/image/squash.ts) next to them as `<key hex>.squash.erofs`; a layer is
+ * present when its file is (files are renamed into place complete), the record adds its sizes.
  */
 
 import { existsSync, mkdirSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { sharedRoot } from '../store/lmdbEnv.ts';
 import { CorralError } from '../errors.ts';
 import { digestHex } from './digest.ts';
 import type { ImageDefaults } from './manifest.ts';
+import { squashPlan } from './squash.ts';
 
 /** One layer of an image, bottom first in {@link ImageRecord.layers}. */
 export interface ImageLayerRef {
@@ -51,6 +53,17 @@ export interface LayerRecord {
   readonly createdAt: number;
 }
 
+/** A squashed layer image (src/image/squash.ts): the layers above an image's bottom one, merged. */
+export interface SquashRecord {
+  /** The squash key (a hash of the merged diff_ids, in order). */
+  readonly key: string;
+  /** The merged layers' diff_ids, bottom first. */
+  readonly diffIds: readonly string[];
+  readonly imageBytes: number;
+  readonly tarBytes: number;
+  readonly createdAt: number;
+}
+
 /** The image a sandbox was first booted from, kept in its record. */
 export interface PinnedImage {
   readonly ref: string;
@@ -80,6 +93,7 @@ export class ImageIndex {
   readonly #tags: Database<TagRecord, string>;
   readonly #images: Database<ImageRecord, string>;
   readonly #layers: Database<LayerRecord, string>;
+  readonly #squashes: Database<SquashRecord, string>;
   readonly #sandboxes: Database<Record<string, unknown>, string>;
   #closed = false;
 
@@ -91,6 +105,7 @@ export class ImageIndex {
     this.#tags = root.openDB({ name: 'image-tags' });
     this.#images = root.openDB({ name: 'images' });
     this.#layers = root.openDB({ name: 'image-layers' });
+    this.#squashes = root.openDB({ name: 'image-squashes' });
     this.#sandboxes = root.openDB({ name: 'sandboxes' });
   }
 
@@ -122,6 +137,27 @@ export class ImageIndex {
     await this.#layers.put(rec.diffId, rec);
   }
 
+  /** The file of a squashed layer image. */
+  squashPath(key: string): string {
+    return join(this.layersDir, `${digestHex(key)}.squash.erofs`);
+  }
+
+  hasSquash(key: string): boolean {
+    return existsSync(this.squashPath(key));
+  }
+
+  getSquash(key: string): SquashRecord | undefined {
+    return this.#squashes.get(key);
+  }
+
+  async putSquash(rec: SquashRecord): Promise<void> {
+    await this.#squashes.put(rec.key, rec);
+  }
+
+  async removeSquash(key: string): Promise<void> {
+    await this.#squashes.remove(key);
+  }
+
   getTag(ref: string): string | undefined {
     return this.#tags.get(ref)?.digest;
   }
@@ -130,8 +166,15 @@ export class ImageIndex {
     return this.#images.get(`${name}@${digest}`);
   }
 
-  /** True if the image and every layer image it needs are present. */
+  /** True if the image and every layer image it needs (its squashed one too) are present. */
   isComplete(rec: ImageRecord | undefined): rec is ImageRecord {
+    if (!this.hasLayers(rec)) return false;
+    const plan = squashPlan(rec.layers.map((l) => l.diffId));
+    return !plan || this.hasSquash(plan.key);
+  }
+
+  /** True if the image and each of its own layer images are present (squashed or not). */
+  hasLayers(rec: ImageRecord | undefined): rec is ImageRecord {
     return !!rec && rec.layers.every((l) => this.hasLayer(l.diffId));
   }
 

@@ -17,7 +17,7 @@
 
 import { spawn } from 'node:child_process';
 import { closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { CorralError } from '../errors.ts';
@@ -28,6 +28,8 @@ export interface ExtractStats {
   readonly bytes: number;
   readonly whiteouts: number;
   readonly opaqueDirs: number;
+  /** The opaque directories, relative to the root (src/image/squash.ts needs them: node cannot read xattrs). */
+  readonly opaquePaths: readonly string[];
 }
 
 const WH = '.wh.';
@@ -401,7 +403,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     const path = resolveInRoot(root, dirTimes[i]!.entry);
     if (isDir(path)) utimesSync(path, dirTimes[i]!.mtime, dirTimes[i]!.mtime);
   }
-  return { files, bytes, whiteouts, opaqueDirs: opaqueDirs.length };
+  return { files, bytes, whiteouts, opaqueDirs: opaqueDirs.length, opaquePaths: opaqueDirs.map((d) => relative(root, d)) };
 }
 
 /** Whether a path exists, without following a final symlink (a missing or non-dir parent: no). */

@@ -9,6 +9,7 @@ import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
 import type { UnpackOutcome } from '../../workers/image.worker.ts';
+import type { SquashResult, SquashTask } from './squash.ts';
 import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
 
 const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
@@ -51,17 +52,24 @@ export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()
  * @example
  * await withImagePool(async (unpack) => unpack(task), { layers: 1 });
  */
-export async function withImagePool<T>(fn: (unpack: (task: UnpackTask, signal?: AbortSignal) => Promise<UnpackResult>) => Promise<T>, options: { layers?: number } = {}): Promise<T> {
+export async function withImagePool<T>(
+  fn: (unpack: (task: UnpackTask, signal?: AbortSignal) => Promise<UnpackResult>, squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>,
+  options: { layers?: number } = {},
+): Promise<T> {
   users++;
   const threads = Math.max(1, Math.min(UNPACK_CONCURRENCY, options.layers ?? UNPACK_CONCURRENCY));
   pool ??= new Piscina({ filename: BOOT, minThreads: threads, maxThreads: threads, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
   const p = pool;
   try {
-    return await fn(async (task, signal) => {
+    const run = async (task: UnpackTask | SquashTask, signal?: AbortSignal) => {
       const out = (await p.run(task, signal ? { signal } : {})) as UnpackOutcome;
       if (!out.ok) throw deserializeError(out.error);
       return out.result;
-    });
+    };
+    return await fn(
+      (task, signal) => run(task, signal) as Promise<UnpackResult>,
+      (task, signal) => run(task, signal) as Promise<SquashResult>,
+    );
   } finally {
     if (--users === 0 && pool === p) {
       pool = undefined;

@@ -11,6 +11,10 @@
  * uncompressed digest and built once (a lock file makes concurrent pulls of one layer, from
  * any thread or process, wait for a single build). Downloads stream to temp files; the
  * CPU-heavy unpack runs in the image pool.
+ *
+ * An image of more than 3 layers also gets a squashed layer image of its layers above the
+ * bottom one (src/image/squash.ts): their blobs are kept (or fetched again, for layers cached
+ * by another image or an image pulled before squashing existed) until it is built.
  */
 
 import { randomBytes } from 'node:crypto';
@@ -28,6 +32,7 @@ import { withFileLock } from './lock.ts';
 import { formatPlatform, hostPlatform, layerCompression, parseImageConfig, parseManifest, selectPlatform, type ImageDefaults, type Platform } from './manifest.ts';
 import { withImagePool } from './pool.ts';
 import { unpackScratchDir } from './scratch.ts';
+import { squashPlan } from './squash.ts';
 import { parseReference, type ImageReference } from './reference.ts';
 import { RegistryClient } from './RegistryClient.ts';
 
@@ -49,7 +54,7 @@ export interface ResolveImageOptions {
   readonly index?: ImageIndex;
 }
 
-/** An image ready to boot: its layer images, topmost first. */
+/** An image ready to boot: its layer images, topmost first, and its squashed one if any. */
 export interface ResolvedImage {
   /** The canonical reference (`registry/repo:tag`). */
   readonly ref: string;
@@ -59,6 +64,12 @@ export interface ResolvedImage {
   readonly defaults: ImageDefaults;
   /** Layer image files, topmost first (overlayfs lowerdir order). */
   readonly layers: readonly { readonly diffId: string; readonly path: string }[];
+  /**
+   * Images of more than 3 layers: the layers above the bottom one merged into one image
+   * (boot from it and the bottom layer). Missing only for an image cached before squashing
+   * existed and resolved with the policy "never".
+   */
+  readonly squashed?: { readonly key: string; readonly path: string } | undefined;
   /** True if anything was fetched from the registry. */
   readonly pulled: boolean;
 }
@@ -68,6 +79,9 @@ const DOWNLOAD_CONCURRENCY = 3;
 const PROGRESS_EVERY_MS = 200;
 
 const inflight = new Map<string, Promise<ResolvedImage>>();
+
+type Unpack = Parameters<Parameters<typeof withImagePool>[0]>[0];
+type Squash = Parameters<Parameters<typeof withImagePool>[0]>[1];
 
 /**
  * Resolves `ref` by policy to layer images in the cache, pulling what is missing.
@@ -95,7 +109,9 @@ export function resolveImage(ref: string, options: ResolveImageOptions): Promise
 }
 
 function toResolved(index: ImageIndex, r: ImageReference, rec: ImageRecord, pulled: boolean): ResolvedImage {
+  const plan = squashPlan(rec.layers.map((l) => l.diffId));
   return {
+    squashed: plan && index.hasSquash(plan.key) ? { key: plan.key, path: index.squashPath(plan.key) } : undefined,
     ref: r.canonical,
     name: rec.name,
     digest: rec.digest,
@@ -117,12 +133,15 @@ async function resolveWith(index: ImageIndex, r: ImageReference, o: ResolveImage
     return toResolved(index, r, cached, false);
   }
   if (policy === 'never') {
+    // Cached before squashing existed: the caller boots the separate layers if they fit.
+    if (index.hasLayers(cached)) return toResolved(index, r, cached, false);
     throw new CorralError('E_IMAGE_NOT_CACHED', `image ${r.canonical}${wanted ? `@${wanted}` : ''} is not in the local cache and the pull policy is "never"`, {
       details: { image: r.canonical },
     });
   }
   try {
-    const rec = await pull(index, r, wanted, o, t0);
+    // A cached image only missing its squashed layer: the same digest, not what the tag says now.
+    const rec = await pull(index, r, wanted ?? (index.hasLayers(cached) ? cached.digest : undefined), o, t0);
     return toResolved(index, r, rec, true);
   } catch (err) {
     o.onEvent?.({ type: 'image.pull.failed', image: r.canonical, error: { name: (err as Error).name, message: (err as Error).message, ...((err as CorralError).code ? { code: (err as CorralError).code } : {}) } });
@@ -156,8 +175,13 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   if (cfg.diffIds.length !== layers.length) {
     throw new CorralError('E_REGISTRY', `image ${r.canonical}: ${layers.length} layers but ${cfg.diffIds.length} diff_ids in its config`);
   }
-  const work = layers.map((l, i) => ({ ...l, diffId: cfg.diffIds[i]!, compression: layerCompression(l.mediaType) }));
-  const missing = work.filter((l) => !index.hasLayer(l.diffId));
+  const work = layers.map((l, i) => ({ ...l, diffId: cfg.diffIds[i]!, compression: layerCompression(l.mediaType), squash: false }));
+  const plan = squashPlan(work.map((l) => l.diffId));
+  const squashOut = plan && !index.hasSquash(plan.key) ? index.squashPath(plan.key) : undefined;
+  if (squashOut) for (const l of work.slice(1)) l.squash = true;
+  // Blobs of the layers to squash are kept until the squashed image is built.
+  const kept = new Map<(typeof work)[number], string>();
+  const missing = work.filter((l) => l.squash || !index.hasLayer(l.diffId));
   const image = r.canonical;
   o.onEvent?.({
     type: 'image.pull.started',
@@ -169,8 +193,10 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   });
 
   let bytes = 0;
-  if (missing.length > 0) await withImagePool(async (unpack) => {
-    const queue = [...missing];
+  const fetchAll = async (unpack: Unpack, squash: Squash): Promise<void> => {
+    // Built by another pull while this one waited for the squash lock: no blob to keep.
+    if (plan && index.hasSquash(plan.key)) for (const l of work) l.squash = false;
+    const queue = work.filter((l) => l.squash || !index.hasLayer(l.diffId));
     const worker = async () => {
       for (let l = queue.shift(); l; l = queue.shift()) {
         const layer = l;
@@ -182,28 +208,37 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
           o.onEvent?.({ type: 'image.pull.progress', image, layer: layer.digest, phase, bytesDone: done, bytesTotal: layer.size });
         };
         const out = index.layerPath(layer.diffId);
+        let blob: string | undefined;
+        let blobPath: string | undefined;
+        const download = async (): Promise<string> => {
+          if (blob) return blob;
+          const path = (blobPath = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`));
+          if (layer.squash) kept.set(layer, path);
+          const res = await client.blob(r.repository, layer.digest, o.signal);
+          const tap = new DigestTap(layer.size, (n) => progress('download', n));
+          await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(path, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []).catch((err: unknown) => {
+            throw brokenDownload(err, `layer ${layer.digest} of ${image}`, r.registry, tap.bytes, layer.size, o.signal);
+          });
+          checkDigest(`layer ${layer.digest} of ${image}`, layer.digest, tap.digest());
+          bytes += tap.bytes;
+          return (blob = path);
+        };
+        if (layer.squash) await download();
         await withFileLock(
           `${out}.lock`,
           () => index.hasLayer(layer.diffId),
           async () => {
-            const blob = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`);
             let workDir: string | undefined;
             try {
-              const res = await client.blob(r.repository, layer.digest, o.signal);
-              const tap = new DigestTap(layer.size, (n) => progress('download', n));
-              await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(blob, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []).catch((err: unknown) => {
-                throw brokenDownload(err, `layer ${layer.digest} of ${image}`, r.registry, tap.bytes, layer.size, o.signal);
-              });
-              checkDigest(`layer ${layer.digest} of ${image}`, layer.digest, tap.digest());
-              bytes += tap.bytes;
-              progress('unpack', tap.bytes, true);
+              const blob = await download();
+              progress('unpack', layer.size, true);
               const res2 = await unpack(
                 { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: (workDir = unpackScratchDir(layer.size, index.tmpDir)) },
                 o.signal,
               );
               await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
             } finally {
-              await rm(blob, { force: true });
+              if (!layer.squash && blobPath) await rm(blobPath, { force: true });
               // The worker removes it; not if the task never reached it (aborted, pool closed).
               if (workDir) await rm(workDir, { recursive: true, force: true });
             }
@@ -213,10 +248,40 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
         progress('done', layer.size, true);
       }
     };
-    const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, missing.length) }, worker));
-    const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
-    if (failed) throw failed.reason;
-  }, { layers: missing.length });
+    try {
+      const results = await Promise.allSettled(Array.from({ length: Math.min(DOWNLOAD_CONCURRENCY, queue.length) }, worker));
+      const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+      if (failed) throw failed.reason;
+      const merged = work.filter((l) => l.squash);
+      if (plan && squashOut && merged.length > 0) {
+        let workDir: string | undefined;
+        try {
+          const res = await squash(
+            {
+              kind: 'squash',
+              layers: merged.map((l) => ({ blob: kept.get(l)!, compression: l.compression, diffId: l.diffId })),
+              out: squashOut,
+              workDir: (workDir = unpackScratchDir(merged.reduce((s, l) => s + l.size, 0), index.tmpDir)),
+            },
+            o.signal,
+          );
+          await index.putSquash({ key: plan.key, diffIds: plan.diffIds, imageBytes: res.imageBytes, tarBytes: res.tarBytes, createdAt: Date.now() });
+        } finally {
+          if (workDir) await rm(workDir, { recursive: true, force: true });
+        }
+      }
+    } finally {
+      for (const blob of kept.values()) await rm(blob, { force: true });
+    }
+  };
+  if (missing.length > 0) {
+    await withImagePool(
+      // The squash lock is held from the first kept blob on: it also tells Image.prune that
+      // the blobs in the tmp dir are in use.
+      (unpack, squash) => (squashOut ? withFileLock(`${squashOut}.lock`, () => false, () => fetchAll(unpack, squash), o.signal) : fetchAll(unpack, squash)),
+      { layers: missing.length },
+    );
+  }
 
   const rec: ImageRecord = {
     name: r.name,

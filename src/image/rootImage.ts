@@ -13,8 +13,9 @@ import type { DiskRoot, LayerDisk } from '../vm/qemuArgs.ts';
 import { resolveCredentials } from './auth.ts';
 import { ImageIndex } from './ImageIndex.ts';
 import type { ImageDefaults } from './manifest.ts';
-import { resolveImage } from './pull.ts';
+import { resolveImage, type ResolvedImage } from './pull.ts';
 import { parseReference } from './reference.ts';
+import { SQUASH_ABOVE } from './squash.ts';
 
 /** Options of {@link resolveRootImage}. */
 export interface RootImageOptions {
@@ -64,6 +65,31 @@ function ownerAlive(pid: unknown): boolean {
   }
 }
 
+/** Most lower layers besides the upper disk, serial port and RTC filler (src/vm/qemuArgs.ts). */
+const MAX_SEPARATE_LAYERS = 5;
+
+/**
+ * The lower disks of an OCI image, topmost first: at most {@link SQUASH_ABOVE} layers as they
+ * are, more as their squashed layer over the bottom one (two virtio slots, whatever the
+ * image), so that volumes and a NIC keep their slots. Without a squashed layer (an image
+ * cached before squashing, resolved with the policy "never"): the separate layers if they
+ * fit, else E_IMAGE_NOT_CACHED saying to pull it again.
+ *
+ * @example
+ * lowerLayers(await resolveImage(ref, { stateDir })); // [{ path: '…/x.squash.erofs', fstype: 'erofs' }, { path: '…/base.erofs', … }]
+ */
+export function lowerLayers(img: Pick<ResolvedImage, 'ref' | 'layers' | 'squashed'>): LayerDisk[] {
+  if (img.squashed) return [{ path: img.squashed.path, fstype: 'erofs' }, { path: img.layers[img.layers.length - 1]!.path, fstype: 'erofs' }];
+  if (img.layers.length > SQUASH_ABOVE && img.layers.length > MAX_SEPARATE_LAYERS) {
+    throw new CorralError(
+      'E_IMAGE_NOT_CACHED',
+      `image ${img.ref} (${img.layers.length} layers) was cached before layer squashing and its squashed layer is missing; its layers do not fit the ${MAX_SEPARATE_LAYERS} layer slots of a microVM and the pull policy is "never": pull it again (pull policy "if-missing" or "always", or corral pull ${img.ref})`,
+      { details: { image: img.ref } },
+    );
+  }
+  return img.layers.map((l) => ({ path: l.path, fstype: 'erofs' }));
+}
+
 /**
  * @example
  * const root = await resolveRootImage(config, stateDir, loadArtifacts(), { onEvent });
@@ -107,8 +133,9 @@ export async function resolveRootImage(config: SandboxConfig, stateDir: string, 
       signal: options.signal,
       onEvent: options.onEvent,
     });
+    const lower = lowerLayers(img);
     if (!pinned) await index.pin(config.name, { ref: img.ref, digest: img.digest, pinnedAt: Date.now() });
-    return { lower: img.layers.map((l) => ({ path: l.path, fstype: 'erofs' })), defaults: img.defaults, ref: img.ref, digest: img.digest };
+    return { lower, defaults: img.defaults, ref: img.ref, digest: img.digest };
   } finally {
     await index.close();
   }

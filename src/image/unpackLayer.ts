@@ -55,6 +55,28 @@ function decompress(blob: string, compression: LayerCompression): { stream: Read
 }
 
 /**
+ * Decompresses `blob`, extracts it into `root` (an existing, empty directory) and checks the
+ * uncompressed digest against `diffId`.
+ *
+ * @example
+ * const stats = await extractBlob('/tmp/x.blob', 'gzip', diffId, '/tmp/unpack/root');
+ */
+export async function extractBlob(blob: string, compression: LayerCompression, diffId: string, root: string): Promise<ExtractStats & { readonly tarBytes: number }> {
+  const { stream, done } = decompress(blob, compression);
+  const tap = new DigestTap();
+  stream.on('error', (e) => tap.destroy(e));
+  const stats = await extractLayer(stream.pipe(tap), root);
+  await done;
+  // tar-stream stops at the end-of-archive blocks; hash any trailing padding too.
+  if (!tap.readableEnded) {
+    tap.resume();
+    await new Promise<void>((res, rej) => tap.once('end', res).once('error', rej));
+  }
+  checkDigest(`layer ${diffId} (uncompressed)`, diffId, tap.digest());
+  return { ...stats, tarBytes: tap.bytes };
+}
+
+/**
  * @example
  * await unpackLayer({ blob, compression: 'gzip', diffId, out: '/state/images/layers/x.erofs', workDir: '/state/images/tmp/x' });
  */
@@ -64,22 +86,12 @@ export async function unpackLayer(task: UnpackTask): Promise<UnpackResult> {
   const tmpOut = `${task.out}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   try {
     await mkdir(root, { mode: 0o755 });
-    const { stream, done } = decompress(task.blob, task.compression);
-    const tap = new DigestTap();
-    stream.on('error', (e) => tap.destroy(e));
-    const stats = await extractLayer(stream.pipe(tap), root);
-    await done;
-    // tar-stream stops at the end-of-archive blocks; hash any trailing padding too.
-    if (!tap.readableEnded) {
-      tap.resume();
-      await new Promise<void>((res, rej) => tap.once('end', res).once('error', rej));
-    }
-    checkDigest(`layer ${task.diffId} (uncompressed)`, task.diffId, tap.digest());
+    const stats = await extractBlob(task.blob, task.compression, task.diffId, root);
     await mkdir(dirname(task.out), { recursive: true });
     await buildErofs(root, tmpOut);
     await rename(tmpOut, task.out);
     const imageBytes = (await stat(task.out)).size;
-    return { ...stats, tarBytes: tap.bytes, imageBytes, ms: performance.now() - t0 };
+    return { ...stats, imageBytes, ms: performance.now() - t0 };
   } finally {
     await rm(tmpOut, { force: true });
     await rm(task.workDir, { recursive: true, force: true });

@@ -165,7 +165,9 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   };
   const disks = 1 + (input.disk ? 1 : lowers.length) + (input.upper && !input.disk ? 1 : 0);
   if (disks + (disks > RTC_SLOT ? 1 : 0) > VIRTIO_SLOTS) {
-    throw new InvalidOptionError('image', `an image of at most ${VIRTIO_SLOTS - 3} layers (microvm has ${VIRTIO_SLOTS} virtio slots; the serial port, the upper disk and the RTC's slot take 3)`, lowers.length);
+    // OCI images of more than 3 layers boot from 2 (src/image/squash.ts): only a caller that
+    // passes its own layer list reaches this.
+    throw new InvalidOptionError('image', `at most ${VIRTIO_SLOTS - 3} lower layer disks (microvm has ${VIRTIO_SLOTS} virtio slots; the serial port, the upper disk and the RTC's slot take 3; OCI images of more than 3 layers are squashed to 2)`, lowers.length);
   }
   if (input.disk) {
     claimSlot();

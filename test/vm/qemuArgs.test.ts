@@ -26,7 +26,7 @@ describe('qemu command line', () => {
 
   it('refuses an image with more layers than microvm has slots, naming the limit', () => {
     const lower = Array.from({ length: 6 }, (_, i) => ({ path: `l${i}`, fstype: 'erofs' }));
-    expect(() => qemuArgs({ ...base, lower })).toThrowError(/at most 5 layers/);
+    expect(() => qemuArgs({ ...base, lower })).toThrowError(/at most 5 lower layer disks/);
   });
 
   it('adds noapictimer only under TCG, and backs RAM with "mem" always', () => {
