@@ -1,7 +1,8 @@
 /**
  * The image's own command (config Entrypoint + Cmd), `docker run` style: in the SDK
  * (`sandbox.run`, `runStream`) and the CLI (`corral run IMAGE [-- ARGS]`, `--entrypoint`).
- * The image is the busybox test image with an Entrypoint and a Cmd added to its config
+ * Its User is the default user of every exec. The image is the busybox test image with an
+ * Entrypoint, a Cmd and a User added to its config
  * (derived at test time, pushed to a loopback registry). One VM for the SDK checks; the CLI
  * checks boot their own, as a user's `corral run` does.
  */
@@ -28,6 +29,7 @@ beforeAll(async () => {
   const layout = deriveLayout(join(images.dir, 'busybox'), join(tmp, 'entry'), (c) => {
     c.config.Entrypoint = ['/bin/sh', '-c', 'echo "entry $*"', 'sh'];
     c.config.Cmd = ['default', 'cmd'];
+    c.config.User = '1000:1000'; // a uid without a passwd entry, as docker allows
   });
   await reg.push(layout, 'test/entry', 'v1');
   ref = `${reg.host}/test/entry:v1`;
@@ -82,6 +84,10 @@ describe("the image's command", () => {
       await expect(sb.run([], { entrypoint: [] })).rejects.toMatchObject({ code: 'E_NO_COMMAND', message: expect.stringContaining(ref) });
       await expect(sb.run('x' as never)).rejects.toMatchObject({ code: 'E_INVALID_OPTION' });
       expect((await sb.exec('echo', ['plain'])).stdout).toBe('plain\n');
+      // the image's User runs every exec unless the exec names another
+      expect((await sb.run([], { entrypoint: ['id'] })).stdout).toMatch(/^uid=1000 gid=1000/);
+      expect((await sb.exec('id', ['-u'])).stdout).toBe('1000\n');
+      expect((await sb.exec('id', ['-u'], { user: 'root' })).stdout).toBe('0\n');
     } finally {
       sub.unsubscribe();
     }
