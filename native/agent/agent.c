@@ -144,13 +144,6 @@ static void close_fd(int *fd)
 	}
 }
 
-static void put_u32(uint8_t *p, uint32_t v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-	p[2] = v >> 16;
-	p[3] = v >> 24;
-}
 
 
 /* ---- byte queue: data lives in p[off .. off+len) ---- */
@@ -276,17 +269,22 @@ static void send_i32s(uint16_t type, uint32_t session, int n, int32_t a, int32_t
 /* ERROR frame: i32 errno, str message. */
 static void send_error(uint32_t session, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-static void send_error(uint32_t session, int err, const char *fmt, ...)
+void send_errno_frame(uint16_t type, uint32_t session, int err, const char *fmt, va_list ap)
 {
 	uint8_t p[8 + 512];
-	va_list ap;
-	va_start(ap, fmt);
 	int n = vsnprintf((char *)p + 8, sizeof p - 8, fmt, ap);
-	va_end(ap);
 	size_t len = n < 0 ? 0 : (size_t)n >= sizeof p - 8 ? sizeof p - 9 : (size_t)n;
 	put_u32(p, (uint32_t)err);
 	put_u32(p + 4, len);
-	send_frame(T_ERROR, session, p, 8 + len);
+	send_frame(type, session, p, 8 + len);
+}
+
+static void send_error(uint32_t session, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	send_errno_frame(T_ERROR, session, err, fmt, ap);
+	va_end(ap);
 }
 
 /* A protocol complaint: ERROR on session 0. Logged, but only the first few. */

@@ -8,6 +8,7 @@
 #ifndef CORRAL_AGENT_H
 #define CORRAL_AGENT_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -74,6 +75,17 @@ bool fs_session_live(uint32_t id);
 
 /* Queues one whole frame for the host. */
 void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len);
+/* Sends an error-shaped frame (ERROR, FS_REPLY…): u32 errno, u32 length, the message
+ * (printf-style, cut to 511 bytes). */
+void send_errno_frame(uint16_t type, uint32_t session, int err, const char *fmt, va_list ap);
+
+static inline void put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+	p[2] = v >> 16;
+	p[3] = v >> 24;
+}
 
 /* Shared by agent.c and setup.c: every read of a guest-bound payload is bounds-checked. */
 static inline uint32_t get_u32(const uint8_t *p)

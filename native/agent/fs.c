@@ -78,28 +78,15 @@ static void handle_free(struct handle *h)
 	h->fd = -1;
 }
 
-static void put32(uint8_t *p, uint32_t v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-	p[2] = v >> 16;
-	p[3] = v >> 24;
-}
-
 /* ---- replies ---- */
 
 static void reply_error(uint32_t id, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void reply_error(uint32_t id, int err, const char *fmt, ...)
 {
-	uint8_t p[8 + 512];
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf((char *)p + 8, sizeof p - 8, fmt, ap);
+	send_errno_frame(T_FS_REPLY, id, err ? err : EIO, fmt, ap);
 	va_end(ap);
-	size_t len = n < 0 ? 0 : (size_t)n >= sizeof p - 8 ? sizeof p - 9 : (size_t)n;
-	put32(p, (uint32_t)(err ? err : EIO));
-	put32(p + 4, len);
-	send_frame(T_FS_REPLY, id, p, 8 + len);
 }
 
 static void reply_ok(uint32_t id)
@@ -116,14 +103,14 @@ static void put_stat(uint8_t *p, const struct stat *st)
 	uint32_t kind = S_ISREG(st->st_mode) ? K_FILE : S_ISDIR(st->st_mode) ? K_DIR : S_ISLNK(st->st_mode) ? K_SYMLINK : K_OTHER;
 	uint64_t size = (uint64_t)st->st_size;
 	int64_t mtime = (int64_t)st->st_mtim.tv_sec * 1000 + st->st_mtim.tv_nsec / 1000000;
-	put32(p, kind);
-	put32(p + 4, st->st_mode & 07777);
-	put32(p + 8, (uint32_t)size);
-	put32(p + 12, (uint32_t)(size >> 32));
-	put32(p + 16, (uint32_t)(uint64_t)mtime);
-	put32(p + 20, (uint32_t)((uint64_t)mtime >> 32));
-	put32(p + 24, st->st_uid);
-	put32(p + 28, st->st_gid);
+	put_u32(p, kind);
+	put_u32(p + 4, st->st_mode & 07777);
+	put_u32(p + 8, (uint32_t)size);
+	put_u32(p + 12, (uint32_t)(size >> 32));
+	put_u32(p + 16, (uint32_t)(uint64_t)mtime);
+	put_u32(p + 20, (uint32_t)((uint64_t)mtime >> 32));
+	put_u32(p + 24, st->st_uid);
+	put_u32(p + 28, st->st_gid);
 }
 
 static void reply_stat(uint32_t id, const struct stat *st)
@@ -183,7 +170,7 @@ static void op_list(uint32_t id, const char *path, uint32_t start)
 		struct stat st;
 		if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
 			continue; /* gone meanwhile */
-		put32(p + off, nl);
+		put_u32(p + off, nl);
 		memcpy(p + off + 4, e->d_name, nl);
 		put_stat(p + off + 4 + nl, &st);
 		off += 4 + nl + STAT_RECORD;
@@ -196,9 +183,9 @@ static void op_list(uint32_t id, const char *path, uint32_t start)
 		reply_error(id, err, "%s: %s", path, strerror(err));
 		return;
 	}
-	put32(p, 0);
-	put32(p + 4, more);
-	put32(p + 8, count);
+	put_u32(p, 0);
+	put_u32(p + 4, more);
+	put_u32(p + 8, count);
 	send_frame(T_FS_REPLY, id, p, off);
 	free(p);
 }
@@ -321,8 +308,8 @@ static void op_read(uint32_t id, struct handle *h, uint32_t max)
 			break;
 		got += n;
 	}
-	put32(p, 0);
-	put32(p + 4, got);
+	put_u32(p, 0);
+	put_u32(p + 4, got);
 	send_frame(T_FS_REPLY, id, p, 8 + got);
 	free(p);
 }
@@ -364,8 +351,8 @@ static void op_readlink(uint32_t id, const char *path)
 		reply_error(id, errno, "%s: %s", path, strerror(errno));
 		return;
 	}
-	put32(p, 0);
-	put32(p + 4, n);
+	put_u32(p, 0);
+	put_u32(p + 4, n);
 	send_frame(T_FS_REPLY, id, p, 8 + n);
 }
 

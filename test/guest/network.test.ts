@@ -2,31 +2,15 @@
 // against real TCP servers on host loopback: the guest reaches the host as 10.0.2.2, which
 // the VM's qemu turns into connections to 127.0.0.1 — exactly what publicOnly must refuse.
 // Needs root and nftables (scripts/setup-guest-env.sh); no traffic leaves this machine.
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetworkPolicy, Sandbox } from '../../src/index.ts';
 import { policyRuleset } from '../../src/guest/netfilter.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { fetchIn, freePort, listen, portOf } from '../helpers/net.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
-function listen(body: string): Promise<Server> {
-  const srv = createServer((_, res) => res.end(body));
-  return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve(srv)));
-}
-const portOf = (s: Server) => (s.address() as AddressInfo).port;
-function listen6(body: string): Promise<Server> {
-  const srv = createServer((_, res) => res.end(body));
-  return new Promise((resolve) => srv.listen(0, '::1', () => resolve(srv)));
-}
-async function freePort(): Promise<number> {
-  const s = await listen('');
-  const p = portOf(s);
-  await new Promise((r) => s.close(r));
-  return p;
-}
-/** wget from the guest; prints the body, or FAIL and wget's complaint. */
-const fetchIn = (sb: Sandbox, port: number) => sb.shell(`timeout 10 wget -q -O- http://10.0.2.2:${port}/ 2>&1 || echo FAIL`);
+const listen6 = (body: string) => listen(body, '::1');
 
 describe('network policies and published ports', () => {
   let sup: Supervisor;

@@ -4,27 +4,15 @@
 // the new sandbox's own volumes, policy and ports. Needs root and nftables like network.test.ts;
 // the only traffic is to HTTP servers on host loopback.
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetworkPolicy, Sandbox, Snapshot, Volume } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { fetchIn, freePort, listen, portOf } from '../helpers/net.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
-function listen(body: string): Promise<Server> {
-  const srv = createServer((_, res) => res.end(body));
-  return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve(srv)));
-}
-const portOf = (s: Server) => (s.address() as AddressInfo).port;
-async function freePort(): Promise<number> {
-  const s = await listen('');
-  const p = portOf(s);
-  await new Promise((r) => s.close(r));
-  return p;
-}
-const fetchIn = (sb: Sandbox, port: number) => sb.shell(`timeout 10 wget -q -O- http://10.0.2.2:${port}/ 2>&1 || echo FAIL`);
 
 describe('snapshots of sandboxes with volumes and a network', () => {
   let sup: Supervisor;
