@@ -140,6 +140,10 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     '-m', String(input.memoryMib),
     '-smp', String(input.cpus),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    // qemu's seccomp filter: no obsolete syscalls, no setuid/setgid/capability changes, no
+    // scheduler/affinity changes. Spawning stays allowed: snapshots migrate through `exec:cat`
+    // (qemu 7.2 has no `file:` migration, and Node cannot pass QMP an fd).
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny',
     '-kernel', input.kernel,
     '-initrd', input.initramfs,
     '-append', cmdline.join(' '),

@@ -111,6 +111,8 @@ describe('secrets and sockets of a running sandbox', () => {
       expect(ready.out).toBe('hello\n');
       // qemu, the child, every process here: nobody has the password in argv.
       expect(readFileSync(`/proc/${ready.vmPid}/cmdline`, 'utf8')).toContain('qemu-system');
+      // qemu runs under its seccomp filter (-sandbox): mode 2 is "filter".
+      expect(readFileSync(`/proc/${ready.vmPid}/status`, 'utf8')).toMatch(/^Seccomp:\s+2$/m);
       expect(argvContaining(password)).toEqual([]);
       // The VM's agent and QMP sockets are gone once qemu connected (their 0600 / 0700 modes
       // are checked below, through the fake qemu, before it connects).
