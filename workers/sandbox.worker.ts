@@ -536,7 +536,9 @@ class SandboxHost implements SandboxWorkerApi {
       waiter?.resolve(meta);
     } catch (err) {
       await rm(tmp, { recursive: true, force: true });
-      const e = new CorralError('E_SNAPSHOT', `snapshot "${name}" of sandbox "${this.#config.name}" failed: ${(err as Error).message}`, { cause: err });
+      // A guest that stopped answering keeps its E_TIMEOUT: the caller can tell it from a refusal.
+      const code = err instanceof CorralError && err.code === 'E_TIMEOUT' ? 'E_TIMEOUT' : 'E_SNAPSHOT';
+      const e = new CorralError(code, `snapshot "${name}" of sandbox "${this.#config.name}" failed: ${(err as Error).message}`, { cause: err });
       waiter?.reject(e);
       throw e;
     }

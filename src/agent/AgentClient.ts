@@ -374,18 +374,37 @@ export class AgentClient {
   /**
    * Sends one SETUP frame (payload from src/agent/setupOps.ts) and waits for its SETUP_DONE.
    * Rejects with E_AGENT naming the op that failed (`describe(index)`), E_PROTOCOL if the
-   * agent is too old to know SETUP.
+   * agent is too old to know SETUP. With `timeoutMs`, a guest that does not answer in time
+   * fails the whole connection with E_TIMEOUT naming the op: SETUP_DONEs are matched in
+   * order, so a late answer would be taken for the next request's.
+   *
+   * @example
+   * await agent.setup(frame.payload, () => 'volume /data', { timeoutMs: 10_000 });
    */
-  async setup(payload: Uint8Array, describe: (index: number) => string = (i) => `op ${i}`): Promise<void> {
+  async setup(payload: Uint8Array, describe: (index: number) => string = (i) => `op ${i}`, options: { timeoutMs?: number } = {}): Promise<void> {
     this.#assertOpen();
     if ((this.#hello?.protocolVersion ?? 0) < 2) {
       throw new CorralError('E_SETUP_MISSING', `the guest agent speaks protocol ${this.#hello?.protocolVersion}, volumes/scripts/patches/network need 2: rebuild with scripts/setup.sh`);
     }
-    await new Promise<void>((resolve, reject) => {
-      this.#setups.push({ resolve, reject, describe });
-      this.failed.then(reject);
-      this.#send(FrameType.SETUP, 0, payload);
-    });
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#setups.push({ resolve, reject, describe });
+        this.failed.then(reject);
+        this.#send(FrameType.SETUP, 0, payload);
+        if (options.timeoutMs === undefined) return;
+        const ms = options.timeoutMs;
+        timer = setTimeout(() => {
+          this.#fail(
+            new CorralError('E_TIMEOUT', `the guest agent did not answer the setup of ${describe(0)} within ${ms} ms: its connection is failed (the protocol state is unknown)`, {
+              details: { timeoutMs: ms },
+            }),
+          );
+        }, ms);
+      });
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**

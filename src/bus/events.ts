@@ -51,6 +51,21 @@ export type ImagePullEventBody =
       readonly bytesTotal: number;
     }
   | {
+      readonly type: 'image.pull.progress';
+      readonly image: string;
+      /**
+       * `squash`: merging layers 2…n into one layer image (images of more than 3 layers, see
+       * src/image/squash.ts), after their unpacks: emitted when it starts (`bytesDone` 0) and
+       * when the squashed layer is stored (`bytesDone` = `bytesTotal`).
+       */
+      readonly phase: 'squash';
+      /** The compressed blob digests of the merged layers, bottom first. */
+      readonly layers: readonly string[];
+      /** Compressed bytes of the merged layers. */
+      readonly bytesDone: number;
+      readonly bytesTotal: number;
+    }
+  | {
       readonly type: 'image.pull.done';
       readonly image: string;
       readonly digest: string;

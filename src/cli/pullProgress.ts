@@ -1,6 +1,7 @@
 /**
  * A progress bar for `corral pull`, drawn from `image.pull.*` events on a terminal (one
- * line, redrawn), or plain lines when stderr is not a terminal.
+ * line, redrawn), or plain lines when stderr is not a terminal. After the layers, an image of
+ * more than 3 layers shows its squash step (`squashing 6 layers into one`, then `squashed …`).
  */
 
 import type { ImagePullEventBody } from '../bus/events.ts';
@@ -23,6 +24,8 @@ export function pullProgress(out: NodeJS.WriteStream): (e: ImagePullEventBody) =
   let layers = 0;
   let finished = 0;
   let lastDraw = 0;
+  /** What the squash step is doing, after the layers: `squashing 6 layers`, then `squashed …`. */
+  let squash = '';
   const draw = (force = false) => {
     const now = Date.now();
     if (!force && now - lastDraw < 100) return;
@@ -30,7 +33,7 @@ export function pullProgress(out: NodeJS.WriteStream): (e: ImagePullEventBody) =
     const bytes = [...done.values()].reduce((a, b) => a + b, 0);
     const frac = total > 0 ? Math.min(1, bytes / total) : 0;
     const fill = Math.round(frac * WIDTH);
-    const line = `[${'#'.repeat(fill)}${'-'.repeat(WIDTH - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${mib(bytes)} / ${mib(total)}  layers ${finished}/${layers}`;
+    const line = `[${'#'.repeat(fill)}${'-'.repeat(WIDTH - fill)}] ${(frac * 100).toFixed(0).padStart(3)}% ${mib(bytes)} / ${mib(total)}  layers ${finished}/${layers}${squash}`;
     if (out.isTTY) out.write(`\r${line}`);
     else if (force) out.write(`${line}\n`);
   };
@@ -44,6 +47,11 @@ export function pullProgress(out: NodeJS.WriteStream): (e: ImagePullEventBody) =
         draw(true);
         break;
       case 'image.pull.progress':
+        if (e.phase === 'squash') {
+          squash = `  ${e.bytesDone < e.bytesTotal ? 'squashing' : 'squashed'} ${e.layers.length} layers into one`;
+          draw(true);
+          break;
+        }
         if (e.phase === 'download') done.set(e.layer, e.bytesDone);
         if (e.phase === 'done') {
           finished++;

@@ -163,7 +163,10 @@ export class GuestEnv {
    * Unmounts the bind/named volumes in the guest so that qemu can save the VM (it refuses
    * to migrate while a 9p export is mounted); resolves to the function that mounts them
    * again. A volume still in use in the guest (open files, a working directory there) fails
-   * with E_SNAPSHOT naming it, and the ones unmounted before it are mounted again.
+   * with E_SNAPSHOT naming it, and the ones unmounted before it are mounted again. A guest
+   * that does not answer an unmount (or the remount) within the config's `stopTimeoutMs`
+   * fails it with E_TIMEOUT and fails the agent connection (so the sandbox stops: see
+   * AgentClient.setup).
    *
    * @example
    * const remount = await guest.unmountShares(vm.agent);
@@ -172,13 +175,21 @@ export class GuestEnv {
   async unmountShares(agent: AgentClient): Promise<() => Promise<void>> {
     const mounts = this.#mountOps();
     const done: SetupOp[] = [];
+    const timeoutMs = this.#config.stopTimeoutMs;
     const remount = async () => {
-      for (const frame of encodeSetup(done)) await agent.setup(frame.payload, (i) => describeOp(done[frame.sources[i] ?? 0]!));
+      // The VM runs on after the save: a guest that never answers the remount must not hang it either.
+      for (const frame of encodeSetup(done)) await agent.setup(frame.payload, (i) => describeOp(done[frame.sources[i] ?? 0]!), { timeoutMs });
     };
     for (const m of [...mounts].reverse()) {
       try {
-        for (const frame of encodeSetup([{ op: 'umount', path: m.path }])) await agent.setup(frame.payload, () => `volume ${m.path}`);
+        for (const frame of encodeSetup([{ op: 'umount', path: m.path }])) {
+          await agent.setup(frame.payload, () => `unmount of volume ${m.path}`, { timeoutMs });
+        }
       } catch (err) {
+        // No answer: the agent connection is failed (the sandbox stops), nothing to remount.
+        if (err instanceof CorralError && err.code === 'E_TIMEOUT') {
+          throw new CorralError('E_TIMEOUT', `volume ${m.path} was not unmounted for the save: ${err.message}`, { cause: err, details: { volume: m.path } });
+        }
         done.reverse();
         await remount().catch(() => {});
         const errno = (err as CorralError).details?.errno;

@@ -255,6 +255,9 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
       const merged = work.filter((l) => l.squash);
       if (plan && squashOut && merged.length > 0) {
         let workDir: string | undefined;
+        const squashing = (bytesDone: number) =>
+          o.onEvent?.({ type: 'image.pull.progress', image, phase: 'squash', layers: merged.map((l) => l.digest), bytesDone, bytesTotal: merged.reduce((s, l) => s + l.size, 0) });
+        squashing(0);
         try {
           const res = await squash(
             {
@@ -266,6 +269,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
             o.signal,
           );
           await index.putSquash({ key: plan.key, diffIds: plan.diffIds, imageBytes: res.imageBytes, tarBytes: res.tarBytes, createdAt: Date.now() });
+          squashing(merged.reduce((s, l) => s + l.size, 0));
         } finally {
           if (workDir) await rm(workDir, { recursive: true, force: true });
         }

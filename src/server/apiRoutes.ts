@@ -6,6 +6,7 @@
  *   GET    /v1/sandboxes/:name                 info
  *   DELETE /v1/sandboxes/:name                 remove (stopped only) → 204
  *   POST   /v1/sandboxes/:name/exec            { command, args?, stdin?, env?, cwd?, timeoutMs?, user?, tty? } → result
+ *   POST   /v1/sandboxes/:name/run             { args?, entrypoint?, …exec options } → result (the image's command)
  *   …      /v1/sandboxes/:name/files…          files (src/server/fileRoutes.ts)
  *   POST   /v1/sandboxes/:name/{start|stop|kill|pause|resume}   → info
  *   GET    /v1/sandboxes/:name/logs            ?since=ms&tail=n → [{ ts, execId, stream, text }]
@@ -20,6 +21,7 @@ import { sandboxMachine } from '../../machines/sandbox.machine.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
 import { machineGraph } from '../inspector/machineGraph.ts';
+import type { ExecOptions, ExecResult } from '../sdk/exec.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { fsStatus, handleFiles } from './fileRoutes.ts';
@@ -30,6 +32,7 @@ const MAX_BODY = 16 * 1024 * 1024;
 const STATUS: Readonly<Record<string, number>> = {
   E_INVALID_OPTION: 400,
   E_USAGE: 400,
+  E_NO_COMMAND: 400,
   E_UNAUTHORIZED: 401,
   E_SANDBOX_NOT_FOUND: 404,
   E_IMAGE_NOT_FOUND: 404,
@@ -80,6 +83,24 @@ function num(v: string | null, what: string): number | undefined {
   const n = Number(v);
   if (!Number.isFinite(n)) throw new TypeError(`${what} must be a number (got ${JSON.stringify(v)})`);
   return n;
+}
+
+/** The exec options of an `exec` or `run` body. */
+function execOptions(body: Record<string, unknown>): ExecOptions {
+  return {
+    ...(typeof body.stdin === 'string' ? { stdin: body.stdin } : {}),
+    ...(body.env ? { env: body.env as Record<string, string> } : {}),
+    ...(typeof body.cwd === 'string' ? { cwd: body.cwd } : {}),
+    ...(typeof body.timeoutMs === 'number' ? { timeoutMs: body.timeoutMs } : {}),
+    // Checked by the SDK (E_INVALID_OPTION → 400); a tty exec's output is all in stdout.
+    ...(body.user !== undefined ? { user: body.user as string } : {}),
+    ...(body.tty !== undefined ? { tty: body.tty as boolean } : {}),
+  };
+}
+
+/** The JSON answer of an `exec` or `run`. */
+function execResult(r: ExecResult): Record<string, unknown> {
+  return { execId: r.execId, code: r.code, signal: r.signal, stdout: r.stdout, stderr: r.stderr, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs };
 }
 
 /** Runs `fn` with a handle on `name`, let go of afterwards (the sandbox keeps running). */
@@ -164,18 +185,20 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         const body = await readJson(req);
         if (typeof body.command !== 'string') throw new TypeError('exec needs "command" (a string)');
         const args = (body.args ?? []) as string[];
+        const r = await withSandbox(sup, name, (sb) => sb.exec(body.command as string, args, execOptions(body)));
+        sendJson(res, 200, execResult(r));
+        return true;
+      }
+      if (method === 'POST' && verb === 'run') {
+        const body = await readJson(req);
+        // args and entrypoint are checked by the SDK (imageCommandRequest: E_INVALID_OPTION → 400).
         const r = await withSandbox(sup, name, (sb) =>
-          sb.exec(body.command as string, args, {
-            ...(typeof body.stdin === 'string' ? { stdin: body.stdin } : {}),
-            ...(body.env ? { env: body.env as Record<string, string> } : {}),
-            ...(typeof body.cwd === 'string' ? { cwd: body.cwd } : {}),
-            ...(typeof body.timeoutMs === 'number' ? { timeoutMs: body.timeoutMs } : {}),
-            // Checked by the SDK (E_INVALID_OPTION → 400); a tty exec's output is all in stdout.
-            ...(body.user !== undefined ? { user: body.user as string } : {}),
-            ...(body.tty !== undefined ? { tty: body.tty as boolean } : {}),
+          sb.run((body.args ?? []) as string[], {
+            ...execOptions(body),
+            ...(body.entrypoint !== undefined ? { entrypoint: body.entrypoint as string[] } : {}),
           }),
         );
-        sendJson(res, 200, { execId: r.execId, code: r.code, signal: r.signal, stdout: r.stdout, stderr: r.stderr, timedOut: r.timedOut, reason: r.reason, durationMs: r.durationMs });
+        sendJson(res, 200, execResult(r));
         return true;
       }
       if (method === 'POST' && verb === 'start') {

@@ -2,7 +2,9 @@
 // A stand-in for qemu whose "guest" is hostile (mode "deaf": it ignores SHUTDOWN and quit;
 // "flood": answers an EXEC with CORRAL_FAKE_FLOOD_MIB MiB of stdout as fast as the socket
 // takes it, then exits 0; "mute": never answers an EXEC; "cross-talk": answers the second
-// EXEC with the first one's id). It connects to the agent and QMP sockets
+// EXEC with the first one's id; "no-umount": speaks protocol 2 and answers SETUP and EXEC
+// like a well-behaved agent, except a SETUP that unmounts (a snapshot's first step), which it
+// never answers). It connects to the agent and QMP sockets
 // named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
@@ -51,7 +53,7 @@ function frame(type, session, payload = Buffer.alloc(0)) {
 const version = Buffer.from('fake-hostile');
 const hello = Buffer.alloc(4 + 4 + version.length + 8);
 // fs-liar speaks protocol 3 (FS frames); the others the oldest protocol.
-hello.writeUInt32LE(mode === 'fs-liar' ? 3 : 1, 0);
+hello.writeUInt32LE(mode === 'fs-liar' ? 3 : mode === 'no-umount' ? 2 : 1, 0);
 hello.writeUInt32LE(version.length, 4);
 version.copy(hello, 8);
 const agent = connect(chardev('agent'));
@@ -82,8 +84,16 @@ agent.on('data', (d) => {
     if (abuf.length < 12 + len) break;
     const session = abuf.readUInt32LE(4);
     const type = abuf.readUInt16LE(8);
+    const payload = abuf.subarray(12, 12 + len);
     abuf = abuf.subarray(12 + len);
     if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
+    if (mode === 'no-umount') {
+      // SETUP (op count, then ops, each starting with its op code; 8 = umount) → SETUP_DONE
+      // (errno 0, index 0, no message); EXEC → STARTED, EXIT 0 (protocol 2: code, signal).
+      if (type === 15 && payload.readUInt32LE(4) !== 8) agent.write(frame(16, 0, Buffer.concat([i32(0), i32(0), i32(0)])));
+      if (type === 2) agent.write(Buffer.concat([frame(6, session, i32(4242)), frame(7, session, Buffer.concat([i32(0), i32(0)]))]));
+      continue;
+    }
     if (type === 17 && mode === 'fs-liar') {
       // Answers an FS request with a stat record of a kind that does not exist.
       const body = Buffer.alloc(36);

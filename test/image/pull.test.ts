@@ -177,6 +177,32 @@ describe('pulling', () => {
       writeFileSync(blob, good);
     }
   });
+  it('rejects a manifest whose bytes are not the digest it is pinned by or announced with, and caches nothing', async () => {
+    const sd = stateDir();
+    const d = await open.push(layout('busybox'), 'test/bad-manifest', 'v1');
+    // The registry stores a manifest as a blob: change one hex digit of the config digest in
+    // it (same length, still valid JSON), so the registry serves it under the old digest.
+    const file = registryBlobPath(open.storageDir, d);
+    const good = readFileSync(file, 'utf8');
+    const m = JSON.parse(good) as { config: { digest: string } };
+    const hex = m.config.digest.slice(7);
+    const swapped = `sha256:${hex[0] === '0' ? '1' : '0'}${hex.slice(1)}`;
+    writeFileSync(file, good.replace(m.config.digest, swapped));
+    try {
+      for (const ref of [`${open.host}/test/bad-manifest@${d}`, `${open.host}/test/bad-manifest:v1`]) {
+        const err = await rejection(resolveImage(ref, { stateDir: sd }));
+        expect(err.code).toBe('E_IMAGE_DIGEST');
+        expect(err.message).toContain('manifest test/bad-manifest');
+        expect(err.message).toContain(d);
+      }
+      expect(readdirSync(join(sd, 'images', 'layers'))).toEqual([]);
+      expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
+      expect(await Image.list({ stateDir: sd })).toEqual([]);
+    } finally {
+      writeFileSync(file, good);
+    }
+  });
+
   it('rejects a layer whose unpacked content is not its diff_id, and leaves no scratch or layer image behind', async () => {
     const sd = stateDir();
     const layoutDir = deriveLayout(layout('busybox'), join(sd, 'bad-diffid'), (c) => {

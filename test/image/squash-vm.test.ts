@@ -3,13 +3,16 @@
  * and booted in a real VM (TCG here): the guest sees exactly the tree of the 7 layers applied
  * in order, from 2 read-only devices (layer 0 + the squashed layers 1-6) and its upper disk.
  * One sandbox serves the checks (with 3 bind volumes in the slots the squash leaves free);
- * the restart checks pinning.
+ * the restart checks pinning. A re-pull shows the squash step on the events and the bar.
  */
 
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ImagePullEventBody } from '../../src/bus/events.ts';
+import { pullProgress } from '../../src/cli/pullProgress.ts';
 import { Image, Sandbox } from '../../src/index.ts';
 import { ImageIndex } from '../../src/image/ImageIndex.ts';
 import { resolveImage } from '../../src/image/pull.ts';
@@ -107,8 +110,28 @@ describe('an image of 7 layers', () => {
       expect(err).toMatchObject({ code: 'E_IMAGE_NOT_CACHED' });
       expect((err as Error).message).toContain(ref);
       expect((err as Error).message).toContain('pull it again');
-      // "if-missing": not fully cached, so pulled again (the same digest) and squashed
-      const img = await resolveImage(ref, { stateDir, index: idx });
+      // "if-missing": not fully cached, so pulled again (the same digest) and squashed, the
+      // squash step on the events and in the progress bar
+      const events: ImagePullEventBody[] = [];
+      let barText = '';
+      const out = new PassThrough();
+      out.setEncoding('utf8').on('data', (d: string) => (barText += d));
+      const draw = pullProgress(out as unknown as NodeJS.WriteStream);
+      const img = await resolveImage(ref, { stateDir, index: idx, onEvent: (e) => (events.push(e), draw(e)) });
+      const squashEvents = events.filter((e) => e.type === 'image.pull.progress' && e.phase === 'squash');
+      const merged = rec.layers.slice(1).map((l) => l.digest);
+      const mergedBytes = rec.layers.slice(1).reduce((n, l) => n + l.size, 0);
+      expect(squashEvents).toEqual([
+        { type: 'image.pull.progress', image: ref, phase: 'squash', layers: merged, bytesDone: 0, bytesTotal: mergedBytes },
+        { type: 'image.pull.progress', image: ref, phase: 'squash', layers: merged, bytesDone: mergedBytes, bytesTotal: mergedBytes },
+      ]);
+      // after every layer's "done", before the pull's "done"
+      const types = events.map((e) => (e.type === 'image.pull.progress' ? e.phase : e.type));
+      expect(types.indexOf('squash')).toBeGreaterThan(types.lastIndexOf('done'));
+      expect(types.at(-1)).toBe('image.pull.done');
+      const lines = barText.trim().split('\n');
+      expect(lines).toContainEqual(expect.stringMatching(/ {2}layers 7\/7 {2}squashing 6 layers into one$/));
+      expect(lines).toContainEqual(expect.stringMatching(/ {2}layers 7\/7 {2}squashed 6 layers into one$/));
       expect(img.pulled).toBe(true);
       expect(img.digest).toBe(rec.digest);
       expect(img.squashed?.path).toBe(idx.squashPath(plan.key));

@@ -1,12 +1,17 @@
 // Hostile guests that stay within the frame format: a flood of output, a guest that never
-// answers, one that answers on another exec's id, thousands of sessions. The guest is the
+// answers, one that answers on another exec's id, thousands of sessions, one that never
+// answers a snapshot's unmount. The guest is the
 // fake qemu of test/helpers/fake-qemu.mjs (the real agent cannot be made to misbehave on
 // demand); the neighbour is a real VM that must not notice any of it.
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
+import { snapshotsDir } from '../../src/runtime/snapshots.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { consumeFlood } from '../helpers/flood.ts';
-import { alive, hostileSandbox, testSupervisor, uniqueName, until } from '../helpers/sandbox.ts';
+import { alive, hostileSandbox, testSupervisor, uniqueName, until, withFakeQemu } from '../helpers/sandbox.ts';
 
 const MiB = 1024 * 1024;
 
@@ -83,5 +88,34 @@ describe('a hostile guest within the frame format', () => {
     expect(info.error).toMatchObject({ code: 'E_PROTOCOL', message: expect.stringMatching(/STARTED twice/) });
     expect(alive(pid!)).toBe(false);
     await neighbourFine();
+  });
+
+  it("that never answers a snapshot's unmount fails the snapshot with E_TIMEOUT and stops its sandbox", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'corral-test-noumount-'));
+    const evil = await withFakeQemu('no-umount', () =>
+      Sandbox.builder(uniqueName('evil-no-umount')).template(false).supervisor(sup).volume('/data', (v) => v.bind(dir)).stopTimeoutMs(1000).create(),
+    );
+    try {
+      const { pid } = await evil.info();
+      // a guest that answers everything else: the volume was mounted, an exec runs
+      expect((await evil.exec('true')).code).toBe(0);
+      const snap = uniqueName('snap-no-umount');
+      // the unmount waits the sandbox's stopTimeoutMs
+      await expect(evil.snapshot(snap)).rejects.toMatchObject({
+        code: 'E_TIMEOUT',
+        message: expect.stringMatching(/volume \/data was not unmounted for the save: the guest agent did not answer the setup of unmount of volume \/data within 1000 ms/),
+      });
+      const info = await evil.wait();
+      expect(info).toMatchObject({ status: 'stopped', stopReason: 'crashed' });
+      expect(info.error).toMatchObject({ code: 'E_TIMEOUT', message: expect.stringMatching(/unmount of volume \/data/) });
+      expect(alive(pid!)).toBe(false);
+      // nothing half-written: no snapshot, no temp dir of it
+      const snaps = snapshotsDir(sup.stateDir);
+      expect(existsSync(snaps) ? readdirSync(snaps).filter((n) => n.startsWith(snap)) : []).toEqual([]);
+      await neighbourFine();
+    } finally {
+      await evil.kill().catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -62,6 +62,7 @@ describe('corral serve', () => {
     expect(r.body).toMatchObject({ code: 4, stdout: 'out\n', stderr: 'err\n', reason: 'exited' });
     const withStdin = await api('POST', `/v1/sandboxes/${name}/exec`, { command: 'cat', stdin: 'piped' });
     expect(withStdin.body.stdout).toBe('piped');
+    await runRoute();
     await filesRoundTrip();
 
     expect((await api('POST', `/v1/sandboxes/${name}/pause`)).body).toMatchObject({ status: 'paused' });
@@ -80,14 +81,24 @@ describe('corral serve', () => {
     expect(types).toContain('sandbox.paused');
     expect(types.at(-1)).toBe('sandbox.stopped');
     const out = events.filter((e) => e.type === 'exec.stdout').map((e) => Buffer.from(e.data!.$b64, 'base64').toString()).join('');
-    expect(out).toBe('65534\r\ntty\r\nout\npiped');
+    expect(out).toBe('65534\r\ntty\r\nout\npipedvia-cmd\nep x\n');
 
-    const logs = await api('GET', `/v1/sandboxes/${name}/logs?tail=2`);
-    expect(logs.body.map((e: { text: string }) => e.text)).toEqual(['err\n', 'piped']);
+    const logs = await api('GET', `/v1/sandboxes/${name}/logs?tail=3`);
+    expect(logs.body.map((e: { text: string }) => e.text)).toEqual(['piped', 'via-cmd\n', 'ep x\n']);
     expect((await api('GET', `/v1/sandboxes/${name}`)).body).toMatchObject({ status: 'stopped' });
     expect((await api('DELETE', `/v1/sandboxes/${name}`)).status).toBe(204);
     expect((await api('GET', `/v1/sandboxes/${name}`)).status).toBe(404);
   });
+
+  /** The image's own command (the base image: no entrypoint, cmd /bin/sh), with exec options. */
+  async function runRoute(): Promise<void> {
+    const viaCmd = await api('POST', `/v1/sandboxes/${name}/run`, { stdin: 'echo via-cmd' });
+    expect(viaCmd).toMatchObject({ status: 200, body: { code: 0, stdout: 'via-cmd\n', reason: 'exited' } });
+    const ep = await api('POST', `/v1/sandboxes/${name}/run`, { entrypoint: ['/bin/sh', '-c'], args: ['echo ep $X'], env: { X: 'x' } });
+    expect(ep.body).toMatchObject({ code: 0, stdout: 'ep x\n' });
+    expect(await api('POST', `/v1/sandboxes/${name}/run`, { entrypoint: [] })).toMatchObject({ status: 400, body: { error: { code: 'E_NO_COMMAND' } } });
+    expect(await api('POST', `/v1/sandboxes/${name}/run`, { args: 'echo' })).toMatchObject({ status: 400, body: { error: { code: 'E_INVALID_OPTION' } } });
+  }
 
   /** The file routes on the running sandbox: upload, download, stat, list, mkdir, delete. */
   async function filesRoundTrip(): Promise<void> {
