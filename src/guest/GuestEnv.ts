@@ -151,8 +151,11 @@ export class GuestEnv {
       }
     }
     if (ops.length === 0) return;
+    // A guest that answers HELLO but never a SETUP must not hang the create: the boot timeout
+    // bounds it (and fails the agent connection, so the VM goes).
+    const timeoutMs = this.#config.bootTimeoutMs;
     for (const frame of encodeSetup(ops)) {
-      await agent.setup(frame.payload, (i) => describeOp(ops[frame.sources[i] ?? 0]!));
+      await agent.setup(frame.payload, (i) => describeOp(ops[frame.sources[i] ?? 0]!), { timeoutMs });
     }
     if (patching) await writeFile(this.#marker, String(Date.now()));
     for (const v of c.volumes ?? []) if (v.kind === 'named') await claimVolume(this.#stateDir, v.name, c.name, vmPid);

@@ -4,7 +4,7 @@
 // takes it, then exits 0; "mute": never answers an EXEC; "cross-talk": answers the second
 // EXEC with the first one's id; "no-umount": speaks protocol 2 and answers SETUP and EXEC
 // like a well-behaved agent, except a SETUP that unmounts (a snapshot's first step), which it
-// never answers). It connects to the agent and QMP sockets
+// never answers; "no-setup": protocol 2, answers HELLO and then no SETUP at all). It connects to the agent and QMP sockets
 // named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
@@ -53,7 +53,7 @@ function frame(type, session, payload = Buffer.alloc(0)) {
 const version = Buffer.from('fake-hostile');
 const hello = Buffer.alloc(4 + 4 + version.length + 8);
 // fs-liar speaks protocol 3 (FS frames); the others the oldest protocol.
-hello.writeUInt32LE(mode === 'fs-liar' ? 3 : mode === 'no-umount' ? 2 : 1, 0);
+hello.writeUInt32LE(mode === 'fs-liar' ? 3 : mode === 'no-umount' || mode === 'no-setup' ? 2 : 1, 0);
 hello.writeUInt32LE(version.length, 4);
 version.copy(hello, 8);
 const agent = connect(chardev('agent'));
@@ -87,6 +87,7 @@ agent.on('data', (d) => {
     const payload = abuf.subarray(12, 12 + len);
     abuf = abuf.subarray(12 + len);
     if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
+    if (mode === 'no-setup') continue; // answers HELLO, then nothing: not a single SETUP
     if (mode === 'no-umount') {
       // SETUP (op count, then ops, each starting with its op code; 8 = umount) → SETUP_DONE
       // (errno 0, index 0, no message); EXEC → STARTED, EXIT 0 (protocol 2: code, signal).

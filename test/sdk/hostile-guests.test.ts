@@ -90,6 +90,25 @@ describe('a hostile guest within the frame format', () => {
     await neighbourFine();
   });
 
+  it('that answers HELLO but never the boot-time setup fails the create within the boot timeout, leaving no VM', async () => {
+    const name = uniqueName('evil-no-setup');
+    let pid: number | undefined;
+    const sub = sup.events$.subscribe((e) => {
+      if (e.name === name && e.type === 'sandbox.vm.spawned') pid = e.pid;
+    });
+    try {
+      await expect(
+        withFakeQemu('no-setup', () => Sandbox.builder(name).template(false).supervisor(sup).volume('/scratch', (v) => v.tmpfs().size(8)).bootTimeoutMs(1500).create()),
+      ).rejects.toMatchObject({ code: 'E_BOOT_FAILED', message: expect.stringMatching(/did not answer the setup of .* within 1500 ms/) });
+    } finally {
+      sub.unsubscribe();
+    }
+    expect(pid).toBeGreaterThan(0);
+    await until(() => !alive(pid!), 10_000, 'the fake VM to be gone');
+    expect(await (await Sandbox.get(name, { supervisor: sup })).info()).toMatchObject({ status: 'stopped' });
+    await neighbourFine();
+  });
+
   it("that never answers a snapshot's unmount fails the snapshot with E_TIMEOUT and stops its sandbox", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'corral-test-noumount-'));
     const evil = await withFakeQemu('no-umount', () =>
