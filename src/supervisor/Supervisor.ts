@@ -112,6 +112,9 @@ export class SandboxController implements SandboxLink {
   terminate(): Promise<void> {
     this.#terminated ??= (async () => {
       this.api[releaseProxy]();
+      // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
+      // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
+      this.#worker.ref();
       await this.#worker.terminate();
     })();
     return this.#terminated;
@@ -522,23 +525,35 @@ export class Supervisor {
    */
   close(): Promise<void> {
     this.#closed ??= (async () => {
-      await Promise.allSettled(
-        [...this.#live.values()].map(async (ctl) => {
-          await ctl.api.stop().catch(() => ctl.api.kill()).catch(() => {});
-          await ctl.terminate();
-        }),
-      );
-      this.#live.clear();
-      clearTimeout(this.#spareTimer);
-      await this.#spare?.terminate();
-      this.#spare = undefined;
-      // Let the last events (sandbox.stopped) reach the store before it closes.
-      await new Promise((r) => setImmediate(r));
-      await this.#store.close();
-      this.#bus.close();
-      openSupervisors.delete(this);
+      // Workers, ports and the store's handles are unreferenced: hold the event loop until
+      // the close is done, so a script ending in `await sup.close()` exits 0, not 13.
+      const hold = setInterval(() => {}, 1 << 30);
+      try {
+        await this.#closeAll();
+      } finally {
+        clearInterval(hold);
+      }
     })();
     return this.#closed;
+  }
+
+  async #closeAll(): Promise<void> {
+    await Promise.allSettled(
+      [...this.#live.values()].map(async (ctl) => {
+        await ctl.api.stop().catch(() => ctl.api.kill()).catch(() => {});
+        await ctl.terminate();
+      }),
+    );
+    this.#live.clear();
+    clearTimeout(this.#spareTimer);
+    this.#spare?.ref();
+    await this.#spare?.terminate();
+    this.#spare = undefined;
+    // Let the last events (sandbox.stopped) reach the store before it closes.
+    await new Promise((r) => setImmediate(r));
+    await this.#store.close();
+    this.#bus.close();
+    openSupervisors.delete(this);
   }
 
   /** Forceful close: kills every VM at once. */

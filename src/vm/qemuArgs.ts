@@ -125,6 +125,10 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     // Under TCG a quarter of the boot is the APIC timer calibrating against the PIT (TCG has
     // no TSC-deadline timer to skip it with); this skips it for ~250 ms at ~1 % idle CPU.
     ...(input.accel === 'tcg' ? ['noapictimer'] : []),
+    // The kernel checks at boot that the PIT's IRQ reaches the IO-APIC within a few ticks; a
+    // vCPU starved by a loaded host misses that window and the guest panics ("IO-APIC + timer
+    // doesn't work!", seen under TCG at a load of ~9). The VM's timer wiring is fixed: skip it.
+    'no_timer_check',
     ...(input.tscKhz ? [`tsc_early_khz=${input.tscKhz}`] : []),
     ...rootWords,
     `corral.hostname=${input.hostname}`,
