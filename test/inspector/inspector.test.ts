@@ -69,10 +69,12 @@ describe('the inspector page', () => {
     expect(await card.locator('[data-role="events"]').textContent()).toContain('sandbox.paused');
 
     const shot = process.env.CORRAL_UI_SCREENSHOT ?? join(profile, 'inspector.png');
-    await page.screenshot({ path: shot, fullPage: true });
+    // Under a full suite's load (other files' VMs on the same 2 cores) Chromium once needed
+    // more than playwright's default 30 s to rasterise the page.
+    await page.screenshot({ path: shot, fullPage: true, timeout: 120_000 });
     expect(readFileSync(shot).subarray(1, 4).toString()).toBe('PNG');
     expect(external).toEqual([]);
     await sb.resume();
     await expect.poll(() => card.getAttribute('data-current-state'), { timeout: 10_000 }).toBe('running');
-  });
+  }, 240_000);
 });
