@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import { Observable, Subject } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, deserializeError } from '../errors.ts';
+import { ttyOption } from './execOptions.ts';
 import type { StdinSource } from './execStdin.ts';
 
 /** Options of one exec. */
@@ -32,26 +33,6 @@ export interface ExecOptions {
   readonly tty?: boolean | { readonly cols: number; readonly rows: number };
   /** Run as `name`, `uid`, `name:group` or `uid:gid` (from the guest's /etc/passwd, /etc/group). Default: the image's user, else root. */
   readonly user?: string;
-}
-
-/** The terminal size an exec's `tty` option asks for, or undefined; throws E_INVALID_OPTION on a bad one. */
-export function ttyOption(tty: ExecOptions['tty']): { cols: number; rows: number } | undefined {
-  if (tty === undefined || tty === false) return undefined;
-  if (tty === true) return { cols: 80, rows: 24 };
-  const ok = (v: unknown) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
-  if (typeof tty !== 'object' || tty === null || !ok(tty.cols) || !ok(tty.rows)) {
-    throw new CorralError('E_INVALID_OPTION', `invalid option tty: true, false or { cols, rows } with integers from 1 to 65535 (got ${JSON.stringify(tty)})`, { details: { option: 'tty' } });
-  }
-  return { cols: tty.cols, rows: tty.rows };
-}
-
-/** Checks an exec's `user` option. */
-export function userOption(user: unknown): string | undefined {
-  if (user === undefined) return undefined;
-  if (typeof user !== 'string' || !/^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63})?$/.test(user)) {
-    throw new CorralError('E_INVALID_OPTION', `invalid option user: "name", "uid", "name:group" or "uid:gid" (got ${JSON.stringify(user)})`, { details: { option: 'user' } });
-  }
-  return user;
 }
 
 /** How a command ended, with its collected output. */
