@@ -9,6 +9,7 @@ import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
+import { holding } from '../runtime/hold.ts';
 import type { UnpackOutcome } from '../../workers/image.worker.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
 import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
@@ -42,7 +43,8 @@ export async function withImagePool<T>(
   const p = pool;
   try {
     const run = async (task: UnpackTask | SquashTask, signal?: AbortSignal) => {
-      const out = (await p.run(task, signal ? { signal } : {})) as UnpackOutcome;
+      // Piscina's workers are unreferenced while idle: hold the process until the task is done.
+      const out = (await holding(() => p.run(task, signal ? { signal } : {}))) as UnpackOutcome;
       if (!out.ok) throw deserializeError(out.error);
       return out.result;
     };

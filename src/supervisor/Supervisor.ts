@@ -73,8 +73,9 @@ export class SandboxController implements SandboxLink {
   readonly #remote: Remote<SandboxWorkerApi>;
   /**
    * The worker's API. Each call holds the process until it settles (the worker is
-   * unreferenced while idle), and rejects with E_VM_CRASHED when the worker exits
-   * before answering (Comlink would leave it pending for ever).
+   * unreferenced while idle), and rejects when the worker exits before answering (Comlink
+   * would leave it pending for ever): E_VM_CRASHED, or E_CLOSED once {@link terminate}
+   * (release, replace, `Supervisor.destroy()`) ended it.
    */
   readonly api: SandboxApi;
   readonly detached = false;
@@ -96,7 +97,11 @@ export class SandboxController implements SandboxLink {
     this.events$ = events$;
     this.#exited = new Promise<never>((_, reject) => {
       const onExit = (code: number) =>
-        reject(new CorralError('E_VM_CRASHED', `the worker of sandbox "${config.name}" exited (code ${code}) with a call pending: its VM is gone with it`, { details: { exitCode: code } }));
+        reject(
+          this.#terminated
+            ? new CorralError('E_CLOSED', `sandbox "${config.name}" was released: its worker is ended`)
+            : new CorralError('E_VM_CRASHED', `the worker of sandbox "${config.name}" exited (code ${code}) with a call pending: its VM is gone with it`, { details: { exitCode: code } }),
+        );
       if (exitedWorkers.has(worker)) onExit(-1);
       else worker.once('exit', onExit);
     });
@@ -104,7 +109,10 @@ export class SandboxController implements SandboxLink {
     this.#exited.catch(() => undefined);
     const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
     const target = remote as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    for (const m of WORKER_METHODS) api[m] = (...args: unknown[]) => this.busy(() => Promise.race([target[m]!(...args), this.#exited]));
+    for (const m of WORKER_METHODS) {
+      // Once terminate() began, the proxy is released: a new call gets the exit's error.
+      api[m] = (...args: unknown[]) => this.busy(() => (this.#terminated ? this.#exited : Promise.race([target[m]!(...args), this.#exited])));
+    }
     this.api = api as unknown as SandboxApi;
     worker.unref();
   }

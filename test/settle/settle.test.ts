@@ -52,7 +52,7 @@ describe('every call settles in a plain Node process', () => {
     const r = await script('diedPending.ts');
     expect({ code: r.code, stdout: r.stdout, stderr: r.stderr.includes('Error') ? r.stderr : '' }).toEqual({
       code: 0,
-      stdout: 'worker ended: pending call rejected E_VM_CRASHED\nhost killed: pending call rejected E_CLOSED\ndied ok\n',
+      stdout: 'worker ended: pending call rejected E_CLOSED\nhost killed: pending call rejected E_CLOSED\ndied ok\n',
       stderr: '',
     });
   });

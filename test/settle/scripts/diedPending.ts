@@ -12,8 +12,8 @@ const sb = await Sandbox.builder(name).image('corral/base').supervisor(sup).crea
 const waiting = sb.wait();
 // The worker is ended under the pending call (destroy() terminates workers at once).
 await sup.destroy();
-same(await rejectsWith(waiting, 'wait() on an ended worker'), 'E_VM_CRASHED', 'pending call on an ended worker');
-console.log('worker ended: pending call rejected E_VM_CRASHED');
+same(await rejectsWith(waiting, 'wait() on an ended worker'), 'E_CLOSED', 'pending call on an ended worker');
+console.log('worker ended: pending call rejected E_CLOSED');
 
 const dname = `${name}-d`;
 const sup2 = new Supervisor({ stateDir: process.env.CORRAL_STATE_DIR! });

@@ -11,13 +11,13 @@ const a = await Sandbox.builder(name).image('corral/base').create();
 same((await a.exec('echo', ['a'])).stdout.toString(), 'a\n', 'first exec');
 same(await rejectsWith(Sandbox.builder(name).image('corral/base').create(), 'same name'), 'E_SANDBOX_EXISTS', 'same name without replace');
 const b = await Sandbox.builder(name).image('corral/base').replace().create();
-same((await a.info()).status, 'stopped', 'the replaced sandbox');
+same(await rejectsWith(a.exec('true'), 'exec on the replaced handle'), 'E_CLOSED', 'exec on the replaced handle');
 same((await b.exec('echo', ['b'])).stdout.toString(), 'b\n', 'exec in the replacement');
 console.log('replaced a live attached sandbox');
 
 const c = await Sandbox.builder(name).image('corral/base').replace().createDetached();
 same(c.detached, true, 'detached');
-same((await b.info()).status, 'stopped', 'the attached sandbox replaced by a detached one');
+same(await rejectsWith(b.exec('true'), 'exec on the replaced handle'), 'E_CLOSED', 'exec on an attached handle replaced by a detached one');
 const d = await Sandbox.builder(name).image('corral/base').replace().create();
 same((await d.exec('echo', ['d'])).stdout.toString(), 'd\n', 'exec after replacing a detached sandbox');
 console.log('replaced a detached sandbox');
