@@ -27,7 +27,16 @@ const killed = await handle.kill();
 check('kill', killed.status === 'stopped' && killed.stopReason === 'killed', JSON.stringify(killed));
 
 const drainee = await (await Sandbox.get(name)).start();
+// Drain only once the exec runs in the guest: a drain that comes first would find nothing in flight.
+let sub;
+const execStarted = new Promise((resolve) => {
+  sub = drainee.events$.subscribe((e) => {
+    if (e.type === 'exec.started' && e.argv.includes('sleep 1; echo finished')) resolve();
+  });
+});
 const inFlight = drainee.shell('sleep 1; echo finished');
+await execStarted;
+sub.unsubscribe();
 const drained = drainee.drain();
 const refused = await rejectsWith('E_ILLEGAL_STATE', () => drainee.exec('true')).catch((err) => err);
 check('drain refuses new execs', refused?.code === 'E_ILLEGAL_STATE' || refused?.code === 'E_CLOSED', String(refused));
