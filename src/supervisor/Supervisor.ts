@@ -21,10 +21,12 @@ import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
-import { controlSocketPath } from '../host/wire.ts';
+import { FORWARDED_CALLS, controlSocketPath } from '../host/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
+import { workerExecArgv } from '../runtime/execArgv.ts';
+import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { readSnapshot, snapshotDevices } from '../runtime/snapshots.ts';
 import { snapshotGuestFields } from '../guest/guestConfig.ts';
@@ -33,7 +35,7 @@ import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
 import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
-import type { SandboxLink } from './SandboxLink.ts';
+import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
 const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
@@ -68,34 +70,54 @@ export interface CreateOptions {
  */
 export class SandboxController implements SandboxLink {
   readonly #worker: Worker;
-  readonly api: Remote<SandboxWorkerApi>;
+  readonly #remote: Remote<SandboxWorkerApi>;
+  /**
+   * The worker's API. Each call holds the process until it settles (the worker is
+   * unreferenced while idle), and rejects with E_VM_CRASHED when the worker exits
+   * before answering (Comlink would leave it pending for ever).
+   */
+  readonly api: SandboxApi;
   readonly detached = false;
   readonly events$: Observable<SandboxEvent>;
   #busy = 0;
   #terminated: Promise<void> | undefined;
+  /** Rejects once the worker exited; never resolves. */
+  readonly #exited: Promise<never>;
 
   constructor(
     readonly config: SandboxConfig,
     worker: Worker,
-    api: Remote<SandboxWorkerApi>,
+    remote: Remote<SandboxWorkerApi>,
     events$: Observable<SandboxEvent>,
     readonly supervisor: Supervisor,
   ) {
     this.#worker = worker;
-    this.api = api;
+    this.#remote = remote;
     this.events$ = events$;
+    this.#exited = new Promise<never>((_, reject) => {
+      const onExit = (code: number) =>
+        reject(new CorralError('E_VM_CRASHED', `the worker of sandbox "${config.name}" exited (code ${code}) with a call pending: its VM is gone with it`, { details: { exitCode: code } }));
+      if (exitedWorkers.has(worker)) onExit(-1);
+      else worker.once('exit', onExit);
+    });
+    // Observed here; each call races it and passes the rejection on to its caller.
+    this.#exited.catch(() => undefined);
+    const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
+    const target = remote as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    for (const m of WORKER_METHODS) api[m] = (...args: unknown[]) => this.busy(() => Promise.race([target[m]!(...args), this.#exited]));
+    this.api = api as unknown as SandboxApi;
     worker.unref();
   }
 
   /**
    * Runs `fn` while keeping the worker referenced, so the process does not exit with a call
    * pending. An idle attached sandbox does not keep the process alive: when the process
-   * ends, its VMs end with it.
+   * ends, its VMs end with it. Every {@link api} call goes through here already.
    */
   async busy<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#busy++ === 0) this.#worker.ref();
     try {
-      return await fn();
+      return await holding(fn);
     } finally {
       if (--this.#busy === 0) this.#worker.unref();
     }
@@ -111,7 +133,7 @@ export class SandboxController implements SandboxLink {
   /** Ends the worker thread (the VM, spawned from it, dies with it). Idempotent. */
   terminate(): Promise<void> {
     this.#terminated ??= (async () => {
-      this.api[releaseProxy]();
+      this.#remote[releaseProxy]();
       // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
       // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
       this.#worker.ref();
@@ -278,9 +300,11 @@ export class Supervisor {
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<SandboxController> {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
-    await this.#claimName(config.name, options.replace ?? false);
-    await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
-    return this.#boot(config, options);
+    return holding(async () => {
+      await this.#claimName(config.name, options.replace ?? false);
+      await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
+      return this.#boot(config, options);
+    });
   }
 
   /**
@@ -292,8 +316,10 @@ export class Supervisor {
     const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
     if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
-    await this.#putCreating(rec, options.controlSocket);
-    return this.#boot(rec.config, options);
+    return holding(async () => {
+      await this.#putCreating(rec, options.controlSocket);
+      return this.#boot(rec.config, options);
+    });
   }
 
   /** Records a sandbox as being created by this process (keeping what `base` has, e.g. a pinned image). */
@@ -415,6 +441,9 @@ export class Supervisor {
     if (!options.restart && !options.replace && this.#live.has(config.name)) {
       throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running (use .replace() to replace it)`);
     }
+    // The old sandbox ends here, before the new host starts: a host refuses a name whose
+    // socket still answers.
+    if (options.replace && !options.restart) await holding(() => this.#claimName(config.name, true));
     const args = ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
     if (options.replace) args.push('--replace');
     if (options.restart) args.push('--restart');
@@ -491,16 +520,33 @@ export class Supervisor {
     return this.#live.get(name);
   }
 
-  /** Ends a controller's worker once its sandbox stopped, and forgets it. */
-  async release(ctl: SandboxController): Promise<void> {
-    // The record follows events asynchronously; make the final state durable before the
-    // caller (stop(), kill()…) returns, so an immediate start() or list() reads it.
-    const info = await ctl.api.info().catch(() => undefined);
-    if (info?.status === 'stopped' && !this.#store.closed) {
-      await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason }).catch(() => {});
+  /**
+   * Makes a stopped sandbox's end state durable: resolves once the store says stopped (the
+   * record otherwise follows the worker's events asynchronously), so whoever reads the store
+   * next — `remove()`, `list()`, another process — sees it stopped. A worker that is gone
+   * took its VM with it: the record says crashed. No-op while the sandbox still runs.
+   */
+  async recordStopped(ctl: SandboxController): Promise<SandboxInfo | undefined> {
+    let info: SandboxInfo | undefined;
+    try {
+      info = await ctl.api.info();
+    } catch (err) {
+      if (!(err instanceof CorralError && err.code === 'E_VM_CRASHED')) throw err;
     }
-    if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
-    await ctl.terminate();
+    if (this.#store.closed) return info;
+    if (!info) await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' });
+    else if (info.status === 'stopped') await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason });
+    return info;
+  }
+
+  /** Ends a controller's worker once its sandbox stopped (recorded as such), and forgets it. */
+  async release(ctl: SandboxController): Promise<void> {
+    try {
+      await this.recordStopped(ctl);
+    } finally {
+      if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
+      await ctl.terminate();
+    }
   }
 
   /** Removes a stopped sandbox: its record and its disk. */
@@ -513,10 +559,12 @@ export class Supervisor {
     if (rec.status !== 'stopped') {
       throw new CorralError('E_ILLEGAL_STATE', `cannot remove sandbox "${name}": it is ${rec.status} (owned by pid ${rec.ownerPid})`);
     }
-    await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
-    if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
-    await this.#store.removeSandbox(name);
-    await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
+    await holding(async () => {
+      await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
+      if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
+      await this.#store.removeSandbox(name);
+      await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
+    });
   }
 
   /**
@@ -540,7 +588,9 @@ export class Supervisor {
   async #closeAll(): Promise<void> {
     await Promise.allSettled(
       [...this.#live.values()].map(async (ctl) => {
-        await ctl.api.stop().catch(() => ctl.api.kill()).catch(() => {});
+        await endSandbox(ctl).catch((err: unknown) => {
+          process.emitWarning(`corral: sandbox "${ctl.config.name}" did not stop at close (${(err as Error).message}); its worker is ended, and its VM with it`);
+        });
         await ctl.terminate();
       }),
     );
@@ -567,19 +617,37 @@ export class Supervisor {
     await this.close();
   }
 
+  /**
+   * Makes `name` free for a new sandbox. Without `replace`, any record of that name fails
+   * with E_SANDBOX_EXISTS. With it, a live sandbox of this process, or a detached one of any
+   * process, is stopped (its stopTimeoutMs, then killed) and its record removed once it says
+   * stopped; a sandbox attached to another live process cannot be: only that process can
+   * stop it (E_ILLEGAL_STATE).
+   */
   async #claimName(name: string, replace: boolean): Promise<void> {
     const live = this.#live.get(name);
     if (live) {
       if (!replace) throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is already running (use .replace() to replace it)`);
-      await live.api.stop().catch(() => live.api.kill()).catch(() => {});
+      await endSandbox(live);
       await this.release(live);
     }
-    const rec = this.reconcile(name);
+    let rec = this.reconcile(name);
     if (!rec) return;
-    if (rec.status !== 'stopped') {
+    if (rec.status !== 'stopped' && !replace) {
       throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is ${rec.status} in process ${rec.ownerPid}`, { details: { status: rec.status } });
     }
-    if (!replace && rec.status === 'stopped') {
+    if (rec.status !== 'stopped') {
+      if (!rec.controlSocket) {
+        throw new CorralError('E_ILLEGAL_STATE', `cannot replace sandbox "${name}": it is attached to process ${rec.ownerPid}; only that process can stop it`, {
+          details: { ownerPid: rec.ownerPid, state: rec.status },
+        });
+      }
+      await this.#endDetached(rec);
+      rec = this.reconcile(name);
+      if (rec && rec.status !== 'stopped') {
+        throw new CorralError('E_ILLEGAL_STATE', `cannot replace sandbox "${name}": it is still ${rec.status} after its stop (owned by pid ${rec.ownerPid})`, { details: { state: rec.status } });
+      }
+    } else if (!replace) {
       throw new CorralError('E_SANDBOX_EXISTS', `a stopped sandbox named "${name}" exists (remove it, or use .replace())`, { details: { status: rec.status } });
     }
     // Replacing, or a leftover of a process that died: start afresh.
@@ -587,10 +655,38 @@ export class Supervisor {
     await this.#store.removeSandbox(name);
   }
 
+  /**
+   * Stops a detached sandbox through its host and waits until that host has let go of its
+   * control socket (it closes its clients, then removes the socket, in one go), so that a
+   * new host of the same name can take the socket over.
+   */
+  async #endDetached(rec: SandboxRecord): Promise<void> {
+    let link: SocketLink;
+    try {
+      link = await SocketLink.connect(rec.config, rec.controlSocket!);
+    } catch (err) {
+      // The host went away between the read and the connect: the record says so now.
+      if (this.reconcile(rec.name)?.status === 'stopped') return;
+      throw err;
+    }
+    try {
+      await endSandbox(link);
+      await link.hostGone(rec.config.stopTimeoutMs);
+    } finally {
+      await link.detach();
+    }
+  }
+
   /** Records and publishes one event; resolves when its replay and log writes commit. */
   #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
-    if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
+    // A state event that arrives after the stop was recorded (it crossed the events port
+    // while the answer crossed the control port) must not move the record back.
+    if (patch) {
+      void this.#store.patchSandbox(e.name, patch, { keepStopped: patch.status !== 'stopped' }).catch((err: unknown) => {
+        process.emitWarning(`corral: cannot record ${e.type} of sandbox "${e.name}": ${(err as Error).message}`);
+      });
+    }
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
     const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
@@ -616,6 +712,27 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
   }
 }
 
+/**
+ * Ends a sandbox: a graceful stop (the worker escalates to kill after the sandbox's
+ * stopTimeoutMs), and a kill if the stop itself fails. Resolves once it stopped; rejects
+ * with the kill's error when even that fails.
+ */
+async function endSandbox(link: SandboxLink): Promise<void> {
+  try {
+    await link.api.stop();
+  } catch (err) {
+    // Its worker or host is gone, and the VM with it.
+    if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_VM_CRASHED')) return;
+    await link.api.kill();
+  }
+}
+
+/** Every method of the worker's API (a missing one fails the typecheck). */
+const WORKER_METHODS = ['start', ...FORWARDED_CALLS] as const satisfies readonly (keyof SandboxWorkerApi)[];
+type MissingMethod = Exclude<keyof SandboxWorkerApi, (typeof WORKER_METHODS)[number]>;
+const allMethods: [MissingMethod] extends [never] ? true : MissingMethod = true;
+void allMethods;
+
 /** Starts a sandbox worker that waits (unref'd: it holds no process alive) for its sandbox. */
 const exitedWorkers = new WeakSet<Worker>();
 
@@ -623,7 +740,7 @@ const exitedWorkers = new WeakSet<Worker>();
 const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_FAKE_FLOOD_MIB', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
 
 function spawnWorker(): Worker {
-  const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });
+  const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: workerExecArgv() });
   worker.unref();
   worker.once('exit', () => exitedWorkers.add(worker));
   // An idle spare that fails to start is replaced on the next create.
