@@ -62,8 +62,9 @@ export function processesOfRun(id: string): string[] {
       if (!readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0').includes(needle)) continue;
       found.push(`${entry} ${readFileSync(`/proc/${entry}/cmdline`, 'latin1').split('\0').join(' ').trim()}`);
     } catch (err) {
-      // The process ended while we looked (ENOENT/ESRCH): it is not a leftover.
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' && (err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      // Ended while we looked (ENOENT, ESRCH), or not ours to read (EACCES: another user's,
+      // or the container's init): a process the script started runs as us and is readable.
+      if (!['ENOENT', 'ESRCH', 'EACCES'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
     }
   }
   return found;
