@@ -14,7 +14,8 @@ const FAKE_QEMU = fileURLToPath(new URL('../helpers/fake-qemu.mjs', import.meta.
 export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
   'create-options': [
     'ok memory', 'ok cpus', 'ok workdir', 'ok env', 'ok label', 'ok bind volume read-only', 'ok named volume',
-    'ok tmpfs volume', 'ok script on PATH', 'ok patches', 'ok publicOnly denies host loopback', 'ok port forward', 'done',
+    'ok tmpfs volume', 'ok script on PATH', 'ok patches', 'ok network rule allows its port',
+    'ok publicOnly denies the rest of host loopback', 'ok port forward', 'done',
   ],
   'config-json': ['ok config is plain JSON', 'ok build boots nothing', 'ok created from the parsed config', 'done'],
   replace: ['ok conflict without replace', 'ok fresh sandbox after replace', 'ok one record', 'done'],
