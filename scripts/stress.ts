@@ -48,6 +48,14 @@ const results = new Map<string, ScenarioResult[]>(names.map((n) => [n, []]));
 const queue = Array.from({ length: runs }, () => names).flat();
 let done = 0;
 const started = Date.now();
+// Ctrl-C / SIGTERM: start no new run, print the table of the runs so far, clean up.
+let interrupted = false;
+const interrupt = (signal: string) => {
+  interrupted = true;
+  queue.length = 0;
+  process.stderr.write(`${signal}: no new runs; the table covers the runs so far\n`);
+};
+process.once('SIGINT', interrupt).once('SIGTERM', interrupt);
 try {
   await Promise.all(
     Array.from({ length: parallel }, async () => {
@@ -69,6 +77,7 @@ const rows = [['scenario', 'runs', 'exit codes', 'failed', 'median s', 'p95 s']]
 const failures: string[] = [];
 let failed = 0;
 for (const [name, rs] of results) {
+  if (rs.length === 0) continue;
   const hist = new Map<string, number>();
   for (const r of rs) hist.set(String(r.code ?? r.signal), (hist.get(String(r.code ?? r.signal)) ?? 0) + 1);
   const walls = rs.map((r) => r.wallMs / 1000).sort((a, b) => a - b);
@@ -85,7 +94,8 @@ const line = (r: string[]) => `| ${r.map((c, i) => c.padEnd(widths[i]!)).join(' 
 console.log(line(rows[0]!));
 console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
 for (const r of rows.slice(1)) console.log(line(r));
-console.log(`\n${runs} runs x ${names.length} scenarios, --parallel ${parallel}, ${((Date.now() - started) / 60_000).toFixed(1)} min, ${new Date().toISOString().slice(0, 10)}`);
+console.log(`\n${interrupted ? 'interrupted: ' : ''}${runs} runs x ${names.length} scenarios, --parallel ${parallel}, ${((Date.now() - started) / 60_000).toFixed(1)} min, ${new Date().toISOString().slice(0, 10)}`);
 if (failures.length > 0) console.log(`\nfailures:\n${failures.join('\n')}`);
-console.log(`${results.size * runs - failed} passed, ${failed} failed`);
-process.exitCode = failed > 0 ? 1 : 0;
+const total = [...results.values()].reduce((n, rs) => n + rs.length, 0);
+console.log(`${total - failed} passed, ${failed} failed`);
+process.exitCode = failed > 0 || interrupted ? 1 : 0;
