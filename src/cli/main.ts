@@ -419,6 +419,10 @@ async function cmdPull(c: Ctx): Promise<number> {
 async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
   const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
   const port = c.values.port === undefined ? (ui ? 0 : 7070) : Number(c.values.port);
+  // checked here with the text as typed: past Number() a typo would read "got NaN"
+  if (!/^\d+$/.test(String(c.values.port ?? port)) || port > 65535) {
+    throw new CorralError('E_INVALID_OPTION', `invalid option --port: an integer from 0 to 65535 (got ${JSON.stringify(c.values.port)})`);
+  }
   const server = await CorralServer.listen({
     supervisor: c.sup,
     port,

@@ -1,6 +1,6 @@
 // The `corral` CLI with --json, as a script would use it: each command a fresh process
 // (bin/corral.mjs), sandboxes detached so they outlive each invocation. Real VMs.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,6 +8,7 @@ import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BIN, corral, corralLines, corralWith } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
+import { startRegistry, testImages } from '../image/helpers/registry.ts';
 
 describe('the corral CLI', () => {
   const name = uniqueName('cli');
@@ -138,9 +139,118 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
     expect(await corral('volume', 'frob')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 
+  it('starts a stopped sandbox again, and kills it', async () => {
+    const own = uniqueName('cli-start');
+    expect(await corral('create', own)).toMatchObject({ code: 0, json: { status: 'running' } });
+    try {
+      expect(await corral('start', own)).toMatchObject({ code: 4, json: { error: { code: 'E_ILLEGAL_STATE' } } });
+      expect(await corral('stop', own)).toMatchObject({ code: 0, json: { status: 'stopped' } });
+      // a new process boots it, detached again: a third one finds it running
+      expect(await corral('start', own)).toMatchObject({ code: 0, json: { name: own, status: 'running' } });
+      expect((await corral('ls')).json).toContainEqual(expect.objectContaining({ name: own, status: 'running', detached: true }));
+      // TODO (bug, reported): a detached sandbox's files do not survive stop + start (an attached
+      // one's do, test/sdk/detached.test.ts); until fixed this checks the restarted guest runs.
+      expect(await corral('exec', own, '--', 'echo', 'booted again')).toMatchObject({ code: 0, json: { stdout: 'booted again\n' } });
+      expect(await corral('kill', own)).toMatchObject({ code: 0, json: { status: 'stopped', stopReason: 'killed' } });
+      expect(await corral('kill', own)).toMatchObject({ code: 0, json: { status: 'stopped', stopReason: 'killed' } }); // idempotent
+    } finally {
+      await corral('kill', own);
+      expect(await corral('rm', own)).toMatchObject({ code: 0 });
+    }
+    expect(await corral('start', own)).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
+    expect(await corral('start')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+  });
+
+  it('pulls an image from a registry with progress, lists it in images, and names what is missing', async () => {
+    const reg = await startRegistry('none');
+    const sd = mkdtempSync(join(tmpdir(), 'corral-cli-images-'));
+    try {
+      const digest = await reg.push(join(testImages().dir, 'busybox'), 'test/cli-pull', 'v1');
+      const ref = `${reg.host}/test/cli-pull:v1`;
+      expect(await corral('--state-dir', sd, 'images')).toMatchObject({ code: 0, json: [] });
+      expect(await corral('--state-dir', sd, 'pull', ref)).toMatchObject({ code: 0, json: { ref, digest, layers: 1, pulled: true } });
+      const images = await corral('--state-dir', sd, 'images');
+      expect(images.code).toBe(0);
+      expect(images.json).toEqual([expect.objectContaining({ digest, tags: [ref] })]);
+      // without --json: the progress goes to stderr, the pinned reference to stdout
+      const plain = await plainCorral('--state-dir', sd, 'pull', ref);
+      expect(plain).toMatchObject({ code: 0, stdout: `${ref}@${digest}\n` });
+      expect(plain.stderr).toContain(`pulling ${ref}`);
+      const table = await plainCorral('--state-dir', sd, 'images');
+      expect(table.stdout.split('\n')[0]).toMatch(/^REFERENCE\s+DIGEST\s+SIZE$/);
+      expect(table.stdout).toContain(ref);
+      expect(await corral('--state-dir', sd, 'pull', `${reg.host}/test/no-such:v1`)).toMatchObject({ code: 3, json: { error: { code: 'E_IMAGE_NOT_FOUND' } } });
+      expect(await corral('--state-dir', sd, 'pull')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+    } finally {
+      await reg.close();
+      rmSync(sd, { recursive: true, force: true });
+    }
+  });
+
+  it('serves the HTTP API until SIGTERM, asking for the token it was given', async () => {
+    const token = 'cli-serve-token-0123456789';
+    const server = await serving('serve', '--port', '0', '--token', token);
+    try {
+      expect(server.first.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      const list = await fetch(`${server.first.url}/v1/sandboxes`, { headers: { authorization: `Bearer ${token}` } });
+      expect(list.status).toBe(200);
+      expect(Array.isArray(await list.json())).toBe(true);
+      const refused = await fetch(`${server.first.url}/v1/sandboxes`);
+      await refused.body?.cancel();
+      expect(refused.status).toBe(401);
+    } finally {
+      server.child.kill('SIGTERM');
+    }
+    expect(await server.exited).toEqual({ code: 0, signal: null });
+    expect(await corral('serve', '--port', 'abc')).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION', message: 'invalid option --port: an integer from 0 to 65535 (got "abc")' } } });
+    expect(await corral('serve', '--host', '0.0.0.0', '--port', '0')).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION', message: expect.stringContaining('needs a token') } } });
+  });
+
+  it('serves the inspector page on loopback until Ctrl-C', async () => {
+    const ui = await serving('ui');
+    try {
+      expect(ui.first.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/ui$/);
+      const page = await fetch(ui.first.url);
+      expect(page.status).toBe(200);
+      expect(page.headers.get('content-type')).toContain('text/html');
+      expect(await page.text()).toContain('<title>corral inspector</title>');
+      const app = await fetch(new URL('/ui/app.js', ui.first.url));
+      expect(app.status).toBe(200);
+      await app.body?.cancel();
+    } finally {
+      ui.child.kill('SIGINT');
+    }
+    expect(await ui.exited).toEqual({ code: 0, signal: null });
+  });
+
   it('says what is wrong with a command line, with exit code 2', async () => {
     expect(await corral('frobnicate')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
     expect(await corral('exec', name)).toMatchObject({ code: 125 });
     expect(await corral('stop', '--bogus', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 });
+
+/** `corral` without --json: exit code and the raw output. */
+function plainCorral(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) =>
+    execFile(process.execPath, [BIN, ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? (err as { code?: unknown }).code : 0;
+      resolve({ code: typeof code === 'number' ? code : 1, stdout, stderr });
+    }),
+  );
+}
+
+/** `corral --json <args>` left running (serve, ui): the line it printed first, and its exit. */
+async function serving(...args: string[]) {
+  const child = spawn(process.execPath, [BIN, '--json', ...args], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const first = await new Promise<{ url: string }>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      if (buf.includes('\n')) resolve(JSON.parse(buf.split('\n')[0]!) as { url: string });
+    });
+    void exited.then((e) => reject(new Error(`corral ${args[0]} exited before printing its url (${JSON.stringify(e)})`)));
+  });
+  return { child, first, exited };
+}

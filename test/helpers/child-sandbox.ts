@@ -3,6 +3,8 @@
 //   hang       the same, then wait to be SIGKILLed
 //   midcreate  print the VM pid as soon as qemu is spawned (before boot completes), then hang
 //   detached   create a detached sandbox named argv[3], print its info, exit
+//   builder-detached   the same through the builder's .detached().create(), printing its
+//              info and this process's pid
 //   cycle      create, exec, stop one sandbox, printing {"phase"} before each and the pid
 //              of every qemu spawned; then wait to be SIGKILLed (faults.test.ts)
 //   registry   create a sandbox from image argv[3] with Basic credentials (user argv[4],
@@ -15,6 +17,10 @@ const mode = process.argv[2];
 if (mode === 'detached') {
   const sb = await Sandbox.builder(process.argv[3]!).label('made-by', 'child').createDetached();
   process.stdout.write(`${JSON.stringify(await sb.info())}\n`);
+  await sb.detach();
+} else if (mode === 'builder-detached') {
+  const sb = await Sandbox.builder(process.argv[3]!).label('made-by', 'child').detached().create();
+  process.stdout.write(`${JSON.stringify({ ...(await sb.info()), detached: sb.detached, creatorPid: process.pid })}\n`);
   await sb.detach();
 } else if (mode === 'cycle') {
   const say = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);

@@ -16,13 +16,15 @@ import { startRegistry, testImages, type TestRegistry } from './helpers/registry
 
 const images = testImages();
 let reg: TestRegistry;
+let bearer: TestRegistry;
 let sup: Supervisor;
 const events: SandboxEvent[] = [];
 const tmp = mkdtempSync(join(tmpdir(), 'corral-test-vmimg-'));
 
 beforeAll(async () => {
-  reg = await startRegistry('basic');
+  [reg, bearer] = await Promise.all([startRegistry('basic'), startRegistry('token')]);
   await Promise.all([
+    bearer.push(join(images.dir, 'busybox'), 'test/bearer', 'v1'),
     reg.push(join(images.dir, 'python'), 'python', '3.12'),
     reg.push(join(images.dir, 'multilayer'), 'test/multilayer', 'v1'),
     reg.push(join(images.dir, 'busybox'), 'test/moving', 'v1'),
@@ -34,7 +36,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sup?.close();
-  await reg?.close();
+  await Promise.all([reg?.close(), bearer?.close()]);
   rmSync(tmp, { recursive: true, force: true });
 });
 
@@ -97,6 +99,34 @@ describe('OCI images in the guest', () => {
     } finally {
       await fresh.stop();
     }
+  });
+});
+
+describe('a registry with Bearer token auth', () => {
+  it('boots an image pulled with a token the token server issued for those credentials, and refuses wrong ones with E_REGISTRY_AUTH', async () => {
+    const ref = `${bearer.host}/test/bearer:v1`;
+    const asked = bearer.tokenRequests;
+    const sb = await Sandbox.builder(uniqueName('bearer')).supervisor(sup).template(false).image(ref).registryAuth({ kind: 'basic', username: bearer.user, password: bearer.password }).create();
+    try {
+      expect((await sb.shell('cat /marker')).stdout).toBe('busybox\n');
+      // the registry only serves a token the token server signed: it was asked
+      expect(bearer.tokenRequests).toBeGreaterThan(asked);
+    } finally {
+      await sb.stop();
+    }
+    const wrongName = uniqueName('bearer-bad');
+    const err = await Sandbox.builder(wrongName).supervisor(sup).template(false).image(ref).pullPolicy('always').registryAuth({ kind: 'basic', username: bearer.user, password: 'not-the-password' }).create().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CorralError);
+    expect((err as CorralError).code).toBe('E_REGISTRY_AUTH');
+    expect((err as CorralError).message).toContain(bearer.host);
+    expect((err as CorralError).message).not.toContain('not-the-password');
+    // the failed create is on record as a boot failure, and can be removed
+    expect(sup.store.getSandbox(wrongName)).toMatchObject({ status: 'stopped', stopReason: 'boot-failed' });
+    await Sandbox.remove(wrongName, { supervisor: sup });
+    const noneName = uniqueName('bearer-none');
+    const none = await Sandbox.builder(noneName).supervisor(sup).template(false).image(ref).pullPolicy('always').create().catch((e: unknown) => e);
+    expect((none as CorralError).code).toBe('E_REGISTRY_AUTH');
+    await Sandbox.remove(noneName, { supervisor: sup });
   });
 });
 

@@ -1,5 +1,7 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CorralError, Sandbox, normalizeConfig } from '../../src/index.ts';
+import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
+import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
 function rejects(fn: () => unknown, option: string, allowed: RegExp) {
   try {
@@ -52,5 +54,36 @@ describe('builder validation', () => {
     expect(config).toMatchObject({ name: 'cfg', image: 'corral/base', memoryMib: 512, cpus: 2, env: { DEBUG: 'true' } });
     rejects(() => normalizeConfig({ ...config, memoryMib: 1 }), 'memoryMib', /64 to 65536/);
     rejects(() => normalizeConfig({ ...config, colour: 'red' }), 'colour', /a known option/);
+  });
+});
+
+// What the builder's machine and shell options do inside a real VM (one sandbox for both).
+describe('the builder in a real VM', () => {
+  let sup: Supervisor;
+  let sb: Sandbox;
+  // A shell of the sandbox's own: a script that marks its output, then is busybox sh. It
+  // proves sb.shell() goes through the configured shell and hands it `-c script`.
+  const SHELL = '#!/bin/sh\necho "myshell argv: $*"\nexec /bin/sh "$@"\n';
+
+  beforeAll(async () => {
+    sup = testSupervisor();
+    sb = await Sandbox.builder(uniqueName('shape')).cpus(2).script('myshell', SHELL).shell('/.msb/scripts/myshell').supervisor(sup).create();
+  });
+  afterAll(async () => {
+    await sb?.stop();
+    await sup?.close();
+  });
+
+  it('gives the guest the number of vCPUs asked for', async () => {
+    expect(sb.config.cpus).toBe(2);
+    expect((await sb.exec('nproc')).stdout).toBe('2\n');
+    expect((await sb.exec('grep', ['-c', '^processor', '/proc/cpuinfo'])).stdout).toBe('2\n');
+  });
+
+  it('runs sb.shell() scripts through the configured shell, and plain execs without it', async () => {
+    const r = await sb.shell('echo "$0 ran me"; exit 5');
+    expect(r.code).toBe(5);
+    expect(r.stdout).toBe('myshell argv: -c echo "$0 ran me"; exit 5\n/bin/sh ran me\n');
+    expect((await sb.exec('echo', ['direct'])).stdout).toBe('direct\n');
   });
 });

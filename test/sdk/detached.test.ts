@@ -53,6 +53,30 @@ describe('detached sandboxes and the store', () => {
     await expect(Sandbox.get(name, { supervisor: sup })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
   });
 
+  it('are what the builder makes with .detached(): the sandbox outlives the plain script that created it', async () => {
+    const name = uniqueName('bdet');
+    const { child, first } = await startChild('builder-detached', name);
+    const code = await new Promise((r) => child.once('exit', r));
+    expect(code).toBe(0);
+    expect(first).toMatchObject({ name, status: 'running', detached: true });
+    const rec = sup.store.getSandbox(name)!;
+    // owned by a host process of its own, neither the script (gone) nor this one
+    expect(rec.ownerPid).not.toBe(first.creatorPid);
+    expect(rec.ownerPid).not.toBe(process.pid);
+    expect(alive(rec.ownerPid!)).toBe(true);
+    expect(alive(first.pid as number)).toBe(true);
+    const sb = await Sandbox.get(name, { supervisor: sup });
+    try {
+      expect(sb.detached).toBe(true);
+      expect((await sb.exec('echo', ['still here'])).stdout).toBe('still here\n');
+    } finally {
+      await sb.stop();
+    }
+    await until(() => !alive(first.pid as number), 10_000, 'the VM to end');
+    await until(() => !alive(rec.ownerPid!), 10_000, 'the host process to exit');
+    await Sandbox.remove(name, { supervisor: sup });
+  });
+
   it('restart from the persisted config and upper disk: files written before the stop are there', async () => {
     const name = uniqueName('restart');
     const sb = await Sandbox.builder(name).env('KEEP', 'me').supervisor(sup).create();

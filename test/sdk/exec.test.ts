@@ -31,6 +31,19 @@ describe('exec in a running sandbox', () => {
     expect(out.reason).toBe('exited');
   });
 
+  it('merges stderr into stdout in the order the command wrote them, with mergeStderr', async () => {
+    const script = 'echo one; echo two >&2; echo three; echo four >&2; exit 2';
+    const merged = await sb.exec('sh', ['-c', script], { mergeStderr: true });
+    expect(merged).toMatchObject({ code: 2, stdout: 'one\ntwo\nthree\nfour\n', stderr: '' });
+    // the stream carries no stderr item at all: the guest gave the command one pipe for both
+    const kinds = new Set<string>();
+    for await (const item of sb.execStream('sh', ['-c', script], { mergeStderr: true })) kinds.add(item.type);
+    expect([...kinds]).toEqual(['started', 'stdout', 'exited']);
+    // and without it, the two stay apart (the default)
+    expect(await sb.exec('sh', ['-c', script])).toMatchObject({ stdout: 'one\nthree\n', stderr: 'two\nfour\n' });
+    await expect(sb.exec('true', [], { mergeStderr: 'yes' as never })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('mergeStderr') });
+  });
+
   it('applies the workdir and the sandbox env, and per-exec env and cwd over them', async () => {
     expect((await sb.shell('pwd; echo $DEBUG')).stdout).toBe('/app\ntrue\n');
     const r = await sb.shell('pwd; echo $DEBUG $EXTRA', { cwd: '/tmp', env: { DEBUG: 'no', EXTRA: 'x' } });

@@ -127,6 +127,39 @@ describe('corral serve', () => {
     expect((await api('GET', `/v1/sandboxes/${name}/files/stat?path=/tmp/up`)).status).toBe(404);
   }
 
+  it('kills a sandbox and starts it again over HTTP, attached or detached, keeping its disk', async () => {
+    const own = uniqueName('srv-ks');
+    expect((await api('POST', '/v1/sandboxes', { config: { name: own } })).status).toBe(201);
+    try {
+      expect((await api('POST', `/v1/sandboxes/${own}/exec`, { command: 'sh', args: ['-c', 'echo kept > /root/mark; sync'] })).body).toMatchObject({ code: 0 });
+      expect(await api('POST', `/v1/sandboxes/${own}/start`)).toMatchObject({ status: 409, body: { error: { code: 'E_ILLEGAL_STATE' } } });
+      // kill gives the guest no time to sync: the write above was synced by hand
+      const killed = await api('POST', `/v1/sandboxes/${own}/kill`);
+      expect(killed).toMatchObject({ status: 200, body: { name: own, status: 'stopped', stopReason: 'killed' } });
+      // kill is idempotent: a second one answers the stopped info again
+      expect(await api('POST', `/v1/sandboxes/${own}/kill`)).toMatchObject({ status: 200, body: { status: 'stopped', stopReason: 'killed' } });
+
+      const started = await api('POST', `/v1/sandboxes/${own}/start`);
+      expect(started).toMatchObject({ status: 200, body: { name: own, status: 'running' } });
+      expect(sup.store.getSandbox(own)).toMatchObject({ ownerPid: process.pid, controlSocket: null }); // attached: the server's own
+      expect((await api('POST', `/v1/sandboxes/${own}/exec`, { command: 'cat', args: ['/root/mark'] })).body).toMatchObject({ code: 0, stdout: 'kept\n' });
+      expect((await api('POST', `/v1/sandboxes/${own}/kill`)).body).toMatchObject({ status: 'stopped', stopReason: 'killed' });
+
+      // detached: owned by a host process of its own, not this server's process
+      const again = await api('POST', `/v1/sandboxes/${own}/start`, { detached: true });
+      expect(again).toMatchObject({ status: 200, body: { status: 'running' } });
+      expect(sup.store.getSandbox(own)!.ownerPid).not.toBe(process.pid);
+      expect(sup.store.getSandbox(own)!.controlSocket).toEqual(expect.any(String));
+      expect((await api('POST', `/v1/sandboxes/${own}/exec`, { command: 'cat', args: ['/root/mark'] })).body).toMatchObject({ stdout: 'kept\n' });
+      expect((await api('POST', `/v1/sandboxes/${own}/kill`)).body).toMatchObject({ status: 'stopped', stopReason: 'killed' });
+      expect(await api('POST', '/v1/sandboxes/no-such-sandbox/start')).toMatchObject({ status: 404, body: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
+    } finally {
+      const info = await api('GET', `/v1/sandboxes/${own}`);
+      if (info.body?.status !== 'stopped') await api('POST', `/v1/sandboxes/${own}/kill`);
+      expect((await api('DELETE', `/v1/sandboxes/${own}`)).status).toBe(204);
+    }
+  });
+
   it('serves the machine graph the inspector draws', async () => {
     const g = (await api('GET', '/v1/machine')).body;
     expect(g.nodes.map((n: { key: string }) => n.key)).toEqual(expect.arrayContaining(['running', 'paused', 'stopped', 'creating', 'live']));
