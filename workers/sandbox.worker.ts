@@ -20,7 +20,7 @@ import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type
 import type { ExecHandlers, ExecSession } from '../src/agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import { validateName, type SandboxConfig } from '../src/config.ts';
-import { CorralError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
+import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
 import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
@@ -256,6 +256,9 @@ class SandboxHost implements SandboxWorkerApi {
   }
 
   async stop(timeoutMs?: number): Promise<SandboxInfo> {
+    if (timeoutMs !== undefined && (!Number.isInteger(timeoutMs) || timeoutMs < 0)) {
+      throw new InvalidOptionError('timeoutMs', 'a non-negative integer of milliseconds', timeoutMs);
+    }
     const s = this.#actor.getSnapshot();
     if (s.status === 'done') return this.info();
     const state = stateName(s);

@@ -108,7 +108,9 @@ async function answer(sock: Socket, req: WireRequest): Promise<void> {
       (sock as Socket & { subscribed?: boolean }).subscribed = true;
     } else if (CALLS.has(req.method) && ctl) {
       const fn = (ctl.api as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[req.method]!;
-      result = await fn(...req.args);
+      // JSON has no undefined: an omitted optional argument (stop()'s timeoutMs) arrives as
+      // null, which must not read as a value (a null stop timeout was a kill with no sync).
+      result = await fn(...req.args.map((a) => (a === null ? undefined : a)));
       // The verbs that end the sandbox answer at its end state: once the store says
       // stopped, so the caller's next remove() or list() reads it so.
       if (END_CALLS.has(req.method)) await sup.recordStopped(ctl);
