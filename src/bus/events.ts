@@ -9,8 +9,22 @@
 
 import type { SerializedError } from '../errors.ts';
 
-/** Why a sandbox stopped. */
-export type StopReason = 'requested' | 'killed' | 'crashed' | 'drained' | 'max-duration' | 'idle-timeout' | 'boot-failed' | 'guest-poweroff';
+/**
+ * Why a sandbox stopped. `guest-poweroff`, `guest-halt`, `guest-reboot`: the guest ended
+ * itself (`poweroff`, `halt`, `reboot`, forced or not: a sandbox does not reboot); `crashed`:
+ * its VM died, its kernel panicked or its agent (PID 1) exited.
+ */
+export type StopReason =
+  | 'requested'
+  | 'killed'
+  | 'crashed'
+  | 'drained'
+  | 'max-duration'
+  | 'idle-timeout'
+  | 'boot-failed'
+  | 'guest-poweroff'
+  | 'guest-halt'
+  | 'guest-reboot';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
 export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';
