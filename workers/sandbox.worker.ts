@@ -484,7 +484,9 @@ class SandboxHost implements SandboxWorkerApi {
     // The console says how a guest ended itself before qemu exits (or, for a power-off or
     // halt, instead of exiting): this reaches the machine first.
     vm.guestEnded.then((how) => {
-      if (this.#actor.getSnapshot().status === 'done') return;
+      const v = stateName(this.#actor.getSnapshot());
+      // A stop ends with the agent's own reset: that is no news.
+      if (v === 'stopped' || v === 'stopping' || v === 'killing') return;
       this.#log.info(`guest ended itself: ${how}`);
       this.#actor.send({ type: 'vm.guestEnded', how });
     });
@@ -616,8 +618,11 @@ class SandboxHost implements SandboxWorkerApi {
     const vm = this.#vm;
     if (!vm) return { exitCode: null, signal: null };
     const how = vm.guestEnd ?? 'ended';
-    vm.closeChannels(new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped: its guest ${how === 'panic' ? 'panicked' : `did ${how}`}`));
+    // Running execs learn why before QMP (still needed for the quit) goes too.
+    const why = new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped: its guest ${how === 'panic' ? 'panicked' : `did ${how}`}`);
+    vm.agent.close(why);
     const x = await vm.end();
+    vm.closeChannels(why);
     return { exitCode: x.code, signal: x.signal };
   }
 
