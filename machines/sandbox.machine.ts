@@ -5,7 +5,7 @@
  *      │            │  └──► draining ──► stopping ──► stopped
  *      │            └────────────────────┘              ▲
  *      └── boot failure / kill / VM death ──────────────┘
- *   any live state ── the guest powers off, halts, resets, panics ──► ending ──► stopped
+ *   any live state ── the guest powers off or halts, resets, panics ──► ending ──► stopped
  *
  * This file holds no I/O. The worker `.provide()`s the real actors (boot, stop, kill the VM)
  * and actions (start an exec, pause, resume); tests provide fakes. Each state accepts only
@@ -69,15 +69,14 @@ export type SandboxCommand =
   | { type: 'snapshot'; snapshot: string }
   /** The VM process ended without being asked to. */
   | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
-  /** The guest's kernel said it powered off, halted, reset or panicked (src/vm/guestEnd.ts). */
-  | { type: 'vm.guestEnded'; how: 'poweroff' | 'halt' | 'reboot' | 'panic' }
+  /** The guest's kernel said it powered off (or halted), reset or panicked (src/vm/guestEnd.ts). */
+  | { type: 'vm.guestEnded'; how: 'poweroff' | 'reboot' | 'panic' }
   /** The agent connection broke (protocol violation, I/O error). */
   | { type: 'vm.failed'; error: SerializedError };
 
 /** A kernel panic (PID 1 exiting is one) is a crash; the rest are the guest's own choice. */
 const GUEST_END_REASON = {
   poweroff: 'guest-poweroff',
-  halt: 'guest-halt',
   reboot: 'guest-reboot',
   panic: 'crashed',
 } as const satisfies Record<string, StopReason>;

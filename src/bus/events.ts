@@ -10,9 +10,10 @@
 import type { SerializedError } from '../errors.ts';
 
 /**
- * Why a sandbox stopped. `guest-poweroff`, `guest-halt`, `guest-reboot`: the guest ended
- * itself (`poweroff`, `halt`, `reboot`, forced or not: a sandbox does not reboot); `crashed`:
- * its VM died, its kernel panicked or its agent (PID 1) exited.
+ * Why a sandbox stopped. `guest-poweroff`: the guest powered off or halted itself (`poweroff`,
+ * `halt`, forced or not: with no power-off device its kernel cannot tell them apart);
+ * `guest-reboot`: it reset itself (`reboot`; a sandbox does not boot again); `crashed`: its
+ * VM died, its kernel panicked or its agent (PID 1) exited.
  */
 export type StopReason =
   | 'requested'
@@ -23,7 +24,6 @@ export type StopReason =
   | 'idle-timeout'
   | 'boot-failed'
   | 'guest-poweroff'
-  | 'guest-halt'
   | 'guest-reboot';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */

@@ -10,13 +10,19 @@
  * own sandbox, which it may do anyway.
  */
 
-/** `poweroff`, `halt`, `reboot`: reboot(2) with that command; `panic`: a kernel panic (PID 1 exiting is one). */
-export type GuestEnd = 'poweroff' | 'halt' | 'reboot' | 'panic';
+/**
+ * `poweroff`: reboot(2) with POWER_OFF or HALT (one and the same here, below); `reboot`:
+ * with RESTART; `panic`: a kernel panic (PID 1 exiting is one).
+ */
+export type GuestEnd = 'poweroff' | 'reboot' | 'panic';
 
-// kernel/reboot.c (pr_fmt "reboot: ") and kernel/panic.c, as of Linux 6.1.
+// kernel/reboot.c (pr_fmt "reboot: ") and kernel/panic.c, as of Linux 6.1. A kernel with no
+// power-off driver (no ACPI) turns POWER_OFF into HALT before it prints anything, so a
+// `poweroff` reads "System halted" exactly as a `halt` does: the host cannot tell them
+// apart and calls both a power-off (the guest asked to end; it cannot be woken anyway).
 const LINES: readonly (readonly [RegExp, GuestEnd])[] = [
   [/^reboot: Power down\b/, 'poweroff'],
-  [/^reboot: System halted\b/, 'halt'],
+  [/^reboot: System halted\b/, 'poweroff'],
   [/^reboot: Restarting system\b/, 'reboot'],
   [/^Kernel panic - not syncing\b/, 'panic'],
 ];

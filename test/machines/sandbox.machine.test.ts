@@ -115,7 +115,6 @@ describe('sandbox machine', () => {
 
   it.each([
     ['poweroff', 'guest-poweroff'],
-    ['halt', 'guest-halt'],
     ['reboot', 'guest-reboot'],
     ['panic', 'crashed'],
   ] as const)('a guest that says it did %s ends its VM and stops as %s', async (how, reason) => {
