@@ -5,6 +5,7 @@
  *      │            │  └──► draining ──► stopping ──► stopped
  *      │            └────────────────────┘              ▲
  *      └── boot failure / kill / VM death ──────────────┘
+ *   any live state ── the guest powers off or halts, resets, panics ──► ending ──► stopped
  *
  * This file holds no I/O. The worker `.provide()`s the real actors (boot, stop, kill the VM)
  * and actions (start an exec, pause, resume); tests provide fakes. Each state accepts only
@@ -68,8 +69,17 @@ export type SandboxCommand =
   | { type: 'snapshot'; snapshot: string }
   /** The VM process ended without being asked to. */
   | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
+  /** The guest's kernel said it powered off (or halted), reset or panicked (src/vm/guestEnd.ts). */
+  | { type: 'vm.guestEnded'; how: 'poweroff' | 'reboot' | 'panic' }
   /** The agent connection broke (protocol violation, I/O error). */
   | { type: 'vm.failed'; error: SerializedError };
+
+/** A kernel panic (PID 1 exiting is one) is a crash; the rest are the guest's own choice. */
+const GUEST_END_REASON = {
+  poweroff: 'guest-poweroff',
+  reboot: 'guest-reboot',
+  panic: 'crashed',
+} as const satisfies Record<string, StopReason>;
 
 function notProvided(what: string): never {
   throw new Error(`sandbox machine: ${what} was not provided`);
@@ -88,6 +98,8 @@ export const sandboxMachine = setup({
     /** Graceful stop with escalation; resolves with how the VM ended. */
     stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(async () => notProvided('stopVm')),
     killVm: fromPromise<VmEnded, void>(async () => notProvided('killVm')),
+    /** Ends a VM whose guest has ended itself (QMP quit, then kill); resolves with how it ended. */
+    endVm: fromPromise<VmEnded, void>(async () => notProvided('endVm')),
     /** Pauses, saves memory and upper disk, resumes. */
     snapshotVm: fromPromise<void, { snapshot: string }>(async () => notProvided('snapshotVm')),
   },
@@ -238,10 +250,21 @@ export const sandboxMachine = setup({
         onError: { target: 'stopped', actions: assign({ error: ({ event }) => serializeError(event.error) }) },
       },
       on: {
-        // The VM ending is what stopVm waits for: not a crash here.
+        // The VM ending is what stopVm waits for: not a crash here (the agent's own reset
+        // prints "Restarting system" too).
         'vm.exited': {},
         'vm.failed': {},
+        'vm.guestEnded': {},
       },
+    },
+    /** The guest ended itself: nothing to ask it any more, the host ends its VM. */
+    ending: {
+      invoke: {
+        src: 'endVm',
+        onDone: { target: 'stopped', actions: assign({ ended: ({ event }) => event.output }) },
+        onError: { target: 'stopped', actions: assign({ error: ({ event }) => serializeError(event.error) }) },
+      },
+      on: { 'vm.exited': {}, 'vm.failed': {}, 'vm.guestEnded': {} },
     },
     killing: {
       invoke: {
@@ -249,7 +272,7 @@ export const sandboxMachine = setup({
         onDone: { target: 'stopped', actions: assign({ ended: ({ event }) => event.output }) },
         onError: { target: 'stopped', actions: assign({ error: ({ event }) => serializeError(event.error) }) },
       },
-      on: { kill: {}, 'vm.exited': {}, 'vm.failed': {} },
+      on: { kill: {}, 'vm.exited': {}, 'vm.failed': {}, 'vm.guestEnded': {} },
     },
     stopped: {
       type: 'final',
@@ -266,6 +289,10 @@ export const sandboxMachine = setup({
         stopReason: ({ event }) => (event.exitCode === 0 && event.signal === null ? 'guest-poweroff' : 'crashed'),
         ended: ({ event }) => ({ exitCode: event.exitCode, signal: event.signal }),
       }),
+    },
+    'vm.guestEnded': {
+      target: '.ending',
+      actions: assign({ stopReason: ({ event }) => GUEST_END_REASON[event.how] }),
     },
     'vm.failed': {
       target: '.killing',

@@ -164,6 +164,7 @@ class SandboxHost implements SandboxWorkerApi {
         restoreVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#restoreVm(signal)),
         stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(({ input }) => this.#stopVm(input.timeoutMs, input.reason)),
         killVm: fromPromise<VmEnded, void>(() => this.#killVm()),
+        endVm: fromPromise<VmEnded, void>(() => this.#endVm()),
         snapshotVm: fromPromise<void, { snapshot: string }>(({ input }) => this.#snapshotVm(input.snapshot)),
       },
       actions: {
@@ -262,7 +263,7 @@ class SandboxHost implements SandboxWorkerApi {
     const s = this.#actor.getSnapshot();
     if (s.status === 'done') return this.info();
     const state = stateName(s);
-    if (state === 'stopping' || state === 'killing') return this.stopped();
+    if (state === 'stopping' || state === 'killing' || state === 'ending') return this.stopped();
     this.#command(timeoutMs === undefined ? { type: 'stop' } : { type: 'stop', timeoutMs });
     return this.stopped();
   }
@@ -483,9 +484,18 @@ class SandboxHost implements SandboxWorkerApi {
     this.#vm = vm;
     this.#guestBootMs = vm.hello.bootMs;
     this.#agentVersion = vm.hello.agentVersion;
+    // The console says how a guest ended itself before qemu exits (or, for a power-off or
+    // halt, instead of exiting): this reaches the machine first.
+    vm.guestEnded.then((how) => {
+      const v = stateName(this.#actor.getSnapshot());
+      // A stop ends with the agent's own reset: that is no news.
+      if (v === 'stopped' || v === 'stopping' || v === 'killing') return;
+      this.#log.info(`guest ended itself: ${how}`);
+      this.#actor.send({ type: 'vm.guestEnded', how });
+    });
     vm.exited.then((x) => {
       const v = stateName(this.#actor.getSnapshot());
-      if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
     });
     vm.agent.failed.then(async (err) => {
       // A closed connection usually means qemu is exiting (guest reboot, crash): give the
@@ -493,7 +503,7 @@ class SandboxHost implements SandboxWorkerApi {
       if (err instanceof CorralError && err.code === 'E_VM_CRASHED') await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 2000))]);
       if (vm.isExited || this.#actor.getSnapshot().status === 'done') return;
       const v = stateName(this.#actor.getSnapshot());
-      if (v !== 'stopping' && v !== 'killing') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
     });
     return { pid: vm.pid, accel: vm.accel, bootMs: performance.now() - t0 };
   }
@@ -607,6 +617,18 @@ class SandboxHost implements SandboxWorkerApi {
     return { exitCode: x.code, signal: x.signal };
   }
 
+  async #endVm(): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    const how = vm.guestEnd ?? 'ended';
+    // Running execs learn why before QMP (still needed for the quit) goes too.
+    const why = new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped: its guest ${how === 'panic' ? 'panicked' : `did ${how}`}`);
+    vm.agent.close(why);
+    const x = await vm.end();
+    vm.closeChannels(why);
+    return { exitCode: x.code, signal: x.signal };
+  }
+
   #startExec(execId: number): void {
     const req = this.#pending.get(execId);
     this.#pending.delete(execId);
@@ -711,6 +733,7 @@ class SandboxHost implements SandboxWorkerApi {
         break;
       case 'stopping':
       case 'killing':
+      case 'ending':
         this.#emit({ type: 'sandbox.stopping', reason: c.stopReason ?? (value === 'killing' ? 'killed' : 'requested') });
         break;
       case 'stopped': {

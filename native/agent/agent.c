@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/reboot.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -1416,10 +1417,21 @@ static int open_port_path(const char *path)
 
 /* ---- children ---- */
 
+/* busybox halt/poweroff/reboot without -f signal PID 1 (its init's conventions): end the
+ * guest the same way, cleanly. Only root can signal PID 1; the host lets a guest end itself. */
+static void on_init_signal(uint32_t signo)
+{
+	bool halt = signo == SIGUSR1, off = signo == SIGUSR2;
+	logmsg("signal %u: %s", signo, halt ? "halt" : off ? "power off" : "reboot");
+	system_end(halt ? (int)RB_HALT_SYSTEM : off ? (int)RB_POWER_OFF : (int)RB_AUTOBOOT);
+}
+
 static void reap_children(void)
 {
 	struct signalfd_siginfo si;
-	while (read(sig_fd, &si, sizeof si) > 0) {
+	while (read(sig_fd, &si, sizeof si) == sizeof si) {
+		if (!port_mode && (si.ssi_signo == SIGUSR1 || si.ssi_signo == SIGUSR2 || si.ssi_signo == SIGTERM))
+			on_init_signal(si.ssi_signo);
 	}
 	int status;
 	pid_t pid;
@@ -1456,17 +1468,20 @@ static void raise_nofile_limit(void)
 static void setup_signals(void)
 {
 	signal(SIGPIPE, SIG_IGN);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
 	if (!port_mode) {
-		signal(SIGTERM, SIG_IGN);
 		signal(SIGINT, SIG_IGN);
 		signal(SIGHUP, SIG_IGN);
+		/* halt, poweroff, reboot (busybox init's signals), read from the signalfd */
+		sigaddset(&set, SIGUSR1);
+		sigaddset(&set, SIGUSR2);
+		sigaddset(&set, SIGTERM);
 	} else {
 		/* Adopt orphaned grandchildren, like PID 1 would. */
 		prctl(PR_SET_CHILD_SUBREAPER, 1);
 	}
-	sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (sig_fd < 0)

@@ -47,6 +47,8 @@ int set_hostname(const char *name);
 /* Kills everything, syncs, unmounts what it can and resets the VM (qemu -no-reboot then
  * exits). Never returns. */
 void system_shutdown(void) __attribute__((noreturn));
+/* The same, ending with reboot(how): RB_POWER_OFF, RB_HALT_SYSTEM or RB_AUTOBOOT. */
+void system_end(int how) __attribute__((noreturn));
 
 /* ---- setup.c: SETUP frames (mounts, patches, scripts, NIC) ---- */
 

@@ -363,6 +363,14 @@ int open_virtio_port(void)
 
 void system_shutdown(void)
 {
+	/* A reset, not RB_POWER_OFF: the guest kernel has no ACPI, so a power-off would only
+	 * halt the CPU and leave qemu running; qemu runs with -no-reboot, so a reset (reboot=t:
+	 * triple fault) makes it exit. */
+	system_end(RB_AUTOBOOT);
+}
+
+void system_end(int how)
+{
 	kill(-1, SIGKILL); /* as PID 1 this spares only ourselves */
 	sync();
 	umount2("/tmp", MNT_DETACH);
@@ -370,10 +378,9 @@ void system_shutdown(void)
 	umount2("/dev/pts", MNT_DETACH);
 	mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	sync();
-	/* A reset, not RB_POWER_OFF: the guest kernel has no ACPI, so a power-off would only
-	 * halt the CPU and leave qemu running; qemu runs with -no-reboot, so a reset (reboot=t:
-	 * triple fault) makes it exit. */
-	reboot(RB_AUTOBOOT);
+	/* The kernel prints its "reboot: …" line on the console, which the host reads to tell
+	 * a power-off from a halt or a reset (src/vm/guestEnd.ts) and ends the VM. */
+	reboot(how);
 	logmsg("reboot: %s", strerror(errno));
 	for (;;)
 		pause();

@@ -9,8 +9,22 @@
 
 import type { SerializedError } from '../errors.ts';
 
-/** Why a sandbox stopped. */
-export type StopReason = 'requested' | 'killed' | 'crashed' | 'drained' | 'max-duration' | 'idle-timeout' | 'boot-failed' | 'guest-poweroff';
+/**
+ * Why a sandbox stopped. `guest-poweroff`: the guest powered off or halted itself (`poweroff`,
+ * `halt`, forced or not: with no power-off device its kernel cannot tell them apart);
+ * `guest-reboot`: it reset itself (`reboot`; a sandbox does not boot again); `crashed`: its
+ * VM died, its kernel panicked or its agent (PID 1) exited.
+ */
+export type StopReason =
+  | 'requested'
+  | 'killed'
+  | 'crashed'
+  | 'drained'
+  | 'max-duration'
+  | 'idle-timeout'
+  | 'boot-failed'
+  | 'guest-poweroff'
+  | 'guest-reboot';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
 export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';

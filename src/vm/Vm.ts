@@ -21,6 +21,7 @@ import { AgentClient, type AgentHello } from '../agent/AgentClient.ts';
 import type { Accel } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
 import { processAlive } from '../runtime/process.ts';
+import { watchGuestEnd, type GuestEnd } from './guestEnd.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
 
@@ -70,6 +71,8 @@ export class Vm {
   #console = '';
   #exit: VmExit | undefined;
   readonly #exited: Promise<VmExit>;
+  #guestEnd: GuestEnd | undefined;
+  readonly #guestEnded: Promise<GuestEnd>;
   agent!: AgentClient;
   qmp!: QmpClient;
   hello!: AgentHello;
@@ -85,10 +88,21 @@ export class Vm {
     };
     child.stdout?.on('data', keep);
     child.stderr?.on('data', keep);
+    this.#guestEnded = new Promise((resolve) => {
+      child.stdout?.on('data', watchGuestEnd((how) => resolve((this.#guestEnd = how))));
+    });
+    // Settles only once the console is read to its end: a guest that reset or panicked has
+    // printed why before qemu exited, and whoever awaits the exit can tell which.
+    const stdoutDone = new Promise<void>((resolve) => {
+      if (!child.stdout) return resolve();
+      child.stdout.once('close', resolve);
+    });
     this.#exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
-        this.#exit = { code, signal };
-        resolve(this.#exit);
+        void stdoutDone.then(() => {
+          this.#exit = { code, signal };
+          resolve(this.#exit);
+        });
       });
       child.once('error', () => {
         this.#exit ??= { code: null, signal: null };
@@ -105,6 +119,19 @@ export class Vm {
   /** Settles when the qemu process has ended, however it ended. */
   get exited(): Promise<VmExit> {
     return this.#exited;
+  }
+
+  /**
+   * Settles when the guest's kernel says it powered off, halted, reset or panicked (its
+   * console line, see guestEnd.ts); never for a VM that does none of these.
+   */
+  get guestEnded(): Promise<GuestEnd> {
+    return this.#guestEnded;
+  }
+
+  /** How the guest ended itself, once {@link guestEnded} has settled. */
+  get guestEnd(): GuestEnd | undefined {
+    return this.#guestEnd;
   }
 
   /** True once the process has ended. */
@@ -238,6 +265,21 @@ export class Vm {
     if (await settlesWithin(this.#exited, timeoutMs)) return this.#exited;
     await this.qmp?.execute('quit').catch(() => {});
     if (await settlesWithin(this.#exited, 1000)) return this.#exited;
+    this.kill();
+    return this.#exited;
+  }
+
+  /**
+   * Ends a VM whose guest has ended itself (its CPUs halted: nothing left to ask it): QMP
+   * `quit`, so qemu flushes its disks, then SIGKILL after `timeoutMs`.
+   */
+  async end(timeoutMs = 1000): Promise<VmExit> {
+    if (this.#exit) return this.#exit;
+    await this.qmp?.execute('quit').catch((err: Error) => {
+      // qemu may already be exiting (a reset), closing QMP under the command.
+      if (!this.isExited) this.#console = `${this.#console}\n[host] QMP quit failed: ${err.message}`.slice(-CONSOLE_TAIL);
+    });
+    if (await settlesWithin(this.#exited, timeoutMs)) return this.#exited;
     this.kill();
     return this.#exited;
   }

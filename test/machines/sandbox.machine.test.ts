@@ -24,6 +24,10 @@ function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTi
         log.push('killVm');
         return { exitCode: null, signal: 'SIGKILL' };
       }),
+      endVm: fromPromise<VmEnded, void>(async () => {
+        log.push('endVm');
+        return { exitCode: 0, signal: null };
+      }),
     },
     actions: {
       startExec: (_, p: { execId: number }) => void log.push(`exec:${p.execId}`),
@@ -107,6 +111,32 @@ describe('sandbox machine', () => {
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('crashed');
     expect(s.context.ended).toEqual({ exitCode: null, signal: 'SIGSEGV' });
+  });
+
+  it.each([
+    ['poweroff', 'guest-poweroff'],
+    ['reboot', 'guest-reboot'],
+    ['panic', 'crashed'],
+  ] as const)('a guest that says it did %s ends its VM and stops as %s', async (how, reason) => {
+    const { actor, log } = fakeMachine();
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'vm.guestEnded', how });
+    // The VM's exit that follows is what endVm waits for, not a second crash.
+    actor.send({ type: 'vm.exited', exitCode: 0, signal: null });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe(reason);
+    expect(log).toEqual(['endVm', 'abort']);
+  });
+
+  it('a guest reset seen while stopping (the agent resets to stop) stays a requested stop', async () => {
+    const { actor, log, finishStop } = fakeMachine();
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'stop' });
+    actor.send({ type: 'vm.guestEnded', how: 'reboot' });
+    finishStop();
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('requested');
+    expect(log).not.toContain('endVm');
   });
 
   it('kills the VM when the agent connection breaks', async () => {
