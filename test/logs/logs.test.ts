@@ -29,8 +29,10 @@ describe('exec logs', () => {
     await sb.shell('echo one; echo err >&2');
     // A follower from here on sees the last entry, then each new one once, and ends with the stop.
     const followed = lastValueFrom(sb.logs$({ tail: 1, intervalMs: 50 }).pipe(toArray()));
-    const mid = Date.now();
-    await new Promise((r) => setTimeout(r, 20));
+    // `since` cuts on the host's receive time: the cut is just after the last entry so far, and
+    // the next exec starts once the clock has passed it (a condition, not a pause).
+    const mid = Math.max(...(await sb.logs()).map((e) => e.ts)) + 1;
+    while (Date.now() <= mid) await new Promise((r) => setImmediate(r));
     await sb.shell('echo two');
     await sb.stop();
     expect(text(await followed)).toBe('err\ntwo\n');
