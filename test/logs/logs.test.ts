@@ -55,6 +55,12 @@ describe('exec logs', () => {
   });
 
   it('goes with the sandbox when it is removed, and says so for an unknown one', async () => {
+    // A sandbox of its own, with output of its own: nothing left by the test above.
+    const name = uniqueName('logs-rm');
+    const sb = await Sandbox.builder(name).supervisor(sup).create();
+    await sb.shell('echo bye');
+    await sb.stop();
+    expect(text(await Sandbox.logs(name, { supervisor: sup }))).toBe('bye\n');
     await Sandbox.remove(name, { supervisor: sup });
     await expect(Sandbox.logs(name, { supervisor: sup })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
   });
