@@ -67,7 +67,7 @@ describe('sandbox metrics', () => {
     expect(after.disk.readOps).toBeGreaterThan(0);
   });
 
-  it('streams samples at an interval', async () => {
+  it('streams samples of its one VM, in order', async () => {
     const samples = await firstValueFrom(sb.metrics$({ intervalMs: 200 }).pipe(take(3), toArray()));
     expect(samples).toHaveLength(3);
     // Successive samples of one VM, in order (how far apart is timing: not checked here).
