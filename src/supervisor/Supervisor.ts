@@ -745,7 +745,7 @@ void allMethods;
 const exitedWorkers = new WeakSet<Worker>();
 
 /** Variables a sandbox worker reads, passed at create time (a spare started earlier). */
-const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_FAKE_FLOOD_MIB', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
+const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_FAKE_FLOOD_MIB', 'CORRAL_FAKE_PROTOCOL', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
 
 function spawnWorker(): Worker {
   const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: workerExecArgv() });

@@ -71,8 +71,9 @@ function fakeGuest() {
     },
   });
   push = (b) => sock.push(b);
-  const hello = new PayloadWriter().u32(1).str('fake').u32(1).u32(1).finish();
-  return { sock, push, hello: () => push(encodeFrame(FrameType.HELLO as never, 0, hello)), sent: toHost };
+  // It speaks the host's current protocol unless a test asks for another.
+  const hello = (version = PROTOCOL_VERSION) => push(encodeFrame(FrameType.HELLO as never, 0, new PayloadWriter().u32(version).str('fake').u32(1).u32(1).finish()));
+  return { sock, push, hello, sent: toHost };
 }
 
 // A hostile guest is simulated on a stream the test controls: the real agent never sends
@@ -103,6 +104,25 @@ describe('agent protocol against a hostile guest', () => {
     await client.ready;
     g.push(encodeFrame(FrameType.STDOUT as never, 77, Buffer.from('x')));
     expect((await client.failed).message).toMatch(/session 77, which is not open/);
+  });
+
+  it('refuses an agent of a protocol the host does not speak (0, or newer than the host), naming both', async () => {
+    for (const version of [0, PROTOCOL_VERSION + 1]) {
+      const g = fakeGuest();
+      const client = new AgentClient(g.sock as never);
+      g.hello(version);
+      await expect(client.ready).rejects.toMatchObject({ code: 'E_PROTOCOL', message: `guest agent speaks protocol ${version}, host speaks 1–${PROTOCOL_VERSION}` });
+    }
+  });
+
+  it('still speaks to a protocol-1 agent, but refuses it a SETUP with E_SETUP_MISSING naming the versions', async () => {
+    const g = fakeGuest();
+    const client = new AgentClient(g.sock as never);
+    g.hello(1);
+    await client.ready;
+    expect(client.hello?.protocolVersion).toBe(1);
+    await expect(client.setup(new Uint8Array(4))).rejects.toMatchObject({ code: 'E_SETUP_MISSING', message: expect.stringMatching(/speaks protocol 1, volumes\/scripts\/patches\/network need 2/) });
+    client.close();
   });
 
   it('rejects a frame before HELLO', async () => {

@@ -76,16 +76,26 @@ describe('event streams with resume', () => {
   });
 
   it('streams live only without since, and ends after sandbox.stopped', async () => {
-    const types: string[] = [];
-    const done = new Promise<void>((resolve, reject) => {
-      sb.events().subscribe({ next: (e) => types.push(e.type), complete: resolve, error: reject });
-    });
-    await new Promise((r) => setTimeout(r, 200)); // the subscription reaches the host
-    await sb.exec('true');
-    await sb.stop();
-    await done;
-    expect(types[0]).not.toBe('sandbox.creating');
-    expect(types).toContain('exec.exited');
-    expect(types.at(-1)).toBe('sandbox.stopped');
+    // A sandbox of its own: this test stops it, and the one above must not depend on the order.
+    const ownName = uniqueName('resume-live');
+    const own = await Sandbox.builder(ownName).supervisor(sup).createDetached();
+    try {
+      const types: string[] = [];
+      let exited = 0;
+      const done = new Promise<void>((resolve, reject) => {
+        own.events().subscribe({ next: (e) => (types.push(e.type), e.type === 'exec.exited' && exited++), complete: resolve, error: reject });
+      });
+      // The subscription is live once it has seen an event: run execs until one is seen.
+      while (exited === 0) await own.exec('true');
+      await own.stop();
+      await done;
+      expect(types[0]).not.toBe('sandbox.creating');
+      expect(types).not.toContain('sandbox.started');
+      expect(types).toContain('exec.exited');
+      expect(types.at(-1)).toBe('sandbox.stopped');
+    } finally {
+      await own.stop(); // idempotent: a no-op once stopped
+      await Sandbox.remove(ownName, { supervisor: sup });
+    }
   });
 });

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/AgentClient.ts';
 import { GuestFs } from '../../src/agent/GuestFs.ts';
-import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PayloadWriter, STDIN_WINDOW, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
+import { FrameDecoder, FrameType, GUEST_TYPES, HEADER_SIZE, MAX_PAYLOAD, PROTOCOL_VERSION, PayloadWriter, STDIN_WINDOW, encodeFrame, type FrameTypeCode } from '../../src/agent/frame.ts';
 import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
 
@@ -83,14 +83,16 @@ class FakeSocket extends EventEmitter {
   }
 }
 
-const hello = (version = 2) => encodeFrame(FrameType.HELLO, 0, new PayloadWriter().u32(version).str('fuzz').u32(1).u32(1).finish());
+const hello = (version = PROTOCOL_VERSION) => encodeFrame(FrameType.HELLO, 0, new PayloadWriter().u32(version).str('fuzz').u32(1).u32(1).finish());
 const i32 = (v: number) => new PayloadWriter().i32(v).finish();
 
 /** What a guest says to a client with sessions 1..4 open: mostly plausible, sometimes not. */
 const guestAct = fc.oneof(
   { weight: 3, arbitrary: fc.tuple(fc.integer({ min: 1, max: 5 }), fc.integer()).map(([s, pid]) => encodeFrame(FrameType.STARTED, s, i32(pid))) },
   { weight: 4, arbitrary: fc.tuple(fc.integer({ min: 1, max: 5 }), fc.boolean(), fc.uint8Array({ maxLength: 300 })).map(([s, out, d]) => encodeFrame(out ? FrameType.STDOUT : FrameType.STDERR, s, d)) },
-  { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 1, max: 5 }), fc.integer(), fc.integer({ min: -1, max: 64 })).map(([s, c, sig]) => encodeFrame(FrameType.EXIT, s, new PayloadWriter().i32(c).i32(sig).finish())) },
+  { weight: 2, arbitrary: fc.tuple(fc.integer({ min: 1, max: 5 }), fc.integer(), fc.integer({ min: -1, max: 64 })).map(([s, c, sig]) => encodeFrame(FrameType.EXIT, s, new PayloadWriter().i32(c).i32(sig).u32(0).finish())) },
+  // EXIT flags the host does not know (bit 0, OOM, is the only one): a clean failure.
+  { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 1, max: 5 }), fc.integer({ min: 1, max: 0x7fffffff })).map(([s, f]) => encodeFrame(FrameType.EXIT, s, new PayloadWriter().i32(0).i32(0).u32(f).finish())) },
   { weight: 1, arbitrary: fc.tuple(fc.integer({ min: 0, max: 5 }), fc.string({ maxLength: 40 })).map(([s, m]) => encodeFrame(FrameType.ERROR, s, new PayloadWriter().i32(2).str(m.replace(/\0/g, '')).finish())) },
   { weight: 1, arbitrary: fc.constantFrom(FrameType.PONG, FrameType.CONFIGURED, FrameType.SETUP_DONE, FrameType.HELLO).map((t) => encodeFrame(t, 0, new Uint8Array(4))) },
   { weight: 1, arbitrary: segment },

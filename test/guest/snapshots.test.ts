@@ -48,6 +48,7 @@ describe('snapshots of sandboxes with volumes and a network', () => {
   });
 
   it('snapshots with volumes mounted, and the source keeps its mounts', async () => {
+    writeFileSync(join(host, 'a', 'which'), 'a\n');
     await src.shell('echo in-volume > /data/v; echo in-tmpfs > /scratch/t; echo on-disk > /root/d');
     const name = uniqueName('snap');
     const meta = await src.snapshot(name);
@@ -71,13 +72,13 @@ describe('snapshots of sandboxes with volumes and a network', () => {
   });
 
   it('fails clearly while a process holds a volume, and leaves it mounted', async () => {
-    await src.shell('cd /work && sleep 600 > /dev/null 2>&1 & echo $! > /root/busy.pid');
+    await src.shell('echo held > /data/held; cd /work && sleep 600 > /dev/null 2>&1 & echo $! > /root/busy.pid');
     try {
       const err = await src.snapshot(uniqueName('busy')).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: 'E_SNAPSHOT' });
       expect((err as Error).message).toMatch(/volume \/work could not be unmounted.*EBUSY/);
-      const r = await src.shell('grep -c " 9p " /proc/mounts; cat /data/v');
-      expect(r.stdout).toBe('2\nin-volume\n');
+      const r = await src.shell('grep -c " 9p " /proc/mounts; cat /data/held');
+      expect(r.stdout).toBe('2\nheld\n');
     } finally {
       await src.shell('p=$(cat /root/busy.pid); kill $p; for i in $(seq 50); do kill -0 $p 2>/dev/null || break; sleep 0.1; done');
     }
@@ -124,10 +125,11 @@ describe('snapshots of sandboxes with volumes and a network', () => {
   });
 
   it('forks a sandbox with volumes: the child mounts them too', async () => {
+    await src.shell('echo for-the-kid > /data/k');
     const kid = await src.fork(uniqueName('snapvol-kid'));
     try {
-      const r = await kid.shell('cat /data/v; echo kid > /work/kid');
-      expect(r.stdout).toBe('in-volume\n');
+      const r = await kid.shell('cat /data/k; echo kid > /work/kid');
+      expect(r.stdout).toBe('for-the-kid\n');
       expect(readFileSync(join(host, 'a', 'kid'), 'utf8')).toBe('kid\n');
     } finally {
       await kid.stop();

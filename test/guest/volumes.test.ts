@@ -1,6 +1,6 @@
 // Volumes: host directories over virtio-9p (read-only enforced by qemu on the host), named
-// volumes that outlive sandboxes, size-limited tmpfs. Real VMs (one shared, plus one more
-// for the named volume's second life), real host directories.
+// volumes that outlive sandboxes, size-limited tmpfs. Real VMs (one shared by the tests that
+// leave it running, and the named volume's own two lives), real host directories.
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +13,6 @@ describe('volumes', () => {
   let sup: Supervisor;
   let sb: Sandbox;
   let host: string;
-  const name = uniqueName('vol');
   const volume = `data-${process.pid}`;
 
   beforeAll(async () => {
@@ -23,10 +22,9 @@ describe('volumes', () => {
       mkdirSync(join(host, d));
       writeFileSync(join(host, d, 'hello.txt'), `from the host (${d})\n`);
     }
-    sb = await Sandbox.builder(name)
+    sb = await Sandbox.builder(uniqueName('vol'))
       .volume('/app/src', (v) => v.bind(join(host, 'ro')).readonly())
       .volume('/work', (v) => v.bind(join(host, 'rw')))
-      .volume('/data', (v) => v.named(volume))
       .volume('/scratch', (v) => v.tmpfs().size(4))
       .supervisor(sup)
       .create();
@@ -58,10 +56,16 @@ describe('volumes', () => {
   });
 
   it('keeps a named volume across Sandbox.remove and shows it to the next sandbox', async () => {
-    await sb.shell('echo kept > /data/note');
-    expect((await Volume.get(volume, { supervisor: sup })).usedBy).toEqual([name]);
-    await expect(Volume.remove(volume, { supervisor: sup })).rejects.toMatchObject({ code: 'E_VOLUME_IN_USE' });
-    await sb.stop();
+    // A sandbox of its own: this test stops and removes it, which no other test may see.
+    const name = uniqueName('vol1');
+    const first = await Sandbox.builder(name).volume('/data', (v) => v.named(volume)).supervisor(sup).create();
+    try {
+      await first.shell('echo kept > /data/note');
+      expect((await Volume.get(volume, { supervisor: sup })).usedBy).toEqual([name]);
+      await expect(Volume.remove(volume, { supervisor: sup })).rejects.toMatchObject({ code: 'E_VOLUME_IN_USE' });
+    } finally {
+      await first.stop();
+    }
     await Sandbox.remove(name, { supervisor: sup });
     const info = await Volume.get(volume, { supervisor: sup });
     expect(info.usedBy).toEqual([]);

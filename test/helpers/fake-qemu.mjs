@@ -2,9 +2,11 @@
 // A stand-in for qemu whose "guest" is hostile (mode "deaf": it ignores SHUTDOWN and quit;
 // "flood": answers an EXEC with CORRAL_FAKE_FLOOD_MIB MiB of stdout as fast as the socket
 // takes it, then exits 0; "mute": never answers an EXEC; "cross-talk": answers the second
-// EXEC with the first one's id; "no-umount": speaks protocol 2 and answers SETUP and EXEC
-// like a well-behaved agent, except a SETUP that unmounts (a snapshot's first step), which it
-// never answers; "no-setup": protocol 2, answers HELLO and then no SETUP at all). It connects to the agent and QMP sockets
+// EXEC with the first one's id; "no-umount": answers SETUP and EXEC like a well-behaved
+// agent, except a SETUP that unmounts (a snapshot's first step), which it never answers;
+// "no-setup": answers HELLO and then no SETUP at all). Every mode speaks the host's current
+// protocol (src/agent/frame.ts, native/agent/PROTOCOL.md), unless CORRAL_FAKE_PROTOCOL names
+// another, and answers a SETUP it is not there to refuse. It connects to the agent and QMP sockets
 // named on its command line like qemu does, greets QMP, says HELLO like the real agent, and
 // then answers the first EXEC with a frame that breaks the protocol (what a compromised
 // guest kernel could write to its virtio-serial port). A real guest cannot be made to do
@@ -52,8 +54,10 @@ function frame(type, session, payload = Buffer.alloc(0)) {
 }
 const version = Buffer.from('fake-hostile');
 const hello = Buffer.alloc(4 + 4 + version.length + 8);
-// fs-liar speaks protocol 3 (FS frames); the others the oldest protocol.
-hello.writeUInt32LE(mode === 'fs-liar' ? 3 : mode === 'no-umount' || mode === 'no-setup' ? 2 : 1, 0);
+// The protocol of native/agent/PROTOCOL.md this fake speaks: HELLO's version, and the EXIT
+// payload (protocol 3 and up add a u32 of exit flags).
+const PROTOCOL = Number(process.env.CORRAL_FAKE_PROTOCOL ?? 4);
+hello.writeUInt32LE(PROTOCOL, 0);
 hello.writeUInt32LE(version.length, 4);
 version.copy(hello, 8);
 const agent = connect(chardev('agent'));
@@ -65,6 +69,8 @@ const i32 = (v) => {
   b.writeInt32LE(v, 0);
   return b;
 };
+/** EXIT's payload: code, signal and, from protocol 3, no exit flags. */
+const exit0 = () => Buffer.concat([i32(0), i32(0), ...(PROTOCOL >= 3 ? [i32(0)] : [])]);
 async function flood(session) {
   // Full 1 MiB frames of a known pattern, written as fast as the host socket drains them.
   const mib = Number(process.env.CORRAL_FAKE_FLOOD_MIB ?? 256);
@@ -75,7 +81,7 @@ async function flood(session) {
   for (let i = 0; i < mib; i++) {
     if (!agent.write(out)) await new Promise((r) => agent.once('drain', r));
   }
-  agent.write(frame(7, session, Buffer.concat([i32(0), i32(0)])));
+  agent.write(frame(7, session, exit0()));
 }
 agent.on('data', (d) => {
   abuf = Buffer.concat([abuf, d]);
@@ -88,11 +94,15 @@ agent.on('data', (d) => {
     abuf = abuf.subarray(12 + len);
     if (type === 10 && mode !== 'deaf') process.exit(0); // SHUTDOWN
     if (mode === 'no-setup') continue; // answers HELLO, then nothing: not a single SETUP
-    if (mode === 'no-umount') {
+    if (type === 15) {
       // SETUP (op count, then ops, each starting with its op code; 8 = umount) → SETUP_DONE
-      // (errno 0, index 0, no message); EXEC → STARTED, EXIT 0 (protocol 2: code, signal).
-      if (type === 15 && payload.readUInt32LE(4) !== 8) agent.write(frame(16, 0, Buffer.concat([i32(0), i32(0), i32(0)])));
-      if (type === 2) agent.write(Buffer.concat([frame(6, session, i32(4242)), frame(7, session, Buffer.concat([i32(0), i32(0)]))]));
+      // (errno 0, index 0, no message); no-umount never answers an unmount.
+      if (!(mode === 'no-umount' && payload.readUInt32LE(4) === 8)) agent.write(frame(16, 0, Buffer.concat([i32(0), i32(0), i32(0)])));
+      continue;
+    }
+    if (mode === 'no-umount') {
+      // EXEC → STARTED, EXIT 0, like a well-behaved agent.
+      if (type === 2) agent.write(Buffer.concat([frame(6, session, i32(4242)), frame(7, session, exit0())]));
       continue;
     }
     if (type === 17 && mode === 'fs-liar') {

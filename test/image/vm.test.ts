@@ -5,6 +5,7 @@
  * image here. Sandboxes are shared between checks where one VM can answer several.
  */
 
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -130,20 +131,34 @@ describe('a registry with Bearer token auth', () => {
   });
 });
 
+/** The content of `path` in the ext4 filesystem of a disk image, read on the host (qemu-img to raw, debugfs). */
+function readFromDisk(disk: string, format: 'raw' | 'qcow2' | 'vmdk', path: string): string {
+  const raw = join(tmp, `readback-${format}.raw`);
+  try {
+    execFileSync('qemu-img', ['convert', '-f', format, '-O', 'raw', disk, raw]);
+    return execFileSync('debugfs', ['-R', `cat ${path}`, raw], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } finally {
+    rmSync(raw, { force: true });
+  }
+}
+
 describe('disk-image roots', () => {
-  it.each(['raw', 'qcow2', 'vmdk'] as const)('boots a %s disk read-write and refuses a second sandbox on it', async (format) => {
+  it.each(['raw', 'qcow2', 'vmdk'] as const)('boots a %s disk read-write (a write reaches the disk file) and refuses a second sandbox on it', async (format) => {
     const disk = join(tmp, `root.${format}`);
     copyFileSync(images.disks[format], disk);
-    const sb = await Sandbox.builder(uniqueName(`disk-${format}`)).supervisor(sup).image(format === 'raw' ? (i) => i.disk(disk).fstype('ext4') : disk).create();
+    const image = (b: ReturnType<typeof Sandbox.builder>) => b.image(format === 'raw' ? (i) => i.disk(disk).fstype('ext4') : disk);
+    const name = uniqueName(`disk-${format}`);
+    const sb = await image(Sandbox.builder(name).supervisor(sup)).create();
     try {
-      expect((await sb.shell('cat /marker; echo written > /persist; grep " / " /proc/mounts | cut -d" " -f1,3')).stdout).toBe('disk\n/dev/vda ext4\n');
-      if (format === 'qcow2') {
-        const err = await Sandbox.builder(uniqueName('disk-busy')).supervisor(sup).image(disk).create().catch((e: unknown) => e);
-        expect(err).toBeInstanceOf(CorralError);
-        expect((err as CorralError).code).toBe('E_DISK_BUSY');
-      }
+      expect((await sb.shell('cat /marker; echo written > /persist; sync; grep " / " /proc/mounts | cut -d" " -f1,3')).stdout).toBe('disk\n/dev/vda ext4\n');
+      await expect(image(Sandbox.builder(uniqueName('disk-busy')).supervisor(sup)).create()).rejects.toMatchObject({
+        code: 'E_DISK_BUSY',
+        message: expect.stringContaining(`is the root of running sandbox "${name}"`),
+      });
     } finally {
       await sb.stop();
     }
+    // The guest's write is in the disk file itself, read here by the host, not by the guest.
+    expect(readFromDisk(disk, format, '/persist')).toBe('written\n');
   });
 });

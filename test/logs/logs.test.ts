@@ -29,8 +29,10 @@ describe('exec logs', () => {
     await sb.shell('echo one; echo err >&2');
     // A follower from here on sees the last entry, then each new one once, and ends with the stop.
     const followed = lastValueFrom(sb.logs$({ tail: 1, intervalMs: 50 }).pipe(toArray()));
-    const mid = Date.now();
-    await new Promise((r) => setTimeout(r, 20));
+    // `since` cuts on the host's receive time: the cut is just after the last entry so far, and
+    // the next exec starts once the clock has passed it (a condition, not a pause).
+    const mid = Math.max(...(await sb.logs()).map((e) => e.ts)) + 1;
+    while (Date.now() <= mid) await new Promise((r) => setImmediate(r));
     await sb.shell('echo two');
     await sb.stop();
     expect(text(await followed)).toBe('err\ntwo\n');
@@ -53,6 +55,12 @@ describe('exec logs', () => {
   });
 
   it('goes with the sandbox when it is removed, and says so for an unknown one', async () => {
+    // A sandbox of its own, with output of its own: nothing left by the test above.
+    const name = uniqueName('logs-rm');
+    const sb = await Sandbox.builder(name).supervisor(sup).create();
+    await sb.shell('echo bye');
+    await sb.stop();
+    expect(text(await Sandbox.logs(name, { supervisor: sup }))).toBe('bye\n');
     await Sandbox.remove(name, { supervisor: sup });
     await expect(Sandbox.logs(name, { supervisor: sup })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
   });

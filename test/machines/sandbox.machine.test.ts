@@ -1,8 +1,10 @@
 // The lifecycle chart on its own, with fake VM actors: the machine file holds no I/O, so its
 // rules (which command is legal where, stop reasons, drain) are checked without a VM here.
-// The same rules run against real VMs in test/sdk/*.test.ts.
+// The same rules run against real VMs in test/sdk/*.test.ts. The policy timers (max duration,
+// idle timeout) are the machine's `after` delays, which run on the actor's clock: here a
+// SimulatedClock that only moves when a test moves it, so no test waits on a real timer.
 import { describe, expect, it } from 'vitest';
-import { createActor, fromPromise, waitFor } from 'xstate';
+import { SimulatedClock, createActor, fromPromise, waitFor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { StopReason } from '../../src/bus/events.ts';
 import { CorralError } from '../../src/errors.ts';
@@ -36,9 +38,10 @@ function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTi
       abortExecs: () => void log.push('abort'),
     },
   });
-  const actor = createActor(machine, { input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
+  const clock = new SimulatedClock();
+  const actor = createActor(machine, { clock, input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
   actor.start();
-  return { actor, log, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
+  return { actor, log, clock, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
 }
 
 describe('sandbox machine', () => {
@@ -157,27 +160,57 @@ describe('sandbox machine', () => {
   });
 
   it('drains when the max duration passes, across pause and resume', async () => {
-    const { actor, finishStop } = fakeMachine({ maxDurationMs: 150 });
+    const { actor, clock, finishStop } = fakeMachine({ maxDurationMs: 150 });
     await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(100);
     actor.send({ type: 'pause' });
+    clock.increment(30);
     actor.send({ type: 'resume' });
-    await waitFor(actor, (s) => stateName(s) === 'stopping', { timeout: 2000 });
+    // Pausing and resuming did not restart the lifetime: 149 ms in, it still runs.
+    clock.increment(19);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
     finishStop();
     const s = await waitFor(actor, (s) => s.status === 'done');
     expect(s.context.stopReason).toBe('max-duration');
   });
 
+  it('runs on with no max duration, however long', async () => {
+    const { actor, clock } = fakeMachine();
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(2 ** 31 - 1);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+  });
+
   it('drains after the idle timeout, but never while an exec runs', async () => {
-    const { actor, finishStop } = fakeMachine({ idleTimeoutMs: 100 });
+    const { actor, clock, finishStop } = fakeMachine({ idleTimeoutMs: 100 });
     await waitFor(actor, (s) => stateName(s) === 'running');
     actor.send({ type: 'exec', execId: 1 });
     // Three idle periods with the exec running: still running.
-    await new Promise((r) => setTimeout(r, 350));
+    clock.increment(350);
     expect(stateName(actor.getSnapshot())).toBe('running');
     actor.send({ type: 'exec.done', execId: 1 });
-    await waitFor(actor, (s) => stateName(s) === 'stopping', { timeout: 2000 });
+    // The end of the exec is activity: the idle period starts again from it.
+    clock.increment(99);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
     finishStop();
     expect((await waitFor(actor, (s) => s.status === 'done')).context.stopReason).toBe('idle-timeout');
+  });
+
+  it('restarts the idle period on every exec start', async () => {
+    const { actor, clock } = fakeMachine({ idleTimeoutMs: 100 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(90);
+    actor.send({ type: 'exec', execId: 1 });
+    actor.send({ type: 'exec.done', execId: 1 });
+    clock.increment(90);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    clock.increment(10);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
+    expect(actor.getSnapshot().context.stopReason).toBe('idle-timeout');
   });
 
   it('takes the stop timeout from the stop command', async () => {

@@ -29,25 +29,17 @@ describe('a hostile guest within the frame format', () => {
 
   const neighbourFine = async () => expect((await good.exec('echo', ['still here'])).stdout).toBe('still here\n');
 
-  it('floods 256 MiB of stdout at a slow consumer: every byte arrives, host memory stays bounded', async () => {
+  // How much host memory the flood costs is a figure (`npm run soak` prints the peak RSS for
+  // 256 MiB and 1 GiB floods); here, the condition: every byte, once, in order, and the
+  // neighbour unaffected.
+  it('floods 256 MiB of stdout at a slow consumer: every byte arrives once and in order, the neighbour is unaffected', async () => {
     const floodMib = Number(process.env.CORRAL_TEST_FLOOD_MIB ?? 256);
     process.env.CORRAL_FAKE_FLOOD_MIB = String(floodMib);
     const evil = await hostileSandbox(sup, 'flood').finally(() => delete process.env.CORRAL_FAKE_FLOOD_MIB);
     try {
-      const rss0 = process.memoryUsage().rss;
-      let peak = rss0;
-      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 25);
-      const { bytes, intact, ms } = await consumeFlood(evil, floodMib, () => (peak = Math.max(peak, process.memoryUsage().rss)));
-      clearInterval(sampler);
+      const { bytes, intact } = await consumeFlood(evil, floodMib);
       expect(bytes).toBe(floodMib * MiB);
       expect(intact).toBe(true);
-      const growthMib = (peak - rss0) / MiB;
-      console.log(`flood: ${floodMib} MiB in ${ms.toFixed(0)} ms (${((floodMib * 1000) / ms).toFixed(0)} MiB/s); host RSS ${(rss0 / MiB).toFixed(0)} → peak ${(peak / MiB).toFixed(0)} MiB (+${growthMib.toFixed(0)}), maxRSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
-      // Output stays in flight (the worker stops reading the guest past 8 MiB) until its
-      // replay and exec-log writes commit. Measured (npm run soak): +202 MiB for 256 MiB and
-      // +195 MiB for 1 GiB, of which ~60 MiB is LMDB's mapped file; before that bound +310 MiB
-      // and +455 MiB. The bound holds for any flood size, not this number.
-      expect(growthMib).toBeLessThan(400);
       await neighbourFine();
     } finally {
       await evil.kill().catch(() => {});
@@ -57,9 +49,7 @@ describe('a hostile guest within the frame format', () => {
   it('that never answers an exec: timeoutMs still ends it, and the session table is bounded', async () => {
     const evil = await hostileSandbox(sup, 'mute');
     try {
-      const t0 = performance.now();
       await expect(evil.exec('sleep', ['1000'], { timeoutMs: 500 })).rejects.toMatchObject({ code: 'E_TIMEOUT', message: expect.stringMatching(/did not end/) });
-      expect(performance.now() - t0).toBeLessThan(15_000);
       const ac = new AbortController();
       const aborted = evil.exec('sleep', ['1000'], { signal: ac.signal });
       ac.abort();

@@ -4,7 +4,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
-import { alive, hostileSandbox, testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+import { PROTOCOL_VERSION } from '../../src/agent/frame.ts';
+import { alive, hostileSandbox, testSupervisor, uniqueName, until, withFakeQemu } from '../helpers/sandbox.ts';
 
 
 describe('a hostile guest', () => {
@@ -35,4 +36,25 @@ describe('a hostile guest', () => {
       expect((await good.exec('echo', ['still here'])).stdout).toBe('still here\n');
     });
   }
+
+  it('that announces a protocol newer than the host is refused at create with E_PROTOCOL naming both versions, leaving no VM', async () => {
+    const name = uniqueName('evil-protocol');
+    let pid: number | undefined;
+    const sub = sup.events$.subscribe((e) => {
+      if (e.name === name && e.type === 'sandbox.vm.spawned') pid = e.pid;
+    });
+    process.env.CORRAL_FAKE_PROTOCOL = String(PROTOCOL_VERSION + 1);
+    try {
+      await expect(withFakeQemu('mute', () => Sandbox.builder(name).template(false).supervisor(sup).create())).rejects.toMatchObject({
+        code: 'E_PROTOCOL',
+        message: expect.stringContaining(`guest agent speaks protocol ${PROTOCOL_VERSION + 1}, host speaks 1–${PROTOCOL_VERSION}`),
+      });
+    } finally {
+      delete process.env.CORRAL_FAKE_PROTOCOL;
+      sub.unsubscribe();
+    }
+    expect(pid).toBeGreaterThan(0);
+    await until(() => !alive(pid!), 10_000, 'the fake VM to be gone');
+    expect((await good.exec('echo', ['still here'])).stdout).toBe('still here\n');
+  });
 });
