@@ -9,6 +9,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import type { SandboxApi, SandboxLink } from '../supervisor/SandboxLink.ts';
+import { holding } from '../runtime/hold.ts';
 import { FORWARDED_CALLS, LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';
 
 const METHODS = ['start', ...FORWARDED_CALLS] as const;
@@ -28,6 +29,8 @@ export class SocketLink implements SandboxLink {
   #nextId = 1;
   #busy = 0;
   #closed: Error | undefined;
+  readonly #gone: Promise<void>;
+  #onGone!: () => void;
 
   private constructor(
     readonly config: SandboxConfig,
@@ -35,6 +38,7 @@ export class SocketLink implements SandboxLink {
   ) {
     this.#socket = socket;
     this.events$ = this.#events.asObservable();
+    this.#gone = new Promise<void>((resolve) => (this.#onGone = resolve));
     const lines = new LineSplitter();
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => {
@@ -74,10 +78,28 @@ export class SocketLink implements SandboxLink {
   async busy<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#busy++ === 0) this.#socket.ref();
     try {
-      return await fn();
+      return await holding(fn);
     } finally {
       if (--this.#busy === 0) this.#socket.unref();
     }
+  }
+
+  /**
+   * Resolves once the host closed this connection (it does when its sandbox stopped, right
+   * before it removes its control socket); E_TIMEOUT after `timeoutMs`.
+   */
+  hostGone(timeoutMs: number): Promise<void> {
+    return holding(async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new CorralError('E_TIMEOUT', `the host of sandbox "${this.config.name}" did not let go of its socket within ${timeoutMs} ms of its stop`)), timeoutMs);
+      });
+      try {
+        await Promise.race([this.#gone, late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
   }
 
   async release(): Promise<void> {
@@ -116,5 +138,6 @@ export class SocketLink implements SandboxLink {
     this.#pending.clear();
     this.#events.complete();
     this.#socket.destroy();
+    this.#onGone();
   }
 }

@@ -19,6 +19,7 @@ import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts'
 import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
 
 const CALLS = new Set<string>(FORWARDED_CALLS);
+const END_CALLS = new Set(['stop', 'kill', 'drain', 'stopped']);
 
 async function readStdin(): Promise<string> {
   let text = '';
@@ -109,6 +110,9 @@ async function answer(sock: Socket, req: WireRequest): Promise<void> {
     } else if (CALLS.has(req.method) && ctl) {
       const fn = (ctl.api as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[req.method]!;
       result = await fn(...req.args);
+      // The verbs that end the sandbox answer at its end state: once the store says
+      // stopped, so the caller's next remove() or list() reads it so.
+      if (END_CALLS.has(req.method)) await sup.recordStopped(ctl);
     } else {
       throw new TypeError(`unknown method ${req.method}`);
     }

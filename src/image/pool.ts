@@ -8,32 +8,13 @@ import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
+import { workerExecArgv } from '../runtime/execArgv.ts';
+import { holding } from '../runtime/hold.ts';
 import type { UnpackOutcome } from '../../workers/image.worker.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
 import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
 
 const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
-
-/**
- * This process's node flags minus tsx's loader (`--import tsx`, `--require …/tsx/…`): a
- * worker inherits them, yet on Node 20 they do not give it TypeScript (image.boot.mjs
- * registers tsx itself), and booting them cost ~0.3 s of CPU and ~0.5 s per worker here.
- */
-function workerExecArgv(): string[] {
-  const isTsx = (v: string) => /(^|[\\/])tsx([\\/]|$)/.test(v);
-  const out: string[] = [];
-  const a = process.execArgv;
-  for (let i = 0; i < a.length; i++) {
-    const flag = a[i]!;
-    if (['--require', '-r', '--import'].includes(flag) && isTsx(a[i + 1] ?? '')) {
-      i++;
-      continue;
-    }
-    if (/^(--require|--import|-r)=/.test(flag) && isTsx(flag.slice(flag.indexOf('=') + 1))) continue;
-    out.push(flag);
-  }
-  return out;
-}
 
 let pool: Piscina | undefined;
 let users = 0;
@@ -62,7 +43,8 @@ export async function withImagePool<T>(
   const p = pool;
   try {
     const run = async (task: UnpackTask | SquashTask, signal?: AbortSignal) => {
-      const out = (await p.run(task, signal ? { signal } : {})) as UnpackOutcome;
+      // Piscina's workers are unreferenced while idle: hold the process until the task is done.
+      const out = (await holding(() => p.run(task, signal ? { signal } : {}))) as UnpackOutcome;
       if (!out.ok) throw deserializeError(out.error);
       return out.result;
     };

@@ -17,6 +17,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
+import { workerExecArgv } from '../runtime/execArgv.ts';
 import type { PoolMessage, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
@@ -54,7 +55,7 @@ export type OnWorkerLost = (error: CorralError) => void;
 
 /** One sandbox worker thread and the actors it hosts. */
 class PoolWorker {
-  readonly worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox' });
+  readonly worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: workerExecArgv() });
   readonly actors = new Map<number, OnWorkerLost>();
   /** Set once the worker is asked to end (close, strict release): its exit is no crash. */
   ending = false;

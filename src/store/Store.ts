@@ -12,6 +12,7 @@ import { secureStateDir } from './stateDir.ts';
 import type { SandboxStatus, StopReason } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
+import { holding } from '../runtime/hold.ts';
 
 /** A sandbox as the store remembers it. */
 export interface SandboxRecord {
@@ -62,7 +63,7 @@ export class Store {
   /** Writes a record; resolves once it is durable. */
   async putSandbox(rec: SandboxRecord): Promise<void> {
     this.#assertOpen();
-    await this.#sandboxes.put(rec.name, rec);
+    await holding(() => this.#sandboxes.put(rec.name, rec));
   }
 
   /** Writes a record synchronously (for exit hooks and read-repair). */
@@ -72,17 +73,20 @@ export class Store {
   }
 
   /** Updates some fields of an existing record (no-op if it is gone). */
-  async patchSandbox(name: string, patch: Partial<Omit<SandboxRecord, 'name' | 'createdAt'>>): Promise<void> {
+  async patchSandbox(name: string, patch: Partial<Omit<SandboxRecord, 'name' | 'createdAt'>>, options: { keepStopped?: boolean } = {}): Promise<void> {
     this.#assertOpen();
-    await this.#sandboxes.transaction(() => {
-      const cur = this.#sandboxes.get(name);
-      if (cur) this.#sandboxes.putSync(name, { ...cur, ...patch, updatedAt: Date.now() });
-    });
+    await holding(() =>
+      this.#sandboxes.transaction(() => {
+        const cur = this.#sandboxes.get(name);
+        if (!cur || (options.keepStopped && cur.status === 'stopped')) return;
+        this.#sandboxes.putSync(name, { ...cur, ...patch, updatedAt: Date.now() });
+      }),
+    );
   }
 
   async removeSandbox(name: string): Promise<void> {
     this.#assertOpen();
-    await this.#sandboxes.remove(name);
+    await holding(() => this.#sandboxes.remove(name));
   }
 
   /**

@@ -22,10 +22,11 @@ import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
-import { controlSocketPath } from '../host/wire.ts';
+import { FORWARDED_CALLS, controlSocketPath } from '../host/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
+import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { readSnapshot, snapshotDevices } from '../runtime/snapshots.ts';
 import { snapshotGuestFields } from '../guest/guestConfig.ts';
@@ -80,13 +81,19 @@ export interface CreateOptions {
 export class SandboxController implements SandboxLink {
   readonly #remote: Remote<SandboxWorkerApi>;
   readonly #actor: HostedActor;
-  /** Every call goes through here: it rejects when the actor's worker dies under it. */
+  /**
+   * The actor's API. Each call holds the process until it settles (the worker is
+   * unreferenced while idle), and rejects instead of staying pending for ever (Comlink would
+   * leave it so) when the actor's worker dies under it (E_WORKER_CRASHED), or with E_CLOSED
+   * once {@link terminate} (release, replace, `Supervisor.destroy()`) let go of the actor.
+   */
   readonly api: SandboxApi;
   readonly detached = false;
   readonly events$: Observable<SandboxEvent>;
   /** The seq of the last event the actor posted (events the supervisor adds follow it). */
   lastSeq = 0;
-  #lost: CorralError | undefined;
+  /** Why calls no longer reach the actor (its worker died, or it was released). */
+  #ended: CorralError | undefined;
   readonly #pending = new Set<(err: CorralError) => void>();
   #terminated: Promise<void> | undefined;
 
@@ -100,12 +107,9 @@ export class SandboxController implements SandboxLink {
     this.#actor = actor;
     this.#remote = remote;
     this.events$ = events$;
-    this.api = new Proxy({} as SandboxApi, {
-      get: (_, key) => {
-        if (typeof key !== 'string' || key === 'then') return undefined;
-        return (...args: unknown[]) => this.#call(key, args);
-      },
-    });
+    const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
+    for (const m of WORKER_METHODS) api[m] = (...args: unknown[]) => this.busy(() => this.#call(m, args));
+    this.api = api as unknown as SandboxApi;
   }
 
   /** The worker thread hosting this sandbox. */
@@ -113,13 +117,8 @@ export class SandboxController implements SandboxLink {
     return this.#actor.threadId;
   }
 
-  /** Whether the worker hosting this sandbox died under it. */
-  get lost(): boolean {
-    return this.#lost !== undefined;
-  }
-
   #call(method: string, args: unknown[]): Promise<unknown> {
-    if (this.#lost) return Promise.reject(this.#lost);
+    if (this.#ended) return Promise.reject(this.#ended);
     const fn = (this.#remote as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!;
     return new Promise((resolve, reject) => {
       this.#pending.add(reject);
@@ -127,20 +126,25 @@ export class SandboxController implements SandboxLink {
     });
   }
 
-  /** @internal the worker died: every call in flight and every later one rejects with `err`. */
-  markLost(err: CorralError): void {
-    this.#lost = err;
-    for (const reject of this.#pending) reject(err);
+  /** Every call in flight, and every later one, rejects with `err` (the first reason stays). */
+  #endCalls(err: CorralError): void {
+    this.#ended ??= err;
+    for (const reject of this.#pending) reject(this.#ended);
     this.#pending.clear();
+  }
+
+  /** @internal the worker hosting this actor died. */
+  markLost(err: CorralError): void {
+    this.#endCalls(err);
   }
 
   /**
    * Runs `fn` while keeping the worker referenced, so the process does not exit with a call
    * pending. An idle attached sandbox does not keep the process alive: when the process
-   * ends, its VMs end with it.
+   * ends, its VMs end with it. Every {@link api} call goes through here already.
    */
   busy<T>(fn: () => Promise<T>): Promise<T> {
-    return this.#actor.hold(fn);
+    return this.#actor.hold(() => holding(fn));
   }
 
   release(): Promise<void> {
@@ -152,10 +156,11 @@ export class SandboxController implements SandboxLink {
 
   /**
    * Lets go of the actor: its worker drops it (and kills its VM if one is left); in strict
-   * isolation the worker thread ends. Idempotent.
+   * isolation the worker thread ends. Calls still pending reject with E_CLOSED. Idempotent.
    */
   terminate(): Promise<void> {
     this.#terminated ??= (async () => {
+      this.#endCalls(new CorralError('E_CLOSED', `sandbox "${this.config.name}" was released: its worker no longer hosts it`));
       this.#remote[releaseProxy]();
       await this.#actor.release();
     })();
@@ -330,9 +335,11 @@ export class Supervisor {
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<SandboxController> {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
-    await this.#claimName(config.name, options.replace ?? false);
-    await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
-    return this.#boot(config, options);
+    return holding(async () => {
+      await this.#claimName(config.name, options.replace ?? false);
+      await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
+      return this.#boot(config, options);
+    });
   }
 
   /**
@@ -344,8 +351,10 @@ export class Supervisor {
     const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
     if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
-    await this.#putCreating(rec, options.controlSocket);
-    return this.#boot(rec.config, options);
+    return holding(async () => {
+      await this.#putCreating(rec, options.controlSocket);
+      return this.#boot(rec.config, options);
+    });
   }
 
   /** Records a sandbox as being created by this process (keeping what `base` has, e.g. a pinned image). */
@@ -491,6 +500,9 @@ export class Supervisor {
     if (!options.restart && !options.replace && this.#live.has(config.name)) {
       throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running (use .replace() to replace it)`);
     }
+    // The old sandbox ends here, before the new host starts: a host refuses a name whose
+    // socket still answers.
+    if (options.replace && !options.restart) await holding(() => this.#claimName(config.name, true));
     const args = ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
     if (options.replace) args.push('--replace');
     if (options.restart) args.push('--restart');
@@ -567,16 +579,33 @@ export class Supervisor {
     return this.#live.get(name);
   }
 
-  /** Ends a controller's worker once its sandbox stopped, and forgets it. */
-  async release(ctl: SandboxController): Promise<void> {
-    // The record follows events asynchronously; make the final state durable before the
-    // caller (stop(), kill()…) returns, so an immediate start() or list() reads it.
-    const info = await ctl.api.info().catch(() => undefined);
-    if (info?.status === 'stopped' && !this.#store.closed) {
-      await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason }).catch(() => {});
+  /**
+   * Makes a stopped sandbox's end state durable: resolves once the store says stopped (the
+   * record otherwise follows the worker's events asynchronously), so whoever reads the store
+   * next — `remove()`, `list()`, another process — sees it stopped. A worker that is gone
+   * took its VM with it: the record says crashed. No-op while the sandbox still runs.
+   */
+  async recordStopped(ctl: SandboxController): Promise<SandboxInfo | undefined> {
+    let info: SandboxInfo | undefined;
+    try {
+      info = await ctl.api.info();
+    } catch (err) {
+      if (!(err instanceof CorralError && (err.code === 'E_VM_CRASHED' || err.code === 'E_WORKER_CRASHED'))) throw err;
     }
-    if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
-    await ctl.terminate();
+    if (this.#store.closed) return info;
+    if (!info) await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' });
+    else if (info.status === 'stopped') await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason });
+    return info;
+  }
+
+  /** Ends a controller's worker once its sandbox stopped (recorded as such), and forgets it. */
+  async release(ctl: SandboxController): Promise<void> {
+    try {
+      await this.recordStopped(ctl);
+    } finally {
+      if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
+      await ctl.terminate();
+    }
   }
 
   /** Removes a stopped sandbox: its record and its disk. */
@@ -589,10 +618,12 @@ export class Supervisor {
     if (rec.status !== 'stopped') {
       throw new CorralError('E_ILLEGAL_STATE', `cannot remove sandbox "${name}": it is ${rec.status} (owned by pid ${rec.ownerPid})`);
     }
-    await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
-    if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
-    await this.#store.removeSandbox(name);
-    await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
+    await holding(async () => {
+      await rm(sandboxDir(this.stateDir, name), { recursive: true, force: true });
+      if (rec.controlSocket) await rm(rec.controlSocket, { force: true });
+      await this.#store.removeSandbox(name);
+      await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
+    });
   }
 
   /**
@@ -616,7 +647,9 @@ export class Supervisor {
   async #closeAll(): Promise<void> {
     await Promise.allSettled(
       [...this.#live.values()].map(async (ctl) => {
-        await ctl.api.stop().catch(() => ctl.api.kill()).catch(() => {});
+        await endSandbox(ctl).catch((err: unknown) => {
+          process.emitWarning(`corral: sandbox "${ctl.config.name}" did not stop at close (${(err as Error).message}); its worker is ended, and its VM with it`);
+        });
         await ctl.terminate();
       }),
     );
@@ -631,8 +664,11 @@ export class Supervisor {
 
   /** Forceful close: kills every VM at once. */
   async destroy(): Promise<void> {
-    // Ending the workers ends every VM spawned from them at once.
+    // Calls pending on the sandboxes reject (E_CLOSED); ending the workers ends every VM
+    // spawned from them at once.
+    const live = [...this.#live.values()];
     this.#live.clear();
+    await Promise.allSettled(live.map((ctl) => ctl.terminate()));
     await this.#pool.destroy();
     await this.close();
   }
@@ -641,19 +677,37 @@ export class Supervisor {
     await this.close();
   }
 
+  /**
+   * Makes `name` free for a new sandbox. Without `replace`, any record of that name fails
+   * with E_SANDBOX_EXISTS. With it, a live sandbox of this process, or a detached one of any
+   * process, is stopped (its stopTimeoutMs, then killed) and its record removed once it says
+   * stopped; a sandbox attached to another live process cannot be: only that process can
+   * stop it (E_ILLEGAL_STATE).
+   */
   async #claimName(name: string, replace: boolean): Promise<void> {
     const live = this.#live.get(name);
     if (live) {
       if (!replace) throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is already running (use .replace() to replace it)`);
-      await live.api.stop().catch(() => live.api.kill()).catch(() => {});
+      await endSandbox(live);
       await this.release(live);
     }
-    const rec = this.reconcile(name);
+    let rec = this.reconcile(name);
     if (!rec) return;
-    if (rec.status !== 'stopped') {
+    if (rec.status !== 'stopped' && !replace) {
       throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is ${rec.status} in process ${rec.ownerPid}`, { details: { status: rec.status } });
     }
-    if (!replace && rec.status === 'stopped') {
+    if (rec.status !== 'stopped') {
+      if (!rec.controlSocket) {
+        throw new CorralError('E_ILLEGAL_STATE', `cannot replace sandbox "${name}": it is attached to process ${rec.ownerPid}; only that process can stop it`, {
+          details: { ownerPid: rec.ownerPid, state: rec.status },
+        });
+      }
+      await this.#endDetached(rec);
+      rec = this.reconcile(name);
+      if (rec && rec.status !== 'stopped') {
+        throw new CorralError('E_ILLEGAL_STATE', `cannot replace sandbox "${name}": it is still ${rec.status} after its stop (owned by pid ${rec.ownerPid})`, { details: { state: rec.status } });
+      }
+    } else if (!replace) {
       throw new CorralError('E_SANDBOX_EXISTS', `a stopped sandbox named "${name}" exists (remove it, or use .replace())`, { details: { status: rec.status } });
     }
     // Replacing, or a leftover of a process that died: start afresh.
@@ -661,10 +715,38 @@ export class Supervisor {
     await this.#store.removeSandbox(name);
   }
 
+  /**
+   * Stops a detached sandbox through its host and waits until that host has let go of its
+   * control socket (it closes its clients, then removes the socket, in one go), so that a
+   * new host of the same name can take the socket over.
+   */
+  async #endDetached(rec: SandboxRecord): Promise<void> {
+    let link: SocketLink;
+    try {
+      link = await SocketLink.connect(rec.config, rec.controlSocket!);
+    } catch (err) {
+      // The host went away between the read and the connect: the record says so now.
+      if (this.reconcile(rec.name)?.status === 'stopped') return;
+      throw err;
+    }
+    try {
+      await endSandbox(link);
+      await link.hostGone(rec.config.stopTimeoutMs);
+    } finally {
+      await link.detach();
+    }
+  }
+
   /** Records and publishes one event; resolves when its replay and log writes commit. */
   #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
-    if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
+    // A state event that arrives after the stop was recorded (it crossed the events port
+    // while the answer crossed the control port) must not move the record back.
+    if (patch) {
+      void this.#store.patchSandbox(e.name, patch, { keepStopped: patch.status !== 'stopped' }).catch((err: unknown) => {
+        process.emitWarning(`corral: cannot record ${e.type} of sandbox "${e.name}": ${(err as Error).message}`);
+      });
+    }
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
     const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
@@ -689,6 +771,27 @@ function recordPatch(e: SandboxEvent): Partial<SandboxRecord> | undefined {
       return undefined;
   }
 }
+
+/**
+ * Ends a sandbox: a graceful stop (the worker escalates to kill after the sandbox's
+ * stopTimeoutMs), and a kill if the stop itself fails. Resolves once it stopped; rejects
+ * with the kill's error when even that fails.
+ */
+async function endSandbox(link: SandboxLink): Promise<void> {
+  try {
+    await link.api.stop();
+  } catch (err) {
+    // Its worker or host is gone, and the VM with it.
+    if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_VM_CRASHED' || err.code === 'E_WORKER_CRASHED')) return;
+    await link.api.kill();
+  }
+}
+
+/** Every method of the worker's API (a missing one fails the typecheck). */
+const WORKER_METHODS = ['start', ...FORWARDED_CALLS] as const satisfies readonly (keyof SandboxWorkerApi)[];
+type MissingMethod = Exclude<keyof SandboxWorkerApi, (typeof WORKER_METHODS)[number]>;
+const allMethods: [MissingMethod] extends [never] ? true : MissingMethod = true;
+void allMethods;
 
 const openSupervisors = new Set<Supervisor>();
 
