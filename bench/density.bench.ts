@@ -83,7 +83,12 @@ async function bareRestore(i: number): Promise<number> {
   return ms;
 }
 
-const settle = () => new Promise((r) => setTimeout(r, 2000));
+/** Idle for 2 s, then a full GC of this thread when allowed (`node --expose-gc`), so that RSS compares live memory, not garbage. */
+const gc = (globalThis as { gc?: () => void }).gc;
+const settle = async () => {
+  await new Promise((r) => setTimeout(r, 2000));
+  gc?.();
+};
 
 // Warm-up: builds the template, loads every module, starts the pool's workers.
 const warm = await Sandbox.builder('warm').memory(memoryMib).supervisor(sup).create();
@@ -116,7 +121,7 @@ await settle(); // idle
 const rss1 = process.memoryUsage.rss() / 1024;
 const pss1 = rollupKib('self', 'Pss');
 const qemuPss = await Promise.all(sandboxes.map(async (s) => rollupKib((await s.info()).pid!, 'Pss') / 1024));
-console.log(`host Node process, baseline after warm-up: RSS ${(rss0 / 1024).toFixed(1)} MiB, PSS ${(pss0 / 1024).toFixed(1)} MiB (${sup.pool.workerCount} sandbox workers)`);
+console.log(`host Node process, baseline after warm-up: RSS ${(rss0 / 1024).toFixed(1)} MiB, PSS ${(pss0 / 1024).toFixed(1)} MiB (${sup.pool.workerCount} sandbox workers${gc ? ', main thread GC\'d before each reading' : ', no --expose-gc: garbage counts'})`);
 console.log(`host memory per idle sandbox:              RSS +${((rss1 - rss0) / 1024 / N).toFixed(2)} MiB, PSS +${((pss1 - pss0) / 1024 / N).toFixed(2)} MiB (n=${N}, ${sup.pool.workerCount} workers, loads ${sup.pool.loads.join('/')})`);
 console.log(`qemu PSS per idle VM:                      median ${quantile(qemuPss, 0.5).toFixed(1)} MiB, max ${Math.max(...qemuPss).toFixed(1)} MiB`);
 
