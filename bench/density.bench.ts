@@ -18,6 +18,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import type { Isolation } from '../src/pool/SandboxPool.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
@@ -83,8 +85,9 @@ async function bareRestore(i: number): Promise<number> {
   return ms;
 }
 
-/** Idle for 2 s, then a full GC of this thread when allowed (`node --expose-gc`), so that RSS compares live memory, not garbage. */
-const gc = (globalThis as { gc?: () => void }).gc;
+/** Idle for 2 s, then a full GC of this thread, so that RSS compares live memory, not garbage. */
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as (() => void) | undefined;
 const settle = async () => {
   await new Promise((r) => setTimeout(r, 2000));
   gc?.();

@@ -53,9 +53,27 @@ export function validatePoolOptions(options: SandboxPoolOptions): Required<Sandb
 /** Called once when the worker hosting an actor ends without being asked to. */
 export type OnWorkerLost = (error: CorralError) => void;
 
+/**
+ * A sandbox worker thread with the process's node options where a worker accepts them.
+ * Node refuses a worker some per-process options (`--expose-gc`…: V8 flags already apply
+ * to every thread); the worker then starts without any, and says which it went without.
+ */
+function startWorker(): Worker {
+  const execArgv = workerExecArgv();
+  try {
+    return new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw err;
+    if (!warnedExecArgv) process.emitWarning(`corral: sandbox workers start without the node options ${execArgv.join(' ')} (${(err as Error).message})`, { code: 'CORRAL_EXEC_ARGV' });
+    warnedExecArgv = true;
+    return new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: [] });
+  }
+}
+let warnedExecArgv = false;
+
 /** One sandbox worker thread and the actors it hosts. */
 class PoolWorker {
-  readonly worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: workerExecArgv() });
+  readonly worker = startWorker();
   readonly actors = new Map<number, OnWorkerLost>();
   /** Set once the worker is asked to end (close, strict release): its exit is no crash. */
   ending = false;
