@@ -23,6 +23,7 @@ export const ErrorCodes = {
   E_DISK_BUSY: 'the disk image is the root of another running sandbox',
   E_BOOT_FAILED: 'the VM did not come up',
   E_VM_CRASHED: 'the VM process ended unexpectedly',
+  E_WORKER_CRASHED: 'the worker thread hosting the sandbox ended unexpectedly (its VM ended with it)',
   E_PROTOCOL: 'the guest sent something the host does not accept',
   E_AGENT: 'the guest agent reported an error',
   E_EXEC_START: 'the command could not be started in the guest',

@@ -1,7 +1,8 @@
 /**
- * The worker thread that hosts one sandbox actor.
+ * A worker thread that hosts sandbox actors: as many as the pool hands it (src/pool), or
+ * one in strict isolation.
  *
- * It owns the VM process (spawned from this thread, so the VM dies with it), runs the
+ * Each actor owns its VM process (spawned from this thread, so the VM dies with it), runs the
  * lifecycle machine with real actors provided, stamps every event (`name`, `seq`, `ts`) and
  * posts it on the events port, and exposes {@link SandboxWorkerApi} over Comlink on the
  * control port. It never imports the supervisor.
@@ -22,6 +23,7 @@ import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, Sandbox
 import { validateName, type SandboxConfig } from '../src/config.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../src/errors.ts';
 import { createLogger, type Logger } from '../src/runtime/log.ts';
+import { withActorEnv } from '../src/runtime/actorEnv.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
 import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
 import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
@@ -128,6 +130,7 @@ class SandboxHost implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
   readonly #events: MessagePort;
+  readonly #control: MessagePort;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
   readonly #actor: Actor<typeof sandboxMachine>;
@@ -155,6 +158,7 @@ class SandboxHost implements SandboxWorkerApi {
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#events = data.events;
+    this.#control = data.control;
     this.#outputInFlight = data.outputInFlight;
     this.#secrets = data.secrets;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
@@ -314,6 +318,16 @@ class SandboxHost implements SandboxWorkerApi {
     return done;
   }
 
+
+  /**
+   * Lets go of this actor once the pool no longer hosts it: its VM (if one is somehow still
+   * there) is killed and its ports close, so the worker keeps nothing of it.
+   */
+  dispose(): void {
+    this.#vm?.kill();
+    this.#events.close();
+    this.#control.close();
+  }
 
   async blockStats(): Promise<unknown[]> {
     return this.#requireVm().qmp.execute<unknown[]>('query-blockstats');
@@ -815,18 +829,51 @@ class SandboxHost implements SandboxWorkerApi {
   }
 }
 
-function host(data: SandboxWorkerData): void {
-  // A spare worker copied the environment when it started, before this sandbox existed:
-  // take the runtime's variables as they are at create time.
-  for (const [k, v] of Object.entries(data.env ?? {})) {
-    if (v === undefined) delete process.env[k];
-    else process.env[k] = v;
-  }
-  expose(new SandboxHost(data), nodeEndpoint(data.control as never));
+/** Messages the pool posts a sandbox worker (src/pool/SandboxPool.ts). */
+export type PoolMessage =
+  | { readonly type: 'host'; readonly id: number; readonly data: SandboxWorkerData }
+  | { readonly type: 'dispose'; readonly id: number }
+  /** Test-only: the worker throws at top level, as a bug in its code would make it. */
+  | { readonly type: 'crash'; readonly message: string };
+
+const hosted = new Map<number, SandboxHost>();
+
+/**
+ * Hosts one more sandbox actor in this worker. Its calls run with its own runtime
+ * variables (src/runtime/actorEnv.ts), never the worker's `process.env`: other actors of
+ * this worker were created with theirs.
+ */
+function host(id: number, data: SandboxWorkerData): void {
+  const env = data.env ?? {};
+  const actor = withActorEnv(env, () => new SandboxHost(data));
+  hosted.set(id, actor);
+  const scoped = new Proxy(actor, {
+    get(target, key) {
+      const v = Reflect.get(target, key) as unknown;
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => withActorEnv(env, () => (v as (...a: unknown[]) => unknown).apply(target, args));
+    },
+  });
+  expose(scoped, nodeEndpoint(data.control as never));
 }
 
-// A worker is either started for a sandbox (its data in workerData) or started ahead as a
-// warm spare: modules loaded, waiting for the supervisor to hand it a sandbox.
+// A worker is either started for one sandbox (its data in workerData, as a detached host
+// did) or started by the pool: modules loaded, hosting the actors the pool hands it.
 const initial = workerData as Partial<SandboxWorkerData>;
-if (initial.config) host(initial as SandboxWorkerData);
-else parentPort?.once('message', (data: SandboxWorkerData) => host(data));
+if (initial.config) host(0, initial as SandboxWorkerData);
+parentPort?.on('message', (msg: PoolMessage) => {
+  switch (msg.type) {
+    case 'host':
+      host(msg.id, msg.data);
+      break;
+    case 'dispose':
+      hosted.get(msg.id)?.dispose();
+      hosted.delete(msg.id);
+      break;
+    case 'crash':
+      setImmediate(() => {
+        throw new Error(msg.message);
+      });
+      break;
+  }
+});

@@ -23,6 +23,7 @@
  * when the VM ends; ones left by a killed host process are swept at the next start.
  */
 
+import { runtimeVar } from '../runtime/actorEnv.ts';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -51,7 +52,7 @@ export function cgroup2Root(): string {
  * mount namespace of the VM process only), for guests that should use another resolver.
  */
 export function guestResolvConf(): string {
-  const file = process.env.CORRAL_GUEST_RESOLV_CONF;
+  const file = runtimeVar('CORRAL_GUEST_RESOLV_CONF');
   if (!file) return '/etc/resolv.conf';
   if (!isAbsolute(file) || !existsSync(file) || !statSync(file).isFile()) {
     throw new CorralError('E_INVALID_OPTION', `CORRAL_GUEST_RESOLV_CONF must be the absolute path of a resolv.conf file (got "${file}")`);

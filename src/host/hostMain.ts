@@ -62,7 +62,8 @@ if (existsSync(socketPath) && (await socketAnswers(socketPath))) {
 }
 rmSync(socketPath, { force: true });
 
-const sup = new Supervisor({ stateDir });
+// One sandbox per host process: one worker is all its pool needs.
+const sup = new Supervisor({ stateDir, workers: 1 });
 const clients = new Set<Socket>();
 let ctl: SandboxController | undefined;
 

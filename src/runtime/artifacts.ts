@@ -4,6 +4,7 @@
  * (sockets). Every path can be moved by an environment variable.
  */
 
+import { runtimeVar } from './actorEnv.ts';
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +12,7 @@ import { CorralError } from '../errors.ts';
 
 /** The build cache: `CORRAL_CACHE_DIR`, else `~/.cache/corral`. */
 export function cacheDir(): string {
-  return process.env.CORRAL_CACHE_DIR || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'corral');
+  return runtimeVar('CORRAL_CACHE_DIR') || join(runtimeVar('XDG_CACHE_HOME') || join(homedir(), '.cache'), 'corral');
 }
 
 /** The default state dir: `CORRAL_STATE_DIR`, else `~/.local/state/corral`. */

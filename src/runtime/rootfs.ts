@@ -4,6 +4,7 @@
  * own writable upper disk — or a disk image as the whole root.
  */
 
+import { runtimeVar } from './actorEnv.ts';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -92,7 +93,7 @@ export async function prepareRoot(config: SandboxConfig, stateDir: string, optio
   if (options.createUpper !== false && !image.disk && !existsSync(upper)) await copySparse(a.upperTemplate, upper);
   return {
     // CORRAL_QEMU swaps the VM binary (the tests' hostile fake guest uses it).
-    qemu: process.env.CORRAL_QEMU || a.qemu,
+    qemu: runtimeVar('CORRAL_QEMU') || a.qemu,
     kernel: a.kernel,
     initramfs: a.initramfs,
     lower: image.lower,

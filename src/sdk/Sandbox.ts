@@ -237,7 +237,8 @@ export class Sandbox {
     const link = this.#link;
     if (!link || this.#released) return this.#recordInfo();
     return link.busy(() => link.api.info()).catch((err: unknown) => {
-      if (err instanceof CorralError && err.code === 'E_CLOSED') return this.#recordInfo();
+      // A closed supervisor, or a worker that died under the sandbox: the record says how it ended.
+      if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED')) return this.#recordInfo();
       throw err;
     });
   }
@@ -377,9 +378,13 @@ export class Sandbox {
   async wait(): Promise<SandboxInfo> {
     if (this.#released || !this.#link) return this.#recordInfo();
     const link = this.#link;
-    const info = await link.busy(() => link.api.stopped());
+    const info = await link.busy(() => link.api.stopped()).catch((err: unknown) => {
+      // Its worker died: the sandbox is stopped (crashed), as its record says.
+      if (err instanceof CorralError && err.code === 'E_WORKER_CRASHED') return undefined;
+      throw err;
+    });
     await this.#release();
-    return info;
+    return info ?? this.#recordInfo();
   }
 
   /**

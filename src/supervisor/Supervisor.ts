@@ -1,9 +1,10 @@
 /**
  * One Supervisor per process: it owns the sandbox workers, the event bus and the store.
  *
- * Each sandbox is an actor in a worker thread of its own (workers/sandbox.worker.ts),
- * driven over Comlink; its events arrive on a second port, are recorded in the store where
- * they change the record, and are published on the bus.
+ * Each sandbox is an actor hosted by a worker thread of its pool (src/pool: many actors per
+ * worker by default, one worker each in strict isolation), driven over Comlink on a port of
+ * its own; its events arrive on a second port, are recorded in the store where they change
+ * the record, and are published on the bus.
  */
 
 import './comlinkErrors.ts';
@@ -12,20 +13,19 @@ import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
-import { CorralError, InvalidOptionError, deserializeError, type SerializedError } from '../errors.ts';
+import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../host/SocketLink.ts';
 import { FORWARDED_CALLS, controlSocketPath } from '../host/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
-import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { readSnapshot, snapshotDevices } from '../runtime/snapshots.ts';
@@ -36,9 +36,8 @@ import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
-
-const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
-const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
+import { SandboxPool, validatePoolOptions, type HostedActor, type Isolation } from '../pool/SandboxPool.ts';
+import { captureActorEnv } from '../runtime/actorEnv.ts';
 const HOST_MAIN = fileURLToPath(new URL('../host/hostMain.ts', import.meta.url));
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
 const TSX_LOADER = import.meta.resolve('tsx');
@@ -53,6 +52,17 @@ export interface SupervisorOptions {
   readonly replay?: ReplayLimits;
   /** Bounds of the per-sandbox exec logs (see {@link Supervisor.logs}). */
   readonly logs?: ExecLogLimits;
+  /**
+   * Worker threads of the sandbox pool, each hosting any number of sandboxes (the least
+   * loaded takes the next create). A positive integer; default `os.availableParallelism()`.
+   */
+  readonly workers?: number;
+  /**
+   * `'shared'` (default): sandboxes share the pool's workers (a worker that crashes fails
+   * only its own sandboxes). `'worker'`: one worker thread per sandbox, as a thread boundary
+   * around each (~35 MiB of host memory per sandbox).
+   */
+  readonly isolation?: Isolation;
 }
 
 /** Options of {@link Supervisor.create}. */
@@ -65,56 +75,67 @@ export interface CreateOptions {
 }
 
 /**
- * The supervisor's handle on one sandbox worker. The SDK's `Sandbox` wraps it.
+ * The supervisor's handle on one sandbox actor. The SDK's `Sandbox` wraps it.
  * Internal: not exported from the package entry.
  */
 export class SandboxController implements SandboxLink {
-  readonly #worker: Worker;
   readonly #remote: Remote<SandboxWorkerApi>;
+  readonly #actor: HostedActor;
   /**
-   * The worker's API. Each call holds the process until it settles (the worker is
-   * unreferenced while idle), and rejects when the worker exits before answering (Comlink
-   * would leave it pending for ever): E_VM_CRASHED, or E_CLOSED once {@link terminate}
-   * (release, replace, `Supervisor.destroy()`) ended it.
+   * The actor's API. Each call holds the process until it settles (the worker is
+   * unreferenced while idle), and rejects instead of staying pending for ever (Comlink would
+   * leave it so) when the actor's worker dies under it (E_WORKER_CRASHED), or with E_CLOSED
+   * once {@link terminate} (release, replace, `Supervisor.destroy()`) let go of the actor.
    */
   readonly api: SandboxApi;
   readonly detached = false;
   readonly events$: Observable<SandboxEvent>;
-  #busy = 0;
+  /** The seq of the last event the actor posted (events the supervisor adds follow it). */
+  lastSeq = 0;
+  /** Why calls no longer reach the actor (its worker died, or it was released). */
+  #ended: CorralError | undefined;
+  readonly #pending = new Set<(err: CorralError) => void>();
   #terminated: Promise<void> | undefined;
-  /** Rejects once the worker exited; never resolves. */
-  readonly #exited: Promise<never>;
 
   constructor(
     readonly config: SandboxConfig,
-    worker: Worker,
+    actor: HostedActor,
     remote: Remote<SandboxWorkerApi>,
     events$: Observable<SandboxEvent>,
     readonly supervisor: Supervisor,
   ) {
-    this.#worker = worker;
+    this.#actor = actor;
     this.#remote = remote;
     this.events$ = events$;
-    this.#exited = new Promise<never>((_, reject) => {
-      const onExit = (code: number) =>
-        reject(
-          this.#terminated
-            ? new CorralError('E_CLOSED', `sandbox "${config.name}" was released: its worker is ended`)
-            : new CorralError('E_VM_CRASHED', `the worker of sandbox "${config.name}" exited (code ${code}) with a call pending: its VM is gone with it`, { details: { exitCode: code } }),
-        );
-      if (exitedWorkers.has(worker)) onExit(-1);
-      else worker.once('exit', onExit);
-    });
-    // Observed here; each call races it and passes the rejection on to its caller.
-    this.#exited.catch(() => undefined);
     const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
-    const target = remote as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
-    for (const m of WORKER_METHODS) {
-      // Once terminate() began, the proxy is released: a new call gets the exit's error.
-      api[m] = (...args: unknown[]) => this.busy(() => (this.#terminated ? this.#exited : Promise.race([target[m]!(...args), this.#exited])));
-    }
+    for (const m of WORKER_METHODS) api[m] = (...args: unknown[]) => this.busy(() => this.#call(m, args));
     this.api = api as unknown as SandboxApi;
-    worker.unref();
+  }
+
+  /** The worker thread hosting this sandbox. */
+  get threadId(): number {
+    return this.#actor.threadId;
+  }
+
+  #call(method: string, args: unknown[]): Promise<unknown> {
+    if (this.#ended) return Promise.reject(this.#ended);
+    const fn = (this.#remote as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!;
+    return new Promise((resolve, reject) => {
+      this.#pending.add(reject);
+      fn(...args).then(resolve, reject).finally(() => this.#pending.delete(reject));
+    });
+  }
+
+  /** Every call in flight, and every later one, rejects with `err` (the first reason stays). */
+  #endCalls(err: CorralError): void {
+    this.#ended ??= err;
+    for (const reject of this.#pending) reject(this.#ended);
+    this.#pending.clear();
+  }
+
+  /** @internal the worker hosting this actor died. */
+  markLost(err: CorralError): void {
+    this.#endCalls(err);
   }
 
   /**
@@ -122,13 +143,8 @@ export class SandboxController implements SandboxLink {
    * pending. An idle attached sandbox does not keep the process alive: when the process
    * ends, its VMs end with it. Every {@link api} call goes through here already.
    */
-  async busy<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.#busy++ === 0) this.#worker.ref();
-    try {
-      return await holding(fn);
-    } finally {
-      if (--this.#busy === 0) this.#worker.unref();
-    }
+  busy<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#actor.hold(() => holding(fn));
   }
 
   release(): Promise<void> {
@@ -138,16 +154,22 @@ export class SandboxController implements SandboxLink {
   /** An attached sandbox stays with its supervisor: dropping a handle changes nothing. */
   async detach(): Promise<void> {}
 
-  /** Ends the worker thread (the VM, spawned from it, dies with it). Idempotent. */
+  /**
+   * Lets go of the actor: its worker drops it (and kills its VM if one is left); in strict
+   * isolation the worker thread ends. Calls still pending reject with E_CLOSED. Idempotent.
+   */
   terminate(): Promise<void> {
     this.#terminated ??= (async () => {
+      this.#endCalls(new CorralError('E_CLOSED', `sandbox "${this.config.name}" was released: its worker no longer hosts it`));
       this.#remote[releaseProxy]();
-      // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
-      // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
-      this.#worker.ref();
-      await this.#worker.terminate();
+      await this.#actor.release();
     })();
     return this.#terminated;
+  }
+
+  /** @internal test-only: makes the worker hosting this sandbox throw; resolves once it exited. */
+  crashWorkerForTest(): Promise<void> {
+    return this.#actor.crashWorker();
   }
 }
 
@@ -166,10 +188,8 @@ export class Supervisor {
   readonly #replay: ReplayLog;
   readonly #execLog: ExecLog;
   readonly #live = new Map<string, SandboxController>();
+  readonly #pool: SandboxPool;
   #closed: Promise<void> | undefined;
-  /** A worker started ahead of need, idle until a create hands it a sandbox. */
-  #spare: Worker | undefined;
-  #spareTimer: NodeJS.Timeout | undefined;
 
   /** Every event of every sandbox of this supervisor. */
   readonly events$: Observable<SandboxEvent>;
@@ -180,6 +200,8 @@ export class Supervisor {
     if (!Number.isInteger(this.maxSandboxes) || this.maxSandboxes < 1) {
       throw new InvalidOptionError('maxSandboxes', 'a positive integer', options.maxSandboxes);
     }
+    // Validated before anything is opened: a bad option leaves nothing behind.
+    this.#pool = new SandboxPool(validatePoolOptions({ ...(options.workers !== undefined ? { workers: options.workers } : {}), ...(options.isolation !== undefined ? { isolation: options.isolation } : {}) }));
     this.#store = Store.open(this.stateDir);
     this.#replay = new ReplayLog(this.#store, options.replay);
     this.#execLog = new ExecLog(this.#store, options.logs);
@@ -201,6 +223,11 @@ export class Supervisor {
         this.#store.putSandboxSync({ ...rec, status: 'stopped', state: 'stopped', stopReason: 'killed', updatedAt: Date.now() });
       }
     }
+  }
+
+  /** The sandbox worker pool (size, isolation, actors per worker). */
+  get pool(): Pick<SandboxPool, 'size' | 'isolation' | 'workerCount' | 'loads' | 'warm'> {
+    return this.#pool;
   }
 
   /** The bus, for typed filtering (`supervisor.bus.on('exec.exited')`). */
@@ -372,23 +399,26 @@ export class Supervisor {
     }
     const control = new MessageChannel();
     const events = new MessageChannel();
-    // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
-    const env = Object.fromEntries(RUNTIME_ENV.map((k) => [k, process.env[k]]));
     // Exec output bytes posted by the worker and not yet handled here: the worker stops
     // reading from the guest while too many are in flight (see OUTPUT_HIGH_WATER there).
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env, outputInFlight };
-    // A warm spare has its modules loaded already (starting a worker and loading them costs
-    // most of a restored create); hand it this sandbox and start the next spare.
-    const spare = this.#spare;
-    this.#spare = undefined;
-    const worker = spare && !exitedWorkers.has(spare) ? spare : spawnWorker();
-    worker.postMessage(data, [control.port2, events.port2]);
+    // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
+    // The runtime variables go as the actor's own: its worker hosts other actors too.
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight };
+    let ctl: SandboxController | undefined;
+    let lostBeforeStart: ((err: CorralError) => void) | undefined;
+    const actor = this.#pool.host(data, [control.port2, events.port2], (err) => {
+      // Lost during start(): the create fails with a boot failure (the catch below records it).
+      if (lostBeforeStart) lostBeforeStart(err);
+      else if (ctl) void this.#onWorkerLost(ctl, err).catch((e: Error) => this.#log(`cannot record the crash of "${config.name}": ${e.message}`));
+    });
     const api = wrap<SandboxWorkerApi>(nodeEndpoint(control.port1 as never));
     const events$ = this.#bus.forSandbox(config.name);
-    const ctl = new SandboxController(config, worker, api, events$, this);
+    ctl = new SandboxController(config, actor, api, events$, this);
+    const own = ctl;
     this.#live.set(config.name, ctl);
     events.port1.on('message', (e: SandboxEvent) => {
+      own.lastSeq = e.seq;
       const written = this.#onEvent(e);
       // Output stays in flight until its replay and log writes commit: LMDB queues writes
       // in memory, so releasing earlier lets a flood grow that queue with its size.
@@ -398,29 +428,25 @@ export class Supervisor {
     // adds one per pending call, so the control port holds the process only during calls.
     events.port1.unref();
     control.port1.unref();
-    worker.on('error', () => {
-      // A worker that throws at top level never answers again: fail its record.
-      void this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' }).catch(() => {});
-      this.#live.delete(config.name);
-    });
 
-    const abort = () => void ctl.api.kill().catch(() => {});
+    const abort = () => void own.api.kill().catch((err: Error) => this.#log(`kill of "${config.name}" on abort failed: ${err.message}`));
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
       // A worker that dies before answering (a module that fails to load) must not hang create.
-      const died = new Promise<never>((_, reject) =>
-        worker.once('exit', (code) => reject(new CorralError('E_BOOT_FAILED', `the worker of sandbox "${config.name}" exited with code ${code} before it started`))),
-      );
-      died.catch(() => {});
-      const info = await ctl.busy(() => Promise.race([ctl.api.start(), died]));
+      const died = new Promise<never>((_, reject) => {
+        lostBeforeStart = (err) => reject(new CorralError('E_BOOT_FAILED', `sandbox "${config.name}" failed to boot: ${err.message}`, { cause: err }));
+      });
+      died.catch(() => {}); // raced below; unraced once start() settled
+      const info = await ctl.busy(() => Promise.race([own.api.start(), died]));
+      lostBeforeStart = undefined;
       // Durable before create resolves: whoever reads the store next sees it running.
       await this.#store.patchSandbox(config.name, { status: info.status, state: info.state, vmPid: info.pid });
-      this.#scheduleSpare();
       return ctl;
     } catch (err) {
+      lostBeforeStart = undefined;
       await ctl.terminate();
-      this.#live.delete(config.name);
-      await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' }).catch(() => {});
+      if (this.#live.get(config.name) === ctl) this.#live.delete(config.name);
+      await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' }).catch((e: Error) => this.#log(`cannot record the boot failure of "${config.name}": ${e.message}`));
       throw err;
     } finally {
       options.signal?.removeEventListener('abort', abort);
@@ -428,15 +454,40 @@ export class Supervisor {
   }
 
   /**
-   * Starts the next spare worker a little after a create: loading its modules takes a core
-   * for most of a second on a 2-core host, which must not land on a boot or a first exec.
+   * The worker hosting `ctl` died: the sandbox is stopped (`crashed`) with the worker's
+   * error, in the record and on the bus (`sandbox.failed`, `sandbox.stopped`); its calls in
+   * flight reject; its VM, spawned from that thread, got SIGKILL (pdeathsig), and a qemu
+   * that somehow outlived it is killed here.
    */
-  #scheduleSpare(): void {
-    clearTimeout(this.#spareTimer);
-    this.#spareTimer = setTimeout(() => {
-      if (!this.#closed && !this.#spare) this.#spare = spawnWorker();
-    }, 1000);
-    this.#spareTimer.unref();
+  async #onWorkerLost(ctl: SandboxController, error: CorralError): Promise<void> {
+    const name = ctl.config.name;
+    if (this.#live.get(name) === ctl) this.#live.delete(name);
+    this.#log(`sandbox "${name}": ${error.message}`);
+    try {
+      const rec = this.#store.closed ? undefined : this.#store.getSandbox(name);
+      if (rec?.vmPid && processAlive(rec.vmPid) && isOurVm(rec.vmPid, name)) {
+        try {
+          process.kill(rec.vmPid, 'SIGKILL');
+        } catch (err) {
+          this.#log(`cannot kill the VM ${rec.vmPid} of "${name}": ${(err as Error).message}`);
+        }
+      }
+      if (!rec || rec.status === 'stopped') return;
+      const serialized = serializeError(error);
+      const stamp = () => ({ name, seq: ++ctl.lastSeq, ts: Date.now() });
+      const failed = { type: 'sandbox.failed', error: serialized, ...stamp() } as SandboxEvent;
+      const stopped = { type: 'sandbox.stopped', reason: 'crashed', exitCode: null, signal: null, error: serialized, ...stamp() } as SandboxEvent;
+      // Durable first: a caller whose call rejects below reads the record next.
+      await this.#store.patchSandbox(name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' });
+      await Promise.all([this.#onEvent(failed), this.#onEvent(stopped)]);
+    } finally {
+      ctl.markLost(error);
+    }
+  }
+
+  /** Reports a failure this supervisor handles but cannot pass to a caller. */
+  #log(message: string): void {
+    process.emitWarning(message, { code: 'CORRAL_SUPERVISOR' });
   }
 
   /**
@@ -539,7 +590,7 @@ export class Supervisor {
     try {
       info = await ctl.api.info();
     } catch (err) {
-      if (!(err instanceof CorralError && err.code === 'E_VM_CRASHED')) throw err;
+      if (!(err instanceof CorralError && (err.code === 'E_VM_CRASHED' || err.code === 'E_WORKER_CRASHED'))) throw err;
     }
     if (this.#store.closed) return info;
     if (!info) await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' });
@@ -603,10 +654,7 @@ export class Supervisor {
       }),
     );
     this.#live.clear();
-    clearTimeout(this.#spareTimer);
-    this.#spare?.ref();
-    await this.#spare?.terminate();
-    this.#spare = undefined;
+    await this.#pool.close();
     // Let the last events (sandbox.stopped) reach the store before it closes.
     await new Promise((r) => setImmediate(r));
     await this.#store.close();
@@ -616,8 +664,12 @@ export class Supervisor {
 
   /** Forceful close: kills every VM at once. */
   async destroy(): Promise<void> {
-    await Promise.allSettled([...this.#live.values()].map((ctl) => ctl.terminate()));
+    // Calls pending on the sandboxes reject (E_CLOSED); ending the workers ends every VM
+    // spawned from them at once.
+    const live = [...this.#live.values()];
     this.#live.clear();
+    await Promise.allSettled(live.map((ctl) => ctl.terminate()));
+    await this.#pool.destroy();
     await this.close();
   }
 
@@ -730,7 +782,7 @@ async function endSandbox(link: SandboxLink): Promise<void> {
     await link.api.stop();
   } catch (err) {
     // Its worker or host is gone, and the VM with it.
-    if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_VM_CRASHED')) return;
+    if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_VM_CRASHED' || err.code === 'E_WORKER_CRASHED')) return;
     await link.api.kill();
   }
 }
@@ -740,21 +792,6 @@ const WORKER_METHODS = ['start', ...FORWARDED_CALLS] as const satisfies readonly
 type MissingMethod = Exclude<keyof SandboxWorkerApi, (typeof WORKER_METHODS)[number]>;
 const allMethods: [MissingMethod] extends [never] ? true : MissingMethod = true;
 void allMethods;
-
-/** Starts a sandbox worker that waits (unref'd: it holds no process alive) for its sandbox. */
-const exitedWorkers = new WeakSet<Worker>();
-
-/** Variables a sandbox worker reads, passed at create time (a spare started earlier). */
-const RUNTIME_ENV = ['CORRAL_QEMU', 'CORRAL_FAKE_GUEST', 'CORRAL_FAKE_FLOOD_MIB', 'CORRAL_FAKE_PROTOCOL', 'CORRAL_ACCEL', 'CORRAL_CACHE_DIR', 'XDG_CACHE_HOME', 'CORRAL_GUEST_RESOLV_CONF'];
-
-function spawnWorker(): Worker {
-  const worker = new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: workerExecArgv() });
-  worker.unref();
-  worker.once('exit', () => exitedWorkers.add(worker));
-  // An idle spare that fails to start is replaced on the next create.
-  worker.on('error', () => {});
-  return worker;
-}
 
 const openSupervisors = new Set<Supervisor>();
 

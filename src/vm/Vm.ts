@@ -10,6 +10,7 @@
  * - {@link Vm.exited} always settles; {@link Vm.kill} always ends the process.
  */
 
+import { childEnv } from '../runtime/actorEnv.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -160,6 +161,8 @@ export class Vm {
       const argv = ['setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
       if (opts.wrap?.length) argv.unshift(...opts.wrap);
       const child = spawn(argv[0]!, argv.slice(1), {
+        // The creating actor's CORRAL_* variables (the fake qemu reads its mode from them).
+        env: childEnv(),
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       vm = new Vm(child, opts.accel);

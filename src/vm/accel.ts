@@ -8,6 +8,7 @@
  * PVM module → TCG, then a CPU without vmx/svm → TCG, else KVM.
  */
 
+import { runtimeVar } from '../runtime/actorEnv.ts';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import type { Accel } from '../bus/events.ts';
 import { InvalidOptionError } from '../errors.ts';
@@ -36,7 +37,7 @@ export function parseAccel(value: string, option = 'accel'): AccelOption {
  * resolveAccel('auto') // → { accel: 'tcg', reason: '/dev/kvm is kvm_pvm (…)' } on these machines
  */
 export function resolveAccel(option: AccelOption = 'auto'): AccelChoice {
-  const env = process.env.CORRAL_ACCEL;
+  const env = runtimeVar('CORRAL_ACCEL');
   if (option === 'auto' && env) option = parseAccel(env, 'CORRAL_ACCEL');
   if (option === 'kvm') return { accel: 'kvm', reason: 'requested' };
   if (option === 'tcg') return { accel: 'tcg', reason: 'requested' };

@@ -1,0 +1,143 @@
+/**
+ * Density benchmark: many idle restored sandboxes in one process. Prints figures; asserts
+ * nothing.
+ *
+ *   npm run bench:density -- --n 100 [--workers 2] [--isolation shared|worker] [--memory 128]
+ *
+ * - N restored sandboxes created one after another, each answering `exec true` before the
+ *   next create: create → first exec median/p95, against the bare restore floor measured in
+ *   the same run (a qemu restoring the same template by itself, driven by the VM layer
+ *   alone, as bench/template.bench.ts does), sampled between the creates so that both see
+ *   the same number of live VMs; and the create rate.
+ * - With all N alive and idle: host memory per sandbox (this Node process's RSS growth / N,
+ *   and its PSS growth from /proc/self/smaps_rollup), qemu PSS per VM (each qemu's
+ *   smaps_rollup), how many answer an exec, and the exec latency.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
+import type { Isolation } from '../src/pool/SandboxPool.ts';
+import { loadArtifacts } from '../src/runtime/artifacts.ts';
+import { findTemplate } from '../src/runtime/templates.ts';
+import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
+import { Vm } from '../src/vm/Vm.ts';
+import { fmtMs, quantile, ratio } from './stats.ts';
+
+const { values: args } = parseArgs({
+  options: {
+    n: { type: 'string', default: '100' },
+    workers: { type: 'string' },
+    isolation: { type: 'string', default: 'shared' },
+    memory: { type: 'string', default: '128' },
+    'floor-every': { type: 'string' },
+  },
+});
+const N = Number(args.n);
+const memoryMib = Number(args.memory);
+if (!Number.isInteger(N) || N < 1) throw new RangeError(`--n must be a positive integer (got ${args.n})`);
+const floorEvery = Number(args['floor-every'] ?? Math.max(1, Math.floor(N / 10)));
+const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-density-'));
+const sup = new Supervisor({
+  stateDir,
+  maxSandboxes: N + 8,
+  isolation: args.isolation as Isolation,
+  ...(args.workers !== undefined ? { workers: Number(args.workers) } : {}),
+});
+const accel = resolveAccel();
+console.log(
+  `corral density bench — ${new Date().toISOString()} — n=${N}, ${memoryMib} MiB each, isolation ${sup.pool.isolation}` +
+    `${sup.pool.isolation === 'shared' ? `, ${sup.pool.size} workers` : ''}, accel ${accel.accel}, ${availableParallelism()} cores, node ${process.version}`,
+);
+
+let templateKey = '';
+sup.events$.subscribe((e: SandboxEvent) => {
+  if (e.type === 'sandbox.restored') templateKey = e.template;
+});
+
+function rollupKib(pid: number | 'self', field: 'Pss' | 'Rss'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m ? Number(m[1]) : Number.NaN;
+}
+
+/** The floor: the same template restored by the VM layer alone, to its first PONG. */
+async function bareRestore(i: number): Promise<number> {
+  const a = loadArtifacts();
+  const tpl = findTemplate(stateDir, templateKey)!;
+  const img = a.images['corral/base']!;
+  const upper = join(stateDir, `bare-${i}.qcow2`);
+  const t0 = performance.now();
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', tpl.upper, upper]);
+  const vm = await Vm.boot({
+    qemu: a.qemu, kernel: a.kernel, initramfs: a.initramfs, lower: { path: img.rootfs, fstype: img.fstype },
+    memoryMib, cpus: 1, accel: accel.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
+    memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
+  });
+  await vm.agent.ping();
+  const ms = performance.now() - t0;
+  vm.kill();
+  await vm.exited;
+  rmSync(upper, { force: true });
+  return ms;
+}
+
+/** Idle for 2 s, then a full GC of this thread, so that RSS compares live memory, not garbage. */
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as (() => void) | undefined;
+const settle = async () => {
+  await new Promise((r) => setTimeout(r, 2000));
+  gc?.();
+};
+
+// Warm-up: builds the template, loads every module, starts the pool's workers.
+const warm = await Sandbox.builder('warm').memory(memoryMib).supervisor(sup).create();
+await warm.exec('true');
+await warm.stop();
+await sup.remove('warm');
+sup.pool.warm();
+await settle();
+const rss0 = process.memoryUsage.rss() / 1024;
+const pss0 = rollupKib('self', 'Pss');
+
+const sandboxes: Sandbox[] = [];
+const createMs: number[] = [];
+const floor: number[] = [];
+const tAll = performance.now();
+for (let i = 0; i < N; i++) {
+  const t0 = performance.now();
+  const sb = await Sandbox.builder(`d-${i}`).memory(memoryMib).supervisor(sup).create();
+  await sb.exec('true');
+  createMs.push(performance.now() - t0);
+  sandboxes.push(sb);
+  if (i % floorEvery === 0) floor.push(await bareRestore(i));
+}
+const allMs = performance.now() - tAll - floor.reduce((a, b) => a + b, 0);
+console.log(`bare restore → first PONG (floor):        ${fmtMs(floor)}`);
+console.log(`create → first exec, restored, back to back: ${fmtMs(createMs)}   ${ratio(createMs, floor)} the floor (median), p95 ×${(quantile(createMs, 0.95) / quantile(floor, 0.95)).toFixed(2)}`);
+console.log(`create rate (create + first exec, in a row): ${(N / (allMs / 1000)).toFixed(2)} sandboxes/s`);
+
+await settle(); // idle
+const rss1 = process.memoryUsage.rss() / 1024;
+const pss1 = rollupKib('self', 'Pss');
+const qemuPss = await Promise.all(sandboxes.map(async (s) => rollupKib((await s.info()).pid!, 'Pss') / 1024));
+console.log(`host Node process, baseline after warm-up: RSS ${(rss0 / 1024).toFixed(1)} MiB, PSS ${(pss0 / 1024).toFixed(1)} MiB (${sup.pool.workerCount} sandbox workers${gc ? ', main thread GC\'d before each reading' : ', no --expose-gc: garbage counts'})`);
+console.log(`host memory per idle sandbox:              RSS +${((rss1 - rss0) / 1024 / N).toFixed(2)} MiB, PSS +${((pss1 - pss0) / 1024 / N).toFixed(2)} MiB (n=${N}, ${sup.pool.workerCount} workers, loads ${sup.pool.loads.join('/')})`);
+console.log(`qemu PSS per idle VM:                      median ${quantile(qemuPss, 0.5).toFixed(1)} MiB, max ${Math.max(...qemuPss).toFixed(1)} MiB`);
+
+const execMs: number[] = [];
+let answered = 0;
+for (const sb of sandboxes) {
+  const t0 = performance.now();
+  const r = await sb.exec('echo', ['ok']);
+  execMs.push(performance.now() - t0);
+  if (r.stdout === 'ok\n') answered++;
+}
+console.log(`with all ${N} alive: ${answered}/${N} answered exec, exec latency ${fmtMs(execMs)}`);
+
+await Promise.all(sandboxes.map((s) => s.stop()));
+await sup.close();
+rmSync(stateDir, { recursive: true, force: true });
