@@ -25,6 +25,7 @@ import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
 import { metricsStream } from '../metrics/metricsStream.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
+import { logFailure } from '../runtime/log.ts';
 
 let defaultSupervisor: Supervisor | undefined;
 
@@ -426,7 +427,7 @@ export class Sandbox {
       );
       return typeof arg === 'string' ? forks[0]! : forks;
     } finally {
-      await removeSnapshot(this.#sup.stateDir, snap).catch(() => {});
+      await removeSnapshot(this.#sup.stateDir, snap).catch(logFailure(`removing the fork snapshot ${snap}`));
     }
   }
 

@@ -34,6 +34,7 @@ import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 import type { SandboxLink } from './SandboxLink.ts';
+import { logFailure } from '../runtime/log.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
 const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
@@ -366,18 +367,18 @@ export class Supervisor {
     control.port1.unref();
     worker.on('error', () => {
       // A worker that throws at top level never answers again: fail its record.
-      void this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' }).catch(() => {});
+      void this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' }).catch(logFailure(`recording sandbox "${config.name}" as crashed`));
       this.#live.delete(config.name);
     });
 
-    const abort = () => void ctl.api.kill().catch(() => {});
+    const abort = () => void ctl.api.kill().catch(logFailure(`killing sandbox "${config.name}" on abort`));
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
       // A worker that dies before answering (a module that fails to load) must not hang create.
       const died = new Promise<never>((_, reject) =>
         worker.once('exit', (code) => reject(new CorralError('E_BOOT_FAILED', `the worker of sandbox "${config.name}" exited with code ${code} before it started`))),
       );
-      died.catch(() => {});
+      died.catch(() => {}); // observed by the race below; this only marks it handled when start() wins
       const info = await ctl.busy(() => Promise.race([ctl.api.start(), died]));
       // Durable before create resolves: whoever reads the store next sees it running.
       await this.#store.patchSandbox(config.name, { status: info.status, state: info.state, vmPid: info.pid });
@@ -386,7 +387,7 @@ export class Supervisor {
     } catch (err) {
       await ctl.terminate();
       this.#live.delete(config.name);
-      await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' }).catch(() => {});
+      await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' }).catch(logFailure(`recording sandbox "${config.name}" as boot-failed`));
       throw err;
     } finally {
       options.signal?.removeEventListener('abort', abort);
@@ -467,8 +468,8 @@ export class Supervisor {
     if (rec.vmPid && isOurVm(rec.vmPid, name)) {
       try {
         process.kill(rec.vmPid, 'SIGKILL');
-      } catch {
-        /* gone meanwhile */
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // ESRCH: gone meanwhile
       }
     }
     const fixed: SandboxRecord = { ...rec, status: 'stopped', state: 'stopped', stopReason: 'crashed', updatedAt: Date.now() };
@@ -497,7 +498,7 @@ export class Supervisor {
     // caller (stop(), kill()…) returns, so an immediate start() or list() reads it.
     const info = await ctl.api.info().catch(() => undefined);
     if (info?.status === 'stopped' && !this.#store.closed) {
-      await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason }).catch(() => {});
+      await this.#store.patchSandbox(ctl.config.name, { status: 'stopped', state: 'stopped', stopReason: info.stopReason }).catch(logFailure(`recording sandbox "${ctl.config.name}" as stopped`));
     }
     if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
     await ctl.terminate();
@@ -540,7 +541,7 @@ export class Supervisor {
   async #closeAll(): Promise<void> {
     await Promise.allSettled(
       [...this.#live.values()].map(async (ctl) => {
-        await ctl.api.stop().catch(() => ctl.api.kill()).catch(() => {});
+        await ctl.api.stop().catch(() => ctl.api.kill()).catch(logFailure(`stopping sandbox "${ctl.config.name}" on close`));
         await ctl.terminate();
       }),
     );
@@ -571,7 +572,7 @@ export class Supervisor {
     const live = this.#live.get(name);
     if (live) {
       if (!replace) throw new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${name}" is already running (use .replace() to replace it)`);
-      await live.api.stop().catch(() => live.api.kill()).catch(() => {});
+      await live.api.stop().catch(() => live.api.kill()).catch(logFailure(`stopping sandbox "${name}" to replace it`));
       await this.release(live);
     }
     const rec = this.reconcile(name);
@@ -590,7 +591,7 @@ export class Supervisor {
   /** Records and publishes one event; resolves when its replay and log writes commit. */
   #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
-    if (patch) void this.#store.patchSandbox(e.name, patch).catch(() => {});
+    if (patch) void this.#store.patchSandbox(e.name, patch).catch(logFailure(`recording ${e.type} of sandbox "${e.name}"`));
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
     const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
@@ -627,7 +628,7 @@ function spawnWorker(): Worker {
   worker.unref();
   worker.once('exit', () => exitedWorkers.add(worker));
   // An idle spare that fails to start is replaced on the next create.
-  worker.on('error', () => {});
+  worker.on('error', logFailure('starting a spare sandbox worker'));
   return worker;
 }
 
@@ -637,8 +638,9 @@ function onProcessExit(): void {
   for (const sup of openSupervisors) {
     try {
       sup.markLiveAsKilled();
-    } catch {
-      /* the store may be closing: the next reader reconciles */
+    } catch (err) {
+      // The store may be closing: the next reader reconciles (the owner pid is dead).
+      logFailure('recording live sandboxes as killed at exit')(err);
     }
   }
 }

@@ -23,6 +23,7 @@ import { CorralError } from '../errors.ts';
 import { processAlive } from '../runtime/process.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** How a VM process ended. */
 export interface VmExit {
@@ -236,7 +237,8 @@ export class Vm {
     if (this.#exit) return this.#exit;
     this.agent?.shutdown();
     if (await settlesWithin(this.#exited, timeoutMs)) return this.#exited;
-    await this.qmp?.execute('quit').catch(() => {});
+    // A QMP that fails here (the VM exiting meanwhile, a hung monitor) is what the kill below is for.
+    await this.qmp?.execute('quit').catch(logFailure('QMP quit'));
     if (await settlesWithin(this.#exited, 1000)) return this.#exited;
     this.kill();
     return this.#exited;
