@@ -165,7 +165,7 @@ export class Vm {
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
       } finally {
         deadline.cancel();
-        exitedEarly.catch(() => {});
+        exitedEarly.catch(() => {}); // raced above; after a successful boot it may reject later, with nobody left to care
       }
       return vm;
     } catch (err) {
@@ -284,7 +284,7 @@ function rejectAfter(ms: number, signal: AbortSignal | undefined, message: () =>
       else signal.addEventListener('abort', onAbort, { once: true });
     }
   });
-  promise.catch(() => {});
+  promise.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
   return {
     promise,
     cancel() {

@@ -1,11 +1,18 @@
 // The lifecycle chart on its own, with fake VM actors: the machine file holds no I/O, so its
 // rules (which command is legal where, stop reasons, drain) are checked without a VM here.
 // The same rules run against real VMs in test/sdk/*.test.ts.
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { createActor, fromPromise, waitFor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { StopReason } from '../../src/bus/events.ts';
 import { CorralError } from '../../src/errors.ts';
+
+/** Every actor a test started: stopped after it, or their `after` timers outlive the file. */
+const started = new Set<{ stop(): void }>();
+afterEach(() => {
+  for (const a of started) a.stop();
+  started.clear();
+});
 
 function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTimeoutMs?: number } = {}) {
   const log: string[] = [];
@@ -33,6 +40,7 @@ function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTi
     },
   });
   const actor = createActor(machine, { input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
+  started.add(actor);
   actor.start();
   return { actor, log, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
 }
