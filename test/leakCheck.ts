@@ -3,8 +3,11 @@
  *
  * Each file runs in its own child process (pool 'forks'), two at a time, so "created by this
  * file" is told apart from what the other file running beside it creates:
- * - active handles and requests: `process.getActiveResourcesInfo()` of this process, against
- *   a baseline taken in a beforeAll (both taken inside a hook, whose timer counts in both);
+ * - active handles and requests: those that keep this process's loop alive (what
+ *   `process.getActiveResourcesInfo()` lists: ref'd timers, sockets, pipes, child processes)
+ *   and were created after a beforeAll baseline by code of this repository, not by vitest
+ *   (the runner's own timers come and go during hooks, so counting by type is not enough:
+ *   an async_hooks hook records each resource's creation stack);
  * - processes: every process whose environment carries this file's CORRAL_LEAK_TAG (set here,
  *   inherited by qemu, detached hosts (setsid'd, so not descendants) and helper scripts);
  * - temp dirs and unix sockets: TMPDIR points at a directory of this file's own, so every
@@ -17,7 +20,30 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createHook } from 'node:async_hooks';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll } from 'vitest';
+
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const SELF = fileURLToPath(import.meta.url);
+/** Resources created since the baseline by this repo's code and not destroyed yet. */
+const created = new Map<number, { type: string; resource: { hasRef?: () => boolean }; where: string }>();
+let tracking = false;
+const hook = createHook({
+  init(id, type, _trigger, resource) {
+    if (!tracking || type === 'PROMISE' || type === 'FSREQCALLBACK' || type === 'FILEHANDLECLOSEREQ') return;
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 40;
+    const stack = new Error().stack ?? '';
+    Error.stackTraceLimit = limit;
+    const frame = stack.split('\n').find((l) => l.includes(REPO) && !l.includes('/node_modules/') && !l.includes(SELF));
+    if (frame) created.set(id, { type, resource: resource as { hasRef?: () => boolean }, where: frame.trim() });
+  },
+  destroy(id) {
+    created.delete(id);
+  },
+});
+hook.enable();
 
 const tag = `${process.pid}-${Date.now()}`;
 const ownTmp = join(tmpdir(), `corral-leak-${process.pid}`);
@@ -32,14 +58,7 @@ process.env.TMPDIR = ownTmp;
 const stateDir = process.env.CORRAL_STATE_DIR;
 const startedAt = Date.now();
 
-let baseline = new Map<string, number>();
 let baselineSockets = new Set<string>();
-
-function resources(): Map<string, number> {
-  const counts = new Map<string, number>();
-  for (const r of process.getActiveResourcesInfo()) counts.set(r, (counts.get(r) ?? 0) + 1);
-  return counts;
-}
 
 /** Processes (other than this one) carrying this file's tag, as `pid cmdline`. */
 function taggedProcesses(): Array<{ pid: number; cmd: string }> {
@@ -78,10 +97,10 @@ function socketsUnder(dir: string, depth = 4): string[] {
 
 function leaks(): string[] {
   const found: string[] = [];
-  const now = resources();
-  for (const [type, n] of now) {
-    const extra = n - (baseline.get(type) ?? 0);
-    if (extra > 0) found.push(`${extra} active ${type} handle(s) (process.getActiveResourcesInfo)`);
+  for (const { type, resource, where } of created.values()) {
+    // Only what keeps the loop alive (an unref'd timer or handle does not).
+    if (typeof resource.hasRef === 'function' && !resource.hasRef()) continue;
+    found.push(`an active ${type} created ${where}`);
   }
   for (const p of taggedProcesses()) found.push(`process ${p.pid} still alive: ${p.cmd}`);
   for (const e of readdirSync(ownTmp)) if (e !== tsxCache) found.push(`temp entry left: ${join(ownTmp, e)}`);
@@ -103,11 +122,12 @@ function otherFileOwns(socket: string): boolean {
 }
 
 beforeAll(() => {
-  baseline = resources();
+  tracking = true;
   baselineSockets = new Set(stateDir ? socketsUnder(stateDir) : []);
 });
 
 afterAll(async () => {
+  tracking = false;
   // Handles close and processes exit a little after the close that ends them: poll, bounded.
   let found = leaks();
   for (let i = 0; i < 40 && found.length; i++) {
@@ -122,5 +142,6 @@ afterAll(async () => {
     }
   }
   rmSync(ownTmp, { recursive: true, force: true });
+  hook.disable();
   if (found.length) throw new Error(`this test file leaked:\n  ${found.join('\n  ')}`);
 });
