@@ -29,9 +29,11 @@ const SELF = fileURLToPath(import.meta.url);
 /** Resources created since the baseline by this repo's code and not destroyed yet. */
 const created = new Map<number, { type: string; resource: { hasRef?: () => boolean }; where: string }>();
 let tracking = false;
+/** The kinds that can outlive a file (ticks, immediates and fs requests end by themselves). */
+const LINGERING = new Set(['Timeout', 'TCPWRAP', 'TCPSERVERWRAP', 'PIPEWRAP', 'PIPESERVERWRAP', 'PROCESSWRAP', 'TTYWRAP', 'SIGNALWRAP', 'UDPWRAP', 'FSEVENTWRAP', 'STATWATCHER', 'MESSAGEPORT', 'WORKER']);
 const hook = createHook({
   init(id, type, _trigger, resource) {
-    if (!tracking || type === 'PROMISE' || type === 'FSREQCALLBACK' || type === 'FILEHANDLECLOSEREQ') return;
+    if (!tracking || !LINGERING.has(type)) return;
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = 40;
     const stack = new Error().stack ?? '';
@@ -58,6 +60,7 @@ process.env.TMPDIR = ownTmp;
 const stateDir = process.env.CORRAL_STATE_DIR;
 const startedAt = Date.now();
 
+let baseline = new Map<string, number>();
 let baselineSockets = new Set<string>();
 
 /** Processes (other than this one) carrying this file's tag, as `pid cmdline`. */
@@ -95,8 +98,21 @@ function socketsUnder(dir: string, depth = 4): string[] {
   return out;
 }
 
+function resources(): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const r of process.getActiveResourcesInfo()) counts.set(r, (counts.get(r) ?? 0) + 1);
+  return counts;
+}
+
 function leaks(): string[] {
   const found: string[] = [];
+  // Handles other than timers: vitest's own (its IPC pipes) stay the same, so a count above
+  // the baseline is the file's, also one made in a callback (a listen after a lookup) that
+  // no creation stack ties to this repo.
+  for (const [type, n] of resources()) {
+    const extra = n - (baseline.get(type) ?? 0);
+    if (type !== 'Timeout' && extra > 0) found.push(`${extra} more active ${type} than before the file (process.getActiveResourcesInfo)`);
+  }
   for (const { type, resource, where } of created.values()) {
     // Only what keeps the loop alive (an unref'd timer or handle does not).
     if (typeof resource.hasRef === 'function' && !resource.hasRef()) continue;
@@ -122,6 +138,7 @@ function otherFileOwns(socket: string): boolean {
 }
 
 beforeAll(() => {
+  baseline = resources();
   tracking = true;
   baselineSockets = new Set(stateDir ? socketsUnder(stateDir) : []);
 });

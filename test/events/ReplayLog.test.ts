@@ -28,11 +28,13 @@ describe('the replay buffer', () => {
 
   it('gives back every event after since, also from a second store on the same dir once written', async () => {
     const log = new ReplayLog(store);
-    for (let i = 1; i <= 20; i++) log.append(out('a', i));
-    log.append(out('b', 1));
+    const written: Array<Promise<void>> = [];
+    for (let i = 1; i <= 20; i++) written.push(log.append(out('a', i)));
+    written.push(log.append(out('b', 1)));
     expect(log.read('a', 15).events.map((e) => e.seq)).toEqual([16, 17, 18, 19, 20]);
     expect(log.read('a', 0).missed).toBeUndefined();
-    await new Promise((r) => setTimeout(r, 50));
+    // Committed (not a sleep: under load 50 ms was not always enough).
+    await Promise.all(written);
     const other = Store.open(dir);
     try {
       const read = new ReplayLog(other).read('a', 18);
