@@ -11,6 +11,8 @@ export default defineConfig({
     hookTimeout: 300_000,
     teardownTimeout: 60_000,
     globalSetup: ['test/globalSetup.ts'],
+    // After each file: no handle, process, temp dir or socket it made is left (test/leakCheck.ts).
+    setupFiles: ['test/leakCheck.ts'],
     reporters: ['default', './test/summaryReporter.ts'],
   },
 });

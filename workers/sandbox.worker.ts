@@ -429,7 +429,7 @@ class SandboxHost implements SandboxWorkerApi {
   /** Mounts, scripts, patches, NIC: before any user code. A VM that cannot get them is ended. */
   async #applyGuest(vm: Vm, guest: GuestEnv, restoredFrom?: SandboxConfig): Promise<void> {
     // As soon as qemu is gone, so are its network enforcement and volume claims.
-    vm.exited.then(() => guest.release()).catch(() => {});
+    vm.exited.then(() => guest.release()).catch((err) => this.#log.warn(`releasing the network enforcement and volumes failed: ${(err as Error).message}`));
     try {
       await guest.apply(vm.agent, vm.pid, restoredFrom ? { restoredFrom } : {});
     } catch (err) {
@@ -543,7 +543,7 @@ class SandboxHost implements SandboxWorkerApi {
         await vm.saveTo(join(tmp, 'state'), { ignoreShared: false });
         await copySparse(this.#upperPath(), join(tmp, upperFile));
       } finally {
-        await vm.qmp.execute('cont').catch(() => {});
+        await vm.qmp.execute('cont').catch((err) => this.#log.error(`resuming the VM after the snapshot (QMP cont) failed: ${(err as Error).message}`));
         await remount?.();
       }
       const meta: SnapshotMeta = {
@@ -767,7 +767,7 @@ class SandboxHost implements SandboxWorkerApi {
         // Whatever path led here, no VM process outlives the stopped state.
         this.#vm?.kill();
         // Then the host-side network enforcement and volume claims go with it.
-        void Promise.resolve(this.#vm?.exited).then(() => this.#guest?.then((g) => g.release())).catch(() => {});
+        void Promise.resolve(this.#vm?.exited).then(() => this.#guest?.then((g) => g.release())).catch((err) => this.#log.warn(`releasing the network enforcement and volumes failed: ${(err as Error).message}`));
         break;
       }
     }

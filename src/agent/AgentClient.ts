@@ -192,7 +192,7 @@ export class AgentClient {
       this.#resolveReady = res;
       this.#rejectReady = rej;
     });
-    this.ready.catch(() => {});
+    this.ready.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
     this.failed = new Promise((res) => (this.#resolveFailed = res));
     if (limits.hello) {
       this.#hello = limits.hello;

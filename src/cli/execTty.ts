@@ -6,6 +6,7 @@
 
 import type { ExecStreamItem } from '../sdk/exec.ts';
 import type { Sandbox } from '../sdk/Sandbox.ts';
+import { logFailure } from '../runtime/log.ts';
 
 type Exited = Extract<ExecStreamItem, { type: 'exited' }>;
 
@@ -32,7 +33,7 @@ export async function execTty(
   const input = process.stdin;
   const raw = input.isTTY === true;
   const stream = await sb.execStream(command, args, { ...opts, tty: windowSize(), stdin: input });
-  const onWinch = () => void stream.resize(windowSize().cols, windowSize().rows).catch(() => {});
+  const onWinch = () => void stream.resize(windowSize().cols, windowSize().rows).catch(logFailure('resizing the exec terminal'));
   process.on('SIGWINCH', onWinch);
   if (raw) input.setRawMode(true);
   const out: Uint8Array[] = [];

@@ -23,6 +23,7 @@ import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
 import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
+import { logFailure } from '../runtime/log.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -311,7 +312,7 @@ async function cmdRun(c: Ctx): Promise<number> {
     return await runIn(c, sb, execOpts(c), typeof ep === 'string' ? { entrypoint: ep === '' ? [] : [ep] } : {});
   } finally {
     await sb.stop().catch(() => sb.kill());
-    await Sandbox.remove(name, { supervisor: c.sup }).catch(() => {});
+    await Sandbox.remove(name, { supervisor: c.sup }).catch(logFailure(`removing the run's sandbox ${name}`));
   }
 }
 

@@ -9,9 +9,10 @@
  */
 
 import type { Database } from 'lmdb';
-import { InvalidOptionError } from '../errors.ts';
+import { InvalidOptionError, type CorralError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** Bounds of a {@link ReplayLog}, per sandbox. */
 export interface ReplayLimits {
@@ -90,20 +91,21 @@ export class ReplayLog {
       pending.set(e.seq, e);
       written = this.#db.put([e.name, e.seq], e).then(
         () => void (pending.get(e.seq) === e && pending.delete(e.seq)),
-        () => {},
+        logFailure(`writing event ${e.seq} of sandbox "${e.name}" to the replay log`),
       );
       while (tail.entries.length - tail.head > this.maxEvents || (tail.bytes > this.maxBytes && tail.entries.length - tail.head > 1)) {
         const [seq, bytes] = tail.entries[tail.head++]!;
         tail.bytes -= bytes;
         pending.delete(seq);
-        void this.#db.remove([e.name, seq]).catch(() => {});
+        void this.#db.remove([e.name, seq]).catch(logFailure(`trimming event ${seq} of sandbox "${e.name}" from the replay log`));
       }
       if (tail.head > 4096) {
         tail.entries.splice(0, tail.head);
         tail.head = 0;
       }
-    } catch {
-      // The store is closing: the event still reaches live subscribers.
+    } catch (err) {
+      // The store is closing (E_CLOSED): the event still reaches live subscribers.
+      if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording event ${e.seq} of sandbox "${e.name}"`)(err);
     }
     return written;
   }

@@ -23,6 +23,7 @@ import { patchOps } from './patches.ts';
 import { hostDir } from './paths.ts';
 import { scriptOps } from './scripts.ts';
 import { shareTag, type VolumeConfig } from './volumes.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** qemu options of a VM (spread into Vm.boot's options). */
 export interface GuestVmOptions {
@@ -194,7 +195,7 @@ export class GuestEnv {
           throw new CorralError('E_TIMEOUT', `volume ${m.path} was not unmounted for the save: ${err.message}`, { cause: err, details: { volume: m.path } });
         }
         done.reverse();
-        await remount().catch(() => {});
+        await remount().catch(logFailure(`remounting the volumes of sandbox "${this.#config.name}" after a failed unmount`));
         const errno = (err as CorralError).details?.errno;
         const why = errno === 16 ? 'a process in the guest has files open there or its working directory inside (EBUSY)' : (err as Error).message;
         throw new CorralError('E_SNAPSHOT', `volume ${m.path} could not be unmounted for the save: ${why}`, { cause: err, details: { volume: m.path } });
@@ -224,7 +225,7 @@ export class GuestEnv {
     if (enforcement) await (await enforcement.catch(() => undefined))?.release();
     if (this.#claimed) {
       this.#claimed = false;
-      for (const v of this.#config.volumes ?? []) if (v.kind === 'named') await releaseVolume(this.#stateDir, v.name, this.#config.name).catch(() => {});
+      for (const v of this.#config.volumes ?? []) if (v.kind === 'named') await releaseVolume(this.#stateDir, v.name, this.#config.name).catch(logFailure(`releasing volume ${v.name}`));
     }
   }
 }

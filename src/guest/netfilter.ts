@@ -31,6 +31,7 @@ import { mkdir, readFile, readdir, rmdir } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { NON_PUBLIC_CIDRS, type NetworkPolicyConfig, type NetworkRule } from './NetworkPolicy.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** The guest side of the NIC (slirp's defaults). */
 export const GUEST_NET = { ifname: 'eth0', address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
@@ -183,7 +184,7 @@ const PREFIX = 'corral_';
 export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig): Promise<NetEnforcement> {
   if (process.getuid?.() !== 0) throw new CorralError('E_SETUP_MISSING', 'network policies are enforced with nftables and cgroups on the host, which needs root');
   const root = cgroup2Root();
-  await sweepStale(root).catch(() => {});
+  await sweepStale(root).catch(logFailure('sweeping stale network policy tables'));
   const id = `${sandbox.replace(/[^a-z0-9]/g, '_').slice(0, 40)}_${randomBytes(4).toString('hex')}`;
   const table = `${PREFIX}${id}`;
   const rel = `corral/${id}`;
@@ -193,7 +194,7 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   try {
     await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers(resolvConf)));
   } catch (err) {
-    await rmdir(cgroupDir).catch(() => {});
+    await rmdir(cgroupDir).catch(logFailure(`removing cgroup ${cgroupDir}`));
     throw err;
   }
   let released: Promise<void> | undefined;
@@ -209,7 +210,7 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
       return { rxBytes: c.rx ?? 0, txBytes: c.tx ?? 0 };
     },
     release() {
-      released ??= Promise.all([run('nft', ['delete', 'table', 'inet', table]).catch(() => {}), removeCgroup(cgroupDir)]).then(() => {});
+      released ??= Promise.all([run('nft', ['delete', 'table', 'inet', table]).catch(logFailure(`nft delete table inet ${table}`)), removeCgroup(cgroupDir)]).then(() => {});
       return released;
     },
   };
@@ -239,7 +240,7 @@ async function sweepStale(root: string): Promise<void> {
     const procs = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => 'x');
     // Empty and not brand new (a VM about to join it was just set up by another process).
     if (procs.trim() !== '' || Date.now() - statSync(dir).mtimeMs < 30_000) continue;
-    await run('nft', ['delete', 'table', 'inet', `${PREFIX}${id}`]).catch(() => {});
-    await rmdir(dir).catch(() => {});
+    await run('nft', ['delete', 'table', 'inet', `${PREFIX}${id}`]).catch(logFailure(`nft delete table inet ${PREFIX}${id}`));
+    await rmdir(dir).catch(logFailure(`removing stale cgroup ${dir}`));
   }
 }

@@ -17,6 +17,7 @@ import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
 import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
+import { logFailure } from '../runtime/log.ts';
 
 const CALLS = new Set<string>(FORWARDED_CALLS);
 const END_CALLS = new Set(['stop', 'kill', 'drain', 'stopped']);
@@ -142,7 +143,7 @@ try {
 }
 
 // A polite signal to the host is a request to stop the sandbox, not to drop it.
-for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void ctl?.api.stop().catch(() => {}));
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void ctl?.api.stop().catch(logFailure(`stopping the sandbox on ${sig}`)));
 
 // From here on nobody reads our stdout; a write there must not kill us.
 process.stdout.on('error', () => {});

@@ -8,6 +8,7 @@
 
 import { open, rm, stat, utimes } from 'node:fs/promises';
 import { CorralError } from '../errors.ts';
+import { logFailure } from '../runtime/log.ts';
 
 const HEARTBEAT_MS = 1000;
 const STALE_MS = 15_000;
@@ -51,7 +52,7 @@ export async function withFileLock<T>(path: string, done: () => boolean | Promis
     await fh.close();
     const beat = setInterval(() => {
       const now = new Date();
-      utimes(path, now, now).catch(() => {});
+      utimes(path, now, now).catch(logFailure(`refreshing lock ${path}`));
     }, HEARTBEAT_MS);
     try {
       // It may have been done between our check and taking the lock.

@@ -13,6 +13,7 @@ import { holding } from '../runtime/hold.ts';
 import type { UnpackOutcome } from '../../workers/image.worker.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
 import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
+import { logFailure } from '../runtime/log.ts';
 
 const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
 
@@ -55,7 +56,7 @@ export async function withImagePool<T>(
   } finally {
     if (--users === 0 && pool === p) {
       pool = undefined;
-      await p.close({ force: true }).catch(() => {});
+      await p.close({ force: true }).catch(logFailure('closing the image worker pool'));
     }
   }
 }

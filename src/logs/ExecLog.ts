@@ -6,9 +6,10 @@
  */
 
 import type { Database } from 'lmdb';
-import { InvalidOptionError } from '../errors.ts';
+import { InvalidOptionError, type CorralError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { Store } from '../store/Store.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** One chunk of output. */
 export interface LogEntry {
@@ -90,20 +91,21 @@ export class ExecLog {
       pending.set(n, entry);
       written = this.#db.put([e.name, n], entry).then(
         () => void (pending.get(n) === entry && pending.delete(n)),
-        () => {},
+        logFailure(`writing output of exec ${e.execId} of sandbox "${e.name}" to the exec log`),
       );
       while (t.entries.length - t.head > this.maxEntries || (t.bytes > this.maxBytes && t.entries.length - t.head > 1)) {
         const [old, bytes] = t.entries[t.head++]!;
         t.bytes -= bytes;
         pending.delete(old);
-        void this.#db.remove([e.name, old]).catch(() => {});
+        void this.#db.remove([e.name, old]).catch(logFailure(`rotating the exec log of sandbox "${e.name}"`));
       }
       if (t.head > 4096) {
         t.entries.splice(0, t.head);
         t.head = 0;
       }
-    } catch {
-      // The store is closing: live subscribers still got the output.
+    } catch (err) {
+      // The store is closing (E_CLOSED): live subscribers still got the output.
+      if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording output of sandbox "${e.name}"`)(err);
     }
     return written;
   }

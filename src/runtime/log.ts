@@ -27,3 +27,22 @@ export function createLogger(name: string, level: LogLevel, write: (line: string
   };
   return { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), trace: at('trace') };
 }
+
+const ENV_LEVEL = process.env.CORRAL_LOG_LEVEL as LogLevel | undefined;
+
+/**
+ * The process's own log, for failures that belong to no one sandbox's logger (a store write
+ * of the supervisor, a cleanup of a host resource). Level from CORRAL_LOG_LEVEL, default warn.
+ */
+export const runtimeLog: Logger = createLogger('runtime', ENV_LEVEL && ENV_LEVEL in RANK ? ENV_LEVEL : 'warn');
+
+/**
+ * A rejection handler for a failure that must not fail its caller but must be seen: logs
+ * "`what` failed: message" at warn.
+ *
+ * @example
+ * void store.patchSandbox(name, patch).catch(logFailure(`recording the state of ${name}`));
+ */
+export function logFailure(what: string, log: Logger = runtimeLog): (err: unknown) => void {
+  return (err) => log.warn(`${what} failed: ${err instanceof Error ? err.message : String(err)}`);
+}

@@ -25,6 +25,7 @@ import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
 import { metricsStream } from '../metrics/metricsStream.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
+import { logFailure } from '../runtime/log.ts';
 
 let defaultSupervisor: Supervisor | undefined;
 
@@ -353,7 +354,7 @@ export class Sandbox {
     if (this.#released || !this.#link) return this.#recordInfo();
     const link = this.#link;
     // An abort turns the graceful stop into a kill (the "timeout fallback" pattern).
-    const onAbort = () => void link.api.kill().catch(() => {});
+    const onAbort = () => void link.api.kill().catch(logFailure(`killing sandbox "${this.name}" on abort`));
     if (options.signal?.aborted) onAbort();
     options.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -431,7 +432,7 @@ export class Sandbox {
       );
       return typeof arg === 'string' ? forks[0]! : forks;
     } finally {
-      await removeSnapshot(this.#sup.stateDir, snap).catch(() => {});
+      await removeSnapshot(this.#sup.stateDir, snap).catch(logFailure(`removing the fork snapshot ${snap}`));
     }
   }
 
@@ -578,7 +579,7 @@ export class Sandbox {
     let timer: NodeJS.Timeout | undefined;
     let sub: Subscription | undefined;
     const onAbort = () => {
-      void control.kill(9).catch(() => {});
+      void control.kill(9).catch(logFailure(`killing exec ${execId} of sandbox "${this.name}"`));
       stream.fail(new CorralError('E_ABORTED', `exec ${execId} aborted`, { cause: options.signal?.reason }));
     };
     const finish = () => {
@@ -594,10 +595,10 @@ export class Sandbox {
       stream.fail(new CorralError('E_VM_CRASHED', `sandbox "${this.name}" stopped while exec ${execId} was running`));
       finish();
     });
-    stream.exited.finally(() => stoppedSub.unsubscribe()).catch(() => {});
+    stream.exited.finally(() => stoppedSub.unsubscribe()).catch(() => {}); // the exec's own rejection reaches its caller through stream.exited
 
     // Keep the process alive while the exec runs.
-    void ctl.busy(() => stream.exited).catch(() => {});
+    void ctl.busy(() => stream.exited).catch(() => {}); // only holds the event loop; stream.exited's failure reaches its caller
     try {
       await ctl.api.exec(execId, {
         argv,
@@ -619,7 +620,7 @@ export class Sandbox {
       const timeoutMs = options.timeoutMs;
       timer = setTimeout(() => {
         timedOut = true;
-        void control.kill(9).catch(() => {});
+        void control.kill(9).catch(logFailure(`killing exec ${execId} of sandbox "${this.name}"`));
         // The exit after the SIGKILL comes from the guest: one that never answers must not
         // hold the caller past its timeout for ever.
         timer = setTimeout(() => {
@@ -635,6 +636,7 @@ export class Sandbox {
       void feedStdin(stream, stdin);
     } else if (pipe && stdin !== 'pipe') {
       const bytes = typeof stdin === 'string' ? encoder.encode(stdin) : stdin;
+      // A write that fails means the exec is gone: its own end (stream.exited) says why.
       await control.write(bytes).catch(() => {});
       await control.end().catch(() => {});
     }

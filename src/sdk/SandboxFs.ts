@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FsCall, FsCallResult } from '../agent/fsCalls.ts';
 import { checkGuestPath, type FsEntry, type FsStat } from '../agent/GuestFs.ts';
 import { CorralError } from '../errors.ts';
+import { logFailure } from '../runtime/log.ts';
 
 export type { FsEntry, FsEntryType, FsStat } from '../agent/GuestFs.ts';
 
@@ -91,7 +92,7 @@ export class SandboxFs {
       try {
         await this.#writeAll(handle, bytes, options.signal);
       } catch (err) {
-        await this.call({ op: 'close', handle }).catch(() => {});
+        await this.call({ op: 'close', handle }).catch(logFailure(`closing guest file handle ${handle} after a failed write`));
         throw err;
       }
       await this.call({ op: 'close', handle });

@@ -8,6 +8,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import { ttyOption } from './execOptions.ts';
 import type { StdinSource } from './execStdin.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** Options of one exec. */
 export interface ExecOptions {
@@ -127,7 +128,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
       this.#resolveExit = res;
       this.#rejectExit = rej;
     });
-    this.exited.catch(() => {});
+    this.exited.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
   }
 
   /**
@@ -223,7 +224,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
       }
     } finally {
       // A consumer that stops early (break) does not want the command any more.
-      if (!this.#done) await this.kill().catch(() => {});
+      if (!this.#done) await this.kill().catch(logFailure(`killing exec ${this.execId} after its consumer stopped`));
     }
   }
 

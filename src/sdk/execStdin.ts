@@ -6,6 +6,7 @@
 
 import { CorralError } from '../errors.ts';
 import type { ExecStream } from './exec.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** A stream of stdin chunks: a Node Readable, a web ReadableStream, an async generator. */
 export type StdinSource = AsyncIterable<Uint8Array | string>;
@@ -35,7 +36,7 @@ export async function feedStdin(stream: ExecStream, source: StdinSource): Promis
   const stop = () => {
     finished = true;
     // Lets go of a source that waits for input nobody will read now (a Readable is destroyed).
-    void it.return?.()?.catch(() => {});
+    void it.return?.()?.catch(logFailure(`ending the stdin source of exec ${stream.execId}`));
   };
   stream.exited.then(stop, stop);
   for (;;) {
@@ -44,7 +45,7 @@ export async function feedStdin(stream: ExecStream, source: StdinSource): Promis
       next = await it.next();
     } catch (err) {
       if (finished) return;
-      await stream.kill(9).catch(() => {});
+      await stream.kill(9).catch(logFailure(`killing exec ${stream.execId} after its stdin failed`));
       stream.fail(new CorralError('E_ABORTED', `exec ${stream.execId} aborted: its stdin stream failed: ${(err as Error)?.message ?? err}`, { cause: err }));
       return;
     }
@@ -52,5 +53,6 @@ export async function feedStdin(stream: ExecStream, source: StdinSource): Promis
     // A write that fails means the exec is gone: its own end says why.
     if (!(await stream.write(next.value).then(() => true, () => false))) return;
   }
+  // An end that fails means the exec is gone: its own end says why.
   if (!finished) await stream.end().catch(() => {});
 }

@@ -25,6 +25,7 @@ import type { ExecOptions, ExecResult } from '../sdk/exec.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { fsStatus, handleFiles } from './fileRoutes.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** Largest request body accepted (a config, or an exec with its stdin). */
 const MAX_BODY = 16 * 1024 * 1024;
@@ -109,7 +110,7 @@ async function withSandbox<T>(sup: Supervisor, name: string, fn: (sb: Sandbox) =
   try {
     return await fn(sb);
   } finally {
-    await sb.detach().catch(() => {});
+    await sb.detach().catch(logFailure(`detaching from sandbox ${name}`));
   }
 }
 

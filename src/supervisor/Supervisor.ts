@@ -38,6 +38,7 @@ import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../wor
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { SandboxPool, validatePoolOptions, type HostedActor, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
+import { logFailure } from '../runtime/log.ts';
 const HOST_MAIN = fileURLToPath(new URL('../host/hostMain.ts', import.meta.url));
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
 const TSX_LOADER = import.meta.resolve('tsx');
@@ -555,8 +556,8 @@ export class Supervisor {
     if (rec.vmPid && isOurVm(rec.vmPid, name)) {
       try {
         process.kill(rec.vmPid, 'SIGKILL');
-      } catch {
-        /* gone meanwhile */
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // ESRCH: gone meanwhile
       }
     }
     const fixed: SandboxRecord = { ...rec, status: 'stopped', state: 'stopped', stopReason: 'crashed', updatedAt: Date.now() };
@@ -799,8 +800,9 @@ function onProcessExit(): void {
   for (const sup of openSupervisors) {
     try {
       sup.markLiveAsKilled();
-    } catch {
-      /* the store may be closing: the next reader reconciles */
+    } catch (err) {
+      // The store may be closing: the next reader reconciles (the owner pid is dead).
+      logFailure('recording live sandboxes as killed at exit')(err);
     }
   }
 }

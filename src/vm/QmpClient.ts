@@ -56,7 +56,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [] }> {
       await Promise.race([greeting, failure]);
       await this.execute('qmp_capabilities');
     })();
-    this.ready.catch(() => {});
+    this.ready.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
   }
 
   /** Runs one command; resolves with its `return` value. */

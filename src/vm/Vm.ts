@@ -25,6 +25,7 @@ import { processAlive } from '../runtime/process.ts';
 import { watchGuestEnd, type GuestEnd } from './guestEnd.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
+import { logFailure } from '../runtime/log.ts';
 
 /** How a VM process ended. */
 export interface VmExit {
@@ -194,7 +195,7 @@ export class Vm {
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
       } finally {
         deadline.cancel();
-        exitedEarly.catch(() => {});
+        exitedEarly.catch(() => {}); // raced above; after a successful boot it may reject later, with nobody left to care
       }
       return vm;
     } catch (err) {
@@ -266,7 +267,8 @@ export class Vm {
     if (this.#exit) return this.#exit;
     this.agent?.shutdown();
     if (await settlesWithin(this.#exited, timeoutMs)) return this.#exited;
-    await this.qmp?.execute('quit').catch(() => {});
+    // A QMP that fails here (the VM exiting meanwhile, a hung monitor) is what the kill below is for.
+    await this.qmp?.execute('quit').catch(logFailure('QMP quit'));
     if (await settlesWithin(this.#exited, 1000)) return this.#exited;
     this.kill();
     return this.#exited;
@@ -327,7 +329,7 @@ function rejectAfter(ms: number, signal: AbortSignal | undefined, message: () =>
       else signal.addEventListener('abort', onAbort, { once: true });
     }
   });
-  promise.catch(() => {});
+  promise.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
   return {
     promise,
     cancel() {

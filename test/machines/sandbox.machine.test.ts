@@ -3,11 +3,18 @@
 // The same rules run against real VMs in test/sdk/*.test.ts. The policy timers (max duration,
 // idle timeout) are the machine's `after` delays, which run on the actor's clock: here a
 // SimulatedClock that only moves when a test moves it, so no test waits on a real timer.
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { SimulatedClock, createActor, fromPromise, waitFor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, type SandboxInput, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { StopReason } from '../../src/bus/events.ts';
 import { CorralError } from '../../src/errors.ts';
+
+/** Every actor a test started: stopped after it, or their `after` timers outlive the file. */
+const started = new Set<{ stop(): void }>();
+afterEach(() => {
+  for (const a of started) a.stop();
+  started.clear();
+});
 
 function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTimeoutMs?: number } = {}) {
   const log: string[] = [];
@@ -40,6 +47,7 @@ function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTi
   });
   const clock = new SimulatedClock();
   const actor = createActor(machine, { clock, input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
+  started.add(actor);
   actor.start();
   return { actor, log, clock, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
 }
