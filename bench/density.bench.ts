@@ -13,7 +13,6 @@
  *   and its PSS growth from /proc/self/smaps_rollup), qemu PSS per VM (each qemu's
  *   smaps_rollup), how many answer an exec, and the exec latency.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,10 +21,8 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import type { Isolation } from '../src/pool/SandboxPool.ts';
-import { loadArtifacts } from '../src/runtime/artifacts.ts';
-import { findTemplate } from '../src/runtime/templates.ts';
-import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
-import { Vm } from '../src/vm/Vm.ts';
+import { resolveAccel } from '../src/vm/accel.ts';
+import { bareRestore as restoreFloor } from './floors.ts';
 import { fmtMs, quantile, ratio } from './stats.ts';
 
 const { values: args } = parseArgs({
@@ -65,25 +62,7 @@ function rollupKib(pid: number | 'self', field: 'Pss' | 'Rss'): number {
 }
 
 /** The floor: the same template restored by the VM layer alone, to its first PONG. */
-async function bareRestore(i: number): Promise<number> {
-  const a = loadArtifacts();
-  const tpl = findTemplate(stateDir, templateKey)!;
-  const img = a.images['corral/base']!;
-  const upper = join(stateDir, `bare-${i}.qcow2`);
-  const t0 = performance.now();
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', tpl.upper, upper]);
-  const vm = await Vm.boot({
-    qemu: a.qemu, kernel: a.kernel, initramfs: a.initramfs, lower: { path: img.rootfs, fstype: img.fstype },
-    memoryMib, cpus: 1, accel: accel.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
-    memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
-  });
-  await vm.agent.ping();
-  const ms = performance.now() - t0;
-  vm.kill();
-  await vm.exited;
-  rmSync(upper, { force: true });
-  return ms;
-}
+const bareRestore = (i: number): Promise<number> => restoreFloor({ stateDir, templateKey, memoryMib, accel: accel.accel, i });
 
 /** Idle for 2 s, then a full GC of this thread, so that RSS compares live memory, not garbage. */
 setFlagsFromString('--expose-gc');

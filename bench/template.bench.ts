@@ -10,15 +10,12 @@
  * - BURST sandboxes created at once from a template: time until all answered an exec, and
  *   the host PSS of each VM process.
  */
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
-import { loadArtifacts } from '../src/runtime/artifacts.ts';
-import { findTemplate } from '../src/runtime/templates.ts';
-import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
-import { Vm } from '../src/vm/Vm.ts';
+import { resolveAccel } from '../src/vm/accel.ts';
+import { bareRestore as restoreFloor } from './floors.ts';
 import { fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 10);
@@ -44,25 +41,7 @@ async function createToFirstExec(name: string, template: boolean): Promise<numbe
 }
 
 /** The floor: the same template restored by the VM layer alone, to its first PONG. */
-async function bareRestore(i: number): Promise<number> {
-  const a = loadArtifacts();
-  const tpl = findTemplate(stateDir, templateKey)!;
-  const img = a.images['corral/base']!;
-  const upper = join(stateDir, `bare-${i}.qcow2`);
-  const t0 = performance.now();
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', tpl.upper, upper]);
-  const vm = await Vm.boot({
-    qemu: a.qemu, kernel: a.kernel, initramfs: a.initramfs, lower: { path: img.rootfs, fstype: img.fstype },
-    memoryMib: 256, cpus: 1, accel: accel.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
-    memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
-  });
-  await vm.agent.ping();
-  const ms = performance.now() - t0;
-  vm.kill();
-  await vm.exited;
-  rmSync(upper, { force: true });
-  return ms;
-}
+const bareRestore = (i: number): Promise<number> => restoreFloor({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i });
 
 // Warm-up, which also builds the template.
 await createToFirstExec('warm-t', true);

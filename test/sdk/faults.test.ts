@@ -20,21 +20,11 @@ import { resolveImage } from '../../src/image/pull.ts';
 import { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { startRegistry, testImages, type TestRegistry } from '../image/helpers/registry.ts';
 import { alive, testSupervisor, uniqueName, until } from '../helpers/sandbox.ts';
+import { prng } from '../helpers/prng.ts';
 
 const CHILD = fileURLToPath(new URL('../helpers/child-sandbox.ts', import.meta.url));
 const runDirsOf = (pid: number) => readdirSync(tmpdir()).filter((f) => f.startsWith(`corral-run-${pid}-`));
 
-/** mulberry32: a small seeded PRNG, so that a failing kill point can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('the VM process SIGKILLed in the middle of an exec', () => {
   it('fails the exec and the sandbox as crashed, leaves no run dir, and the sandbox starts again', async () => {

@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { prng } from './prng.ts';
+import { prng } from '../../helpers/prng.ts';
 
 const WRITER = fileURLToPath(new URL('./storeWriter.ts', import.meta.url));
 const CHECKER = fileURLToPath(new URL('./storeChecks.ts', import.meta.url));

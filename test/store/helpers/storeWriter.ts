@@ -20,7 +20,7 @@ import { ImageIndex } from '../../../src/image/ImageIndex.ts';
 import { ExecLog } from '../../../src/logs/ExecLog.ts';
 import { listTemplates } from '../../../src/runtime/templates.ts';
 import { Store } from '../../../src/store/Store.ts';
-import { prng } from './prng.ts';
+import { prng } from '../../helpers/prng.ts';
 import { validateRecord, validateReplay } from './storeChecks.ts';
 
 interface Job {
