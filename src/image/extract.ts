@@ -350,16 +350,25 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
   const extract = tar.extract();
   await new Promise<void>((resolve, reject) => {
     let failed = false;
+    /** The entry being written: a failure of the archive must not reject while it still writes. */
+    let current: Promise<void> = Promise.resolve();
+    let currentStream: Readable | undefined;
     const onError = (err: Error) => {
       if (failed) return;
       failed = true;
       source.unpipe?.(extract as never);
       source.destroy();
       extract.destroy();
-      reject(err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err }));
+      currentStream?.destroy(); // so that the entry in progress settles
+      const e = err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err });
+      // Rejected once the entry in progress settled (its stream ends with the extractor's):
+      // a caller that removes the root on failure would otherwise race that entry's writes.
+      void current.then(() => reject(e), () => reject(e));
     };
     extract.on('entry', (header, stream, next) => {
-      handle(header, stream as unknown as Readable).then(() => next(), onError);
+      currentStream = stream as unknown as Readable;
+      current = handle(header, currentStream);
+      current.then(() => next(), onError);
     });
     extract.on('finish', () => !failed && resolve());
     extract.on('error', onError);
