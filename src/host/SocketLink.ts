@@ -10,6 +10,7 @@ import type { SandboxConfig } from '../config.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import type { SandboxApi, SandboxLink } from '../supervisor/SandboxLink.ts';
 import { holding } from '../runtime/hold.ts';
+import { logFailure } from '../runtime/log.ts';
 import { FORWARDED_CALLS, LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';
 
 const METHODS = ['start', ...FORWARDED_CALLS] as const;
@@ -102,7 +103,14 @@ export class SocketLink implements SandboxLink {
     });
   }
 
+  /**
+   * Lets go of a sandbox that stopped: resolves once its host process let go of this
+   * connection, which it does only as it exits, so that stop(), kill(), drain() and wait()
+   * of a detached sandbox resolve with no host process of it left (bounded by the
+   * sandbox's stopTimeoutMs; past that the connection is closed from here, and logged).
+   */
   async release(): Promise<void> {
+    if (!this.#closed) await this.hostGone(this.config.stopTimeoutMs).catch(logFailure(`waiting for the host of "${this.config.name}" to exit`));
     this.#close(new CorralError('E_CLOSED', 'released'));
   }
 
