@@ -1,17 +1,6 @@
 // The seed page's lifecycle examples as standalone user processes (see runScenario.ts): stop,
 // start, kill, pause, resume, drain, detach, list/get/remove, detached + reconnect, graceful
 // stop with fallback, max duration and idle timeout.
-import { afterAll, describe, expect, it } from 'vitest';
-import { EXPECTED, ScenarioFixtures } from './fixtures.ts';
-import { runScenario } from './runScenario.ts';
+import { scenarioCases } from './scenarioCases.ts';
 
-const fixtures = new ScenarioFixtures();
-afterAll(() => fixtures.close());
-
-describe('lifecycle scenarios, each a plain node process', () => {
-  it.each(['lifecycle', 'detached', 'graceful-stop', 'policies'])('%s exits 0 with its expected lines and leaves nothing behind', async (name) => {
-    const r = await runScenario(name, { stateDir: process.env.CORRAL_STATE_DIR!, env: await fixtures.envFor(name), hardCapMs: 240_000 });
-    expect({ code: r.code, stdout: r.stdout.split('\n').filter(Boolean), stderr: r.code === 0 ? '' : r.stderr }).toEqual({ code: 0, stdout: EXPECTED[name], stderr: '' });
-    expect(r.leftovers).toEqual([]);
-  }, 280_000);
-});
+scenarioCases('lifecycle scenarios, each a plain node process', ['lifecycle', 'detached', 'graceful-stop', 'policies']);
