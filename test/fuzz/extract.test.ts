@@ -17,7 +17,13 @@ import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
 
 const scratch = mkdtempSync(join(tmpdir(), 'corral-test-fuzz-extract-'));
-afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+// fast-check's interruptAfterTimeLimit stops waiting for the case in progress; that case
+// still writes into scratch, so the removal waits for it (else it re-creates its dir after).
+let inFlight: Promise<unknown> = Promise.resolve();
+afterAll(async () => {
+  await inFlight.catch(() => undefined); // its failure, if any, was fast-check's to report
+  rmSync(scratch, { recursive: true, force: true });
+});
 
 /** An entry as generated (and as stored in corpus/tar/*.json). `OUT` in a name or target is the sentinel dir's absolute path. */
 interface GenEntry {
@@ -46,7 +52,13 @@ let n = 0;
  * Extracts `entries` into base/d1/d2/d3/root, beside base/outside (a sentinel with a file).
  * Relative link targets climb at most 4 levels from depth ≤ 3, so they stay inside base.
  */
-async function attempt(entries: GenEntry[]): Promise<void> {
+function attempt(...args: Parameters<typeof attemptOnce>): Promise<void> {
+  const p = attemptOnce(...args);
+  inFlight = p;
+  return p;
+}
+
+async function attemptOnce(entries: GenEntry[]): Promise<void> {
   const base = join(scratch, String(++n));
   const root = join(base, 'd1', 'd2', 'd3', 'root');
   const outside = join(base, 'outside');

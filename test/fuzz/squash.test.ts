@@ -16,7 +16,13 @@ import { mergeLayers } from '../../src/image/squash.ts';
 import { budget, timeoutFor } from './budget.ts';
 
 const scratch = mkdtempSync(join(tmpdir(), 'corral-test-fuzz-squash-'));
-afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+// fast-check's interruptAfterTimeLimit stops waiting for the case in progress; that case
+// still writes into scratch, so the removal waits for it (else it re-creates its dir after).
+let inFlight: Promise<unknown> = Promise.resolve();
+afterAll(async () => {
+  await inFlight.catch(() => undefined); // its failure, if any, was fast-check's to report
+  rmSync(scratch, { recursive: true, force: true });
+});
 
 /** One layer as overlayfs reads it: path → node; every parent of a node is a dir of the layer. */
 type Node = { kind: 'file'; body: string } | { kind: 'symlink'; target: string } | { kind: 'dir'; opaque: boolean } | { kind: 'whiteout' };
@@ -127,7 +133,13 @@ function readTree(root: string): Layer {
 }
 
 let n = 0;
-async function squashMatchesStack(opsPerLayer: Op[][]): Promise<void> {
+function squashMatchesStack(...args: Parameters<typeof squashMatchesStackOnce>): Promise<void> {
+  const p = squashMatchesStackOnce(...args);
+  inFlight = p;
+  return p;
+}
+
+async function squashMatchesStackOnce(opsPerLayer: Op[][]): Promise<void> {
   const layers = opsPerLayer.map(buildLayer);
   const base = join(scratch, String(++n));
   const tree = join(base, 'root');
