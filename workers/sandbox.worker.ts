@@ -4,8 +4,10 @@
  *
  * Each actor owns its VM process (spawned from this thread, so the VM dies with it), runs the
  * lifecycle machine with real actors provided, stamps every event (`name`, `seq`, `ts`) and
- * posts it on the events port, and exposes {@link SandboxWorkerApi} over Comlink on the
- * control port. It never imports the supervisor.
+ * exposes {@link SandboxWorkerApi} over Comlink, both on its one control port. Events and
+ * answers share that port so they arrive in the order they were posted: a verb's answer never
+ * overtakes the events it caused (two ports are not ordered with each other). It never
+ * imports the supervisor.
  */
 
 import '../src/supervisor/comlinkErrors.ts';
@@ -42,17 +44,22 @@ import { imageArgv, type ImageCommandRequest } from '../src/image/imageCommand.t
 export interface SandboxWorkerData {
   readonly config: SandboxConfig;
   readonly stateDir: string;
+  /** Comlink calls and their answers, and this actor's events as {@link EventEnvelope}s. */
   readonly control: MessagePort;
-  readonly events: MessagePort;
   /** The CORRAL_* variables of the creating thread at create time. */
   readonly env?: Readonly<Record<string, string | undefined>>;
   /** Values of the secret handles the config refers to (registryAuth.secret), in memory only. */
   readonly secrets?: Readonly<Record<string, string>>;
   /**
-   * Exec output bytes posted on `events` and not yet handled by the receiver, which
+   * Exec output bytes posted as events and not yet handled by the receiver, which
    * subtracts what it handled (Atomics). Absent: no flow control.
    */
   readonly outputInFlight?: Int32Array;
+}
+
+/** How an event travels on the control port: comlink ignores a message without an `id`. */
+export interface EventEnvelope {
+  readonly event: SandboxEvent;
 }
 
 /** Exec output in flight to the supervisor above which the guest is no longer read. */
@@ -129,7 +136,6 @@ const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 class SandboxHost implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
-  readonly #events: MessagePort;
   readonly #control: MessagePort;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
@@ -157,7 +163,6 @@ class SandboxHost implements SandboxWorkerApi {
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
     this.#stateDir = data.stateDir;
-    this.#events = data.events;
     this.#control = data.control;
     this.#outputInFlight = data.outputInFlight;
     this.#secrets = data.secrets;
@@ -325,7 +330,6 @@ class SandboxHost implements SandboxWorkerApi {
    */
   dispose(): void {
     this.#vm?.kill();
-    this.#events.close();
     this.#control.close();
   }
 
@@ -777,7 +781,7 @@ class SandboxHost implements SandboxWorkerApi {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
-    this.#events.postMessage(event, transfer);
+    this.#control.postMessage({ event } satisfies EventEnvelope, transfer);
     if (bytes > 0) this.#throttle(bytes);
   }
 

@@ -134,7 +134,7 @@ export interface HostedActor {
 /**
  * @example
  * const pool = new SandboxPool({ workers: 2 });
- * const actor = pool.host(data, [data.control, data.events], (err) => markCrashed(err));
+ * const actor = pool.host(data, [data.control], (err) => markCrashed(err));
  * await actor.release();
  * await pool.close();
  */

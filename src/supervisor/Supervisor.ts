@@ -34,7 +34,7 @@ import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
 import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
-import type { SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
+import type { EventEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { SandboxPool, validatePoolOptions, type HostedActor, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
@@ -398,17 +398,17 @@ export class Supervisor {
       await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' });
       throw new CorralError('E_INVALID_OPTION', `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
     }
+    // One channel for calls, answers and events: one port keeps them in posting order.
     const control = new MessageChannel();
-    const events = new MessageChannel();
     // Exec output bytes posted by the worker and not yet handled here: the worker stops
     // reading from the guest while too many are in flight (see OUTPUT_HIGH_WATER there).
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, events: events.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight };
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight };
     let ctl: SandboxController | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
-    const actor = this.#pool.host(data, [control.port2, events.port2], (err) => {
+    const actor = this.#pool.host(data, [control.port2], (err) => {
       // Lost during start(): the create fails with a boot failure (the catch below records it).
       if (lostBeforeStart) lostBeforeStart(err);
       else if (ctl) void this.#onWorkerLost(ctl, err).catch((e: Error) => this.#log(`cannot record the crash of "${config.name}": ${e.message}`));
@@ -418,16 +418,17 @@ export class Supervisor {
     ctl = new SandboxController(config, actor, api, events$, this);
     const own = ctl;
     this.#live.set(config.name, ctl);
-    events.port1.on('message', (e: SandboxEvent) => {
+    control.port1.on('message', (m: Partial<EventEnvelope>) => {
+      const e = m.event;
+      if (!e) return; // a comlink answer
       own.lastSeq = e.seq;
       const written = this.#onEvent(e);
       // Output stays in flight until its replay and log writes commit: LMDB queues writes
       // in memory, so releasing earlier lets a flood grow that queue with its size.
       if (e.type === 'exec.stdout' || e.type === 'exec.stderr') void written.then(() => Atomics.sub(outputInFlight, 0, e.data.byteLength));
     });
-    // Unref after adding listeners: adding a 'message' listener refs a port again. Comlink
-    // adds one per pending call, so the control port holds the process only during calls.
-    events.port1.unref();
+    // Unref after adding listeners: adding a 'message' listener refs a port again. Calls
+    // hold the process themselves (the link's busy()).
     control.port1.unref();
 
     const abort = () => void own.api.kill().catch((err: Error) => this.#log(`kill of "${config.name}" on abort failed: ${err.message}`));
@@ -746,8 +747,8 @@ export class Supervisor {
   /** Records and publishes one event; resolves when its replay and log writes commit. */
   #onEvent(e: SandboxEvent): Promise<unknown> {
     const patch = recordPatch(e);
-    // A state event that arrives after the stop was recorded (it crossed the events port
-    // while the answer crossed the control port) must not move the record back.
+    // A state event must not move a stopped record back: a stop this supervisor recorded
+    // itself (a boot failure, a crash) can precede events still queued on the port.
     if (patch) {
       void this.#store.patchSandbox(e.name, patch, { keepStopped: patch.status !== 'stopped' }).catch((err: unknown) => {
         process.emitWarning(`corral: cannot record ${e.type} of sandbox "${e.name}": ${(err as Error).message}`);

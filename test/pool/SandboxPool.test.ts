@@ -15,16 +15,9 @@ afterAll(() => rmSync(stateDir, { recursive: true, force: true }));
 
 function hostOne(pool: SandboxPool, name: string, lost: CorralError[]): { actor: HostedActor; close(): void } {
   const control = new MessageChannel();
-  const events = new MessageChannel();
-  const data = { config: normalizeConfig({ name }), stateDir, control: control.port2, events: events.port2 };
-  const actor = pool.host(data, [control.port2, events.port2], (e) => lost.push(e));
-  return {
-    actor,
-    close: () => {
-      control.port1.close();
-      events.port1.close();
-    },
-  };
+  const data = { config: normalizeConfig({ name }), stateDir, control: control.port2 };
+  const actor = pool.host(data, [control.port2], (e) => lost.push(e));
+  return { actor, close: () => control.port1.close() };
 }
 
 describe('SandboxPool', () => {
