@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Accel } from '../src/bus/events.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
-import { findTemplate } from '../src/runtime/templates.ts';
+import { findTemplate } from '../src/snapshot/templates.ts';
 import { hostTscKhz } from '../src/vm/accel.ts';
 import { Vm } from '../src/vm/Vm.ts';
 

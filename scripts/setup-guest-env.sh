@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Host packages the guest environment needs (src/guest/): nftables enforces sandbox network
-# policies on the host (see src/guest/netfilter.ts). Idempotent: a no-op when installed.
+# Host packages the guest environment needs (src/guestenv/): nftables enforces sandbox network
+# policies on the host (see src/guestenv/netfilter.ts). Idempotent: a no-op when installed.
 #
 #   bash scripts/setup-guest-env.sh
 set -Eeuo pipefail

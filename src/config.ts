@@ -8,7 +8,7 @@
 import { InvalidOptionError } from './errors.ts';
 import { IMAGE_CONFIG_KEYS, normalizeImageFields, type ImageConfigFields } from './image/imageOptions.ts';
 import type { AccelOption } from './vm/accel.ts';
-import { GUEST_CONFIG_KEYS, normalizeGuestFields, type GuestConfigFields } from './guest/guestConfig.ts';
+import { GUEST_CONFIG_KEYS, normalizeGuestFields, type GuestConfigFields } from './guestenv/guestConfig.ts';
 
 /**
  * The complete description of a sandbox. Image fields (`image`, `pullPolicy`,

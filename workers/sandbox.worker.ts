@@ -10,7 +10,7 @@
  * imports the supervisor.
  */
 
-import '../src/supervisor/comlinkErrors.ts';
+import '../src/link/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { randomBytes } from 'node:crypto';
@@ -27,13 +27,13 @@ import { CorralError, InvalidOptionError, deserializeError, serializeError, type
 import { createLogger, type Logger } from '../src/runtime/log.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../src/runtime/rootfs.ts';
-import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../src/runtime/snapshots.ts';
-import { cloneOverlay, ensureTemplate, templateKey } from '../src/runtime/templates.ts';
+import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../src/snapshot/snapshots.ts';
+import { cloneOverlay, ensureTemplate, templateKey } from '../src/snapshot/templates.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { Vm, type VmBootOptions } from '../src/vm/Vm.ts';
-import { GuestEnv } from '../src/guest/GuestEnv.ts';
-import type { DeviceLayout as GuestDeviceLayout } from '../src/guest/guestConfig.ts';
-import { withScriptsPath } from '../src/guest/scripts.ts';
+import { GuestEnv } from '../src/guestenv/GuestEnv.ts';
+import type { DeviceLayout as GuestDeviceLayout } from '../src/guestenv/guestConfig.ts';
+import { withScriptsPath } from '../src/guestenv/scripts.ts';
 import { qemuArgs } from '../src/vm/qemuArgs.ts';
 import { GuestFs } from '../src/agent/GuestFs.ts';
 import { FsCalls, type FsCall, type FsCallResult } from '../src/agent/fsCalls.ts';
@@ -151,7 +151,7 @@ class SandboxHost implements SandboxWorkerApi {
   #lastValue = '';
   #createdAt = performance.now();
   #imageEnv: Record<string, string> = {};
-  /** Volumes, scripts, patches, network (src/guest): prepared once, applied after each boot. */
+  /** Volumes, scripts, patches, network (src/guestenv): prepared once, applied after each boot. */
   #guest: Promise<GuestEnv> | undefined;
   readonly #log: Logger;
   /** From the data the sandbox was handed (a spare worker's workerData has none). */
@@ -424,7 +424,7 @@ class SandboxHost implements SandboxWorkerApi {
     return this.#adopt(vm, t0);
   }
 
-  /** The sandbox's guest environment (src/guest), prepared on first use; `layout`: a snapshot's devices. */
+  /** The sandbox's guest environment (src/guestenv), prepared on first use; `layout`: a snapshot's devices. */
   #guestEnv(layout?: GuestDeviceLayout): Promise<GuestEnv> {
     this.#guest ??= GuestEnv.prepare(this.#config, this.#stateDir, sandboxDir(this.#stateDir, this.#config.name), layout);
     return this.#guest;

@@ -7,7 +7,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
-import { pruneTemplates } from '../runtime/templates.ts';
+import { pruneTemplates } from '../snapshot/templates.ts';
 import { digestHex } from './digest.ts';
 import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
 import type { ImageDefaults } from './manifest.ts';

@@ -1,7 +1,7 @@
 /**
  * Samples a sandbox's resource use on the host side: CPU % and memory of its qemu process
  * (from /proc), disk bytes from qemu's block statistics (QMP `query-blockstats`), network
- * bytes from the counters of the VM's nftables table (src/guest/netfilter.ts). The guest
+ * bytes from the counters of the VM's nftables table (src/guestenv/netfilter.ts). The guest
  * has no say in any of these numbers.
  */
 

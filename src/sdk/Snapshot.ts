@@ -6,7 +6,7 @@
  * await Snapshot.remove('before-upgrade');
  */
 
-import { listSnapshots, removeSnapshot, type SnapshotMeta } from '../runtime/snapshots.ts';
+import { listSnapshots, removeSnapshot, type SnapshotMeta } from '../snapshot/snapshots.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
 

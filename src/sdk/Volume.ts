@@ -7,7 +7,7 @@
  * await Volume.remove('my-data');
  */
 
-import { ensureVolume, listVolumes, readVolume, removeVolume, type VolumeInfo } from '../guest/namedVolumes.ts';
+import { ensureVolume, listVolumes, readVolume, removeVolume, type VolumeInfo } from '../guestenv/namedVolumes.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
 

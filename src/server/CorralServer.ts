@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 import type { Subscription } from 'rxjs';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { CorralError } from '../errors.ts';
-import { toWire } from '../host/wire.ts';
+import { toWire } from '../link/wire.ts';
 import { inspectorAsset } from '../inspector/assets.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { handleApi, sendError } from './apiRoutes.ts';

@@ -7,7 +7,7 @@
  * the record, and are published on the bus.
  */
 
-import './comlinkErrors.ts';
+import '../link/comlinkErrors.ts';
 import { wrap, releaseProxy, type Remote } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { spawn } from 'node:child_process';
@@ -21,25 +21,25 @@ import type { SandboxEvent } from '../bus/events.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
-import { SocketLink } from '../host/SocketLink.ts';
-import { FORWARDED_CALLS, controlSocketPath } from '../host/wire.ts';
+import { SocketLink } from '../link/SocketLink.ts';
+import { FORWARDED_CALLS, controlSocketPath } from '../link/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
 import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
-import { readSnapshot, snapshotDevices } from '../runtime/snapshots.ts';
-import { snapshotGuestFields } from '../guest/guestConfig.ts';
+import { readSnapshot, snapshotDevices } from '../snapshot/snapshots.ts';
+import { snapshotGuestFields } from '../guestenv/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
 import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { EventEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
-import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
+import type { SandboxApi, SandboxLink } from '../link/SandboxLink.ts';
 import { SandboxPool, validatePoolOptions, type HostedActor, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
 import { logFailure } from '../runtime/log.ts';
-const HOST_MAIN = fileURLToPath(new URL('../host/hostMain.ts', import.meta.url));
+const HOST_MAIN = fileURLToPath(new URL('../detached/hostMain.ts', import.meta.url));
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
 const TSX_LOADER = import.meta.resolve('tsx');
 
@@ -375,7 +375,7 @@ export class Supervisor {
   /**
    * A sandbox started from a snapshot must have the snapshot's shape (image, memory, cpus…):
    * its RAM and devices come from there. Its name, labels and policies stay its own, and
-   * so do its volumes, network and ports where it sets them (src/guest/guestConfig.ts).
+   * so do its volumes, network and ports where it sets them (src/guestenv/guestConfig.ts).
    */
   #withSnapshotShape(config: SandboxConfig): SandboxConfig {
     if (!config.fromSnapshot) return config;

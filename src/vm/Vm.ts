@@ -43,7 +43,7 @@ export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpS
   readonly onSpawn?: (pid: number) => void;
   /**
    * A command that runs first and then execs its arguments (the setpriv + qemu argv), e.g.
-   * to move the process into a cgroup before qemu opens any socket (src/guest/netfilter.ts).
+   * to move the process into a cgroup before qemu opens any socket (src/guestenv/netfilter.ts).
    */
   readonly wrap?: readonly string[];
   /**

@@ -42,11 +42,11 @@ export interface QemuArgsInput {
   /** Start paused, waiting for a migration stream (`migrate-incoming` over QMP). */
   readonly incoming?: boolean;
   /**
-   * Host directories shared over virtio-9p (src/guest/volumes.ts), attached after the disks
+   * Host directories shared over virtio-9p (src/guestenv/volumes.ts), attached after the disks
    * in this order. The count is part of the device layout (a template's clones need the same).
    */
   readonly shares?: readonly SharedDir[];
-  /** A virtio-net NIC on qemu user networking (src/guest/netfilter.ts); part of the layout. */
+  /** A virtio-net NIC on qemu user networking (src/guestenv/netfilter.ts); part of the layout. */
   readonly net?: NetDevice | undefined;
 }
 

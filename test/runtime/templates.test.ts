@@ -6,7 +6,7 @@ import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findTemplate, listTemplates, pruneTemplates } from '../../src/runtime/templates.ts';
+import { findTemplate, listTemplates, pruneTemplates } from '../../src/snapshot/templates.ts';
 import { Supervisor as SupervisorClass } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
-import { snapshotsDir } from '../../src/runtime/snapshots.ts';
+import { snapshotsDir } from '../../src/snapshot/snapshots.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { consumeFlood } from '../helpers/flood.ts';
 import { alive, hostileSandbox, testSupervisor, uniqueName, until, withFakeQemu } from '../helpers/sandbox.ts';

@@ -18,7 +18,7 @@ import { normalizeConfig } from '../../../src/config.ts';
 import { ReplayLog } from '../../../src/events/ReplayLog.ts';
 import { ImageIndex } from '../../../src/image/ImageIndex.ts';
 import { ExecLog } from '../../../src/logs/ExecLog.ts';
-import { listTemplates } from '../../../src/runtime/templates.ts';
+import { listTemplates } from '../../../src/snapshot/templates.ts';
 import { Store } from '../../../src/store/Store.ts';
 import { prng } from '../../helpers/prng.ts';
 import { validateRecord, validateReplay } from './storeChecks.ts';

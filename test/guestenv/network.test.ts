@@ -5,7 +5,7 @@
 import type { Server } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetworkPolicy, Sandbox } from '../../src/index.ts';
-import { policyRuleset } from '../../src/guest/netfilter.ts';
+import { policyRuleset } from '../../src/guestenv/netfilter.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { fetchIn, freePort, listen, portOf } from '../helpers/net.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';

@@ -18,8 +18,8 @@ import { basename, dirname, join } from 'node:path';
 import type { Database } from 'lmdb';
 import { sharedRoot } from '../store/lmdbEnv.ts';
 import type { AgentHello } from '../agent/AgentClient.ts';
-import { processAlive } from './process.ts';
-import { createOverlay } from './rootfs.ts';
+import { processAlive } from '../runtime/process.ts';
+import { createOverlay } from '../runtime/rootfs.ts';
 
 /** What a finished template holds. */
 export interface Template {

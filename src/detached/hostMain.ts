@@ -3,7 +3,7 @@
  * own (`setsid`), it owns the sandbox's worker (and so its VM and its policy timers) and
  * serves the sandbox's API on a unix socket that any process can reach by name.
  *
- *   node --import tsx src/host/hostMain.ts <stateDir> [--replace]   (config JSON on stdin)
+ *   node --import tsx src/detached/hostMain.ts <stateDir> [--replace]   (config JSON on stdin)
  *
  * It prints one JSON line on stdout — `{ "ready": info }` or `{ "error": … }` — and never
  * writes there again (its creator may be gone). It exits when the sandbox has stopped.
@@ -16,7 +16,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
 import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
-import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from './wire.ts';
+import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
 
 const CALLS = new Set<string>(FORWARDED_CALLS);

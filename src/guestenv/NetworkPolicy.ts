@@ -1,6 +1,6 @@
 /**
  * Network policies: what a sandbox's guest may reach, as JSON config. Enforced on the host
- * (src/guest/netfilter.ts), never in the guest, so root in the guest cannot lift them.
+ * (src/guestenv/netfilter.ts), never in the guest, so root in the guest cannot lift them.
  *
  * A policy is an ordered rule list, first match wins, then a default: rules you add come
  * first (in the order added), then the preset's own rules, then the preset's default.

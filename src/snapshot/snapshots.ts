@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import { deviceLayout, type DeviceLayout } from '../guest/guestConfig.ts';
+import { deviceLayout, type DeviceLayout } from '../guestenv/guestConfig.ts';
 
 export interface SnapshotMeta {
   readonly name: string;

@@ -8,7 +8,7 @@ import { Subject, type Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, deserializeError } from '../errors.ts';
-import type { SandboxApi, SandboxLink } from '../supervisor/SandboxLink.ts';
+import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { holding } from '../runtime/hold.ts';
 import { logFailure } from '../runtime/log.ts';
 import { FORWARDED_CALLS, LineSplitter, fromWire, toWire, type WireMessage } from './wire.ts';

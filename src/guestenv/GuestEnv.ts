@@ -63,7 +63,7 @@ export class GuestEnv {
   /**
    * Resolves volumes (named ones are made on first use; bind sources must still exist).
    * `layout`: the devices of the snapshot this sandbox starts from, which its VM must have
-   * too (the config was checked to fit it: src/guest/guestConfig.ts snapshotGuestFields).
+   * too (the config was checked to fit it: src/guestenv/guestConfig.ts snapshotGuestFields).
    */
   static async prepare(config: SandboxConfig, stateDir: string, sandboxDir: string, layout?: DeviceLayout): Promise<GuestEnv> {
     const shares: SharedDir[] = [];
