@@ -29,7 +29,7 @@ export { NetworkPolicy, NetworkBuilder, type NetworkPolicyConfig, type NetworkRu
 export { VolumeBuilder, type VolumeConfig } from './guestenv/volumes.ts';
 export { PatchBuilder, type PatchConfig } from './guestenv/patches.ts';
 export { CorralServer, type ServeOptions } from './server/CorralServer.ts';
-export type { EventsOptions } from './events/supervisorEvents.ts';
+export type { EventsOptions } from './supervisor/supervisorEvents.ts';
 export type { SinceCursor } from './events/resumeStream.ts';
 export type { ReplayLimits } from './events/ReplayLog.ts';
 export type { LogEntry, LogsOptions, ExecLogLimits } from './logs/ExecLog.ts';

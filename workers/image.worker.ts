@@ -5,11 +5,9 @@
  */
 
 import { serializeError } from '../src/errors.ts';
-import { squashLayers, type SquashResult, type SquashTask } from '../src/image/squash.ts';
-import { unpackLayer, type UnpackResult, type UnpackTask } from '../src/image/unpackLayer.ts';
-
-/** Errors cross the thread boundary as plain data with their code. */
-export type UnpackOutcome = { ok: true; result: UnpackResult | SquashResult } | { ok: false; error: ReturnType<typeof serializeError> };
+import type { UnpackOutcome } from '../src/image/pool.ts';
+import { squashLayers, type SquashTask } from '../src/image/squash.ts';
+import { unpackLayer, type UnpackTask } from '../src/image/unpackLayer.ts';
 
 export default async function run(task: UnpackTask | SquashTask): Promise<UnpackOutcome> {
   try {

@@ -15,7 +15,8 @@ import { dirname } from 'node:path';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
-import { Supervisor, type SandboxController } from '../supervisor/Supervisor.ts';
+import type { WorkerLink } from '../link/WorkerLink.ts';
+import { Supervisor } from '../supervisor/Supervisor.ts';
 import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
 
@@ -66,7 +67,7 @@ rmSync(socketPath, { force: true });
 // One sandbox per host process: one worker is all its pool needs.
 const sup = new Supervisor({ stateDir, workers: 1 });
 const clients = new Set<Socket>();
-let ctl: SandboxController | undefined;
+let ctl: WorkerLink | undefined;
 
 // The supervisor buffers every event in LMDB (its replay log) before publishing it here.
 sup.events$.subscribe((e) => {

@@ -10,10 +10,13 @@ import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
-import type { UnpackOutcome } from '../../workers/image.worker.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
 import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
 import { logFailure } from '../runtime/log.ts';
+import type { SerializedError } from '../errors.ts';
+
+/** A task's result as it crosses back from the worker: errors as plain data with their code. */
+export type UnpackOutcome = { ok: true; result: UnpackResult | SquashResult } | { ok: false; error: SerializedError };
 
 const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
 

@@ -6,7 +6,7 @@
 import type { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
-import type { SandboxWorkerApi } from '../../workers/sandbox.worker.ts';
+import type { SandboxWorkerApi } from '../actor/contract.ts';
 
 /** Every worker API method, returning a promise. */
 export type SandboxApi = {

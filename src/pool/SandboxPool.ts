@@ -1,6 +1,6 @@
 /**
  * The sandbox workers of one Supervisor: worker threads, each hosting many sandbox actors
- * (workers/sandbox.worker.ts), or one each in strict isolation.
+ * (workers/sandbox.worker.ts, src/actor), or one each in strict isolation.
  *
  * A worker thread costs a V8 heap and a module graph (~35 MiB of RSS, most of a second of
  * a core to start); an actor costs a machine, a QMP client and an agent link. So by default
@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
-import type { PoolMessage, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
+import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
 const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
@@ -118,7 +118,7 @@ class PoolWorker {
   }
 }
 
-/** An actor's place in the pool, as its owner (a SandboxController) holds it. */
+/** An actor's place in the pool, as its owner (a WorkerLink) holds it. */
 export interface HostedActor {
   readonly id: number;
   /** The worker's thread id (tests and metrics). */

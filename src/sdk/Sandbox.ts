@@ -122,7 +122,7 @@ export class Sandbox {
   }
 
   /** Starts building a sandbox. */
-  static builder(name: string): SandboxBuilder {
+  static builder(name: string): SandboxBuilder<Sandbox> {
     return new SandboxBuilder(name, (config, opts) => (opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts)));
   }
 

@@ -31,24 +31,26 @@ import { guestPath } from '../guestenv/paths.ts';
 import { validatePort } from '../guestenv/ports.ts';
 import { validateScript } from '../guestenv/scripts.ts';
 import { VolumeBuilder } from '../guestenv/volumes.ts';
-import type { Sandbox } from './Sandbox.ts';
 
-type Create = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<Sandbox>;
+type Create<S> = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<S>;
 
 /**
  * @example
  * const sb = await Sandbox.builder('worker').image('corral/base').memory(256).cpus(1)
  *   .workdir('/app').env('DEBUG', 'true').create();
  */
-export class SandboxBuilder {
+export class SandboxBuilder<S = unknown> {
   #config: { -readonly [K in keyof SandboxConfig]: SandboxConfig[K] };
   #replace = false;
   #detached = false;
   #supervisor: Supervisor | undefined;
-  readonly #create: Create;
+  readonly #create: Create<S>;
 
-  /** @internal use `Sandbox.builder(name)`. */
-  constructor(name: string, create: Create) {
+  /**
+   * @internal use `Sandbox.builder(name)`. `create` makes the product (a `Sandbox`: this
+   * module does not import it, which would make an import cycle).
+   */
+  constructor(name: string, create: Create<S>) {
     this.#create = create;
     this.#config = {
       name: validateName(name),
@@ -290,7 +292,7 @@ export class SandboxBuilder {
   }
 
   /** Boots the sandbox; resolves once it runs. */
-  create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> = {}): Promise<Sandbox> {
+  create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> = {}): Promise<S> {
     return this.#create(this.build(), {
       ...options,
       replace: this.#replace,
@@ -303,7 +305,7 @@ export class SandboxBuilder {
    * Boots the sandbox detached: it survives this process in a host process of its own and
    * is reached again with `Sandbox.get(name)` from any process.
    */
-  createDetached(): Promise<Sandbox> {
+  createDetached(): Promise<S> {
     return this.#create(this.build(), { replace: this.#replace, detached: true, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
   }
 }

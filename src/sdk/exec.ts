@@ -7,34 +7,9 @@ import { Observable, Subject } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import { ttyOption } from './execOptions.ts';
-import type { StdinSource } from './execStdin.ts';
 import { logFailure } from '../runtime/log.ts';
 
-/** Options of one exec. */
-export interface ExecOptions {
-  /** Extra environment, merged over the sandbox's. */
-  readonly env?: Readonly<Record<string, string>>;
-  /** Working directory; default the sandbox's workdir. */
-  readonly cwd?: string;
-  /**
-   * Bytes or text to feed the command's stdin, then EOF; or a stream (a Node Readable, any
-   * async iterable of chunks), read only as fast as the command takes it.
-   */
-  readonly stdin?: string | Uint8Array | StdinSource;
-  /** Send stderr into stdout. */
-  readonly mergeStderr?: boolean;
-  /** Kill the command's whole process group after this long; the result says `timedOut`. */
-  readonly timeoutMs?: number;
-  /** Abort: kills the command and rejects with E_ABORTED. */
-  readonly signal?: AbortSignal;
-  /**
-   * Run on a pseudo-terminal (`true`: 80×24): stdout carries the terminal's output (stderr
-   * included), `stream.resize()` changes its size.
-   */
-  readonly tty?: boolean | { readonly cols: number; readonly rows: number };
-  /** Run as `name`, `uid`, `name:group` or `uid:gid` (from the guest's /etc/passwd, /etc/group). Default: the image's user, else root. */
-  readonly user?: string;
-}
+export type { ExecOptions } from './execOptions.ts';
 
 /** How a command ended, with its collected output. */
 export class ExecResult {

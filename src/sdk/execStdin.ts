@@ -5,7 +5,6 @@
  */
 
 import { CorralError } from '../errors.ts';
-import type { ExecStream } from './exec.ts';
 import { logFailure } from '../runtime/log.ts';
 
 /** A stream of stdin chunks: a Node Readable, a web ReadableStream, an async generator. */
@@ -22,6 +21,16 @@ export function stdinOption(v: unknown, allowPipe: boolean): void {
   throw new CorralError('E_INVALID_OPTION', `invalid option stdin: ${allowPipe ? "'pipe', " : ''}a string, a Uint8Array or an async iterable of them (got ${typeof v})`, { details: { option: 'stdin' } });
 }
 
+/** The side of an exec stream that feedStdin() writes to (an ExecStream). */
+export interface StdinSink {
+  readonly execId: number;
+  readonly exited: Promise<unknown>;
+  write(data: string | Uint8Array): Promise<void>;
+  end(): Promise<void>;
+  kill(signo?: number): Promise<void>;
+  fail(err: Error): void;
+}
+
 /**
  * Copies `source` into the exec's stdin, then closes it. Stops reading once the exec ended.
  * A source that fails kills the exec, whose stream then fails with E_ABORTED (cause: the
@@ -30,7 +39,7 @@ export function stdinOption(v: unknown, allowPipe: boolean): void {
  * @example
  * void feedStdin(stream, createReadStream('big.bin'));
  */
-export async function feedStdin(stream: ExecStream, source: StdinSource): Promise<void> {
+export async function feedStdin(stream: StdinSink, source: StdinSource): Promise<void> {
   let finished = false;
   const it = source[Symbol.asyncIterator]();
   const stop = () => {

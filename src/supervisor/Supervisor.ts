@@ -2,13 +2,14 @@
  * One Supervisor per process: it owns the sandbox workers, the event bus and the store.
  *
  * Each sandbox is an actor hosted by a worker thread of its pool (src/pool: many actors per
- * worker by default, one worker each in strict isolation), driven over Comlink on a port of
- * its own; its events arrive on a second port, are recorded in the store where they change
- * the record, and are published on the bus.
+ * worker by default, one worker each in strict isolation), reached through a link
+ * (src/link: Comlink on a port of its own, or a detached host's socket); its events arrive on
+ * that same port, are recorded in the store where they change the record, and are published
+ * on the bus.
  */
 
 import '../link/comlinkErrors.ts';
-import { wrap, releaseProxy, type Remote } from 'comlink';
+import { wrap } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
@@ -22,7 +23,7 @@ import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../link/SocketLink.ts';
-import { FORWARDED_CALLS, controlSocketPath } from '../link/wire.ts';
+import { controlSocketPath } from '../link/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
@@ -32,11 +33,12 @@ import { readSnapshot, snapshotDevices } from '../snapshot/snapshots.ts';
 import { snapshotGuestFields } from '../guestenv/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
-import { supervisorEvents, type EventsOptions } from '../events/supervisorEvents.ts';
+import { supervisorEvents, type EventsOptions } from './supervisorEvents.ts';
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
-import type { EventEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../../workers/sandbox.worker.ts';
-import type { SandboxApi, SandboxLink } from '../link/SandboxLink.ts';
-import { SandboxPool, validatePoolOptions, type HostedActor, type Isolation } from '../pool/SandboxPool.ts';
+import type { EventEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../actor/contract.ts';
+import type { SandboxLink } from '../link/SandboxLink.ts';
+import { WorkerLink } from '../link/WorkerLink.ts';
+import { SandboxPool, validatePoolOptions, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
 import { logFailure } from '../runtime/log.ts';
 const HOST_MAIN = fileURLToPath(new URL('../detached/hostMain.ts', import.meta.url));
@@ -76,105 +78,6 @@ export interface CreateOptions {
 }
 
 /**
- * The supervisor's handle on one sandbox actor. The SDK's `Sandbox` wraps it.
- * Internal: not exported from the package entry.
- */
-export class SandboxController implements SandboxLink {
-  readonly #remote: Remote<SandboxWorkerApi>;
-  readonly #actor: HostedActor;
-  /**
-   * The actor's API. Each call holds the process until it settles (the worker is
-   * unreferenced while idle), and rejects instead of staying pending for ever (Comlink would
-   * leave it so) when the actor's worker dies under it (E_WORKER_CRASHED), or with E_CLOSED
-   * once {@link terminate} (release, replace, `Supervisor.destroy()`) let go of the actor.
-   */
-  readonly api: SandboxApi;
-  readonly detached = false;
-  readonly events$: Observable<SandboxEvent>;
-  /** The seq of the last event the actor posted (events the supervisor adds follow it). */
-  lastSeq = 0;
-  /** Why calls no longer reach the actor (its worker died, or it was released). */
-  #ended: CorralError | undefined;
-  readonly #pending = new Set<(err: CorralError) => void>();
-  #terminated: Promise<void> | undefined;
-
-  constructor(
-    readonly config: SandboxConfig,
-    actor: HostedActor,
-    remote: Remote<SandboxWorkerApi>,
-    events$: Observable<SandboxEvent>,
-    readonly supervisor: Supervisor,
-  ) {
-    this.#actor = actor;
-    this.#remote = remote;
-    this.events$ = events$;
-    const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
-    for (const m of WORKER_METHODS) api[m] = (...args: unknown[]) => this.busy(() => this.#call(m, args));
-    this.api = api as unknown as SandboxApi;
-  }
-
-  /** The worker thread hosting this sandbox. */
-  get threadId(): number {
-    return this.#actor.threadId;
-  }
-
-  #call(method: string, args: unknown[]): Promise<unknown> {
-    if (this.#ended) return Promise.reject(this.#ended);
-    const fn = (this.#remote as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!;
-    return new Promise((resolve, reject) => {
-      this.#pending.add(reject);
-      fn(...args).then(resolve, reject).finally(() => this.#pending.delete(reject));
-    });
-  }
-
-  /** Every call in flight, and every later one, rejects with `err` (the first reason stays). */
-  #endCalls(err: CorralError): void {
-    this.#ended ??= err;
-    for (const reject of this.#pending) reject(this.#ended);
-    this.#pending.clear();
-  }
-
-  /** @internal the worker hosting this actor died. */
-  markLost(err: CorralError): void {
-    this.#endCalls(err);
-  }
-
-  /**
-   * Runs `fn` while keeping the worker referenced, so the process does not exit with a call
-   * pending. An idle attached sandbox does not keep the process alive: when the process
-   * ends, its VMs end with it. Every {@link api} call goes through here already.
-   */
-  busy<T>(fn: () => Promise<T>): Promise<T> {
-    return this.#actor.hold(() => holding(fn));
-  }
-
-  release(): Promise<void> {
-    return this.supervisor.release(this);
-  }
-
-  /** An attached sandbox stays with its supervisor: dropping a handle changes nothing. */
-  async detach(): Promise<void> {}
-
-  /**
-   * Lets go of the actor: its worker drops it (and kills its VM if one is left); in strict
-   * isolation the worker thread ends. Calls still pending reject with E_CLOSED. Idempotent.
-   */
-  terminate(): Promise<void> {
-    this.#terminated ??= (async () => {
-      this.#endCalls(new CorralError('E_CLOSED', `sandbox "${this.config.name}" was released: its worker no longer hosts it`));
-      this.#remote[releaseProxy]();
-      await this.#actor.release();
-    })();
-    return this.#terminated;
-  }
-
-  /** @internal test-only: makes the worker hosting this sandbox throw; resolves once it exited. */
-  crashWorkerForTest(): Promise<void> {
-    return this.#actor.crashWorker();
-  }
-}
-
-/**
  * @example
  * const sup = new Supervisor({ stateDir: '/tmp/corral' });
  * sup.events$.subscribe((e) => console.log(e.name, e.type));
@@ -188,7 +91,7 @@ export class Supervisor {
   readonly #store: Store;
   readonly #replay: ReplayLog;
   readonly #execLog: ExecLog;
-  readonly #live = new Map<string, SandboxController>();
+  readonly #live = new Map<string, WorkerLink>();
   readonly #pool: SandboxPool;
   #closed: Promise<void> | undefined;
 
@@ -333,7 +236,7 @@ export class Supervisor {
    * Boots a sandbox in a new worker of this process (attached); resolves once it runs. On a
    * boot failure the worker is gone and the error says why.
    */
-  async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<SandboxController> {
+  async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<WorkerLink> {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
     return holding(async () => {
@@ -347,7 +250,7 @@ export class Supervisor {
    * Boots a stopped sandbox again from its persisted config and upper disk (files written
    * before the stop are still there).
    */
-  async restart(name: string, options: Pick<CreateOptions, 'signal' | 'controlSocket'> = {}): Promise<SandboxController> {
+  async restart(name: string, options: Pick<CreateOptions, 'signal' | 'controlSocket'> = {}): Promise<WorkerLink> {
     this.#assertOpen();
     const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
@@ -393,7 +296,7 @@ export class Supervisor {
     });
   }
 
-  async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<SandboxController> {
+  async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<WorkerLink> {
     if (this.#live.size >= this.maxSandboxes) {
       await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' });
       throw new CorralError('E_INVALID_OPTION', `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
@@ -406,7 +309,7 @@ export class Supervisor {
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
     const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight };
-    let ctl: SandboxController | undefined;
+    let ctl: WorkerLink | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
     const actor = this.#pool.host(data, [control.port2], (err) => {
       // Lost during start(): the create fails with a boot failure (the catch below records it).
@@ -415,7 +318,7 @@ export class Supervisor {
     });
     const api = wrap<SandboxWorkerApi>(nodeEndpoint(control.port1 as never));
     const events$ = this.#bus.forSandbox(config.name);
-    ctl = new SandboxController(config, actor, api, events$, this);
+    ctl = new WorkerLink(config, actor, api, events$, (link) => this.release(link));
     const own = ctl;
     this.#live.set(config.name, ctl);
     control.port1.on('message', (m: Partial<EventEnvelope>) => {
@@ -461,7 +364,7 @@ export class Supervisor {
    * flight reject; its VM, spawned from that thread, got SIGKILL (pdeathsig), and a qemu
    * that somehow outlived it is killed here.
    */
-  async #onWorkerLost(ctl: SandboxController, error: CorralError): Promise<void> {
+  async #onWorkerLost(ctl: WorkerLink, error: CorralError): Promise<void> {
     const name = ctl.config.name;
     if (this.#live.get(name) === ctl) this.#live.delete(name);
     this.#log(`sandbox "${name}": ${error.message}`);
@@ -577,7 +480,7 @@ export class Supervisor {
   }
 
   /** The live controller of a sandbox of this supervisor, if any. */
-  get(name: string): SandboxController | undefined {
+  get(name: string): WorkerLink | undefined {
     return this.#live.get(name);
   }
 
@@ -587,7 +490,7 @@ export class Supervisor {
    * next — `remove()`, `list()`, another process — sees it stopped. A worker that is gone
    * took its VM with it: the record says crashed. No-op while the sandbox still runs.
    */
-  async recordStopped(ctl: SandboxController): Promise<SandboxInfo | undefined> {
+  async recordStopped(ctl: WorkerLink): Promise<SandboxInfo | undefined> {
     let info: SandboxInfo | undefined;
     try {
       info = await ctl.api.info();
@@ -601,7 +504,7 @@ export class Supervisor {
   }
 
   /** Ends a controller's worker once its sandbox stopped (recorded as such), and forgets it. */
-  async release(ctl: SandboxController): Promise<void> {
+  async release(ctl: WorkerLink): Promise<void> {
     try {
       await this.recordStopped(ctl);
     } finally {
@@ -793,12 +696,6 @@ async function endSandbox(link: SandboxLink): Promise<void> {
     await link.api.kill();
   }
 }
-
-/** Every method of the worker's API (a missing one fails the typecheck). */
-const WORKER_METHODS = ['start', ...FORWARDED_CALLS] as const satisfies readonly (keyof SandboxWorkerApi)[];
-type MissingMethod = Exclude<keyof SandboxWorkerApi, (typeof WORKER_METHODS)[number]>;
-const allMethods: [MissingMethod] extends [never] ? true : MissingMethod = true;
-void allMethods;
 
 const openSupervisors = new Set<Supervisor>();
 

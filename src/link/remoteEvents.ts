@@ -7,7 +7,7 @@ import { connect } from 'node:net';
 import { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
-import { LineSplitter, fromWire, type WireMessage } from '../link/wire.ts';
+import { LineSplitter, fromWire, type WireMessage } from './wire.ts';
 
 /**
  * Replays the host's buffer after `since`, then its live events. Completes after

@@ -9,9 +9,9 @@ import type { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
 import type { SandboxRecord } from '../store/Store.ts';
-import type { ReplayRead } from './ReplayLog.ts';
-import { remoteEvents } from './remoteEvents.ts';
-import { resumeStream, sinceFor, type SinceCursor } from './resumeStream.ts';
+import type { ReplayRead } from '../events/ReplayLog.ts';
+import { remoteEvents } from '../link/remoteEvents.ts';
+import { resumeStream, sinceFor, type SinceCursor } from '../events/resumeStream.ts';
 
 /** Options of `supervisor.events()` and `sandbox.events()`. */
 export interface EventsOptions {

@@ -1,0 +1,743 @@
+/**
+ * One sandbox actor, as a worker thread hosts it (workers/sandbox.worker.ts): it owns its VM
+ * process (spawned from the worker's thread, so the VM dies with it), runs the lifecycle
+ * machine with real actors provided (boot, restore, snapshot, exec), stamps every event
+ * (`name`, `seq`, `ts`) and serves {@link SandboxWorkerApi}. Events and Comlink answers share
+ * its one control port so they arrive in the order they were posted: a verb's answer never
+ * overtakes the events it caused (two ports are not ordered with each other). It never
+ * imports the supervisor.
+ */
+
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { MessagePort } from 'node:worker_threads';
+import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
+import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
+import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
+import { validateName, type SandboxConfig } from '../config.ts';
+import type { EventEnvelope, ExecRequest, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
+import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
+import { createLogger, type Logger } from '../runtime/log.ts';
+import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
+import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import { cloneOverlay, ensureTemplate, templateKey } from '../snapshot/templates.ts';
+import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
+import { Vm, type VmBootOptions } from '../vm/Vm.ts';
+import { GuestEnv } from '../guestenv/GuestEnv.ts';
+import type { DeviceLayout as GuestDeviceLayout } from '../guestenv/guestConfig.ts';
+import { withScriptsPath } from '../guestenv/scripts.ts';
+import { qemuArgs } from '../vm/qemuArgs.ts';
+import { GuestFs } from '../agent/GuestFs.ts';
+import { FsCalls, type FsCall, type FsCallResult } from '../agent/fsCalls.ts';
+import { execEnvDefaults, execUser } from '../agent/execDefaults.ts';
+import { imageArgv } from '../image/imageCommand.ts';
+
+/** Exec output in flight to the supervisor above which the guest is no longer read. */
+const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
+/** ...and below which it is read again. */
+const OUTPUT_LOW_WATER = 2 * 1024 * 1024;
+
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export class SandboxActor implements SandboxWorkerApi {
+  readonly #config: SandboxConfig;
+  readonly #stateDir: string;
+  readonly #control: MessagePort;
+  readonly #outputInFlight: Int32Array | undefined;
+  #throttled = false;
+  readonly #actor: Actor<typeof sandboxMachine>;
+  readonly #pending = new Map<number, ExecRequest>();
+  readonly #sessions = new Map<number, ExecSession>();
+  #seq = 0;
+  #vm: Vm | undefined;
+  #root: PreparedRoot | undefined;
+  #accelReason: string | null = null;
+  #guestBootMs: number | null = null;
+  #agentVersion: string | null = null;
+  #lastValue = '';
+  #createdAt = performance.now();
+  #imageEnv: Record<string, string> = {};
+  /** Volumes, scripts, patches, network (src/guestenv): prepared once, applied after each boot. */
+  #guest: Promise<GuestEnv> | undefined;
+  readonly #log: Logger;
+  /** From the data the sandbox was handed (a spare worker's workerData has none). */
+  readonly #secrets: SandboxWorkerData['secrets'];
+  #qmpDone: Promise<void> = Promise.resolve();
+  readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
+  readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
+
+  constructor(data: SandboxWorkerData) {
+    this.#config = data.config;
+    this.#stateDir = data.stateDir;
+    this.#control = data.control;
+    this.#outputInFlight = data.outputInFlight;
+    this.#secrets = data.secrets;
+    this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
+    const machine = sandboxMachine.provide({
+      actors: {
+        bootVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#boot(signal)),
+        restoreVm: fromPromise<VmBooted, SandboxInput>(({ signal }) => this.#restoreVm(signal)),
+        stopVm: fromPromise<VmEnded, { timeoutMs: number; reason: StopReason }>(({ input }) => this.#stopVm(input.timeoutMs, input.reason)),
+        killVm: fromPromise<VmEnded, void>(() => this.#killVm()),
+        endVm: fromPromise<VmEnded, void>(() => this.#endVm()),
+        snapshotVm: fromPromise<void, { snapshot: string }>(({ input }) => this.#snapshotVm(input.snapshot)),
+      },
+      actions: {
+        startExec: (_, params: { execId: number }) => this.#startExec(params.execId),
+        restoreFailed: ({ event }) => this.#log.warn(`restore from template failed, booting cold: ${(event as { error?: Error }).error?.message}`),
+        pauseVm: () => this.#qmp('stop'),
+        resumeVm: () => this.#qmp('cont'),
+        abortExecs: (_, params: { reason: string }) => this.#vm?.closeChannels(new CorralError('E_VM_CRASHED', params.reason)),
+      },
+    });
+    this.#actor = createActor(machine, {
+      input: {
+        name: data.config.name,
+        stopTimeoutMs: data.config.stopTimeoutMs,
+        maxDurationMs: data.config.maxDurationMs,
+        idleTimeoutMs: data.config.idleTimeoutMs,
+        // A restarted sandbox has its own upper disk: the template's would not match it.
+        useTemplate:
+          data.config.fromSnapshot !== undefined || (data.config.template !== false && !hasUpper(data.stateDir, data.config.name) && !data.config.disk),
+      },
+    });
+    this.#actor.subscribe({ next: (s) => this.#onSnapshot(s), error: () => {} });
+  }
+
+  // ── API ────────────────────────────────────────────────────────────────────
+
+  async start(): Promise<SandboxInfo> {
+    this.#createdAt = performance.now();
+    this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
+    this.#actor.start();
+    const s = await waitFor(this.#actor, (s) => statusOf(s) !== 'creating');
+    if (s.status === 'done') {
+      const cause = s.context.error ? deserializeError(s.context.error) : undefined;
+      // Keep a specific code (E_IMAGE_NOT_FOUND, E_SETUP_MISSING…); anything else is a boot failure.
+      const code = cause instanceof CorralError && cause.code !== 'E_TIMEOUT' ? cause.code : 'E_BOOT_FAILED';
+      throw new CorralError(code, `sandbox "${this.#config.name}" failed to boot: ${cause?.message ?? s.context.stopReason}`, { cause });
+    }
+    if (this.#config.workdir !== '/') await this.#ensureWorkdir();
+    return this.info();
+  }
+
+  async exec(execId: number, req: ExecRequest): Promise<void> {
+    if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
+    assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
+    if (req.imageCommand) {
+      const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
+      req = { ...req, argv: imageArgv(defaults, req.imageCommand, this.#config.image) };
+    }
+    this.#pending.set(execId, req);
+    this.#actor.send({ type: 'exec', execId });
+  }
+
+  writeStdin(execId: number, data: Uint8Array): Promise<void> {
+    return this.#session(execId).write(data);
+  }
+
+  closeStdin(execId: number): void {
+    this.#session(execId).end();
+  }
+
+  signalExec(execId: number, signo: number): void {
+    if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new RangeError(`signal must be an integer from 1 to 64 (got ${signo})`);
+    this.#session(execId).signal(signo);
+  }
+
+  resizeExec(execId: number, cols: number, rows: number): void {
+    for (const [name, v] of [['cols', cols], ['rows', rows]] as const) {
+      if (!Number.isInteger(v) || v < 1 || v > 65535) throw new RangeError(`${name} must be an integer from 1 to 65535 (got ${v})`);
+    }
+    this.#session(execId).resize(cols, rows);
+  }
+
+  fs(call: FsCall): Promise<FsCallResult> {
+    return this.#fs.call(call);
+  }
+
+  async pause(): Promise<void> {
+    this.#command({ type: 'pause' });
+    await this.#qmpDone;
+  }
+
+  async resume(): Promise<void> {
+    this.#command({ type: 'resume' });
+    await this.#qmpDone;
+  }
+
+  async drain(): Promise<SandboxInfo> {
+    this.#command({ type: 'drain' });
+    return this.stopped();
+  }
+
+  async stop(timeoutMs?: number): Promise<SandboxInfo> {
+    if (timeoutMs !== undefined && (!Number.isInteger(timeoutMs) || timeoutMs < 0)) {
+      throw new InvalidOptionError('timeoutMs', 'a non-negative integer of milliseconds', timeoutMs);
+    }
+    const s = this.#actor.getSnapshot();
+    if (s.status === 'done') return this.info();
+    const state = stateName(s);
+    if (state === 'stopping' || state === 'killing' || state === 'ending') return this.stopped();
+    this.#command(timeoutMs === undefined ? { type: 'stop' } : { type: 'stop', timeoutMs });
+    return this.stopped();
+  }
+
+  async kill(): Promise<SandboxInfo> {
+    const s = this.#actor.getSnapshot();
+    if (s.status === 'done' || stateName(s) === 'killing') return this.stopped();
+    this.#command({ type: 'kill' });
+    return this.stopped();
+  }
+
+  info(): SandboxInfo {
+    const s = this.#actor.getSnapshot();
+    const c = s.context;
+    return {
+      name: this.#config.name,
+      status: statusOf(s),
+      state: stateName(s),
+      pid: c.vm?.pid ?? this.#vm?.pid ?? null,
+      accel: c.vm?.accel ?? null,
+      accelReason: this.#accelReason,
+      bootMs: c.vm?.bootMs ?? null,
+      guestBootMs: this.#guestBootMs,
+      agentVersion: this.#agentVersion,
+      inFlight: c.inFlight,
+      stopReason: c.stopReason ?? null,
+      exitCode: c.ended?.exitCode ?? null,
+      exitSignal: c.ended?.signal ?? null,
+      error: c.error ?? null,
+    };
+  }
+
+  async stopped(): Promise<SandboxInfo> {
+    await waitFor(this.#actor, (s) => s.status === 'done', { timeout: Infinity });
+    return this.info();
+  }
+
+  async ping(bytes: number): Promise<number> {
+    const vm = this.#requireVm();
+    return vm.agent.ping(new Uint8Array(Math.min(Math.max(bytes, 0), 1000)));
+  }
+  async snapshot(name: string): Promise<SnapshotMeta> {
+    validateName(name, 'snapshot name');
+    if (existsSync(snapshotDir(this.#stateDir, name))) throw new CorralError('E_SNAPSHOT_EXISTS', `a snapshot named "${name}" exists`);
+    assertCan(this.#actor.getSnapshot(), { type: 'snapshot', snapshot: name });
+    const done = new Promise<SnapshotMeta>((resolve, reject) => this.#snapshots.set(name, { resolve, reject }));
+    this.#actor.send({ type: 'snapshot', snapshot: name });
+    return done;
+  }
+
+
+  /**
+   * Lets go of this actor once the pool no longer hosts it: its VM (if one is somehow still
+   * there) is killed and its ports close, so the worker keeps nothing of it.
+   */
+  dispose(): void {
+    this.#vm?.kill();
+    this.#control.close();
+  }
+
+  async blockStats(): Promise<unknown[]> {
+    return this.#requireVm().qmp.execute<unknown[]>('query-blockstats');
+  }
+
+  async networkStats(): Promise<{ rxBytes: number; txBytes: number } | null> {
+    this.#requireVm();
+    return (await this.#guest)?.networkBytes() ?? null;
+  }
+
+  // ── machine implementations ─────────────────────────────────────────────────
+
+  async #boot(signal: AbortSignal): Promise<VmBooted> {
+    const choice = resolveAccel(this.#config.accel);
+    this.#accelReason = choice.reason;
+    this.#root = await prepareRoot(this.#config, this.#stateDir, this.#imageOptions(signal));
+    this.#imageEnv = this.#root.imageEnv;
+    const t0 = this.#createdAt;
+    const guest = await this.#guestEnv();
+    const vm = await Vm.boot({
+      ...this.#vmShape(this.#root, choice.accel),
+      ...(await guest.vmOptions()),
+      upper: this.#root.upper,
+      hostname: this.#config.name,
+      bootTimeoutMs: this.#config.bootTimeoutMs,
+      signal,
+      onSpawn: (pid) => this.#spawned(pid, choice),
+    });
+    await this.#applyGuest(vm, guest);
+    this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
+    return this.#adopt(vm, t0);
+  }
+
+  /**
+   * Starts the VM by restoring its shape's template: a VM booted once, saved right after its
+   * agent came up. The first sandbox of a shape builds the template (a cold boot + save);
+   * each restore maps the template's RAM copy-on-write and gets its own copy of the upper
+   * disk, then the agent is handed the sandbox's identity (hostname, clock, fresh entropy).
+   */
+  async #restoreVm(signal: AbortSignal): Promise<VmBooted> {
+    if (this.#config.fromSnapshot) return this.#restoreSnapshot(signal, this.#config.fromSnapshot);
+    const choice = resolveAccel(this.#config.accel);
+    this.#accelReason = choice.reason;
+    const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
+    this.#root = root;
+    this.#imageEnv = root.imageEnv;
+    const t0 = this.#createdAt;
+    const guest = await this.#guestEnv();
+    const key = templateKey({
+      files: [root.qemu, root.kernel, root.initramfs, ...root.lower.map((l) => l.path), root.upperTemplate],
+      memoryMib: this.#config.memoryMib,
+      cpus: this.#config.cpus,
+      accel: choice.accel,
+      // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
+      argv: qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
+    });
+    const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
+      await copySparse(root.upperTemplate, p.upper);
+      const vm = await Vm.boot({
+        ...this.#vmShape(root, choice.accel),
+        ...guest.templateVmOptions(p.dir),
+        upper: p.upper,
+        memoryFile: { path: p.memFile, share: true },
+        hostname: 'corral',
+        bootTimeoutMs: this.#config.bootTimeoutMs,
+        signal,
+      });
+      try {
+        await vm.saveTo(p.stateFile, { ignoreShared: true });
+      } finally {
+        vm.kill();
+        await vm.exited;
+      }
+      this.#emit({ type: 'template.built', key, buildMs: performance.now() - t0 });
+      return { hello: vm.hello };
+    });
+    const tRestore = performance.now();
+    const upper = join(dirname(root.upper), 'upper.qcow2');
+    await cloneOverlay(tpl, upper);
+    const vm = await this.#restoreClone(root, choice, signal, {
+      ...(await guest.vmOptions()),
+      upper,
+      memoryFile: { path: tpl.memFile, share: false },
+      restore: { stateFile: tpl.stateFile, hello: tpl.hello },
+    });
+    await this.#applyGuest(vm, guest);
+    const restoreMs = performance.now() - tRestore;
+    this.#emit({ type: 'sandbox.restored', template: key, restoreMs });
+    this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms`);
+    return this.#adopt(vm, t0);
+  }
+
+  /** The sandbox's guest environment (src/guestenv), prepared on first use; `layout`: a snapshot's devices. */
+  #guestEnv(layout?: GuestDeviceLayout): Promise<GuestEnv> {
+    this.#guest ??= GuestEnv.prepare(this.#config, this.#stateDir, sandboxDir(this.#stateDir, this.#config.name), layout);
+    return this.#guest;
+  }
+
+  /** Mounts, scripts, patches, NIC: before any user code. A VM that cannot get them is ended. */
+  async #applyGuest(vm: Vm, guest: GuestEnv, restoredFrom?: SandboxConfig): Promise<void> {
+    // As soon as qemu is gone, so are its network enforcement and volume claims.
+    vm.exited.then(() => guest.release()).catch((err) => this.#log.warn(`releasing the network enforcement and volumes failed: ${(err as Error).message}`));
+    try {
+      await guest.apply(vm.agent, vm.pid, restoredFrom ? { restoredFrom } : {});
+    } catch (err) {
+      vm.kill();
+      await vm.exited;
+      throw err;
+    }
+  }
+
+  /** Image pull options: progress events go out on this sandbox's stream. */
+  #imageOptions(signal: AbortSignal) {
+    return { onEvent: (e: ImagePullEventBody) => this.#emit(e), secrets: this.#secrets, signal };
+  }
+
+  /**
+   * Starts a qemu that takes a saved VM's state instead of booting, then hands the agent this
+   * sandbox's identity (hostname, clock, fresh entropy): the restored guest still believes
+   * it is the VM that was saved.
+   */
+  async #restoreClone(
+    root: PreparedRoot,
+    choice: { accel: Accel; reason: string },
+    signal: AbortSignal,
+    from: Partial<VmBootOptions> & Pick<VmBootOptions, 'restore'>,
+  ): Promise<Vm> {
+    const vm = await Vm.boot({
+      ...this.#vmShape(root, choice.accel),
+      ...from,
+      incoming: true,
+      hostname: 'corral',
+      bootTimeoutMs: this.#config.bootTimeoutMs,
+      signal,
+      onSpawn: (pid) => this.#spawned(pid, choice),
+    });
+    try {
+      await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
+    } catch (err) {
+      vm.kill();
+      throw err;
+    }
+    return vm;
+  }
+
+  /** The parts of the VM command line that a template and its clones must share. */
+  #vmShape(root: PreparedRoot, accel: Accel) {
+    return {
+      qemu: root.qemu,
+      kernel: root.kernel,
+      initramfs: root.initramfs,
+      lower: root.lower,
+      disk: root.disk,
+      memoryMib: this.#config.memoryMib,
+      cpus: this.#config.cpus,
+      accel,
+      tscKhz: hostTscKhz(),
+    };
+  }
+
+  #spawned(pid: number, choice: { accel: Accel; reason: string }): void {
+    this.#log.debug(`qemu spawned: pid ${pid}, accel ${choice.accel} (${choice.reason})`);
+    this.#emit({ type: 'sandbox.vm.spawned', pid, accel: choice.accel, accelReason: choice.reason });
+  }
+
+  /** Takes ownership of a running VM: from here on its death or misbehaviour reaches the machine. */
+  #adopt(vm: Vm, t0: number): VmBooted {
+    this.#vm = vm;
+    this.#guestBootMs = vm.hello.bootMs;
+    this.#agentVersion = vm.hello.agentVersion;
+    // The console says how a guest ended itself before qemu exits (or, for a power-off or
+    // halt, instead of exiting): this reaches the machine first.
+    vm.guestEnded.then((how) => {
+      const v = stateName(this.#actor.getSnapshot());
+      // A stop ends with the agent's own reset: that is no news.
+      if (v === 'stopped' || v === 'stopping' || v === 'killing') return;
+      this.#log.info(`guest ended itself: ${how}`);
+      this.#actor.send({ type: 'vm.guestEnded', how });
+    });
+    vm.exited.then((x) => {
+      const v = stateName(this.#actor.getSnapshot());
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
+    });
+    vm.agent.failed.then(async (err) => {
+      // A closed connection usually means qemu is exiting (guest reboot, crash): give the
+      // exit a moment to be seen, so the stop reason says what really happened.
+      if (err instanceof CorralError && err.code === 'E_VM_CRASHED') await Promise.race([vm.exited, new Promise((r) => setTimeout(r, 2000))]);
+      if (vm.isExited || this.#actor.getSnapshot().status === 'done') return;
+      const v = stateName(this.#actor.getSnapshot());
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+    });
+    return { pid: vm.pid, accel: vm.accel, bootMs: performance.now() - t0 };
+  }
+
+  /**
+   * Freezes the VM, saves its whole state (RAM included) and a copy of its upper disk taken
+   * while frozen, then lets it run on. The caller of snapshot() gets the result.
+   */
+  async #snapshotVm(name: string): Promise<void> {
+    const waiter = this.#snapshots.get(name);
+    this.#snapshots.delete(name);
+    const vm = this.#requireVm();
+    const t0 = performance.now();
+    const final = snapshotDir(this.#stateDir, name);
+    const tmp = `${final}.tmp-${process.pid}-${Date.now()}`;
+    try {
+      await mkdir(tmp, { recursive: true, mode: 0o700 });
+      const upperFile = this.#upperPath().endsWith('.qcow2') ? 'upper.qcow2' : 'upper.ext4';
+      const guest = await this.#guest;
+      // qemu will not save a VM with a 9p volume mounted: unmounted for the save, mounted after.
+      const remount = await guest?.unmountShares(vm.agent);
+      try {
+        await vm.saveTo(join(tmp, 'state'), { ignoreShared: false });
+        await copySparse(this.#upperPath(), join(tmp, upperFile));
+      } finally {
+        await vm.qmp.execute('cont').catch((err) => this.#log.error(`resuming the VM after the snapshot (QMP cont) failed: ${(err as Error).message}`));
+        await remount?.();
+      }
+      const meta: SnapshotMeta = {
+        name,
+        source: this.#config.name,
+        config: this.#config,
+        hello: vm.hello,
+        sessions: vm.agent.sessionIds,
+        upperFile,
+        devices: guest?.layout ?? { shares: 0, nic: false },
+        createdAt: Date.now(),
+        bytes: snapshotBytes(tmp),
+      };
+      await writeFile(join(tmp, 'meta.json'), JSON.stringify(meta));
+      await rename(tmp, final);
+      this.#emit({ type: 'sandbox.snapshotted', snapshot: name, ms: performance.now() - t0, bytes: meta.bytes });
+      waiter?.resolve(meta);
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      // A guest that stopped answering keeps its E_TIMEOUT: the caller can tell it from a refusal.
+      const code = err instanceof CorralError && err.code === 'E_TIMEOUT' ? 'E_TIMEOUT' : 'E_SNAPSHOT';
+      const e = new CorralError(code, `snapshot "${name}" of sandbox "${this.#config.name}" failed: ${(err as Error).message}`, { cause: err });
+      waiter?.reject(e);
+      throw e;
+    }
+  }
+
+  /** The upper disk this sandbox's VM runs with. */
+  #upperPath(): string {
+    const dir = sandboxDir(this.#stateDir, this.#config.name);
+    return existsSync(join(dir, 'upper.qcow2')) ? join(dir, 'upper.qcow2') : join(dir, 'upper.ext4');
+  }
+
+  /**
+   * Starts from a snapshot: its upper disk copied into this sandbox, its RAM and devices
+   * restored from the stream; then the agent is handed this sandbox's identity. Processes
+   * that ran in the snapshot run on; output of their exec sessions is dropped (their host
+   * side is gone).
+   */
+  async #restoreSnapshot(signal: AbortSignal, snapshot: string): Promise<VmBooted> {
+    const t0 = this.#createdAt;
+    try {
+      const meta = readSnapshot(this.#stateDir, snapshot);
+      const choice = resolveAccel(this.#config.accel);
+      this.#accelReason = choice.reason;
+      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
+      this.#root = root;
+      this.#imageEnv = root.imageEnv;
+      const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
+      await copySparse(join(snapshotDir(this.#stateDir, snapshot), meta.upperFile), upper);
+      // The snapshot's devices, with this sandbox's volumes, policy (enforced before qemu starts) and ports.
+      const guest = await this.#guestEnv(snapshotDevices(meta));
+      const tRestore = performance.now();
+      const vm = await this.#restoreClone(root, choice, signal, {
+        ...(await guest.vmOptions()),
+        upper,
+        restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
+      });
+      await this.#applyGuest(vm, guest, meta.config);
+      const restoreMs = performance.now() - tRestore;
+      this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs });
+      return this.#adopt(vm, t0);
+    } catch (err) {
+      if (err instanceof CorralError && err.code === 'E_SNAPSHOT_NOT_FOUND') throw err;
+      throw new CorralError('E_SNAPSHOT', `cannot start "${this.#config.name}" from snapshot "${snapshot}": ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  async #stopVm(timeoutMs: number, _reason: StopReason): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    const ended = vm.exited.then(() => vm.closeChannels(new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped`)));
+    const x = await vm.shutdown(timeoutMs);
+    await ended;
+    return { exitCode: x.code, signal: x.signal };
+  }
+
+  async #killVm(): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    // Say why running execs end before the connection drops under them.
+    vm.closeChannels(new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" was killed`));
+    vm.kill();
+    const x = await vm.exited;
+    return { exitCode: x.code, signal: x.signal };
+  }
+
+  async #endVm(): Promise<VmEnded> {
+    const vm = this.#vm;
+    if (!vm) return { exitCode: null, signal: null };
+    const how = vm.guestEnd ?? 'ended';
+    // Running execs learn why before QMP (still needed for the quit) goes too.
+    const why = new CorralError('E_VM_CRASHED', `sandbox "${this.#config.name}" stopped: its guest ${how === 'panic' ? 'panicked' : `did ${how}`}`);
+    vm.agent.close(why);
+    const x = await vm.end();
+    vm.closeChannels(why);
+    return { exitCode: x.code, signal: x.signal };
+  }
+
+  #startExec(execId: number): void {
+    const req = this.#pending.get(execId);
+    this.#pending.delete(execId);
+    const vm = this.#vm;
+    if (!req || !vm) return;
+    const t0 = performance.now();
+    const done = () => {
+      this.#sessions.delete(execId);
+      this.#actor.send({ type: 'exec.done', execId });
+    };
+    const handlers: ExecHandlers = {
+      started: (pid) => this.#emit({ type: 'exec.started', execId, argv: req.argv, pid }),
+      stdout: (data) => this.#emit({ type: 'exec.stdout', execId, data }),
+      stderr: (data) => this.#emit({ type: 'exec.stderr', execId, data }),
+      exited: (code, signal, info) => {
+        this.#emit({ type: 'exec.exited', execId, code, signal, durationMs: performance.now() - t0, ...(info?.oomKilled ? { oomKilled: true } : {}) });
+        done();
+      },
+      failed: (err) => {
+        this.#emit({ type: 'exec.failed', execId, error: serializeError(err) });
+        done();
+      },
+    };
+    try {
+      const user = execUser(req.user, this.#root?.imageDefaults.user);
+      const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env, ...req.env }, { user, tty: req.tty !== undefined }), this.#config.scripts);
+      const session = vm.agent.exec(
+        {
+          ...(req.tty ? { tty: req.tty } : {}),
+          ...(user !== undefined ? { user } : {}),
+          argv: req.argv,
+          env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+          // The image's WorkingDir applies when the config keeps the default "/".
+          cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
+          stdin: req.stdin ?? false,
+          mergeStderr: req.mergeStderr ?? false,
+        },
+        handlers,
+      );
+      this.#sessions.set(execId, session);
+    } catch (err) {
+      handlers.failed(err as Error);
+    }
+  }
+
+  #qmp(command: 'stop' | 'cont'): void {
+    const done = this.#vm?.qmp.execute(command).then(
+      () => undefined,
+      (err: Error) => {
+        if (this.#actor.getSnapshot().status !== 'done') this.#actor.send({ type: 'vm.failed', error: serializeError(err) });
+      },
+    );
+    // pause()/resume() resolve only once qemu has acted on the command.
+    this.#qmpDone = done ?? Promise.resolve();
+  }
+
+  /** Creates the workdir in the writable layer (images rarely ship it). */
+  async #ensureWorkdir(): Promise<void> {
+    const vm = this.#requireVm();
+    await new Promise<void>((resolve, reject) => {
+      vm.agent.exec(
+        { argv: ['mkdir', '-p', this.#config.workdir], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' },
+        {
+          started: () => {},
+          stdout: () => {},
+          stderr: () => {},
+          exited: (code) => (code === 0 ? resolve() : reject(new CorralError('E_BOOT_FAILED', `could not create workdir ${this.#config.workdir} (mkdir exit ${code})`))),
+          failed: reject,
+        },
+      );
+    });
+  }
+
+  // ── events ─────────────────────────────────────────────────────────────────
+
+  #onSnapshot(s: SandboxSnapshot): void {
+    const value = stateName(s);
+    const prev = this.#lastValue;
+    if (value === prev) return;
+    this.#lastValue = value;
+    this.#emit({ type: 'sandbox.state', state: value, status: statusOf(s), snapshot: { value: s.value, inFlight: s.context.inFlight, stopReason: s.context.stopReason ?? null } });
+    this.#log.debug(`state ${prev || '(start)'} → ${value}`);
+    const c = s.context;
+    switch (value) {
+      case 'running':
+        if ((prev === 'booting' || prev === 'restoring') && c.vm) {
+          this.#emit({
+            type: 'sandbox.started',
+            pid: c.vm.pid,
+            accel: c.vm.accel,
+            bootMs: c.vm.bootMs,
+            guestBootMs: this.#guestBootMs ?? 0,
+            agentVersion: this.#agentVersion ?? '',
+          });
+        } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed' });
+        break;
+      case 'paused':
+        this.#emit({ type: 'sandbox.paused' });
+        break;
+      case 'draining':
+        this.#emit({ type: 'sandbox.draining', inFlight: c.inFlight });
+        break;
+      case 'stopping':
+      case 'killing':
+      case 'ending':
+        this.#emit({ type: 'sandbox.stopping', reason: c.stopReason ?? (value === 'killing' ? 'killed' : 'requested') });
+        break;
+      case 'stopped': {
+        if (c.error) {
+          this.#log.warn(`failed: ${c.error.message}`);
+          this.#emit({ type: 'sandbox.failed', error: c.error });
+        }
+        this.#log.info(`stopped (${c.stopReason ?? 'requested'})`);
+        const ended = c.ended;
+        this.#emit({
+          type: 'sandbox.stopped',
+          reason: c.stopReason ?? 'requested',
+          exitCode: ended?.exitCode ?? null,
+          signal: ended?.signal ?? null,
+          ...(c.error ? { error: c.error } : {}),
+        });
+        // Whatever path led here, no VM process outlives the stopped state.
+        this.#vm?.kill();
+        // Then the host-side network enforcement and volume claims go with it.
+        void Promise.resolve(this.#vm?.exited).then(() => this.#guest?.then((g) => g.release())).catch((err) => this.#log.warn(`releasing the network enforcement and volumes failed: ${(err as Error).message}`));
+        break;
+      }
+    }
+  }
+
+  #emit(body: SandboxEventBody): void {
+    const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
+    const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
+    const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
+    this.#control.postMessage({ event } satisfies EventEnvelope, transfer);
+    if (bytes > 0) this.#throttle(bytes);
+  }
+
+  /**
+   * Flow control of guest output: a guest can write far faster than the supervisor's thread
+   * handles events, and every chunk posted waits in the port's queue. Past OUTPUT_HIGH_WATER
+   * bytes in flight the agent socket stops being read (the guest's writes then block in its
+   * virtio-serial port) until the receiver is below OUTPUT_LOW_WATER.
+   */
+  #throttle(bytes: number): void {
+    const inFlight = this.#outputInFlight;
+    if (!inFlight) return;
+    if (Atomics.add(inFlight, 0, bytes) + bytes < OUTPUT_HIGH_WATER || this.#throttled) return;
+    const agent = this.#vm?.agent;
+    if (!agent) return;
+    this.#throttled = true;
+    agent.pauseInput();
+    const poll = setInterval(() => {
+      if (Atomics.load(inFlight, 0) > OUTPUT_LOW_WATER && this.#vm?.agent === agent && !this.#vm.isExited) return;
+      clearInterval(poll);
+      this.#throttled = false;
+      agent.resumeInput();
+    }, 2);
+  }
+
+  // ── helpers ────────────────────────────────────────────────────────────────
+
+  #command(command: { type: 'pause' } | { type: 'resume' } | { type: 'drain' } | { type: 'stop'; timeoutMs?: number } | { type: 'kill' }): void {
+    assertCan(this.#actor.getSnapshot(), command);
+    this.#actor.send(command);
+  }
+
+  #session(execId: number): ExecSession {
+    const s = this.#sessions.get(execId);
+    if (!s) throw new CorralError('E_EXEC_NOT_FOUND', `no running exec ${execId} in sandbox "${this.#config.name}"`);
+    return s;
+  }
+
+  /** The VM, if the sandbox is running (not paused: a paused guest would leave the call hanging). */
+  #requireRunning(what: string): Vm {
+    const state = stateName(this.#actor.getSnapshot());
+    if (state !== 'running' && state !== 'draining') throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.#config.name}": it is ${state}`, { details: { state } });
+    return this.#requireVm();
+  }
+
+  #requireVm(): Vm {
+    if (!this.#vm || this.#vm.isExited) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.#config.name}" has no running VM`);
+    return this.#vm;
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * The contract between a supervisor and the sandbox actors it hosts in worker threads: what
+ * a worker is handed per actor, the Comlink surface of an actor, and the pool's messages.
+ * Types only: both sides import it, neither imports the other.
+ */
+
+import type { MessagePort } from 'node:worker_threads';
+import type { FsCall, FsCallResult } from '../agent/fsCalls.ts';
+import type { SandboxEvent, SandboxStatus, StopReason } from '../bus/events.ts';
+import type { SandboxConfig } from '../config.ts';
+import type { SerializedError } from '../errors.ts';
+import type { ImageCommandRequest } from '../image/imageCommand.ts';
+import type { SnapshotMeta } from '../snapshot/snapshots.ts';
+
+/** What the supervisor hands a worker for each actor it hosts. */
+export interface SandboxWorkerData {
+  readonly config: SandboxConfig;
+  readonly stateDir: string;
+  /** Comlink calls and their answers, and this actor's events as {@link EventEnvelope}s. */
+  readonly control: MessagePort;
+  /** The CORRAL_* variables of the creating thread at create time. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Values of the secret handles the config refers to (registryAuth.secret), in memory only. */
+  readonly secrets?: Readonly<Record<string, string>>;
+  /**
+   * Exec output bytes posted as events and not yet handled by the receiver, which
+   * subtracts what it handled (Atomics). Absent: no flow control.
+   */
+  readonly outputInFlight?: Int32Array;
+}
+
+/** How an event travels on the control port: comlink ignores a message without an `id`. */
+export interface EventEnvelope {
+  readonly event: SandboxEvent;
+}
+
+/** A command to run, as the SDK sends it. */
+export interface ExecRequest {
+  readonly argv: readonly string[];
+  /** Run the image's command instead of `argv` (src/image/imageCommand.ts). */
+  readonly imageCommand?: ImageCommandRequest;
+  readonly env?: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly stdin?: boolean;
+  readonly mergeStderr?: boolean;
+  /** Run on a pseudo-terminal of this size. */
+  readonly tty?: { readonly cols: number; readonly rows: number };
+  /** `name`, `uid`, `name:group` or `uid:gid`; default the image's user. */
+  readonly user?: string;
+}
+
+/** A sandbox's facts, as `sandbox.info()` returns them. */
+export interface SandboxInfo {
+  readonly name: string;
+  readonly status: SandboxStatus;
+  readonly state: string;
+  readonly pid: number | null;
+  readonly accel: string | null;
+  readonly accelReason: string | null;
+  readonly bootMs: number | null;
+  readonly guestBootMs: number | null;
+  readonly agentVersion: string | null;
+  readonly inFlight: number;
+  readonly stopReason: StopReason | null;
+  readonly exitCode: number | null;
+  readonly exitSignal: string | null;
+  readonly error: SerializedError | null;
+}
+
+/** The Comlink surface of a sandbox actor. */
+export interface SandboxWorkerApi {
+  /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
+  start(): Promise<SandboxInfo>;
+  exec(execId: number, req: ExecRequest): Promise<void>;
+  /** Resolves once the guest agent has room for the bytes (stdin flow control). */
+  writeStdin(execId: number, data: Uint8Array): Promise<void>;
+  closeStdin(execId: number): void;
+  signalExec(execId: number, signo: number): void;
+  /** Sets a tty exec's window size. */
+  resizeExec(execId: number, cols: number, rows: number): void;
+  /** One file call in the guest (src/agent/fsCalls.ts). */
+  fs(call: FsCall): Promise<FsCallResult>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  drain(): Promise<SandboxInfo>;
+  stop(timeoutMs?: number): Promise<SandboxInfo>;
+  kill(): Promise<SandboxInfo>;
+  info(): SandboxInfo;
+  /** Resolves once the sandbox reached `stopped`, however it got there. */
+  stopped(): Promise<SandboxInfo>;
+  /** ms of one agent PING round trip (a raw port round trip, bypassing exec). */
+  ping(bytes: number): Promise<number>;
+  /** Saves memory + upper disk as snapshot `name`; the sandbox runs on. */
+  snapshot(name: string): Promise<SnapshotMeta>;
+  /** QMP `query-blockstats` of the VM: host-side disk counters, for metrics. */
+  blockStats(): Promise<unknown[]>;
+  /** Bytes of the VM's network traffic, counted on the host; null without a NIC. */
+  networkStats(): Promise<{ rxBytes: number; txBytes: number } | null>;
+}
+
+/** Messages the pool posts a sandbox worker (src/pool/SandboxPool.ts). */
+export type PoolMessage =
+  | { readonly type: 'host'; readonly id: number; readonly data: SandboxWorkerData }
+  | { readonly type: 'dispose'; readonly id: number }
+  /** Test-only: the worker throws at top level, as a bug in its code would make it. */
+  | { readonly type: 'crash'; readonly message: string };
+
