@@ -7,7 +7,7 @@
  * console.log((await sb.shell('echo hi')).stdout);
  */
 
-export { Sandbox, getDefaultSupervisor, type StopOptions, type ExecStreamOptions, type SandboxSummary, type ListOptions, type LookupOptions } from './sdk/Sandbox.ts';
+export { Sandbox, getDefaultSupervisor, type StopOptions, type CallOptions, type ExecStreamOptions, type SandboxSummary, type ListOptions, type LookupOptions } from './sdk/Sandbox.ts';
 export { SandboxBuilder } from './sdk/SandboxBuilder.ts';
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
 export type { StdinSource } from './sdk/execStdin.ts';

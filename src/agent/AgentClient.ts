@@ -252,6 +252,8 @@ export class AgentClient {
     return {
       id,
       write: (data) => {
+        // The agent would answer a host error, which fails the sandbox: refused here instead.
+        if (!spec.stdin) return Promise.reject(new CorralError('E_ILLEGAL_STATE', `exec session ${id} was started without stdin (open it with stdin: 'pipe')`));
         if (!open() || data.length === 0) return Promise.resolve();
         const c = live.credit;
         if (!c) {
@@ -266,7 +268,8 @@ export class AgentClient {
         });
       },
       end: () => {
-        if (!open()) return;
+        // Without stdin the command reads /dev/null: there is nothing to close.
+        if (!open() || !spec.stdin) return;
         if (live.credit && live.credit.queue.length > 0) live.credit.eof = true;
         else this.#send(FrameType.STDIN, id);
       },

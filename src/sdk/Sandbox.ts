@@ -26,6 +26,9 @@ import type { SinceCursor } from '../events/resumeStream.ts';
 import { metricsStream } from '../metrics/metricsStream.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { logFailure } from '../runtime/log.ts';
+import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
+
+export type { CallOptions };
 
 let defaultSupervisor: Supervisor | undefined;
 
@@ -85,7 +88,7 @@ export interface SandboxSummary {
 }
 
 /** Options of {@link Sandbox.list}. */
-export interface ListOptions {
+export interface ListOptions extends CallOptions {
   /** Only sandboxes that carry all these labels. */
   readonly labels?: Readonly<Record<string, string>>;
   /** Page size. Default: all. */
@@ -96,7 +99,7 @@ export interface ListOptions {
 }
 
 /** Options of the static lookups. */
-export interface LookupOptions {
+export interface LookupOptions extends CallOptions {
   readonly supervisor?: Supervisor;
 }
 
@@ -126,10 +129,14 @@ export class Sandbox {
     return new SandboxBuilder(name, (config, opts) => (opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts)));
   }
 
-  /** Boots a sandbox from a config (as `builder.build()` returns it, or parsed from JSON). */
-  static async create(config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
+  /**
+   * Boots a sandbox from a config (as `builder.build()` returns it, or parsed from JSON).
+   * An abort or `timeoutMs` kills the VM being booted; the call rejects once it is gone (the
+   * record says `boot-failed`).
+   */
+  static async create(config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
     const sup = options.supervisor ?? getDefaultSupervisor();
-    const ctl = await sup.create(config, options);
+    const ctl = await bounded(`create of sandbox "${config?.name}"`, options, (signal) => undoneOnAbort(sup.create(config, { ...options, ...(signal ? { signal } : {}) }), signal), true);
     return new Sandbox(sup, ctl.config, ctl);
   }
 
@@ -137,9 +144,9 @@ export class Sandbox {
    * Boots a detached sandbox: it runs in a host process of its own, survives this process,
    * and any process reaches it with {@link Sandbox.get}.
    */
-  static async createDetached(config: SandboxConfig, options: Pick<CreateOptions, 'replace'> & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
+  static async createDetached(config: SandboxConfig, options: Pick<CreateOptions, 'replace'> & CallOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
     const sup = options.supervisor ?? getDefaultSupervisor();
-    const link = await sup.createDetached(config, options);
+    const link = await bounded(`create of sandbox "${config?.name}"`, options, (signal) => undoneOnAbort(sup.createDetached(config, options), signal), true);
     return new Sandbox(sup, link.config, link);
   }
 
@@ -149,7 +156,7 @@ export class Sandbox {
    */
   static async get(name: string, options: LookupOptions = {}): Promise<Sandbox> {
     const sup = options.supervisor ?? getDefaultSupervisor();
-    const link = await sup.open(name);
+    const link = await bounded(`lookup of sandbox "${name}"`, options, (signal) => undoneOnAbort(sup.open(name), signal, (l) => l.detach()), true);
     if (link) return new Sandbox(sup, link.config, link);
     const rec = sup.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
@@ -159,19 +166,25 @@ export class Sandbox {
   /** Boots a stopped sandbox again from its persisted config and upper disk. */
   static async start(name: string, options: LookupOptions & { detached?: boolean } = {}): Promise<Sandbox> {
     const sup = options.supervisor ?? getDefaultSupervisor();
-    if (options.detached) {
-      const rec = sup.reconcile(name);
-      if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
-      if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`);
-      const link = await sup.createDetached(rec.config, { restart: true });
-      return new Sandbox(sup, link.config, link);
-    }
-    const ctl = await sup.restart(name);
-    return new Sandbox(sup, ctl.config, ctl);
+    const link = await bounded(
+      `start of sandbox "${name}"`,
+      options,
+      async (signal): Promise<SandboxLink> => {
+        if (!options.detached) return undoneOnAbort(sup.restart(name, signal ? { signal } : {}), signal);
+        const rec = sup.reconcile(name);
+        if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
+        if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`);
+        return undoneOnAbort(sup.createDetached(rec.config, { restart: true }), signal);
+      },
+      true,
+    );
+    return new Sandbox(sup, link.config, link);
   }
 
   /** Every known sandbox, with its status (records left by dead processes are repaired). */
   static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
+    validateCallOptions(options);
+    if (options.signal?.aborted) throw new CorralError('E_ABORTED', 'list of sandboxes was aborted', { cause: options.signal.reason });
     const sup = options.supervisor ?? getDefaultSupervisor();
     const rows = sup
       .list(options.labels ? { labels: options.labels } : {})
@@ -197,8 +210,8 @@ export class Sandbox {
    * const last = await Sandbox.logs('worker', { tail: 5 });
    */
   static async logs(name: string, options: LogsOptions & LookupOptions = {}): Promise<LogEntry[]> {
-    const sup = options.supervisor ?? getDefaultSupervisor();
-    return sup.logs(name, options);
+    const { supervisor, signal, timeoutMs, ...rest } = options;
+    return bounded(`logs of sandbox "${name}"`, { signal, timeoutMs }, async () => (supervisor ?? getDefaultSupervisor()).logs(name, rest));
   }
 
   /**
@@ -208,7 +221,7 @@ export class Sandbox {
    * @example
    * Sandbox.followLogs('worker', { tail: 10 }).subscribe((e) => process.stdout.write(e.data));
    */
-  static followLogs(name: string, options: LogsOptions & LookupOptions & { intervalMs?: number } = {}): Observable<LogEntry> {
+  static followLogs(name: string, options: LogsOptions & { supervisor?: Supervisor; intervalMs?: number } = {}): Observable<LogEntry> {
     const { supervisor, ...rest } = options;
     return (supervisor ?? getDefaultSupervisor()).followLogs(name, rest);
   }
@@ -216,7 +229,7 @@ export class Sandbox {
   /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
   static async remove(name: string, options: LookupOptions = {}): Promise<void> {
     const sup = options.supervisor ?? getDefaultSupervisor();
-    await sup.remove(name);
+    await bounded(`removal of sandbox "${name}"`, options, () => sup.remove(name));
   }
 
   get name(): string {
@@ -234,10 +247,11 @@ export class Sandbox {
   }
 
   /** Current facts: status, state, pid, accel, boot timings, stop reason. */
-  async info(): Promise<SandboxInfo> {
+  async info(options: CallOptions = {}): Promise<SandboxInfo> {
     const link = this.#link;
+    validateCallOptions(options);
     if (!link || this.#released) return this.#recordInfo();
-    return link.busy(() => link.api.info()).catch((err: unknown) => {
+    return bounded(`info of sandbox "${this.name}"`, options, () => link.busy(() => link.api.info())).catch((err: unknown) => {
       // A closed supervisor, or a worker that died under the sandbox: the record says how it ended.
       if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED')) return this.#recordInfo();
       throw err;
@@ -245,7 +259,7 @@ export class Sandbox {
   }
 
   /** Boots this (stopped) sandbox again; resolves with a handle on the running sandbox. */
-  start(options: { detached?: boolean } = {}): Promise<Sandbox> {
+  start(options: { detached?: boolean } & CallOptions = {}): Promise<Sandbox> {
     return Sandbox.start(this.name, { ...options, supervisor: this.#sup });
   }
 
@@ -319,29 +333,30 @@ export class Sandbox {
    * await sb.fs().write('/tmp/a.txt', 'hi');
    * const text = await sb.fs().readText('/tmp/a.txt');
    */
-  fs(): SandboxFs {
+  fs(options: CallOptions = {}): SandboxFs {
+    validateCallOptions(options);
     return new SandboxFs(this.name, (call) => {
       const link = this.#requireLink('use files of');
-      return link.busy(() => link.api.fs(call));
+      return bounded(`file call ${call.op} in sandbox "${this.name}"`, options, () => link.busy(() => link.api.fs(call)));
     });
   }
 
   /** Freezes the VM's CPUs: no guest code runs and the VM process uses no CPU. */
-  pause(): Promise<void> {
+  pause(options: CallOptions = {}): Promise<void> {
     const link = this.#requireLink('pause');
-    return link.busy(() => link.api.pause());
+    return bounded(`pause of sandbox "${this.name}"`, options, () => link.busy(() => link.api.pause()));
   }
 
   /** Thaws the VM's CPUs; running execs carry on. */
-  resume(): Promise<void> {
+  resume(options: CallOptions = {}): Promise<void> {
     const link = this.#requireLink('resume');
-    return link.busy(() => link.api.resume());
+    return bounded(`resume of sandbox "${this.name}"`, options, () => link.busy(() => link.api.resume()));
   }
 
   /** Refuses new execs, lets running ones finish, then stops (reason `drained`). */
-  async drain(): Promise<SandboxInfo> {
+  async drain(options: CallOptions = {}): Promise<SandboxInfo> {
     const link = this.#requireLink('drain');
-    const info = await link.busy(() => link.api.drain());
+    const info = await bounded(`drain of sandbox "${this.name}"`, options, () => link.busy(() => link.api.drain()));
     await this.#release();
     return info;
   }
@@ -367,19 +382,21 @@ export class Sandbox {
   }
 
   /** Forceful stop: SIGKILL to the VM. */
-  async kill(): Promise<SandboxInfo> {
+  async kill(options: CallOptions = {}): Promise<SandboxInfo> {
+    validateCallOptions(options);
     if (this.#released || !this.#link) return this.#recordInfo();
     const link = this.#link;
-    const info = await link.busy(() => link.api.kill());
+    const info = await bounded(`kill of sandbox "${this.name}"`, options, () => link.busy(() => link.api.kill()));
     await this.#release();
     return info;
   }
 
   /** Resolves when the sandbox stops on its own (or by another caller), without stopping it. */
-  async wait(): Promise<SandboxInfo> {
+  async wait(options: CallOptions = {}): Promise<SandboxInfo> {
+    validateCallOptions(options);
     if (this.#released || !this.#link) return this.#recordInfo();
     const link = this.#link;
-    const info = await link.busy(() => link.api.stopped()).catch((err: unknown) => {
+    const info = await bounded(`wait for sandbox "${this.name}"`, options, () => link.busy(() => link.api.stopped())).catch((err: unknown) => {
       // Its worker died: the sandbox is stopped (crashed), as its record says.
       if (err instanceof CorralError && err.code === 'E_WORKER_CRASHED') return undefined;
       throw err;
@@ -403,9 +420,9 @@ export class Sandbox {
    * Saves this sandbox's memory and upper disk as snapshot `name` (the VM is frozen for the
    * save, then runs on). `Sandbox.builder(n).fromSnapshot(name).create()` starts from it.
    */
-  async snapshot(name: string): Promise<SnapshotMeta> {
+  async snapshot(name: string, options: CallOptions = {}): Promise<SnapshotMeta> {
     const link = this.#requireLink('snapshot');
-    return link.busy(() => link.api.snapshot(name));
+    return bounded(`snapshot of sandbox "${this.name}"`, options, () => link.busy(() => link.api.snapshot(name)));
   }
 
   /**
@@ -416,9 +433,15 @@ export class Sandbox {
    * const child = await sb.fork('child');
    * const kids = await sb.fork({ count: 3 });   // names `${sb.name}-fork-1` …
    */
-  fork(name: string): Promise<Sandbox>;
-  fork(options: { count: number; prefix?: string }): Promise<Sandbox[]>;
-  async fork(arg: string | { count: number; prefix?: string }): Promise<Sandbox | Sandbox[]> {
+  fork(name: string, options?: CallOptions): Promise<Sandbox>;
+  fork(options: { count: number; prefix?: string } & CallOptions): Promise<Sandbox[]>;
+  async fork(arg: string | ({ count: number; prefix?: string } & CallOptions), callOptions: CallOptions = {}): Promise<Sandbox | Sandbox[]> {
+    const { signal, timeoutMs } = typeof arg === 'string' ? callOptions : arg;
+    // Abortable: forks already made when the call gives up are killed and removed.
+    return bounded(`fork of sandbox "${this.name}"`, { signal, timeoutMs }, (s) => this.#fork(arg, s), true);
+  }
+
+  async #fork(arg: string | { count: number; prefix?: string }, signal: AbortSignal | undefined): Promise<Sandbox | Sandbox[]> {
     const names =
       typeof arg === 'string'
         ? [arg]
@@ -427,9 +450,17 @@ export class Sandbox {
     const snap = `fork-${this.name.slice(0, 40)}-${randomInt(1e9)}`;
     await this.snapshot(snap);
     try {
-      const forks = await Promise.all(
-        names.map((n) => Sandbox.create({ ...this.#config, name: n, fromSnapshot: snap }, { supervisor: this.#sup })),
-      );
+      const made = await Promise.allSettled(names.map((n) => Sandbox.create({ ...this.#config, name: n, fromSnapshot: snap }, { supervisor: this.#sup, ...(signal ? { signal } : {}) })));
+      const forks = made.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      const failed = made.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed || signal?.aborted) {
+        // All or none: a fork that came up is ended and removed with the others.
+        await Promise.all(forks.map(async (f) => {
+          await f.kill();
+          await Sandbox.remove(f.name, { supervisor: this.#sup });
+        }));
+        throw failed?.reason ?? new CorralError('E_ABORTED', `fork of sandbox "${this.name}" was aborted`);
+      }
       return typeof arg === 'string' ? forks[0]! : forks;
     } finally {
       await removeSnapshot(this.#sup.stateDir, snap).catch(logFailure(`removing the fork snapshot ${snap}`));
@@ -437,9 +468,9 @@ export class Sandbox {
   }
 
   /** Raw agent round trip (PING/PONG), ms. For benchmarks. */
-  ping(bytes = 64): Promise<number> {
+  ping(bytes = 64, options: CallOptions = {}): Promise<number> {
     const link = this.#requireLink('ping');
-    return link.busy(() => link.api.ping(bytes));
+    return bounded(`ping of sandbox "${this.name}"`, options, () => link.busy(() => link.api.ping(bytes)));
   }
 
   /**
@@ -462,8 +493,8 @@ export class Sandbox {
    * @example
    * const text = (await sb.logs({ tail: 10 })).map((e) => Buffer.from(e.data).toString()).join('');
    */
-  async logs(options: LogsOptions = {}): Promise<LogEntry[]> {
-    return this.#sup.logs(this.name, options);
+  async logs(options: LogsOptions & CallOptions = {}): Promise<LogEntry[]> {
+    return Sandbox.logs(this.name, { ...options, supervisor: this.#sup });
   }
 
   /** {@link Sandbox.followLogs} for this sandbox. */
@@ -514,8 +545,18 @@ export class Sandbox {
     });
   }
 
+  /** Graceful end: {@link stop}. Idempotent (a stopped sandbox answers its record). */
+  close(options: StopOptions = {}): Promise<SandboxInfo> {
+    return this.stop(options);
+  }
+
+  /** Forceful end: {@link kill}. Idempotent. */
+  destroy(): Promise<SandboxInfo> {
+    return this.kill();
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.stop();
+    await this.close();
   }
 
   #requireLink(what: string): SandboxLink {
@@ -642,4 +683,21 @@ export class Sandbox {
     }
     return stream;
   }
+}
+
+/**
+ * `made` with an abort that undoes it: a link that arrives after `signal` fired is let go of
+ * (`undo`: by default the sandbox is killed and its link released), so a caller that gave
+ * up leaves nothing running.
+ */
+async function undoneOnAbort<L extends SandboxLink | undefined>(made: Promise<L>, signal: AbortSignal | undefined, undo?: (link: NonNullable<L>) => Promise<unknown>): Promise<L> {
+  const link = await made;
+  if (signal?.aborted && link) {
+    if (undo) await undo(link);
+    else {
+      await link.api.kill();
+      await link.release();
+    }
+  }
+  return link;
 }

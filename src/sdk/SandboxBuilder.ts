@@ -23,6 +23,7 @@ import { normalizeImageFields } from '../image/imageOptions.ts';
 import type { PullPolicy } from '../image/pullPolicy.ts';
 import { ImageBuilder } from './ImageBuilder.ts';
 import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
+import type { CallOptions } from '../runtime/callOptions.ts';
 import { parseAccel, type AccelOption } from '../vm/accel.ts';
 import { normalizeGuestFields } from '../guestenv/guestConfig.ts';
 import { NetworkBuilder } from '../guestenv/NetworkPolicy.ts';
@@ -32,7 +33,7 @@ import { validatePort } from '../guestenv/ports.ts';
 import { validateScript } from '../guestenv/scripts.ts';
 import { VolumeBuilder } from '../guestenv/volumes.ts';
 
-type Create<S> = (config: SandboxConfig, options: CreateOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<S>;
+type Create<S> = (config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<S>;
 
 /**
  * @example
@@ -292,7 +293,8 @@ export class SandboxBuilder<S = unknown> {
   }
 
   /** Boots the sandbox; resolves once it runs. */
-  create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> = {}): Promise<S> {
+  /** Boots the sandbox. `signal` or `timeoutMs` end a boot that takes too long: its VM is killed. */
+  create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> & CallOptions = {}): Promise<S> {
     return this.#create(this.build(), {
       ...options,
       replace: this.#replace,
@@ -305,8 +307,8 @@ export class SandboxBuilder<S = unknown> {
    * Boots the sandbox detached: it survives this process in a host process of its own and
    * is reached again with `Sandbox.get(name)` from any process.
    */
-  createDetached(): Promise<S> {
-    return this.#create(this.build(), { replace: this.#replace, detached: true, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
+  createDetached(options: CallOptions = {}): Promise<S> {
+    return this.#create(this.build(), { ...options, replace: this.#replace, detached: true, ...(this.#supervisor ? { supervisor: this.#supervisor } : {}) });
   }
 }
 

@@ -8,8 +8,12 @@ import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, deserializeError } from '../errors.ts';
 import { ttyOption } from './execOptions.ts';
 import { logFailure } from '../runtime/log.ts';
+import { validateCallOptions } from '../runtime/callOptions.ts';
 
 export type { ExecOptions } from './execOptions.ts';
+
+/** How long {@link ExecStream.close} waits for the command to exit before killing it. */
+const CLOSE_GRACE_MS = 10_000;
 
 /** How a command ended, with its collected output. */
 export class ExecResult {
@@ -88,6 +92,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   #waiter: (() => void) | undefined;
   #error: Error | undefined;
   #done = false;
+  #closing: Promise<Extract<ExecStreamItem, { type: 'exited' }>> | undefined;
   /** Whoever consumes first decides: the iterator drains the queue, or items$ replays it once. */
   #mode: 'unset' | 'iterator' | 'observable' = 'unset';
   /** Resolves with the exit (no output collected); rejects if the exec could not run. */
@@ -151,6 +156,50 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   /** Signals the command's process group (default SIGKILL). */
   kill(signo = 9): Promise<void> {
     return this.control.kill(signo);
+  }
+
+  /**
+   * Graceful end: closes stdin and waits for the command to exit; one still running after
+   * `timeoutMs` (default 10 s) is killed. Resolves with its exit; idempotent.
+   *
+   * @example
+   * await using stream = await sb.execStream('cat', [], { stdin: 'pipe' }); // closed at scope end
+   */
+  close(options: { timeoutMs?: number } = {}): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
+    validateCallOptions(options);
+    if (this.#done) return this.exited;
+    this.#closing ??= (async () => {
+      await this.end().catch(logFailure(`closing the stdin of exec ${this.execId}`));
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), options.timeoutMs ?? CLOSE_GRACE_MS)));
+      try {
+        if ((await Promise.race([this.exited, late])) === 'late') await this.#killUnlessDone();
+      } finally {
+        clearTimeout(timer);
+      }
+      return this.exited;
+    })();
+    return this.#closing;
+  }
+
+  /** Forceful end: SIGKILL to the command's process group. Resolves with its exit; idempotent. */
+  async destroy(): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
+    await this.#killUnlessDone();
+    return this.exited;
+  }
+
+  /** A kill that fails because the command exited meanwhile is no failure. */
+  async #killUnlessDone(): Promise<void> {
+    if (this.#done) return;
+    try {
+      await this.kill();
+    } catch (err) {
+      if (!this.#done) throw err;
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** Sets the terminal size of a `tty` exec; its processes get SIGWINCH. */

@@ -337,6 +337,8 @@ export class Supervisor {
     const abort = () => void own.api.kill().catch((err: Error) => this.#log(`kill of "${config.name}" on abort failed: ${err.message}`));
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
+      // Aborted before the listener was there (while the name was claimed, say): no boot.
+      if (options.signal?.aborted) throw new CorralError('E_ABORTED', `create of sandbox "${config.name}" was aborted`, { cause: options.signal.reason });
       // A worker that dies before answering (a module that fails to load) must not hang create.
       const died = new Promise<never>((_, reject) => {
         lostBeforeStart = (err) => reject(new CorralError('E_BOOT_FAILED', `sandbox "${config.name}" failed to boot: ${err.message}`, { cause: err }));

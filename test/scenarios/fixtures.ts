@@ -34,6 +34,12 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
   ],
   'graceful-stop': ['ok stop with timeoutMs escalates to kill', 'ok an aborted signal escalates to kill', 'done'],
   policies: ['ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it', 'done'],
+  cancel: [
+    'ok a create past its timeoutMs rejects E_TIMEOUT and leaves a stopped record', 'ok wait with timeoutMs rejects E_TIMEOUT and the sandbox runs on',
+    'ok an aborted signal rejects E_ABORTED with its reason', 'ok a bad timeoutMs names the option', 'ok destroy() kills a running exec',
+    'ok close() kills an exec still running after its timeoutMs', 'ok await using stops the sandbox at the end of its block',
+    'ok destroy() kills, and again answers the stopped record', 'done',
+  ],
 };
 
 /** Starts what scenarios need from outside, on first use; `close()` ends it. */

@@ -1,11 +1,12 @@
 /**
- * Runs one user scenario (test/scenarios/scripts/<name>.mjs) the way a user runs corral: a
+ * Runs one user scenario (test/scenarios/scripts/<name>.mjs, or <name>.ts for a TypeScript
+ * user's script, run with tsx as such a user would) the way a user runs corral: a
  * plain Node process, in a temp dir whose node_modules/corral is a symlink to this repo, with
  * tsx's loader (the package's entry is TypeScript). Used by the vitest files beside it and by
  * `npm run stress` (scripts/stress.ts).
  */
 import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,8 +46,8 @@ export interface RunScenarioOptions {
 /** The scenario names: one per script in test/scenarios/scripts (check.mjs is their helper). */
 export function scenarioNames(): string[] {
   return readdirSync(SCRIPTS)
-    .filter((f) => f.endsWith('.mjs') && f !== 'check.mjs' && !f.startsWith('_'))
-    .map((f) => f.slice(0, -'.mjs'.length))
+    .filter((f) => /\.(mjs|ts)$/.test(f) && f !== 'check.mjs' && !f.startsWith('_'))
+    .map((f) => f.replace(/\.(mjs|ts)$/, ''))
     .sort();
 }
 
@@ -76,11 +77,15 @@ export async function runScenario(name: string, options: RunScenarioOptions): Pr
   const dir = mkdtempSync(join(tmpdir(), 'corral-scenario-'));
   try {
     mkdirSync(join(dir, 'node_modules'));
+    // A user's project: ESM, so a .ts script is a module, as in a TypeScript project of theirs.
+    writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n');
     symlinkSync(ROOT, join(dir, 'node_modules/corral'));
-    copyFileSync(join(SCRIPTS, `${name}.mjs`), join(dir, `${name}.mjs`));
+    const file = existsSync(join(SCRIPTS, `${name}.ts`)) ? `${name}.ts` : `${name}.mjs`;
+    copyFileSync(join(SCRIPTS, file), join(dir, file));
     copyFileSync(join(SCRIPTS, 'check.mjs'), join(dir, 'check.mjs'));
+    copyFileSync(join(SCRIPTS, 'check.d.mts'), join(dir, 'check.d.mts'));
     const t0 = performance.now();
-    const child = spawn(process.execPath, ['--import', TSX, `${name}.mjs`], {
+    const child = spawn(process.execPath, ['--import', TSX, file], {
       cwd: dir,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, ...options.env, CORRAL_STATE_DIR: options.stateDir, [RUN_ENV]: id, SCENARIO_ID: shortId(id) },

@@ -142,6 +142,31 @@ describe('exec in a running sandbox', () => {
     expect(r.signal).toBe(9);
   });
 
+  it('refuses stdin on an exec opened without it, and the sandbox runs on', async () => {
+    // Sent to the guest, such a write made its agent answer with a host error, which failed
+    // the whole sandbox (found by ExecStream.close(), which ends stdin).
+    const stream = await sb.execStream('sleep', ['1000']);
+    await expect(stream.write('x')).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringMatching(/without stdin.*stdin: 'pipe'/) });
+    await stream.end(); // nothing to close: the command reads /dev/null
+    expect(await stream.destroy()).toMatchObject({ signal: 9 });
+    expect(await sb.exec('echo', ['still here'])).toMatchObject({ code: 0, stdout: 'still here\n' });
+  });
+
+  it('closes a stream gracefully (stdin ended, exit awaited), or by a kill after its timeoutMs', async () => {
+    const cat = await sb.execStream('cat', [], { stdin: 'pipe' });
+    await cat.write('bye\n');
+    expect(await cat.close()).toMatchObject({ type: 'exited', code: 0 });
+    expect(await cat.close()).toMatchObject({ code: 0 }); // idempotent
+    const deaf = await sb.execStream('sh', ['-c', 'trap "" TERM; exec sleep 1000'], { stdin: 'pipe' });
+    expect(await deaf.close({ timeoutMs: 200 })).toMatchObject({ signal: 9 });
+    let disposed: Awaited<ReturnType<typeof sb.execStream>>;
+    {
+      await using s = await sb.execStream('cat', [], { stdin: 'pipe' });
+      disposed = s;
+    }
+    expect(await disposed.exited).toMatchObject({ code: 0 });
+  });
+
   it('streams started, stdout and exited in order', async () => {
     const kinds: string[] = [];
     let bytes = 0;
