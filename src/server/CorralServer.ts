@@ -105,6 +105,14 @@ export class CorralServer {
     return this.#closed;
   }
 
+  /**
+   * Forceful close: the same as {@link close}, which already ends open connections at once
+   * rather than waiting for them (a WebSocket event stream never ends by itself).
+   */
+  destroy(): Promise<void> {
+    return this.close();
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
