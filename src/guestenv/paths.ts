@@ -7,6 +7,7 @@
 import { statSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { InvalidOptionError } from '../errors.ts';
+import { isMissing } from '../runtime/errno.ts';
 
 /** Guest trees nothing may be mounted on or written into: the kernel's and the agent's. */
 export const SYSTEM_PATHS: readonly string[] = ['/proc', '/sys', '/dev'];
@@ -57,8 +58,9 @@ export function hostDir(value: unknown, option: string): string {
   let isDir = false;
   try {
     isDir = statSync(abs).isDirectory();
-  } catch {
-    throw new InvalidOptionError(option, `an existing host directory (${abs} does not exist)`, value);
+  } catch (err) {
+    const why = isMissing(err) ? 'does not exist' : `cannot be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    throw new InvalidOptionError(option, `an existing host directory (${abs} ${why})`, value);
   }
   if (!isDir) throw new InvalidOptionError(option, `an existing host directory (${abs} is not a directory)`, value);
   return abs;

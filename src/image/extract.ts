@@ -21,6 +21,7 @@ import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { CorralError } from '../errors.ts';
+import { ifMissing } from '../runtime/errno.ts';
 
 /** What an extraction produced. */
 export interface ExtractStats {
@@ -80,14 +81,10 @@ export function resolveInRoot(root: string, name: string, followLast = false, di
       done.push(c);
       continue;
     }
-    let isLink = false;
-    try {
-      const st = lstatSync(host);
-      isLink = st.isSymbolicLink();
-      if (st.isDirectory()) dirs?.add(host);
-    } catch {
-      /* missing: created later as a directory */
-    }
+    // Missing: created later as a directory.
+    const st = ifMissing(() => lstatSync(host), undefined);
+    const isLink = st?.isSymbolicLink() ?? false;
+    if (st?.isDirectory()) dirs?.add(host);
     if (!isLink) {
       done.push(c);
       continue;
@@ -103,30 +100,17 @@ export function resolveInRoot(root: string, name: string, followLast = false, di
 
 /** A directory, not a symlink to one. */
 function isDir(path: string): boolean {
-  try {
-    return lstatSync(path).isDirectory();
-  } catch {
-    return false;
-  }
+  return ifMissing(() => lstatSync(path).isDirectory(), false);
 }
 
 function exists(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
+  return ifMissing(() => (lstatSync(path), true), false);
 }
 
 /** Removes whatever is at `path` unless it is a directory and `keepDir`. */
 function clear(path: string, keepDir: boolean, dirs?: KnownDirs): void {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return;
-  }
+  const st = ifMissing(() => lstatSync(path), undefined);
+  if (!st) return;
   if (st.isDirectory()) {
     if (keepDir) return;
     forget(dirs, path);
@@ -417,10 +401,5 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
 
 /** Whether a path exists, without following a final symlink (a missing or non-dir parent: no). */
 function existsNoFollow(path: string): boolean {
-  try {
-    lstatSync(path);
-    return true;
-  } catch {
-    return false;
-  }
+  return ifMissing(() => (lstatSync(path), true), false);
 }

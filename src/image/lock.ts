@@ -9,6 +9,7 @@
 import { open, rm, stat, utimes } from 'node:fs/promises';
 import { CorralError } from '../errors.ts';
 import { logFailure } from '../runtime/log.ts';
+import { isMissing } from '../runtime/errno.ts';
 
 const HEARTBEAT_MS = 1000;
 const STALE_MS = 15_000;
@@ -41,9 +42,9 @@ export async function withFileLock<T>(path: string, done: () => boolean | Promis
       try {
         const st = await stat(path);
         if (Date.now() - st.mtimeMs > STALE_MS) await rm(path, { force: true });
-      } catch {
-        /* vanished: retry at once */
-        continue;
+      } catch (err) {
+        if (!isMissing(err)) throw err;
+        continue; // vanished: retry at once
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
       continue;

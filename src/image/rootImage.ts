@@ -16,6 +16,7 @@ import type { ImageDefaults } from './manifest.ts';
 import { resolveImage, type ResolvedImage } from './pull.ts';
 import { parseReference } from './reference.ts';
 import { SQUASH_ABOVE } from './squash.ts';
+import { ifMissing } from '../runtime/errno.ts';
 
 /** Options of {@link resolveRootImage}. */
 export interface RootImageOptions {
@@ -41,16 +42,20 @@ const EMPTY_DEFAULTS: ImageDefaults = { env: {}, cmd: [], entrypoint: [], workdi
 
 function localDefaults(path: string | undefined): ImageDefaults {
   if (!path) return EMPTY_DEFAULTS;
+  // An image without a config file has no defaults; one whose config is unreadable or not
+  // JSON is broken, and booting it without its env and command would hide that.
+  const text = ifMissing(() => readFileSync(path, 'utf8'), undefined);
+  if (text === undefined) return EMPTY_DEFAULTS;
   try {
-    const c = JSON.parse(readFileSync(path, 'utf8')) as { env?: string[]; cmd?: string[]; entrypoint?: string[]; workdir?: string; user?: string };
+    const c = JSON.parse(text) as { env?: string[]; cmd?: string[]; entrypoint?: string[]; workdir?: string; user?: string };
     const env: Record<string, string> = {};
     for (const kv of c.env ?? []) {
       const i = kv.indexOf('=');
       if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
     }
     return { env, cmd: c.cmd ?? [], entrypoint: c.entrypoint ?? [], workdir: c.workdir ?? '/', user: c.user ?? '' };
-  } catch {
-    return EMPTY_DEFAULTS;
+  } catch (err) {
+    throw new CorralError('E_IMAGE_NOT_FOUND', `the image config ${path} is not valid JSON: ${(err as Error).message}`, { cause: err });
   }
 }
 

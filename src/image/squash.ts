@@ -30,6 +30,7 @@ import { CorralError } from '../errors.ts';
 import { buildErofs } from './layerImage.ts';
 import type { LayerCompression } from './manifest.ts';
 import { extractBlob } from './unpackLayer.ts';
+import { ifMissing } from '../runtime/errno.ts';
 
 /** Images with more layers than this boot from layer 0 + one squashed layer of the rest. */
 export const SQUASH_ABOVE = 3;
@@ -76,11 +77,7 @@ export interface SquashResult {
 }
 
 function lstatOrUndefined(path: string): Stats | undefined {
-  try {
-    return lstatSync(path);
-  } catch {
-    return undefined;
-  }
+  return ifMissing(() => lstatSync(path), undefined);
 }
 
 function isWhiteout(st: Stats): boolean {

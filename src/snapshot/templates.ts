@@ -20,6 +20,7 @@ import { sharedRoot } from '../store/lmdbEnv.ts';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { processAlive } from '../runtime/process.ts';
 import { createOverlay } from '../runtime/rootfs.ts';
+import { isMissing } from '../runtime/errno.ts';
 
 /** What a finished template holds. */
 export interface Template {
@@ -180,8 +181,10 @@ export function qcow2Backing(path: string): string | undefined {
     const name = Buffer.alloc(len);
     readSync(fd, name, 0, len, off);
     return name.toString('utf8');
-  } catch {
-    return undefined;
+  } catch (err) {
+    // No overlay there: nothing depends on a template. Unreadable: the prune must not guess.
+    if (isMissing(err)) return undefined;
+    throw err;
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
