@@ -42,6 +42,8 @@ describe('module layout', () => {
     // The base (vm, agent, image, guestenv, snapshot, store, bus…) knows none of the rooms.
     const base = edges.map((e) => e.from).filter((f) => f.startsWith('src/') && !within(f, inner(FRONTS, SDK, SUPERVISOR, LINKS, ACTOR)));
     expect(crossing([...new Set(base)], inner(FRONTS, SDK, SUPERVISOR, LINKS, ACTOR))).toEqual([]);
+    // Snapshot files are the supervisor's: the SDK reads their type and forks through it.
+    expect(edges.filter((e) => within(e.from, SDK) && within(e.to, ['src/snapshot']) && !e.typeOnly && e.to !== 'src/snapshot/fork.ts').map((e) => `${e.from} → ${e.to}`)).toEqual([]);
     // Worker entry files are started by path, never imported.
     expect(crossing(['src', 'machines'], WORKERS)).toEqual([]);
   });

@@ -9,8 +9,9 @@
 import { randomInt } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
-import { validateInt, validateName, type SandboxConfig } from '../config.ts';
-import { removeSnapshot, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import type { SandboxConfig } from '../config.ts';
+import type { SnapshotMeta } from '../snapshot/snapshots.ts';
+import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
@@ -442,29 +443,23 @@ export class Sandbox {
   }
 
   async #fork(arg: string | { count: number; prefix?: string }, signal: AbortSignal | undefined): Promise<Sandbox | Sandbox[]> {
-    const names =
-      typeof arg === 'string'
-        ? [arg]
-        : Array.from({ length: validateInt(arg.count, 'count', { min: 1, max: 64 }) }, (_, i) => `${arg.prefix ?? `${this.name}-fork`}-${i + 1}`);
-    for (const n of names) validateName(n, 'fork name');
-    const snap = `fork-${this.name.slice(0, 40)}-${randomInt(1e9)}`;
-    await this.snapshot(snap);
-    try {
-      const made = await Promise.allSettled(names.map((n) => Sandbox.create({ ...this.#config, name: n, fromSnapshot: snap }, { supervisor: this.#sup, ...(signal ? { signal } : {}) })));
-      const forks = made.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-      const failed = made.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed || signal?.aborted) {
-        // All or none: a fork that came up is ended and removed with the others.
-        await Promise.all(forks.map(async (f) => {
+    const names = forkNames(this.name, arg);
+    const forks = await fork<Sandbox>(
+      this.name,
+      names,
+      {
+        snapshot: (snap) => this.snapshot(snap),
+        create: (n, fromSnapshot, s) => Sandbox.create({ ...this.#config, name: n, fromSnapshot }, { supervisor: this.#sup, ...(s ? { signal: s } : {}) }),
+        discard: async (f) => {
           await f.kill();
           await Sandbox.remove(f.name, { supervisor: this.#sup });
-        }));
-        throw failed?.reason ?? new CorralError('E_ABORTED', `fork of sandbox "${this.name}" was aborted`);
-      }
-      return typeof arg === 'string' ? forks[0]! : forks;
-    } finally {
-      await removeSnapshot(this.#sup.stateDir, snap).catch(logFailure(`removing the fork snapshot ${snap}`));
-    }
+        },
+        removeSnapshot: (snap) => this.#sup.removeSnapshot(snap),
+      },
+      signal,
+      (err, snap) => logFailure(`removing the fork snapshot ${snap}`)(err),
+    );
+    return typeof arg === 'string' ? forks[0]! : forks;
   }
 
   /** Raw agent round trip (PING/PONG), ms. For benchmarks. */

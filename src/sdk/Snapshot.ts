@@ -6,7 +6,7 @@
  * await Snapshot.remove('before-upgrade');
  */
 
-import { listSnapshots, removeSnapshot, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
 
@@ -15,10 +15,10 @@ export type { SnapshotMeta };
 export const Snapshot = {
   /** Every snapshot in the supervisor's state dir. */
   async list(options: { supervisor?: Supervisor } = {}): Promise<SnapshotMeta[]> {
-    return listSnapshots((options.supervisor ?? getDefaultSupervisor()).stateDir);
+    return (options.supervisor ?? getDefaultSupervisor()).snapshots();
   },
   /** Deletes a snapshot (sandboxes started from it are not affected). */
   async remove(name: string, options: { supervisor?: Supervisor } = {}): Promise<void> {
-    await removeSnapshot((options.supervisor ?? getDefaultSupervisor()).stateDir, name);
+    await (options.supervisor ?? getDefaultSupervisor()).removeSnapshot(name);
   },
 };

@@ -29,7 +29,7 @@ import { defaultStateDir } from '../runtime/artifacts.ts';
 import { processAlive } from '../runtime/process.ts';
 import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
-import { readSnapshot, snapshotDevices } from '../snapshot/snapshots.ts';
+import { listSnapshots, readSnapshot, removeSnapshot, snapshotDevices, type SnapshotMeta } from '../snapshot/snapshots.ts';
 import { snapshotGuestFields } from '../guestenv/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
@@ -531,6 +531,16 @@ export class Supervisor {
       await this.#store.removeSandbox(name);
       await Promise.all([this.#replay.clear(name), this.#execLog.clear(name)]);
     });
+  }
+
+  /** Every complete snapshot in this supervisor's state dir, by name. */
+  snapshots(): SnapshotMeta[] {
+    return listSnapshots(this.stateDir);
+  }
+
+  /** Deletes snapshot `name` (E_SNAPSHOT_NOT_FOUND if there is none); sandboxes started from it are not affected. */
+  async removeSnapshot(name: string): Promise<void> {
+    await removeSnapshot(this.stateDir, name);
   }
 
   /**

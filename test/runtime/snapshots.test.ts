@@ -57,4 +57,20 @@ describe('snapshots and forks', () => {
     // The temporary snapshot behind the fork is gone.
     expect((await Snapshot.list({ supervisor: sup })).filter((s) => s.name.startsWith('fork-'))).toEqual([]);
   });
+
+  it('forks all or none: a fork that cannot be made ends the ones that came up', async () => {
+    const prefix = uniqueName('taken');
+    // The second name is taken by a running sandbox: its fork fails with E_SANDBOX_EXISTS.
+    const squatter = await Sandbox.builder(`${prefix}-2`).supervisor(sup).create();
+    try {
+      await expect(src.fork({ count: 2, prefix })).rejects.toMatchObject({ code: 'E_SANDBOX_EXISTS' });
+      const left = (await Sandbox.list({ supervisor: sup })).filter((s) => s.name.startsWith(prefix)).map((s) => [s.name, s.status]);
+      expect(left).toEqual([[`${prefix}-2`, 'running']]); // the first fork was ended and removed
+      expect((await Snapshot.list({ supervisor: sup })).filter((s) => s.name.startsWith('fork-'))).toEqual([]);
+      expect((await src.info()).status).toBe('running');
+    } finally {
+      await squatter.stop();
+      await Sandbox.remove(squatter.name, { supervisor: sup });
+    }
+  });
 });
