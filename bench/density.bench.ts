@@ -22,7 +22,7 @@ import { runInNewContext } from 'node:vm';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import type { Isolation } from '../src/pool/SandboxPool.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
-import { bareRestore as restoreFloor } from './floors.ts';
+import { bareRestoreTimes } from './floors.ts';
 import { fmtMs, quantile, ratio } from './stats.ts';
 
 const { values: args } = parseArgs({
@@ -61,8 +61,8 @@ function rollupKib(pid: number | 'self', field: 'Pss' | 'Rss'): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
-/** The floor: the same template restored by the VM layer alone, to its first PONG. */
-const bareRestore = (i: number): Promise<number> => restoreFloor({ stateDir, templateKey, memoryMib, accel: accel.accel, i });
+/** The floors: the same template restored by the VM layer alone, to its first PONG and through its first exec. */
+const bareRestore = (i: number) => bareRestoreTimes({ stateDir, templateKey, memoryMib, accel: accel.accel, i, firstExec: true });
 
 /** Idle for 2 s, then a full GC of this thread, so that RSS compares live memory, not garbage. */
 setFlagsFromString('--expose-gc');
@@ -84,19 +84,33 @@ const pss0 = rollupKib('self', 'Pss');
 
 const sandboxes: Sandbox[] = [];
 const createMs: number[] = [];
+/** Create alone (the call's own time), then create → first exec. */
+const createOnlyMs: number[] = [];
 const floor: number[] = [];
+const floorExec: number[] = [];
+let floorTotal = 0;
 const tAll = performance.now();
 for (let i = 0; i < N; i++) {
   const t0 = performance.now();
   const sb = await Sandbox.builder(`d-${i}`).memory(memoryMib).supervisor(sup).create();
+  createOnlyMs.push(performance.now() - t0);
   await sb.exec('true');
   createMs.push(performance.now() - t0);
   sandboxes.push(sb);
-  if (i % floorEvery === 0) floor.push(await bareRestore(i));
+  if (i % floorEvery === 0) {
+    const tf = performance.now();
+    const f = await bareRestore(i);
+    floorTotal += performance.now() - tf;
+    floor.push(f.pong);
+    floorExec.push(f.firstExec!);
+  }
 }
-const allMs = performance.now() - tAll - floor.reduce((a, b) => a + b, 0);
-console.log(`bare restore → first PONG (floor):        ${fmtMs(floor)}`);
-console.log(`create → first exec, restored, back to back: ${fmtMs(createMs)}   ${ratio(createMs, floor)} the floor (median), p95 ×${(quantile(createMs, 0.95) / quantile(floor, 0.95)).toFixed(2)}`);
+const allMs = performance.now() - tAll - floorTotal;
+const p95Ratio = (a: number[], b: number[]) => `p95 ×${(quantile(a, 0.95) / quantile(b, 0.95)).toFixed(2)}`;
+console.log(`bare restore → first PONG (floor):         ${fmtMs(floor)}`);
+console.log(`bare restore → first exec done (floor):    ${fmtMs(floorExec)}   (a fresh qemu's first exec: TCG translates the guest's fork/exec paths once per process)`);
+console.log(`create, restored, back to back:            ${fmtMs(createOnlyMs)}   ${ratio(createOnlyMs, floor)} the PONG floor (median), ${p95Ratio(createOnlyMs, floor)}`);
+console.log(`create → first exec, restored:             ${fmtMs(createMs)}   ${ratio(createMs, floorExec)} the first-exec floor (median), ${p95Ratio(createMs, floorExec)}; ${ratio(createMs, floor)} the PONG floor`);
 console.log(`create rate (create + first exec, in a row): ${(N / (allMs / 1000)).toFixed(2)} sandboxes/s`);
 
 await settle(); // idle
@@ -104,7 +118,8 @@ const rss1 = process.memoryUsage.rss() / 1024;
 const pss1 = rollupKib('self', 'Pss');
 const qemuPss = await Promise.all(sandboxes.map(async (s) => rollupKib((await s.info()).pid!, 'Pss') / 1024));
 console.log(`host Node process, baseline after warm-up: RSS ${(rss0 / 1024).toFixed(1)} MiB, PSS ${(pss0 / 1024).toFixed(1)} MiB (${sup.pool.workerCount} sandbox workers${gc ? ', main thread GC\'d before each reading' : ', no --expose-gc: garbage counts'})`);
-console.log(`host memory per idle sandbox:              RSS +${((rss1 - rss0) / 1024 / N).toFixed(2)} MiB, PSS +${((pss1 - pss0) / 1024 / N).toFixed(2)} MiB (n=${N}, ${sup.pool.workerCount} workers, loads ${sup.pool.loads.join('/')})`);
+const signed = (mib: number) => `${mib >= 0 ? '+' : ''}${mib.toFixed(2)}`;
+console.log(`host memory per idle sandbox:              RSS ${signed((rss1 - rss0) / 1024 / N)} MiB, PSS ${signed((pss1 - pss0) / 1024 / N)} MiB (n=${N}, ${sup.pool.workerCount} workers, loads ${sup.pool.loads.join('/')})`);
 console.log(`qemu PSS per idle VM:                      median ${quantile(qemuPss, 0.5).toFixed(1)} MiB, max ${Math.max(...qemuPss).toFixed(1)} MiB`);
 
 const execMs: number[] = [];
