@@ -1,5 +1,7 @@
 /** Facts about host processes. */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { ifMissing } from './errno.ts';
 
 /** Whether a process exists and is not a zombie (dead, waiting to be reaped). */
 export function processAlive(pid: number): boolean {
@@ -9,4 +11,20 @@ export function processAlive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Whether `pid` is a qemu that corral started for sandbox `name`: a qemu-system process with
+ * a file of the sandbox's directory open (its upper disk), or, for a cold boot, the sandbox's
+ * name on its kernel command line. A restored clone's command line names the template's
+ * guest ("corral"), not the sandbox, so the command line alone missed every restored VM.
+ * A process that is gone (or a pid reused by another program) is not.
+ */
+export function isSandboxVm(pid: number, sandboxDir: string, name: string): boolean {
+  const argv = ifMissing(() => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'), undefined);
+  if (!argv?.some((a) => a.includes('qemu-system'))) return false;
+  if (argv.some((a) => a === `corral.hostname=${name}` || a.includes(` corral.hostname=${name} `) || a.endsWith(` corral.hostname=${name}`))) return true;
+  const prefix = `${sandboxDir.replace(/\/+$/, '')}/`;
+  const fds = ifMissing(() => readdirSync(`/proc/${pid}/fd`), []);
+  return fds.some((fd) => ifMissing(() => readlinkSync(join(`/proc/${pid}/fd`, fd)), '').startsWith(prefix));
 }

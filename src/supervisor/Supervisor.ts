@@ -12,7 +12,7 @@ import '../link/comlinkErrors.ts';
 import { wrap } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { MessageChannel } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -26,7 +26,7 @@ import { SocketLink } from '../link/SocketLink.ts';
 import { controlSocketPath } from '../link/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
-import { processAlive } from '../runtime/process.ts';
+import { isSandboxVm, processAlive } from '../runtime/process.ts';
 import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { listSnapshots, readSnapshot, removeSnapshot, snapshotDevices, type SnapshotMeta } from '../snapshot/snapshots.ts';
@@ -372,7 +372,7 @@ export class Supervisor {
     this.#log(`sandbox "${name}": ${error.message}`);
     try {
       const rec = this.#store.closed ? undefined : this.#store.getSandbox(name);
-      if (rec?.vmPid && processAlive(rec.vmPid) && isOurVm(rec.vmPid, name)) {
+      if (rec?.vmPid && processAlive(rec.vmPid) && isSandboxVm(rec.vmPid, sandboxDir(this.stateDir, name), name)) {
         try {
           process.kill(rec.vmPid, 'SIGKILL');
         } catch (err) {
@@ -459,7 +459,7 @@ export class Supervisor {
   reconcile(name: string): SandboxRecord | undefined {
     const rec = this.#store.getSandbox(name);
     if (!rec || rec.status === 'stopped' || ownerAlive(rec) || this.#live.has(name)) return rec;
-    if (rec.vmPid && isOurVm(rec.vmPid, name)) {
+    if (rec.vmPid && isSandboxVm(rec.vmPid, sandboxDir(this.stateDir, name), name)) {
       try {
         process.kill(rec.vmPid, 'SIGKILL');
       } catch (err) {
@@ -719,16 +719,6 @@ function onProcessExit(): void {
       // The store may be closing: the next reader reconciles (the owner pid is dead).
       logFailure('recording live sandboxes as killed at exit')(err);
     }
-  }
-}
-
-/** Whether `pid` is a qemu that corral started for sandbox `name`. */
-function isOurVm(pid: number, name: string): boolean {
-  try {
-    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return argv.some((a) => a.includes('qemu-system')) && argv.some((a) => a.includes(`corral.hostname=${name}`));
-  } catch {
-    return false;
   }
 }
 
