@@ -2,7 +2,7 @@
  * Density benchmark: many idle restored sandboxes in one process. Prints figures; asserts
  * nothing.
  *
- *   npm run bench:density -- --n 100 [--workers 2] [--isolation shared|worker] [--memory 128]
+ *   npm run bench:density -- --n 100 [--workers 2] [--isolation shared|worker] [--memory 128] [--spares 1]
  *
  * - N restored sandboxes created one after another, each answering `exec true` before the
  *   next create: create → first exec median/p95, against the bare restore floor measured in
@@ -32,6 +32,7 @@ const { values: args } = parseArgs({
     isolation: { type: 'string', default: 'shared' },
     memory: { type: 'string', default: '128' },
     'floor-every': { type: 'string' },
+    spares: { type: 'string', default: '0' },
   },
 });
 const N = Number(args.n);
@@ -43,17 +44,22 @@ const sup = new Supervisor({
   stateDir,
   maxSandboxes: N + 8,
   isolation: args.isolation as Isolation,
+  spares: Number(args.spares),
   ...(args.workers !== undefined ? { workers: Number(args.workers) } : {}),
 });
 const accel = resolveAccel();
 console.log(
   `corral density bench — ${new Date().toISOString()} — n=${N}, ${memoryMib} MiB each, isolation ${sup.pool.isolation}` +
-    `${sup.pool.isolation === 'shared' ? `, ${sup.pool.size} workers` : ''}, accel ${accel.accel}, ${availableParallelism()} cores, node ${process.version}`,
+    `${sup.pool.isolation === 'shared' ? `, ${sup.pool.size} workers` : ''}, spares ${args.spares}, accel ${accel.accel}, ${availableParallelism()} cores, node ${process.version}`,
 );
 
 let templateKey = '';
+let fromSpare = 0;
 sup.events$.subscribe((e: SandboxEvent) => {
-  if (e.type === 'sandbox.restored') templateKey = e.template;
+  if (e.type === 'sandbox.restored') {
+    templateKey = e.template;
+    if (e.spare) fromSpare++;
+  }
 });
 
 function rollupKib(pid: number | 'self', field: 'Pss' | 'Rss'): number {
@@ -111,7 +117,7 @@ console.log(`bare restore → first PONG (floor):         ${fmtMs(floor)}`);
 console.log(`bare restore → first exec done (floor):    ${fmtMs(floorExec)}   (a fresh qemu's first exec: TCG translates the guest's fork/exec paths once per process)`);
 console.log(`create, restored, back to back:            ${fmtMs(createOnlyMs)}   ${ratio(createOnlyMs, floor)} the PONG floor (median), ${p95Ratio(createOnlyMs, floor)}`);
 console.log(`create → first exec, restored:             ${fmtMs(createMs)}   ${ratio(createMs, floorExec)} the first-exec floor (median), ${p95Ratio(createMs, floorExec)}; ${ratio(createMs, floor)} the PONG floor`);
-console.log(`create rate (create + first exec, in a row): ${(N / (allMs / 1000)).toFixed(2)} sandboxes/s`);
+console.log(`create rate (create + first exec, in a row): ${(N / (allMs / 1000)).toFixed(2)} sandboxes/s; ${fromSpare}/${N} creates took a spare VM`);
 
 await settle(); // idle
 const rss1 = process.memoryUsage.rss() / 1024;

@@ -23,7 +23,8 @@ import { CorralError, InvalidOptionError, deserializeError, serializeError } fro
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
 import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
-import { cloneOverlay, ensureTemplate, templateKey } from '../snapshot/templates.ts';
+import { cloneOverlay, ensureTemplate, templateKey, type Template } from '../snapshot/templates.ts';
+import { refillSpares, sparesDir, takeSpare, type Spare } from '../snapshot/spares.ts';
 import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
 import { Vm, type VmBootOptions } from '../vm/Vm.ts';
 import { GuestEnv } from '../guestenv/GuestEnv.ts';
@@ -67,6 +68,8 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #secrets: SandboxWorkerData['secrets'];
   #qmpDone: Promise<void> = Promise.resolve();
   readonly #snapshots = new Map<string, { resolve(m: SnapshotMeta): void; reject(e: Error): void }>();
+  /** Spare VMs this actor keeps ready for creates of its shape (0: none). */
+  readonly #spares: number;
   readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
 
   constructor(data: SandboxWorkerData) {
@@ -75,6 +78,7 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#control = data.control;
     this.#outputInFlight = data.outputInFlight;
     this.#secrets = data.secrets;
+    this.#spares = data.spares ?? 0;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
     const machine = sandboxMachine.provide({
       actors: {
@@ -319,17 +323,22 @@ export class SandboxActor implements SandboxWorkerApi {
     });
     const tRestore = performance.now();
     const upper = join(dirname(root.upper), 'upper.qcow2');
-    await cloneOverlay(tpl, upper);
-    const vm = await this.#restoreClone(root, choice, signal, {
-      ...(await guest.vmOptions()),
-      upper,
-      memoryFile: { path: tpl.memFile, share: false },
-      restore: { stateFile: tpl.stateFile, hello: tpl.hello },
-    });
+    const devices = await guest.vmOptions();
+    // A spare has no devices of a guest environment (9p shares, a NIC): only sandboxes
+    // that need none can take one.
+    const spareable = this.#spares > 0 && Object.keys(devices).length === 0;
+    const spare = spareable ? takeSpare(key) : undefined;
+    const vm = spare
+      ? await this.#claimSpare(spare, upper, choice)
+      : await (async () => {
+          await cloneOverlay(tpl, upper);
+          return this.#restoreClone(root, choice, signal, { ...devices, upper, memoryFile: { path: tpl.memFile, share: false }, restore: { stateFile: tpl.stateFile, hello: tpl.hello } });
+        })();
     await this.#applyGuest(vm, guest);
     const restoreMs = performance.now() - tRestore;
-    this.#emit({ type: 'sandbox.restored', template: key, restoreMs });
-    this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms`);
+    this.#emit({ type: 'sandbox.restored', template: key, restoreMs, spare: spare !== undefined });
+    this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms${spare ? ' (a spare)' : ''}`);
+    if (spareable) refillSpares(key, this.#spares, () => this.#makeSpare(root, choice, tpl), this.#log);
     return this.#adopt(vm, t0);
   }
 
@@ -384,6 +393,64 @@ export class SandboxActor implements SandboxWorkerApi {
       throw err;
     }
     return vm;
+  }
+
+  /**
+   * A spare of this sandbox's shape (src/snapshot/spares.ts): the template restored into an
+   * overlay of the spares directory, its first exec run, then frozen.
+   */
+  async #makeSpare(root: PreparedRoot, choice: { accel: Accel; reason: string }, tpl: Template): Promise<Spare> {
+    const dir = sparesDir(this.#stateDir);
+    await mkdir(dir, { recursive: true });
+    const t0 = performance.now();
+    const upper = join(dir, `${tpl.key}-${randomBytes(4).toString('hex')}.qcow2`);
+    await cloneOverlay(tpl, upper);
+    let vm: Vm | undefined;
+    try {
+      vm = await Vm.boot({
+        ...this.#vmShape(root, choice.accel),
+        upper,
+        memoryFile: { path: tpl.memFile, share: false },
+        restore: { stateFile: tpl.stateFile, hello: tpl.hello },
+        incoming: true,
+        hostname: 'corral',
+        bootTimeoutMs: this.#config.bootTimeoutMs,
+      });
+      const booted = vm;
+      await new Promise<void>((resolve, reject) => {
+        booted.agent.exec(
+          { argv: ['true'], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' },
+          { started: () => {}, stdout: () => {}, stderr: () => {}, exited: (code) => (code === 0 ? resolve() : reject(new Error(`warm-up exec exited ${code}`))), failed: reject },
+        );
+      });
+      await booted.qmp.execute('stop');
+      this.#emit({ type: 'template.spare', key: tpl.key, makeMs: performance.now() - t0 });
+      // A spare that dies before a sandbox takes it leaves no overlay (once taken, the file
+      // was renamed: this removes nothing).
+      void booted.exited.then(() => rm(upper, { force: true })).catch((err: Error) => this.#log.warn(`removing a spare's overlay failed: ${err.message}`));
+      return { vm: booted, upper };
+    } catch (err) {
+      vm?.kill();
+      await vm?.exited;
+      await rm(upper, { force: true });
+      throw err;
+    }
+  }
+
+  /** Makes a spare this sandbox's VM: its disk, its identity, its CPUs running again. */
+  async #claimSpare(spare: Spare, upper: string, choice: { accel: Accel; reason: string }): Promise<Vm> {
+    const vm = spare.vm;
+    try {
+      await mkdir(dirname(upper), { recursive: true });
+      await rename(spare.upper, upper);
+      this.#spawned(vm.pid, choice);
+      await vm.qmp.execute('cont');
+      await vm.agent.configure({ hostname: this.#config.name, rngSeed: randomBytes(64) });
+      return vm;
+    } catch (err) {
+      vm.kill();
+      throw err;
+    }
   }
 
   /** The parts of the VM command line that a template and its clones must share. */
@@ -517,7 +584,7 @@ export class SandboxActor implements SandboxWorkerApi {
       });
       await this.#applyGuest(vm, guest, meta.config);
       const restoreMs = performance.now() - tRestore;
-      this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs });
+      this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs, spare: false });
       return this.#adopt(vm, t0);
     } catch (err) {
       if (err instanceof CorralError && err.code === 'E_SNAPSHOT_NOT_FOUND') throw err;

@@ -27,6 +27,8 @@ export interface SandboxWorkerData {
    * subtracts what it handled (Atomics). Absent: no flow control.
    */
   readonly outputInFlight?: Int32Array;
+  /** Spare VMs to keep ready in this worker for creates of this sandbox's shape (src/snapshot/spares.ts). */
+  readonly spares?: number;
 }
 
 /** How an event travels on the control port: comlink ignores a message without an `id`. */

@@ -107,12 +107,16 @@ export type SandboxEventBody =
       readonly agentVersion: string;
     }
   | { readonly type: 'template.built'; readonly key: string; readonly buildMs: number }
+  /** A spare VM of the template is ready (made after this sandbox's create took or wanted one). */
+  | { readonly type: 'template.spare'; readonly key: string; readonly makeMs: number }
   | {
       readonly type: 'sandbox.restored';
       /** The template's key. */
       readonly template: string;
-      /** ms from qemu spawn to the agent answering with the sandbox's identity. */
+      /** ms from qemu spawn (or from taking a spare) to the agent answering with the sandbox's identity. */
       readonly restoreMs: number;
+      /** It took a spare VM restored and warmed before (Supervisor option `spares`). */
+      readonly spare: boolean;
     }
   | { readonly type: 'sandbox.snapshotted'; readonly snapshot: string; readonly ms: number; readonly bytes: number }
   | { readonly type: 'sandbox.paused' }
