@@ -37,7 +37,7 @@ async function bareBoot(): Promise<number> {
     '-accel', resolveAccel().accel, '-cpu', 'max', '-m', '256', '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-kernel', a.kernel, '-initrd', a.initramfs,
-    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${resolveAccel().accel === 'tcg' ? 'noapictimer' : ''} ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
+    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${sock}`,
     '-device', 'virtserialport,chardev=agent,name=corral.agent',

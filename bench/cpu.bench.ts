@@ -4,7 +4,7 @@
  * clock ticks a paused VM uses in a second (test/sdk/policies.test.ts and
  * test/metrics/metrics.test.ts test the conditions). Prints figures; asserts nothing.
  *
- *   npm run bench:cpu        (RUNS=5 to change the sample count)
+ *   npm run bench:cpu        (RUNS=5 to change the sample count, IDLE_N=4 the settled idle VMs)
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,7 @@ import { summary } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const WINDOW_MS = 1500;
+const IDLE_N = Number(process.env.IDLE_N ?? 4);
 
 /** utime + stime of a process, in clock ticks (USER_HZ = 100). */
 function cpuTicks(pid: number): number {
@@ -64,6 +65,24 @@ try {
   fmt('cpu % paused:', paused, '%');
   fmt('clock ticks per second while paused:', pausedTicks, 'ticks/s');
   await sb.stop();
+
+  // Settled idle: IDLE_N sandboxes that did nothing for 3 s, over a 10 s window. The windows
+  // above follow a burst of work (the guest is still settling); this is what a warm pool of
+  // idle sandboxes costs: each qemu, and this process (supervisor + workers) per sandbox.
+  const many = [];
+  for (let i = 0; i < IDLE_N; i++) many.push(await Sandbox.builder(`bench-idle-${i}`).supervisor(sup).create());
+  await sleep(3000);
+  const pids = await Promise.all(many.map(async (s) => (await s.info()).pid!));
+  const q0 = pids.map(cpuTicks);
+  const h0 = process.cpuUsage();
+  const t0 = performance.now();
+  await sleep(10_000);
+  const secs = (performance.now() - t0) / 1000;
+  const h = process.cpuUsage(h0);
+  const perQemu = pids.map((p, i) => (cpuTicks(p) - q0[i]!) / secs); // ticks/s = % of a core (USER_HZ 100)
+  fmt(`cpu % idle, settled (${IDLE_N} VMs, 10 s):`, perQemu, '%');
+  console.log(`${'host process per idle sandbox:'.padEnd(36)} ${(((h.user + h.system) / 1e6 / secs) * 100 / IDLE_N).toFixed(3)} % of a core (whole process over the window / ${IDLE_N}; resolution 1 tick per VM for qemu)`);
+  await Promise.all(many.map((s) => s.stop()));
 } finally {
   await sup.close();
   rmSync(stateDir, { recursive: true, force: true });
