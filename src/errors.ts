@@ -43,6 +43,7 @@ export const ErrorCodes = {
   E_UNAUTHORIZED: 'the API server needs a valid token (Authorization: Bearer …)',
   E_ROUTE_NOT_FOUND: 'the API server has no such route',
   E_USAGE: 'the command line is not valid (corral CLI)',
+  E_NO_CAPACITY: 'the supervisor is at a limit it was given (maxSandboxes, memoryHeadroomMib): no new sandbox now',
 } as const;
 
 /** A stable error code. */

@@ -12,7 +12,7 @@ import '../link/comlinkErrors.ts';
 import { wrap } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { MessageChannel } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
@@ -52,6 +52,12 @@ export interface SupervisorOptions {
   readonly stateDir?: string;
   /** Most sandboxes this supervisor runs at once. Default 64. */
   readonly maxSandboxes?: number;
+  /**
+   * MiB of host memory (MemAvailable) that must stay free once a new sandbox's guest has its
+   * RAM: a create that would go below fails with E_NO_CAPACITY instead of the host swapping
+   * or its OOM killer choosing. Default 256; 0 turns the check off.
+   */
+  readonly memoryHeadroomMib?: number;
   /** Bounds of the per-sandbox event replay buffer (see {@link Supervisor.events}). */
   readonly replay?: ReplayLimits;
   /** Bounds of the per-sandbox exec logs (see {@link Supervisor.logs}). */
@@ -96,6 +102,7 @@ export interface CreateOptions {
 export class Supervisor {
   readonly stateDir: string;
   readonly maxSandboxes: number;
+  readonly memoryHeadroomMib: number;
   readonly #bus = new EventBus();
   readonly #store: Store;
   readonly #replay: ReplayLog;
@@ -113,6 +120,10 @@ export class Supervisor {
     this.maxSandboxes = options.maxSandboxes ?? 64;
     if (!Number.isInteger(this.maxSandboxes) || this.maxSandboxes < 1) {
       throw new InvalidOptionError('maxSandboxes', 'a positive integer', options.maxSandboxes);
+    }
+    this.memoryHeadroomMib = options.memoryHeadroomMib ?? 256;
+    if (!Number.isInteger(this.memoryHeadroomMib) || this.memoryHeadroomMib < 0) {
+      throw new InvalidOptionError('memoryHeadroomMib', 'a non-negative integer of MiB', options.memoryHeadroomMib);
     }
     const spares = options.spares ?? 0;
     if (!Number.isInteger(spares) || spares < 0 || spares > 4) throw new InvalidOptionError('spares', 'an integer from 0 to 4', options.spares);
@@ -253,6 +264,7 @@ export class Supervisor {
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<WorkerLink> {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
+    this.#assertCapacity(config);
     return holding(async () => {
       await this.#claimName(config.name, options.replace ?? false);
       await this.#putCreating({ name: config.name, config, createdAt: Date.now() }, options.controlSocket);
@@ -269,6 +281,7 @@ export class Supervisor {
     const rec = this.reconcile(name);
     if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}"`);
     if (rec.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
+    this.#assertCapacity(rec.config);
     return holding(async () => {
       await this.#putCreating(rec, options.controlSocket);
       return this.#boot(rec.config, options);
@@ -311,9 +324,11 @@ export class Supervisor {
   }
 
   async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<WorkerLink> {
+    // Checked again where the sandbox joins the live set (no await in between): creates that
+    // ran side by side all passed the check at their start.
     if (this.#live.size >= this.maxSandboxes) {
       await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' });
-      throw new CorralError('E_INVALID_OPTION', `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
+      throw new CorralError('E_NO_CAPACITY', `cannot create sandbox "${config.name}": this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`);
     }
     // One channel for calls, answers and events: one port keeps them in posting order.
     const control = new MessageChannel();
@@ -372,6 +387,23 @@ export class Supervisor {
     } finally {
       options.signal?.removeEventListener('abort', abort);
     }
+  }
+
+  /** Throws E_NO_CAPACITY, before anything is recorded or booted, when `config` does not fit now. */
+  #assertCapacity(config: SandboxConfig): void {
+    const full = this.#capacityLeft(config);
+    if (full) throw new CorralError('E_NO_CAPACITY', `cannot create sandbox "${config.name}": ${full}`, { details: { live: this.#live.size, maxSandboxes: this.maxSandboxes, memoryHeadroomMib: this.memoryHeadroomMib } });
+  }
+
+  /** Why a sandbox of `config` does not fit now, or undefined when it does. */
+  #capacityLeft(config: SandboxConfig): string | undefined {
+    if (this.#live.size >= this.maxSandboxes) return `this supervisor already runs ${this.#live.size} sandboxes (maxSandboxes ${this.maxSandboxes})`;
+    if (this.memoryHeadroomMib === 0) return undefined;
+    const available = memAvailableMib();
+    if (available !== undefined && available - config.memoryMib < this.memoryHeadroomMib) {
+      return `the host has ${available} MiB of memory available; a ${config.memoryMib} MiB guest would leave less than memoryHeadroomMib ${this.memoryHeadroomMib}`;
+    }
+    return undefined;
   }
 
   /**
@@ -749,3 +781,9 @@ export function ownerAlive(rec: SandboxRecord): boolean {
 export type { SandboxInfo };
 
 export { processAlive };
+
+/** The host's MemAvailable in MiB (/proc/meminfo), or undefined where the kernel has none. */
+function memAvailableMib(): number | undefined {
+  const m = /^MemAvailable:\s+(\d+) kB/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  return m ? Math.floor(Number(m[1]) / 1024) : undefined;
+}

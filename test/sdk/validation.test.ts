@@ -84,6 +84,8 @@ const freshDir = () => {
 
 const supervisorRows: Row[] = [
   ['maxSandboxes 0', () => new Supervisor({ stateDir: freshDir(), maxSandboxes: 0 }), 'E_INVALID_OPTION', 'maxSandboxes'],
+  ['memoryHeadroomMib -1', () => new Supervisor({ stateDir: freshDir(), memoryHeadroomMib: -1 }), 'E_INVALID_OPTION', 'memoryHeadroomMib'],
+  ['spares 9', () => new Supervisor({ stateDir: freshDir(), spares: 9 }), 'E_INVALID_OPTION', 'spares'],
   ['replay.maxEvents 0', () => new Supervisor({ stateDir: freshDir(), replay: { maxEvents: 0 } }), 'E_INVALID_OPTION', 'replay.maxEvents'],
   ['replay.maxBytes 10', () => new Supervisor({ stateDir: freshDir(), replay: { maxBytes: 10 } }), 'E_INVALID_OPTION', 'replay.maxBytes'],
   ['logs.maxEntries 1.5', () => new Supervisor({ stateDir: freshDir(), logs: { maxEntries: 1.5 } }), 'E_INVALID_OPTION', 'logs.maxEntries'],
