@@ -205,6 +205,15 @@ export async function pruneTemplates(stateDir: string): Promise<{ templates: num
       if (backing) used.add(basename(dirname(backing)));
     }
   }
+  // Spare VMs waiting for a create (src/snapshot/spares.ts): the sandbox that takes one keeps
+  // its overlay, backed by the template's upper.
+  const spares = join(stateDir, 'spares');
+  for (const pid of existsSync(spares) ? await readdir(spares) : []) {
+    for (const f of await readdir(join(spares, pid)).catch((err: unknown) => (isMissing(err) ? [] : Promise.reject(err)))) {
+      const backing = f.endsWith('.qcow2') ? qcow2Backing(join(spares, pid, f)) : undefined;
+      if (backing) used.add(basename(dirname(backing)));
+    }
+  }
   let templates = 0;
   let bytes = 0;
   for (const f of await readdir(root)) {

@@ -9,6 +9,7 @@ import { filter } from 'rxjs/operators';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox, Supervisor, type SandboxEvent } from '../../src/index.ts';
 import { isSandboxVm } from '../../src/runtime/process.ts';
+import { findTemplate, pruneTemplates } from '../../src/snapshot/templates.ts';
 import { sandboxDir } from '../../src/runtime/rootfs.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 
@@ -71,5 +72,25 @@ describe('spare VMs', () => {
     }
     // The spares that wait have their overlays in this process's spares dir, nothing else.
     for (const f of readdirSync(join(stateDir, 'spares', String(process.pid)))) expect(f).toMatch(/^[0-9a-f]{16}-[0-9a-f]{8}\.qcow2$/);
+  });
+
+  it('keeps the template a waiting spare is backed by when templates are pruned', async () => {
+    const ready = firstValueFrom(sup.events$.pipe(filter((e) => e.type === 'template.spare')));
+    const a = await Sandbox.builder(uniqueName('spare-p')).supervisor(sup).create();
+    await ready;
+    const key = (events.find((e) => e.name === a.name && e.type === 'sandbox.restored') as Extract<SandboxEvent, { type: 'sandbox.restored' }>).template;
+    await a.kill();
+    await Sandbox.remove(a.name, { supervisor: sup });
+    // No sandbox uses that template now; the spare does (the volume test's template goes).
+    await pruneTemplates(stateDir);
+    expect(findTemplate(stateDir, key)).toBeDefined();
+    const name = uniqueName('spare-q');
+    const b = await Sandbox.builder(name).supervisor(sup).create();
+    expect(events.find((e) => e.name === name && e.type === 'sandbox.restored')).toMatchObject({ spare: true });
+    await b.kill();
+    const again = await Sandbox.start(name, { supervisor: sup }); // a cold boot on its overlay: the backing file is there
+    expect((await again.exec('true')).code).toBe(0);
+    await again.kill();
+    await Sandbox.remove(name, { supervisor: sup });
   });
 });

@@ -1,0 +1,11 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Sandbox, Supervisor } from '../src/index.ts';
+const sup = new Supervisor({ stateDir: mkdtempSync(join(tmpdir(), 'corral-irq-')) });
+const sb = await Sandbox.builder('irq').supervisor(sup).create();
+const a = await sb.shell('grep -E "timer|LOC" /proc/interrupts; grep -E "TIMER|RCU|SCHED|HRTIMER" /proc/softirqs');
+await new Promise((r) => setTimeout(r, 10000));
+const b = await sb.shell('grep -E "timer|LOC" /proc/interrupts; cat /proc/softirqs | grep -vE " 0$"; cat /proc/timer_list | grep -E "^ #|expires at" | head -30; for f in $(cat /proc/timer_list | grep -oE "0xffffffff[0-9a-f]+" | sort -u); do grep -i "${f#0x}" /proc/kallsyms; done 2>/dev/null | head; cat /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null; cat /proc/sys/vm/stat_interval /proc/sys/vm/dirty_writeback_centisecs 2>/dev/null');
+console.log(a.stdout, '---', b.stdout);
+await sb.stop(); await sup.close();
