@@ -13,9 +13,10 @@ import { ImageIndex, type ImageRecord } from './ImageIndex.ts';
 import type { ImageDefaults } from './manifest.ts';
 import { parseReference } from './reference.ts';
 import { squashPlan } from './squash.ts';
+import { bounded, type CallOptions } from '../runtime/callOptions.ts';
 
 /** Options of the Image calls. */
-export interface ImageOptions {
+export interface ImageOptions extends CallOptions {
   /** Default: `CORRAL_STATE_DIR` or `~/.local/state/corral`. */
   readonly stateDir?: string;
 }
@@ -54,13 +55,16 @@ export interface PruneResult {
   readonly templates: number;
 }
 
-async function withIndex<T>(options: ImageOptions, fn: (idx: ImageIndex) => Promise<T> | T): Promise<T> {
-  const idx = ImageIndex.open(options.stateDir ?? defaultStateDir());
-  try {
-    return await fn(idx);
-  } finally {
-    await idx.close();
-  }
+/** Runs `fn` on the image index, bounded by the call's { signal, timeoutMs } (the index closes once `fn` is done either way). */
+async function withIndex<T>(what: string, options: ImageOptions, fn: (idx: ImageIndex) => Promise<T> | T): Promise<T> {
+  return bounded(what, options, async () => {
+    const idx = ImageIndex.open(options.stateDir ?? defaultStateDir());
+    try {
+      return await fn(idx);
+    } finally {
+      await idx.close();
+    }
+  });
 }
 
 function info(idx: ImageIndex, rec: ImageRecord): ImageInfo {
@@ -125,12 +129,12 @@ async function collectLayers(idx: ImageIndex): Promise<{ layers: number; bytes: 
 export const Image = {
   /** Every cached image. */
   async list(options: ImageOptions = {}): Promise<ImageInfo[]> {
-    return withIndex(options, (idx) => idx.listImages().map((r) => info(idx, r)));
+    return withIndex('image list', options, (idx) => idx.listImages().map((r) => info(idx, r)));
   },
 
   /** One cached image by tag or digest reference; E_IMAGE_NOT_FOUND if not cached. */
   async inspect(ref: string, options: ImageOptions = {}): Promise<ImageInfo> {
-    return withIndex(options, (idx) => info(idx, find(idx, ref)));
+    return withIndex(`inspect of image ${ref}`, options, (idx) => info(idx, find(idx, ref)));
   },
 
   /**
@@ -138,7 +142,7 @@ export const Image = {
    * a sandbox is pinned to it, unless `force` (that sandbox then re-pulls the digest on start).
    */
   async remove(ref: string, options: ImageOptions & { readonly force?: boolean } = {}): Promise<void> {
-    await withIndex(options, async (idx) => {
+    await withIndex(`removal of image ${ref}`, options, async (idx) => {
       const rec = find(idx, ref);
       const users = idx.pins().filter((p) => p.pin.digest === rec.digest).map((p) => p.sandbox);
       if (users.length > 0 && !options.force) {
@@ -153,7 +157,7 @@ export const Image = {
 
   /** Removes untagged images no sandbox is pinned to, unused layer images and pull leftovers. */
   async prune(options: ImageOptions = {}): Promise<PruneResult> {
-    return withIndex(options, async (idx) => {
+    return withIndex('image prune', options, async (idx) => {
       const pinned = new Set(idx.pins().map((p) => p.pin.digest));
       let images = 0;
       for (const rec of idx.listImages()) {

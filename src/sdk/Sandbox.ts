@@ -411,10 +411,12 @@ export class Sandbox {
    * its host process; an attached one keeps running in this process's supervisor (until
    * this process exits). `Sandbox.get(name)` gives a new handle.
    */
-  async detach(): Promise<void> {
+  async detach(options: CallOptions = {}): Promise<void> {
+    validateCallOptions(options);
     if (this.#released) return;
     this.#released = true;
-    await this.#link?.detach();
+    const link = this.#link;
+    if (link) await bounded(`detach from sandbox "${this.name}"`, options, () => link.detach());
   }
 
   /**
@@ -505,9 +507,10 @@ export class Sandbox {
    * @example
    * const m = await sb.metrics(); // m.cpuPercent, m.memory.pssBytes, m.disk.writeBytes
    */
-  metrics(): Promise<SandboxMetrics> {
+  metrics(options: CallOptions = {}): Promise<SandboxMetrics> {
     this.#sampler ??= this.#newSampler();
-    return this.#sampler.sample();
+    const sampler = this.#sampler;
+    return bounded(`metrics of sandbox "${this.name}"`, options, () => sampler.sample());
   }
 
   /**

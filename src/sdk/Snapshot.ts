@@ -8,17 +8,18 @@
 
 import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
+import { bounded, type CallOptions } from '../runtime/callOptions.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
 
 export type { SnapshotMeta };
 
 export const Snapshot = {
   /** Every snapshot in the supervisor's state dir. */
-  async list(options: { supervisor?: Supervisor } = {}): Promise<SnapshotMeta[]> {
-    return (options.supervisor ?? getDefaultSupervisor()).snapshots();
+  async list(options: { supervisor?: Supervisor } & CallOptions = {}): Promise<SnapshotMeta[]> {
+    return bounded('snapshot list', options, async () => (options.supervisor ?? getDefaultSupervisor()).snapshots());
   },
   /** Deletes a snapshot (sandboxes started from it are not affected). */
-  async remove(name: string, options: { supervisor?: Supervisor } = {}): Promise<void> {
-    await (options.supervisor ?? getDefaultSupervisor()).removeSnapshot(name);
+  async remove(name: string, options: { supervisor?: Supervisor } & CallOptions = {}): Promise<void> {
+    await bounded(`removal of snapshot "${name}"`, options, () => (options.supervisor ?? getDefaultSupervisor()).removeSnapshot(name));
   },
 };

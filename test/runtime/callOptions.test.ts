@@ -1,6 +1,10 @@
 // The { signal, timeoutMs } contract of every async public call (src/runtime/callOptions.ts),
 // on simulated time: conditions (which error, whether the operation was undone), not durations.
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { Image, Sandbox, Snapshot, Supervisor, Volume } from '../../src/index.ts';
 import { bounded, validateCallOptions } from '../../src/runtime/callOptions.ts';
 
 describe('bounded calls', () => {
@@ -79,5 +83,33 @@ describe('call options validation', () => {
     expect(() => validateCallOptions({ signal: 'stop' })).toThrowError(expect.objectContaining({ code: 'E_INVALID_OPTION', message: expect.stringMatching(/signal.*AbortSignal/) }));
     expect(() => validateCallOptions('soon')).toThrowError(/options/);
     expect(() => validateCallOptions({ signal: new AbortController().signal, timeoutMs: 1 })).not.toThrow();
+  });
+});
+
+// The SDK's entries that need no VM take the contract too (those that do: the cancel scenario,
+// test/scenarios/scripts/cancel.ts, and test/sdk/exec.test.ts).
+describe('the contract on every SDK entry that needs no VM', () => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'corral-callopts-'));
+  const supervisor = new Supervisor({ stateDir });
+  afterAll(async () => {
+    await supervisor.close();
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+  const aborted = () => ({ signal: AbortSignal.abort(new Error('no')) });
+  it.each([
+    ['Sandbox.list', (o: object) => Sandbox.list({ supervisor, ...o })],
+    ['Sandbox.get', (o: object) => Sandbox.get('nope', { supervisor, ...o })],
+    ['Sandbox.logs', (o: object) => Sandbox.logs('nope', { supervisor, ...o })],
+    ['Sandbox.remove', (o: object) => Sandbox.remove('nope', { supervisor, ...o })],
+    ['Volume.list', (o: object) => Volume.list({ supervisor, ...o })],
+    ['Volume.create', (o: object) => Volume.create('v1', { supervisor, ...o })],
+    ['Volume.remove', (o: object) => Volume.remove('v1', { supervisor, ...o })],
+    ['Snapshot.list', (o: object) => Snapshot.list({ supervisor, ...o })],
+    ['Snapshot.remove', (o: object) => Snapshot.remove('nope', { supervisor, ...o })],
+    ['Image.list', (o: object) => Image.list({ stateDir, ...o })],
+    ['Image.prune', (o: object) => Image.prune({ stateDir, ...o })],
+  ])('%s: an aborted signal rejects E_ABORTED, a bad timeoutMs E_INVALID_OPTION', async (_, call) => {
+    await expect(call(aborted())).rejects.toMatchObject({ code: 'E_ABORTED' });
+    await expect(call({ timeoutMs: 0 })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('timeoutMs') });
   });
 });
