@@ -59,12 +59,8 @@ export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareResto
   const pong = performance.now() - t0;
   let firstExec: number | undefined;
   if (o.firstExec) {
-    await new Promise<void>((resolve, reject) => {
-      vm.agent.exec(
-        { argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' },
-        { started: () => {}, stdout: () => {}, stderr: () => {}, exited: (code) => (code === 0 ? resolve() : reject(new Error(`true exited ${code}`))), failed: reject },
-      );
-    });
+    const code = await vm.agent.run({ argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' });
+    if (code !== 0) throw new Error(`true exited ${code}`);
     firstExec = performance.now() - t0;
   }
   vm.kill();

@@ -417,12 +417,8 @@ export class SandboxActor implements SandboxWorkerApi {
         bootTimeoutMs: this.#config.bootTimeoutMs,
       });
       const booted = vm;
-      await new Promise<void>((resolve, reject) => {
-        booted.agent.exec(
-          { argv: ['true'], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' },
-          { started: () => {}, stdout: () => {}, stderr: () => {}, exited: (code) => (code === 0 ? resolve() : reject(new Error(`warm-up exec exited ${code}`))), failed: reject },
-        );
-      });
+      const code = await booted.agent.run({ argv: ['true'], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' });
+      if (code !== 0) throw new Error(`warm-up exec exited ${code}`);
       await booted.qmp.execute('stop');
       this.#emit({ type: 'template.spare', key: tpl.key, makeMs: performance.now() - t0 });
       // A spare that dies before a sandbox takes it leaves no overlay (once taken, the file
@@ -681,19 +677,8 @@ export class SandboxActor implements SandboxWorkerApi {
 
   /** Creates the workdir in the writable layer (images rarely ship it). */
   async #ensureWorkdir(): Promise<void> {
-    const vm = this.#requireVm();
-    await new Promise<void>((resolve, reject) => {
-      vm.agent.exec(
-        { argv: ['mkdir', '-p', this.#config.workdir], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' },
-        {
-          started: () => {},
-          stdout: () => {},
-          stderr: () => {},
-          exited: (code) => (code === 0 ? resolve() : reject(new CorralError('E_BOOT_FAILED', `could not create workdir ${this.#config.workdir} (mkdir exit ${code})`))),
-          failed: reject,
-        },
-      );
-    });
+    const code = await this.#requireVm().agent.run({ argv: ['mkdir', '-p', this.#config.workdir], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' });
+    if (code !== 0) throw new CorralError('E_BOOT_FAILED', `could not create workdir ${this.#config.workdir} (mkdir exit ${code})`);
   }
 
   // ── events ─────────────────────────────────────────────────────────────────

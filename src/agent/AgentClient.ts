@@ -219,6 +219,19 @@ export class AgentClient {
   }
 
   /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
+  /**
+   * Runs a command whose output nobody reads and resolves with its exit code (null when a
+   * signal ended it); rejects if it could not run. For the host's own commands in the guest.
+   *
+   * @example
+   * if ((await agent.run({ argv: ['true'], env: [], cwd: '/' })) !== 0) throw …;
+   */
+  run(spec: ExecSpec): Promise<number | null> {
+    return new Promise((resolve, reject) => {
+      this.exec(spec, { started: () => {}, stdout: () => {}, stderr: () => {}, exited: (code) => resolve(code), failed: reject });
+    });
+  }
+
   exec(spec: ExecSpec, handlers: ExecHandlers): ExecSession {
     this.#assertOpen();
     if (this.#sessions.size >= this.#maxSessions) {

@@ -23,7 +23,7 @@ export function processAlive(pid: number): boolean {
 export function isSandboxVm(pid: number, sandboxDir: string, name: string): boolean {
   const argv = ifMissing(() => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'), undefined);
   if (!argv?.some((a) => a.includes('qemu-system'))) return false;
-  if (argv.some((a) => a === `corral.hostname=${name}` || a.includes(` corral.hostname=${name} `) || a.endsWith(` corral.hostname=${name}`))) return true;
+  if (argv.some((a) => a.split(' ').includes(`corral.hostname=${name}`))) return true;
   const prefix = `${sandboxDir.replace(/\/+$/, '')}/`;
   const fds = ifMissing(() => readdirSync(`/proc/${pid}/fd`), []);
   return fds.some((fd) => ifMissing(() => readlinkSync(join(`/proc/${pid}/fd`, fd)), '').startsWith(prefix));

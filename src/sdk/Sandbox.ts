@@ -184,8 +184,10 @@ export class Sandbox {
 
   /** Every known sandbox, with its status (records left by dead processes are repaired). */
   static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
-    validateCallOptions(options);
-    if (options.signal?.aborted) throw new CorralError('E_ABORTED', 'list of sandboxes was aborted', { cause: options.signal.reason });
+    return bounded('list of sandboxes', options, async () => Sandbox.#list(options));
+  }
+
+  static #list(options: ListOptions): SandboxSummary[] {
     const sup = options.supervisor ?? getDefaultSupervisor();
     const rows = sup
       .list(options.labels ? { labels: options.labels } : {})
