@@ -55,6 +55,9 @@ enum frame_type {
 	T_FS_REPLY = 18,
 	T_RESIZE = 19,
 	T_STDIN_ACK = 20,
+	T_OUTPUT_ACK = 21,
+	T_PROBE = 22,
+	T_PROBE_REPLY = 23,
 };
 
 #define HEADER_SIZE 12
@@ -69,6 +72,11 @@ enum frame_type {
 #define EXEC_USER 8u                       /* protocol 3: str user follows */
 #define EXEC_CREDIT 16u                    /* protocol 4: acknowledge stdin with STDIN_ACK */
 #define STDIN_ACK_MIN (64u * 1024)         /* acknowledge at least this much at once (or all, once drained) */
+#define EXEC_OUT_CREDIT 32u                /* protocol 5: output waits for OUTPUT_ACK */
+#define OUTPUT_WINDOW (2u * 1024 * 1024)   /* unacknowledged output of an OUT_CREDIT session */
+#define PROBE_SPAWN 1u                     /* protocol 5: time spawns of a command */
+#define PROBE_SINK 2u                      /* protocol 5: send N bytes of the agent's own */
+#define PROBE_MAX_SPAWNS 1000u
 #define EXIT_OOM 1u                        /* EXIT flags: the guest's OOM killer struck */
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_GROUPS 64
@@ -214,6 +222,9 @@ struct session {
 	uint64_t in_recv;  /* stdin bytes received from the host */
 	uint64_t in_done;  /* of those, written to the child or dropped (may pass in_recv by a tty's ^D) */
 	uint64_t in_acked; /* of those, acknowledged with STDIN_ACK */
+	bool out_credit;   /* exec flag OUT_CREDIT: output waits for OUTPUT_ACK */
+	uint64_t out_sent; /* STDOUT/STDERR payload bytes queued for the host */
+	uint64_t out_acked;/* of those, acknowledged with OUTPUT_ACK */
 	bool tty;          /* out_fd is a pty master */
 	bool cgroup;       /* runs in CGROUP_ROOT/exec-<id> */
 	uint64_t oom_base; /* that cgroup's oom_kill count at start */
@@ -236,6 +247,16 @@ static bool cgroups_ok;           /* per-exec cgroups (memory.events) available 
 
 /* ---- frame output ---- */
 
+/* The last frame in outq while nothing was queued after it: child output of the same
+ * session and stream is appended to it while it is still wholly unsent, so a child that
+ * writes in small pieces while the host is behind costs a few large frames, not many
+ * small ones (the host pays per frame). */
+static struct {
+	bool valid;
+	uint16_t type;
+	uint32_t id, len;
+} tail;
+
 static void put_header(uint8_t *p, uint32_t len, uint32_t session, uint16_t type)
 {
 	put_u32(p, len);
@@ -256,6 +277,7 @@ void send_frame(uint16_t type, uint32_t session, const void *payload, size_t len
 	if (len)
 		memcpy(p + HEADER_SIZE, payload, len);
 	buf_commit(&outq, HEADER_SIZE + len);
+	tail.valid = false;
 }
 
 /* A frame whose payload is n i32s (STARTED: 1, EXIT: 2). */
@@ -503,17 +525,50 @@ static void pump_stdin(struct session *s)
 	ack_stdin(s);
 }
 
-/* Reads one chunk of child output straight into the output queue as a frame. Returns
- * whether it got data. On EOF it closes the pipe and may finish the session. */
-static bool pump_output(struct session *s, int *fd, uint16_t type)
+/* How many output bytes the session may queue now: an OUT_CREDIT session stops at
+ * OUTPUT_WINDOW unacknowledged ones (its child then blocks on a full pipe). */
+static size_t output_room(const struct session *s)
 {
-	uint8_t *p = buf_reserve(&outq, HEADER_SIZE + OUTPUT_CHUNK);
+	if (!s->out_credit)
+		return OUTPUT_CHUNK;
+	uint64_t held = s->out_sent - s->out_acked;
+	if (held >= OUTPUT_WINDOW)
+		return 0;
+	return OUTPUT_WINDOW - held < OUTPUT_CHUNK ? OUTPUT_WINDOW - held : OUTPUT_CHUNK;
+}
+
+/* Reads one chunk of child output straight into the output queue: appended to the tail
+ * frame when that is the same session's and stream's and still unsent, else as a new
+ * frame. drain: the session is being finished, take what is there whatever the window.
+ * Returns whether it got data. On EOF it closes the pipe and may finish the session. */
+static bool pump_output(struct session *s, int *fd, uint16_t type, bool drain)
+{
+	size_t room = drain ? OUTPUT_CHUNK : output_room(s);
+	if (room == 0)
+		return false;
+	bool extend = tail.valid && tail.id == s->id && tail.type == type && tail.len < OUTPUT_CHUNK &&
+		      outq.len >= HEADER_SIZE + tail.len;
+	if (extend && room > OUTPUT_CHUNK - tail.len)
+		room = OUTPUT_CHUNK - tail.len;
+	uint8_t *p = buf_reserve(&outq, extend ? room : HEADER_SIZE + room);
 	if (!p)
 		return false; /* out of memory: leave it in the pipe for now */
-	ssize_t n = read(*fd, p + HEADER_SIZE, OUTPUT_CHUNK);
+	ssize_t n = read(*fd, extend ? p : p + HEADER_SIZE, room);
 	if (n > 0) {
-		put_header(p, n, s->id, type);
-		buf_commit(&outq, HEADER_SIZE + n);
+		if (extend) {
+			/* p is the end of the queue; the tail frame's header sits before its payload. */
+			put_u32(p - tail.len - HEADER_SIZE, tail.len + n);
+			tail.len += n;
+			buf_commit(&outq, n);
+		} else {
+			put_header(p, n, s->id, type);
+			buf_commit(&outq, HEADER_SIZE + n);
+			tail.valid = true;
+			tail.type = type;
+			tail.id = s->id;
+			tail.len = n;
+		}
+		s->out_sent += n;
 		return true;
 	}
 	if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -526,7 +581,7 @@ static bool pump_output(struct session *s, int *fd, uint16_t type)
 /* Takes what is already in a pipe (at most 1 MiB, the largest pipe buffer) and closes it. */
 static void drain_and_close(struct session *s, int *fd, uint16_t type)
 {
-	for (int i = 0; i < 16 && *fd >= 0 && pump_output(s, fd, type); i++) {
+	for (int i = 0; i < 16 && *fd >= 0 && pump_output(s, fd, type, true); i++) {
 	}
 	close_fd(fd);
 }
@@ -591,7 +646,7 @@ static bool parse_exec(const uint8_t *payload, uint32_t len, struct exec_req *r)
 			return false;
 	}
 	if (!rd_done(&rd) || argc < 1 ||
-	    (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR | EXEC_TTY | EXEC_USER | EXEC_CREDIT)))
+	    (r->flags & ~(EXEC_STDIN | EXEC_MERGE_STDERR | EXEC_TTY | EXEC_USER | EXEC_CREDIT | EXEC_OUT_CREDIT)))
 		return false;
 	for (uint32_t i = 0; i < envc; i++) {
 		const char *eq = strchr(r->envp[i], '=');
@@ -1022,6 +1077,7 @@ static void start_exec(uint32_t id, struct exec_req *r)
 	s->pid = pid;
 	s->stdin_used = r->flags & EXEC_STDIN;
 	s->credit = (r->flags & EXEC_STDIN) && (r->flags & EXEC_CREDIT);
+	s->out_credit = r->flags & EXEC_OUT_CREDIT;
 	s->tty = tty;
 	s->cgroup = cgroups_ok;
 	s->oom_base = oom_base;
@@ -1152,6 +1208,154 @@ static void on_resize(uint32_t id, const uint8_t *payload, uint32_t len)
 	struct winsize ws = { .ws_row = rows, .ws_col = cols };
 	if (ioctl(s->out_fd, TIOCSWINSZ, &ws) < 0)
 		logmsg("TIOCSWINSZ: %s", strerror(errno));
+}
+
+static void on_output_ack(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	uint32_t n = len == 4 ? get_u32(payload) : 0;
+	if (id == 0 || n == 0) {
+		complain(EINVAL, "malformed OUTPUT_ACK for session %u", id);
+		return;
+	}
+	struct session *s = session_find(id);
+	if (!s)
+		return; /* crossed the session's EXIT in flight */
+	if (!s->out_credit || n > s->out_sent - s->out_acked) {
+		complain(EINVAL, "OUTPUT_ACK of %u bytes for session %u, which has %llu unacknowledged", n, id,
+			 (unsigned long long)(s->out_credit ? s->out_sent - s->out_acked : 0));
+		return;
+	}
+	s->out_acked += n;
+}
+
+/* ---- probes: floors for the host's benchmarks (PROTOCOL.md, "Probes") ---- */
+
+static uint64_t clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The SINK in progress (one at a time): bytes still to send as STDOUT on its session. */
+static struct {
+	bool active;
+	uint32_t id;
+	uint64_t left, t0;
+} sink;
+static const uint8_t sink_bytes[OUTPUT_CHUNK];
+
+/* Queues SINK frames while the output queue has room; answers once all are queued. */
+static void sink_top_up(void)
+{
+	while (sink.active && sink.left > 0 && outq.len < OUTQ_PAUSE_CHILDREN) {
+		size_t n = sink.left < OUTPUT_CHUNK ? sink.left : OUTPUT_CHUNK;
+		send_frame(T_STDOUT, sink.id, sink_bytes, n);
+		sink.left -= n;
+	}
+	if (sink.active && sink.left == 0) {
+		uint8_t p[12];
+		put_u32(p, 0);
+		put_u64(p + 4, clock_ns() - sink.t0);
+		send_frame(T_PROBE_REPLY, sink.id, p, sizeof p);
+		sink.active = false;
+	}
+}
+
+static void probe_fail(uint32_t id, int err, const char *msg)
+{
+	uint8_t p[8 + 128];
+	size_t ml = strlen(msg);
+	put_u32(p, (uint32_t)err);
+	put_u32(p + 4, ml);
+	memcpy(p + 8, msg, ml);
+	send_frame(T_PROBE_REPLY, id, p, 8 + ml);
+}
+
+/* SPAWN: runs argv count times, one after another, each from vfork to its reaping, stdio on
+ * /dev/null; the agent serves nothing else meanwhile (a diagnostic, not an exec). */
+static void probe_spawn(uint32_t id, struct reader *rd, uint32_t len)
+{
+	char *pool = malloc((size_t)len + 1), *at = pool;
+	uint32_t count = rd_u32(rd), argc = 0, envc = 0;
+	char **argv = pool ? rd_strlist(rd, &at, &argc) : NULL;
+	char **envp = argv ? rd_strlist(rd, &at, &envc) : NULL;
+	uint8_t *reply = NULL;
+	if (!pool || !envp || !rd_done(rd) || argc < 1 || count < 1 || count > PROBE_MAX_SPAWNS) {
+		probe_fail(id, EINVAL, "malformed SPAWN probe");
+		goto out;
+	}
+	reply = malloc(12 + 8 * (size_t)count);
+	if (!reply) {
+		probe_fail(id, ENOMEM, "out of memory");
+		goto out;
+	}
+	int status = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		uint64_t t0 = clock_ns();
+		pid_t pid = vfork();
+		if (pid == 0) {
+			sigset_t none;
+			sigemptyset(&none);
+			sigprocmask(SIG_SETMASK, &none, NULL);
+			signal(SIGPIPE, SIG_DFL);
+			int nul = open("/dev/null", O_RDWR);
+			if (nul >= 0) {
+				dup2(nul, 0);
+				dup2(nul, 1);
+				dup2(nul, 2);
+			}
+			exec_search(argv, envp);
+			_exit(127);
+		}
+		if (pid < 0) {
+			probe_fail(id, errno, "vfork failed");
+			goto out;
+		}
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+		}
+		put_u64(reply + 8 + 8 * (size_t)i, clock_ns() - t0);
+	}
+	put_u32(reply, 0);
+	put_u32(reply + 4, count);
+	put_u32(reply + 8 + 8 * (size_t)count, (uint32_t)status);
+	send_frame(T_PROBE_REPLY, id, reply, 12 + 8 * (size_t)count);
+out:
+	free(reply);
+	free(argv);
+	free(envp);
+	free(pool);
+}
+
+static void on_probe(uint32_t id, const uint8_t *payload, uint32_t len)
+{
+	if (id == 0) {
+		complain(EINVAL, "PROBE on session 0");
+		return;
+	}
+	if (session_find(id) || fs_session_live(id) || (sink.active && sink.id == id)) {
+		probe_fail(id, EBUSY, "session is live");
+		return;
+	}
+	struct reader rd = { payload, len, 0, false };
+	uint32_t op = rd_u32(&rd);
+	if (op == PROBE_SPAWN) {
+		probe_spawn(id, &rd, len);
+	} else if (op == PROBE_SINK) {
+		uint32_t lo = rd_u32(&rd), hi = rd_u32(&rd);
+		if (!rd_done(&rd))
+			probe_fail(id, EINVAL, "malformed SINK probe");
+		else if (sink.active)
+			probe_fail(id, EBUSY, "a SINK probe is running");
+		else {
+			sink.active = true;
+			sink.id = id;
+			sink.left = (uint64_t)hi << 32 | lo;
+			sink.t0 = clock_ns();
+		}
+	} else {
+		probe_fail(id, EINVAL, "unknown probe");
+	}
 }
 
 static void kill_all_sessions(void)
@@ -1294,6 +1498,12 @@ static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_
 	case T_RESIZE:
 		on_resize(id, payload, len);
 		break;
+	case T_OUTPUT_ACK:
+		on_output_ack(id, payload, len);
+		break;
+	case T_PROBE:
+		on_probe(id, payload, len);
+		break;
 	}
 }
 
@@ -1301,7 +1511,7 @@ static bool host_frame_type(uint16_t type)
 {
 	return type == T_EXEC || type == T_STDIN || type == T_SIGNAL || type == T_SHUTDOWN ||
 	       type == T_PING || type == T_CONFIGURE || type == T_SETUP || type == T_FS ||
-	       type == T_RESIZE;
+	       type == T_RESIZE || type == T_OUTPUT_ACK || type == T_PROBE;
 }
 
 /* Handles every whole frame in inq. A rejected header's payload is skipped (skip_bytes),
@@ -1533,9 +1743,10 @@ static int build_poll_set(int *timeout)
 			continue;
 		if (s->in_fd >= 0 && s->inq.len > 0)
 			watch_fd(&n, s->in_fd, POLLOUT, W_STDIN, s);
-		if (read_children && s->out_fd >= 0)
+		bool room = read_children && output_room(s) > 0;
+		if (room && s->out_fd >= 0)
 			watch_fd(&n, s->out_fd, POLLIN, W_STDOUT, s);
-		if (read_children && s->err_fd >= 0)
+		if (room && s->err_fd >= 0)
 			watch_fd(&n, s->err_fd, POLLIN, W_STDERR, s);
 	}
 	return n;
@@ -1555,9 +1766,9 @@ static void handle_child_fd(const struct pollfd *pfd, const struct watch *w)
 			ack_stdin(s);
 		}
 	} else if (w->kind == W_STDOUT && s->out_fd == pfd->fd) {
-		pump_output(s, &s->out_fd, T_STDOUT);
+		pump_output(s, &s->out_fd, T_STDOUT, false);
 	} else if (w->kind == W_STDERR && s->err_fd == pfd->fd) {
-		pump_output(s, &s->err_fd, T_STDERR);
+		pump_output(s, &s->err_fd, T_STDERR, false);
 	}
 }
 
@@ -1565,7 +1776,12 @@ static void serve(void)
 {
 	send_hello();
 	for (;;) {
-		port_flush();
+		/* A SINK refills the queue as the port drains it, until the port pushes back
+		 * (then POLLOUT brings the loop back here). */
+		do {
+			sink_top_up();
+			port_flush();
+		} while (sink.active && outq.len == 0 && !port_backoff_until);
 		int timeout, n = build_poll_set(&timeout);
 		if (poll(pfds, n, timeout) < 0) {
 			if (errno != EINTR)

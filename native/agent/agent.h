@@ -15,7 +15,7 @@
 #include <sys/types.h>
 
 #define AGENT_VERSION "0.1.0"
-#define PROTOCOL_VERSION 4
+#define PROTOCOL_VERSION 5
 
 /* Name of the virtio-serial port the host exposes for us. */
 #define AGENT_PORT_NAME "corral.agent"
@@ -87,6 +87,12 @@ static inline void put_u32(uint8_t *p, uint32_t v)
 	p[1] = v >> 8;
 	p[2] = v >> 16;
 	p[3] = v >> 24;
+}
+
+static inline void put_u64(uint8_t *p, uint64_t v)
+{
+	put_u32(p, (uint32_t)v);
+	put_u32(p + 4, (uint32_t)(v >> 32));
 }
 
 /* Shared by agent.c and setup.c: every read of a guest-bound payload is bounds-checked. */

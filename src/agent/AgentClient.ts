@@ -17,7 +17,10 @@ import {
   FrameType,
   MAX_PAYLOAD,
   MIN_PROTOCOL_VERSION,
+  OUTPUT_DRAIN_ALLOWANCE,
+  OUTPUT_WINDOW,
   PROTOCOL_VERSION,
+  ProbeOp,
   PayloadReader,
   PayloadWriter,
   STDIN_WINDOW,
@@ -51,6 +54,28 @@ export interface ExecSpec {
   readonly tty?: { readonly cols: number; readonly rows: number };
   /** `name`, `uid`, `name:group` or `uid:gid`, resolved by the agent from the guest's /etc files (protocol 3). */
   readonly user?: string;
+  /**
+   * Output flow control (protocol 5; ignored by older agents): the agent sends at most
+   * {@link OUTPUT_WINDOW} output bytes the host has not acknowledged with
+   * {@link ExecSession.ackOutput}, so a consumer that stops reading stops the command.
+   */
+  readonly outputCredit?: boolean;
+}
+
+/** What a SPAWN probe measured: each run's ns (vfork to reaped), timed by the agent. */
+export interface SpawnProbe {
+  readonly ns: readonly number[];
+  /** The last run's wait status (0 = exited 0). */
+  readonly status: number;
+}
+
+/** What a SINK probe measured. */
+export interface SinkProbe {
+  readonly bytes: number;
+  /** The agent's ns from the request to its last frame queued. */
+  readonly guestNs: number;
+  /** The host's ms from the request to the reply (all bytes read). */
+  readonly hostMs: number;
 }
 
 /** How an exec ended, beyond its status. */
@@ -101,6 +126,14 @@ export interface ExecSession {
   signal(signo: number): void;
   /** Sets a tty exec's window size (the guest process gets SIGWINCH). */
   resize(cols: number, rows: number): void;
+  /**
+   * With `outputCredit`: `bytes` more of the output this session delivered were consumed,
+   * and the agent may send that many more (at most what was delivered and not yet
+   * acknowledged is sent on; a no-op without credit or once the session is over).
+   */
+  ackOutput(bytes: number): void;
+  /** Output bytes delivered and not yet acknowledged (0 without output credit). */
+  readonly outputUnacked: number;
 }
 
 /** Limits that keep a hostile guest from exhausting the host. */
@@ -124,6 +157,16 @@ interface Live {
   started: boolean;
   /** Protocol 4 stdin flow control; undefined for an exec without stdin or an older agent. */
   readonly credit: StdinCredit | undefined;
+  /** Protocol 5 output flow control: delivered and acknowledged output bytes; undefined without. */
+  readonly output: { received: number; acked: number } | undefined;
+}
+
+interface ProbeWaiter {
+  readonly decode: (r: PayloadReader) => unknown;
+  readonly resolve: (v: unknown) => void;
+  readonly reject: (e: Error) => void;
+  /** STDOUT bytes a SINK probe delivered so far. */
+  sunk: number;
 }
 
 interface StdinCredit {
@@ -170,6 +213,7 @@ export class AgentClient {
   #configured: Array<() => void> = [];
   #setups: Array<{ resolve(): void; reject(e: Error): void; describe(index: number): string }> = [];
   readonly #fs = new Map<number, FsWaiter[]>();
+  readonly #probes = new Map<number, ProbeWaiter>();
   #error: Error | undefined;
   #closed = false;
   #hello: AgentHello | undefined;
@@ -241,12 +285,14 @@ export class AgentClient {
     if (spec.tty || spec.user !== undefined) this.#requireProtocol(3, spec.tty ? 'tty execs' : 'exec users');
     const id = this.#allocateId();
     const credit = spec.stdin === true && (this.#hello?.protocolVersion ?? 0) >= 4;
+    const outputCredit = spec.outputCredit === true && (this.#hello?.protocolVersion ?? 0) >= 5;
     const flags =
       (spec.stdin ? ExecFlags.STDIN : 0) |
       (spec.mergeStderr ? ExecFlags.MERGE_STDERR : 0) |
       (spec.tty ? ExecFlags.TTY : 0) |
       (spec.user !== undefined ? ExecFlags.USER : 0) |
-      (credit ? ExecFlags.CREDIT : 0);
+      (credit ? ExecFlags.CREDIT : 0) |
+      (outputCredit ? ExecFlags.OUT_CREDIT : 0);
     const w = new PayloadWriter()
       .u32(flags)
       .strList(spec.argv)
@@ -258,7 +304,12 @@ export class AgentClient {
     if (spec.user !== undefined) w.str(spec.user);
     const payload = w.finish();
     if (payload.length > MAX_PAYLOAD) throw new RangeError(`exec request of ${payload.length} bytes exceeds ${MAX_PAYLOAD} (argv + env too large)`);
-    const live: Live = { handlers, started: false, credit: credit ? { inFlight: 0, peak: 0, queue: [], eof: false } : undefined };
+    const live: Live = {
+      handlers,
+      started: false,
+      credit: credit ? { inFlight: 0, peak: 0, queue: [], eof: false } : undefined,
+      output: outputCredit ? { received: 0, acked: 0 } : undefined,
+    };
     this.#sessions.set(id, live);
     this.#send(FrameType.EXEC, id, payload);
     const open = () => this.#sessions.get(id) === live && !this.#closed;
@@ -301,7 +352,60 @@ export class AgentClient {
         if (!this.#sessions.has(id) || this.#closed) return;
         this.#send(FrameType.RESIZE, id, new PayloadWriter().u32(cols).u32(rows).finish());
       },
+      ackOutput: (bytes) => {
+        const o = live.output;
+        if (!o || !open()) return;
+        const n = Math.min(Math.floor(bytes), o.received - o.acked);
+        if (!(n > 0)) return;
+        o.acked += n;
+        this.#send(FrameType.OUTPUT_ACK, id, new PayloadWriter().u32(n).finish());
+      },
+      get outputUnacked() {
+        return live.output ? live.output.received - live.output.acked : 0;
+      },
     };
+  }
+
+  /**
+   * Times `count` runs of a command in the guest, each from the agent's vfork to its reaping,
+   * stdio on /dev/null (protocol 5). The agent serves nothing else meanwhile: for benchmarks'
+   * floors, not for work.
+   */
+  probeSpawn(argv: readonly string[], env: readonly string[], count: number): Promise<SpawnProbe> {
+    const payload = new PayloadWriter().u32(ProbeOp.SPAWN).u32(count).strList(argv).strList(env).finish();
+    return this.#probe(payload, (r) => {
+      const n = r.u32();
+      if (n !== count) throw new CorralError('E_PROTOCOL', `guest answered a SPAWN probe of ${count} runs with ${n}`);
+      const ns: number[] = [];
+      for (let i = 0; i < n; i++) ns.push(r.u64());
+      return { ns, status: r.i32() };
+    }) as Promise<SpawnProbe>;
+  }
+
+  /**
+   * Has the agent send `bytes` bytes of its own (no child, no pipe) as output frames, read
+   * and counted here without copying: the raw guest→host port throughput (protocol 5).
+   */
+  async probeSink(bytes: number): Promise<SinkProbe> {
+    const t0 = performance.now();
+    const payload = new PayloadWriter().u32(ProbeOp.SINK).u32(bytes % 2 ** 32).u32(Math.floor(bytes / 2 ** 32)).finish();
+    let waiter: ProbeWaiter | undefined;
+    const guestNs = (await this.#probe(payload, (r) => r.u64(), (w) => (waiter = w))) as number;
+    const got = waiter?.sunk ?? 0;
+    if (got !== bytes) throw new CorralError('E_PROTOCOL', `guest answered a SINK probe of ${bytes} bytes after ${got}`);
+    return { bytes, guestNs, hostMs: performance.now() - t0 };
+  }
+
+  #probe(payload: Uint8Array, decode: (r: PayloadReader) => unknown, onWaiter?: (w: ProbeWaiter) => void): Promise<unknown> {
+    this.#assertOpen();
+    this.#requireProtocol(5, 'probes');
+    const id = this.#allocateId();
+    return new Promise((resolve, reject) => {
+      const w: ProbeWaiter = { decode, resolve, reject, sunk: 0 };
+      onWaiter?.(w);
+      this.#probes.set(id, w);
+      this.#send(FrameType.PROBE, id, payload);
+    });
   }
 
   /** Opens an FS session (protocol 3). Throws if the connection is broken or the agent too old. */
@@ -460,7 +564,7 @@ export class AgentClient {
     for (;;) {
       const id = this.#nextId;
       this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-      if (!this.#sessions.has(id) && !this.#orphans.has(id) && !this.#fs.has(id)) return id;
+      if (!this.#sessions.has(id) && !this.#orphans.has(id) && !this.#fs.has(id) && !this.#probes.has(id)) return id;
     }
   }
 
@@ -473,7 +577,19 @@ export class AgentClient {
     let frames: Frame[];
     try {
       frames = this.#decoder.push(chunk);
-      for (const f of frames) this.#dispatch(f);
+      for (let i = 0; i < frames.length; i++) {
+        const f = frames[i]!;
+        // A guest that writes in small pieces sends many small output frames, and every
+        // one handed on costs an event up the stack: the output frames of one session and
+        // stream that follow each other in this read go on as one chunk (order kept).
+        let j = i + 1;
+        if ((f.type === FrameType.STDOUT || f.type === FrameType.STDERR) && !this.#probes.has(f.session)) {
+          while (j < frames.length && frames[j]!.type === f.type && frames[j]!.session === f.session) j++;
+        }
+        if (j === i + 1) this.#dispatch(f);
+        else this.#dispatch({ type: f.type, session: f.session, payload: concatPayloads(frames, i, j) });
+        i = j - 1;
+      }
     } catch (err) {
       this.#fail(err instanceof Error ? err : new Error(String(err)));
     }
@@ -513,6 +629,13 @@ export class AgentClient {
       }
       case FrameType.FS_REPLY:
         return this.#onFsReply(f);
+      case FrameType.PROBE_REPLY:
+        return this.#onProbeReply(f);
+    }
+    const probe = this.#probes.get(f.session);
+    if (probe && f.type === FrameType.STDOUT) {
+      probe.sunk += f.payload.byteLength;
+      return;
     }
     const live = this.#sessions.get(f.session);
     if (!live && this.#orphans.has(f.session)) {
@@ -532,8 +655,14 @@ export class AgentClient {
       case FrameType.STDOUT:
       case FrameType.STDERR:
         if (!live.started) throw new CorralError('E_PROTOCOL', `guest sent output before STARTED on session ${f.session}`);
-        // Copy: the payload is a view into a decoder buffer that may be reused.
-        return f.type === FrameType.STDOUT ? live.handlers.stdout(Uint8Array.prototype.slice.call(f.payload)) : live.handlers.stderr(Uint8Array.prototype.slice.call(f.payload));
+        if (live.output) {
+          live.output.received += f.payload.byteLength;
+          const held = live.output.received - live.output.acked;
+          if (held > OUTPUT_WINDOW + OUTPUT_DRAIN_ALLOWANCE) throw new CorralError('E_PROTOCOL', `guest sent ${held} unacknowledged output bytes on session ${f.session} (window ${OUTPUT_WINDOW})`);
+        }
+        // Copy: the payload is a view into a decoder buffer that may be reused (a merged
+        // payload is a fresh copy already).
+        return f.type === FrameType.STDOUT ? live.handlers.stdout(ownBytes(f.payload)) : live.handlers.stderr(ownBytes(f.payload));
       case FrameType.EXIT: {
         if (!live.started) throw new CorralError('E_PROTOCOL', `guest sent EXIT before STARTED on session ${f.session}`);
         const r = new PayloadReader(f.payload, 'EXIT');
@@ -604,6 +733,22 @@ export class AgentClient {
     waiter.resolve(value);
   }
 
+  #onProbeReply(f: Frame): void {
+    const w = this.#probes.get(f.session);
+    if (!w) throw new CorralError('E_PROTOCOL', `guest sent PROBE_REPLY for session ${f.session}, which has no probe pending`);
+    this.#probes.delete(f.session);
+    const r = new PayloadReader(f.payload, 'PROBE_REPLY');
+    const errno = r.i32();
+    if (errno !== 0) {
+      const message = r.str(4096);
+      r.end();
+      return w.reject(new CorralError('E_AGENT', `guest probe failed: ${message} (${errnoName(errno)})`, { details: { errno } }));
+    }
+    const value = w.decode(r);
+    r.end();
+    w.resolve(value);
+  }
+
   #onError(f: Frame): void {
     const r = new PayloadReader(f.payload, 'ERROR');
     const errno = r.i32();
@@ -631,6 +776,27 @@ export class AgentClient {
     const fs = [...this.#fs.values()].flat();
     this.#fs.clear();
     for (const w of fs) w.reject(err);
+    const probes = [...this.#probes.values()];
+    this.#probes.clear();
+    for (const w of probes) w.reject(err);
     this.#socket.destroy();
   }
+}
+
+/** One fresh buffer holding the payloads of frames[from, to). */
+function concatPayloads(frames: readonly Frame[], from: number, to: number): Uint8Array {
+  let n = 0;
+  for (let k = from; k < to; k++) n += frames[k]!.payload.byteLength;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (let k = from; k < to; k++) {
+    out.set(frames[k]!.payload, at);
+    at += frames[k]!.payload.byteLength;
+  }
+  return out;
+}
+
+/** `bytes` as a Uint8Array that owns its whole ArrayBuffer (transferable, not a view into a pool). */
+function ownBytes(bytes: Uint8Array): Uint8Array {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes instanceof Buffer) ? bytes : Uint8Array.prototype.slice.call(bytes);
 }

@@ -11,7 +11,7 @@ import { CorralError } from '../errors.ts';
 export const HEADER_SIZE = 12;
 /** Largest payload either side may send (1 MiB). */
 export const MAX_PAYLOAD = 1024 * 1024;
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 /** The oldest agent protocol the host still speaks (version 1 has no SETUP frame). */
 export const MIN_PROTOCOL_VERSION = 1;
 
@@ -39,6 +39,11 @@ export const FrameType = {
   RESIZE: 19,
   /** Protocol 4: stdin bytes of a CREDIT exec that left the agent's buffer (flow control). */
   STDIN_ACK: 20,
+  /** Protocol 5: output bytes of an OUT_CREDIT exec the host's consumer took (flow control). */
+  OUTPUT_ACK: 21,
+  /** Protocol 5: a diagnostic for the benchmarks' floors (spawn timing, raw port throughput). */
+  PROBE: 22,
+  PROBE_REPLY: 23,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
@@ -56,9 +61,25 @@ export const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.SETUP_DONE,
   FrameType.FS_REPLY,
   FrameType.STDIN_ACK,
+  FrameType.PROBE_REPLY,
 ]);
 
-export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8, CREDIT: 16 } as const;
+export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8, CREDIT: 16, OUT_CREDIT: 32 } as const;
+
+/**
+ * Most output bytes (STDOUT + STDERR payload) of one OUT_CREDIT exec (protocol 5) the agent
+ * sends before the host acknowledges them with OUTPUT_ACK: a consumer that does not read
+ * holds the guest's writer back at this many bytes.
+ */
+export const OUTPUT_WINDOW = 2 * 1024 * 1024;
+/**
+ * What the agent may send past the window: a session the host finishes with SIGNAL once its
+ * command is gone has what its pipes hold (≤ 16 chunks) sent regardless.
+ */
+export const OUTPUT_DRAIN_ALLOWANCE = 16 * 64 * 1024;
+
+/** PROBE ops (protocol 5). */
+export const ProbeOp = { SPAWN: 1, SINK: 2 } as const;
 
 /**
  * Most stdin bytes of one CREDIT exec (protocol 4) the host keeps unacknowledged by
