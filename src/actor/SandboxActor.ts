@@ -18,7 +18,7 @@ import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type
 import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
-import type { EventEnvelope, ExecRequest, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
+import type { EventEnvelope, ExecRequest, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -159,6 +159,11 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#session(execId).resize(cols, rows);
   }
 
+  ackOutput(execId: number, bytes: number): void {
+    // The exec may have ended while the acknowledgement was on its way: nothing to give back.
+    this.#sessions.get(execId)?.ackOutput(bytes);
+  }
+
   fs(call: FsCall): Promise<FsCallResult> {
     return this.#fs.call(call);
   }
@@ -226,6 +231,20 @@ export class SandboxActor implements SandboxWorkerApi {
   async ping(bytes: number): Promise<number> {
     const vm = this.#requireVm();
     return vm.agent.ping(new Uint8Array(Math.min(Math.max(bytes, 0), 1000)));
+  }
+
+  async probe(req: ProbeRequest): Promise<ProbeResult> {
+    const vm = this.#requireRunning('probe');
+    if (req.op === 'sink') {
+      if (!Number.isSafeInteger(req.bytes) || req.bytes < 1) throw new InvalidOptionError('bytes', 'a positive integer', req.bytes);
+      const r = await vm.agent.probeSink(req.bytes);
+      return { op: 'sink', bytes: r.bytes, guestMs: r.guestNs / 1e6, hostMs: r.hostMs };
+    }
+    if (!Number.isInteger(req.count) || req.count < 1 || req.count > 1000) throw new InvalidOptionError('count', 'an integer from 1 to 1000', req.count);
+    if (req.argv.length === 0) throw new InvalidOptionError('argv', 'a non-empty list of strings', req.argv);
+    const env = Object.entries({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env }).map(([k, v]) => `${k}=${v}`);
+    const r = await vm.agent.probeSpawn(req.argv, env, req.count);
+    return { op: 'spawn', ms: r.ns.map((ns) => ns / 1e6), status: r.status };
   }
   async snapshot(name: string): Promise<SnapshotMeta> {
     validateName(name, 'snapshot name');
@@ -655,6 +674,7 @@ export class SandboxActor implements SandboxWorkerApi {
           cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
           stdin: req.stdin ?? false,
           mergeStderr: req.mergeStderr ?? false,
+          outputCredit: req.outputCredit ?? false,
         },
         handlers,
       );

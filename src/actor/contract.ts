@@ -49,7 +49,24 @@ export interface ExecRequest {
   readonly tty?: { readonly cols: number; readonly rows: number };
   /** `name`, `uid`, `name:group` or `uid:gid`; default the image's user. */
   readonly user?: string;
+  /**
+   * The caller acknowledges output it consumed ({@link SandboxWorkerApi.ackOutput}); the
+   * guest's command is held back once 2 MiB are unacknowledged (agent protocol 5).
+   */
+  readonly outputCredit?: boolean;
 }
+
+/** A diagnostic for the benchmarks' floors (agent protocol 5). */
+export type ProbeRequest =
+  /** Time `count` spawns of `argv` in the guest, as the agent itself sees them. */
+  | { readonly op: 'spawn'; readonly argv: readonly string[]; readonly count: number }
+  /** The agent sends `bytes` bytes of its own over the port (no child, no pipe). */
+  | { readonly op: 'sink'; readonly bytes: number };
+
+/** What a probe measured. */
+export type ProbeResult =
+  | { readonly op: 'spawn'; readonly ms: readonly number[]; readonly status: number }
+  | { readonly op: 'sink'; readonly bytes: number; readonly guestMs: number; readonly hostMs: number };
 
 /** A sandbox's facts, as `sandbox.info()` returns them. */
 export interface SandboxInfo {
@@ -80,6 +97,8 @@ export interface SandboxWorkerApi {
   signalExec(execId: number, signo: number): void;
   /** Sets a tty exec's window size. */
   resizeExec(execId: number, cols: number, rows: number): void;
+  /** `bytes` more of an `outputCredit` exec's output were consumed: the guest may send as many more. */
+  ackOutput(execId: number, bytes: number): void;
   /** One file call in the guest (src/agent/fsCalls.ts). */
   fs(call: FsCall): Promise<FsCallResult>;
   pause(): Promise<void>;
@@ -92,6 +111,8 @@ export interface SandboxWorkerApi {
   stopped(): Promise<SandboxInfo>;
   /** ms of one agent PING round trip (a raw port round trip, bypassing exec). */
   ping(bytes: number): Promise<number>;
+  /** A floor measurement through the agent (see {@link ProbeRequest}). */
+  probe(req: ProbeRequest): Promise<ProbeResult>;
   /** Saves memory + upper disk as snapshot `name`; the sandbox runs on. */
   snapshot(name: string): Promise<SnapshotMeta>;
   /** QMP `query-blockstats` of the VM: host-side disk counters, for metrics. */

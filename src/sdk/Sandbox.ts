@@ -14,6 +14,7 @@ import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
+import type { ProbeRequest, ProbeResult } from '../actor/contract.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
@@ -273,7 +274,7 @@ export class Sandbox {
    * const r = await sb.exec('sh', ['-c', 'echo hi; exit 3']); // r.code === 3, r.stdout === 'hi\n'
    */
   async exec(command: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
-    return this.#collect(await this.#start([command, ...args], { ...options, stdin: options.stdin }));
+    return this.#collect(await this.#start([command, ...args], { ...options, stdin: options.stdin }, true));
   }
 
   /**
@@ -288,7 +289,7 @@ export class Sandbox {
    */
   async run(args: readonly string[] = [], options: RunOptions = {}): Promise<ExecResult> {
     const { entrypoint, ...rest } = options;
-    return this.#collect(await this.#start({ args, entrypoint }, rest));
+    return this.#collect(await this.#start({ args, entrypoint }, rest, true));
   }
 
   /** {@link run}, streamed like {@link execStream}. */
@@ -473,6 +474,19 @@ export class Sandbox {
   }
 
   /**
+   * A floor measurement through the guest agent, for benchmarks: `spawn` times runs of a
+   * command as the agent sees them (vfork to reaped, stdio on /dev/null), `sink` has the
+   * agent send bytes of its own over the port (no child, no pipe). Needs agent protocol 5.
+   *
+   * @example
+   * const { ms } = await sb.probe({ op: 'spawn', argv: ['true'], count: 50 });
+   */
+  probe(req: ProbeRequest, options: CallOptions = {}): Promise<ProbeResult> {
+    const link = this.#requireLink('probe');
+    return bounded(`probe of sandbox "${this.name}"`, options, () => link.busy(() => link.api.probe(req)));
+  }
+
+  /**
    * This sandbox's events with resume: everything buffered after `since` exactly once, then
    * live events, completing after `sandbox.stopped`. A `stream.gap` event first says so when
    * the buffer no longer reaches back to `since`. Works for detached sandboxes too.
@@ -595,7 +609,8 @@ export class Sandbox {
     await this.#link?.release();
   }
 
-  async #start(what: string[] | { args: unknown; entrypoint: unknown }, options: ExecStreamOptions): Promise<ExecStream> {
+  /** `collect`: the output is gathered into an ExecResult as it comes, not streamed to a consumer. */
+  async #start(what: string[] | { args: unknown; entrypoint: unknown }, options: ExecStreamOptions, collect = false): Promise<ExecStream> {
     const command: string[] | ImageCommandRequest = Array.isArray(what) ? what : imageCommandRequest(what.args, what.entrypoint);
     // An image command is resolved against the image's config in the sandbox's worker.
     const argv = Array.isArray(command) ? command : [];
@@ -614,6 +629,8 @@ export class Sandbox {
       end: async () => ctl.api.closeStdin(execId),
       kill: async (signo = 9) => ctl.api.signalExec(execId, signo),
       resize: async (cols: number, rows: number) => ctl.api.resizeExec(execId, cols, rows),
+      // Collected output (exec(), run()) is consumed as it arrives: no credit to give back.
+      ...(collect ? {} : { ack: async (bytes: number) => ctl.api.ackOutput(execId, bytes) }),
     };
     const stream = new ExecStream(execId, control);
     let timedOut = false;
@@ -650,6 +667,7 @@ export class Sandbox {
         mergeStderr: options.mergeStderr ?? false,
         ...(tty ? { tty } : {}),
         ...(user !== undefined ? { user } : {}),
+        ...(collect ? {} : { outputCredit: true }),
       });
     } catch (err) {
       finish();

@@ -78,7 +78,18 @@ export interface ExecControl {
   end(): Promise<void>;
   kill(signo?: number): Promise<void>;
   resize(cols: number, rows: number): Promise<void>;
+  /**
+   * `bytes` of output were consumed (the stream was opened with output credit): the guest
+   * may send that many more. Failures are the stream's to log, never the consumer's.
+   */
+  ack?(bytes: number): Promise<void>;
 }
+
+/**
+ * Consumed output is acknowledged to the guest in steps of this many bytes: far below its
+ * 2 MiB window, so a consumer that keeps reading never waits for an acknowledgement.
+ */
+const ACK_STEP = 256 * 1024;
 
 /**
  * A running command as both an AsyncIterable and an Observable of {@link ExecStreamItem}s.
@@ -95,7 +106,14 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   #closing: Promise<Extract<ExecStreamItem, { type: 'exited' }>> | undefined;
   /** Whoever consumes first decides: the iterator drains the queue, or items$ replays it once. */
   #mode: 'unset' | 'iterator' | 'observable' = 'unset';
-  /** Resolves with the exit (no output collected); rejects if the exec could not run. */
+  /** Output bytes consumed and not yet acknowledged to the guest. */
+  #unacked = 0;
+  /**
+   * Resolves with the exit (no output collected); rejects if the exec could not run. Output
+   * is flow-controlled: a stream nobody iterates or subscribes to holds its command in the
+   * guest once 2 MiB are unread (as an unread pipe would), so awaiting only `exited` suits
+   * commands that print little; for the rest read the stream, or use `exec()`, which collects.
+   */
   readonly exited: Promise<Extract<ExecStreamItem, { type: 'exited' }>>;
   #resolveExit!: (x: Extract<ExecStreamItem, { type: 'exited' }>) => void;
   #rejectExit!: (e: Error) => void;
@@ -121,7 +139,10 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
       if (this.#mode === 'unset') {
         this.#mode = 'observable';
         const backlog = this.#queue.splice(0);
-        for (const item of backlog) subscriber.next(item);
+        for (const item of backlog) {
+          subscriber.next(item);
+          this.#consumed(item);
+        }
         if (this.#error) return subscriber.error(this.#error);
         if (this.#done) return subscriber.complete();
       }
@@ -211,8 +232,10 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   /** @internal fed by the Sandbox from the event stream. */
   push(item: ExecStreamItem): void {
     if (this.#done) return;
-    if (this.#mode === 'observable') this.#subject.next(item);
-    else this.#queue.push(item);
+    if (this.#mode === 'observable') {
+      this.#subject.next(item);
+      this.#consumed(item);
+    } else this.#queue.push(item);
     if (item.type === 'exited') {
       this.#done = true;
       this.#resolveExit(item);
@@ -238,6 +261,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
       for (;;) {
         const item = this.#queue.shift();
         if (item) {
+          this.#consumed(item);
           yield item;
           if (item.type === 'exited') return;
           continue;
@@ -250,6 +274,20 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
       // A consumer that stops early (break) does not want the command any more.
       if (!this.#done) await this.kill().catch(logFailure(`killing exec ${this.execId} after its consumer stopped`));
     }
+  }
+
+  /**
+   * Output handed to the consumer: given back to the guest in {@link ACK_STEP}s. A stream
+   * nobody consumes gives nothing back, so its command stops at the window instead of this
+   * process buffering what it prints.
+   */
+  #consumed(item: ExecStreamItem): void {
+    if (!this.control.ack || (item.type !== 'stdout' && item.type !== 'stderr')) return;
+    this.#unacked += item.data.byteLength;
+    if (this.#unacked < ACK_STEP || this.#done) return;
+    const n = this.#unacked;
+    this.#unacked = 0;
+    void this.control.ack(n).catch(logFailure(`acknowledging the output of exec ${this.execId}`));
   }
 
   #wake(): void {

@@ -34,6 +34,10 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
   ],
   'graceful-stop': ['ok stop with timeoutMs escalates to kill', 'ok an aborted signal escalates to kill', 'done'],
   policies: ['ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it', 'done'],
+  streams: [
+    'ok a stream read late gets every byte', 'ok a stream piped into a slow Writable delivers every byte',
+    'ok exec collects output past the window', 'ok an endless stream nobody reads ends with destroy()', 'done',
+  ],
   cancel: [
     'ok a create past its timeoutMs rejects E_TIMEOUT and leaves a stopped record', 'ok wait with timeoutMs rejects E_TIMEOUT and the sandbox runs on',
     'ok an aborted signal rejects E_ABORTED with its reason', 'ok a bad timeoutMs names the option', 'ok destroy() kills a running exec',

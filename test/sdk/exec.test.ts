@@ -2,7 +2,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { OUTPUT_WINDOW } from '../../src/agent/frame.ts';
 import { Sandbox, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
@@ -194,5 +195,49 @@ describe('exec in a running sandbox', () => {
     const info = await sb.info();
     expect(info.status).toBe('running');
     expect(info.accelReason).toBeTruthy();
+  });
+
+  it('holds a command whose stream nobody reads at the output window, and lets it finish once read', async () => {
+    const size = 8 * 1024 * 1024;
+    const stream = await sb.execStream('sh', ['-c', `head -c ${size} /dev/zero; echo end >&2`]);
+    const own = (e: SandboxEvent) => e.type === 'exec.stdout' && e.execId === stream.execId;
+    const delivered = () => events.filter(own).reduce((n, e) => n + (e as Extract<SandboxEvent, { type: 'exec.stdout' }>).data.byteLength, 0);
+    await vi.waitFor(() => expect(delivered()).toBe(OUTPUT_WINDOW), { timeout: 60_000, interval: 20 });
+    // Each ping is a turn of the guest agent's loop: with room it would have sent more by now.
+    for (let i = 0; i < 5; i++) await sb.ping();
+    expect(delivered()).toBe(OUTPUT_WINDOW);
+    expect(events.some((e) => e.type === 'exec.exited' && e.execId === stream.execId)).toBe(false);
+    let stdout = 0;
+    let stderr = '';
+    for await (const item of stream) {
+      if (item.type === 'stdout') stdout += item.data.byteLength;
+      else if (item.type === 'stderr') stderr += Buffer.from(item.data).toString();
+      else if (item.type === 'exited') expect(item.code).toBe(0);
+    }
+    expect({ stdout, stderr }).toEqual({ stdout: size, stderr: 'end\n' });
+  });
+
+  it('gives an Observable consumer every byte of a large output, and exec() collects one unbounded', async () => {
+    const size = 12 * 1024 * 1024;
+    const stream = await sb.execStream('head', ['-c', String(size), '/dev/zero']);
+    let seen = 0;
+    stream.items$.subscribe((item) => item.type === 'stdout' && (seen += item.data.byteLength));
+    expect((await stream.exited).code).toBe(0);
+    expect(seen).toBe(size);
+    const r = await sb.exec('head', ['-c', String(3 * OUTPUT_WINDOW), '/dev/zero']);
+    expect(r.stdoutBytes.length).toBe(3 * OUTPUT_WINDOW);
+  });
+
+  it('probes the floors: spawn timed by the agent, raw port throughput', async () => {
+    const spawn = await sb.probe({ op: 'spawn', argv: ['true'], count: 10 });
+    expect(spawn).toMatchObject({ op: 'spawn', status: 0 });
+    expect(spawn.op === 'spawn' && spawn.ms).toHaveLength(10);
+    // ≥ 0, not > 0: a guest whose kernel fell back from the TSC to jiffies (a loaded host
+    // trips its clocksource watchdog) reads a spawn shorter than a tick as 0.
+    expect(spawn.op === 'spawn' && spawn.ms.filter((ms) => !(Number.isFinite(ms) && ms >= 0))).toEqual([]);
+    const sink = await sb.probe({ op: 'sink', bytes: 8 * 1024 * 1024 });
+    expect(sink).toMatchObject({ op: 'sink', bytes: 8 * 1024 * 1024 });
+    await expect(sb.probe({ op: 'spawn', argv: ['true'], count: 0 })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('count') });
+    await expect(sb.probe({ op: 'sink', bytes: -1 })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('bytes') });
   });
 });
