@@ -77,6 +77,12 @@ enum frame_type {
 #define PROBE_SPAWN 1u                     /* protocol 5: time spawns of a command */
 #define PROBE_SINK 2u                      /* protocol 5: send N bytes of the agent's own */
 #define PROBE_MAX_SPAWNS 1000u
+/* After a short read of child output (the pipe held less than asked for: the child writes
+ * in small pieces) the session's output pipes are not read for this long, so that the next
+ * read takes what the child wrote meanwhile: each frame costs a port write and a virtio
+ * kick in the guest and an event on the host, whatever its size. The first output after a
+ * quiet spell is read and sent at once; a child that fills its pipe is never held. */
+#define OUTPUT_LINGER_NS (1u * 1000 * 1000)
 #define EXIT_OOM 1u                        /* EXIT flags: the guest's OOM killer struck */
 #define CGROUP_ROOT "/sys/fs/cgroup"
 #define MAX_GROUPS 64
@@ -225,6 +231,7 @@ struct session {
 	bool out_credit;   /* exec flag OUT_CREDIT: output waits for OUTPUT_ACK */
 	uint64_t out_sent; /* STDOUT/STDERR payload bytes queued for the host */
 	uint64_t out_acked;/* of those, acknowledged with OUTPUT_ACK */
+	uint64_t out_quiet_until; /* CLOCK_MONOTONIC ns: the output pipes wait until then (OUTPUT_LINGER_NS) */
 	bool tty;          /* out_fd is a pty master */
 	bool cgroup;       /* runs in CGROUP_ROOT/exec-<id> */
 	uint64_t oom_base; /* that cgroup's oom_kill count at start */
@@ -246,6 +253,14 @@ static struct rlimit nofile_orig; /* restored in children */
 static bool cgroups_ok;           /* per-exec cgroups (memory.events) available */
 
 /* ---- frame output ---- */
+
+static uint64_t clock_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 
 /* The last frame in outq while nothing was queued after it: child output of the same
  * session and stream is appended to it while it is still wholly unsent, so a child that
@@ -569,6 +584,8 @@ static bool pump_output(struct session *s, int *fd, uint16_t type, bool drain)
 			tail.len = n;
 		}
 		s->out_sent += n;
+		if (!drain && (size_t)n < room)
+			s->out_quiet_until = clock_ns() + OUTPUT_LINGER_NS;
 		return true;
 	}
 	if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -1230,13 +1247,6 @@ static void on_output_ack(uint32_t id, const uint8_t *payload, uint32_t len)
 
 /* ---- probes: floors for the host's benchmarks (PROTOCOL.md, "Probes") ---- */
 
-static uint64_t clock_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* The SINK in progress (one at a time): bytes still to send as STDOUT on its session. */
 static struct {
 	bool active;
@@ -1737,6 +1747,7 @@ static int build_poll_set(int *timeout)
 	else
 		*timeout = *timeout < 0 || *timeout > 100 ? 100 : *timeout; /* poll for children */
 	bool read_children = outq.len < OUTQ_PAUSE_CHILDREN;
+	uint64_t now_ns = 0;
 	for (int i = 0; i < MAX_SESSIONS; i++) {
 		struct session *s = &sessions[i];
 		if (!s->used)
@@ -1744,6 +1755,18 @@ static int build_poll_set(int *timeout)
 		if (s->in_fd >= 0 && s->inq.len > 0)
 			watch_fd(&n, s->in_fd, POLLOUT, W_STDIN, s);
 		bool room = read_children && output_room(s) > 0;
+		if (room && s->out_quiet_until && (s->out_fd >= 0 || s->err_fd >= 0)) {
+			if (!now_ns)
+				now_ns = clock_ns();
+			if (now_ns < s->out_quiet_until) {
+				int ms = (int)((s->out_quiet_until - now_ns + 999999) / 1000000);
+				if (*timeout < 0 || *timeout > ms)
+					*timeout = ms;
+				room = false;
+			} else {
+				s->out_quiet_until = 0;
+			}
+		}
 		if (room && s->out_fd >= 0)
 			watch_fd(&n, s->out_fd, POLLIN, W_STDOUT, s);
 		if (room && s->err_fd >= 0)

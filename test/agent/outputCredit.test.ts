@@ -159,6 +159,16 @@ describe('the agent on a raw socket (host mode)', () => {
     expect(withLines).toBeLessThan(20);
   });
 
+  it('lets a child that writes in small pieces fill its pipe before the next read', async () => {
+    // The host reads at once here: only the agent's linger after a short read joins the lines.
+    raw.frames.length = 0;
+    raw.exec(4, ['sh', '-c', 'i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo line$i; done']);
+    await raw.until((f) => f.type === FrameType.EXIT && f.session === 4);
+    const out = raw.frames.filter((f) => f.type === FrameType.STDOUT && f.session === 4);
+    expect(Buffer.concat(out.map((f) => f.payload)).toString()).toBe(Array.from({ length: 400 }, (_, i) => `line${i + 1}\n`).join(''));
+    expect(out.length).toBeLessThan(100);
+  });
+
   it('complains about a malformed acknowledgement, ignores one for a finished session', async () => {
     raw.frames.length = 0;
     raw.send(FrameType.OUTPUT_ACK, 77, new Uint8Array(0));
