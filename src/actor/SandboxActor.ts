@@ -35,6 +35,7 @@ import { GuestFs } from '../agent/GuestFs.ts';
 import { FsCalls, type FsCall, type FsCallResult } from '../agent/fsCalls.ts';
 import { execEnvDefaults, execUser } from '../agent/execDefaults.ts';
 import { imageArgv } from '../image/imageCommand.ts';
+import { OutputBatcher } from './outputBatch.ts';
 
 /** Exec output in flight to the supervisor above which the guest is no longer read. */
 const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
@@ -49,6 +50,8 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #control: MessagePort;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
+  /** Exec output joined into fewer events (src/actor/outputBatch.ts); posted through #post. */
+  readonly #output = new OutputBatcher((type, execId, data) => this.#post({ type, execId, data }));
   readonly #actor: Actor<typeof sandboxMachine>;
   readonly #pending = new Map<number, ExecRequest>();
   readonly #sessions = new Map<number, ExecSession>();
@@ -261,6 +264,7 @@ export class SandboxActor implements SandboxWorkerApi {
    * there) is killed and its ports close, so the worker keeps nothing of it.
    */
   dispose(): void {
+    this.#output.flush();
     this.#vm?.kill();
     this.#control.close();
   }
@@ -650,8 +654,8 @@ export class SandboxActor implements SandboxWorkerApi {
     };
     const handlers: ExecHandlers = {
       started: (pid) => this.#emit({ type: 'exec.started', execId, argv: req.argv, pid }),
-      stdout: (data) => this.#emit({ type: 'exec.stdout', execId, data }),
-      stderr: (data) => this.#emit({ type: 'exec.stderr', execId, data }),
+      stdout: (data) => this.#output.add('exec.stdout', execId, data),
+      stderr: (data) => this.#output.add('exec.stderr', execId, data),
       exited: (code, signal, info) => {
         this.#emit({ type: 'exec.exited', execId, code, signal, durationMs: performance.now() - t0, ...(info?.oomKilled ? { oomKilled: true } : {}) });
         done();
@@ -759,6 +763,12 @@ export class SandboxActor implements SandboxWorkerApi {
   }
 
   #emit(body: SandboxEventBody): void {
+    // Output held for batching goes first: the events keep the order things happened in.
+    this.#output.flush();
+    this.#post(body);
+  }
+
+  #post(body: SandboxEventBody): void {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
