@@ -233,7 +233,7 @@ struct session {
 	uint64_t out_acked;/* of those, acknowledged with OUTPUT_ACK */
 	uint64_t out_quiet_until; /* CLOCK_MONOTONIC ns: the output pipes wait until then (OUTPUT_LINGER_NS) */
 	bool tty;          /* out_fd is a pty master */
-	bool cgroup;       /* runs in CGROUP_ROOT/exec-<id> */
+	uint32_t cgroup;   /* runs in CGROUP_ROOT/exec-<cgroup> (0: in none) */
 	uint64_t oom_base; /* that cgroup's oom_kill count at start */
 };
 
@@ -444,11 +444,11 @@ static void cgroup_path(char *out, size_t cap, uint32_t id, const char *file)
 	snprintf(out, cap, CGROUP_ROOT "/exec-%u%s%s", id, file ? "/" : "", file ? file : "");
 }
 
-/* The group's oom_kill count (hierarchical memory.events); 0 if unreadable. */
-static uint64_t cgroup_oom_kills(uint32_t id)
+/* The value of `key` in one of the group's flat-keyed files; 0 if unreadable. */
+static uint64_t cgroup_key(uint32_t id, const char *file, const char *key)
 {
 	char path[96], text[512];
-	cgroup_path(path, sizeof path, id, "memory.events");
+	cgroup_path(path, sizeof path, id, file);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -457,8 +457,35 @@ static uint64_t cgroup_oom_kills(uint32_t id)
 	if (n <= 0)
 		return 0;
 	text[n] = '\0';
-	const char *k = strstr(text, "oom_kill ");
-	return k ? strtoull(k + 9, NULL, 10) : 0;
+	const char *k = strstr(text, key);
+	return k ? strtoull(k + strlen(key), NULL, 10) : 0;
+}
+
+/* The group's oom_kill count (hierarchical memory.events); 0 if unreadable. */
+static uint64_t cgroup_oom_kills(uint32_t id)
+{
+	return cgroup_key(id, "memory.events", "oom_kill ");
+}
+
+/* Empty groups kept for the next execs: making and removing a memory cgroup costs the guest
+ * ~2 ms per exec under TCG, more than spawning `true`. A group still populated when its exec
+ * ends (descendants live on) is left alone, never reused: its OOM counts are theirs. */
+#define CGROUP_SPARES 8
+static uint32_t cgroup_spare[CGROUP_SPARES];
+static int cgroup_spares;
+static uint32_t cgroup_next = 1;
+
+/* Gives an exec's group back: kept as a spare when empty and there is room, else removed
+ * (EBUSY while descendants live on in it: then it is left). */
+static void cgroup_release(uint32_t cg)
+{
+	if (cgroup_spares < CGROUP_SPARES && cgroup_key(cg, "cgroup.events", "populated ") == 0) {
+		cgroup_spare[cgroup_spares++] = cg;
+		return;
+	}
+	char path[96];
+	cgroup_path(path, sizeof path, cg, NULL);
+	rmdir(path);
 }
 
 /* Sends EXIT and frees the session once the child is reaped and its output drained. */
@@ -468,11 +495,9 @@ static void session_maybe_exit(struct session *s)
 		return;
 	uint32_t flags = 0;
 	if (s->cgroup) {
-		if (cgroup_oom_kills(s->id) > s->oom_base)
+		if (cgroup_oom_kills(s->cgroup) > s->oom_base)
 			flags |= EXIT_OOM;
-		char path[96];
-		cgroup_path(path, sizeof path, s->id, NULL);
-		rmdir(path); /* EBUSY while descendants live on in it: it is reused or left */
+		cgroup_release(s->cgroup);
 	}
 	uint8_t p[12];
 	bool sig = WIFSIGNALED(s->status);
@@ -1015,24 +1040,38 @@ static int open_pty(const struct exec_req *r, char *pts, size_t cap)
 	return m;
 }
 
-/* Makes (or reuses) the exec's cgroup; returns its cgroup.procs fd for the child, or -1. */
-static int cgroup_enter_fd(uint32_t id, uint64_t *base)
+/* Takes a spare cgroup for an exec or makes one: sets *cg and *base (its oom_kill count so
+ * far) and returns its cgroup.procs fd for the child, or -1 (then *cg is 0). */
+static int cgroup_enter_fd(uint32_t *cg, uint64_t *base)
 {
+	*cg = 0;
 	if (!cgroups_ok)
 		return -1;
 	char path[96];
-	cgroup_path(path, sizeof path, id, NULL);
-	if (mkdir(path, 0755) < 0 && errno != EEXIST)
-		return -1;
-	*base = cgroup_oom_kills(id); /* a reused group (descendants lived on) has counts */
+	uint32_t id;
+	if (cgroup_spares > 0) {
+		id = cgroup_spare[--cgroup_spares];
+	} else {
+		id = cgroup_next++;
+		cgroup_path(path, sizeof path, id, NULL);
+		if (mkdir(path, 0755) < 0 && errno != EEXIST)
+			return -1;
+	}
+	*base = cgroup_oom_kills(id); /* a spare has the counts of the execs before */
 	cgroup_path(path, sizeof path, id, "cgroup.procs");
-	return open(path, O_WRONLY | O_CLOEXEC);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		cgroup_release(id);
+	else
+		*cg = id;
+	return fd;
 }
 
 static void start_exec(uint32_t id, struct exec_req *r)
 {
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, fail[2] = { -1, -1 };
 	int pty = -1, cg_fd = -1;
+	uint32_t cg = 0; /* the exec's cgroup until its session owns it */
 	uint64_t oom_base = 0;
 	char pts[64];
 	bool merge = r->flags & EXEC_MERGE_STDERR;
@@ -1067,7 +1106,7 @@ static void start_exec(uint32_t id, struct exec_req *r)
 		send_error(id, errno, "pipe: %s", strerror(errno));
 		goto close_all;
 	}
-	cg_fd = cgroup_enter_fd(id, &oom_base);
+	cg_fd = cgroup_enter_fd(&cg, &oom_base);
 	pid_t pid = fork();
 	if (pid < 0) {
 		send_error(id, errno, "fork: %s", strerror(errno));
@@ -1096,7 +1135,8 @@ static void start_exec(uint32_t id, struct exec_req *r)
 	s->credit = (r->flags & EXEC_STDIN) && (r->flags & EXEC_CREDIT);
 	s->out_credit = r->flags & EXEC_OUT_CREDIT;
 	s->tty = tty;
-	s->cgroup = cgroups_ok;
+	s->cgroup = cg;
+	cg = 0;
 	s->oom_base = oom_base;
 	s->in_fd = in[1];
 	s->out_fd = out[0];
@@ -1110,6 +1150,8 @@ static void start_exec(uint32_t id, struct exec_req *r)
 close_all:
 	close_fd(&pty);
 	close_fd(&cg_fd);
+	if (cg)
+		cgroup_release(cg);
 	for (int i = 0; i < 2; i++) {
 		close_fd(&in[i]);
 		close_fd(&out[i]);
