@@ -132,6 +132,12 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     // vCPU starved by a loaded host misses that window and the guest panics ("IO-APIC + timer
     // doesn't work!", seen under TCG at a load of ~9). The VM's timer wiring is fixed: skip it.
     'no_timer_check',
+    // The clocksource watchdog checks the TSC against jiffies, and under TCG it is the ticks
+    // that are late, not the TSC (qemu derives it from the host clock): a cold-booted guest
+    // marked the TSC unstable within seconds and fell back to refined-jiffies, 4 ms
+    // resolution for clock_gettime and every sleep (seen 2026-12-04: a spawn of `true` read
+    // 0, 4, 8 or 12 ms). The TSC is the one clock the VM has; trust it.
+    'tsc=reliable',
     ...(input.tscKhz ? [`tsc_early_khz=${input.tscKhz}`] : []),
     ...rootWords,
     `corral.hostname=${input.hostname}`,
