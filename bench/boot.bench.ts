@@ -1,7 +1,8 @@
 /**
  * Boot and exec benchmarks. Prints figures; asserts nothing.
  *
- *   npm run bench            (RUNS=7 EXECS=100 to change the sample counts)
+ *   npm run bench            (RUNS=7 EXECS=100 to change the sample counts; -- --json adds
+ *                             the figures as one JSON line at the end)
  *
  * - create → first exec result, against the floor measured in the same run: a bare qemu
  *   boot of the same kernel + initramfs until the agent (the initramfs's /init) says HELLO,
@@ -21,7 +22,7 @@ import { join } from 'node:path';
 import { Sandbox, Supervisor } from '../src/index.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
-import { fmtMs, quantile, ratio } from './stats.ts';
+import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 7);
 const EXECS = Number(process.env.EXECS ?? 100);
@@ -83,6 +84,9 @@ for (let i = 0; i < RUNS; i++) {
 }
 console.log(`bare qemu boot → agent HELLO (floor):   ${fmtMs(floor)}`);
 console.log(`create (cold boot) → first exec result:  ${fmtMs(create)}   ${ratio(create, floor)} the floor`);
+const report = new BenchReport('boot');
+report.add('bare_boot', floor, 'ms');
+report.add('cold_create_first_exec', create, 'ms', quantile(floor, 0.5));
 
 const sb = await Sandbox.builder('bench-exec').supervisor(sup).create();
 const pings: number[] = [];
@@ -100,6 +104,9 @@ const spawnMs = spawned.op === 'spawn' ? [...spawned.ms] : [];
 const execFloor = quantile(pings, 0.5) + quantile(spawnMs, 0.5);
 console.log(`raw PING/PONG over the agent port:       ${fmtMs(pings)}`);
 console.log(`guest spawn of \`true\` (agent-timed):    ${fmtMs(spawnMs)}`);
+report.add('ping', pings, 'ms');
+report.add('guest_spawn_true', spawnMs, 'ms');
+report.add('exec_true', execs, 'ms', execFloor);
 console.log(`exec round trip of \`true\`:               ${fmtMs(execs)}   ×${(quantile(execs, 0.5) / execFloor).toFixed(2)} the floor (ping + spawn medians, ${execFloor.toFixed(2)} ms; goal ≤ ×1.3)`);
 
 // stdout: the figure and its floors, each 64 MiB, each from the same sandbox in this run.
@@ -137,7 +144,14 @@ console.log(`guest: head -c 64M > /dev/null (floor):  ${mb(toNull)}`);
 console.log(`guest: head -c 64M | cat (floor):        ${mb(toPipe)}`);
 console.log(`raw guest→host port, 64 MiB (floor):     ${mb(port)}`);
 console.log(`exec collecting head -c 64M:             ${mb(collected)}   ${pct(collected, slower)} of the slower of pipe and port (goal ≥ 80 %), ${pct(collected, toNull)} of /dev/null (goal ≥ 60 %)`);
+report.add('guest_to_devnull', toNull, 'MB/s');
+report.add('guest_to_pipe', toPipe, 'MB/s');
+report.add('raw_port', port, 'MB/s');
+report.add('exec_stdout', collected, 'MB/s', quantile(slower, 0.5));
+report.add('exec_stdout_vs_devnull', collected, 'MB/s', quantile(toNull, 0.5));
+report.add('host_cpu_per_gib', [cpuUs / 1e6 / ((ROUNDS * SIZE) / 2 ** 30)], 's');
 console.log(`host CPU of this process per GiB of exec output: ${((cpuUs / 1e6) / ((ROUNDS * SIZE) / 2 ** 30)).toFixed(2)} s`);
 await sb.stop();
 await sup.close();
 rmSync(sup.stateDir, { recursive: true, force: true });
+report.print();

@@ -23,3 +23,39 @@ export function fmtMs(samples: readonly number[]): string {
 export function ratio(a: readonly number[], b: readonly number[]): string {
   return `×${(quantile(a, 0.5) / quantile(b, 0.5)).toFixed(2)}`;
 }
+
+interface Metric {
+  readonly unit: string;
+  readonly median: number;
+  readonly p95: number;
+  readonly floor?: number;
+  /** median / floor. */
+  readonly ratio?: number;
+}
+
+/**
+ * One bench run's figures as data: with `--json` on the command line, {@link print} writes
+ * them as one JSON object on the last line, `{"bench", "metrics": {NAME: {unit, median,
+ * p95, floor, ratio}}}`, for scripts that track the figures across runs.
+ *
+ * @example
+ * const report = new BenchReport('boot');
+ * report.add('exec_true', execMs, 'ms', floorMs);
+ * report.print();
+ */
+export class BenchReport {
+  readonly #metrics: Record<string, Metric> = {};
+
+  constructor(readonly bench: string) {}
+
+  /** A figure from its samples; `floor` is the same run's floor in the same unit. */
+  add(name: string, samples: readonly number[], unit: string, floor?: number): void {
+    const { median, p95 } = summary(samples);
+    this.#metrics[name] = { unit, median, p95, ...(floor !== undefined ? { floor, ratio: median / floor } : {}) };
+  }
+
+  /** Prints the JSON line when the run was asked for it (`--json`). */
+  print(): void {
+    if (process.argv.includes('--json')) console.log(JSON.stringify({ bench: this.bench, metrics: this.#metrics }));
+  }
+}
