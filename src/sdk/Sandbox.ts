@@ -653,10 +653,10 @@ export class Sandbox {
       stream.fail(new CorralError('E_VM_CRASHED', `sandbox "${this.name}" stopped while exec ${execId} was running`));
       finish();
     });
-    stream.exited.finally(() => stoppedSub.unsubscribe()).catch(() => {}); // the exec's own rejection reaches its caller through stream.exited
+    stream.ended.finally(() => stoppedSub.unsubscribe()).catch(() => {}); // the exec's own rejection reaches its caller through stream.exited
 
     // Keep the process alive while the exec runs.
-    void ctl.busy(() => stream.exited).catch(() => {}); // only holds the event loop; stream.exited's failure reaches its caller
+    void ctl.busy(() => stream.ended).catch(() => {}); // only holds the event loop; stream.exited's failure reaches its caller
     try {
       await ctl.api.exec(execId, {
         argv,

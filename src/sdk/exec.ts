@@ -92,6 +92,13 @@ export interface ExecControl {
 const ACK_STEP = 256 * 1024;
 
 /**
+ * Unread output past which a stream whose `exited` was awaited while nobody consumed it
+ * discards its output: below the guest's 2 MiB window, so the command is never held waiting
+ * for a reader that will not come.
+ */
+const DISCARD_AT = 1024 * 1024;
+
+/**
  * A running command as both an AsyncIterable and an Observable of {@link ExecStreamItem}s.
  *
  * @example
@@ -104,17 +111,18 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   #error: Error | undefined;
   #done = false;
   #closing: Promise<Extract<ExecStreamItem, { type: 'exited' }>> | undefined;
-  /** Whoever consumes first decides: the iterator drains the queue, or items$ replays it once. */
-  #mode: 'unset' | 'iterator' | 'observable' = 'unset';
+  /**
+   * Whoever consumes first decides: the iterator drains the queue, or items$ replays it once;
+   * 'discarding': `exited` was awaited while nobody read, and the output goes unread.
+   */
+  #mode: 'unset' | 'iterator' | 'observable' | 'discarding' = 'unset';
   /** Output bytes consumed and not yet acknowledged to the guest. */
   #unacked = 0;
-  /**
-   * Resolves with the exit (no output collected); rejects if the exec could not run. Output
-   * is flow-controlled: a stream nobody iterates or subscribes to holds its command in the
-   * guest once 2 MiB are unread (as an unread pipe would), so awaiting only `exited` suits
-   * commands that print little; for the rest read the stream, or use `exec()`, which collects.
-   */
-  readonly exited: Promise<Extract<ExecStreamItem, { type: 'exited' }>>;
+  /** Output bytes queued while nobody consumes (mode 'unset'). */
+  #queuedBytes = 0;
+  /** The caller asked for {@link exited}. */
+  #exitAwaited = false;
+  readonly #exited: Promise<Extract<ExecStreamItem, { type: 'exited' }>>;
   #resolveExit!: (x: Extract<ExecStreamItem, { type: 'exited' }>) => void;
   #rejectExit!: (e: Error) => void;
 
@@ -122,11 +130,32 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
     readonly execId: number,
     readonly control: ExecControl,
   ) {
-    this.exited = new Promise((res, rej) => {
+    this.#exited = new Promise((res, rej) => {
       this.#resolveExit = res;
       this.#rejectExit = rej;
     });
-    this.exited.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
+    this.#exited.catch(() => {}); // marked handled only: whoever awaits it gets the rejection; one nobody awaits yet must not crash the process
+  }
+
+  /**
+   * Resolves with the exit (no output collected); rejects if the exec could not run.
+   *
+   * Output is flow-controlled: a stream nobody iterates or subscribes to holds its command in
+   * the guest once 2 MiB are unread, as an unread pipe would. So that awaiting only `exited`
+   * always settles, a stream whose `exited` was asked for while nobody read it, and that
+   * then has 1 MiB unread, discards its output (with a warning) and lets the command run
+   * to its end; iterating it or subscribing to `items$` afterwards is E_ILLEGAL_STATE. To
+   * get the output, read the stream before or while awaiting this, or use `exec()`.
+   */
+  get exited(): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
+    this.#exitAwaited = true;
+    this.#discardIfUnread();
+    return this.#exited;
+  }
+
+  /** @internal The exit, for the SDK's own bookkeeping: unlike {@link exited} it is no caller's wait. */
+  get ended(): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
+    return this.#exited;
   }
 
   /**
@@ -136,6 +165,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   get items$(): Observable<ExecStreamItem> {
     return new Observable<ExecStreamItem>((subscriber) => {
       if (this.#mode === 'iterator') throw new CorralError('E_ILLEGAL_STATE', 'this exec stream is already being iterated');
+      if (this.#mode === 'discarding') throw new CorralError('E_ILLEGAL_STATE', DISCARDED);
       if (this.#mode === 'unset') {
         this.#mode = 'observable';
         const backlog = this.#queue.splice(0);
@@ -188,17 +218,17 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
    */
   close(options: { timeoutMs?: number } = {}): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
     validateCallOptions(options);
-    if (this.#done) return this.exited;
+    if (this.#done) return this.#exited;
     this.#closing ??= (async () => {
       await this.end().catch(logFailure(`closing the stdin of exec ${this.execId}`));
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), options.timeoutMs ?? CLOSE_GRACE_MS)));
       try {
-        if ((await Promise.race([this.exited, late])) === 'late') await this.#killUnlessDone();
+        if ((await Promise.race([this.#exited, late])) === 'late') await this.#killUnlessDone();
       } finally {
         clearTimeout(timer);
       }
-      return this.exited;
+      return this.#exited;
     })();
     return this.#closing;
   }
@@ -206,7 +236,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   /** Forceful end: SIGKILL to the command's process group. Resolves with its exit; idempotent. */
   async destroy(): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
     await this.#killUnlessDone();
-    return this.exited;
+    return this.#exited;
   }
 
   /** A kill that fails because the command exited meanwhile is no failure. */
@@ -235,7 +265,15 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
     if (this.#mode === 'observable') {
       this.#subject.next(item);
       this.#consumed(item);
-    } else this.#queue.push(item);
+    } else if (this.#mode === 'discarding') {
+      this.#consumed(item);
+    } else {
+      this.#queue.push(item);
+      if (this.#mode === 'unset' && (item.type === 'stdout' || item.type === 'stderr')) {
+        this.#queuedBytes += item.data.byteLength;
+        this.#discardIfUnread();
+      }
+    }
     if (item.type === 'exited') {
       this.#done = true;
       this.#resolveExit(item);
@@ -255,6 +293,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<ExecStreamItem> {
+    if (this.#mode === 'discarding') throw new CorralError('E_ILLEGAL_STATE', DISCARDED);
     if (this.#mode !== 'unset') throw new CorralError('E_ILLEGAL_STATE', 'an exec stream can be consumed once (iterate it, or subscribe to items$)');
     this.#mode = 'iterator';
     try {
@@ -290,12 +329,25 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
     void this.control.ack(n).catch(logFailure(`acknowledging the output of exec ${this.execId}`));
   }
 
+  /**
+   * `exited` was asked for, nobody reads and the unread output nears the window: the command
+   * would wait for a reader forever, so its output is given back and goes unread instead.
+   */
+  #discardIfUnread(): void {
+    if (!this.#exitAwaited || this.#mode !== 'unset' || this.#queuedBytes < DISCARD_AT || !this.control.ack) return;
+    this.#mode = 'discarding';
+    for (const item of this.#queue.splice(0)) this.#consumed(item);
+    process.emitWarning(`corral: exec ${this.execId}: its exited was awaited while nobody read its output; discarding the output (${this.#queuedBytes} bytes so far) so that the command can finish. Read the stream, or use exec(), to keep it`);
+  }
+
   #wake(): void {
     const w = this.#waiter;
     this.#waiter = undefined;
     w?.();
   }
 }
+
+const DISCARDED = "this exec stream's output was discarded: its exited was awaited while nobody read it";
 
 /** Feeds one exec's events into a stream. Returns true once the exec is finished. */
 export function routeExecEvent(stream: ExecStream, e: SandboxEvent, timedOut: () => boolean): boolean {

@@ -24,7 +24,8 @@ export function stdinOption(v: unknown, allowPipe: boolean): void {
 /** The side of an exec stream that feedStdin() writes to (an ExecStream). */
 export interface StdinSink {
   readonly execId: number;
-  readonly exited: Promise<unknown>;
+  /** The exec's end (ExecStream.ended: the SDK's own wait, not a caller's). */
+  readonly ended: Promise<unknown>;
   write(data: string | Uint8Array): Promise<void>;
   end(): Promise<void>;
   kill(signo?: number): Promise<void>;
@@ -47,7 +48,7 @@ export async function feedStdin(stream: StdinSink, source: StdinSource): Promise
     // Lets go of a source that waits for input nobody will read now (a Readable is destroyed).
     void it.return?.()?.catch(logFailure(`ending the stdin source of exec ${stream.execId}`));
   };
-  stream.exited.then(stop, stop);
+  stream.ended.then(stop, stop);
   for (;;) {
     let next: IteratorResult<Uint8Array | string>;
     try {

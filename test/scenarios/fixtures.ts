@@ -36,7 +36,8 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
   policies: ['ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it', 'done'],
   streams: [
     'ok a stream read late gets every byte', 'ok a stream piped into a slow Writable delivers every byte',
-    'ok exec collects output past the window', 'ok an endless stream nobody reads ends with destroy()', 'done',
+    'ok exec collects output past the window', 'ok awaiting only exited settles for a command that prints 8 MiB',
+    'ok an endless stream nobody reads ends with destroy()', 'done',
   ],
   cancel: [
     'ok a create past its timeoutMs rejects E_TIMEOUT and leaves a stopped record', 'ok wait with timeoutMs rejects E_TIMEOUT and the sandbox runs on',

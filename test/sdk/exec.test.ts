@@ -217,6 +217,26 @@ describe('exec in a running sandbox', () => {
     expect({ stdout, stderr }).toEqual({ stdout: size, stderr: 'end\n' });
   });
 
+  it('settles exited for a command that prints 8 MiB nobody reads, discarding the output with a warning', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.message);
+    process.on('warning', onWarning);
+    try {
+      const stream = await sb.execStream('sh', ['-c', 'head -c 8388608 /dev/zero; echo done']);
+      expect(await stream.exited).toMatchObject({ code: 0 });
+      await vi.waitFor(() => expect(warnings.some((m) => m.includes(`exec ${stream.execId}`) && m.includes('discarding'))).toBe(true));
+      await expect(stream[Symbol.asyncIterator]().next()).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringContaining('discarded') });
+      // A stream whose exited is awaited but that prints little keeps its output for a later reader.
+      const small = await sb.execStream('echo', ['kept']);
+      await small.exited;
+      const items: string[] = [];
+      for await (const item of small) if (item.type === 'stdout') items.push(Buffer.from(item.data).toString());
+      expect(items.join('')).toBe('kept\n');
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('gives an Observable consumer every byte of a large output, and exec() collects one unbounded', async () => {
     const size = 12 * 1024 * 1024;
     const stream = await sb.execStream('head', ['-c', String(size), '/dev/zero']);

@@ -1,5 +1,5 @@
 // Exec output streams as a Node user consumes them: read late, piped into a Writable, collected
-// by exec(), abandoned and destroyed. Output is flow-controlled (a stream nobody reads holds its
+// by exec(), only its exit awaited, abandoned and destroyed. Output is flow-controlled (a stream nobody reads holds its
 // command in the guest at a 2 MiB window), so every call here must settle and every byte
 // arrive; the process must exit 0 on its own with nothing left running.
 import { Readable, Writable } from 'node:stream';
@@ -33,6 +33,10 @@ try {
 
   const r = await sb.exec('head', ['-c', String(6 * MiB), '/dev/zero']);
   check('exec collects output past the window', r.code === 0 && r.stdoutBytes.length === 6 * MiB, String(r.stdoutBytes.length));
+
+  const unread = await sb.execStream('head', ['-c', String(8 * MiB), '/dev/zero']);
+  const onlyExit = await unread.exited;
+  check('awaiting only exited settles for a command that prints 8 MiB', onlyExit.code === 0, JSON.stringify(onlyExit));
 
   const endless = await sb.execStream('yes');
   for (let i = 0; i < 3; i++) await sb.ping();
