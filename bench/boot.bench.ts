@@ -14,51 +14,20 @@
  *   agent's own bytes), with the host CPU of this process per GiB of output.
  */
 
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Supervisor } from '../src/index.ts';
-import { loadArtifacts } from '../src/runtime/artifacts.ts';
-import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
+import { resolveAccel } from '../src/vm/accel.ts';
+import { bareBoot as bareBootFloor } from './floors.ts';
 import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 7);
 const EXECS = Number(process.env.EXECS ?? 100);
 
-/** spawn → HELLO of a bare qemu microVM, no rootfs, no corral runtime. */
-async function bareBoot(): Promise<number> {
-  const a = loadArtifacts();
-  const dir = mkdtempSync(join(tmpdir(), 'corral-run-bench-'));
-  const sock = join(dir, 'a.sock');
-  const server = createServer();
-  await new Promise<void>((r) => server.listen(sock, r));
-  const t0 = performance.now();
-  const tsc = hostTscKhz();
-  const child = spawn(a.qemu, [
-    '-M', 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on',
-    '-accel', resolveAccel().accel, '-cpu', 'max', '-m', '256', '-smp', '1',
-    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-kernel', a.kernel, '-initrd', a.initramfs,
-    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
-    '-device', 'virtio-serial-device',
-    '-chardev', `socket,id=agent,path=${sock}`,
-    '-device', 'virtserialport,chardev=agent,name=corral.agent',
-  ], { stdio: 'ignore' });
-  const ms = await new Promise<number>((resolve, reject) => {
-    server.once('connection', (c) => c.once('data', () => resolve(performance.now() - t0)));
-    child.once('exit', (code) => reject(new Error(`bare qemu exited ${code}`)));
-  });
-  child.kill('SIGKILL');
-  await new Promise((r) => child.once('exit', r));
-  server.close();
-  rmSync(dir, { recursive: true, force: true });
-  return ms;
-}
-
 const sup = new Supervisor({ stateDir: mkdtempSync(join(tmpdir(), 'corral-bench-state-')) });
 const accel = resolveAccel();
+const bareBoot = () => bareBootFloor(accel.accel);
 console.log(`corral boot bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), node ${process.version}`);
 
 // Warm-up: page cache, first-use costs.

@@ -4,7 +4,10 @@
  * clock ticks a paused VM uses in a second (test/sdk/policies.test.ts and
  * test/metrics/metrics.test.ts test the conditions). Prints figures; asserts nothing.
  *
- *   npm run bench:cpu        (RUNS=5 to change the sample count, IDLE_N=4 the settled idle VMs)
+ *   npm run bench:cpu        (RUNS=5 to change the sample count, IDLE_N=4 the settled idle VMs;
+ *                             -- --json adds the figures as one JSON line at the end)
+ *
+ * The floor of a VM's CPU is a paused one's (its vCPUs frozen): 0 up to a tick of QMP.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,7 +15,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Sandbox, Supervisor } from '../src/index.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
-import { summary } from './stats.ts';
+import { BenchReport, summary } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const WINDOW_MS = 1500;
@@ -39,6 +42,7 @@ const fmt = (label: string, xs: number[], unit: string) => {
 
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
+const report = new BenchReport('cpu');
 console.log(`corral cpu bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, node ${process.version}, ${WINDOW_MS} ms windows`);
 try {
   const sb = await Sandbox.builder('bench-cpu').supervisor(sup).create();
@@ -64,6 +68,9 @@ try {
   fmt('cpu % guest burning a core:', busy, '%');
   fmt('cpu % paused:', paused, '%');
   fmt('clock ticks per second while paused:', pausedTicks, 'ticks/s');
+  report.add('idle_after_work', idle, '% of a core');
+  report.add('guest_burning', busy, '% of a core');
+  report.add('paused', paused, '% of a core');
   await sb.stop();
 
   // Settled idle: IDLE_N sandboxes that did nothing for 3 s, over a 10 s window. The windows
@@ -82,8 +89,11 @@ try {
   const perQemu = pids.map((p, i) => (cpuTicks(p) - q0[i]!) / secs); // ticks/s = % of a core (USER_HZ 100)
   fmt(`cpu % idle, settled (${IDLE_N} VMs, 10 s):`, perQemu, '%');
   console.log(`${'host process per idle sandbox:'.padEnd(36)} ${(((h.user + h.system) / 1e6 / secs) * 100 / IDLE_N).toFixed(3)} % of a core (whole process over the window / ${IDLE_N}; resolution 1 tick per VM for qemu)`);
+  report.add('idle_settled_per_qemu', perQemu, '% of a core');
+  report.add('host_per_idle_sandbox', [(((h.user + h.system) / 1e6 / secs) * 100) / IDLE_N], '% of a core');
   await Promise.all(many.map((s) => s.stop()));
 } finally {
   await sup.close();
   rmSync(stateDir, { recursive: true, force: true });
 }
+report.print();

@@ -2,7 +2,7 @@
  * Density benchmark: many idle restored sandboxes in one process. Prints figures; asserts
  * nothing.
  *
- *   npm run bench:density -- --n 100 [--workers 2] [--isolation shared|worker] [--memory 128] [--spares 1]
+ *   npm run bench:density -- --n 100 [--workers 2] [--isolation shared|worker] [--memory 128] [--spares 1] [--json]
  *
  * - N restored sandboxes created one after another, each answering `exec true` before the
  *   next create: create → first exec median/p95, against the bare restore floor measured in
@@ -23,7 +23,7 @@ import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import type { Isolation } from '../src/pool/SandboxPool.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
 import { bareRestoreTimes } from './floors.ts';
-import { fmtMs, quantile, ratio } from './stats.ts';
+import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -33,8 +33,10 @@ const { values: args } = parseArgs({
     memory: { type: 'string', default: '128' },
     'floor-every': { type: 'string' },
     spares: { type: 'string', default: '0' },
+    json: { type: 'boolean', default: false },
   },
 });
+const report = new BenchReport('density');
 const N = Number(args.n);
 const memoryMib = Number(args.memory);
 if (!Number.isInteger(N) || N < 1) throw new RangeError(`--n must be a positive integer (got ${args.n})`);
@@ -119,6 +121,12 @@ console.log(`create, restored, back to back:            ${fmtMs(createOnlyMs)}  
 console.log(`create → first exec, restored:             ${fmtMs(createMs)}   ${ratio(createMs, floorExec)} the first-exec floor (median), ${p95Ratio(createMs, floorExec)}; ${ratio(createMs, floor)} the PONG floor`);
 console.log(`create rate (create + first exec, in a row): ${(N / (allMs / 1000)).toFixed(2)} sandboxes/s; ${fromSpare}/${N} creates took a spare VM`);
 
+report.add('bare_restore_pong', floor, 'ms');
+report.add('bare_restore_first_exec', floorExec, 'ms');
+report.add('create', createOnlyMs, 'ms', quantile(floor, 0.5));
+report.add('create_first_exec', createMs, 'ms', quantile(floorExec, 0.5));
+report.add('create_rate', [N / (allMs / 1000)], 'sandboxes/s');
+
 await settle(); // idle
 const rss1 = process.memoryUsage.rss() / 1024;
 const pss1 = rollupKib('self', 'Pss');
@@ -137,7 +145,12 @@ for (const sb of sandboxes) {
   if (r.stdout === 'ok\n') answered++;
 }
 console.log(`with all ${N} alive: ${answered}/${N} answered exec, exec latency ${fmtMs(execMs)}`);
+report.add('host_rss_per_sandbox', [(rss1 - rss0) / 1024 / N], 'MiB');
+report.add('qemu_pss', qemuPss, 'MiB');
+report.add('exec_all_alive', execMs, 'ms');
+report.add('answered', [answered / N], 'fraction');
 
 await Promise.all(sandboxes.map((s) => s.stop()));
 await sup.close();
 rmSync(stateDir, { recursive: true, force: true });
+report.print();

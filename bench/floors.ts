@@ -1,7 +1,9 @@
 /** Floors the benchmarks measure in the same run as the figures they compare with them. */
 
-import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Accel } from '../src/bus/events.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
@@ -43,6 +45,21 @@ export async function bareRestore(o: BareRestoreOptions): Promise<number> {
 
 /** {@link bareRestore}, with the first exec's time when `o.firstExec`. */
 export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareRestoreTimes> {
+  return withBareRestore(o, async (vm, t0) => {
+    await vm.agent.ping();
+    const pong = performance.now() - t0;
+    if (!o.firstExec) return { pong };
+    const code = await vm.agent.run({ argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' });
+    if (code !== 0) throw new Error(`true exited ${code}`);
+    return { pong, firstExec: performance.now() - t0 };
+  });
+}
+
+/**
+ * Restores the template by the VM layer alone (as {@link bareRestore}), runs `fn` on the VM
+ * (`t0`: just before the overlay was made), then kills it and removes its overlay.
+ */
+export async function withBareRestore<T>(o: Omit<BareRestoreOptions, 'firstExec'>, fn: (vm: Vm, t0: number) => Promise<T>): Promise<T> {
   const a = loadArtifacts();
   const tpl = findTemplate(o.stateDir, o.templateKey);
   if (!tpl) throw new Error(`no template ${o.templateKey} in ${o.stateDir}: create one sandbox of the shape first`);
@@ -55,16 +72,52 @@ export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareResto
     memoryMib: o.memoryMib, cpus: 1, accel: o.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
     memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
   });
-  await vm.agent.ping();
-  const pong = performance.now() - t0;
-  let firstExec: number | undefined;
-  if (o.firstExec) {
-    const code = await vm.agent.run({ argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' });
-    if (code !== 0) throw new Error(`true exited ${code}`);
-    firstExec = performance.now() - t0;
+  try {
+    return await fn(vm, t0);
+  } finally {
+    vm.kill();
+    await vm.exited;
+    rmSync(upper, { force: true });
   }
-  vm.kill();
-  await vm.exited;
-  rmSync(upper, { force: true });
-  return firstExec === undefined ? { pong } : { pong, firstExec };
+}
+
+/** Proportional set size of a process, MiB (`/proc/<pid>/smaps_rollup`). */
+export function pssMib(pid: number | 'self'): number {
+  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : Number.NaN;
+}
+
+/**
+ * The cold-boot floor: spawn → agent HELLO of a bare qemu microVM (same kernel and
+ * initramfs, no root disk, no corral runtime: a dozen lines of Node). Returns ms.
+ */
+export async function bareBoot(accel: Accel): Promise<number> {
+  const a = loadArtifacts();
+  const dir = mkdtempSync(join(tmpdir(), 'corral-run-bench-'));
+  const sock = join(dir, 'a.sock');
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(sock, r));
+  const t0 = performance.now();
+  const tsc = hostTscKhz();
+  const child = spawn(a.qemu, [
+    '-M', 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on',
+    '-accel', accel, '-cpu', 'max', '-m', '256', '-smp', '1',
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-kernel', a.kernel, '-initrd', a.initramfs,
+    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
+    '-device', 'virtio-serial-device',
+    '-chardev', `socket,id=agent,path=${sock}`,
+    '-device', 'virtserialport,chardev=agent,name=corral.agent',
+  ], { stdio: 'ignore' });
+  try {
+    return await new Promise<number>((resolve, reject) => {
+      server.once('connection', (c) => c.once('data', () => resolve(performance.now() - t0)));
+      child.once('exit', (code) => reject(new Error(`bare qemu exited ${code}`)));
+    });
+  } finally {
+    child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) await new Promise((r) => child.once('exit', r));
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

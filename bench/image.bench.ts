@@ -1,7 +1,8 @@
 /**
  * Image pull benchmark. Prints figures; asserts nothing.
  *
- *   npm run bench:image          (RUNS=5 to change the sample count)
+ *   npm run bench:image          (RUNS=5 to change the sample count; -- --json adds the figures
+ *                                 as one JSON line at the end)
  *
  * Pull + verify + unpack + erofs layer-image build of the python test image (Debian
  * bookworm + python3, from scripts/test-images.sh) from a loopback docker-registry into an
@@ -19,7 +20,7 @@ import { join } from 'node:path';
 import { Image } from '../src/image/Image.ts';
 import { resolveImage } from '../src/image/pull.ts';
 import { startRegistry, testImages } from '../test/image/helpers/registry.ts';
-import { quantile } from './stats.ts';
+import { BenchReport, quantile } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const TICK_S = 1 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
@@ -33,6 +34,7 @@ function cpuSeconds(): { self: number; children: number } {
 }
 
 const images = testImages();
+const report = new BenchReport('image');
 const reg = await startRegistry('none');
 const tmp = mkdtempSync(join(tmpdir(), 'corral-bench-image-'));
 try {
@@ -71,7 +73,12 @@ try {
   console.log(`  corral pull + verify + unpack + mkfs.erofs: ${fmt(ours, oursCpu)}`);
   console.log(`  skopeo copy docker:// → oci: (no unpack):   ${fmt(skopeo, skopeoCpu)}`);
   console.log(`  ratio corral / skopeo (medians): ×${(quantile(ours, 0.5) / quantile(skopeo, 0.5)).toFixed(2)} wall, ×${(quantile(oursCpu, 0.5) / quantile(skopeoCpu, 0.5)).toFixed(2)} CPU`);
+  report.add('skopeo_copy', skopeo.map((x) => x * 1000), 'ms');
+  report.add('pull_ready', ours.map((x) => x * 1000), 'ms', quantile(skopeo, 0.5) * 1000);
+  report.add('skopeo_cpu', skopeoCpu, 's');
+  report.add('pull_cpu', oursCpu, 's', quantile(skopeoCpu, 0.5));
 } finally {
   await reg.close();
   rmSync(tmp, { recursive: true, force: true });
 }
+report.print();

@@ -1,23 +1,36 @@
 /**
  * Lifecycle benchmarks. Prints figures; asserts nothing.
  *
- *   npm run bench:lifecycle        (RUNS=5 to change the sample count)
+ *   npm run bench:lifecycle        (RUNS=5 to change the sample count; -- --json adds the
+ *                                   figures as one JSON line at the end)
  *
- * - pause → resume latency (QMP stop + cont through the actor), and the raw QMP floor is
- *   not separable from the SDK call here, so each verb's own latency is printed.
- * - stop latency (graceful: agent sync + guest shutdown + process exit).
- * - detached: createDetached → handle ready, and Sandbox.get → first exec (reconnect).
+ * Each verb against its floor, measured in the same run on a VM restored from the same
+ * template by the VM layer alone (no worker, actor or supervisor):
+ * - pause / resume (through the actor) against raw QMP `stop` / `cont`.
+ * - stop (graceful: agent sync + guest shutdown + process exit) against the VM layer's own
+ *   graceful shutdown.
+ * - detached: createDetached → handle against an attached restored create, and
+ *   Sandbox.get from another handle → first exec against an attached exec round trip.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Sandbox, Supervisor } from '../src/index.ts';
+import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
-import { fmtMs } from './stats.ts';
+import { withBareRestore } from './floors.ts';
+import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
-const sup = new Supervisor({ stateDir: mkdtempSync(join(tmpdir(), 'corral-bench-state-')) });
-console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, node ${process.version}`);
+const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
+const sup = new Supervisor({ stateDir });
+const accel = resolveAccel();
+console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${accel.accel}, node ${process.version}`);
+let templateKey = '';
+sup.events$.subscribe((e: SandboxEvent) => {
+  // Forks restore from snapshots too (template "snapshot:…"): the floors use the shape's template.
+  if (e.type === 'sandbox.restored' && !e.template.startsWith('snapshot:')) templateKey = e.template;
+});
+const report = new BenchReport('lifecycle');
 
 const sb = await Sandbox.builder('bench-pause').supervisor(sup).create();
 const pause: number[] = [];
@@ -30,20 +43,58 @@ for (let i = 0; i < 30; i++) {
   await sb.resume();
   resume.push(performance.now() - t0);
 }
-await sb.exec('true');
-console.log(`pause:                               ${fmtMs(pause)}`);
-console.log(`resume:                              ${fmtMs(resume)}`);
+const execRt: number[] = [];
+for (let i = 0; i < 20; i++) {
+  const t0 = performance.now();
+  await sb.exec('true');
+  execRt.push(performance.now() - t0);
+}
 await sb.stop();
 
+const bare = { stateDir, templateKey, memoryMib: 256, accel: accel.accel };
+const qmpStop: number[] = [];
+const qmpCont: number[] = [];
+await withBareRestore({ ...bare, i: 0 }, async (vm) => {
+  await vm.agent.ping();
+  for (let i = 0; i < 30; i++) {
+    let t0 = performance.now();
+    await vm.pause();
+    qmpStop.push(performance.now() - t0);
+    t0 = performance.now();
+    await vm.resume();
+    qmpCont.push(performance.now() - t0);
+  }
+});
+console.log(`raw QMP stop (floor):                ${fmtMs(qmpStop)}`);
+console.log(`pause:                               ${fmtMs(pause)}   ${ratio(pause, qmpStop)} the floor`);
+console.log(`raw QMP cont (floor):                ${fmtMs(qmpCont)}`);
+console.log(`resume:                              ${fmtMs(resume)}   ${ratio(resume, qmpCont)} the floor`);
+report.add('qmp_stop', qmpStop, 'ms');
+report.add('pause', pause, 'ms', quantile(qmpStop, 0.5));
+report.add('qmp_cont', qmpCont, 'ms');
+report.add('resume', resume, 'ms', quantile(qmpCont, 0.5));
+
 const stop: number[] = [];
+const stopFloor: number[] = [];
+const create: number[] = [];
 const detachedCreate: number[] = [];
 const reconnect: number[] = [];
 for (let i = 0; i < RUNS; i++) {
+  const tc = performance.now();
   const s = await Sandbox.builder(`bench-stop-${i}`).supervisor(sup).create();
+  create.push(performance.now() - tc);
   await s.exec('true');
   const t0 = performance.now();
   await s.stop();
   stop.push(performance.now() - t0);
+  stopFloor.push(
+    await withBareRestore({ ...bare, i: 1 + i }, async (vm) => {
+      await vm.agent.run({ argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' });
+      const t = performance.now();
+      await vm.shutdown();
+      return performance.now() - t;
+    }),
+  );
 
   const t1 = performance.now();
   const d = await Sandbox.builder(`bench-det-${i}`).supervisor(sup).createDetached();
@@ -55,8 +106,18 @@ for (let i = 0; i < RUNS; i++) {
   reconnect.push(performance.now() - t2);
   await again.stop();
 }
-console.log(`stop (graceful, to process exit):    ${fmtMs(stop)}`);
-console.log(`createDetached → handle:             ${fmtMs(detachedCreate)}`);
-console.log(`Sandbox.get → first exec result:     ${fmtMs(reconnect)}`);
+console.log(`VM layer's graceful shutdown (floor): ${fmtMs(stopFloor)}`);
+console.log(`stop (graceful, to process exit):    ${fmtMs(stop)}   ${ratio(stop, stopFloor)} the floor`);
+console.log(`create, attached (floor):            ${fmtMs(create)}`);
+console.log(`createDetached → handle:             ${fmtMs(detachedCreate)}   ${ratio(detachedCreate, create)} an attached create (a host process starts and loads first)`);
+console.log(`exec round trip, attached (floor):   ${fmtMs(execRt)}`);
+console.log(`Sandbox.get → first exec result:     ${fmtMs(reconnect)}   ${ratio(reconnect, execRt)} an attached exec`);
+report.add('bare_shutdown', stopFloor, 'ms');
+report.add('stop', stop, 'ms', quantile(stopFloor, 0.5));
+report.add('create_attached', create, 'ms');
+report.add('create_detached', detachedCreate, 'ms', quantile(create, 0.5));
+report.add('exec_attached', execRt, 'ms');
+report.add('get_first_exec', reconnect, 'ms', quantile(execRt, 0.5));
 await sup.close();
-rmSync(sup.stateDir, { recursive: true, force: true });
+rmSync(stateDir, { recursive: true, force: true });
+report.print();

@@ -3,7 +3,7 @@
  * bound is hit, with figures per step. Prints figures; asserts nothing.
  *
  *   npm run bench:limit -- [--n 500] [--step 25] [--memory 128] [--headroom-mib 1024]
- *                          [--max-create-ms 5000] [--max-exec-ratio 2]
+ *                          [--max-create-ms 5000] [--max-exec-ratio 2] [--json]
  *
  * Bounds: host memory (the supervisor's memoryHeadroomMib: a create that would pass it fails
  * with E_NO_CAPACITY), the create time of a step (median), and exec p95 over the live
@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CorralError, Sandbox, Supervisor } from '../src/index.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
-import { quantile } from './stats.ts';
+import { BenchReport, quantile } from './stats.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -28,8 +28,10 @@ const { values: args } = parseArgs({
     'headroom-mib': { type: 'string', default: '1024' },
     'max-create-ms': { type: 'string', default: '5000' },
     'max-exec-ratio': { type: 'string', default: '2' },
+    json: { type: 'boolean', default: false },
   },
 });
+const report = new BenchReport('limit');
 const num = (k: keyof typeof args) => {
   const v = Number(args[k]);
   if (!Number.isFinite(v) || v <= 0) throw new RangeError(`--${k} must be a positive number (got ${args[k]})`);
@@ -103,6 +105,12 @@ try {
     console.log(
       `${String(alive.length).padStart(5)} | ${(process.memoryUsage.rss() / 2 ** 20).toFixed(0).padStart(11)} | ${qemuPss.toFixed(0).padStart(18)} | ${idle.toFixed(2).padStart(18)} | ${quantile(ex, 0.5).toFixed(0)} / ${quantile(ex, 0.95).toFixed(0).padEnd(10)} | ${createMedian.toFixed(0)}`,
     );
+    // The last step's figures, against the lone sandbox's exec p95 (the floor).
+    report.add('alive', [alive.length], 'sandboxes');
+    report.add('exec_at_alive', ex, 'ms', loneP95);
+    report.add('idle_cpu_per_sandbox', [idle], '% of a core');
+    report.add('qemu_pss_total', [qemuPss], 'MiB');
+    report.add('host_rss', [process.memoryUsage.rss() / 2 ** 20], 'MiB');
     if (!ranOut && createMedian > maxCreateMs) ranOut = `create time: median ${createMedian.toFixed(0)} ms > ${maxCreateMs}`;
     if (!ranOut && quantile(ex, 0.95) > maxExecRatio * loneP95) ranOut = `exec p95: ${quantile(ex, 0.95).toFixed(0)} ms > ${maxExecRatio}× the lone sandbox's ${loneP95.toFixed(1)} ms (CPU: ${availableParallelism()} cores)`;
   }
@@ -112,3 +120,4 @@ try {
   await sup.close();
   rmSync(stateDir, { recursive: true, force: true });
 }
+report.print();

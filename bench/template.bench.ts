@@ -1,7 +1,8 @@
 /**
  * Fast-start benchmarks. Prints figures; asserts nothing.
  *
- *   npm run bench:template        (RUNS=10 BURST=10 to change the sample counts)
+ *   npm run bench:template        (RUNS=10 BURST=10 to change the sample counts; -- --json adds
+ *                                  the figures as one JSON line at the end)
  *
  * - create → first exec result: cold boot vs restored from a template, interleaved, with
  *   the ratio between them, and against the floor measured in the same run: a bare restore
@@ -10,13 +11,13 @@
  * - BURST sandboxes created at once from a template: time until all answered an exec, and
  *   the host PSS of each VM process.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
-import { bareRestore as restoreFloor } from './floors.ts';
-import { fmtMs, quantile, ratio } from './stats.ts';
+import { bareBoot, bareRestoreTimes, pssMib, withBareRestore } from './floors.ts';
+import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 10);
 const BURST = Number(process.env.BURST ?? 10);
@@ -27,7 +28,8 @@ console.log(`corral template bench — ${new Date().toISOString()} — accel ${a
 
 let templateKey = '';
 sup.events$.subscribe((e: SandboxEvent) => {
-  if (e.type === 'sandbox.restored') templateKey = e.template;
+  // Forks restore from snapshots too (template "snapshot:…"): the floors use the shape's template.
+  if (e.type === 'sandbox.restored' && !e.template.startsWith('snapshot:')) templateKey = e.template;
 });
 
 async function createToFirstExec(name: string, template: boolean): Promise<number> {
@@ -40,8 +42,9 @@ async function createToFirstExec(name: string, template: boolean): Promise<numbe
   return ms;
 }
 
-/** The floor: the same template restored by the VM layer alone, to its first PONG. */
-const bareRestore = (i: number): Promise<number> => restoreFloor({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i });
+/** The floors: the same template restored by the VM layer alone, to its first PONG and through its first exec. */
+const bareRestore = (i: number) => bareRestoreTimes({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i, firstExec: true });
+const report = new BenchReport('template');
 
 // Warm-up, which also builds the template.
 await createToFirstExec('warm-t', true);
@@ -50,34 +53,53 @@ await createToFirstExec('warm-c', false);
 const cold: number[] = [];
 const restored: number[] = [];
 const floor: number[] = [];
+const floorExec: number[] = [];
+const bootFloor: number[] = [];
 for (let i = 0; i < RUNS; i++) {
   cold.push(await createToFirstExec(`cold-${i}`, false));
+  bootFloor.push(await bareBoot(accel.accel));
   restored.push(await createToFirstExec(`warm-${i}`, true));
-  floor.push(await bareRestore(i));
+  const f = await bareRestore(i);
+  floor.push(f.pong);
+  floorExec.push(f.firstExec!);
 }
-console.log(`bare restore → first PONG (floor):      ${fmtMs(floor)}`);
-console.log(`create → first exec, restored:           ${fmtMs(restored)}   ${ratio(restored, floor)} the floor`);
-console.log(`create → first exec, cold boot:          ${fmtMs(cold)}`);
+console.log(`bare restore → first PONG (floor):       ${fmtMs(floor)}`);
+console.log(`bare restore → first exec done (floor):  ${fmtMs(floorExec)}`);
+console.log(`create → first exec, restored:           ${fmtMs(restored)}   ${ratio(restored, floorExec)} the first-exec floor, ${ratio(restored, floor)} the PONG floor`);
+console.log(`bare qemu boot → agent HELLO (floor):    ${fmtMs(bootFloor)}`);
+console.log(`create → first exec, cold boot:          ${fmtMs(cold)}   ${ratio(cold, bootFloor)} the bare boot (goal ≤ ×1.2)`);
 console.log(`restored / cold:                         ×${(quantile(restored, 0.5) / quantile(cold, 0.5)).toFixed(2)}`);
-
-function pssKib(pid: number): number {
-  const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-  return m ? Number(m[1]) : Number.NaN;
-}
+report.add('bare_restore_pong', floor, 'ms');
+report.add('bare_restore_first_exec', floorExec, 'ms');
+report.add('restored_create_first_exec', restored, 'ms', quantile(floorExec, 0.5));
+report.add('bare_boot', bootFloor, 'ms');
+report.add('cold_create_first_exec', cold, 'ms', quantile(bootFloor, 0.5));
 
 const t0 = performance.now();
 const burst = await Promise.all(Array.from({ length: BURST }, (_, i) => Sandbox.builder(`burst-${i}`).supervisor(sup).create()));
 await Promise.all(burst.map((s) => s.exec('true')));
 const burstMs = performance.now() - t0;
 await new Promise((r) => setTimeout(r, 1000)); // idle
-const pss = await Promise.all(burst.map(async (s) => pssKib((await s.info()).pid!) / 1024));
+const pss = await Promise.all(burst.map(async (s) => pssMib((await s.info()).pid!)));
+// The PSS floor: a VM restored from the same template by the VM layer alone, idle as long
+// after its first exec, while the burst runs (so shared pages are split as many ways).
+const barePss = await withBareRestore({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i: 900 }, async (vm) => {
+  await vm.agent.run({ argv: ['true'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/' });
+  await new Promise((r) => setTimeout(r, 1000));
+  return pssMib(vm.pid);
+});
 console.log(`${BURST} restored at once, all answered exec:   ${burstMs.toFixed(0)} ms`);
-console.log(`PSS per idle restored VM process:        median ${quantile(pss, 0.5).toFixed(1)} MiB, max ${Math.max(...pss).toFixed(1)} MiB`);
+console.log(`PSS per idle restored VM process:        median ${quantile(pss, 0.5).toFixed(1)} MiB, max ${Math.max(...pss).toFixed(1)} MiB   ×${(quantile(pss, 0.5) / barePss).toFixed(2)} a bare restored qemu's ${barePss.toFixed(1)} MiB (goal ≤ 16 MiB)`);
+report.add('burst_all_answered', [burstMs], 'ms');
+report.add('restored_pss', pss, 'MiB', barePss);
 const coldOne = await Sandbox.builder('cold-pss').template(false).supervisor(sup).create();
 await new Promise((r) => setTimeout(r, 1000));
-console.log(`PSS of one idle cold-booted VM process:  ${(pssKib((await coldOne.info()).pid!) / 1024).toFixed(1)} MiB`);
+const coldPss = pssMib((await coldOne.info()).pid!);
+console.log(`PSS of one idle cold-booted VM process:  ${coldPss.toFixed(1)} MiB`);
+report.add('cold_pss', [coldPss], 'MiB');
 const forkMs: number[] = [];
 const snapMs: number[] = [];
+const saveFloor: number[] = [];
 for (let i = 0; i < Math.min(RUNS, 5); i++) {
   let t = performance.now();
   await burst[0]!.snapshot(`snap-${i}`);
@@ -87,9 +109,27 @@ for (let i = 0; i < Math.min(RUNS, 5); i++) {
   await child.exec('true');
   forkMs.push(performance.now() - t);
   await child.stop();
+  // The snapshot's floor: qemu alone writing the same guest's whole RAM and devices to a file
+  // (QMP stop + migrate), on a bare restored VM of the same shape.
+  saveFloor.push(
+    await withBareRestore({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i: 1000 + i }, async (vm) => {
+      await vm.agent.ping();
+      const file = join(stateDir, `bare-save-${i}`);
+      const t1 = performance.now();
+      await vm.saveTo(file, { ignoreShared: false });
+      const ms = performance.now() - t1;
+      rmSync(file, { force: true });
+      return ms;
+    }),
+  );
 }
-console.log(`snapshot of a running sandbox:           ${fmtMs(snapMs)}`);
-console.log(`fork → child's first exec result:        ${fmtMs(forkMs)}`);
+console.log(`qemu alone saving RAM + devices (floor): ${fmtMs(saveFloor)}`);
+console.log(`snapshot of a running sandbox:           ${fmtMs(snapMs)}   ${ratio(snapMs, saveFloor)} the floor (goal ≤ 150 ms for 256 MiB)`);
+console.log(`fork → child's first exec result:        ${fmtMs(forkMs)}   ${ratio(forkMs, restored)} a restored create → first exec (goal ≤ ×1.3)`);
+report.add('bare_save', saveFloor, 'ms');
+report.add('snapshot', snapMs, 'ms', quantile(saveFloor, 0.5));
+report.add('fork_first_exec', forkMs, 'ms', quantile(restored, 0.5));
 await Promise.all([...burst, coldOne].map((s) => s.stop()));
 await sup.close();
 rmSync(stateDir, { recursive: true, force: true });
+report.print();
