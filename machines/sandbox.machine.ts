@@ -13,7 +13,7 @@
  * E_ILLEGAL_STATE error naming the state otherwise (see {@link assertCan}).
  */
 
-import { assign, fromPromise, setup, type SnapshotFrom } from 'xstate';
+import { assign, cancel, fromPromise, raise, setup, type SnapshotFrom } from 'xstate';
 import type { Accel, SandboxStatus, StopReason } from '../src/bus/events.ts';
 import { CorralError, serializeError, type SerializedError } from '../src/errors.ts';
 
@@ -24,11 +24,16 @@ export interface SandboxInput {
   readonly stopTimeoutMs: number;
   /** Host-enforced lifetime; on expiry the sandbox drains. Undefined: none. */
   readonly maxDurationMs?: number | undefined;
-  /** Host-enforced idle limit: no exec running for this long drains the sandbox. */
+  /** Host-enforced idle limit: no exec running for this long drains the sandbox (or pauses it). */
   readonly idleTimeoutMs?: number | undefined;
+  /** What the idle limit does: `stop` drains the sandbox (default), `pause` freezes it until a call needs it. */
+  readonly idleAction?: IdleAction | undefined;
   /** Start by restoring the shape's template rather than booting cold. */
   readonly useTemplate?: boolean;
 }
+
+/** What the idle limit does to a sandbox. */
+export type IdleAction = 'stop' | 'pause';
 
 /** What booting produced. */
 export interface VmBooted {
@@ -46,8 +51,14 @@ export interface VmEnded {
 export interface SandboxContext {
   readonly name: string;
   stopTimeoutMs: number;
-  readonly maxDurationMs: number | undefined;
+  /** The lifetime limit counted from the start of `live`, or from the last `maxDuration.set`. */
+  maxDurationMs: number | undefined;
   readonly idleTimeoutMs: number | undefined;
+  readonly idleAction: IdleAction;
+  /** Why the sandbox is paused: a `pause` command, or its idle limit (then a call that needs the guest resumes it). */
+  pausedBy: 'request' | 'idle' | undefined;
+  /** What ended the last pause: a `resume` command, or a call that needed the guest. */
+  resumedBy: 'request' | 'call' | undefined;
   readonly useTemplate: boolean;
   vm: VmBooted | undefined;
   inFlight: number;
@@ -62,6 +73,12 @@ export type SandboxCommand =
   | { type: 'exec.done'; execId: number }
   | { type: 'pause' }
   | { type: 'resume' }
+  /** A call that needs the guest (exec, files, ping): resumes a sandbox its idle limit paused. */
+  | { type: 'wake' }
+  /** Ends the sandbox's life `ms` from now (the max-duration policy, set again while it runs). */
+  | { type: 'maxDuration.set'; ms: number }
+  /** The lifetime limit's own timer (raised by the machine, on its clock). */
+  | { type: 'maxDuration.reached' }
   | { type: 'drain' }
   | { type: 'stop'; timeoutMs?: number }
   | { type: 'kill' }
@@ -119,6 +136,7 @@ export const sandboxMachine = setup({
   },
   guards: {
     idle: ({ context }) => context.inFlight === 0,
+    pausedOnIdle: ({ context }) => context.pausedBy === 'idle',
   },
   delays: {
     // A timer of the machine, in the host process: nothing in the guest can move it.
@@ -132,6 +150,9 @@ export const sandboxMachine = setup({
     stopTimeoutMs: input.stopTimeoutMs,
     maxDurationMs: input.maxDurationMs,
     idleTimeoutMs: input.idleTimeoutMs,
+    idleAction: input.idleAction ?? 'stop',
+    pausedBy: undefined,
+    resumedBy: undefined,
     useTemplate: input.useTemplate ?? false,
     vm: undefined,
     inFlight: 0,
@@ -182,27 +203,45 @@ export const sandboxMachine = setup({
         kill: { target: 'stopped', actions: assign({ stopReason: 'killed' }) },
       },
     },
-    /** The VM is up: running, paused or draining. The lifetime limit spans all three. */
+    /**
+     * The VM is up: running, paused or draining. The lifetime limit spans all three: a timer
+     * of the machine (a delayed event on its clock, so the guest cannot move it), which
+     * `maxDuration.set` cancels and starts again.
+     */
     live: {
       initial: 'running',
-      after: {
-        maxDuration: {
+      entry: raise({ type: 'maxDuration.reached' }, { id: 'maxDuration', delay: 'maxDuration' }),
+      exit: cancel('maxDuration'),
+      on: {
+        stop: { target: 'stopping', actions: 'takeStopRequest' },
+        'maxDuration.reached': {
           guard: ({ context }) => context.maxDurationMs !== undefined,
           target: '.draining',
           actions: assign({ stopReason: 'max-duration' }),
         },
-      },
-      on: {
-        stop: { target: 'stopping', actions: 'takeStopRequest' },
+        'maxDuration.set': {
+          actions: [
+            cancel('maxDuration'),
+            assign({ maxDurationMs: ({ event }) => event.ms }),
+            raise({ type: 'maxDuration.reached' }, { id: 'maxDuration', delay: 'maxDuration' }),
+          ],
+        },
       },
       states: {
         running: {
           after: {
-            idleTimeout: {
-              guard: ({ context }) => context.idleTimeoutMs !== undefined && context.inFlight === 0,
-              target: 'draining',
-              actions: assign({ stopReason: 'idle-timeout' }),
-            },
+            idleTimeout: [
+              {
+                guard: ({ context }) => context.idleTimeoutMs !== undefined && context.inFlight === 0 && context.idleAction === 'pause',
+                target: 'paused',
+                actions: assign({ pausedBy: 'idle' }),
+              },
+              {
+                guard: ({ context }) => context.idleTimeoutMs !== undefined && context.inFlight === 0,
+                target: 'draining',
+                actions: assign({ stopReason: 'idle-timeout' }),
+              },
+            ],
           },
           on: {
             // Re-entering `running` restarts the idle timer: every exec start and end is activity.
@@ -212,7 +251,9 @@ export const sandboxMachine = setup({
               actions: [assign({ inFlight: ({ context }) => context.inFlight + 1 }), { type: 'startExec', params: ({ event }) => ({ execId: event.execId }) }],
             },
             'exec.done': { target: 'running', reenter: true, actions: 'execDone' },
-            pause: 'paused',
+            // Harmless where the guest already runs: a call may race the idle pause.
+            wake: {},
+            pause: { target: 'paused', actions: assign({ pausedBy: 'request' }) },
             drain: 'draining',
             snapshot: 'snapshotting',
           },
@@ -230,7 +271,18 @@ export const sandboxMachine = setup({
           entry: 'pauseVm',
           exit: 'resumeVm',
           on: {
-            resume: 'running',
+            resume: { target: 'running', actions: assign({ pausedBy: undefined, resumedBy: 'request' }) },
+            // Paused by its idle limit: whatever needs the guest resumes it (the exit action
+            // continues the VM before the exec starts), and re-entering running restarts the timer.
+            wake: { guard: 'pausedOnIdle', target: 'running', actions: assign({ pausedBy: undefined, resumedBy: 'call' }) },
+            exec: {
+              guard: 'pausedOnIdle',
+              target: 'running',
+              actions: [
+                assign({ pausedBy: undefined, resumedBy: 'call', inFlight: ({ context }) => context.inFlight + 1 }),
+                { type: 'startExec', params: ({ event }) => ({ execId: event.execId }) },
+              ],
+            },
           },
         },
         draining: {

@@ -33,8 +33,10 @@ export interface SandboxConfig extends ImageConfigFields, GuestConfigFields {
   readonly stopTimeoutMs: number;
   /** Host-enforced lifetime: past it the sandbox drains. */
   readonly maxDurationMs?: number;
-  /** Host-enforced idle limit: this long with no exec running drains the sandbox. */
+  /** Host-enforced idle limit: this long with no exec running drains the sandbox (or pauses it: {@link idleAction}). */
   readonly idleTimeoutMs?: number;
+  /** What the idle limit does: `stop` (default) drains the sandbox; `pause` freezes it until a call needs the guest. */
+  readonly idleAction?: 'stop' | 'pause';
   /** Verbosity of the sandbox's runtime log (stderr of the hosting process). */
   readonly logLevel: LogLevel;
   /**
@@ -159,7 +161,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   const c = raw as Partial<Record<keyof SandboxConfig, unknown>>;
   const known = new Set<string>([
     'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
-    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'logLevel', 'template', 'fromSnapshot',
+    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'idleAction', 'logLevel', 'template', 'fromSnapshot',
     ...IMAGE_CONFIG_KEYS,
     ...GUEST_CONFIG_KEYS,
   ]);
@@ -170,6 +172,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   for (const k of Object.keys(c)) {
     if (!known.has(k)) throw new InvalidOptionError(k, `a known option (${[...known].join(', ')})`, k);
   }
+  if (c.idleAction !== undefined && c.idleAction !== 'stop' && c.idleAction !== 'pause') throw new InvalidOptionError('idleAction', 'one of "stop", "pause"', c.idleAction);
   const accel = c.accel ?? DEFAULTS.accel;
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new InvalidOptionError('accel', 'one of "auto", "kvm", "tcg"', accel);
   return {
@@ -186,6 +189,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     stopTimeoutMs: validateInt(c.stopTimeoutMs ?? DEFAULTS.stopTimeoutMs, 'stopTimeoutMs', LIMITS.timeoutMs, ' ms'),
     ...(c.maxDurationMs !== undefined ? { maxDurationMs: validateInt(c.maxDurationMs, 'maxDurationMs', LIMITS.policyMs, ' ms') } : {}),
     ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: validateInt(c.idleTimeoutMs, 'idleTimeoutMs', LIMITS.policyMs, ' ms') } : {}),
+    ...(c.idleAction !== undefined ? { idleAction: c.idleAction as 'stop' | 'pause' } : {}),
     logLevel: logLevel as LogLevel,
     ...(c.template !== undefined ? { template: c.template as boolean } : {}),
     ...(c.fromSnapshot !== undefined ? { fromSnapshot: c.fromSnapshot as string } : {}),

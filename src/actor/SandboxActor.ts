@@ -17,7 +17,7 @@ import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
-import { validateName, type SandboxConfig } from '../config.ts';
+import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import type { EventEnvelope, ExecRequest, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
@@ -106,6 +106,7 @@ export class SandboxActor implements SandboxWorkerApi {
         stopTimeoutMs: data.config.stopTimeoutMs,
         maxDurationMs: data.config.maxDurationMs,
         idleTimeoutMs: data.config.idleTimeoutMs,
+        idleAction: data.config.idleAction,
         // A restarted sandbox has its own upper disk: the template's would not match it.
         useTemplate:
           data.config.fromSnapshot !== undefined || (data.config.template !== false && !hasUpper(data.stateDir, data.config.name) && !data.config.disk),
@@ -133,6 +134,7 @@ export class SandboxActor implements SandboxWorkerApi {
 
   async exec(execId: number, req: ExecRequest): Promise<void> {
     if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
+    // Legal while paused by the idle limit too: the machine resumes the VM as it starts the exec.
     assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
     if (req.imageCommand) {
       const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
@@ -179,6 +181,14 @@ export class SandboxActor implements SandboxWorkerApi {
   async resume(): Promise<void> {
     this.#command({ type: 'resume' });
     await this.#qmpDone;
+  }
+
+  setMaxDuration(ms: number): void {
+    if (!Number.isInteger(ms) || ms < LIMITS.policyMs.min || ms > LIMITS.policyMs.max) {
+      throw new InvalidOptionError('maxDuration', `from ${LIMITS.policyMs.min / 1000} to ${LIMITS.policyMs.max / 1000} seconds`, ms / 1000);
+    }
+    assertCan(this.#actor.getSnapshot(), { type: 'maxDuration.set', ms });
+    this.#actor.send({ type: 'maxDuration.set', ms });
   }
 
   async drain(): Promise<SandboxInfo> {
@@ -232,6 +242,7 @@ export class SandboxActor implements SandboxWorkerApi {
   }
 
   async ping(bytes: number): Promise<number> {
+    this.#wake();
     const vm = this.#requireVm();
     return vm.agent.ping(new Uint8Array(Math.min(Math.max(bytes, 0), 1000)));
   }
@@ -726,10 +737,10 @@ export class SandboxActor implements SandboxWorkerApi {
             guestBootMs: this.#guestBootMs ?? 0,
             agentVersion: this.#agentVersion ?? '',
           });
-        } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed' });
+        } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed', reason: c.resumedBy === 'call' ? 'call' : 'requested' });
         break;
       case 'paused':
-        this.#emit({ type: 'sandbox.paused' });
+        this.#emit({ type: 'sandbox.paused', reason: c.pausedBy === 'idle' ? 'idle' : 'requested' });
         break;
       case 'draining':
         this.#emit({ type: 'sandbox.draining', inFlight: c.inFlight });
@@ -811,8 +822,15 @@ export class SandboxActor implements SandboxWorkerApi {
     return s;
   }
 
+  /** A sandbox its idle limit paused is resumed by any call that needs the guest. */
+  #wake(): void {
+    const s = this.#actor.getSnapshot();
+    if (s.status !== 'done' && s.can({ type: 'wake' })) this.#actor.send({ type: 'wake' });
+  }
+
   /** The VM, if the sandbox is running (not paused: a paused guest would leave the call hanging). */
   #requireRunning(what: string): Vm {
+    this.#wake();
     const state = stateName(this.#actor.getSnapshot());
     if (state !== 'running' && state !== 'draining') throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.#config.name}": it is ${state}`, { details: { state } });
     return this.#requireVm();

@@ -103,6 +103,8 @@ export interface SandboxWorkerApi {
   fs(call: FsCall): Promise<FsCallResult>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /** The sandbox ends (drains, reason `max-duration`) `ms` from now, replacing any earlier limit. */
+  setMaxDuration(ms: number): void;
   drain(): Promise<SandboxInfo>;
   stop(timeoutMs?: number): Promise<SandboxInfo>;
   kill(): Promise<SandboxInfo>;

@@ -119,8 +119,10 @@ export type SandboxEventBody =
       readonly spare: boolean;
     }
   | { readonly type: 'sandbox.snapshotted'; readonly snapshot: string; readonly ms: number; readonly bytes: number }
-  | { readonly type: 'sandbox.paused' }
-  | { readonly type: 'sandbox.resumed' }
+  /** `idle`: its idle limit with action `pause` (a call that needs the guest resumes it). */
+  | { readonly type: 'sandbox.paused'; readonly reason: 'requested' | 'idle' }
+  /** `call`: a call that needed the guest resumed a sandbox its idle limit had paused. */
+  | { readonly type: 'sandbox.resumed'; readonly reason: 'requested' | 'call' }
   | { readonly type: 'sandbox.draining'; readonly inFlight: number }
   | { readonly type: 'sandbox.stopping'; readonly reason: StopReason }
   | {

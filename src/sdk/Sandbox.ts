@@ -9,10 +9,10 @@
 import { randomInt } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
-import type { SandboxConfig } from '../config.ts';
+import { LIMITS, type SandboxConfig } from '../config.ts';
 import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
-import { CorralError } from '../errors.ts';
+import { CorralError, InvalidOptionError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
 import type { ProbeRequest, ProbeResult } from '../actor/contract.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
@@ -357,6 +357,23 @@ export class Sandbox {
     return bounded(`resume of sandbox "${this.name}"`, options, () => link.busy(() => link.api.resume()));
   }
 
+  /**
+   * Sets the sandbox's lifetime limit again, counted from now: `seconds` from this call it
+   * drains and stops with reason `max-duration`, replacing any earlier limit (the builder's
+   * `.maxDuration()` or an earlier call). Like E2B's `setTimeout`: a service extends a
+   * sandbox that is still in use. The timer is the host's; the guest cannot move it.
+   *
+   * @example
+   * await sb.setMaxDuration(600); // ten more minutes from now
+   */
+  async setMaxDuration(seconds: number, options: CallOptions = {}): Promise<void> {
+    if (typeof seconds !== 'number' || !Number.isFinite(seconds) || seconds * 1000 < LIMITS.policyMs.min || seconds * 1000 > LIMITS.policyMs.max) {
+      throw new InvalidOptionError('maxDuration', `a number of seconds from ${LIMITS.policyMs.min / 1000} to ${LIMITS.policyMs.max / 1000}`, seconds);
+    }
+    const link = this.#requireLink('set the max duration of');
+    await bounded(`setMaxDuration of sandbox "${this.name}"`, options, () => link.busy(async () => link.api.setMaxDuration(Math.round(seconds * 1000))));
+  }
+
   /** Refuses new execs, lets running ones finish, then stops (reason `drained`). */
   async drain(options: CallOptions = {}): Promise<SandboxInfo> {
     const link = this.#requireLink('drain');
@@ -484,6 +501,60 @@ export class Sandbox {
   probe(req: ProbeRequest, options: CallOptions = {}): Promise<ProbeResult> {
     const link = this.#requireLink('probe');
     return bounded(`probe of sandbox "${this.name}"`, options, () => link.busy(() => link.api.probe(req)));
+  }
+
+  /**
+   * The next event of `type` from this sandbox (that `where` accepts), as a call: while it
+   * waits it keeps the process alive, as every call does (a subscription to `events$` does
+   * not, so a script that awaits an event through it alone may end with exit code 13).
+   * Rejects with E_ILLEGAL_STATE if the sandbox stops first, and with E_TIMEOUT / E_ABORTED
+   * past `timeoutMs` / on `signal`.
+   *
+   * @example
+   * const sb = await Sandbox.builder('napper').idleTimeout(30, { action: 'pause' }).create();
+   * await sb.waitForEvent('sandbox.paused', { where: (e) => e.reason === 'idle' });
+   */
+  waitForEvent<T extends SandboxEvent['type']>(
+    type: T,
+    options: CallOptions & { where?: (e: Extract<SandboxEvent, { type: T }>) => boolean } = {},
+  ): Promise<Extract<SandboxEvent, { type: T }>> {
+    if (typeof type !== 'string' || !type.includes('.')) throw new InvalidOptionError('type', 'an event type such as "sandbox.paused"', type);
+    if (options.where !== undefined && typeof options.where !== 'function') throw new InvalidOptionError('where', 'a function of the event', options.where);
+    const link = this.#requireLink('wait for an event of');
+    const where = options.where;
+    type Wanted = Extract<SandboxEvent, { type: T }>;
+    return bounded(`wait for ${type} of sandbox "${this.name}"`, options, (signal) =>
+      link.busy(
+        () =>
+          new Promise<Wanted>((resolve, reject) => {
+            let sub: Subscription | undefined;
+            const done = () => {
+              signal?.removeEventListener('abort', onAbort);
+              // An event delivered during subscribe() comes before `sub` is assigned.
+              queueMicrotask(() => sub?.unsubscribe());
+            };
+            const onAbort = () => {
+              done();
+              reject(signal?.reason);
+            };
+            signal?.addEventListener('abort', onAbort, { once: true });
+            sub = link.events$.subscribe({
+              next: (e) => {
+                if (e.type === type && (!where || where(e as Wanted))) {
+                  done();
+                  resolve(e as Wanted);
+                } else if (e.type === 'sandbox.stopped') {
+                  done();
+                  reject(new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" stopped (${e.reason}) before ${type}`, { details: { state: 'stopped' } }));
+                }
+              },
+              complete: () => {
+                done();
+                reject(new CorralError('E_ILLEGAL_STATE', `the events of sandbox "${this.name}" ended before ${type}`));
+              },
+            });
+          }),
+      ), true);
   }
 
   /**

@@ -221,9 +221,21 @@ export class SandboxBuilder<S = unknown> {
     return this;
   }
 
-  /** Host-enforced idle limit in seconds: that long with no exec running drains the sandbox. */
-  idleTimeout(seconds: number): this {
+  /**
+   * Host-enforced idle limit in seconds: that long with no exec running drains the sandbox
+   * (`action: 'stop'`, the default) or pauses it (`action: 'pause'`: its vCPUs freeze, and
+   * the next call that needs the guest — exec, files, ping — resumes it and restarts the
+   * timer; `info()` and `list()` read it paused without waking it).
+   *
+   * @example
+   * Sandbox.builder('warm').idleTimeout(30, { action: 'pause' }).create();
+   */
+  idleTimeout(seconds: number, options: { action?: 'stop' | 'pause' } = {}): this {
     this.#config.idleTimeoutMs = secondsToMs(seconds, 'idleTimeout');
+    if (options.action !== undefined) {
+      if (options.action !== 'stop' && options.action !== 'pause') throw new InvalidOptionError('action', 'one of "stop", "pause"', options.action);
+      this.#config.idleAction = options.action;
+    }
     return this;
   }
 

@@ -16,7 +16,7 @@ afterEach(() => {
   started.clear();
 });
 
-function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTimeoutMs?: number } = {}) {
+function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTimeoutMs?: number; idleAction?: 'stop' | 'pause' } = {}) {
   const log: string[] = [];
   let endStop!: (v: VmEnded) => void;
   const machine = sandboxMachine.provide({
@@ -46,7 +46,7 @@ function fakeMachine(opts: { bootFails?: boolean; maxDurationMs?: number; idleTi
     },
   });
   const clock = new SimulatedClock();
-  const actor = createActor(machine, { clock, input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs } });
+  const actor = createActor(machine, { clock, input: { name: 'm', stopTimeoutMs: 500, maxDurationMs: opts.maxDurationMs, idleTimeoutMs: opts.idleTimeoutMs, idleAction: opts.idleAction } });
   started.add(actor);
   actor.start();
   return { actor, log, clock, finishStop: (v: VmEnded = { exitCode: 0, signal: null }) => endStop(v) };
@@ -228,5 +228,68 @@ describe('sandbox machine', () => {
     finishStop();
     await waitFor(actor, (s) => s.status === 'done');
     expect(log).toContain('stopVm:requested:1234');
+  });
+
+  it('pauses on the idle timeout with action pause, and an exec resumes it and restarts the timer', async () => {
+    const { actor, clock, log } = fakeMachine({ idleTimeoutMs: 100, idleAction: 'pause' });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(99);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('paused');
+    expect(actor.getSnapshot().context.pausedBy).toBe('idle');
+    // Paused, not stopping: however long it waits.
+    clock.increment(10_000);
+    expect(stateName(actor.getSnapshot())).toBe('paused');
+    assertCan(actor.getSnapshot(), { type: 'exec', execId: 1 });
+    actor.send({ type: 'exec', execId: 1 });
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    expect(actor.getSnapshot().context).toMatchObject({ inFlight: 1, resumedBy: 'call', pausedBy: undefined });
+    // The VM is continued before the exec is started.
+    expect(log).toEqual(['pause', 'resume', 'exec:1']);
+    clock.increment(500);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    actor.send({ type: 'exec.done', execId: 1 });
+    clock.increment(100);
+    expect(stateName(actor.getSnapshot())).toBe('paused');
+  });
+
+  it('wakes a sandbox its idle limit paused, but not one paused on request', async () => {
+    const { actor, clock } = fakeMachine({ idleTimeoutMs: 100, idleAction: 'pause' });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(100);
+    actor.send({ type: 'wake' });
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    // A call racing the idle pause finds it running: wake is harmless there.
+    actor.send({ type: 'wake' });
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    actor.send({ type: 'pause' });
+    expect(actor.getSnapshot().context.pausedBy).toBe('request');
+    expect(actor.getSnapshot().can({ type: 'wake' })).toBe(false);
+    expect(() => assertCan(actor.getSnapshot(), { type: 'exec', execId: 2 })).toThrowError(/it is paused/);
+    actor.send({ type: 'resume' });
+    expect(actor.getSnapshot().context.resumedBy).toBe('request');
+  });
+
+  it('sets the max duration again from now, and starts one where there was none', async () => {
+    const { actor, clock, finishStop } = fakeMachine({ maxDurationMs: 100 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    clock.increment(80);
+    actor.send({ type: 'maxDuration.set', ms: 100 });
+    // 80 + 99 ms: past the first limit, within the new one.
+    clock.increment(99);
+    expect(stateName(actor.getSnapshot())).toBe('running');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
+    finishStop();
+    expect((await waitFor(actor, (s) => s.status === 'done')).context.stopReason).toBe('max-duration');
+
+    const other = fakeMachine();
+    await waitFor(other.actor, (s) => stateName(s) === 'running');
+    other.actor.send({ type: 'maxDuration.set', ms: 50 });
+    other.clock.increment(49);
+    expect(stateName(other.actor.getSnapshot())).toBe('running');
+    other.clock.increment(1);
+    expect(stateName(other.actor.getSnapshot())).toBe('stopping');
   });
 });

@@ -33,7 +33,10 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
     'ok second process removes it', 'ok second process exit code 0', 'done',
   ],
   'graceful-stop': ['ok stop with timeoutMs escalates to kill', 'ok an aborted signal escalates to kill', 'done'],
-  policies: ['ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it', 'done'],
+  policies: [
+    'ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it',
+    'ok an idle pause is resumed by the next exec', 'ok setMaxDuration ends it from now', 'done',
+  ],
   streams: [
     'ok a stream read late gets every byte', 'ok a stream piped into a slow Writable delivers every byte',
     'ok exec collects output past the window', 'ok awaiting only exited settles for a command that prints 8 MiB',

@@ -1,7 +1,7 @@
 // pause/resume, drain, wait, crashes and the host-enforced policies, on real VMs.
 import { firstValueFrom } from 'rxjs';
 import { filter } from 'rxjs/operators';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Sandbox, type ExecStreamItem, type SandboxEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { alive, testSupervisor, uniqueName, withFakeQemu } from '../helpers/sandbox.ts';
@@ -95,6 +95,45 @@ describe('lifecycle verbs and policies', () => {
     const long = await sb.exec('sh', ['-c', 'sleep 2.5; echo survived']);
     expect(long.stdout).toBe('survived\n');
     expect(await sb.wait()).toMatchObject({ status: 'stopped', stopReason: 'idle-timeout' });
+  });
+
+  it('idle timeout with action pause freezes the VM, and the next call that needs the guest resumes it and restarts the timer', async () => {
+    const sb = await Sandbox.builder(uniqueName('napper')).idleTimeout(1, { action: 'pause' }).supervisor(sup).create();
+    try {
+      await sb.waitForEvent('sandbox.paused', { where: (e) => e.reason === 'idle' });
+      // info() and list() read it paused without waking it.
+      expect((await sb.info()).status).toBe('paused');
+      // The record follows the state event as its write commits.
+      await vi.waitFor(async () => expect((await Sandbox.list({ supervisor: sup })).find((r) => r.name === sb.name)?.status).toBe('paused'));
+      expect((await sb.info()).status).toBe('paused');
+      // A file call wakes it…
+      let woke = sb.waitForEvent('sandbox.resumed');
+      await sb.fs().write('/tmp/woken', 'yes');
+      expect((await woke).reason).toBe('call');
+      // …and the idle timer starts again: it pauses once more, and an exec wakes it.
+      await sb.waitForEvent('sandbox.paused', { where: (e) => e.reason === 'idle' });
+      woke = sb.waitForEvent('sandbox.resumed');
+      expect((await sb.exec('cat', ['/tmp/woken'])).stdout).toBe('yes');
+      expect((await woke).reason).toBe('call');
+      // waitForEvent ends when the sandbox stops first, or past its timeout.
+      await expect(sb.waitForEvent('sandbox.snapshotted', { timeoutMs: 50 })).rejects.toMatchObject({ code: 'E_TIMEOUT' });
+      // A pause asked for by the caller is not undone by a call: that exec is refused.
+      await sb.pause();
+      await expect(sb.exec('true')).rejects.toThrowError(/it is paused/);
+      await sb.resume();
+      const never = expect(sb.waitForEvent('sandbox.snapshotted')).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringContaining('stopped') });
+      await sb.stop();
+      await never;
+    } finally {
+      await sb.stop();
+    }
+  });
+
+  it('setMaxDuration sets the lifetime again from now, and a bad value names the option', async () => {
+    const sb = await Sandbox.builder(uniqueName('extend')).maxDuration(3600).supervisor(sup).create();
+    await expect(sb.setMaxDuration(-1)).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('maxDuration') });
+    await sb.setMaxDuration(1);
+    expect(await sb.wait()).toMatchObject({ status: 'stopped', stopReason: 'max-duration' });
   });
 
   it('stop with a timeout escalates to kill when the guest does not go in time', async () => {
