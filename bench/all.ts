@@ -11,7 +11,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, totalmem } from 'node:os';
+import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -26,6 +26,8 @@ interface Metric {
 interface BenchResult {
   readonly bench: string;
   readonly metrics: Record<string, Metric>;
+  /** The 1-minute load average when the bench ended (other work on the machine shows here). */
+  load?: number;
 }
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -77,7 +79,9 @@ const failed: string[] = [];
 for (const name of names) {
   console.log(`\n=== bench:all — ${name} ===`);
   try {
-    results.push(await run(name));
+    const r = await run(name);
+    r.load = loadavg()[0]!;
+    results.push(r);
   } catch (err) {
     // One bench failing must not lose the others' figures: say so, carry on, exit non-zero.
     console.error(`bench:all: ${(err as Error).message}`);
@@ -91,12 +95,12 @@ const at = new Date().toISOString();
 writeFileSync(join(root, 'bench/results.json'), `${JSON.stringify({ at, commit, machine, results }, null, 1)}\n`);
 
 const rows = results.flatMap((r) =>
-  Object.entries(r.metrics).map(([m, v]) => `| ${r.bench} | ${m} | ${v.unit} | ${fmt(v.median)} | ${fmt(v.p95)} | ${fmt(v.floor)} | ${v.ratio === undefined ? '' : `×${v.ratio.toFixed(2)}`} |`),
+  Object.entries(r.metrics).map(([m, v]) => `| ${r.bench} (${r.load?.toFixed(1) ?? '?'}) | ${m} | ${v.unit} | ${fmt(v.median)} | ${fmt(v.p95)} | ${fmt(v.floor)} | ${v.ratio === undefined ? '' : `×${v.ratio.toFixed(2)}`} |`),
 );
 const table = [
-  `\`npm run bench:all\` at ${commit}, ${at.slice(0, 10)}, ${machine}; every floor measured in the same run (\`bench/results.json\` has the figures as data):`,
+  `\`npm run bench:all\` at ${commit}, ${at.slice(0, 10)}, ${machine}; every floor measured in the same run (\`bench/results.json\` has the figures as data). In parentheses the 1-minute load average as each bench ended: above ~1.5 other work shared the 2 cores, and latencies and throughputs are inflated (ratios less so).`,
   '',
-  '| bench | metric | unit | median | p95 | floor | ratio |',
+  '| bench (load) | metric | unit | median | p95 | floor | ratio |',
   '|---|---|---|---|---|---|---|',
   ...rows,
 ].join('\n');
