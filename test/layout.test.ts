@@ -11,7 +11,7 @@ const edges = importGraph(ROOT, ['src', 'workers', 'machines']);
 const within = (file: string, dirs: readonly string[]) => dirs.some((d) => file === d || file.startsWith(`${d}/`));
 
 /** The rooms from the outside in; a room imports only rooms after it (and its own files). */
-const FRONTS = ['src/cli', 'src/server', 'src/detached', 'src/index.ts', 'src/inspector'];
+const FRONTS = ['src/cli', 'src/server', 'src/mcp', 'src/detached', 'src/index.ts', 'src/inspector'];
 const SDK = ['src/sdk'];
 const SUPERVISOR = ['src/supervisor'];
 const LINKS = ['src/link', 'src/pool'];

@@ -17,6 +17,7 @@ import type { LogEntry } from '../logs/ExecLog.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
 import { CorralServer } from '../server/CorralServer.ts';
+import { McpHttpServer, serveMcpStdio } from '../mcp/serve.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
 import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
@@ -50,6 +51,9 @@ images
 servers
   serve [--host H] [--port P] [--token T]   HTTP + WebSocket API (token: --token or CORRAL_TOKEN)
   ui [--port P]              the live inspector page on loopback
+  mcp [--http PORT] [--host H] [--token T] [--detached]
+                             Model Context Protocol server for AI agents: stdio (default), or
+                             streamable HTTP at /mcp; --detached: its sandboxes outlive it
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
@@ -116,6 +120,7 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   pull: { options: { insecure: { type: 'boolean' } }, run: cmdPull },
   serve: { options: { host: { type: 'string' }, port: { type: 'string' }, token: { type: 'string' } }, run: (c) => cmdServe(c, false) },
   ui: { options: { port: { type: 'string' } }, run: (c) => cmdServe(c, true) },
+  mcp: { options: { http: { type: 'string' }, host: { type: 'string' }, token: { type: 'string' }, detached: { type: 'boolean' } }, run: cmdMcp },
 };
 
 /**
@@ -414,6 +419,33 @@ async function cmdPull(c: Ctx): Promise<number> {
     ...(c.json ? {} : { onEvent: pullProgress(process.stderr) }),
   });
   print(c, { ref: img.ref, digest: img.digest, layers: img.layers.length, pulled: img.pulled }, `${img.ref}@${img.digest}`);
+  return EXIT.OK;
+}
+
+async function cmdMcp(c: Ctx): Promise<number> {
+  const detached = c.values.detached === true;
+  if (c.values.http === undefined) {
+    // stdout is the protocol's: nothing else is printed there.
+    await serveMcpStdio({ supervisor: c.sup, detached });
+    return EXIT.OK;
+  }
+  if (!/^\d+$/.test(String(c.values.http)) || Number(c.values.http) > 65535) {
+    throw new CorralError('E_INVALID_OPTION', `invalid option --http: a port, an integer from 0 to 65535 (got ${JSON.stringify(c.values.http)})`);
+  }
+  const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
+  const server = await McpHttpServer.listen({
+    supervisor: c.sup,
+    detached,
+    port: Number(c.values.http),
+    ...(typeof c.values.host === 'string' ? { host: c.values.host } : {}),
+    ...(token ? { token } : {}),
+  });
+  print(c, { url: `${server.url}/mcp` }, `corral MCP server on ${server.url}/mcp  (Ctrl-C to stop)`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  await server.close();
   return EXIT.OK;
 }
 
