@@ -12,7 +12,10 @@
  *   GET    /v1/sandboxes/:name/logs            ?since=ms&tail=n → [{ ts, execId, stream, text }]
  *   GET    /v1/sandboxes/:name/metrics         one sample
  *   GET    /v1/machine                         the lifecycle machine as a graph (inspector)
+ *   GET    /v1/openapi.json                    the OpenAPI 3.1 contract of all of this (src/server/openapi.ts)
  *
+ * Every request is matched to an operation of that contract and its query and JSON body are
+ * validated against it first: a route it does not list answers E_ROUTE_NOT_FOUND.
  * Errors answer `{ error: { name, code, message } }` with a status that follows the code.
  */
 
@@ -26,6 +29,7 @@ import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
 import { fsStatus, handleFiles } from './fileRoutes.ts';
 import { logFailure } from '../runtime/log.ts';
+import { matchOperation, openApiDocument, validateBody, validateQuery } from './openapi.ts';
 
 /** Largest request body accepted (a config, or an exec with its stdin). */
 const MAX_BODY = 16 * 1024 * 1024;
@@ -65,7 +69,8 @@ export function sendError(res: ServerResponse, err: unknown): void {
   sendJson(res, httpStatus(err), { error: { name: s.name, code: s.code ?? 'E_INTERNAL', message: s.message, ...(s.details ? { details: s.details } : {}) } });
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+/** The JSON object of the request body; undefined when there is none. */
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown> | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const c of req as AsyncIterable<Buffer>) {
@@ -73,8 +78,13 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
     if (size > MAX_BODY) throw new CorralError('E_INVALID_OPTION', `request body larger than ${MAX_BODY} bytes`);
     chunks.push(c);
   }
-  if (size === 0) return {};
-  const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+  if (size === 0) return undefined;
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw new CorralError('E_INVALID_OPTION', `invalid option body: not JSON (${(err as Error).message})`, { cause: err, details: { option: 'body' } });
+  }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new TypeError('the request body must be a JSON object');
   return v as Record<string, unknown>;
 }
@@ -123,6 +133,17 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
   if (!path.startsWith('/v1/')) return false;
   const method = req.method ?? 'GET';
   try {
+    // The contract first: the route, its query and its JSON body (a file's bytes stream on).
+    const op = matchOperation(method, path);
+    validateQuery(op, url.searchParams);
+    const parsed = op.body ? await readJson(req) : undefined;
+    validateBody(op, parsed, parsed !== undefined);
+    const body = parsed ?? {};
+    if (path === '/v1/openapi.json') {
+      sendJson(res, 200, openApiDocument);
+      return true;
+    }
+    if (path === '/v1/events') throw new CorralError('E_USAGE', 'GET /v1/events is a WebSocket: send Upgrade: websocket');
     if (path === '/v1/machine' && method === 'GET') {
       sendJson(res, 200, machineGraph(sandboxMachine));
       return true;
@@ -139,8 +160,7 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (method === 'POST') {
-        const body = await readJson(req);
-        const config = (body.config ?? body) as SandboxConfig;
+        const config = body.config as SandboxConfig;
         const opts = { supervisor: sup, replace: body.replace === true };
         const sb = body.detached === true ? await Sandbox.createDetached(config, opts) : await Sandbox.create(config, opts);
         const info = await sb.info();
@@ -151,7 +171,7 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
     }
     const files = /^\/v1\/sandboxes\/([^/]+)\/files(?:\/([a-z]+))?$/.exec(path);
     if (files) {
-      await withSandbox(sup, decodeURIComponent(files[1]!), (sb) => handleFiles(sb, req, res, url, files[2], () => readJson(req)));
+      await withSandbox(sup, decodeURIComponent(files[1]!), (sb) => handleFiles(sb, req, res, url, files[2], body));
       return true;
     }
     const m = /^\/v1\/sandboxes\/([^/]+)(?:\/([a-z]+))?$/.exec(path);
@@ -183,15 +203,12 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (method === 'POST' && verb === 'exec') {
-        const body = await readJson(req);
-        if (typeof body.command !== 'string') throw new TypeError('exec needs "command" (a string)');
         const args = (body.args ?? []) as string[];
         const r = await withSandbox(sup, name, (sb) => sb.exec(body.command as string, args, execOptions(body)));
         sendJson(res, 200, execResult(r));
         return true;
       }
       if (method === 'POST' && verb === 'run') {
-        const body = await readJson(req);
         // args and entrypoint are checked by the SDK (imageCommandRequest: E_INVALID_OPTION → 400).
         const r = await withSandbox(sup, name, (sb) =>
           sb.run((body.args ?? []) as string[], {
@@ -203,7 +220,6 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (method === 'POST' && verb === 'start') {
-        const body = await readJson(req);
         const sb = await Sandbox.start(name, { supervisor: sup, detached: body.detached === true });
         const info = await sb.info();
         await sb.detach();
@@ -211,7 +227,6 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (method === 'POST' && (verb === 'stop' || verb === 'kill' || verb === 'pause' || verb === 'resume')) {
-        const body = verb === 'stop' ? await readJson(req) : {};
         const info = await withSandbox(sup, name, async (sb) => {
           if (verb === 'stop') return sb.stop(typeof body.timeoutMs === 'number' ? { timeoutMs: body.timeoutMs } : {});
           if (verb === 'kill') return sb.kill();

@@ -67,15 +67,14 @@ function json(res: ServerResponse, status: number, body: unknown): void {
  * the path does not take).
  *
  * @example
- * await handleFiles(sb, req, res, url, 'stat');
+ * await handleFiles(sb, req, res, url, 'stat', {});
  */
-export async function handleFiles(sb: Sandbox, req: IncomingMessage, res: ServerResponse, url: URL, verb: string | undefined, readBody: () => Promise<Record<string, unknown>>): Promise<void> {
+export async function handleFiles(sb: Sandbox, req: IncomingMessage, res: ServerResponse, url: URL, verb: string | undefined, body: Record<string, unknown>): Promise<void> {
   const method = req.method ?? 'GET';
   const fs = sb.fs();
   if (verb === 'list' && method === 'GET') return json(res, 200, await fs.list(pathParam(url)));
   if (verb === 'stat' && method === 'GET') return json(res, 200, await fs.stat(pathParam(url)));
   if (verb === 'mkdir' && method === 'POST') {
-    const body = await readBody();
     if (typeof body.path !== 'string') throw new CorralError('E_INVALID_OPTION', 'invalid option path: mkdir needs { "path": "/absolute/guest/path" }', { details: { option: 'path' } });
     const m = mode(body.mode);
     await fs.mkdir(body.path, { recursive: body.recursive === true, ...(m !== undefined ? { mode: m } : {}) });
