@@ -13,12 +13,12 @@ import { existsSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { MessagePort } from 'node:worker_threads';
-import { createActor, fromPromise, waitFor, type Actor } from 'xstate';
+import { createActor, fromPromise, waitFor, type Actor, type InspectionEvent } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
 import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
-import type { EventEnvelope, ExecRequest, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
+import type { EventEnvelope, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -101,6 +101,7 @@ export class SandboxActor implements SandboxWorkerApi {
       },
     });
     this.#actor = createActor(machine, {
+      ...(data.inspect ? { inspect: (e: InspectionEvent) => this.#postInspection(e) } : {}),
       input: {
         name: data.config.name,
         stopTimeoutMs: data.config.stopTimeoutMs,
@@ -779,6 +780,25 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#post(body);
   }
 
+  /** One inspection event to the supervisor's `inspect` (actor refs as ids, snapshots as JSON). */
+  #postInspection(e: InspectionEvent): void {
+    const root = e.actorRef.sessionId === e.rootId;
+    const json = (v: unknown) => (v === undefined ? undefined : (JSON.parse(JSON.stringify(v, jsonSafe)) as unknown));
+    const inspection: WireInspectionEvent = {
+      type: e.type,
+      rootId: e.rootId,
+      sessionId: e.actorRef.sessionId,
+      actorId: (e.actorRef as { id?: string }).id ?? e.actorRef.sessionId,
+      isMachine: root,
+      ...((e.actorRef as { _parent?: { sessionId: string } })._parent ? { parentId: (e.actorRef as unknown as { _parent: { sessionId: string } })._parent.sessionId } : {}),
+      ...(e.type === '@xstate.event' && e.sourceRef ? { sourceId: e.sourceRef.sessionId } : {}),
+      ...('event' in e ? { event: json(e.event) } : {}),
+      ...('snapshot' in e ? { snapshot: json(e.snapshot) } : {}),
+      ...(e.type === '@xstate.action' ? { action: json(e.action) } : {}),
+    };
+    this.#control.postMessage({ inspection } satisfies InspectionEnvelope);
+  }
+
   #post(body: SandboxEventBody): void {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
@@ -840,4 +860,12 @@ export class SandboxActor implements SandboxWorkerApi {
     if (!this.#vm || this.#vm.isExited) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.#config.name}" has no running VM`);
     return this.#vm;
   }
+}
+
+/** JSON for inspection events: bytes by their length, errors by name and message. */
+function jsonSafe(_key: string, v: unknown): unknown {
+  if (v instanceof Uint8Array) return { bytes: v.byteLength };
+  if (v instanceof Error) return { name: v.name, message: v.message, ...((v as { code?: string }).code ? { code: (v as { code?: string }).code } : {}) };
+  if (typeof v === 'bigint') return String(v);
+  return v;
 }

@@ -29,6 +29,32 @@ export interface SandboxWorkerData {
   readonly outputInFlight?: Int32Array;
   /** Spare VMs to keep ready in this worker for creates of this sandbox's shape (src/snapshot/spares.ts). */
   readonly spares?: number;
+  /** Post the actor's XState inspection events ({@link InspectionEnvelope}): the supervisor has an `inspect` option. */
+  readonly inspect?: boolean;
+}
+
+/**
+ * One XState inspection event of a sandbox's actor (or of an actor it invoked), as it
+ * crosses the control port: actor refs travel as their session ids, snapshots as JSON.
+ */
+export interface WireInspectionEvent {
+  readonly type: string;
+  readonly rootId: string;
+  readonly sessionId: string;
+  /** The actor's id (the machine's `sandbox`, or an invoked actor's id). */
+  readonly actorId: string;
+  readonly parentId?: string;
+  readonly sourceId?: string;
+  /** This actor is the sandbox machine (its definition is known to both sides). */
+  readonly isMachine: boolean;
+  readonly event?: unknown;
+  readonly snapshot?: unknown;
+  readonly action?: unknown;
+}
+
+/** How an inspection event travels on the control port (comlink ignores it: no `id`). */
+export interface InspectionEnvelope {
+  readonly inspection: WireInspectionEvent;
 }
 
 /** How an event travels on the control port: comlink ignores a message without an `id`. */

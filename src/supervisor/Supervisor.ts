@@ -36,7 +36,8 @@ import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
 import { supervisorEvents, type EventsOptions } from './supervisorEvents.ts';
 import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
-import type { EventEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from '../actor/contract.ts';
+import type { EventEnvelope, InspectionEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WireInspectionEvent } from '../actor/contract.ts';
+import { inspectionRelay, type InspectOption } from './inspection.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
 import { WorkerLink } from '../link/WorkerLink.ts';
 import { SandboxPool, validatePoolOptions, type Isolation } from '../pool/SandboxPool.ts';
@@ -81,6 +82,17 @@ export interface SupervisorOptions {
    * a network or ports take spares; none in `isolation: 'worker'`. An integer 0–4; default 0.
    */
   readonly spares?: number;
+  /**
+   * Receives the XState inspection events of this supervisor's sandbox actors (the
+   * `inspect` that `createActor` takes: a function or an observer), so `@statelyai/inspect`
+   * or any tool built for XState can be attached. Sandboxes hosted by this supervisor's
+   * workers only (not detached ones, whose actors run in their own host process).
+   *
+   * @example
+   * const inspector = createWebSocketInspector({ url: 'ws://localhost:8080' });
+   * const sup = new Supervisor({ inspect: inspector.inspect });
+   */
+  readonly inspect?: InspectOption;
 }
 
 /** Options of {@link Supervisor.create}. */
@@ -110,6 +122,7 @@ export class Supervisor {
   readonly #live = new Map<string, WorkerLink>();
   readonly #pool: SandboxPool;
   readonly #spares: number;
+  readonly #inspect: ((wire: WireInspectionEvent) => void) | undefined;
   #closed: Promise<void> | undefined;
 
   /** Every event of every sandbox of this supervisor. */
@@ -134,6 +147,10 @@ export class Supervisor {
     this.#execLog = new ExecLog(this.#store, options.logs);
     this.events$ = this.#bus.events$;
     this.#spares = this.#pool.isolation === 'worker' ? 0 : spares;
+    if (options.inspect !== undefined && typeof options.inspect !== 'function' && (typeof options.inspect !== 'object' || options.inspect === null)) {
+      throw new InvalidOptionError('inspect', 'a function or an observer ({ next })', options.inspect);
+    }
+    this.#inspect = options.inspect ? inspectionRelay(options.inspect) : undefined;
     sweepStaleRunDirs();
     sweepStaleSpares(this.stateDir);
     openSupervisors.add(this);
@@ -337,7 +354,7 @@ export class Supervisor {
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares };
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}) };
     let ctl: WorkerLink | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
     const actor = this.#pool.host(data, [control.port2], (err) => {
@@ -350,7 +367,8 @@ export class Supervisor {
     ctl = new WorkerLink(config, actor, api, events$, (link) => this.release(link));
     const own = ctl;
     this.#live.set(config.name, ctl);
-    control.port1.on('message', (m: Partial<EventEnvelope>) => {
+    control.port1.on('message', (m: Partial<EventEnvelope & InspectionEnvelope>) => {
+      if (m.inspection) return this.#inspect?.(m.inspection);
       const e = m.event;
       if (!e) return; // a comlink answer
       own.lastSeq = e.seq;
