@@ -35,4 +35,4 @@ export type { SinceCursor } from './events/resumeStream.ts';
 export type { ReplayLimits } from './events/ReplayLog.ts';
 export type { LogEntry, LogsOptions, ExecLogLimits } from './logs/ExecLog.ts';
 export type { SandboxMetrics } from './metrics/MetricsSampler.ts';
-export { machineGraph, type MachineGraph, type GraphNode, type GraphEdge } from './inspector/machineGraph.ts';
+export { machineGraph, type MachineGraph, type GraphNode, type GraphEdge, type Point } from './inspector/machineGraph.ts';

@@ -1,9 +1,12 @@
 /**
  * The lifecycle machine as a graph the inspector page can draw: its states (nested ones
  * inside their parent's box) and transitions, read from the machine definition itself
- * (xstate 5 state nodes are introspectable), with a simple deterministic layout.
+ * (xstate 5 state nodes are introspectable), laid out by ELK (elkjs: the Eclipse Layout
+ * Kernel's layered algorithm, with edge routing and label placement; a hand-made layout
+ * piled the labels of `live`'s transitions on each other).
  */
 
+import elkModule from 'elkjs/lib/elk.bundled.js';
 import type { AnyStateMachine } from 'xstate';
 
 /** A state of the machine, with its box on the page. */
@@ -20,11 +23,21 @@ export interface GraphNode {
   readonly height: number;
 }
 
+/** A point of the page, px. */
+export interface Point {
+  readonly x: number;
+  readonly y: number;
+}
+
 /** A transition: `event` moves the machine from `source` to `target`. */
 export interface GraphEdge {
   readonly source: string;
   readonly target: string;
   readonly event: string;
+  /** The route: start, bends, end (absent for the root's transitions, which are not drawn). */
+  readonly points?: readonly Point[];
+  /** Where the event's label goes: a box of its own, clear of the other labels and of the states. */
+  readonly label?: { readonly x: number; readonly y: number; readonly width: number; readonly height: number };
 }
 
 /** What {@link machineGraph} returns. */
@@ -48,13 +61,11 @@ interface StateNodeLike {
   readonly initial?: { readonly target: ReadonlyArray<{ readonly id: string }> } | undefined;
 }
 
-const LEAF_W = 130;
-const LEAF_H = 34;
-const PAD = 12;
-const HEADER = 26;
-const COL_GAP = 110;
-const ROW_GAP = 40;
-const MARGIN = 30;
+const LEAF_W = 120;
+const LEAF_H = 32;
+const PAD = 14;
+const HEADER = 28;
+const MARGIN = 20;
 
 /** A readable name for xstate's internal event types. */
 function eventLabel(type: string): string {
@@ -66,10 +77,23 @@ function eventLabel(type: string): string {
 }
 
 /**
+ * The graph of a machine, laid out (computed once per machine object).
+ *
  * @example
- * const g = machineGraph(sandboxMachine); // g.nodes[…].key === 'running'
+ * const g = await machineGraph(sandboxMachine); // g.nodes[…].key === 'running'
  */
-export function machineGraph(machine: AnyStateMachine): MachineGraph {
+export function machineGraph(machine: AnyStateMachine): Promise<MachineGraph> {
+  let g = cache.get(machine);
+  if (!g) {
+    g = buildGraph(machine);
+    cache.set(machine, g);
+    // A failed layout is not kept: the next call tries again.
+    g.catch(() => cache.delete(machine));
+  }
+  return g;
+}
+
+function buildGraph(machine: AnyStateMachine): Promise<MachineGraph> {
   const root = machine.root as unknown as StateNodeLike;
   const edges: GraphEdge[] = [];
   const global: GraphEdge[] = [];
@@ -90,72 +114,104 @@ export function machineGraph(machine: AnyStateMachine): MachineGraph {
   };
   collect(root);
 
-  // Columns: the longest path from the initial state among the top-level states.
-  const top = Object.values(root.states);
-  const topOf = new Map<string, string>();
-  for (const t of top) {
-    const mark = (n: StateNodeLike) => {
-      topOf.set(n.id, t.id);
-      for (const c of Object.values(n.states)) mark(c);
-    };
-    mark(t);
-  }
-  const next = new Map<string, Set<string>>(top.map((t) => [t.id, new Set<string>()]));
-  for (const e of edges) {
-    const a = topOf.get(e.source);
-    const b = topOf.get(e.target);
-    if (a && b && a !== b) next.get(a)!.add(b);
-  }
-  const rank = new Map<string, number>();
-  const initial = root.initial?.target[0]?.id ?? top[0]?.id;
-  const visit = (id: string, r: number, path: Set<string>) => {
-    if ((rank.get(id) ?? -1) >= r) return;
-    rank.set(id, r);
-    for (const n of next.get(id) ?? []) if (!path.has(n)) visit(n, r + 1, new Set([...path, n]));
-  };
-  if (initial) visit(initial, 0, new Set([initial]));
-  // States only the root leads to (killing): one column before their first target.
-  for (const t of top) {
-    if (rank.has(t.id)) continue;
-    const targets = [...(next.get(t.id) ?? [])].map((n) => rank.get(n) ?? 1);
-    rank.set(t.id, Math.max(0, Math.min(...targets, 99) - 1));
-  }
-
-  const nodes: GraphNode[] = [];
-  const size = (n: StateNodeLike): { w: number; h: number } => {
-    const kids = Object.values(n.states);
-    if (kids.length === 0) return { w: LEAF_W, h: LEAF_H };
-    const ks = kids.map(size);
-    return { w: Math.max(...ks.map((k) => k.w)) + 2 * PAD, h: HEADER + ks.reduce((a, k) => a + k.h, 0) + PAD * kids.length };
-  };
-  const place = (n: StateNodeLike, parent: string | null, x: number, y: number, w: number) => {
-    const s = size(n);
-    nodes.push({ id: n.id, key: n.key, parent, type: n.type, x, y, width: w, height: s.h });
-    let cy = y + HEADER;
-    for (const c of Object.values(n.states)) {
-      const cs = size(c);
-      place(c, n.id, x + PAD, cy, w - 2 * PAD);
-      cy += cs.h + PAD;
-    }
-  };
-  const columns = new Map<number, StateNodeLike[]>();
-  for (const t of top) {
-    const r = rank.get(t.id)!;
-    if (!columns.has(r)) columns.set(r, []);
-    columns.get(r)!.push(t);
-  }
-  let x = MARGIN;
-  let height = 0;
-  for (const r of [...columns.keys()].sort((a, b) => a - b)) {
-    const col = columns.get(r)!;
-    const w = Math.max(...col.map((t) => size(t).w));
-    let y = MARGIN;
-    for (const t of col) {
-      place(t, null, x, y, w);
-      y += size(t).h + ROW_GAP;
-    }
-    height = Math.max(height, y - ROW_GAP + MARGIN);
-    x += w + COL_GAP;
-  }
-  return { id: root.id, nodes, edges, global, width: x - COL_GAP + MARGIN, height };
+  return layout(root, edges, global);
 }
+
+/** Label boxes are sized for the page's edge-label font (11 px monospace: ~6.7 px a character). */
+const LABEL_CHAR_W = 6.7;
+const LABEL_H = 14;
+
+interface ElkNodeOut {
+  id: string;
+  x?: number;
+  y?: number;
+  width?: number;
+  height?: number;
+  children?: ElkNodeOut[];
+  edges?: { id: string; sections?: { startPoint: Point; endPoint: Point; bendPoints?: Point[] }[]; labels?: { text: string; x?: number; y?: number; width?: number; height?: number }[] }[];
+}
+
+type ElkConstructor = new () => { layout(graph: unknown): Promise<unknown> };
+// A CommonJS module: under Node's ESM its default import is the constructor itself; typed as the module.
+const ELK = (typeof elkModule === 'function' ? elkModule : (elkModule as { default: unknown }).default) as unknown as ElkConstructor;
+const elk = new ELK();
+const cache = new WeakMap<object, Promise<MachineGraph>>();
+
+/**
+ * Lays the states and transitions out with ELK's layered algorithm (nested states inside
+ * their parent, edges routed around the boxes, each label given a place of its own, so none
+ * sits on another or on a state). Absolute coordinates throughout.
+ */
+async function layout(root: StateNodeLike, edges: GraphEdge[], global: GraphEdge[]): Promise<MachineGraph> {
+  const toElk = (n: StateNodeLike): Record<string, unknown> => {
+    const kids = Object.values(n.states);
+    return kids.length === 0
+      ? { id: n.id, width: LEAF_W, height: LEAF_H }
+      : {
+          id: n.id,
+          layoutOptions: { 'elk.padding': `[top=${HEADER},left=${PAD},bottom=${PAD},right=${PAD}]` },
+          children: kids.map(toElk),
+        };
+  };
+  const graph = {
+    id: root.id,
+    layoutOptions: {
+      'elk.algorithm': 'layered',
+      'elk.direction': 'RIGHT',
+      'elk.hierarchyHandling': 'INCLUDE_CHILDREN',
+      'elk.edgeRouting': 'ORTHOGONAL',
+      'elk.edgeLabels.placement': 'CENTER',
+      'elk.layered.edgeLabels.sideSelection': 'ALWAYS_UP',
+      'elk.spacing.nodeNode': '28',
+      'elk.spacing.edgeLabel': '4',
+      'elk.spacing.edgeEdge': '12',
+      'elk.spacing.edgeNode': '14',
+      'elk.layered.spacing.nodeNodeBetweenLayers': '48',
+      'elk.layered.spacing.edgeNodeBetweenLayers': '18',
+      'elk.layered.spacing.edgeEdgeBetweenLayers': '12',
+      'elk.padding': `[top=${MARGIN},left=${MARGIN},bottom=${MARGIN},right=${MARGIN}]`,
+      'elk.json.shapeCoords': 'ROOT',
+      'elk.json.edgeCoords': 'ROOT',
+    },
+    children: Object.values(root.states).map(toElk),
+    edges: edges.map((e, i) => ({
+      id: `e${i}`,
+      sources: [e.source],
+      targets: [e.target],
+      labels: [{ text: e.event, width: Math.ceil(e.event.length * LABEL_CHAR_W) + 6, height: LABEL_H }],
+    })),
+  };
+  const out = (await elk.layout(graph)) as ElkNodeOut;
+  const nodes: GraphNode[] = [];
+  const byId = new Map<string, StateNodeLike>();
+  const index = (n: StateNodeLike) => {
+    byId.set(n.id, n);
+    for (const c of Object.values(n.states)) index(c);
+  };
+  index(root);
+  const walk = (n: ElkNodeOut, parent: string | null) => {
+    const s = byId.get(n.id)!;
+    nodes.push({ id: n.id, key: s.key, parent, type: s.type, x: n.x ?? 0, y: n.y ?? 0, width: n.width ?? LEAF_W, height: n.height ?? LEAF_H });
+    for (const c of n.children ?? []) walk(c, n.id);
+  };
+  for (const c of out.children ?? []) walk(c, null);
+  // ELK puts an edge in the graph of the nodes it connects (with ROOT coordinates, wherever it sits).
+  const laid = new Map<string, NonNullable<ElkNodeOut['edges']>[number]>();
+  const gather = (n: ElkNodeOut) => {
+    for (const e of n.edges ?? []) laid.set(e.id, e);
+    for (const c of n.children ?? []) gather(c);
+  };
+  gather(out);
+  const routed: GraphEdge[] = edges.map((e, i) => {
+    const l = laid.get(`e${i}`);
+    const sec = l?.sections?.[0];
+    const label = l?.labels?.[0];
+    return {
+      ...e,
+      ...(sec ? { points: [sec.startPoint, ...(sec.bendPoints ?? []), sec.endPoint] } : {}),
+      ...(label && label.x !== undefined && label.y !== undefined ? { label: { x: label.x, y: label.y, width: label.width ?? 0, height: label.height ?? LABEL_H } } : {}),
+    };
+  });
+  return { id: root.id, nodes, edges: routed, global, width: Math.ceil(out.width ?? 0), height: Math.ceil(out.height ?? 0) };
+}
+

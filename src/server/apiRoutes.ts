@@ -145,7 +145,7 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
     }
     if (path === '/v1/events') throw new CorralError('E_USAGE', 'GET /v1/events is a WebSocket: send Upgrade: websocket');
     if (path === '/v1/machine' && method === 'GET') {
-      sendJson(res, 200, machineGraph(sandboxMachine));
+      sendJson(res, 200, await machineGraph(sandboxMachine));
       return true;
     }
     if (path === '/v1/sandboxes') {
