@@ -163,6 +163,9 @@ describe('corral serve', () => {
   it('serves the machine graph the inspector draws', async () => {
     const g = (await api('GET', '/v1/machine')).body;
     expect(g.nodes.map((n: { key: string }) => n.key)).toEqual(expect.arrayContaining(['running', 'paused', 'stopped', 'creating', 'live']));
-    expect(g.edges).toContainEqual({ source: 'sandbox.live.running', target: 'sandbox.live.paused', event: 'pause' });
+    const pause = g.edges.find((e: { event: string; source: string }) => e.event === 'pause' && e.source === 'sandbox.live.running');
+    expect(pause).toMatchObject({ target: 'sandbox.live.paused', label: { width: expect.any(Number) } });
+    // Routed by the layout: a start, an end, and the bends between.
+    expect(pause.points.length).toBeGreaterThanOrEqual(2);
   });
 });
