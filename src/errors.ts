@@ -38,6 +38,8 @@ export const ErrorCodes = {
   E_SNAPSHOT_NOT_FOUND: 'no snapshot with that name',
   E_SNAPSHOT_EXISTS: 'a snapshot with that name already exists',
   E_SNAPSHOT: 'a snapshot could not be taken or restored',
+  E_SNAPSHOT_CORRUPT: 'a snapshot archive does not match its manifest, or is not one',
+  E_SNAPSHOT_INCOMPATIBLE: 'a snapshot needs a kernel, initramfs or image this host does not have as it was',
   E_VOLUME_NOT_FOUND: 'no named volume with that name',
   E_VOLUME_IN_USE: 'the named volume is mounted by a running sandbox and cannot be removed',
   E_UNAUTHORIZED: 'the API server needs a valid token (Authorization: Bearer …)',

@@ -22,7 +22,7 @@ import type { EventEnvelope, ExecRequest, InspectionEnvelope, WireInspectionEven
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
-import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import { readSnapshot, rootIdentity, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
 import { cloneOverlay, ensureTemplate, templateKey, type Template } from '../snapshot/templates.ts';
 import { refillSpares, sparesDir, takeSpare, type Spare } from '../snapshot/spares.ts';
 import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
@@ -565,6 +565,7 @@ export class SandboxActor implements SandboxWorkerApi {
         sessions: vm.agent.sessionIds,
         upperFile,
         devices: guest?.layout ?? { shares: 0, nic: false },
+        ...(this.#root ? { root: rootIdentity(this.#root) } : {}),
         createdAt: Date.now(),
         bytes: snapshotBytes(tmp),
       };

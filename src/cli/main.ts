@@ -16,6 +16,7 @@ import { lastValueFrom, tap } from 'rxjs';
 import type { LogEntry } from '../logs/ExecLog.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
+import { Snapshot } from '../sdk/Snapshot.ts';
 import { CorralServer } from '../server/CorralServer.ts';
 import { McpHttpServer, serveMcpStdio } from '../mcp/serve.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
@@ -45,6 +46,10 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   rm NAME                    remove a stopped sandbox
 volumes
   volume ls | volume create NAME | volume inspect NAME | volume rm NAME [--force]
+snapshots (take one with the SDK's sb.snapshot(name))
+  snapshot ls | snapshot rm NAME
+  snapshot export NAME FILE  one archive: memory, devices, disk, config, sha256 of each
+  snapshot import FILE [--name N]   checked for integrity and for this host's kernel and image
 images
   images                     cached images
   pull REF [--insecure]      pull an image (progress on stderr)
@@ -108,6 +113,7 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
   logs: { options: { since: { type: 'string' }, tail: { type: 'string' }, follow: { type: 'boolean', short: 'f' } }, run: cmdLogs },
   volume: { options: { force: { type: 'boolean' } }, run: cmdVolume },
+  snapshot: { options: { name: { type: 'string' } }, run: cmdSnapshot },
   rm: {
     run: async (c) => {
       const name = one(c);
@@ -364,6 +370,43 @@ async function cmdLogs(c: Ctx): Promise<number> {
   if (c.json) print(c, entries.map(line), '');
   else for (const e of entries) (e.stream === 'stderr' ? process.stderr : process.stdout).write(e.data);
   return EXIT.OK;
+}
+
+async function cmdSnapshot(c: Ctx): Promise<number> {
+  const [sub, a, b, ...extra] = c.positionals;
+  const opts = { supervisor: c.sup };
+  const args = (n: number, usage: string): void => {
+    const given = [a, b].filter((x) => x !== undefined).length;
+    if (given !== n || extra.length) throw new CorralError('E_USAGE', `usage: corral snapshot ${usage} (corral help)`);
+  };
+  switch (sub) {
+    case 'ls': {
+      args(0, 'ls');
+      const list = await Snapshot.list(opts);
+      print(c, list, list.map((s) => `${s.name}  from ${s.source}  ${(s.bytes / 2 ** 20).toFixed(1)} MiB  ${new Date(s.createdAt).toISOString()}`).join('\n') || '(no snapshots)');
+      return EXIT.OK;
+    }
+    case 'rm': {
+      args(1, 'rm NAME');
+      await Snapshot.remove(a!, opts);
+      print(c, { removed: a }, `removed ${a}`);
+      return EXIT.OK;
+    }
+    case 'export': {
+      args(2, 'export NAME FILE');
+      const r = await Sandbox.exportSnapshot(a!, b!, opts);
+      print(c, r, `${r.file}  ${(r.bytes / 2 ** 20).toFixed(1)} MiB in ${(r.ms / 1000).toFixed(1)} s`);
+      return EXIT.OK;
+    }
+    case 'import': {
+      args(1, 'import FILE [--name N]');
+      const m = await Sandbox.importSnapshot(a!, { ...opts, ...(typeof c.values.name === 'string' ? { name: c.values.name } : {}) });
+      print(c, m, `imported ${m.name} (from sandbox ${m.source}); start one with Sandbox.builder(…).fromSnapshot('${m.name}')`);
+      return EXIT.OK;
+    }
+    default:
+      throw new CorralError('E_USAGE', `snapshot takes ls, rm, export or import (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
+  }
 }
 
 async function cmdVolume(c: Ctx): Promise<number> {

@@ -183,6 +183,37 @@ export class Sandbox {
     return new Sandbox(sup, link.config, link);
   }
 
+  /**
+   * Writes snapshot `name` (taken with `sb.snapshot(name)`) to one archive file that
+   * another host or state dir can import: the guest's memory and devices, its disk
+   * (flattened), its config, and each file's sha256 (microsandbox's `snapshot save`).
+   *
+   * @example
+   * await sb.snapshot('ready');
+   * const { bytes } = await Sandbox.exportSnapshot('ready', '/backups/ready.corral');
+   */
+  static async exportSnapshot(name: string, file: string, options: LookupOptions = {}): Promise<{ file: string; bytes: number; ms: number }> {
+    if (typeof file !== 'string' || file === '') throw new InvalidOptionError('file', 'a path to write the archive to', file);
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    return bounded(`export of snapshot "${name}"`, options, (signal) => sup.exportSnapshot(name, file, signal), true);
+  }
+
+  /**
+   * Reads an archive made by {@link exportSnapshot} as snapshot `name` (the archive's own by
+   * default); start sandboxes from it with `builder.fromSnapshot(name)`. Refused with
+   * E_SNAPSHOT_CORRUPT when a file does not match its digest, and E_SNAPSHOT_INCOMPATIBLE
+   * when this host lacks the kernel, initramfs or image layers it was taken on.
+   *
+   * @example
+   * await Sandbox.importSnapshot('/backups/ready.corral', { name: 'ready' });
+   * const sb = await Sandbox.builder('again').fromSnapshot('ready').create();
+   */
+  static async importSnapshot(file: string, options: LookupOptions & { name?: string } = {}): Promise<SnapshotMeta> {
+    if (typeof file !== 'string' || file === '') throw new InvalidOptionError('file', 'the path of a snapshot archive', file);
+    const sup = options.supervisor ?? getDefaultSupervisor();
+    return bounded(`import of snapshot archive ${file}`, options, (signal) => sup.importSnapshot(file, { ...(options.name !== undefined ? { name: options.name } : {}), ...(signal ? { signal } : {}) }), true);
+  }
+
   /** Every known sandbox, with its status (records left by dead processes are repaired). */
   static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
     return bounded('list of sandboxes', options, async () => Sandbox.#list(options));

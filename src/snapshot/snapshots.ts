@@ -8,7 +8,7 @@
 
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { AgentHello } from '../agent/AgentClient.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
@@ -31,6 +31,39 @@ export interface SnapshotMeta {
   readonly devices?: DeviceLayout;
   readonly createdAt: number;
   readonly bytes: number;
+  /**
+   * What the saved guest runs on: the kernel, initramfs and read-only layers it had (their
+   * content-keyed cache names) and the image's pinned digest. A snapshot restores only onto
+   * the same; an imported one is checked against this host's (src/snapshot/portable.ts).
+   * Absent in snapshots taken before it was recorded.
+   */
+  readonly root?: RootIdentity;
+}
+
+/** The content-keyed names of what a guest runs on (see {@link rootIdentity}). */
+export interface RootIdentity {
+  readonly kernel: string;
+  readonly initramfs: string;
+  readonly lower: readonly string[];
+  readonly imageDigest?: string;
+  /** A disk-image root: its format (a disk root travels with the snapshot's upper: none). */
+  readonly disk?: string;
+}
+
+/**
+ * The identity of a prepared root: each artifact by the last two parts of its path, which
+ * the caches key by content (`kernel/<hash>/vmlinux`, `layers/<digest>.erofs`,
+ * `corral-base/<hash>/rootfs.erofs`), so the same names on two hosts are the same bytes.
+ */
+export function rootIdentity(root: { kernel: string; initramfs: string; lower: readonly { path: string }[]; imageDigest?: string | undefined; disk?: { format: string } | undefined }): RootIdentity {
+  const tail = (p: string) => `${basename(dirname(p))}/${basename(p)}`;
+  return {
+    kernel: tail(root.kernel),
+    initramfs: tail(root.initramfs),
+    lower: root.lower.map((l) => tail(l.path)),
+    ...(root.imageDigest ? { imageDigest: root.imageDigest } : {}),
+    ...(root.disk ? { disk: root.disk.format } : {}),
+  };
 }
 
 export function snapshotsDir(stateDir: string): string {

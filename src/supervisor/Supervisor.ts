@@ -31,6 +31,7 @@ import { holding } from '../runtime/hold.ts';
 import { sandboxDir } from '../runtime/rootfs.ts';
 import { sparesDir, sweepStaleSpares } from '../snapshot/spares.ts';
 import { listSnapshots, readSnapshot, removeSnapshot, snapshotDevices, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import { exportSnapshot, importSnapshot, type ExportResult } from '../snapshot/portable.ts';
 import { snapshotGuestFields } from '../guestenv/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
 import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
@@ -600,6 +601,16 @@ export class Supervisor {
   /** Every complete snapshot in this supervisor's state dir, by name. */
   snapshots(): SnapshotMeta[] {
     return listSnapshots(this.stateDir);
+  }
+
+  /** Writes snapshot `name` to one archive file (src/snapshot/portable.ts). */
+  exportSnapshot(name: string, file: string, signal?: AbortSignal): Promise<ExportResult> {
+    return holding(() => exportSnapshot(this.stateDir, name, file, signal));
+  }
+
+  /** Reads a snapshot archive into this state dir, checked for integrity and for this host's kernel and image. */
+  importSnapshot(file: string, options: { name?: string; signal?: AbortSignal } = {}): Promise<SnapshotMeta> {
+    return holding(() => importSnapshot(this.stateDir, file, options));
   }
 
   /** Deletes snapshot `name` (E_SNAPSHOT_NOT_FOUND if there is none); sandboxes started from it are not affected. */

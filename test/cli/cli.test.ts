@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Sandbox, Supervisor } from '../../src/index.ts';
 import { BIN, corral, corralLines, corralWith } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { startRegistry, testImages } from '../image/helpers/registry.ts';
@@ -142,6 +143,29 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
     expect(await corral('volume', 'inspect', vol)).toMatchObject({ code: 3, json: { error: { code: 'E_VOLUME_NOT_FOUND' } } });
     expect(await corral('volume', 'create', 'Bad/Name')).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION' } } });
     expect(await corral('volume', 'frob')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+  });
+
+  it('moves a snapshot between state dirs with snapshot export and import', async () => {
+    const name = uniqueName('clisnap');
+    // The CLI has no verb that takes a snapshot (that is the SDK's sb.snapshot): one made here.
+    const sup = new Supervisor({ stateDir: process.env.CORRAL_STATE_DIR! });
+    const sb = await Sandbox.builder(name).memory(128).supervisor(sup).create();
+    await sb.snapshot(`${name}-s`);
+    await sb.stop();
+    const dir = mkdtempSync(join(tmpdir(), 'corral-cli-snap-'));
+    try {
+      const file = join(dir, 's.corral');
+      expect((await corral('snapshot', 'ls')).json).toContainEqual(expect.objectContaining({ name: `${name}-s`, source: name }));
+      expect(await corral('snapshot', 'export', `${name}-s`, file)).toMatchObject({ code: 0, json: { file, bytes: expect.any(Number) } });
+      expect(await corral('--state-dir', join(dir, 'other'), 'snapshot', 'import', file, '--name', 'there')).toMatchObject({ code: 0, json: { name: 'there', source: name } });
+      expect(await corral('--state-dir', join(dir, 'other'), 'snapshot', 'import', join(dir, 'missing.corral'))).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION' } } });
+      expect(await corral('snapshot', 'rm', `${name}-s`)).toMatchObject({ code: 0, json: { removed: `${name}-s` } });
+      expect(await corral('snapshot', 'export', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
+      await Sandbox.remove(name, { supervisor: sup });
+    } finally {
+      await sup.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('starts a stopped sandbox again, and kills it', async () => {
