@@ -12,7 +12,7 @@ export { SandboxBuilder } from './sdk/SandboxBuilder.ts';
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
 export type { StdinSource } from './sdk/execStdin.ts';
 export { SandboxFs, type FsEntry, type FsEntryType, type FsStat, type FsWriteOptions, type FsTransferOptions } from './sdk/SandboxFs.ts';
-export type { ProbeRequest, ProbeResult } from './actor/contract.ts';
+export type { ExecInfo, ProbeRequest, ProbeResult } from './actor/contract.ts';
 export { Supervisor, type SupervisorOptions, type CreateOptions, type SandboxInfo } from './supervisor/Supervisor.ts';
 export { EventBus, ofType } from './bus/EventBus.ts';
 export type { SandboxEvent, SandboxEventType, EventOf, StopReason, SandboxStatus, Accel } from './bus/events.ts';

@@ -18,7 +18,7 @@ import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type
 import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
-import type { EventEnvelope, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
+import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -74,6 +74,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Spare VMs this actor keeps ready for creates of its shape (0: none). */
   readonly #spares: number;
   readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
+  /** What {@link execs} lists: each running exec, from its start to its end. */
+  readonly #execInfo = new Map<number, ExecInfo>();
 
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
@@ -172,6 +174,10 @@ export class SandboxActor implements SandboxWorkerApi {
 
   fs(call: FsCall): Promise<FsCallResult> {
     return this.#fs.call(call);
+  }
+
+  execs(): ExecInfo[] {
+    return [...this.#execInfo.values()].sort((a, b) => a.startedAt - b.startedAt);
   }
 
   async pause(): Promise<void> {
@@ -661,12 +667,18 @@ export class SandboxActor implements SandboxWorkerApi {
     const vm = this.#vm;
     if (!req || !vm) return;
     const t0 = performance.now();
+    const info: ExecInfo = { id: execId, argv: req.argv, pid: null, startedAt: Date.now(), background: req.background ?? false, stdin: req.stdin ?? false, tty: req.tty !== undefined };
+    this.#execInfo.set(execId, info);
     const done = () => {
       this.#sessions.delete(execId);
+      this.#execInfo.delete(execId);
       this.#actor.send({ type: 'exec.done', execId });
     };
     const handlers: ExecHandlers = {
-      started: (pid) => this.#emit({ type: 'exec.started', execId, argv: req.argv, pid }),
+      started: (pid) => {
+        this.#execInfo.set(execId, { ...info, pid });
+        this.#emit({ type: 'exec.started', execId, argv: req.argv, pid });
+      },
       stdout: (data) => this.#output.add('exec.stdout', execId, data),
       stderr: (data) => this.#output.add('exec.stderr', execId, data),
       exited: (code, signal, info) => {

@@ -80,6 +80,22 @@ export interface ExecRequest {
    * guest's command is held back once 2 MiB are unacknowledged (agent protocol 5).
    */
   readonly outputCredit?: boolean;
+  /** Started with `background: true`: it runs on whoever holds (or drops) a handle to it. */
+  readonly background?: boolean;
+}
+
+/** A command running in a sandbox, as {@link SandboxWorkerApi.execs} lists it. */
+export interface ExecInfo {
+  /** The exec's id: what `sandbox.attach(id)` takes. */
+  readonly id: number;
+  readonly argv: readonly string[];
+  /** The command's pid in the guest, once it started. */
+  readonly pid: number | null;
+  /** Wall clock (ms since the epoch) when it was started. */
+  readonly startedAt: number;
+  readonly background: boolean;
+  readonly stdin: boolean;
+  readonly tty: boolean;
 }
 
 /** A diagnostic for the benchmarks' floors (agent protocol 5). */
@@ -127,6 +143,8 @@ export interface SandboxWorkerApi {
   ackOutput(execId: number, bytes: number): void;
   /** One file call in the guest (src/agent/fsCalls.ts). */
   fs(call: FsCall): Promise<FsCallResult>;
+  /** The commands running now, oldest first. */
+  execs(): ExecInfo[];
   pause(): Promise<void>;
   resume(): Promise<void>;
   /** The sandbox ends (drains, reason `max-duration`) `ms` from now, replacing any earlier limit. */

@@ -14,10 +14,10 @@ import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
-import type { ProbeRequest, ProbeResult } from '../actor/contract.ts';
+import type { ExecInfo, ProbeRequest, ProbeResult } from '../actor/contract.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
-import { ExecResult, ExecStream, routeExecEvent, type ExecOptions, type ExecStreamItem } from './exec.ts';
+import { ExecResult, ExecStream, routeExecEvent, type ExecControl, type ExecOptions, type ExecStreamItem } from './exec.ts';
 import { ttyOption, userOption, validateExec } from './execOptions.ts';
 import { SandboxFs } from './SandboxFs.ts';
 import { feedStdin, isStdinSource, stdinOption, type StdinSource } from './execStdin.ts';
@@ -51,6 +51,14 @@ export interface StopOptions {
 export interface ExecStreamOptions extends Omit<ExecOptions, 'stdin'> {
   /** `'pipe'` keeps stdin open for {@link ExecStream.write}; a value is written then closed; a stream is copied in. */
   readonly stdin?: 'pipe' | string | Uint8Array | StdinSource;
+  /**
+   * Runs on whoever holds (or drops) the handle, as E2B's `commands.run({ background })`:
+   * the handle does not keep this process alive, and its output is not held back for a
+   * reader: it is kept in the sandbox's replay buffer (bounded), from which the handle, or
+   * `sandbox.attach(stream.id)` from any process later, reads it. No `timeoutMs` (end it
+   * with `kill()`).
+   */
+  readonly background?: boolean;
 }
 
 /** Options of {@link Sandbox.run}: those of exec, and an entrypoint override. */
@@ -675,6 +683,113 @@ export class Sandbox {
     await this.close();
   }
 
+  /**
+   * The commands running in the sandbox now (background ones and any other), oldest first:
+   * `id` (what {@link attach} takes), `argv`, `pid`, `startedAt`, `background`.
+   *
+   * @example
+   * for (const c of await sb.execs()) console.log(c.id, c.argv.join(' '));
+   */
+  async execs(options: CallOptions = {}): Promise<ExecInfo[]> {
+    const link = this.#requireLink('list the commands of');
+    return bounded(`execs of sandbox "${this.name}"`, options, () => link.busy(async () => link.api.execs()));
+  }
+
+  /**
+   * Reconnects to a running command by id, from this or any process (a detached sandbox's
+   * commands outlive the process that started them): an {@link ExecStream} that reads its
+   * output from the start, or after `since` (a stream's `lastSeq`), as far back as the
+   * sandbox's replay buffer reaches, then live; `write`, `end`, `kill` and `resize` act on
+   * the command. E_EXEC_NOT_FOUND when no command of that id runs.
+   *
+   * @example
+   * const job = await sb.execStream('sh', ['-c', 'long-task'], { background: true });
+   * // … later, maybe in another process:
+   * const again = await sb.attach(job.id);
+   * for await (const item of again) if (item.type === 'stdout') process.stdout.write(item.data);
+   */
+  async attach(id: number, options: CallOptions & { since?: number } = {}): Promise<ExecStream> {
+    if (!Number.isInteger(id) || id < 1) throw new InvalidOptionError('id', 'the id of a running command (stream.id, or sandbox.execs())', id);
+    const since = options.since ?? 0;
+    if (!Number.isInteger(since) || since < 0) throw new InvalidOptionError('since', 'a non-negative integer seq (a stream\'s lastSeq)', options.since);
+    const running = await this.execs(options);
+    if (!running.some((e) => e.id === id)) {
+      throw new CorralError('E_EXEC_NOT_FOUND', `no running command ${id} in sandbox "${this.name}" (sb.execs() lists them; a finished one's output is in sb.logs({ execId: ${id} }))`);
+    }
+    const link = this.#requireLink('attach to a command of');
+    return this.#attached(link, id, since, this.#controlOf(link, id));
+  }
+
+  #controlOf(link: SandboxLink, execId: number): ExecControl {
+    return {
+      write: async (data: string | Uint8Array) => link.api.writeStdin(execId, typeof data === 'string' ? encoder.encode(data) : data),
+      end: async () => link.api.closeStdin(execId),
+      kill: async (signo = 9) => link.api.signalExec(execId, signo),
+      resize: async (cols: number, rows: number) => link.api.resizeExec(execId, cols, rows),
+      replayable: true,
+    };
+  }
+
+  async #startBackground(link: SandboxLink, execId: number, command: string[] | ImageCommandRequest, options: ExecStreamOptions, control: ExecControl): Promise<ExecStream> {
+    const tty = ttyOption(options.tty);
+    const user = userOption(options.user);
+    const stdin = options.stdin;
+    await link.api.exec(execId, {
+      argv: Array.isArray(command) ? command : [],
+      ...(Array.isArray(command) ? {} : { imageCommand: command }),
+      ...(options.env ? { env: options.env } : {}),
+      ...(options.cwd ? { cwd: options.cwd } : {}),
+      stdin: stdin !== undefined,
+      mergeStderr: options.mergeStderr ?? false,
+      ...(tty ? { tty } : {}),
+      ...(user !== undefined ? { user } : {}),
+      background: true,
+    });
+    const stream = this.#attached(link, execId, 0, { ...control, ack: undefined, replayable: true } as ExecControl);
+    if (isStdinSource(stdin)) void feedStdin(stream, stdin);
+    else if (stdin !== undefined && stdin !== 'pipe') {
+      // A write that fails means the command is gone: its own end says why.
+      await control.write(typeof stdin === 'string' ? encoder.encode(stdin) : stdin).catch(logFailure(`writing the stdin of background exec ${execId}`));
+      await control.end().catch(logFailure(`closing the stdin of background exec ${execId}`));
+    }
+    return stream;
+  }
+
+  /**
+   * A stream of one exec's events read from the sandbox's replay buffer after `since`, then
+   * live, connected on its first use (so a handle nobody reads costs nothing and holds
+   * nothing); from then until the exec ends it holds the process, like any call.
+   */
+  #attached(link: SandboxLink, execId: number, since: number, control: ExecControl): ExecStream {
+    const stream = new ExecStream(execId, control);
+    stream.connectOnUse(() => {
+      let sub: Subscription | undefined;
+      let release!: () => void;
+      const disconnected = new Promise<void>((r) => (release = r));
+      const done = () => queueMicrotask(() => sub?.unsubscribe());
+      sub = this.#sup.events({ name: this.name, since }).subscribe({
+        next: (e) => {
+          if (isExecOf(e, execId)) {
+            stream.lastSeq = e.seq;
+            if (routeExecEvent(stream, e, () => false)) done();
+          } else if (e.type === 'sandbox.stopped') {
+            stream.fail(new CorralError('E_VM_CRASHED', `sandbox "${this.name}" stopped while exec ${execId} was running`));
+            done();
+          }
+        },
+        error: (err: Error) => stream.fail(err),
+        complete: () => stream.fail(new CorralError('E_EXEC_NOT_FOUND', `the events of sandbox "${this.name}" ended before exec ${execId} did`)),
+      });
+      // Holds the process while connected, like a call; the exec's own failure reaches its reader.
+      void link.busy(() => Promise.race([stream.ended, disconnected])).catch(() => {});
+      return () => {
+        sub?.unsubscribe();
+        release();
+      };
+    });
+    return stream;
+  }
+
   #requireLink(what: string): SandboxLink {
     if (this.#released || !this.#link) {
       const state = this.#sup.reconcile(this.name)?.status ?? 'removed';
@@ -717,6 +832,10 @@ export class Sandbox {
     // An image command is resolved against the image's config in the sandbox's worker.
     const argv = Array.isArray(command) ? command : [];
     validateExec(Array.isArray(command) ? command : null, options);
+    if (options.background !== undefined && typeof options.background !== 'boolean') throw new InvalidOptionError('background', 'true or false', options.background);
+    if (options.background && options.timeoutMs !== undefined) {
+      throw new InvalidOptionError('timeoutMs', 'absent for a background command (its life is the sandbox\'s: end it with kill())', options.timeoutMs);
+    }
     const tty = ttyOption(options.tty);
     const user = userOption(options.user);
     if (options.stdin !== 'pipe') stdinOption(options.stdin, true);
@@ -734,6 +853,7 @@ export class Sandbox {
       // Collected output (exec(), run()) is consumed as it arrives: no credit to give back.
       ...(collect ? {} : { ack: async (bytes: number) => ctl.api.ackOutput(execId, bytes) }),
     };
+    if (options.background) return this.#startBackground(ctl, execId, command, options, control);
     const stream = new ExecStream(execId, control);
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
@@ -803,6 +923,11 @@ export class Sandbox {
     }
     return stream;
   }
+}
+
+/** The events of one exec, as they reach an {@link ExecStream}. */
+function isExecOf(e: SandboxEvent, execId: number): boolean {
+  return isExecEvent(e) && e.execId === execId;
 }
 
 /**

@@ -83,6 +83,11 @@ export interface ExecControl {
    * may send that many more. Failures are the stream's to log, never the consumer's.
    */
   ack?(bytes: number): Promise<void>;
+  /**
+   * The output can be read again from the sandbox's replay buffer (a background command's,
+   * or one attached to): a stream awaited only for its exit may drop it.
+   */
+  readonly replayable?: boolean;
 }
 
 /**
@@ -123,6 +128,16 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   /** The caller asked for {@link exited}. */
   #exitAwaited = false;
   readonly #exited: Promise<Extract<ExecStreamItem, { type: 'exited' }>>;
+  /** Connects a stream whose items come from the replay buffer, on its first use. */
+  #onFirstUse: (() => () => void) | undefined;
+  /** Lets go of that connection (the command runs on). */
+  #disconnect: (() => void) | undefined;
+  /**
+   * The seq of the last event of this exec that the stream took in: `sandbox.attach(id, {
+   * since: stream.lastSeq })` reads on from there (a background command's output is kept,
+   * bounded by the sandbox's replay buffer).
+   */
+  lastSeq = 0;
   #resolveExit!: (x: Extract<ExecStreamItem, { type: 'exited' }>) => void;
   #rejectExit!: (e: Error) => void;
 
@@ -148,6 +163,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
    * get the output, read the stream before or while awaiting this, or use `exec()`.
    */
   get exited(): Promise<Extract<ExecStreamItem, { type: 'exited' }>> {
+    this.#use();
     this.#exitAwaited = true;
     this.#discardIfUnread();
     return this.#exited;
@@ -162,8 +178,37 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
    * Every item, as an Observable. The first subscriber also gets what arrived before it
    * subscribed; later subscribers see items from their subscription on.
    */
+  /** The exec's id: what `sandbox.attach(id)` takes to reconnect to it, from this or any process. */
+  get id(): number {
+    return this.execId;
+  }
+
+  /** @internal `connect` runs on the stream's first use (iteration, items$, exited); it returns how to let go. */
+  connectOnUse(connect: () => () => void): void {
+    this.#onFirstUse = connect;
+  }
+
+  #use(): void {
+    const connect = this.#onFirstUse;
+    this.#onFirstUse = undefined;
+    if (connect) this.#disconnect = connect();
+  }
+
+  /**
+   * Stops reading a background command (or one attached to) without ending it: this handle
+   * ends (`exited` rejects with E_CLOSED), the command runs on, and `sandbox.attach(id, {
+   * since: lastSeq })` reads on from here. A reader that breaks out of its loop does this.
+   */
+  disconnect(): void {
+    if (!this.control.replayable || this.#done) return;
+    this.#onFirstUse = undefined;
+    this.#disconnect?.();
+    this.fail(new CorralError('E_CLOSED', `disconnected from exec ${this.execId} (it runs on: attach to it again by id)`));
+  }
+
   get items$(): Observable<ExecStreamItem> {
     return new Observable<ExecStreamItem>((subscriber) => {
+      this.#use();
       if (this.#mode === 'iterator') throw new CorralError('E_ILLEGAL_STATE', 'this exec stream is already being iterated');
       if (this.#mode === 'discarding') throw new CorralError('E_ILLEGAL_STATE', DISCARDED);
       if (this.#mode === 'unset') {
@@ -293,6 +338,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<ExecStreamItem> {
+    this.#use();
     if (this.#mode === 'discarding') throw new CorralError('E_ILLEGAL_STATE', DISCARDED);
     if (this.#mode !== 'unset') throw new CorralError('E_ILLEGAL_STATE', 'an exec stream can be consumed once (iterate it, or subscribe to items$)');
     this.#mode = 'iterator';
@@ -310,8 +356,10 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
         await new Promise<void>((r) => (this.#waiter = r));
       }
     } finally {
-      // A consumer that stops early (break) does not want the command any more.
-      if (!this.#done) await this.kill().catch(logFailure(`killing exec ${this.execId} after its consumer stopped`));
+      // A consumer that stops early (break) does not want the command any more; a background
+      // command (or an attached one) runs on for whoever attaches next.
+      if (!this.#done && this.control.replayable) this.disconnect();
+      else if (!this.#done) await this.kill().catch(logFailure(`killing exec ${this.execId} after its consumer stopped`));
     }
   }
 
@@ -334,7 +382,7 @@ export class ExecStream implements AsyncIterable<ExecStreamItem> {
    * would wait for a reader forever, so its output is given back and goes unread instead.
    */
   #discardIfUnread(): void {
-    if (!this.#exitAwaited || this.#mode !== 'unset' || this.#queuedBytes < DISCARD_AT || !this.control.ack) return;
+    if (!this.#exitAwaited || this.#mode !== 'unset' || this.#queuedBytes < DISCARD_AT || !(this.control.ack || this.control.replayable)) return;
     this.#mode = 'discarding';
     for (const item of this.#queue.splice(0)) this.#consumed(item);
     process.emitWarning(`corral: exec ${this.execId}: its exited was awaited while nobody read its output; discarding the output (${this.#queuedBytes} bytes so far) so that the command can finish. Read the stream, or use exec(), to keep it`);

@@ -42,6 +42,10 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
     'ok exec collects output past the window', 'ok awaiting only exited settles for a command that prints 8 MiB',
     'ok an endless stream nobody reads ends with destroy()', 'done',
   ],
+  background: [
+    'ok the first client exits on its own while the command runs', 'ok the command is listed',
+    'ok attached, it reads everything from the start and its stdin reaches the command', 'done',
+  ],
   portable: ['ok exported to one file', 'ok imported on the other host', 'ok a sandbox from it has the file', 'ok a corrupt archive is refused', 'done'],
   cancel: [
     'ok a create past its timeoutMs rejects E_TIMEOUT and leaves a stopped record', 'ok wait with timeoutMs rejects E_TIMEOUT and the sandbox runs on',

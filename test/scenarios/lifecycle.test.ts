@@ -3,4 +3,4 @@
 // stop with fallback, max duration and idle timeout; cancellation and disposal.
 import { scenarioCases } from './scenarioCases.ts';
 
-scenarioCases('lifecycle scenarios, each a plain node process', ['lifecycle', 'detached', 'graceful-stop', 'policies', 'cancel', 'portable']);
+scenarioCases('lifecycle scenarios, each a plain node process', ['lifecycle', 'detached', 'graceful-stop', 'policies', 'cancel', 'portable', 'background']);
