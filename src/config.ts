@@ -37,6 +37,14 @@ export interface SandboxConfig extends ImageConfigFields, GuestConfigFields {
   readonly idleTimeoutMs?: number;
   /** What the idle limit does: `stop` (default) drains the sandbox; `pause` freezes it until a call needs the guest. */
   readonly idleAction?: 'stop' | 'pause';
+  /**
+   * A shell command started in the background as the guest comes up (E2B's template start
+   * command: a server, a warmed interpreter): in the template, so that a sandbox restored
+   * from it has it running already, and after a cold boot or a start.
+   */
+  readonly startCmd?: string;
+  /** A shell command that succeeds once {@link startCmd}'s work is ready; polled until it does (bootTimeoutMs bounds it). */
+  readonly readyCmd?: string;
   /** Verbosity of the sandbox's runtime log (stderr of the hosting process). */
   readonly logLevel: LogLevel;
   /**
@@ -161,7 +169,7 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
   const c = raw as Partial<Record<keyof SandboxConfig, unknown>>;
   const known = new Set<string>([
     'name', 'image', 'memoryMib', 'cpus', 'workdir', 'shell', 'env', 'labels', 'accel',
-    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'idleAction', 'logLevel', 'template', 'fromSnapshot',
+    'bootTimeoutMs', 'stopTimeoutMs', 'maxDurationMs', 'idleTimeoutMs', 'idleAction', 'startCmd', 'readyCmd', 'logLevel', 'template', 'fromSnapshot',
     ...IMAGE_CONFIG_KEYS,
     ...GUEST_CONFIG_KEYS,
   ]);
@@ -173,6 +181,11 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     if (!known.has(k)) throw new InvalidOptionError(k, `a known option (${[...known].join(', ')})`, k);
   }
   if (c.idleAction !== undefined && c.idleAction !== 'stop' && c.idleAction !== 'pause') throw new InvalidOptionError('idleAction', 'one of "stop", "pause"', c.idleAction);
+  for (const k of ['startCmd', 'readyCmd'] as const) {
+    const v = c[k];
+    if (v !== undefined && (typeof v !== 'string' || v.trim() === '' || v.length > 16 * 1024)) throw new InvalidOptionError(k, 'a non-empty shell command of at most 16 KiB', v);
+  }
+  if (c.readyCmd !== undefined && c.startCmd === undefined) throw new InvalidOptionError('readyCmd', 'set together with startCmd (it says when the start command is ready)', c.readyCmd);
   const accel = c.accel ?? DEFAULTS.accel;
   if (accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw new InvalidOptionError('accel', 'one of "auto", "kvm", "tcg"', accel);
   return {
@@ -190,6 +203,8 @@ export function normalizeConfig(raw: unknown): SandboxConfig {
     ...(c.maxDurationMs !== undefined ? { maxDurationMs: validateInt(c.maxDurationMs, 'maxDurationMs', LIMITS.policyMs, ' ms') } : {}),
     ...(c.idleTimeoutMs !== undefined ? { idleTimeoutMs: validateInt(c.idleTimeoutMs, 'idleTimeoutMs', LIMITS.policyMs, ' ms') } : {}),
     ...(c.idleAction !== undefined ? { idleAction: c.idleAction as 'stop' | 'pause' } : {}),
+    ...(c.startCmd !== undefined ? { startCmd: c.startCmd as string } : {}),
+    ...(c.readyCmd !== undefined ? { readyCmd: c.readyCmd as string } : {}),
     logLevel: logLevel as LogLevel,
     ...(c.template !== undefined ? { template: c.template as boolean } : {}),
     ...(c.fromSnapshot !== undefined ? { fromSnapshot: c.fromSnapshot as string } : {}),

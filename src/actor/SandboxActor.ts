@@ -315,6 +315,11 @@ export class SandboxActor implements SandboxWorkerApi {
       onSpawn: (pid) => this.#spawned(pid, choice),
     });
     await this.#applyGuest(vm, guest);
+    await this.#runStartCmd(vm).catch(async (err: unknown) => {
+      vm.kill();
+      await vm.exited;
+      throw err;
+    });
     this.#log.info(`booted in ${(performance.now() - t0).toFixed(0)} ms (guest ${vm.hello.bootMs} ms, agent ${vm.hello.agentVersion})`);
     return this.#adopt(vm, t0);
   }
@@ -340,7 +345,11 @@ export class SandboxActor implements SandboxWorkerApi {
       cpus: this.#config.cpus,
       accel: choice.accel,
       // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
-      argv: qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
+      argv: [
+        ...qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
+        // A start command runs in the template, with the sandbox's environment: both shape it.
+        ...(this.#config.startCmd ? [`startCmd=${this.#config.startCmd}`, `readyCmd=${this.#config.readyCmd ?? ''}`, `env=${JSON.stringify(this.#startEnv())}`] : []),
+      ],
     });
     const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
       await copySparse(root.upperTemplate, p.upper);
@@ -354,6 +363,7 @@ export class SandboxActor implements SandboxWorkerApi {
         signal,
       });
       try {
+        await this.#runStartCmd(vm);
         await vm.saveTo(p.stateFile, { ignoreShared: true });
       } finally {
         vm.kill();
@@ -381,6 +391,38 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms${spare ? ' (a spare)' : ''}`);
     if (spareable) refillSpares(key, this.#spares, () => this.#makeSpare(root, choice, tpl), this.#log);
     return this.#adopt(vm, t0);
+  }
+
+  /** The environment the start command runs with: the image's, then the sandbox's. */
+  #startEnv(): Record<string, string> {
+    return { PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env };
+  }
+
+  /**
+   * Starts the config's start command in the background (its output to
+   * /tmp/.corral-start.log in the guest) and polls its ready command until it succeeds,
+   * within bootTimeoutMs. Nothing to do without one.
+   */
+  async #runStartCmd(vm: Vm): Promise<void> {
+    const { startCmd, readyCmd } = this.#config;
+    if (!startCmd) return;
+    const env = Object.entries(this.#startEnv()).map(([k, v]) => `${k}=${v}`);
+    const started = await vm.agent.run({ argv: ['sh', '-c', `(${startCmd}) </dev/null >/tmp/.corral-start.log 2>&1 &`], env, cwd: '/' });
+    if (started !== 0) throw new CorralError('E_BOOT_FAILED', `the start command could not be started (sh exited ${started})`);
+    if (!readyCmd) return;
+    const deadline = performance.now() + this.#config.bootTimeoutMs;
+    let last: number | null = null;
+    // The ready command is the condition (E2B's readyCmd): polled, as nothing else says when a server is up.
+    while (performance.now() < deadline) {
+      last = await vm.agent.run({ argv: ['sh', '-c', readyCmd], env, cwd: '/' });
+      if (last === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const log = await new Promise<string>((resolve) => {
+      let out = '';
+      vm.agent.exec({ argv: ['tail', '-c', '2000', '/tmp/.corral-start.log'], env, cwd: '/' }, { started: () => {}, stdout: (d) => (out += Buffer.from(d).toString()), stderr: () => {}, exited: () => resolve(out), failed: () => resolve(out) });
+    });
+    throw new CorralError('E_BOOT_FAILED', `the ready command did not succeed within ${this.#config.bootTimeoutMs} ms (last exit ${last}); the start command's output ends with: ${log.trim().slice(-500) || '(nothing)'}`);
   }
 
   /** The sandbox's guest environment (src/guestenv), prepared on first use; `layout`: a snapshot's devices. */

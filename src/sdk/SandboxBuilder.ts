@@ -239,6 +239,28 @@ export class SandboxBuilder<S = unknown> {
     return this;
   }
 
+  /**
+   * A shell command started in the background as the guest comes up (E2B's `setStartCmd`):
+   * a server, a warmed interpreter. It runs in the template, so a sandbox restored from it
+   * finds it running at once; a cold boot or a start runs it again. The template is keyed
+   * on it (and on the env), so sandboxes without it never share that template.
+   *
+   * @example
+   * Sandbox.builder('api').startCmd('python3 -m http.server 8000').readyCmd('wget -qO- localhost:8000').create();
+   */
+  startCmd(cmd: string): this {
+    if (typeof cmd !== 'string' || cmd.trim() === '') throw new InvalidOptionError('startCmd', 'a non-empty shell command', cmd);
+    this.#config.startCmd = cmd;
+    return this;
+  }
+
+  /** A shell command that succeeds once the start command's work is ready (polled; bootTimeoutMs bounds the wait). */
+  readyCmd(cmd: string): this {
+    if (typeof cmd !== 'string' || cmd.trim() === '') throw new InvalidOptionError('readyCmd', 'a non-empty shell command', cmd);
+    this.#config.readyCmd = cmd;
+    return this;
+  }
+
   /** Verbosity of the sandbox runtime's log: error, warn (default), info, debug, trace. */
   logLevel(level: LogLevel): this {
     if (!LOG_LEVELS.includes(level)) throw new InvalidOptionError('logLevel', `one of ${LOG_LEVELS.map((l) => `"${l}"`).join(', ')}`, level);
