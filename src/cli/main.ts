@@ -24,6 +24,7 @@ import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
+import { NODE_OPTIONS, cmdNode } from './node.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -50,6 +51,10 @@ images
 servers
   serve [--host H] [--port P] [--token T]   HTTP + WebSocket API (token: --token or CORRAL_TOKEN)
   ui [--port P]              the live inspector page on loopback
+cluster
+  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P]
+       [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
+                             a cluster node: runs sandboxes for the cluster until SIGTERM
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
@@ -116,6 +121,7 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   pull: { options: { insecure: { type: 'boolean' } }, run: cmdPull },
   serve: { options: { host: { type: 'string' }, port: { type: 'string' }, token: { type: 'string' } }, run: (c) => cmdServe(c, false) },
   ui: { options: { port: { type: 'string' } }, run: (c) => cmdServe(c, true) },
+  node: { options: NODE_OPTIONS, run: async () => EXIT.USAGE },
 };
 
 /**
@@ -149,6 +155,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   } catch (err) {
     return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
   }
+  // A node owns its supervisor (its own state dir), for as long as it runs.
+  if (name === 'node') return cmdNode(stateDir, parsed.values);
   const sup = new Supervisor(stateDir ? { stateDir } : {});
   try {
     return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });
