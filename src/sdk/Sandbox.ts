@@ -29,6 +29,9 @@ import { metricsStream } from '../metrics/metricsStream.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
+import { catalogInfo, createInCluster, openInCluster, removeInCluster } from './clusterSandboxes.ts';
+import type { PlacementOptions } from './SandboxBuilder.ts';
 
 export type { CallOptions };
 
@@ -87,6 +90,8 @@ export interface SandboxSummary {
   readonly stopReason: StopReason | null;
   readonly createdAt: number;
   readonly updatedAt: number;
+  /** The cluster node it runs (or ran) on (cluster lists only). */
+  readonly node?: string;
 }
 
 /** Options of {@link Sandbox.list}. */
@@ -98,16 +103,23 @@ export interface ListOptions extends CallOptions {
   /** Rows to skip (names are sorted). */
   readonly offset?: number;
   readonly supervisor?: Supervisor;
+  /** List the cluster's catalog instead: every sandbox on every node. */
+  readonly cluster?: Cluster;
 }
 
 /** Options of the static lookups. */
 export interface LookupOptions extends CallOptions {
   readonly supervisor?: Supervisor;
+  /** Look the sandbox up in this cluster's catalog, wherever it runs. */
+  readonly cluster?: Cluster;
 }
 
 export class Sandbox {
   readonly #link: SandboxLink | undefined;
-  readonly #sup: Supervisor;
+  /** The supervisor of a local sandbox (undefined for one of a cluster). */
+  readonly #localSup: Supervisor | undefined;
+  /** The cluster of a sandbox that runs on a cluster node. */
+  readonly #cluster: Cluster | undefined;
   readonly #config: SandboxConfig;
   #released = false;
   #sampler: MetricsSampler | undefined;
@@ -118,8 +130,9 @@ export class Sandbox {
    */
   readonly events$: Observable<SandboxEvent>;
 
-  private constructor(sup: Supervisor, config: SandboxConfig, link: SandboxLink | undefined) {
-    this.#sup = sup;
+  private constructor(sup: Supervisor | undefined, config: SandboxConfig, link: SandboxLink | undefined, cluster?: Cluster) {
+    this.#localSup = sup;
+    this.#cluster = cluster;
     this.#config = config;
     this.#link = link;
     this.#released = link === undefined;
@@ -128,7 +141,20 @@ export class Sandbox {
 
   /** Starts building a sandbox. */
   static builder(name: string): SandboxBuilder<Sandbox> {
-    return new SandboxBuilder(name, (config, opts) => (opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts)));
+    return new SandboxBuilder(name, (config, opts) =>
+      opts.cluster ? Sandbox.#createInCluster(config, opts.cluster, opts.placement, opts) : opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts),
+    );
+  }
+
+  /** The supervisor of a local sandbox; a cluster sandbox has none here. */
+  get #sup(): Supervisor {
+    if (!this.#localSup) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" runs on cluster node: this call is for local sandboxes only`, { details: { state: 'remote' } });
+    return this.#localSup;
+  }
+
+  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions): Promise<Sandbox> {
+    const link = await bounded(`create of sandbox "${config?.name}" in the cluster`, options, async () => createInCluster(cluster, config, placement));
+    return new Sandbox(undefined, link.config, link, cluster);
   }
 
   /**
@@ -157,6 +183,13 @@ export class Sandbox {
    * detached), else a stopped handle whose {@link start} boots it again.
    */
   static async get(name: string, options: LookupOptions = {}): Promise<Sandbox> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      const found = await bounded(`lookup of sandbox "${name}" in the cluster`, options, () => openInCluster(cluster, name));
+      if (!found) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
+      const config = found.link?.config ?? ({ name, image: found.entry.image, memoryMib: found.entry.memoryMib, labels: found.entry.labels } as SandboxConfig);
+      return new Sandbox(undefined, config, found.link, cluster);
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     const link = await bounded(`lookup of sandbox "${name}"`, options, (signal) => undoneOnAbort(sup.open(name), signal, (l) => l.detach()), true);
     if (link) return new Sandbox(sup, link.config, link);
@@ -185,6 +218,17 @@ export class Sandbox {
 
   /** Every known sandbox, with its status (records left by dead processes are repaired). */
   static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      return bounded('list of sandboxes in the cluster', options, async () => {
+        const want = Object.entries(options.labels ?? {});
+        const rows = (await cluster.catalog())
+          .filter((e) => want.every(([k, v]) => e.labels[k] === v))
+          .map((e) => ({ name: e.name, status: e.status, image: e.image, labels: e.labels, detached: true, stopReason: e.stopReason, createdAt: e.createdAt, updatedAt: e.updatedAt, node: e.node }));
+        const offset = options.offset ?? 0;
+        return rows.slice(offset, options.limit === undefined ? undefined : offset + options.limit);
+      });
+    }
     return bounded('list of sandboxes', options, async () => Sandbox.#list(options));
   }
 
@@ -232,6 +276,10 @@ export class Sandbox {
 
   /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
   static async remove(name: string, options: LookupOptions = {}): Promise<void> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      return bounded(`removal of sandbox "${name}" from the cluster`, options, () => removeInCluster(cluster, name));
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     await bounded(`removal of sandbox "${name}"`, options, () => sup.remove(name));
   }
@@ -257,7 +305,7 @@ export class Sandbox {
     if (!link || this.#released) return this.#recordInfo();
     return bounded(`info of sandbox "${this.name}"`, options, () => link.busy(() => link.api.info())).catch((err: unknown) => {
       // A closed supervisor, or a worker that died under the sandbox: the record says how it ended.
-      if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED')) return this.#recordInfo();
+      if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED' || err.code === 'E_NODE_LOST')) return this.#recordInfo();
       throw err;
     });
   }
@@ -496,6 +544,8 @@ export class Sandbox {
    * sb.events({ since: last }).subscribe((e) => (last = e.seq));
    */
   events(options: { since?: number } = {}): Observable<SandboxEvent> {
+    // A cluster's seqs are its event stream's sequences.
+    if (this.#cluster) return this.#cluster.events({ name: this.name, since: options.since ?? 0, untilStopped: true });
     return this.#sup.events({ name: this.name, ...(options.since !== undefined ? { since: options.since as SinceCursor } : {}) });
   }
 
@@ -575,7 +625,7 @@ export class Sandbox {
 
   #requireLink(what: string): SandboxLink {
     if (this.#released || !this.#link) {
-      const state = this.#sup.reconcile(this.name)?.status ?? 'removed';
+      const state = this.#localSup ? (this.#localSup.reconcile(this.name)?.status ?? 'removed') : 'stopped';
       throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.name}": ${this.#link ? 'this handle was released' : `it is ${state}`}`, {
         details: { state },
       });
@@ -584,6 +634,7 @@ export class Sandbox {
   }
 
   async #recordInfo(): Promise<SandboxInfo> {
+    if (this.#cluster) return catalogInfo(this.name, await this.#cluster.catalogEntry(this.name));
     const rec = this.#sup.reconcile(this.name);
     return {
       name: this.name,
