@@ -1,0 +1,165 @@
+/**
+ * A real 3-server NATS cluster with JetStream on loopback ports, user/password auth, each
+ * server with its own store dir in a temp dir; and `corral node` processes joined to it.
+ * Ports are probed free at run time, so runs of other engineers never collide with it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { freePort } from './net.ts';
+
+export const NODE_USER = { user: 'node', pass: 'node-secret' };
+export const APP_USER = { user: 'app', pass: 'app-secret' };
+
+export interface NatsCluster {
+  /** One `nats://127.0.0.1:port` per server. */
+  readonly urls: string[];
+  readonly dir: string;
+  stop(): Promise<void>;
+}
+
+/** Ends a child and resolves once it exited (SIGKILL after `graceMs`). */
+export async function endChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Starts the servers and resolves once JetStream answers (its meta leader is elected). */
+export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+  const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
+  const ports: number[] = [];
+  const routes: number[] = [];
+  for (let i = 0; i < size; i++) {
+    ports.push(await freePort());
+    routes.push(await freePort());
+  }
+  const children: ChildProcess[] = [];
+  let stopping = false;
+  for (let i = 0; i < size; i++) {
+    const conf = `server_name: s${i + 1}
+listen: 127.0.0.1:${ports[i]}
+jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
+cluster {
+  name: corral-test
+  listen: 127.0.0.1:${routes[i]}
+  routes: [${routes.filter((_, j) => j !== i).map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]
+}
+authorization {
+  users: [
+    { user: ${NODE_USER.user}, password: ${NODE_USER.pass} }
+    { user: ${APP_USER.user}, password: ${APP_USER.pass} }
+  ]
+}
+`;
+    const file = join(dir, `s${i + 1}.conf`);
+    await writeFile(file, conf);
+    const child = spawn('nats-server', ['-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      log = (log + d.toString()).slice(-4000);
+    });
+    child.once('exit', (code, sig) => {
+      if (!stopping) process.stderr.write(`nats-server s${i + 1} exited (${code ?? sig}):\n${log}\n`);
+    });
+    children.push(child);
+  }
+  // A test process that dies takes its servers with it.
+  const onExit = () => children.forEach((c) => c.kill('SIGKILL'));
+  process.once('exit', onExit);
+  const urls = ports.map((p) => `nats://127.0.0.1:${p}`);
+  const stop = async () => {
+    stopping = true;
+    process.off('exit', onExit);
+    await Promise.all(children.map((c) => endChild(c)));
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const nc = await connectRetrying(urls);
+    try {
+      for (let i = 0; ; i++) {
+        try {
+          // jetstreamManager() asks for the account info: it fails until a meta leader is elected.
+          await jetstreamManager(nc);
+          break;
+        } catch (err) {
+          if (i > 150) throw err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+    } finally {
+      await nc.close();
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { urls, dir, stop };
+}
+
+async function connectRetrying(urls: string[]) {
+  for (let i = 0; ; i++) {
+    try {
+      return await connect({ servers: urls, ...APP_USER });
+    } catch (err) {
+      if (i > 100) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
+
+export interface NodeProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly stateDir: string;
+  /** What it printed on stderr so far. */
+  stderr(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts `corral node` and resolves once it says it is registered (its first stdout line,
+ * `{ "ready": … }`).
+ */
+export async function startNode(cluster: NatsCluster, name: string, extra: string[] = []): Promise<NodeProcess> {
+  const stateDir = await mkdtemp(join(tmpdir(), `corral-node-${name}-`));
+  const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, '--user', NODE_USER.user, '--password', NODE_USER.pass, ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: process.env,
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-20_000);
+  });
+  await new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) {
+        const first = JSON.parse(buf.split('\n')[0]!) as { ready?: unknown; error?: { message: string } };
+        if (first.ready) resolve();
+        else reject(new Error(`node ${name} failed: ${first.error?.message}`));
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`node ${name} exited early (${code}): ${err}`)));
+  });
+  return {
+    name,
+    child,
+    stateDir,
+    stderr: () => err,
+    stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
+      await endChild(child, signal);
+      await rm(stateDir, { recursive: true, force: true });
+    },
+  };
+}
