@@ -11,9 +11,9 @@ import { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { logFailure } from '../runtime/log.ts';
-import { CATALOG_BUCKET, EVENTS_STREAM, NODES_BUCKET, decode, encode, eventSubject, nodeSubject, unwrapReply, type CatalogEntry, type NodeRecord } from './protocol.ts';
+import { CATALOG_BUCKET, EVENTS_STREAM, NODES_BUCKET, decode, encode, eventSubject, nodeSubject, unwrapReply, type CatalogEntry, type DrainReport, type NodeRecord } from './protocol.ts';
 
-export type { CatalogEntry, NodeRecord };
+export type { CatalogEntry, DrainReport, NodeRecord };
 
 /** Options of {@link Cluster.connect}. */
 export interface ClusterOptions {
@@ -159,7 +159,8 @@ export class Cluster {
   }
 
   /**
-   * The live nodes: registered, and rewritten their entry within {@link lostAfterMs}.
+   * The live nodes (registered, and rewritten their entry within {@link lostAfterMs}), each
+   * as its registry entry reads now.
    *
    * @example
    * for (const n of await cluster.nodes()) console.log(n.name, n.free.memoryMib, n.sandboxes);
@@ -167,17 +168,10 @@ export class Cluster {
   async nodes(): Promise<ClusterNode[]> {
     this.#assertOpen();
     this.#checkLiveness();
-    return [...this.#seen.values()].map((s) => s.record).sort((a, b) => (a.name < b.name ? -1 : 1));
-  }
-
-  /** @internal the live nodes read fresh from the registry (placement must not use a stale view). */
-  async freshNodes(): Promise<ClusterNode[]> {
-    this.#assertOpen();
-    const live = new Set((await this.nodes()).map((n) => n.name));
     const out: ClusterNode[] = [];
-    for (const name of live) {
+    for (const name of [...this.#seen.keys()].sort()) {
       const e = await this.#nodesKv.get(name);
-      if (e && e.operation === 'PUT') out.push(e.json<NodeRecord>());
+      if (e && e.operation === 'PUT' && this.#seen.has(name)) out.push(e.json<NodeRecord>());
     }
     return out;
   }
@@ -186,6 +180,21 @@ export class Cluster {
   nodeAlive(node: string): boolean {
     this.#checkLiveness();
     return this.#seen.has(node);
+  }
+
+  /**
+   * Drains a node: it takes no new sandboxes from now on (until it restarts), and each of
+   * its sandboxes refuses new execs, lets running ones finish, and stops (reason `drained`).
+   * Resolves with the time each took. `migrate: true` (moving them to other nodes by
+   * snapshot → transfer → restore) is not built yet: E_INVALID_OPTION.
+   *
+   * @example
+   * const report = await cluster.drain('n1');   // { node: 'n1', sandboxes: [{ name, ms, stopReason }] }
+   */
+  async drain(node: string, options: { migrate?: boolean; timeoutMs?: number } = {}): Promise<DrainReport> {
+    if (options.migrate) throw new InvalidOptionError('migrate', 'false: moving sandboxes to other nodes is not built yet', options.migrate);
+    if (!this.nodeAlive(node)) throw nodeLost(node);
+    return this.request<DrainReport>(node, 'drain', {}, { timeoutMs: options.timeoutMs ?? 2 ** 31 - 1 });
   }
 
   /** @internal calls `fn` with the name of every node found lost from now on; returns the unsubscribe. */
@@ -233,18 +242,18 @@ export class Cluster {
    * @internal a catalog entry, as it is: one of a lost node that still reads running reads
    * stopped with reason `node-lost`.
    */
-  async catalogEntry(name: string): Promise<CatalogEntry | undefined> {
+  async catalogEntry(name: string, options: { raw?: boolean } = {}): Promise<CatalogEntry | undefined> {
     const e = await this.#catalog.get(name);
     if (!e || e.operation !== 'PUT') return undefined;
-    return this.#asSeen(e.json<CatalogEntry>());
+    return options.raw ? e.json<CatalogEntry>() : this.#asSeen(e.json<CatalogEntry>());
   }
 
-  /** @internal every catalog entry, sorted by name (entries of lost nodes read stopped). */
-  async catalog(): Promise<CatalogEntry[]> {
+  /** @internal every catalog entry, sorted by name (entries of lost nodes read stopped unless `raw`). */
+  async catalog(options: { raw?: boolean } = {}): Promise<CatalogEntry[]> {
     this.#assertOpen();
     const out: CatalogEntry[] = [];
     for await (const key of await this.#catalog.keys()) {
-      const e = await this.catalogEntry(key);
+      const e = await this.catalogEntry(key, options);
       if (e) out.push(e);
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));

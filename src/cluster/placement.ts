@@ -1,8 +1,8 @@
 /**
  * Placement: which node of the cluster takes a new sandbox.
  *
- * A node is a candidate when it carries every asked label, has a sandbox slot free and at
- * least the guest's memory free. Candidates are ranked by
+ * A node is a candidate when it is not draining, carries every asked label, has a sandbox
+ * slot free and at least the guest's memory free. Candidates are ranked by
  *
  *   score = (free memory − asked memory) / memory capacity + free slots / slot capacity
  *
@@ -21,6 +21,7 @@ export interface PlacementAsk {
 
 /** A node's score for `ask` (higher is better); undefined when it does not fit. */
 export function scoreNode(node: NodeRecord, ask: PlacementAsk): number | undefined {
+  if (node.draining) return undefined;
   for (const [k, v] of Object.entries(ask.labels ?? {})) if (node.labels[k] !== v) return undefined;
   if (node.free.sandboxes < 1 || node.free.memoryMib < ask.memoryMib) return undefined;
   return (node.free.memoryMib - ask.memoryMib) / Math.max(1, node.capacity.memoryMib) + node.free.sandboxes / Math.max(1, node.capacity.sandboxes);
@@ -45,7 +46,7 @@ export function rankNodes(nodes: readonly NodeRecord[], ask: PlacementAsk): Node
 /** E_NO_CAPACITY for `ask`, saying what every live node had. */
 export function noCapacity(nodes: readonly NodeRecord[], ask: PlacementAsk, cause?: unknown): CorralError {
   const labels = Object.entries(ask.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(',');
-  const seen = nodes.map((n) => `${n.name} (${Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || 'no labels'}; ${n.free.memoryMib} MiB, ${n.free.sandboxes} slots free)`).join('; ');
+  const seen = nodes.map((n) => `${n.name} (${Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(',') || 'no labels'}; ${n.draining ? 'draining' : `${n.free.memoryMib} MiB, ${n.free.sandboxes} slots free`})`).join('; ');
   return new CorralError('E_NO_CAPACITY', `no cluster node has room for a sandbox of ${ask.memoryMib} MiB${labels ? ` with labels ${labels}` : ''}: ${seen || 'no live nodes'}`, {
     details: { memoryMib: ask.memoryMib, labels: ask.labels ?? {}, nodes: nodes.map((n) => n.name) },
     ...(cause !== undefined ? { cause } : {}),

@@ -4,6 +4,8 @@
  *
  *   corral.node.<node>.create          { config }            → { result: SandboxInfo }
  *   corral.node.<node>.remove          { name }              → { result: null }
+ *   corral.node.<node>.config          { name }              → { result: SandboxConfig }
+ *   corral.node.<node>.drain           {}                    → { result: DrainReport }
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
  *   corral.live.<sandbox>              the same event once stored, `seq` = its stream sequence
@@ -49,6 +51,14 @@ export interface NodeRecord {
   /** How often it rewrites this entry. */
   readonly heartbeatMs: number;
   readonly startedAt: number;
+  /** Drained: it takes no new sandboxes (placement passes it over). */
+  readonly draining: boolean;
+}
+
+/** What draining a node did, per sandbox (see `Cluster.drain`). */
+export interface DrainReport {
+  readonly node: string;
+  readonly sandboxes: readonly { readonly name: string; readonly ms: number; readonly stopReason: StopReason | null; readonly error?: SerializedError }[];
 }
 
 /** A sandbox's entry in the catalog: which node runs it and how it is. */

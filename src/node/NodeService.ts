@@ -12,9 +12,9 @@ import { availableParallelism, totalmem } from 'node:os';
 import type { Msg, Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
-import { CorralError, InvalidOptionError } from '../errors.ts';
+import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
-import { decode, encode, errorReply, eventSubject, liveSubject, nodeSubject, type CatalogEntry, type NodeRecord } from '../cluster/protocol.ts';
+import { decode, encode, errorReply, eventSubject, liveSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
@@ -65,6 +65,7 @@ export class NodeService {
   #subs: NatsSubscription[] = [];
   #timer: NodeJS.Timeout | undefined;
   #publishing: Promise<void> = Promise.resolve();
+  #draining = false;
   #closed: Promise<void> | undefined;
 
   private constructor(options: NodeServiceOptions, cluster: Cluster, sup: Supervisor) {
@@ -102,11 +103,27 @@ export class NodeService {
     }
   }
 
+  /**
+   * A node that comes back (same name, same state dir) runs none of the sandboxes the catalog
+   * may still give it: its VMs ended with its last process. Their entries say stopped, with
+   * the reason its store gives (crashed when it died under them).
+   */
+  async #reconcile(): Promise<void> {
+    for (const entry of await this.#cluster.catalog({ raw: true })) {
+      if (entry.node !== this.name || entry.status === 'stopped') continue;
+      const rec = this.#sup.reconcile(entry.name);
+      const stopReason = rec?.status === 'stopped' ? (rec.stopReason ?? 'crashed') : 'crashed';
+      await this.#cluster.putCatalog({ ...entry, status: 'stopped', stopReason, updatedAt: Date.now() });
+    }
+  }
+
   async #serve(): Promise<void> {
+    await this.#reconcile();
     const nc = this.#cluster.connection;
     this.#sup.events$.subscribe((e) => this.#onEvent(e));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'create'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#create(p as { config: SandboxConfig })) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'config'), { callback: (err, msg) => this.#handle(err, msg, async (p) => this.#config((p as { name: string }).name)) }));
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, () => this.drain()) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'sb.*'), {
@@ -144,6 +161,7 @@ export class NodeService {
       sandboxes: this.#live.size,
       heartbeatMs: this.#heartbeatMs,
       startedAt: this.#startedAt,
+      draining: this.#draining,
     };
   }
 
@@ -154,6 +172,7 @@ export class NodeService {
 
   async #create(payload: { config: SandboxConfig }): Promise<SandboxInfo> {
     if (this.#closed) throw new CorralError('E_CLOSED', `node "${this.name}" is shutting down`);
+    if (this.#draining) throw new CorralError('E_NO_CAPACITY', `node "${this.name}" is draining: it takes no new sandboxes`);
     const config = payload?.config;
     const name = config?.name;
     if (typeof name !== 'string') throw new InvalidOptionError('config.name', 'a sandbox name', name);
@@ -230,6 +249,28 @@ export class NodeService {
     } finally {
       set.delete(p);
     }
+  }
+
+  /**
+   * Takes no new sandboxes from now on, and drains each live one (new execs refused, running
+   * ones finish, then it stops: reason `drained`). Resolves with the time each took.
+   */
+  async drain(): Promise<DrainReport> {
+    this.#draining = true;
+    await this.#register();
+    const sandboxes = await Promise.all(
+      [...this.#live.values()].map(async (link) => {
+        const t0 = performance.now();
+        try {
+          const info = (await this.#call('drain', { name: link.config.name, args: [] })) as SandboxInfo;
+          await this.#releaseOf.get(link.config.name);
+          return { name: link.config.name, ms: performance.now() - t0, stopReason: info.stopReason };
+        } catch (err) {
+          return { name: link.config.name, ms: performance.now() - t0, stopReason: null, error: serializeError(err) };
+        }
+      }),
+    );
+    return { node: this.name, sandboxes };
   }
 
   /** The config a sandbox of this node was created from. */

@@ -20,7 +20,7 @@ import type { PlacementOptions } from './SandboxBuilder.ts';
  */
 export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined): Promise<NatsLink> {
   const ask = { memoryMib: config.memoryMib, ...(placement?.labels ? { labels: placement.labels } : {}) };
-  const nodes = await cluster.freshNodes();
+  const nodes = await cluster.nodes();
   const ranked = rankNodes(nodes, ask);
   const now = Date.now();
   const entry: CatalogEntry = { name: config.name, node: ranked[0]!.name, status: 'creating', stopReason: null, image: config.image, labels: config.labels ?? {}, memoryMib: config.memoryMib, createdAt: now, updatedAt: now };

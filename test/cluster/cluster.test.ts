@@ -157,9 +157,22 @@ describe('a cluster of corral nodes on NATS', () => {
     }
   });
 
+  it('drains a node: it takes no new sandboxes and its sandboxes stop (drained), each timed', async () => {
+    const sb = spread[2]!;
+    const node = (await sb.info()).node!;
+    const report = await cluster.drain(node);
+    expect(report.node).toBe(node);
+    expect(report.sandboxes).toEqual([{ name: sb.name, ms: expect.any(Number), stopReason: 'drained' }]);
+    expect(await sb.info()).toMatchObject({ status: 'stopped', stopReason: 'drained' });
+    expect((await cluster.nodes()).find((n) => n.name === node)).toMatchObject({ draining: true, sandboxes: 0 });
+    await expect(cluster.drain(node, { migrate: true })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('migrate') });
+  });
+
   it('refuses a connection with wrong credentials, saying so', async () => {
     const bad = Cluster.connect({ servers: nats.urls, user: APP_USER.user, pass: 'wrong' });
     await expect(bad).rejects.toMatchObject({ code: 'E_CLUSTER', details: { reason: 'auth' }, message: expect.stringContaining('refused the credentials') });
+    // A node too: it says why on its first line and exits.
+    await expect(startNode(nats, 'intruder', ['--password', 'wrong'])).rejects.toThrow(/refused the credentials/);
     await expect(Cluster.connect({ servers: ['http://x'] })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('servers') });
   });
 

@@ -140,7 +140,7 @@ export async function startNode(cluster: NatsCluster, name: string, extra: strin
   child.stderr!.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-20_000);
   });
-  await new Promise<void>((resolve, reject) => {
+  const ready = new Promise<void>((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
@@ -152,6 +152,13 @@ export async function startNode(cluster: NatsCluster, name: string, extra: strin
     });
     child.once('exit', (code) => reject(new Error(`node ${name} exited early (${code}): ${err}`)));
   });
+  try {
+    await ready;
+  } catch (e) {
+    await endChild(child, 'SIGKILL');
+    await rm(stateDir, { recursive: true, force: true });
+    throw e;
+  }
   return {
     name,
     child,
