@@ -25,6 +25,7 @@ import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
 import { NODE_OPTIONS, cmdNode } from './node.ts';
+import { runOnCluster } from './clusterCommands.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -55,6 +56,8 @@ cluster
   node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P]
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME
+                             act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
@@ -121,7 +124,8 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   pull: { options: { insecure: { type: 'boolean' } }, run: cmdPull },
   serve: { options: { host: { type: 'string' }, port: { type: 'string' }, token: { type: 'string' } }, run: (c) => cmdServe(c, false) },
   ui: { options: { port: { type: 'string' } }, run: (c) => cmdServe(c, true) },
-  node: { options: NODE_OPTIONS, run: async () => EXIT.USAGE },
+  node: { options: { ...NODE_OPTIONS, migrate: { type: 'boolean' } }, run: async () => EXIT.USAGE },
+  nodes: { run: async () => Promise.reject(new CorralError('E_USAGE', 'nodes lists the nodes of a cluster: corral --nats URL nodes')) },
 };
 
 /**
@@ -141,6 +145,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     stateDir = head[sdIdx + 1];
     head.splice(sdIdx, 2);
   }
+  let nats: string | undefined;
+  const natsIdx = head.indexOf('--nats');
+  // `corral node --nats URL` starts a node; before the verb, --nats points any verb at a cluster.
+  if (natsIdx >= 0 && natsIdx < head.findIndex((a, i) => !a.startsWith('--') && head[i - 1] !== '--state-dir' && head[i - 1] !== '--nats')) {
+    nats = head[natsIdx + 1];
+    head.splice(natsIdx, 2);
+  }
   const args = head.filter((a) => a !== '--json');
   const name = args[0];
   if (!name || name === 'help' || name === '--help' || name === '-h') {
@@ -154,6 +165,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     parsed = parseArgs({ args: args.slice(1), options: cmd.options ?? {}, allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
   } catch (err) {
     return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
+  }
+  if (nats !== undefined) {
+    try {
+      return await runOnCluster(nats, name, parsed, (value, text) => process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`));
+    } catch (err) {
+      return fail(json, err, false);
+    }
   }
   // A node owns its supervisor (its own state dir), for as long as it runs.
   if (name === 'node') return cmdNode(stateDir, parsed.values);

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, CorralError, Sandbox, type SandboxEvent } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
+import { corral } from '../helpers/cli.ts';
 
 const CLIENT = fileURLToPath(new URL('../helpers/cluster-client.ts', import.meta.url));
 
@@ -119,6 +120,26 @@ describe('a cluster of corral nodes on NATS', () => {
     const seen = JSON.parse(out.trim()) as Record<string, unknown>;
     expect(seen).toMatchObject({ node: (await target.info()).node, status: 'running', code: 0, stdout: expect.stringMatching(/^from-/), echoed: 'line one\n' });
     expect(seen.listed).toEqual(expect.arrayContaining(spread.map((s) => s.name)));
+  });
+
+  it('answers the CLI with --nats: ls, inspect and nodes across the cluster', async () => {
+    process.env.CORRAL_NATS_USER = APP_USER.user;
+    process.env.CORRAL_NATS_PASSWORD = APP_USER.pass;
+    try {
+      const ls = await corral('--nats', nats.urls.join(','), 'ls');
+      expect(ls.code, ls.stderr).toBe(0);
+      const rows = (ls.json as { name: string; node: string; status: string }[]).filter((r) => r.name.startsWith('spread-'));
+      expect(rows.map((r) => [r.status, r.node]).sort()).toEqual([['running', 'n1'], ['running', 'n2'], ['running', 'n3']]);
+      const inspect = await corral('--nats', nats.urls[1]!, 'inspect', spread[1]!.name);
+      expect(inspect.json).toMatchObject({ name: spread[1]!.name, status: 'running', node: (await spread[1]!.info()).node });
+      const listed = await corral('--nats', nats.urls[2]!, 'nodes');
+      expect((listed.json as { name: string }[]).map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
+      const unsupported = await corral('--nats', nats.urls[0]!, 'exec', spread[1]!.name, '--', 'true');
+      expect([unsupported.code, unsupported.json.error.code]).toEqual([2, 'E_USAGE']);
+    } finally {
+      delete process.env.CORRAL_NATS_USER;
+      delete process.env.CORRAL_NATS_PASSWORD;
+    }
   });
 
   it('keeps every event in a stream: a new client resumes after a seq with no gap and no duplicate', async () => {
