@@ -148,7 +148,7 @@ export class Sandbox {
 
   /** The supervisor of a local sandbox; a cluster sandbox has none here. */
   get #sup(): Supervisor {
-    if (!this.#localSup) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" runs on cluster node: this call is for local sandboxes only`, { details: { state: 'remote' } });
+    if (!this.#localSup) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" runs on a cluster node: this call is for local sandboxes only (not built through the cluster yet)`, { details: { state: 'remote' } });
     return this.#localSup;
   }
 
@@ -491,6 +491,8 @@ export class Sandbox {
   fork(options: { count: number; prefix?: string } & CallOptions): Promise<Sandbox[]>;
   async fork(arg: string | ({ count: number; prefix?: string } & CallOptions), callOptions: CallOptions = {}): Promise<Sandbox | Sandbox[]> {
     const { signal, timeoutMs } = typeof arg === 'string' ? callOptions : arg;
+    // Before the snapshot: a fork through a cluster is not built yet (it would be left on the node).
+    void this.#sup;
     // Abortable: forks already made when the call gives up are killed and removed.
     return bounded(`fork of sandbox "${this.name}"`, { signal, timeoutMs }, (s) => this.#fork(arg, s), true);
   }
@@ -574,7 +576,11 @@ export class Sandbox {
    * const m = await sb.metrics(); // m.cpuPercent, m.memory.pssBytes, m.disk.writeBytes
    */
   metrics(options: CallOptions = {}): Promise<SandboxMetrics> {
-    this.#sampler ??= this.#newSampler();
+    try {
+      this.#sampler ??= this.#newSampler();
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const sampler = this.#sampler;
     return bounded(`metrics of sandbox "${this.name}"`, options, () => sampler.sample());
   }
@@ -591,6 +597,8 @@ export class Sandbox {
   }
 
   #newSampler(): MetricsSampler {
+    // The VM's pid and /proc are the node's, on another machine: not sampled from here (yet).
+    void this.#sup;
     return new MetricsSampler({
       guestBytes: this.#config.memoryMib * 1024 * 1024,
       pid: async () => {
