@@ -152,8 +152,8 @@ export class Sandbox {
     return this.#localSup;
   }
 
-  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions): Promise<Sandbox> {
-    const link = await bounded(`create of sandbox "${config?.name}" in the cluster`, options, async () => createInCluster(cluster, config, placement));
+  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }): Promise<Sandbox> {
+    const link = await bounded(`create of sandbox "${config?.name}" in the cluster`, options, async () => createInCluster(cluster, config, placement, options.replace ?? false));
     return new Sandbox(undefined, link.config, link, cluster);
   }
 

@@ -18,7 +18,8 @@ import type { PlacementOptions } from './SandboxBuilder.ts';
  * then asks the best node that fits, falling to the next when one turns out full. Nothing is
  * left claimed when it fails.
  */
-export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined): Promise<NatsLink> {
+export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false): Promise<NatsLink> {
+  if (replace) await replaceInCluster(cluster, config.name);
   const ask = { memoryMib: config.memoryMib, ...(placement?.labels ? { labels: placement.labels } : {}) };
   const nodes = await cluster.nodes();
   const ranked = rankNodes(nodes, ask);
@@ -56,6 +57,17 @@ export async function openInCluster(cluster: Cluster, name: string): Promise<{ e
   const config = await cluster.request<SandboxConfig>(entry.node, 'config', { name });
   if (info.status === 'stopped') return { entry: { ...entry, status: 'stopped', stopReason: info.stopReason }, link: undefined };
   return { entry, link: await NatsLink.open(cluster, config, entry.node) };
+}
+
+/**
+ * `replace()`: kills a same-named sandbox wherever it runs and removes it, so the name can be
+ * claimed again (the claim itself stays atomic: a third client may still win it).
+ */
+async function replaceInCluster(cluster: Cluster, name: string): Promise<void> {
+  const entry = await cluster.catalogEntry(name);
+  if (!entry) return;
+  if (entry.status !== 'stopped' && cluster.nodeAlive(entry.node)) await cluster.request(entry.node, 'sb.kill', { name, args: [] });
+  await removeInCluster(cluster, name);
 }
 
 /** Removes a stopped sandbox wherever it ran: its node's record and disk (if the node lives), then its name. */

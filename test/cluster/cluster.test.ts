@@ -171,7 +171,14 @@ describe('a cluster of corral nodes on NATS', () => {
       const lost = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
       expect(won).toHaveLength(1);
       expect(lost.map((r) => codeOf(r.reason))).toEqual(['E_SANDBOX_EXISTS']);
-      await won[0]!.value.kill();
+      // replace() takes the name over wherever its holder runs: that one is killed and removed.
+      const first = won[0]!.value;
+      const firstStopped = firstValueFrom(first.events$.pipe(filter((e) => e.type === 'sandbox.stopped')));
+      const second = await Sandbox.builder(name).memory(128).cluster(other).replace().create();
+      expect(await firstStopped).toMatchObject({ reason: 'killed' });
+      expect((await Sandbox.get(name, { cluster })).config.name).toBe(name);
+      expect((await second.exec('true')).code).toBe(0);
+      await second.kill();
       await Sandbox.remove(name, { cluster: other });
     } finally {
       await other.close();
@@ -219,5 +226,15 @@ describe('a cluster of corral nodes on NATS', () => {
     const resumed = await firstValueFrom(cluster.events({ name: sb.name, since: 0, untilStopped: true }).pipe(toArray()));
     expect(resumed.at(-1)).toMatchObject({ type: 'sandbox.stopped', reason: 'node-lost' });
     await Sandbox.remove(sb.name, { cluster });
+  });
+
+  it('stops a node cleanly on SIGTERM: its sandboxes stop (requested) and it leaves the registry', async () => {
+    const sb = spread[1]!;
+    const node = (await sb.info()).node!;
+    const stopped = firstValueFrom(sb.events$.pipe(filter((e): e is Extract<SandboxEvent, { type: 'sandbox.stopped' }> => e.type === 'sandbox.stopped')));
+    await nodes.find((n) => n.name === node)!.stop('SIGTERM');
+    expect((await stopped).reason).toBe('requested');
+    expect((await cluster.nodes()).map((n) => n.name)).not.toContain(node);
+    expect(await sb.info()).toMatchObject({ status: 'stopped', stopReason: 'requested', node });
   });
 });
