@@ -11,7 +11,7 @@ import { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { logFailure } from '../runtime/log.ts';
-import { CATALOG_BUCKET, EVENTS_STREAM, NODES_BUCKET, decode, encode, eventSubject, nodeSubject, unwrapReply, type CatalogEntry, type DrainReport, type NodeRecord } from './protocol.ts';
+import { CATALOG_BUCKET, EVENTS_STREAM, NODES_BUCKET, decode, encode, eventSubject, liveSubject, nodeSubject, unwrapReply, type CatalogEntry, type DrainReport, type NodeRecord } from './protocol.ts';
 
 export type { CatalogEntry, DrainReport, NodeRecord };
 
@@ -425,6 +425,10 @@ async function ensureEventStream(nc: NatsConnection, replicas: number, maxAgeMs:
       max_bytes: 256 * 1024 * 1024,
       // Sweepers publish node-lost events with a msgID: one per sandbox, however many sweep.
       duplicate_window: 120 * 1_000_000_000,
+      // Each stored event goes on to the sandbox's live subject with its stream sequence (the
+      // Nats-Sequence header): handles get events with their seq without the node waiting
+      // for each publish's ack before the next.
+      republish: { src: eventSubject('>'), dest: liveSubject('>') },
     });
   }
 }

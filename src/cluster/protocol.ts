@@ -8,7 +8,8 @@
  *   corral.node.<node>.drain           {}                    → { result: DrainReport }
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
- *   corral.live.<sandbox>              the same event once stored, `seq` = its stream sequence
+ *   corral.live.<sandbox>              the same event once stored, republished by the stream
+ *                                      (its stream sequence in the Nats-Sequence header)
  *
  * Every reply is `{ result }` or `{ error }` (a {@link SerializedError}: `code` crosses the wire).
  * Bytes travel as `{ $b64 }` (src/link/wire.ts).
@@ -29,7 +30,7 @@ export const EVENTS_STREAM = 'CORRAL_EVENTS';
 export const nodeSubject = (node: string, verb: string): string => `corral.node.${node}.${verb}`;
 /** The stored event subject of one sandbox (`*` for all). */
 export const eventSubject = (name: string): string => `corral.ev.${name}`;
-/** The live event subject of one sandbox: events once stored, with their stream seq. */
+/** The live event subject of one sandbox: events once stored, republished by the stream with their seq in a header. */
 export const liveSubject = (name: string): string => `corral.live.${name}`;
 
 /** What a node can hold: the figures placement reads. */
@@ -101,3 +102,6 @@ export function unwrapReply<T>(data: Uint8Array): T {
   if ('error' in r) throw deserializeError(r.error);
   return r.result as T;
 }
+
+/** The header the stream's republish puts each event's stream sequence in. */
+export const SEQ_HEADER = 'Nats-Sequence';

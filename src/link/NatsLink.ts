@@ -10,7 +10,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { nodeLost, type Cluster } from '../cluster/Cluster.ts';
-import { decode, liveSubject } from '../cluster/protocol.ts';
+import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { FORWARDED_CALLS } from './wire.ts';
@@ -51,7 +51,8 @@ export class NatsLink implements SandboxLink {
       callback: (err, msg) => {
         if (err) return this.#end(new CorralError('E_CLUSTER', `event subscription of "${config.name}" failed: ${err.message}`, { cause: err }));
         try {
-          this.#events.next(decode<SandboxEvent>(msg.data));
+          const seq = Number(msg.headers?.get(SEQ_HEADER));
+          this.#events.next({ ...decode<SandboxEvent>(msg.data), seq });
         } catch (e) {
           this.#end(new CorralError('E_PROTOCOL', `bad event from node "${node}": ${(e as Error).message}`, { cause: e }));
         }

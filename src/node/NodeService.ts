@@ -9,12 +9,12 @@
  */
 
 import { availableParallelism, totalmem } from 'node:os';
-import type { Msg, Subscription as NatsSubscription } from '@nats-io/transport-node';
+import { createInbox, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
-import { decode, encode, errorReply, eventSubject, liveSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
+import { decode, encode, errorReply, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
@@ -63,8 +63,10 @@ export class NodeService {
   readonly #releases = new Set<Promise<void>>();
   readonly #releaseOf = new Map<string, Promise<void>>();
   #subs: NatsSubscription[] = [];
+  #createSub: NatsSubscription | undefined;
   #timer: NodeJS.Timeout | undefined;
-  #publishing: Promise<void> = Promise.resolve();
+  /** The inbox the stream's acks of this node's events come to. */
+  readonly #acks = createInbox();
   #draining = false;
   #closed: Promise<void> | undefined;
 
@@ -120,8 +122,17 @@ export class NodeService {
   async #serve(): Promise<void> {
     await this.#reconcile();
     const nc = this.#cluster.connection;
+    this.#subs.push(
+      nc.subscribe(this.#acks, {
+        callback: (err, msg) => {
+          if (err) return logFailure(`reading the event stream's acks`)(err);
+          const ack = decode<{ error?: { description?: string } }>(msg.data);
+          if (ack.error) logFailure('storing an event in the stream')(new Error(ack.error.description ?? JSON.stringify(ack.error)));
+        },
+      }),
+    );
     this.#sup.events$.subscribe((e) => this.#onEvent(e));
-    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'create'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#create(p as { config: SandboxConfig })) }));
+    this.#createSub = nc.subscribe(nodeSubject(this.name, 'create'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#create(p as { config: SandboxConfig })) });
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'config'), { callback: (err, msg) => this.#handle(err, msg, async (p) => this.#config((p as { name: string }).name)) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, () => this.drain()) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));
@@ -317,13 +328,11 @@ export class NodeService {
   #onEvent(e: SandboxEvent): void {
     const status = e.type === 'sandbox.paused' ? 'paused' : e.type === 'sandbox.resumed' ? 'running' : e.type === 'sandbox.draining' ? 'draining' : undefined;
     if (status) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
-    for (const part of split(e, maxEventBytes(this.#cluster.connection.info?.max_payload))) {
-      // In order, one at a time: the stream's order is the sandbox's order.
-      this.#publishing = this.#publishing.then(async () => {
-        const ack = await this.#cluster.jetstream.publish(eventSubject(e.name), encode(part));
-        this.#cluster.connection.publish(liveSubject(e.name), encode({ ...part, seq: ack.seq }));
-      }).catch(logFailure(`publishing an event of "${e.name}"`));
-    }
+    const nc = this.#cluster.connection;
+    // Sent in order on one connection, so stored in order: the stream's order is the
+    // sandbox's. Acks come back to one inbox, a failed one is logged; none is waited for
+    // before the next event (the stream republishes each to the live subject).
+    for (const part of split(e, maxEventBytes(nc.info?.max_payload))) nc.publish(eventSubject(e.name), encode(part), { reply: this.#acks });
   }
 
   async #setStatus(name: string, status: CatalogEntry['status'], stopReason: CatalogEntry['stopReason']): Promise<void> {
@@ -341,8 +350,7 @@ export class NodeService {
   close(): Promise<void> {
     this.#closed ??= (async () => {
       clearInterval(this.#timer);
-      const creates = this.#subs.shift();
-      creates?.unsubscribe();
+      this.#createSub?.unsubscribe();
       await Promise.allSettled(
         [...this.#live.values()].map(async (link) => {
           await link.api.stop().catch(logFailure(`stopping sandbox "${link.config.name}"`));
@@ -351,7 +359,7 @@ export class NodeService {
       // The release of each (catalog: stopped) follows its stop.
       await Promise.allSettled([...this.#releases]);
       for (const s of this.#subs) s.unsubscribe();
-      await this.#publishing;
+      await this.#cluster.connection.flush();
       await this.#sup.close();
       await this.#cluster.registry.delete(this.name).catch(logFailure(`deregistering node "${this.name}"`));
       await this.#cluster.close();

@@ -145,8 +145,11 @@ describe('a cluster of corral nodes on NATS', () => {
   it('keeps every event in a stream: a new client resumes after a seq with no gap and no duplicate', async () => {
     const sb = spread[2]!;
     const live = firstValueFrom(cluster.events$.pipe(filter((e) => e.name === sb.name && e.type === 'exec.exited')));
+    const handle = firstValueFrom(sb.events$.pipe(filter((e) => e.type === 'exec.exited')));
     await sb.exec('echo', ['resume']);
     const exited = await live;
+    // The handle's live event carries the same seq as the stream's copy.
+    expect((await handle).seq).toBe(exited.seq);
     const first = await firstValueFrom(sb.events({ since: 0 }).pipe(take(6), toArray()));
     expect(first[0]!.type).toBe('sandbox.creating');
     for (let i = 1; i < first.length; i++) expect(first[i]!.seq).toBeGreaterThan(first[i - 1]!.seq);

@@ -47,11 +47,16 @@ export async function startNatsCluster(size = 3): Promise<NatsCluster> {
     const conf = `server_name: s${i + 1}
 listen: 127.0.0.1:${ports[i]}
 jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
-cluster {
+${
+      // One server alone is no cluster: JetStream refuses a cluster block without routes.
+      size > 1
+        ? `cluster {
   name: corral-test
   listen: 127.0.0.1:${routes[i]}
   routes: [${routes.filter((_, j) => j !== i).map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]
-}
+}`
+        : ''
+    }
 authorization {
   users: [
     { user: ${NODE_USER.user}, password: ${NODE_USER.pass} }
