@@ -24,9 +24,9 @@ export interface ClusterOptions {
   /** A name for this connection, shown by the NATS server. */
   readonly name?: string;
   /**
-   * A node whose registry entry was not rewritten for this long is lost: its sandboxes read
-   * stopped (`node-lost`) and calls to them reject with E_NODE_LOST. Default 3000; at least
-   * twice the nodes' heartbeat.
+   * A node whose registry entry was not rewritten for this long (and for three of its
+   * heartbeats) is lost: its sandboxes read stopped (`node-lost`) and calls to them reject
+   * with E_NODE_LOST. Default 3000.
    */
   readonly lostAfterMs?: number;
   /** How long a request to a node may take before E_TIMEOUT (calls that wait for an end excepted). Default 60000. */
@@ -169,9 +169,14 @@ export class Cluster {
     this.#assertOpen();
     this.#checkLiveness();
     const out: ClusterNode[] = [];
-    for (const name of [...this.#seen.keys()].sort()) {
+    const keys: string[] = [];
+    for await (const key of await this.#nodesKv.keys()) keys.push(key);
+    for (const name of keys.sort()) {
       const e = await this.#nodesKv.get(name);
-      if (e && e.operation === 'PUT' && this.#seen.has(name)) out.push(e.json<NodeRecord>());
+      if (!e || e.operation !== 'PUT') continue;
+      // Registered a moment ago, before the watch brought it: its write time vouches for it.
+      if (!this.#seen.has(name) && Date.now() - e.created.getTime() <= this.lostAfterMs) this.#seen.set(name, { record: e.json<NodeRecord>(), revision: e.revision, at: Math.min(Date.now(), e.created.getTime()) });
+      if (this.#seen.has(name)) out.push(e.json<NodeRecord>());
     }
     return out;
   }
@@ -336,7 +341,8 @@ export class Cluster {
   #checkLiveness(): void {
     const now = Date.now();
     for (const [name, s] of this.#seen) {
-      if (now - s.at <= this.lostAfterMs) continue;
+      // A node with a slow heartbeat gets three of them, whatever this client's setting.
+      if (now - s.at <= Math.max(this.lostAfterMs, 3 * (s.record.heartbeatMs || 0))) continue;
       this.#seen.delete(name);
       this.#lost(name, s.revision);
     }

@@ -229,6 +229,15 @@ describe('a cluster of corral nodes on NATS', () => {
     const resumed = await firstValueFrom(cluster.events({ name: sb.name, since: 0, untilStopped: true }).pipe(toArray()));
     expect(resumed.at(-1)).toMatchObject({ type: 'sandbox.stopped', reason: 'node-lost' });
     await Sandbox.remove(sb.name, { cluster });
+    // It comes back under its name, on its state dir: listed again, taking creates.
+    nodes.push(await startNode(nats, node, ['--replicas', '3', '--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'], proc.stateDir));
+    expect((await cluster.nodes()).map((n) => n.name)).toContain(node);
+    const back = await Sandbox.builder(uniqueName('back')).memory(128).cluster(cluster).placement({ labels: {} }).create();
+    try {
+      expect((await back.exec('true')).code).toBe(0);
+    } finally {
+      await back.kill();
+    }
   });
 
   it('stops a node cleanly on SIGTERM: its sandboxes stop (requested) and it leaves the registry', async () => {

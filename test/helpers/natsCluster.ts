@@ -135,8 +135,8 @@ export interface NodeProcess {
  * Starts `corral node` and resolves once it says it is registered (its first stdout line,
  * `{ "ready": … }`).
  */
-export async function startNode(cluster: NatsCluster, name: string, extra: string[] = []): Promise<NodeProcess> {
-  const stateDir = await mkdtemp(join(tmpdir(), `corral-node-${name}-`));
+export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string): Promise<NodeProcess> {
+  const stateDir = reuseStateDir ?? (await mkdtemp(join(tmpdir(), `corral-node-${name}-`)));
   const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, '--user', NODE_USER.user, '--password', NODE_USER.pass, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: process.env,
