@@ -386,7 +386,12 @@ export class Cluster {
     this.#closed ??= (async () => {
       clearInterval(this.#timer);
       this.#stopWatch?.();
-      if (!this.#nc.isClosed()) await this.#nc.drain().catch(() => this.#nc.close());
+      if (!this.#nc.isClosed()) {
+        await this.#nc.drain().catch(async (err: unknown) => {
+          logFailure('draining the NATS connection (closing it instead)')(err);
+          await this.#nc.close();
+        });
+      }
     })();
     return this.#closed;
   }
