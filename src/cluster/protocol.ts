@@ -6,6 +6,8 @@
  *   corral.node.<node>.remove          { name }              → { result: null }
  *   corral.node.<node>.config          { name }              → { result: SandboxConfig }
  *   corral.node.<node>.drain           {}                    → { result: DrainReport }
+ *   corral.node.<node>.start           { name }              → { result: SandboxInfo } (a stopped one, again)
+ *   corral.node.<node>.logs            { name, options }     → { result: LogEntry[] }
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
  *   corral.live.<sandbox>              the same event once stored, republished by the stream

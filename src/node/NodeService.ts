@@ -16,6 +16,7 @@ import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { decode, encode, errorReply, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
+import type { LogsOptions } from '../logs/ExecLog.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
 import { Supervisor, type SandboxInfo } from '../supervisor/Supervisor.ts';
@@ -134,6 +135,16 @@ export class NodeService {
     this.#sup.events$.subscribe((e) => this.#onEvent(e));
     this.#createSub = nc.subscribe(nodeSubject(this.name, 'create'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#create(p as { config: SandboxConfig })) });
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'config'), { callback: (err, msg) => this.#handle(err, msg, async (p) => this.#config((p as { name: string }).name)) }));
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'start'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#start((p as { name: string }).name)) }));
+    this.#subs.push(
+      nc.subscribe(nodeSubject(this.name, 'logs'), {
+        callback: (err, msg) =>
+          this.#handle(err, msg, async (p) => {
+            const { name, options } = p as { name: string; options?: LogsOptions };
+            return this.#sup.logs(name, options ?? {});
+          }),
+      }),
+    );
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, () => this.drain()) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));
     this.#subs.push(
@@ -182,12 +193,26 @@ export class NodeService {
   }
 
   async #create(payload: { config: SandboxConfig }): Promise<SandboxInfo> {
-    if (this.#closed) throw new CorralError('E_CLOSED', `node "${this.name}" is shutting down`);
-    if (this.#draining) throw new CorralError('E_NO_CAPACITY', `node "${this.name}" is draining: it takes no new sandboxes`);
     const config = payload?.config;
     const name = config?.name;
     if (typeof name !== 'string') throw new InvalidOptionError('config.name', 'a sandbox name', name);
-    const memoryMib = typeof config.memoryMib === 'number' ? config.memoryMib : 0;
+    // The catalog entry is the cluster's claim on the name: a same-named record of an
+    // earlier life of this node's state dir is replaced.
+    return this.#boot(name, typeof config.memoryMib === 'number' ? config.memoryMib : 0, () => this.#sup.create(config, { replace: true }), Date.now());
+  }
+
+  /** Boots a stopped sandbox of this node again, from its config and upper disk. */
+  async #start(name: string): Promise<SandboxInfo> {
+    if (this.#live.has(name)) throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is running on node "${this.name}"`, { details: { state: 'running' } });
+    await this.#releaseOf.get(name);
+    const rec = this.#sup.reconcile(name);
+    if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
+    return this.#boot(name, rec.config.memoryMib, () => this.#sup.restart(name), rec.createdAt);
+  }
+
+  async #boot(name: string, memoryMib: number, make: () => Promise<WorkerLink>, createdAt: number): Promise<SandboxInfo> {
+    if (this.#closed) throw new CorralError('E_CLOSED', `node "${this.name}" is shutting down`);
+    if (this.#draining) throw new CorralError('E_NO_CAPACITY', `node "${this.name}" is draining: it takes no new sandboxes`);
     const rec = this.record();
     if (rec.free.sandboxes < 1 || rec.free.memoryMib < memoryMib) {
       throw new CorralError('E_NO_CAPACITY', `node "${this.name}" has no room for "${name}" (${memoryMib} MiB asked; ${rec.free.memoryMib} MiB and ${rec.free.sandboxes} slots free)`);
@@ -196,15 +221,13 @@ export class NodeService {
     let link: WorkerLink;
     try {
       await this.#register();
-      // The catalog entry is the cluster's claim on the name: a same-named record of an
-      // earlier life of this node's state dir is replaced.
-      link = await this.#sup.create(config, { replace: true });
+      link = await make();
     } finally {
       this.#creating.delete(name);
     }
     this.#live.set(name, link);
     const now = Date.now();
-    const entry: CatalogEntry = { name, node: this.name, status: 'running', stopReason: null, image: link.config.image, labels: link.config.labels ?? {}, memoryMib: link.config.memoryMib, createdAt: now, updatedAt: now };
+    const entry: CatalogEntry = { name, node: this.name, status: 'running', stopReason: null, image: link.config.image, labels: link.config.labels ?? {}, memoryMib: link.config.memoryMib, createdAt, updatedAt: now };
     this.#entries.set(name, entry);
     await this.#cluster.putCatalog(entry);
     await this.#register();

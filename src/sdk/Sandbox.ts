@@ -30,7 +30,7 @@ import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
 import type { Cluster } from '../cluster/Cluster.ts';
-import { catalogInfo, createInCluster, openInCluster, removeInCluster } from './clusterSandboxes.ts';
+import { catalogInfo, createInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
 import type { PlacementOptions } from './SandboxBuilder.ts';
 
 export type { CallOptions };
@@ -200,6 +200,11 @@ export class Sandbox {
 
   /** Boots a stopped sandbox again from its persisted config and upper disk. */
   static async start(name: string, options: LookupOptions & { detached?: boolean } = {}): Promise<Sandbox> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      const link = await bounded(`start of sandbox "${name}" in the cluster`, options, () => startInCluster(cluster, name));
+      return new Sandbox(undefined, link.config, link, cluster);
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     const link = await bounded(
       `start of sandbox "${name}"`,
@@ -258,7 +263,8 @@ export class Sandbox {
    * const last = await Sandbox.logs('worker', { tail: 5 });
    */
   static async logs(name: string, options: LogsOptions & LookupOptions = {}): Promise<LogEntry[]> {
-    const { supervisor, signal, timeoutMs, ...rest } = options;
+    const { supervisor, cluster, signal, timeoutMs, ...rest } = options;
+    if (cluster) return bounded(`logs of sandbox "${name}" in the cluster`, { signal, timeoutMs }, () => logsInCluster(cluster, name, rest));
     return bounded(`logs of sandbox "${name}"`, { signal, timeoutMs }, async () => (supervisor ?? getDefaultSupervisor()).logs(name, rest));
   }
 
@@ -312,6 +318,7 @@ export class Sandbox {
 
   /** Boots this (stopped) sandbox again; resolves with a handle on the running sandbox. */
   start(options: { detached?: boolean } & CallOptions = {}): Promise<Sandbox> {
+    if (this.#cluster) return Sandbox.start(this.name, { ...options, cluster: this.#cluster });
     return Sandbox.start(this.name, { ...options, supervisor: this.#sup });
   }
 
@@ -559,6 +566,7 @@ export class Sandbox {
    * const text = (await sb.logs({ tail: 10 })).map((e) => Buffer.from(e.data).toString()).join('');
    */
   async logs(options: LogsOptions & CallOptions = {}): Promise<LogEntry[]> {
+    if (this.#cluster) return Sandbox.logs(this.name, { ...options, cluster: this.#cluster });
     return Sandbox.logs(this.name, { ...options, supervisor: this.#sup });
   }
 

@@ -6,7 +6,8 @@
 
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import type { Cluster, CatalogEntry } from '../cluster/Cluster.ts';
+import { nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
+import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import { noCapacity, rankNodes } from '../cluster/placement.ts';
 import { NatsLink } from '../link/NatsLink.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
@@ -46,6 +47,35 @@ export async function createInCluster(cluster: Cluster, config: SandboxConfig, p
     await cluster.deleteCatalog(config.name).catch(logFailure(`freeing the name "${config.name}" after a failed create`));
     throw err;
   }
+}
+
+/**
+ * Boots a stopped sandbox again on the node that has its disk. E_NODE_LOST when that node is
+ * gone (its disk went with it).
+ */
+export async function startInCluster(cluster: Cluster, name: string): Promise<NatsLink> {
+  const entry = await cluster.catalogEntry(name);
+  if (!entry) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
+  if (entry.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is ${entry.status} on node ${entry.node}`, { details: { state: entry.status } });
+  if (!cluster.nodeAlive(entry.node)) throw nodeLost(entry.node, undefined, name);
+  const config = await cluster.request<SandboxConfig>(entry.node, 'config', { name });
+  // Subscribed to its events before the node boots it.
+  const link = await NatsLink.open(cluster, config, entry.node);
+  try {
+    await cluster.request<SandboxInfo>(entry.node, 'start', { name }, { timeoutMs: 2 ** 31 - 1 });
+  } catch (err) {
+    await link.detach();
+    throw err;
+  }
+  return link;
+}
+
+/** The recorded exec output of a sandbox, read from the node that ran it. */
+export async function logsInCluster(cluster: Cluster, name: string, options: LogsOptions): Promise<LogEntry[]> {
+  const entry = await cluster.catalogEntry(name);
+  if (!entry) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
+  if (!cluster.nodeAlive(entry.node)) throw nodeLost(entry.node, undefined, name);
+  return cluster.request<LogEntry[]>(entry.node, 'logs', { name, options });
 }
 
 /** A link to `name` if it runs on a live node; its catalog entry either way (undefined: no such sandbox). */

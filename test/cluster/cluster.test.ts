@@ -71,12 +71,24 @@ describe('a cluster of corral nodes on NATS', () => {
       await expect(full).rejects.toMatchObject({ code: 'E_NO_CAPACITY', message: expect.stringContaining('zone=b') });
       const nowhere = Sandbox.builder(uniqueName('nowhere')).memory(4096).cluster(cluster).create();
       await expect(nowhere).rejects.toMatchObject({ code: 'E_NO_CAPACITY', message: expect.stringContaining('4096 MiB') });
+      await sb.shell('echo kept > /root/kept.txt; echo logged');
     } finally {
       await sb.stop();
     }
     // Stopped, it still holds its name until removed, wherever it ran.
     expect((await Sandbox.get(sb.name, { cluster })).config.name).toBe(sb.name);
     expect((await sb.info()).status).toBe('stopped');
+    await expect(Sandbox.remove(uniqueName('never'), { cluster })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
+    // Its recorded output and its disk stay on its node: start() boots it there again.
+    expect((await sb.logs()).map((e) => Buffer.from(e.data).toString()).join('')).toContain('logged');
+    const again = await sb.start();
+    try {
+      expect((await again.info()).node).toBe('n2');
+      expect((await again.fs().readText('/root/kept.txt')).trim()).toBe('kept');
+      await expect(Sandbox.remove(sb.name, { cluster })).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE' });
+    } finally {
+      await again.stop();
+    }
     await Sandbox.remove(sb.name, { cluster });
     await expect(Sandbox.get(sb.name, { cluster })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
   });
