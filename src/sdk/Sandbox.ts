@@ -153,7 +153,21 @@ export class Sandbox {
   }
 
   static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }): Promise<Sandbox> {
-    const link = await bounded(`create of sandbox "${config?.name}" in the cluster`, options, async () => createInCluster(cluster, config, placement, options.replace ?? false));
+    const link = await bounded(
+      `create of sandbox "${config?.name}" in the cluster`,
+      options,
+      async (signal) => {
+        const made = await createInCluster(cluster, config, placement, options.replace ?? false);
+        // A caller that gave up leaves nothing running, nor its name taken.
+        if (signal?.aborted) {
+          await made.api.kill();
+          await made.release();
+          await removeInCluster(cluster, config.name);
+        }
+        return made;
+      },
+      true,
+    );
     return new Sandbox(undefined, link.config, link, cluster);
   }
 

@@ -93,6 +93,13 @@ describe('a cluster of corral nodes on NATS', () => {
     await expect(Sandbox.get(sb.name, { cluster })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
   });
 
+  it('undoes a create whose caller gave up: nothing left running, the name free', async () => {
+    const name = uniqueName('gave-up');
+    await expect(Sandbox.builder(name).memory(128).cluster(cluster).create({ timeoutMs: 1 })).rejects.toMatchObject({ code: 'E_TIMEOUT' });
+    await expect(Sandbox.get(name, { cluster })).rejects.toMatchObject({ code: 'E_SANDBOX_NOT_FOUND' });
+    expect((await cluster.nodes()).reduce((n, x) => n + x.sandboxes, 0)).toBe(3);
+  });
+
   it('runs execs and streams on every node, with stdin, back-pressure and errors that keep their code', async () => {
     for (const sb of spread) {
       const r = await sb.exec('sh', ['-c', 'echo out; echo err >&2; exit 3']);
