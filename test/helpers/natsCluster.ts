@@ -32,8 +32,26 @@ export async function endChild(child: ChildProcess, signal: NodeJS.Signals = 'SI
   clearTimeout(timer);
 }
 
-/** Starts the servers and resolves once JetStream answers (its meta leader is elected). */
-export async function startNatsCluster(size = 3): Promise<NatsCluster> {
+/**
+ * The NATS permissions the README says a node and a client need (one node user for every
+ * node here: a real one would be held to `corral.node.<its name>.>`).
+ */
+export const NODE_PERMISSIONS = {
+  publish: ['corral.node.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
+  subscribe: ['corral.node.>', 'corral.live.>', '_INBOX.>'],
+};
+export const CLIENT_PERMISSIONS = {
+  publish: ['corral.node.*.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
+  subscribe: ['corral.live.>', '_INBOX.>'],
+};
+
+const permissions = (p: { publish: string[]; subscribe: string[] }) => `, permissions: { publish: ${JSON.stringify(p.publish)}, subscribe: ${JSON.stringify(p.subscribe)} }`;
+
+/**
+ * Starts the servers and resolves once JetStream answers (its meta leader is elected).
+ * `restricted`: the node and app users get only {@link NODE_PERMISSIONS} and {@link CLIENT_PERMISSIONS}.
+ */
+export async function startNatsCluster(size = 3, options: { restricted?: boolean } = {}): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
   const ports: number[] = [];
   const routes: number[] = [];
@@ -59,8 +77,8 @@ ${
     }
 authorization {
   users: [
-    { user: ${NODE_USER.user}, password: ${NODE_USER.pass} }
-    { user: ${APP_USER.user}, password: ${APP_USER.pass} }
+    { user: ${NODE_USER.user}, password: ${NODE_USER.pass}${options.restricted ? permissions(NODE_PERMISSIONS) : ''} }
+    { user: ${APP_USER.user}, password: ${APP_USER.pass}${options.restricted ? permissions(CLIENT_PERMISSIONS) : ''} }
   ]
 }
 `;
