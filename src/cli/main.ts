@@ -55,6 +55,7 @@ servers
 cluster
   node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P]
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
+       [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
   --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)

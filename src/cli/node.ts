@@ -1,6 +1,6 @@
 /**
  * `corral node --nats URL[,URL…] --name N --state-dir DIR [--label k=v]… [--user U --password P]
- * [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]`: runs a cluster node
+ * [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5] [--tls-ca F --tls-cert F --tls-key F]`: runs a cluster node
  * until SIGTERM or SIGINT, then stops its sandboxes and deregisters.
  *
  * It prints one JSON line on stdout once registered — `{ "ready": <its registry entry> }` —
@@ -22,6 +22,9 @@ export const NODE_OPTIONS = {
   memory: { type: 'string' },
   heartbeat: { type: 'string' },
   replicas: { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
 } as const;
 
 function int(v: unknown, option: string): number | undefined {
@@ -63,6 +66,15 @@ export async function cmdNode(stateDir: string | undefined, values: Record<strin
       ...(memoryMib !== undefined ? { memoryMib } : {}),
       ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),
       ...(replicas !== undefined ? { replicas } : {}),
+      ...(values['tls-ca'] || values['tls-cert'] || values['tls-key']
+        ? {
+            tls: {
+              ...(typeof values['tls-ca'] === 'string' ? { caFile: values['tls-ca'] } : {}),
+              ...(typeof values['tls-cert'] === 'string' ? { certFile: values['tls-cert'] } : {}),
+              ...(typeof values['tls-key'] === 'string' ? { keyFile: values['tls-key'] } : {}),
+            },
+          }
+        : {}),
     });
   } catch (err) {
     const s = serializeError(err);

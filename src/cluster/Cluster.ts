@@ -21,6 +21,12 @@ export interface ClusterOptions {
   readonly servers: string | readonly string[];
   readonly user?: string;
   readonly pass?: string;
+  /**
+   * TLS: the CA that signed the servers' certificates, and this side's certificate and key
+   * when the servers ask for one (files, PEM). Given, or with `tls://` URLs, only TLS
+   * connections are made.
+   */
+  readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string };
   /** A name for this connection, shown by the NATS server. */
   readonly name?: string;
   /**
@@ -115,6 +121,7 @@ export class Cluster {
         ...(options.user !== undefined ? { user: options.user } : {}),
         ...(options.pass !== undefined ? { pass: options.pass } : {}),
         name: options.name ?? `corral-${process.pid}`,
+        ...(options.tls || servers.some((u) => u.startsWith('tls://')) ? { tls: { ...(options.tls ?? {}) } } : {}),
         maxReconnectAttempts: -1,
       });
     } catch (err) {

@@ -51,7 +51,7 @@ const permissions = (p: { publish: string[]; subscribe: string[] }) => `, permis
  * Starts the servers and resolves once JetStream answers (its meta leader is elected).
  * `restricted`: the node and app users get only {@link NODE_PERMISSIONS} and {@link CLIENT_PERMISSIONS}.
  */
-export async function startNatsCluster(size = 3, options: { restricted?: boolean } = {}): Promise<NatsCluster> {
+export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string } } = {}): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
   const ports: number[] = [];
   const routes: number[] = [];
@@ -64,7 +64,8 @@ export async function startNatsCluster(size = 3, options: { restricted?: boolean
   for (let i = 0; i < size; i++) {
     const conf = `server_name: s${i + 1}
 listen: 127.0.0.1:${ports[i]}
-jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
+${options.tls ? `tls { cert_file: "${options.tls.certFile}", key_file: "${options.tls.keyFile}", ca_file: "${options.tls.caFile}" }
+` : ''}jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
 ${
       // One server alone is no cluster: JetStream refuses a cluster block without routes.
       size > 1
@@ -97,7 +98,7 @@ authorization {
   // A test process that dies takes its servers with it.
   const onExit = () => children.forEach((c) => c.kill('SIGKILL'));
   process.once('exit', onExit);
-  const urls = ports.map((p) => `nats://127.0.0.1:${p}`);
+  const urls = ports.map((p) => `${options.tls ? 'tls' : 'nats'}://127.0.0.1:${p}`);
   const stop = async () => {
     stopping = true;
     process.off('exit', onExit);
@@ -105,7 +106,7 @@ authorization {
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    const nc = await connectRetrying(urls);
+    const nc = await connectRetrying(urls, options);
     try {
       for (let i = 0; ; i++) {
         try {
@@ -127,10 +128,10 @@ authorization {
   return { urls, dir, stop };
 }
 
-async function connectRetrying(urls: string[]) {
+async function connectRetrying(urls: string[], options: { tls?: { caFile: string } }) {
   for (let i = 0; ; i++) {
     try {
-      return await connect({ servers: urls, ...APP_USER });
+      return await connect({ servers: urls, ...APP_USER, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}) });
     } catch (err) {
       if (i > 100) throw err;
       await new Promise((r) => setTimeout(r, 100));
