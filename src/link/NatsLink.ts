@@ -12,6 +12,7 @@ import { CorralError } from '../errors.ts';
 import { nodeLost, type Cluster } from '../cluster/Cluster.ts';
 import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
+import { logFailure } from '../runtime/log.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { FORWARDED_CALLS } from './wire.ts';
 
@@ -114,7 +115,14 @@ export class NatsLink implements SandboxLink {
     for (const reject of this.#pending) reject(err);
     this.#pending.clear();
     this.#offLost();
-    if (!this.#cluster.connection.isClosed()) this.#sub.unsubscribe();
+    if (!this.#cluster.connection.isClosed()) {
+      try {
+        this.#sub.unsubscribe();
+      } catch (e) {
+        // A connection draining under it: its subscriptions end with it.
+        logFailure(`dropping the event subscription of "${this.config.name}"`)(e);
+      }
+    }
     this.#events.complete();
   }
 }

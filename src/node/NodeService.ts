@@ -160,11 +160,17 @@ export class NodeService {
   #handle(err: Error | null, msg: Msg, fn: (payload: unknown) => Promise<unknown>): void {
     if (err) return logFailure(`serving node "${this.name}"`)(err);
     void (async () => {
+      let reply: Uint8Array;
       try {
-        const result = await fn(decode(msg.data));
-        msg.respond(encode({ result: result ?? null }));
+        reply = encode({ result: (await fn(decode(msg.data))) ?? null });
       } catch (e) {
-        msg.respond(errorReply(e));
+        reply = errorReply(e);
+      }
+      // The connection may be closing under a late answer: that is logged, not thrown.
+      try {
+        msg.respond(reply);
+      } catch (e) {
+        logFailure(`answering ${msg.subject}`)(e);
       }
     })();
   }
@@ -355,7 +361,12 @@ export class NodeService {
     // Sent in order on one connection, so stored in order: the stream's order is the
     // sandbox's. Acks come back to one inbox, a failed one is logged; none is waited for
     // before the next event (the stream republishes each to the live subject).
-    for (const part of split(e, maxEventBytes(nc.info?.max_payload))) nc.publish(eventSubject(e.name), encode(part), { reply: this.#acks });
+    try {
+      for (const part of split(e, maxEventBytes(nc.info?.max_payload))) nc.publish(eventSubject(e.name), encode(part), { reply: this.#acks });
+    } catch (err) {
+      // A closed or draining connection throws here: the event is lost to the stream, said so.
+      logFailure(`publishing ${e.type} of "${e.name}"`)(err);
+    }
   }
 
   async #setStatus(name: string, status: CatalogEntry['status'], stopReason: CatalogEntry['stopReason']): Promise<void> {
