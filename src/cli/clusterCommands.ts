@@ -7,6 +7,8 @@
  *   rm NAME               remove a stopped sandbox, wherever it ran
  *   nodes                 the live nodes: labels, capacity, what is free
  *   node drain NAME       drain a node: no new sandboxes, its sandboxes drain and stop
+ *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME
+ *                         as without --nats, on a sandbox of the cluster
  */
 
 import { Cluster } from '../cluster/Cluster.ts';
@@ -14,8 +16,10 @@ import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { EXIT } from './exitCodes.ts';
 
+/** The verbs on one sandbox that the caller runs on a handle (exec's flags are its own). */
+export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 'start']);
 /** The verbs that take `--nats`. */
-export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node']);
+export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ...HANDLE_VERBS]);
 
 /**
  * Runs one verb against the cluster at `servers`; resolves with the exit code (errors are
@@ -29,6 +33,8 @@ export async function runOnCluster(
   verb: string,
   args: { values: Record<string, unknown>; positionals: string[] },
   print: (value: unknown, text: string) => void,
+  /** Runs a {@link HANDLE_VERBS} verb on the sandbox's handle; resolves with the exit code. */
+  onHandle: (verb: string, sb: Sandbox) => Promise<number>,
 ): Promise<number> {
   if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS].join(', ')})`);
   const cluster = await Cluster.connect({
@@ -42,6 +48,14 @@ export async function runOnCluster(
       if (!first || second !== undefined) throw new CorralError('E_USAGE', `${verb} takes one sandbox name`);
       return first;
     };
+    if (HANDLE_VERBS.has(verb)) {
+      const sb = verb === 'start' ? await Sandbox.start(needOne(), { cluster }) : await Sandbox.get(needOne(), { cluster });
+      try {
+        return await onHandle(verb, sb);
+      } finally {
+        await sb.detach();
+      }
+    }
     switch (verb) {
       case 'ls': {
         const labels: Record<string, string> = {};

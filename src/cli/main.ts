@@ -57,7 +57,8 @@ cluster
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
-  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME -- CMD…
+                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
@@ -169,7 +170,32 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
   if (nats !== undefined) {
     try {
-      return await runOnCluster(nats, name, parsed, (value, text) => process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`));
+      // The handle verbs' own flags and output are the same as without --nats.
+      const ctx = { json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx;
+      return await runOnCluster(
+        nats,
+        name,
+        parsed,
+        (value, text) => process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`),
+        async (verb, sb) => {
+          switch (verb) {
+            case 'exec':
+              return runIn(ctx, sb, execOpts(ctx));
+            case 'stop':
+              return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
+            case 'kill':
+              return printInfo(ctx, await sb.kill());
+            case 'pause':
+              await sb.pause();
+              return printInfo(ctx, await sb.info());
+            case 'resume':
+              await sb.resume();
+              return printInfo(ctx, await sb.info());
+            default:
+              return printInfo(ctx, await sb.info());
+          }
+        },
+      );
     } catch (err) {
       return fail(json, err, false);
     }

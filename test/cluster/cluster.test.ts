@@ -141,7 +141,7 @@ describe('a cluster of corral nodes on NATS', () => {
     expect(seen.listed).toEqual(expect.arrayContaining(spread.map((s) => s.name)));
   });
 
-  it('answers the CLI with --nats: ls, inspect and nodes across the cluster', async () => {
+  it('answers the CLI with --nats: ls, inspect, nodes and exec across the cluster', async () => {
     process.env.CORRAL_NATS_USER = APP_USER.user;
     process.env.CORRAL_NATS_PASSWORD = APP_USER.pass;
     try {
@@ -153,7 +153,9 @@ describe('a cluster of corral nodes on NATS', () => {
       expect(inspect.json).toMatchObject({ name: spread[1]!.name, status: 'running', node: (await spread[1]!.info()).node });
       const listed = await corral('--nats', nats.urls[2]!, 'nodes');
       expect((listed.json as { name: string }[]).map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
-      const unsupported = await corral('--nats', nats.urls[0]!, 'exec', spread[1]!.name, '--', 'true');
+      const exec = await corral('--nats', nats.urls[0]!, 'exec', spread[1]!.name, '--', 'sh', '-c', 'echo cli; exit 4');
+      expect([exec.code, exec.json.stdout]).toEqual([4, 'cli\n']);
+      const unsupported = await corral('--nats', nats.urls[0]!, 'logs', spread[1]!.name);
       expect([unsupported.code, unsupported.json.error.code]).toEqual([2, 'E_USAGE']);
     } finally {
       delete process.env.CORRAL_NATS_USER;
