@@ -2,7 +2,7 @@
  * `corral node`: a Supervisor that answers for its sandboxes on NATS.
  *
  * It registers itself in the cluster's node registry (labels, capacity, what is free) and
- * rewrites that entry every heartbeat; serves `corral.node.<name>.create|remove|sb.<method>`;
+ * rewrites that entry every heartbeat; serves `corral.node.<name>.<verb>` (src/cluster/protocol.ts);
  * publishes every event of its sandboxes into the cluster's event stream (then on the
  * sandbox's live subject with its stream seq); keeps the catalog entries of its sandboxes
  * current. {@link NodeService.close} stops its sandboxes, marks them stopped and deregisters.
