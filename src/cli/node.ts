@@ -3,6 +3,8 @@
  * [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5] [--tls-ca F --tls-cert F --tls-key F]`: runs a cluster node
  * until SIGTERM or SIGINT, then stops its sandboxes and deregisters.
  *
+ * `--user`/`--password` default to CORRAL_NATS_USER / CORRAL_NATS_PASSWORD.
+ *
  * It prints one JSON line on stdout once registered — `{ "ready": <its registry entry> }` —
  * or `{ "error": { code, message } }` if it cannot start; logs go to stderr.
  */
@@ -60,8 +62,9 @@ export async function cmdNode(stateDir: string | undefined, values: Record<strin
       name: values.name,
       stateDir,
       labels,
-      ...(typeof values.user === 'string' ? { user: values.user } : {}),
-      ...(typeof values.password === 'string' ? { pass: values.password } : {}),
+      // The environment keeps the password off the command line, where ps shows it.
+      ...(typeof values.user === 'string' ? { user: values.user } : process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
+      ...(typeof values.password === 'string' ? { pass: values.password } : process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
       ...(maxSandboxes !== undefined ? { maxSandboxes } : {}),
       ...(memoryMib !== undefined ? { memoryMib } : {}),
       ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),

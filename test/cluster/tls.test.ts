@@ -25,7 +25,8 @@ beforeAll(async () => {
   Object.assign(pki, { caFile: f('ca.pem'), certFile: f('server.pem'), keyFile: f('server.key') });
   try {
     nats = await startNatsCluster(1, { tls: pki });
-    node = await startNode(nats, 't1', ['--tls-ca', pki.caFile]);
+    // Its credentials from the environment, off its command line.
+    node = await startNode(nats, 't1', ['--tls-ca', pki.caFile], undefined, { envCredentials: true });
   } catch (err) {
     await nats?.stop();
     await rm(dir, { recursive: true, force: true });

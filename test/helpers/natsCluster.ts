@@ -154,11 +154,13 @@ export interface NodeProcess {
  * Starts `corral node` and resolves once it says it is registered (its first stdout line,
  * `{ "ready": … }`).
  */
-export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string): Promise<NodeProcess> {
+export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string, options: { envCredentials?: boolean } = {}): Promise<NodeProcess> {
   const stateDir = reuseStateDir ?? (await mkdtemp(join(tmpdir(), `corral-node-${name}-`)));
-  const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, '--user', NODE_USER.user, '--password', NODE_USER.pass, ...extra], {
+  // The credentials on the command line, or (envCredentials) in CORRAL_NATS_USER / CORRAL_NATS_PASSWORD.
+  const credentials = options.envCredentials ? [] : ['--user', NODE_USER.user, '--password', NODE_USER.pass];
+  const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, ...credentials, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: process.env,
+    env: options.envCredentials ? { ...process.env, CORRAL_NATS_USER: NODE_USER.user, CORRAL_NATS_PASSWORD: NODE_USER.pass } : process.env,
   });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => {
