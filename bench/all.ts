@@ -40,6 +40,7 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
   density: ['bench/density.bench.ts', '--n', '20'],
   limit: ['bench/limit.bench.ts', '--n', '60', '--step', '30'],
   image: ['bench/image.bench.ts'],
+  cluster: ['bench/cluster.bench.ts'],
 };
 
 const { values: args } = parseArgs({ options: { only: { type: 'string' }, 'no-readme': { type: 'boolean', default: false } } });

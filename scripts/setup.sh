@@ -91,7 +91,7 @@ json_str() { # minimal JSON string escaping (paths and versions only)
 # 1. Debian packages
 
 PACKAGES=(qemu-system-x86 qemu-utils busybox-static erofs-utils e2fsprogs linux-source-6.1 build-essential
-  bc flex bison libelf-dev libssl-dev cpio musl-tools xz-utils docker-registry)
+  bc flex bison libelf-dev libssl-dev cpio musl-tools xz-utils docker-registry nats-server)
 
 missing_packages() { # prints the packages of "$@" that are not installed (one dpkg-query call)
   local -A ok=()

@@ -45,7 +45,9 @@ export const ErrorCodes = {
   E_UNAUTHORIZED: 'the API server needs a valid token (Authorization: Bearer …)',
   E_ROUTE_NOT_FOUND: 'the API server has no such route',
   E_USAGE: 'the command line is not valid (corral CLI)',
-  E_NO_CAPACITY: 'the supervisor is at a limit it was given (maxSandboxes, memoryHeadroomMib): no new sandbox now',
+  E_NO_CAPACITY: 'the supervisor is at a limit it was given (maxSandboxes, memoryHeadroomMib), or no cluster node matching the placement has room: no new sandbox now',
+  E_NODE_LOST: 'the cluster node that ran the sandbox stopped answering (its heartbeat stopped): the sandbox is stopped',
+  E_CLUSTER: 'the cluster (NATS) refused the connection or a request, or could not be reached',
 } as const;
 
 /** A stable error code. */

@@ -8,7 +8,8 @@
  */
 
 export { Sandbox, getDefaultSupervisor, type StopOptions, type CallOptions, type ExecStreamOptions, type SandboxSummary, type ListOptions, type LookupOptions } from './sdk/Sandbox.ts';
-export { SandboxBuilder } from './sdk/SandboxBuilder.ts';
+export { SandboxBuilder, type PlacementOptions } from './sdk/SandboxBuilder.ts';
+export { Cluster, type ClusterOptions, type ClusterNode, type ClusterEventsOptions } from './cluster/Cluster.ts';
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
 export type { StdinSource } from './sdk/execStdin.ts';
 export { SandboxFs, type FsEntry, type FsEntryType, type FsStat, type FsWriteOptions, type FsTransferOptions } from './sdk/SandboxFs.ts';

@@ -11,10 +11,12 @@ const edges = importGraph(ROOT, ['src', 'workers', 'machines']);
 const within = (file: string, dirs: readonly string[]) => dirs.some((d) => file === d || file.startsWith(`${d}/`));
 
 /** The rooms from the outside in; a room imports only rooms after it (and its own files). */
-const FRONTS = ['src/cli', 'src/server', 'src/mcp', 'src/detached', 'src/index.ts', 'src/inspector'];
+const FRONTS = ['src/cli', 'src/server', 'src/mcp', 'src/detached', 'src/node', 'src/index.ts', 'src/inspector'];
 const SDK = ['src/sdk'];
 const SUPERVISOR = ['src/supervisor'];
-const LINKS = ['src/link', 'src/pool'];
+// src/cluster is the client side of a cluster (registry, catalog, placement): the NATS link
+// stands on it; a node's service (src/node) is a front, like a detached host.
+const LINKS = ['src/link', 'src/pool', 'src/cluster'];
 const ACTOR = ['src/actor'];
 const WORKERS = ['workers'];
 

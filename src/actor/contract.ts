@@ -126,6 +126,8 @@ export interface SandboxInfo {
   readonly exitCode: number | null;
   readonly exitSignal: string | null;
   readonly error: SerializedError | null;
+  /** The cluster node that runs it (sandboxes reached through a cluster only). */
+  readonly node?: string;
 }
 
 /** The Comlink surface of a sandbox actor. */

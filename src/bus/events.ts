@@ -13,7 +13,8 @@ import type { SerializedError } from '../errors.ts';
  * Why a sandbox stopped. `guest-poweroff`: the guest powered off or halted itself (`poweroff`,
  * `halt`, forced or not: with no power-off device its kernel cannot tell them apart);
  * `guest-reboot`: it reset itself (`reboot`; a sandbox does not boot again); `crashed`: its
- * VM died, its kernel panicked or its agent (PID 1) exited.
+ * VM died, its kernel panicked or its agent (PID 1) exited; `node-lost`: the cluster node that
+ * ran it stopped answering (its heartbeat stopped: the node process, or its machine, is gone).
  */
 export type StopReason =
   | 'requested'
@@ -24,7 +25,8 @@ export type StopReason =
   | 'idle-timeout'
   | 'boot-failed'
   | 'guest-poweroff'
-  | 'guest-reboot';
+  | 'guest-reboot'
+  | 'node-lost';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
 export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';

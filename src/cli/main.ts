@@ -26,6 +26,8 @@ import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
+import { NODE_OPTIONS, cmdNode } from './node.ts';
+import { runOnCluster } from './clusterCommands.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -59,6 +61,14 @@ servers
   mcp [--http PORT] [--host H] [--token T] [--detached]
                              Model Context Protocol server for AI agents: stdio (default), or
                              streamable HTTP at /mcp; --detached: its sandboxes outlive it
+cluster
+  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P]
+       [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
+       [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+                             a cluster node: runs sandboxes for the cluster until SIGTERM
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME -- CMD…
+                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
+                             act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
@@ -127,6 +137,8 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   serve: { options: { host: { type: 'string' }, port: { type: 'string' }, token: { type: 'string' } }, run: (c) => cmdServe(c, false) },
   ui: { options: { port: { type: 'string' } }, run: (c) => cmdServe(c, true) },
   mcp: { options: { http: { type: 'string' }, host: { type: 'string' }, token: { type: 'string' }, detached: { type: 'boolean' } }, run: cmdMcp },
+  node: { options: { ...NODE_OPTIONS, migrate: { type: 'boolean' } }, run: async () => EXIT.USAGE },
+  nodes: { run: async () => Promise.reject(new CorralError('E_USAGE', 'nodes lists the nodes of a cluster: corral --nats URL nodes')) },
 };
 
 /**
@@ -146,6 +158,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     stateDir = head[sdIdx + 1];
     head.splice(sdIdx, 2);
   }
+  let nats: string | undefined;
+  const natsIdx = head.indexOf('--nats');
+  // `corral node --nats URL` starts a node; before the verb, --nats points any verb at a cluster.
+  if (natsIdx >= 0 && natsIdx < head.findIndex((a, i) => !a.startsWith('--') && head[i - 1] !== '--state-dir' && head[i - 1] !== '--nats')) {
+    nats = head[natsIdx + 1];
+    head.splice(natsIdx, 2);
+  }
   const args = head.filter((a) => a !== '--json');
   const name = args[0];
   if (!name || name === 'help' || name === '--help' || name === '-h') {
@@ -160,6 +179,40 @@ export async function main(argv: readonly string[]): Promise<number> {
   } catch (err) {
     return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
   }
+  if (nats !== undefined) {
+    try {
+      // The handle verbs' own flags and output are the same as without --nats.
+      const ctx = { json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx;
+      return await runOnCluster(
+        nats,
+        name,
+        parsed,
+        (value, text) => process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${text}\n`),
+        async (verb, sb) => {
+          switch (verb) {
+            case 'exec':
+              return runIn(ctx, sb, execOpts(ctx));
+            case 'stop':
+              return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
+            case 'kill':
+              return printInfo(ctx, await sb.kill());
+            case 'pause':
+              await sb.pause();
+              return printInfo(ctx, await sb.info());
+            case 'resume':
+              await sb.resume();
+              return printInfo(ctx, await sb.info());
+            default:
+              return printInfo(ctx, await sb.info());
+          }
+        },
+      );
+    } catch (err) {
+      return fail(json, err, false);
+    }
+  }
+  // A node owns its supervisor (its own state dir), for as long as it runs.
+  if (name === 'node') return cmdNode(stateDir, parsed.values);
   const sup = new Supervisor(stateDir ? { stateDir } : {});
   try {
     return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });

@@ -29,6 +29,9 @@ import { metricsStream } from '../metrics/metricsStream.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
+import { catalogInfo, createInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
+import type { PlacementOptions } from './SandboxBuilder.ts';
 
 export type { CallOptions };
 
@@ -95,6 +98,8 @@ export interface SandboxSummary {
   readonly stopReason: StopReason | null;
   readonly createdAt: number;
   readonly updatedAt: number;
+  /** The cluster node it runs (or ran) on (cluster lists only). */
+  readonly node?: string;
 }
 
 /** Options of {@link Sandbox.list}. */
@@ -106,16 +111,23 @@ export interface ListOptions extends CallOptions {
   /** Rows to skip (names are sorted). */
   readonly offset?: number;
   readonly supervisor?: Supervisor;
+  /** List the cluster's catalog instead: every sandbox on every node. */
+  readonly cluster?: Cluster;
 }
 
 /** Options of the static lookups. */
 export interface LookupOptions extends CallOptions {
   readonly supervisor?: Supervisor;
+  /** Look the sandbox up in this cluster's catalog, wherever it runs. */
+  readonly cluster?: Cluster;
 }
 
 export class Sandbox {
   readonly #link: SandboxLink | undefined;
-  readonly #sup: Supervisor;
+  /** The supervisor of a local sandbox (undefined for one of a cluster). */
+  readonly #localSup: Supervisor | undefined;
+  /** The cluster of a sandbox that runs on a cluster node. */
+  readonly #cluster: Cluster | undefined;
   readonly #config: SandboxConfig;
   #released = false;
   #sampler: MetricsSampler | undefined;
@@ -126,8 +138,9 @@ export class Sandbox {
    */
   readonly events$: Observable<SandboxEvent>;
 
-  private constructor(sup: Supervisor, config: SandboxConfig, link: SandboxLink | undefined) {
-    this.#sup = sup;
+  private constructor(sup: Supervisor | undefined, config: SandboxConfig, link: SandboxLink | undefined, cluster?: Cluster) {
+    this.#localSup = sup;
+    this.#cluster = cluster;
     this.#config = config;
     this.#link = link;
     this.#released = link === undefined;
@@ -136,7 +149,34 @@ export class Sandbox {
 
   /** Starts building a sandbox. */
   static builder(name: string): SandboxBuilder<Sandbox> {
-    return new SandboxBuilder(name, (config, opts) => (opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts)));
+    return new SandboxBuilder(name, (config, opts) =>
+      opts.cluster ? Sandbox.#createInCluster(config, opts.cluster, opts.placement, opts) : opts.detached ? Sandbox.createDetached(config, opts) : Sandbox.create(config, opts),
+    );
+  }
+
+  /** The supervisor of a local sandbox; a cluster sandbox has none here. */
+  get #sup(): Supervisor {
+    if (!this.#localSup) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" runs on a cluster node: this call is for local sandboxes only (not built through the cluster yet)`, { details: { state: 'remote' } });
+    return this.#localSup;
+  }
+
+  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }): Promise<Sandbox> {
+    const link = await bounded(
+      `create of sandbox "${config?.name}" in the cluster`,
+      options,
+      async (signal) => {
+        const made = await createInCluster(cluster, config, placement, options.replace ?? false);
+        // A caller that gave up leaves nothing running, nor its name taken.
+        if (signal?.aborted) {
+          await made.api.kill();
+          await made.release();
+          await removeInCluster(cluster, config.name);
+        }
+        return made;
+      },
+      true,
+    );
+    return new Sandbox(undefined, link.config, link, cluster);
   }
 
   /**
@@ -165,6 +205,13 @@ export class Sandbox {
    * detached), else a stopped handle whose {@link start} boots it again.
    */
   static async get(name: string, options: LookupOptions = {}): Promise<Sandbox> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      const found = await bounded(`lookup of sandbox "${name}" in the cluster`, options, () => openInCluster(cluster, name));
+      if (!found) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
+      const config = found.link?.config ?? ({ name, image: found.entry.image, memoryMib: found.entry.memoryMib, labels: found.entry.labels } as SandboxConfig);
+      return new Sandbox(undefined, config, found.link, cluster);
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     const link = await bounded(`lookup of sandbox "${name}"`, options, (signal) => undoneOnAbort(sup.open(name), signal, (l) => l.detach()), true);
     if (link) return new Sandbox(sup, link.config, link);
@@ -175,6 +222,11 @@ export class Sandbox {
 
   /** Boots a stopped sandbox again from its persisted config and upper disk. */
   static async start(name: string, options: LookupOptions & { detached?: boolean } = {}): Promise<Sandbox> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      const link = await bounded(`start of sandbox "${name}" in the cluster`, options, () => startInCluster(cluster, name));
+      return new Sandbox(undefined, link.config, link, cluster);
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     const link = await bounded(
       `start of sandbox "${name}"`,
@@ -224,6 +276,17 @@ export class Sandbox {
 
   /** Every known sandbox, with its status (records left by dead processes are repaired). */
   static async list(options: ListOptions = {}): Promise<SandboxSummary[]> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      return bounded('list of sandboxes in the cluster', options, async () => {
+        const want = Object.entries(options.labels ?? {});
+        const rows = (await cluster.catalog())
+          .filter((e) => want.every(([k, v]) => e.labels[k] === v))
+          .map((e) => ({ name: e.name, status: e.status, image: e.image, labels: e.labels, detached: true, stopReason: e.stopReason, createdAt: e.createdAt, updatedAt: e.updatedAt, node: e.node }));
+        const offset = options.offset ?? 0;
+        return rows.slice(offset, options.limit === undefined ? undefined : offset + options.limit);
+      });
+    }
     return bounded('list of sandboxes', options, async () => Sandbox.#list(options));
   }
 
@@ -253,7 +316,8 @@ export class Sandbox {
    * const last = await Sandbox.logs('worker', { tail: 5 });
    */
   static async logs(name: string, options: LogsOptions & LookupOptions = {}): Promise<LogEntry[]> {
-    const { supervisor, signal, timeoutMs, ...rest } = options;
+    const { supervisor, cluster, signal, timeoutMs, ...rest } = options;
+    if (cluster) return bounded(`logs of sandbox "${name}" in the cluster`, { signal, timeoutMs }, () => logsInCluster(cluster, name, rest));
     return bounded(`logs of sandbox "${name}"`, { signal, timeoutMs }, async () => (supervisor ?? getDefaultSupervisor()).logs(name, rest));
   }
 
@@ -271,6 +335,10 @@ export class Sandbox {
 
   /** Removes a stopped sandbox: its record, upper disk and sockets. Refuses a running one. */
   static async remove(name: string, options: LookupOptions = {}): Promise<void> {
+    if (options.cluster) {
+      const cluster = options.cluster;
+      return bounded(`removal of sandbox "${name}" from the cluster`, options, () => removeInCluster(cluster, name));
+    }
     const sup = options.supervisor ?? getDefaultSupervisor();
     await bounded(`removal of sandbox "${name}"`, options, () => sup.remove(name));
   }
@@ -296,13 +364,14 @@ export class Sandbox {
     if (!link || this.#released) return this.#recordInfo();
     return bounded(`info of sandbox "${this.name}"`, options, () => link.busy(() => link.api.info())).catch((err: unknown) => {
       // A closed supervisor, or a worker that died under the sandbox: the record says how it ended.
-      if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED')) return this.#recordInfo();
+      if (err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED' || err.code === 'E_NODE_LOST')) return this.#recordInfo();
       throw err;
     });
   }
 
   /** Boots this (stopped) sandbox again; resolves with a handle on the running sandbox. */
   start(options: { detached?: boolean } & CallOptions = {}): Promise<Sandbox> {
+    if (this.#cluster) return Sandbox.start(this.name, { ...options, cluster: this.#cluster });
     return Sandbox.start(this.name, { ...options, supervisor: this.#sup });
   }
 
@@ -499,6 +568,8 @@ export class Sandbox {
   fork(options: { count: number; prefix?: string } & CallOptions): Promise<Sandbox[]>;
   async fork(arg: string | ({ count: number; prefix?: string } & CallOptions), callOptions: CallOptions = {}): Promise<Sandbox | Sandbox[]> {
     const { signal, timeoutMs } = typeof arg === 'string' ? callOptions : arg;
+    // Before the snapshot: a fork through a cluster is not built yet (it would be left on the node).
+    void this.#sup;
     // Abortable: forks already made when the call gives up are killed and removed.
     return bounded(`fork of sandbox "${this.name}"`, { signal, timeoutMs }, (s) => this.#fork(arg, s), true);
   }
@@ -606,6 +677,8 @@ export class Sandbox {
    * sb.events({ since: last }).subscribe((e) => (last = e.seq));
    */
   events(options: { since?: number } = {}): Observable<SandboxEvent> {
+    // A cluster's seqs are its event stream's sequences.
+    if (this.#cluster) return this.#cluster.events({ name: this.name, since: options.since ?? 0, untilStopped: true });
     return this.#sup.events({ name: this.name, ...(options.since !== undefined ? { since: options.since as SinceCursor } : {}) });
   }
 
@@ -617,6 +690,7 @@ export class Sandbox {
    * const text = (await sb.logs({ tail: 10 })).map((e) => Buffer.from(e.data).toString()).join('');
    */
   async logs(options: LogsOptions & CallOptions = {}): Promise<LogEntry[]> {
+    if (this.#cluster) return Sandbox.logs(this.name, { ...options, cluster: this.#cluster });
     return Sandbox.logs(this.name, { ...options, supervisor: this.#sup });
   }
 
@@ -634,7 +708,11 @@ export class Sandbox {
    * const m = await sb.metrics(); // m.cpuPercent, m.memory.pssBytes, m.disk.writeBytes
    */
   metrics(options: CallOptions = {}): Promise<SandboxMetrics> {
-    this.#sampler ??= this.#newSampler();
+    try {
+      this.#sampler ??= this.#newSampler();
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const sampler = this.#sampler;
     return bounded(`metrics of sandbox "${this.name}"`, options, () => sampler.sample());
   }
@@ -651,6 +729,8 @@ export class Sandbox {
   }
 
   #newSampler(): MetricsSampler {
+    // The VM's pid and /proc are the node's, on another machine: not sampled from here (yet).
+    void this.#sup;
     return new MetricsSampler({
       guestBytes: this.#config.memoryMib * 1024 * 1024,
       pid: async () => {
@@ -792,7 +872,7 @@ export class Sandbox {
 
   #requireLink(what: string): SandboxLink {
     if (this.#released || !this.#link) {
-      const state = this.#sup.reconcile(this.name)?.status ?? 'removed';
+      const state = this.#localSup ? (this.#localSup.reconcile(this.name)?.status ?? 'removed') : 'stopped';
       throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.name}": ${this.#link ? 'this handle was released' : `it is ${state}`}`, {
         details: { state },
       });
@@ -801,6 +881,7 @@ export class Sandbox {
   }
 
   async #recordInfo(): Promise<SandboxInfo> {
+    if (this.#cluster) return catalogInfo(this.name, await this.#cluster.catalogEntry(this.name));
     const rec = this.#sup.reconcile(this.name);
     return {
       name: this.name,

@@ -23,6 +23,7 @@ import { normalizeImageFields } from '../image/imageOptions.ts';
 import type { PullPolicy } from '../image/pullPolicy.ts';
 import { ImageBuilder } from './ImageBuilder.ts';
 import type { CreateOptions, Supervisor } from '../supervisor/Supervisor.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
 import type { CallOptions } from '../runtime/callOptions.ts';
 import { parseAccel, type AccelOption } from '../vm/accel.ts';
 import { normalizeGuestFields } from '../guestenv/guestConfig.ts';
@@ -33,7 +34,16 @@ import { validatePort } from '../guestenv/ports.ts';
 import { validateScript } from '../guestenv/scripts.ts';
 import { VolumeBuilder } from '../guestenv/volumes.ts';
 
-type Create<S> = (config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor; detached?: boolean }) => Promise<S>;
+/** Where a cluster create may place the sandbox. */
+export interface PlacementOptions {
+  /** Only nodes carrying all these labels. */
+  readonly labels?: Readonly<Record<string, string>>;
+}
+
+type Create<S> = (
+  config: SandboxConfig,
+  options: CreateOptions & CallOptions & { supervisor?: Supervisor; detached?: boolean; cluster?: Cluster; placement?: PlacementOptions },
+) => Promise<S>;
 
 /**
  * @example
@@ -45,6 +55,8 @@ export class SandboxBuilder<S = unknown> {
   #replace = false;
   #detached = false;
   #supervisor: Supervisor | undefined;
+  #cluster: Cluster | undefined;
+  #placement: PlacementOptions | undefined;
   readonly #create: Create<S>;
 
   /**
@@ -326,14 +338,41 @@ export class SandboxBuilder<S = unknown> {
     return this;
   }
 
-  /** Boots the sandbox; resolves once it runs. */
+  /**
+   * Create the sandbox on a node of this cluster instead of in this process: placed on the
+   * least loaded node that matches {@link placement} and has room (README "Running on many
+   * machines").
+   *
+   * @example
+   * const sb = await Sandbox.builder('job-1').cluster(cluster).placement({ labels: { zone: 'a' } }).create();
+   */
+  cluster(cluster: Cluster): this {
+    if (!cluster || typeof (cluster as { nodes?: unknown }).nodes !== 'function') throw new InvalidOptionError('cluster', 'a Cluster from Cluster.connect()', cluster);
+    this.#cluster = cluster;
+    return this;
+  }
+
+  /** Which cluster nodes may take the sandbox (with {@link cluster}). */
+  placement(options: PlacementOptions): this {
+    const labels = options?.labels ?? {};
+    if (typeof labels !== 'object' || Object.entries(labels).some(([k, v]) => !k || typeof v !== 'string')) {
+      throw new InvalidOptionError('placement.labels', 'an object of string labels ({ zone: "a" })', options?.labels);
+    }
+    this.#placement = { labels: { ...labels } };
+    return this;
+  }
+
   /** Boots the sandbox. `signal` or `timeoutMs` end a boot that takes too long: its VM is killed. */
   create(options: Omit<CreateOptions, 'replace' | 'controlSocket'> & CallOptions = {}): Promise<S> {
+    if (this.#placement && !this.#cluster) return Promise.reject(new InvalidOptionError('placement', 'only with .cluster(cluster)', this.#placement));
+    if (this.#cluster && this.#detached) return Promise.reject(new InvalidOptionError('detached', 'not with .cluster(): a cluster sandbox lives on its node already', true));
     return this.#create(this.build(), {
       ...options,
       replace: this.#replace,
       detached: this.#detached,
       ...(this.#supervisor ? { supervisor: this.#supervisor } : {}),
+      ...(this.#cluster ? { cluster: this.#cluster } : {}),
+      ...(this.#placement ? { placement: this.#placement } : {}),
     });
   }
 

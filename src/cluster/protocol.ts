@@ -1,0 +1,109 @@
+/**
+ * What corral nodes and clients say to each other over NATS: subject names, the KV buckets
+ * and the event stream, the records they hold, and the encoding of requests and replies.
+ *
+ *   corral.node.<node>.create          { config }            → { result: SandboxInfo }
+ *   corral.node.<node>.remove          { name }              → { result: null }
+ *   corral.node.<node>.config          { name }              → { result: SandboxConfig }
+ *   corral.node.<node>.drain           {}                    → { result: DrainReport }
+ *   corral.node.<node>.start           { name }              → { result: SandboxInfo } (a stopped one, again)
+ *   corral.node.<node>.logs            { name, options }     → { result: LogEntry[] }
+ *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
+ *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
+ *   corral.live.<sandbox>              the same event once stored, republished by the stream
+ *                                      (its stream sequence in the Nats-Sequence header)
+ *
+ * Every reply is `{ result }` or `{ error }` (a {@link SerializedError}: `code` crosses the wire).
+ * Bytes travel as `{ $b64 }` (src/link/wire.ts).
+ */
+
+import { deserializeError, serializeError, type SerializedError } from '../errors.ts';
+import type { SandboxStatus, StopReason } from '../bus/events.ts';
+import { fromWire, toWire } from '../link/wire.ts';
+
+/** KV bucket of the node registry: key = node name, value = {@link NodeRecord}. */
+export const NODES_BUCKET = 'corral-nodes';
+/** KV bucket of the sandbox catalog: key = sandbox name, value = {@link CatalogEntry}. */
+export const CATALOG_BUCKET = 'corral-sandboxes';
+/** JetStream stream keeping every sandbox's events, on {@link eventSubject}s. */
+export const EVENTS_STREAM = 'CORRAL_EVENTS';
+
+/** The subject of a node's verb (`create`, `remove`, `sb.<method>`). */
+export const nodeSubject = (node: string, verb: string): string => `corral.node.${node}.${verb}`;
+/** The stored event subject of one sandbox (`*` for all). */
+export const eventSubject = (name: string): string => `corral.ev.${name}`;
+/** The live event subject of one sandbox: events once stored, republished by the stream with their seq in a header. */
+export const liveSubject = (name: string): string => `corral.live.${name}`;
+
+/** What a node can hold: the figures placement reads. */
+export interface NodeCapacity {
+  readonly memoryMib: number;
+  readonly cpus: number;
+  readonly sandboxes: number;
+}
+
+/** A node's entry in the registry, rewritten at every heartbeat and every create or stop. */
+export interface NodeRecord {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly capacity: NodeCapacity;
+  /** What is left: capacity minus the guest memory and count of its live sandboxes. */
+  readonly free: { readonly memoryMib: number; readonly sandboxes: number };
+  /** Live sandboxes on it now. */
+  readonly sandboxes: number;
+  /** How often it rewrites this entry. */
+  readonly heartbeatMs: number;
+  readonly startedAt: number;
+  /** Drained: it takes no new sandboxes (placement passes it over). */
+  readonly draining: boolean;
+}
+
+/** What draining a node did, per sandbox (see `Cluster.drain`). */
+export interface DrainReport {
+  readonly node: string;
+  readonly sandboxes: readonly { readonly name: string; readonly ms: number; readonly stopReason: StopReason | null; readonly error?: SerializedError }[];
+}
+
+/** A sandbox's entry in the catalog: which node runs it and how it is. */
+export interface CatalogEntry {
+  readonly name: string;
+  readonly node: string;
+  readonly status: SandboxStatus;
+  readonly stopReason: StopReason | null;
+  readonly image: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly memoryMib: number;
+  readonly createdAt: number;
+  readonly updatedAt: number;
+}
+
+/** A reply on the wire. */
+export type Reply = { readonly result: unknown } | { readonly error: SerializedError };
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** JSON bytes of `v`, byte arrays as `{ $b64 }`. */
+export function encode(v: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(toWire(v)));
+}
+
+/** Inverse of {@link encode}. */
+export function decode<T>(data: Uint8Array): T {
+  return fromWire(JSON.parse(decoder.decode(data))) as T;
+}
+
+/** The reply to a request that threw `err`. */
+export function errorReply(err: unknown): Uint8Array {
+  return encode({ error: serializeError(err) });
+}
+
+/** The result of a reply, or its error rebuilt (with its `code`) and thrown. */
+export function unwrapReply<T>(data: Uint8Array): T {
+  const r = decode<Reply>(data);
+  if ('error' in r) throw deserializeError(r.error);
+  return r.result as T;
+}
+
+/** The header the stream's republish puts each event's stream sequence in. */
+export const SEQ_HEADER = 'Nats-Sequence';

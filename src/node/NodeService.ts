@@ -1,0 +1,417 @@
+/**
+ * `corral node`: a Supervisor that answers for its sandboxes on NATS.
+ *
+ * It registers itself in the cluster's node registry (labels, capacity, what is free) and
+ * rewrites that entry every heartbeat; serves `corral.node.<name>.<verb>` (src/cluster/protocol.ts);
+ * publishes every event of its sandboxes into the cluster's event stream (then on the
+ * sandbox's live subject with its stream seq); keeps the catalog entries of its sandboxes
+ * current. {@link NodeService.close} stops its sandboxes, marks them stopped and deregisters.
+ */
+
+import { availableParallelism, totalmem } from 'node:os';
+import { createInbox, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
+import type { SandboxEvent } from '../bus/events.ts';
+import type { SandboxConfig } from '../config.ts';
+import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
+import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
+import { decode, encode, errorReply, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
+import type { WorkerLink } from '../link/WorkerLink.ts';
+import type { LogsOptions } from '../logs/ExecLog.ts';
+import { FORWARDED_CALLS } from '../link/wire.ts';
+import { logFailure } from '../runtime/log.ts';
+import { Supervisor, type SandboxInfo } from '../supervisor/Supervisor.ts';
+
+/** Options of {@link NodeService.start}. */
+export interface NodeServiceOptions extends Pick<ClusterOptions, 'servers' | 'user' | 'pass' | 'replicas' | 'tls'> {
+  /** The node's name in the cluster: lowercase letters, digits and dashes. */
+  readonly name: string;
+  /** Its supervisor's state dir (LMDB, disks, templates). */
+  readonly stateDir: string;
+  readonly labels?: Readonly<Record<string, string>>;
+  /** How often it rewrites its registry entry. Default 1000. */
+  readonly heartbeatMs?: number;
+  /** Most sandboxes it runs at once. Default 64. */
+  readonly maxSandboxes?: number;
+  /** Guest memory it offers, MiB. Default the host's memory less 1 GiB. */
+  readonly memoryMib?: number;
+}
+
+const NAME_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+const CALLS = new Set<string>(['start', ...FORWARDED_CALLS]);
+/** Calls whose answer is a SandboxInfo, which gets the node's name. */
+const INFO_CALLS = new Set(['start', 'info', 'stop', 'kill', 'drain', 'stopped']);
+
+/**
+ * @example
+ * const node = await NodeService.start({ servers: 'nats://127.0.0.1:4222', name: 'n1', stateDir: '/var/lib/corral' });
+ * process.once('SIGTERM', () => void node.close());
+ */
+export class NodeService {
+  readonly name: string;
+  readonly #cluster: Cluster;
+  readonly #sup: Supervisor;
+  readonly #labels: Readonly<Record<string, string>>;
+  readonly #capacity: NodeRecord['capacity'];
+  readonly #heartbeatMs: number;
+  readonly #startedAt = Date.now();
+  readonly #live = new Map<string, WorkerLink>();
+  /** Sandboxes being created: they hold their memory already. */
+  readonly #creating = new Map<string, number>();
+  readonly #entries = new Map<string, CatalogEntry>();
+  /** Calls in flight per sandbox: its release waits for them (their answers come first). */
+  readonly #inflight = new Map<string, Set<Promise<unknown>>>();
+  /** Each live sandbox's release, run once it stopped. */
+  readonly #releases = new Set<Promise<void>>();
+  readonly #releaseOf = new Map<string, Promise<void>>();
+  #subs: NatsSubscription[] = [];
+  #createSub: NatsSubscription | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  /** The inbox the stream's acks of this node's events come to. */
+  readonly #acks = createInbox();
+  #draining = false;
+  #closed: Promise<void> | undefined;
+
+  private constructor(options: NodeServiceOptions, cluster: Cluster, sup: Supervisor) {
+    this.name = options.name;
+    this.#cluster = cluster;
+    this.#sup = sup;
+    this.#labels = { ...(options.labels ?? {}) };
+    this.#heartbeatMs = options.heartbeatMs ?? 1000;
+    this.#capacity = {
+      memoryMib: options.memoryMib ?? Math.max(0, Math.floor(totalmem() / 2 ** 20) - 1024),
+      cpus: availableParallelism(),
+      sandboxes: sup.maxSandboxes,
+    };
+  }
+
+  /** Connects, opens the supervisor, serves and registers. Resolves once registered. */
+  static async start(options: NodeServiceOptions): Promise<NodeService> {
+    if (typeof options?.name !== 'string' || !NAME_RE.test(options.name)) throw new InvalidOptionError('name', 'lowercase letters, digits and dashes, not starting or ending with a dash', options?.name);
+    const heartbeatMs = options.heartbeatMs ?? 1000;
+    if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) throw new InvalidOptionError('heartbeatMs', 'an integer of ms ≥ 50', options.heartbeatMs);
+    if (options.memoryMib !== undefined && (!Number.isInteger(options.memoryMib) || options.memoryMib < 1)) throw new InvalidOptionError('memoryMib', 'a positive integer of MiB', options.memoryMib);
+    for (const [k, v] of Object.entries(options.labels ?? {})) if (!k || typeof v !== 'string') throw new InvalidOptionError('labels', 'key=value pairs of strings', options.labels);
+    const cluster = await Cluster.connect({ ...options, name: `corral-node-${options.name}`, lostAfterMs: Math.max(3000, heartbeatMs * 3) });
+    let sup: Supervisor | undefined;
+    try {
+      if (cluster.nodeAlive(options.name)) throw new CorralError('E_CLUSTER', `a node named "${options.name}" is registered and alive already`);
+      sup = new Supervisor({ stateDir: options.stateDir, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
+      const node = new NodeService(options, cluster, sup);
+      await node.#serve();
+      return node;
+    } catch (err) {
+      await sup?.close();
+      await cluster.close();
+      throw err;
+    }
+  }
+
+  /**
+   * A node that comes back (same name, same state dir) runs none of the sandboxes the catalog
+   * may still give it: its VMs ended with its last process. Their entries say stopped, with
+   * the reason its store gives (crashed when it died under them).
+   */
+  async #reconcile(): Promise<void> {
+    for (const entry of await this.#cluster.catalog({ raw: true })) {
+      if (entry.node !== this.name || entry.status === 'stopped') continue;
+      const rec = this.#sup.reconcile(entry.name);
+      const stopReason = rec?.status === 'stopped' ? (rec.stopReason ?? 'crashed') : 'crashed';
+      await this.#cluster.putCatalog({ ...entry, status: 'stopped', stopReason, updatedAt: Date.now() });
+    }
+  }
+
+  async #serve(): Promise<void> {
+    await this.#reconcile();
+    const nc = this.#cluster.connection;
+    this.#subs.push(
+      nc.subscribe(this.#acks, {
+        callback: (err, msg) => {
+          if (err) return logFailure(`reading the event stream's acks`)(err);
+          const ack = decode<{ error?: { description?: string } }>(msg.data);
+          if (ack.error) logFailure('storing an event in the stream')(new Error(ack.error.description ?? JSON.stringify(ack.error)));
+        },
+      }),
+    );
+    this.#sup.events$.subscribe((e) => this.#onEvent(e));
+    this.#createSub = nc.subscribe(nodeSubject(this.name, 'create'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#create(p as { config: SandboxConfig })) });
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'config'), { callback: (err, msg) => this.#handle(err, msg, async (p) => this.#config((p as { name: string }).name)) }));
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'start'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#start((p as { name: string }).name)) }));
+    this.#subs.push(
+      nc.subscribe(nodeSubject(this.name, 'logs'), {
+        callback: (err, msg) =>
+          this.#handle(err, msg, async (p) => {
+            const { name, options } = p as { name: string; options?: LogsOptions };
+            return this.#sup.logs(name, options ?? {});
+          }),
+      }),
+    );
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, () => this.drain()) }));
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));
+    this.#subs.push(
+      nc.subscribe(nodeSubject(this.name, 'sb.*'), {
+        callback: (err, msg) => this.#handle(err, msg, (p) => this.#call(msg.subject.slice(nodeSubject(this.name, 'sb.').length), p as { name: string; args: unknown[] })),
+      }),
+    );
+    await nc.flush();
+    await this.#register();
+    this.#timer = setInterval(() => void this.#register().catch(logFailure(`heartbeat of node "${this.name}"`)), this.#heartbeatMs);
+  }
+
+  #handle(err: Error | null, msg: Msg, fn: (payload: unknown) => Promise<unknown>): void {
+    if (err) return logFailure(`serving node "${this.name}"`)(err);
+    void (async () => {
+      let reply: Uint8Array;
+      try {
+        reply = encode({ result: (await fn(decode(msg.data))) ?? null });
+      } catch (e) {
+        reply = errorReply(e);
+      }
+      // The connection may be closing under a late answer: that is logged, not thrown.
+      try {
+        msg.respond(reply);
+      } catch (e) {
+        logFailure(`answering ${msg.subject}`)(e);
+      }
+    })();
+  }
+
+  /** The registry entry as of now. */
+  record(): NodeRecord {
+    let used = 0;
+    for (const l of this.#live.values()) used += l.config.memoryMib;
+    for (const m of this.#creating.values()) used += m;
+    const count = this.#live.size + this.#creating.size;
+    return {
+      name: this.name,
+      labels: this.#labels,
+      capacity: this.#capacity,
+      free: { memoryMib: Math.max(0, this.#capacity.memoryMib - used), sandboxes: Math.max(0, this.#capacity.sandboxes - count) },
+      sandboxes: this.#live.size,
+      heartbeatMs: this.#heartbeatMs,
+      startedAt: this.#startedAt,
+      draining: this.#draining,
+    };
+  }
+
+  async #register(): Promise<void> {
+    if (this.#closed) return;
+    await this.#cluster.registry.put(this.name, encode(this.record()));
+  }
+
+  async #create(payload: { config: SandboxConfig }): Promise<SandboxInfo> {
+    const config = payload?.config;
+    const name = config?.name;
+    if (typeof name !== 'string') throw new InvalidOptionError('config.name', 'a sandbox name', name);
+    // The catalog entry is the cluster's claim on the name: a same-named record of an
+    // earlier life of this node's state dir is replaced.
+    return this.#boot(name, typeof config.memoryMib === 'number' ? config.memoryMib : 0, () => this.#sup.create(config, { replace: true }), Date.now());
+  }
+
+  /** Boots a stopped sandbox of this node again, from its config and upper disk. */
+  async #start(name: string): Promise<SandboxInfo> {
+    if (this.#live.has(name)) throw new CorralError('E_ILLEGAL_STATE', `cannot start sandbox "${name}": it is running on node "${this.name}"`, { details: { state: 'running' } });
+    await this.#releaseOf.get(name);
+    const rec = this.#sup.reconcile(name);
+    if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
+    return this.#boot(name, rec.config.memoryMib, () => this.#sup.restart(name), rec.createdAt);
+  }
+
+  async #boot(name: string, memoryMib: number, make: () => Promise<WorkerLink>, createdAt: number): Promise<SandboxInfo> {
+    if (this.#closed) throw new CorralError('E_CLOSED', `node "${this.name}" is shutting down`);
+    if (this.#draining) throw new CorralError('E_NO_CAPACITY', `node "${this.name}" is draining: it takes no new sandboxes`);
+    const rec = this.record();
+    if (rec.free.sandboxes < 1 || rec.free.memoryMib < memoryMib) {
+      throw new CorralError('E_NO_CAPACITY', `node "${this.name}" has no room for "${name}" (${memoryMib} MiB asked; ${rec.free.memoryMib} MiB and ${rec.free.sandboxes} slots free)`);
+    }
+    this.#creating.set(name, memoryMib);
+    let link: WorkerLink;
+    try {
+      await this.#register();
+      link = await make();
+    } finally {
+      this.#creating.delete(name);
+    }
+    this.#live.set(name, link);
+    const now = Date.now();
+    const entry: CatalogEntry = { name, node: this.name, status: 'running', stopReason: null, image: link.config.image, labels: link.config.labels ?? {}, memoryMib: link.config.memoryMib, createdAt, updatedAt: now };
+    this.#entries.set(name, entry);
+    await this.#cluster.putCatalog(entry);
+    await this.#register();
+    const released = this.#releaseWhenStopped(link).finally(() => {
+      this.#releases.delete(released);
+      if (this.#releaseOf.get(name) === released) this.#releaseOf.delete(name);
+    });
+    this.#releases.add(released);
+    this.#releaseOf.set(name, released);
+    return { ...(await link.api.info()), node: this.name };
+  }
+
+  /** Once the sandbox stopped (however): answers first, then its worker goes, then the registry says so. */
+  async #releaseWhenStopped(link: WorkerLink): Promise<void> {
+    const name = link.config.name;
+    try {
+      await link.api.stopped();
+    } catch (err) {
+      if (!(err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED'))) logFailure(`waiting for sandbox "${name}" to stop`)(err);
+    }
+    await Promise.allSettled([...(this.#inflight.get(name) ?? [])]);
+    if (this.#live.get(name) === link) this.#live.delete(name);
+    await this.#sup.release(link).catch(logFailure(`releasing sandbox "${name}"`));
+    const rec = this.#sup.reconcile(name);
+    await this.#setStatus(name, 'stopped', rec?.stopReason ?? 'crashed').catch(logFailure(`writing the catalog entry of "${name}"`));
+    await this.#register().catch(logFailure(`registering node "${this.name}"`));
+  }
+
+  async #call(method: string, payload: { name: string; args: unknown[] }): Promise<unknown> {
+    if (!CALLS.has(method)) throw new TypeError(`unknown sandbox method ${method}`);
+    const name = payload?.name;
+    const link = this.#live.get(name);
+    if (!link) {
+      const rec = this.#sup.reconcile(name);
+      if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
+      if (INFO_CALLS.has(method) && method !== 'start') return this.#recordInfo(name);
+      throw new CorralError('E_ILLEGAL_STATE', `cannot ${method} sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
+    }
+    const fn = (link.api as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!;
+    // JSON has no undefined: an omitted optional argument arrives as null.
+    const p = fn(...(payload.args ?? []).map((a) => (a === null ? undefined : a)));
+    let set = this.#inflight.get(name);
+    if (!set) this.#inflight.set(name, (set = new Set()));
+    set.add(p);
+    try {
+      const result = await p;
+      if (!INFO_CALLS.has(method)) return result;
+      const info = result as SandboxInfo;
+      // The verbs that end the sandbox answer once the catalog says so: the caller's next
+      // remove() or list(), from any process, reads it stopped.
+      if (info.status === 'stopped') await this.#setStatus(name, 'stopped', info.stopReason);
+      return { ...info, node: this.name };
+    } finally {
+      set.delete(p);
+    }
+  }
+
+  /**
+   * Takes no new sandboxes from now on, and drains each live one (new execs refused, running
+   * ones finish, then it stops: reason `drained`). Resolves with the time each took.
+   */
+  async drain(): Promise<DrainReport> {
+    this.#draining = true;
+    await this.#register();
+    const sandboxes = await Promise.all(
+      [...this.#live.values()].map(async (link) => {
+        const t0 = performance.now();
+        try {
+          const info = (await this.#call('drain', { name: link.config.name, args: [] })) as SandboxInfo;
+          await this.#releaseOf.get(link.config.name);
+          return { name: link.config.name, ms: performance.now() - t0, stopReason: info.stopReason };
+        } catch (err) {
+          return { name: link.config.name, ms: performance.now() - t0, stopReason: null, error: serializeError(err) };
+        }
+      }),
+    );
+    return { node: this.name, sandboxes };
+  }
+
+  /** The config a sandbox of this node was created from. */
+  #config(name: string): SandboxConfig {
+    const config = this.#live.get(name)?.config ?? this.#sup.reconcile(name)?.config;
+    if (!config) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
+    return config;
+  }
+
+  #recordInfo(name: string): SandboxInfo {
+    const rec = this.#sup.reconcile(name);
+    return {
+      name,
+      status: rec?.status ?? 'stopped',
+      state: rec?.state ?? 'stopped',
+      pid: null,
+      accel: null,
+      accelReason: null,
+      bootMs: null,
+      guestBootMs: null,
+      agentVersion: null,
+      inFlight: 0,
+      stopReason: rec?.stopReason ?? null,
+      exitCode: null,
+      exitSignal: null,
+      error: null,
+      node: this.name,
+    };
+  }
+
+  async #remove(name: string): Promise<null> {
+    const link = this.#live.get(name);
+    if (link) {
+      const info = await link.api.info().catch((err: unknown) => logFailure(`reading the state of "${name}" before its removal`)(err));
+      if (info && info.status !== 'stopped') throw new CorralError('E_ILLEGAL_STATE', `cannot remove sandbox "${name}": it is ${info.status} on node "${this.name}" (stop it first)`, { details: { state: info.status } });
+    }
+    // Stopped a moment ago, its release (which ends its worker) may still be under way.
+    await this.#releaseOf.get(name);
+    if (this.#sup.reconcile(name)) await this.#sup.remove(name);
+    this.#entries.delete(name);
+    return null;
+  }
+
+  #onEvent(e: SandboxEvent): void {
+    const status = e.type === 'sandbox.paused' ? 'paused' : e.type === 'sandbox.resumed' ? 'running' : e.type === 'sandbox.draining' ? 'draining' : undefined;
+    if (status) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
+    const nc = this.#cluster.connection;
+    // Sent in order on one connection, so stored in order: the stream's order is the
+    // sandbox's. Acks come back to one inbox, a failed one is logged; none is waited for
+    // before the next event (the stream republishes each to the live subject).
+    try {
+      for (const part of split(e, maxEventBytes(nc.info?.max_payload))) nc.publish(eventSubject(e.name), encode(part), { reply: this.#acks });
+    } catch (err) {
+      // A closed or draining connection throws here: the event is lost to the stream, said so.
+      logFailure(`publishing ${e.type} of "${e.name}"`)(err);
+    }
+  }
+
+  async #setStatus(name: string, status: CatalogEntry['status'], stopReason: CatalogEntry['stopReason']): Promise<void> {
+    const entry = this.#entries.get(name);
+    if (!entry) return;
+    const next = { ...entry, status, stopReason, updatedAt: Date.now() };
+    this.#entries.set(name, next);
+    await this.#cluster.putCatalog(next);
+  }
+
+  /**
+   * Stops taking requests, stops its sandboxes (gracefully, escalating to kill), marks them
+   * stopped in the catalog, deregisters and closes its connection. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closed ??= (async () => {
+      clearInterval(this.#timer);
+      this.#createSub?.unsubscribe();
+      await Promise.allSettled(
+        [...this.#live.values()].map(async (link) => {
+          await link.api.stop().catch(logFailure(`stopping sandbox "${link.config.name}"`));
+        }),
+      );
+      // The release of each (catalog: stopped) follows its stop.
+      await Promise.allSettled([...this.#releases]);
+      for (const s of this.#subs) s.unsubscribe();
+      await this.#cluster.connection.flush();
+      await this.#sup.close();
+      await this.#cluster.registry.delete(this.name).catch(logFailure(`deregistering node "${this.name}"`));
+      await this.#cluster.close();
+    })();
+    return this.#closed;
+  }
+}
+
+/** The largest event payload (bytes of data) that fits a NATS message once in base64 JSON. */
+function maxEventBytes(maxPayload: number | undefined): number {
+  return Math.max(16 * 1024, Math.floor(((maxPayload ?? 1024 * 1024) - 4096) * 0.7));
+}
+
+/** An output event whose data would not fit one message, as several (same fields, data in order). */
+function split(e: SandboxEvent, max: number): SandboxEvent[] {
+  const data = (e as { data?: unknown }).data;
+  if (!(data instanceof Uint8Array) || data.byteLength <= max) return [e];
+  const parts: SandboxEvent[] = [];
+  for (let off = 0; off < data.byteLength; off += max) parts.push({ ...e, data: data.subarray(off, off + max) } as SandboxEvent);
+  return parts;
+}

@@ -1,0 +1,57 @@
+// TLS between the cluster's NATS server, a node and clients: a CA and a server certificate
+// made here with openssl (for 127.0.0.1), a nats-server that takes TLS only. No VM: what is
+// tried is the connection, the same for every request after it.
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cluster } from '../../src/index.ts';
+import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+
+let dir: string;
+let nats: NatsCluster | undefined;
+let node: NodeProcess | undefined;
+const pki = { caFile: '', certFile: '', keyFile: '' };
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'corral-tls-'));
+  const f = (n: string) => join(dir, n);
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=corral test CA', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+  ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', f('server.key'), '-out', f('server.csr'));
+  execFileSync('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ${f('san.ext')}`]);
+  ssl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '1', '-extfile', f('san.ext'), '-out', f('server.pem'));
+  Object.assign(pki, { caFile: f('ca.pem'), certFile: f('server.pem'), keyFile: f('server.key') });
+  try {
+    nats = await startNatsCluster(1, { tls: pki });
+    // Its credentials from the environment, off its command line.
+    node = await startNode(nats, 't1', ['--tls-ca', pki.caFile], undefined, { envCredentials: true });
+  } catch (err) {
+    await nats?.stop();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+});
+
+afterAll(async () => {
+  await node?.stop();
+  await nats?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('a cluster over TLS', () => {
+  it('lets in a node and a client that trust the servers’ CA', async () => {
+    expect(nats!.urls[0]).toMatch(/^tls:\/\//);
+    const cluster = await Cluster.connect({ servers: nats!.urls, ...APP_USER, tls: { caFile: pki.caFile } });
+    try {
+      expect((await cluster.nodes()).map((n) => n.name)).toEqual(['t1']);
+    } finally {
+      await cluster.close();
+    }
+  });
+
+  it('refuses a client that does not trust the certificate, saying it cannot connect', async () => {
+    await expect(Cluster.connect({ servers: nats!.urls, ...APP_USER })).rejects.toMatchObject({ code: 'E_CLUSTER', details: { reason: 'unreachable' } });
+  });
+});

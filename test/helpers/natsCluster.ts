@@ -1,0 +1,198 @@
+/**
+ * A real 3-server NATS cluster with JetStream on loopback ports, user/password auth, each
+ * server with its own store dir in a temp dir; and `corral node` processes joined to it.
+ * Ports are probed free at run time, so runs of other engineers never collide with it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { freePort } from './net.ts';
+
+export const NODE_USER = { user: 'node', pass: 'node-secret' };
+export const APP_USER = { user: 'app', pass: 'app-secret' };
+
+export interface NatsCluster {
+  /** One `nats://127.0.0.1:port` per server. */
+  readonly urls: string[];
+  readonly dir: string;
+  stop(): Promise<void>;
+}
+
+/** Ends a child and resolves once it exited (SIGKILL after `graceMs`). */
+export async function endChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', graceMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/**
+ * The NATS permissions the README says a node and a client need (one node user for every
+ * node here: a real one would be held to `corral.node.<its name>.>`).
+ */
+export const NODE_PERMISSIONS = {
+  publish: ['corral.node.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
+  subscribe: ['corral.node.>', 'corral.live.>', '_INBOX.>'],
+};
+export const CLIENT_PERMISSIONS = {
+  publish: ['corral.node.*.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
+  subscribe: ['corral.live.>', '_INBOX.>'],
+};
+
+const permissions = (p: { publish: string[]; subscribe: string[] }) => `, permissions: { publish: ${JSON.stringify(p.publish)}, subscribe: ${JSON.stringify(p.subscribe)} }`;
+
+/**
+ * Starts the servers and resolves once JetStream answers (its meta leader is elected).
+ * `restricted`: the node and app users get only {@link NODE_PERMISSIONS} and {@link CLIENT_PERMISSIONS}.
+ */
+export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string } } = {}): Promise<NatsCluster> {
+  const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
+  const ports: number[] = [];
+  const routes: number[] = [];
+  for (let i = 0; i < size; i++) {
+    ports.push(await freePort());
+    routes.push(await freePort());
+  }
+  const children: ChildProcess[] = [];
+  let stopping = false;
+  for (let i = 0; i < size; i++) {
+    const conf = `server_name: s${i + 1}
+listen: 127.0.0.1:${ports[i]}
+${options.tls ? `tls { cert_file: "${options.tls.certFile}", key_file: "${options.tls.keyFile}", ca_file: "${options.tls.caFile}" }
+` : ''}jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
+${
+      // One server alone is no cluster: JetStream refuses a cluster block without routes.
+      size > 1
+        ? `cluster {
+  name: corral-test
+  listen: 127.0.0.1:${routes[i]}
+  routes: [${routes.filter((_, j) => j !== i).map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]
+}`
+        : ''
+    }
+authorization {
+  users: [
+    { user: ${NODE_USER.user}, password: ${NODE_USER.pass}${options.restricted ? permissions(NODE_PERMISSIONS) : ''} }
+    { user: ${APP_USER.user}, password: ${APP_USER.pass}${options.restricted ? permissions(CLIENT_PERMISSIONS) : ''} }
+  ]
+}
+`;
+    const file = join(dir, `s${i + 1}.conf`);
+    await writeFile(file, conf);
+    const child = spawn('nats-server', ['-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      log = (log + d.toString()).slice(-4000);
+    });
+    child.once('exit', (code, sig) => {
+      if (!stopping) process.stderr.write(`nats-server s${i + 1} exited (${code ?? sig}):\n${log}\n`);
+    });
+    children.push(child);
+  }
+  // A test process that dies takes its servers with it.
+  const onExit = () => children.forEach((c) => c.kill('SIGKILL'));
+  process.once('exit', onExit);
+  const urls = ports.map((p) => `${options.tls ? 'tls' : 'nats'}://127.0.0.1:${p}`);
+  const stop = async () => {
+    stopping = true;
+    process.off('exit', onExit);
+    await Promise.all(children.map((c) => endChild(c)));
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    const nc = await connectRetrying(urls, options);
+    try {
+      for (let i = 0; ; i++) {
+        try {
+          // jetstreamManager() asks for the account info: it fails until a meta leader is elected.
+          await jetstreamManager(nc);
+          break;
+        } catch (err) {
+          if (i > 150) throw err;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+    } finally {
+      await nc.close();
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { urls, dir, stop };
+}
+
+async function connectRetrying(urls: string[], options: { tls?: { caFile: string } }) {
+  for (let i = 0; ; i++) {
+    try {
+      return await connect({ servers: urls, ...APP_USER, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}) });
+    } catch (err) {
+      if (i > 100) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
+
+export interface NodeProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly stateDir: string;
+  /** What it printed on stderr so far. */
+  stderr(): string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts `corral node` and resolves once it says it is registered (its first stdout line,
+ * `{ "ready": … }`).
+ */
+export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string, options: { envCredentials?: boolean } = {}): Promise<NodeProcess> {
+  const stateDir = reuseStateDir ?? (await mkdtemp(join(tmpdir(), `corral-node-${name}-`)));
+  // The credentials on the command line, or (envCredentials) in CORRAL_NATS_USER / CORRAL_NATS_PASSWORD.
+  const credentials = options.envCredentials ? [] : ['--user', NODE_USER.user, '--password', NODE_USER.pass];
+  const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, ...credentials, ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: options.envCredentials ? { ...process.env, CORRAL_NATS_USER: NODE_USER.user, CORRAL_NATS_PASSWORD: NODE_USER.pass } : process.env,
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-20_000);
+  });
+  const ready = new Promise<void>((resolve, reject) => {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('\n')) {
+        const first = JSON.parse(buf.split('\n')[0]!) as { ready?: unknown; error?: { message: string } };
+        if (first.ready) resolve();
+        else reject(new Error(`node ${name} failed: ${first.error?.message}`));
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`node ${name} exited early (${code}): ${err}`)));
+  });
+  try {
+    await ready;
+  } catch (e) {
+    await endChild(child, 'SIGKILL');
+    await rm(stateDir, { recursive: true, force: true });
+    throw e;
+  }
+  return {
+    name,
+    child,
+    stateDir,
+    stderr: () => err,
+    stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
+      await endChild(child, signal);
+      await rm(stateDir, { recursive: true, force: true });
+    },
+  };
+}
