@@ -17,8 +17,6 @@ import type { LogEntry } from '../logs/ExecLog.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
 import { Snapshot } from '../sdk/Snapshot.ts';
-import { CorralServer } from '../server/CorralServer.ts';
-import { McpHttpServer, serveMcpStdio } from '../mcp/serve.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
 import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
@@ -26,8 +24,7 @@ import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
-import { NODE_OPTIONS, cmdNode } from './node.ts';
-import { runOnCluster } from './clusterCommands.ts';
+import { NODE_OPTIONS } from './nodeOptions.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -183,6 +180,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     try {
       // The handle verbs' own flags and output are the same as without --nats.
       const ctx = { json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx;
+      // The servers, the MCP SDK and the NATS client load only for the commands that use them:
+      // every other command starts without paying for them.
+      const { runOnCluster } = await import('./clusterCommands.ts');
       return await runOnCluster(
         nats,
         name,
@@ -212,7 +212,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
   }
   // A node owns its supervisor (its own state dir), for as long as it runs.
-  if (name === 'node') return cmdNode(stateDir, parsed.values);
+  if (name === 'node') return (await import('./node.ts')).cmdNode(stateDir, parsed.values);
   const sup = new Supervisor(stateDir ? { stateDir } : {});
   try {
     return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });
@@ -522,6 +522,7 @@ async function cmdMcp(c: Ctx): Promise<number> {
   const detached = c.values.detached === true;
   if (c.values.http === undefined) {
     // stdout is the protocol's: nothing else is printed there.
+    const { serveMcpStdio } = await import('../mcp/serve.ts');
     await serveMcpStdio({ supervisor: c.sup, detached });
     return EXIT.OK;
   }
@@ -529,6 +530,7 @@ async function cmdMcp(c: Ctx): Promise<number> {
     throw new CorralError('E_INVALID_OPTION', `invalid option --http: a port, an integer from 0 to 65535 (got ${JSON.stringify(c.values.http)})`);
   }
   const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
+  const { McpHttpServer } = await import('../mcp/serve.ts');
   const server = await McpHttpServer.listen({
     supervisor: c.sup,
     detached,
@@ -552,6 +554,7 @@ async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
   if (!/^\d+$/.test(String(c.values.port ?? port)) || port > 65535) {
     throw new CorralError('E_INVALID_OPTION', `invalid option --port: an integer from 0 to 65535 (got ${JSON.stringify(c.values.port)})`);
   }
+  const { CorralServer } = await import('../server/CorralServer.ts');
   const server = await CorralServer.listen({
     supervisor: c.sup,
     port,

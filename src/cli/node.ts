@@ -14,20 +14,7 @@ import { NodeService } from '../node/NodeService.ts';
 import { EXIT, exitCodeOf } from './exitCodes.ts';
 
 /** The options `corral node` takes (parseArgs). */
-export const NODE_OPTIONS = {
-  nats: { type: 'string' },
-  name: { type: 'string' },
-  label: { type: 'string', multiple: true },
-  user: { type: 'string' },
-  password: { type: 'string' },
-  'max-sandboxes': { type: 'string' },
-  memory: { type: 'string' },
-  heartbeat: { type: 'string' },
-  replicas: { type: 'string' },
-  'tls-ca': { type: 'string' },
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-} as const;
+export { NODE_OPTIONS } from './nodeOptions.ts';
 
 function int(v: unknown, option: string): number | undefined {
   if (v === undefined) return undefined;

@@ -6,7 +6,6 @@
  * piled the labels of `live`'s transitions on each other).
  */
 
-import elkModule from 'elkjs/lib/elk.bundled.js';
 import type { AnyStateMachine } from 'xstate';
 
 /** A state of the machine, with its box on the page. */
@@ -131,10 +130,18 @@ interface ElkNodeOut {
   edges?: { id: string; sections?: { startPoint: Point; endPoint: Point; bendPoints?: Point[] }[]; labels?: { text: string; x?: number; y?: number; width?: number; height?: number }[] }[];
 }
 
-type ElkConstructor = new () => { layout(graph: unknown): Promise<unknown> };
-// A CommonJS module: under Node's ESM its default import is the constructor itself; typed as the module.
-const ELK = (typeof elkModule === 'function' ? elkModule : (elkModule as { default: unknown }).default) as unknown as ElkConstructor;
-const elk = new ELK();
+type Elk = { layout(graph: unknown): Promise<unknown> };
+let elk: Promise<Elk> | undefined;
+
+/** ELK, loaded on the first layout (1.6 MB of JavaScript no other code path needs). */
+function loadElk(): Promise<Elk> {
+  elk ??= import('elkjs/lib/elk.bundled.js').then((m) => {
+    // A CommonJS module: under Node's ESM its default import is the constructor itself; typed as the module.
+    const ctor = (typeof m.default === 'function' ? m.default : (m.default as { default: unknown }).default) as unknown as new () => Elk;
+    return new ctor();
+  });
+  return elk;
+}
 const cache = new WeakMap<object, Promise<MachineGraph>>();
 
 /**
@@ -181,7 +188,7 @@ async function layout(root: StateNodeLike, edges: GraphEdge[], global: GraphEdge
       labels: [{ text: e.event, width: Math.ceil(e.event.length * LABEL_CHAR_W) + 6, height: LABEL_H }],
     })),
   };
-  const out = (await elk.layout(graph)) as ElkNodeOut;
+  const out = (await (await loadElk()).layout(graph)) as ElkNodeOut;
   const nodes: GraphNode[] = [];
   const byId = new Map<string, StateNodeLike>();
   const index = (n: StateNodeLike) => {
