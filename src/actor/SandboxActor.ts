@@ -215,6 +215,7 @@ export class SandboxActor implements SandboxWorkerApi {
       pid: c.vm?.pid ?? this.#vm?.pid ?? null,
       accel: c.vm?.accel ?? null,
       accelReason: this.#accelReason,
+      jail: this.#vm?.jail ?? null,
       bootMs: c.vm?.bootMs ?? null,
       guestBootMs: this.#guestBootMs,
       agentVersion: this.#agentVersion,
@@ -495,6 +496,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Takes ownership of a running VM: from here on its death or misbehaviour reaches the machine. */
   #adopt(vm: Vm, t0: number): VmBooted {
     this.#vm = vm;
+    // Never silently: a wall the host could not put up is said at every start.
+    for (const m of vm.jail.missing) this.#log.warn(`VM jail incomplete: ${m}`);
     this.#guestBootMs = vm.hello.bootMs;
     this.#agentVersion = vm.hello.agentVersion;
     // The console says how a guest ended itself before qemu exits (or, for a power-off or
@@ -508,7 +511,8 @@ export class SandboxActor implements SandboxWorkerApi {
     });
     vm.exited.then((x) => {
       const v = stateName(this.#actor.getSnapshot());
-      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
+      if (x.oomKilled) this.#log.warn(`qemu was killed by its cgroup's OOM killer: it grew past its memory limit (${vm.jail.limits?.memoryMaxBytes} bytes)`);
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal, ...(x.oomKilled ? { oomKilled: true } : {}) });
     });
     vm.agent.failed.then(async (err) => {
       // A closed connection usually means qemu is exiting (guest reboot, crash): give the

@@ -24,7 +24,9 @@ export type StopReason =
   | 'idle-timeout'
   | 'boot-failed'
   | 'guest-poweroff'
-  | 'guest-reboot';
+  | 'guest-reboot'
+  /** The VM process grew past its cgroup's memory limit and the kernel killed it (src/vm/cgroups.ts). */
+  | 'out-of-memory';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
 export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';
