@@ -23,7 +23,7 @@ import { CorralError, InvalidOptionError, deserializeError, serializeError } fro
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
 import { readSnapshot, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
-import { cloneOverlay, ensureTemplate, templateKey, type Template } from '../snapshot/templates.ts';
+import { cloneOverlay, discardTemplate, ensureTemplate, templateKey, templateTampered, type Template } from '../snapshot/templates.ts';
 import { refillSpares, sparesDir, takeSpare, type Spare } from '../snapshot/spares.ts';
 import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
 import { Vm, type VmBootOptions } from '../vm/Vm.ts';
@@ -325,7 +325,7 @@ export class SandboxActor implements SandboxWorkerApi {
       // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
       argv: qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
     });
-    const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
+    const build = async (p: { dir: string; memFile: string; stateFile: string; upper: string }) => {
       await copySparse(root.upperTemplate, p.upper);
       const vm = await Vm.boot({
         ...this.#vmShape(root, choice.accel),
@@ -344,7 +344,15 @@ export class SandboxActor implements SandboxWorkerApi {
       }
       this.#emit({ type: 'template.built', key, buildMs: performance.now() - t0 });
       return { hello: vm.hello };
-    });
+    };
+    let tpl = await ensureTemplate(this.#stateDir, key, build);
+    if (templateTampered(tpl)) {
+      // A clone's qemu wrote the RAM file it may only map (a jailed qemu escape could): never
+      // restore from it again.
+      this.#log.warn(`template ${key}: its RAM file was written since it was built; discarding it and building it anew`);
+      await discardTemplate(this.#stateDir, tpl);
+      tpl = await ensureTemplate(this.#stateDir, key, build);
+    }
     const tRestore = performance.now();
     const upper = join(dirname(root.upper), 'upper.qcow2');
     const devices = await guest.vmOptions();

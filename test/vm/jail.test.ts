@@ -6,10 +6,11 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Sandbox } from '../../src/index.ts';
+import { Sandbox, type SandboxEvent } from '../../src/index.ts';
+import { qcow2Backing } from '../../src/vm/qcow2.ts';
 import { sandboxDir } from '../../src/runtime/rootfs.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
@@ -184,6 +185,37 @@ describe('the jail of a VM process', () => {
       await sb.kill();
       await Sandbox.remove(sb.name, { supervisor: sup });
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('notices a clone that wrote its template\'s RAM file (qemu 7.2 opens it read-write) and builds the template anew', async () => {
+    const events: SandboxEvent[] = [];
+    const sub = sup.events$.subscribe((e) => events.push(e));
+    const clone = await Sandbox.builder(uniqueName('jail-tamper')).supervisor(sup).create();
+    let next: Sandbox | undefined;
+    try {
+      const info = await clone.info();
+      const mem = join(dirname(qcow2Backing(join(sandboxDir(sup.stateDir, clone.name), 'upper.qcow2'))!), 'mem');
+      const size = statSync(mem).size;
+      // Restores map it and leave it as it was built.
+      const ctime = () => statSync(mem, { bigint: true }).ctimeNs.toString();
+      expect(ctime()).toBe((JSON.parse(readFileSync(join(dirname(mem), 'meta.json'), 'utf8')) as { memCtimeNs: string }).memCtimeNs);
+      // What an escaped qemu can do: its jail holds the file writable.
+      const out = await asJailed(info.pid!, info.jail!.uid!, `printf '\\0' | dd of=${mem} bs=1 count=1 seek=${size - 1} conv=notrunc 2>/dev/null && echo wrote`);
+      expect(out).toBe('wrote\n');
+      await clone.kill();
+      const key = events.find((e) => e.type === 'sandbox.restored' && e.name === clone.name) as Extract<SandboxEvent, { type: 'sandbox.restored' }>;
+      next = await Sandbox.builder(uniqueName('jail-after')).supervisor(sup).create();
+      expect(events.filter((e) => e.type === 'template.built' && e.name === next!.name).map((e) => (e as { key: string }).key)).toEqual([key.template]);
+      expect((await next.shell('echo fresh')).stdout).toBe('fresh\n');
+    } finally {
+      sub.unsubscribe();
+      await clone.kill();
+      await Sandbox.remove(clone.name, { supervisor: sup });
+      if (next) {
+        await next.kill();
+        await Sandbox.remove(next.name, { supervisor: sup });
+      }
     }
   });
 
