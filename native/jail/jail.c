@@ -1,7 +1,7 @@
 /*
  * corral-jail: starts one qemu in a jail of its own, then gets out of the way.
  *
- *   corral-jail --uid U --gid G [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
+ *   corral-jail --uid U --gid G [--group GID] [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
  *               | --file-at SRC DST | --symlink TARGET LINK | --cgroup PROCS_FILE
  *               | --cleanup PATH | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD]...
  *               -- QEMU ARGS...
@@ -25,7 +25,7 @@
  *     (`subset=pid`: no /proc/sys, /proc/meminfo…); pivots into it, detaches the old root and makes the new one read-only;
  *  6. sets rlimits (open files, file size, no core dumps), drops every capability
  *     (bounding, ambient, inheritable), sets no_new_privs, switches to U/G with no
- *     supplementary groups (which clears the permitted and effective sets), closes every
+ *     supplementary groups but --group (the owner group of /dev/kvm, under KVM) (which clears the permitted and effective sets), closes every
  *     other fd but --keep-fd ones, and execs qemu.
  *
  * Any failure before the exec prints "corral-jail: <step>: <error>" on stderr and exits
@@ -118,6 +118,7 @@ static int with_proc;
 static const char *cleanups[8];
 static int ncleanups;
 static pid_t owner;
+static long extra_group = -1;
 
 static void die(const char *step, const char *fmt, ...) {
   char msg[512];
@@ -308,7 +309,9 @@ static void drop_privileges(uid_t uid, gid_t gid, long nofile, long fsize) {
     if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) die("capabilities", "dropping %d from the bounding set: %s", cap, strerror(errno));
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
     die("capabilities", "clearing the ambient set: %s", strerror(errno));
-  if (setgroups(0, NULL) < 0) die("credentials", "setgroups: %s", strerror(errno));
+  /* No supplementary group but --group (the one that may open /dev/kvm). */
+  gid_t group = (gid_t)extra_group;
+  if (setgroups(extra_group >= 0 ? 1 : 0, extra_group >= 0 ? &group : NULL) < 0) die("credentials", "setgroups: %s", strerror(errno));
   if (setresgid(gid, gid, gid) < 0) die("credentials", "setresgid %u: %s", gid, strerror(errno));
   if (setresuid(uid, uid, uid) < 0) die("credentials", "setresuid %u: %s", uid, strerror(errno));
   /* Leaving uid 0 cleared the permitted and effective sets; the inheritable one too. */
@@ -354,6 +357,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--nofile")) nofile = number(v, a);
     else if (!strcmp(a, "--fsize")) fsize = number(v, a);
     else if (!strcmp(a, "--pid-fd")) pid_fd = number(v, a);
+    else if (!strcmp(a, "--group")) extra_group = number(v, a);
     else if (!strcmp(a, "--keep-fd")) { if (nkeep == 8) usage("too many --keep-fd"); keep_fds[nkeep++] = (int)number(v, a); }
     else if (!strcmp(a, "--bind")) add(BIND_RW, v, v);
     else if (!strcmp(a, "--ro-bind")) add(BIND_RO, v, v);

@@ -20,7 +20,7 @@
 
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorralError, InvalidOptionError } from '../errors.ts';
@@ -134,6 +134,18 @@ function systemArgs(accel?: 'tcg' | 'kvm'): string[] {
   return args;
 }
 
+/**
+ * How a jailed qemu may open /dev/kvm: through the device's group (Debian: `kvm`, 0660), given
+ * to it as its one supplementary group. A device only root may open cannot be used jailed.
+ */
+function kvmAccess(): { gid: number } | { missing: string } | undefined {
+  const st = statSync('/dev/kvm', { throwIfNoEntry: false });
+  if (!st) return undefined; // qemu says so itself
+  if ((st.mode & 0o006) === 0o006) return undefined;
+  if ((st.mode & 0o060) === 0o060) return { gid: st.gid };
+  return { missing: `KVM: /dev/kvm is mode ${(st.mode & 0o777).toString(8)} (root only): the jailed qemu's uid cannot open it; give it a group with read-write access (Debian's udev rule: group kvm, 0660), or use TCG` };
+}
+
 /** `CORRAL_JAIL`: `auto` (default: every wall the host allows) or `off`. */
 function jailMode(): 'auto' | 'off' {
   const v = runtimeVar('CORRAL_JAIL') || 'auto';
@@ -177,6 +189,8 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     };
   }
   const missing: string[] = [];
+  const kvmGroup = input.accel === 'kvm' ? kvmAccess() : undefined;
+  if (kvmGroup && 'missing' in kvmGroup) missing.push(kvmGroup.missing);
   const uid = await claimUid();
   const claim = join(UID_CLAIMS, String(uid));
   // The launcher removes it too, once qemu is gone (also when this thread died first).
@@ -197,6 +211,7 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     s.launcher,
     '--uid', String(uid), '--gid', String(uid),
     '--pid-fd', '3',
+    ...(kvmGroup && 'gid' in kvmGroup ? ['--group', String(kvmGroup.gid)] : []),
     '--nofile', String(JAIL_NOFILE), '--fsize', String(JAIL_FSIZE_BYTES),
     ...(input.nic ? [] : ['--netns']),
     ...(input.proc ? ['--proc'] : []),
