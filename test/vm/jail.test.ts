@@ -101,16 +101,19 @@ describe('the jail of a VM process', () => {
     const limits = info.jail!.limits!;
     expect(limits.memoryMaxBytes).toBe((256 + 512) * 1024 * 1024); // guest 256 MiB + TCG overhead
     const cg = cgroupFiles(info.pid!);
-    expect(cg.memory).toMatch(/\/corral\/vm-[0-9a-f]+$/);
+    expect(cg.memory).toMatch(/\/corral-vm-[0-9a-f]+$/);
     expect(cgroupFiles((await b.info()).pid!).memory).not.toBe(cg.memory);
     const read = (f: string) => readFileSync(f, 'utf8').trim();
     if (cg.version === 'v1') {
       expect(Number(read(join(cg.memory, 'memory.limit_in_bytes')))).toBe(limits.memoryMaxBytes);
       expect(read(join(cg.cpu, 'cpu.cfs_quota_us'))).toBe('100000');
       expect(read(join(cg.cpu, 'cpu.cfs_period_us'))).toBe('100000');
+      // Weighs what its busy threads (1 vCPU + qemu's main loop) weighed as plain processes.
+      expect(read(join(cg.cpu, 'cpu.shares'))).toBe('2048');
     } else {
       expect(Number(read(join(cg.memory, 'memory.max')))).toBe(limits.memoryMaxBytes);
       expect(read(join(cg.cpu, 'cpu.max'))).toBe('100000 100000');
+      expect(read(join(cg.cpu, 'cpu.weight'))).toBe('200');
     }
     expect(Number(read(join(cg.pids, 'pids.max')))).toBe(limits.pidsMax);
     expect(read(join(cg.pids, 'cgroup.procs')).split('\n')).toContain(String(info.pid));
