@@ -3,7 +3,7 @@
  *
  *   corral-jail --uid U --gid G [--group GID] [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
  *               | --file-at SRC DST | --symlink TARGET LINK | --cgroup PROCS_FILE
- *               | --cleanup PATH | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD]...
+ *               | --cleanup PATH | --cleanup-cgroup DIR | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD]...
  *               -- QEMU ARGS...
  *
  * In order, as root:
@@ -15,7 +15,8 @@
  *     one holds only a loopback device that is down: no network at all), and becomes qemu;
  *  4. this process stays in the host's namespaces as qemu's reaper, reports the child's pid (as the host sees it) on --pid-fd,
  *     forwards SIGTERM/SIGINT/SIGHUP, and once qemu is gone removes the --cleanup paths (a
- *     file, or a directory of files) and exits the way qemu did (same code, same signal);
+ *     file, or a directory of files) and, if its owner died, the --cleanup-cgroup dirs
+ *     (leaving each for its parent first), and exits the way qemu did (same code, signal);
  *  5. the child builds a new root on a tmpfs holding only what it was given: --bind (read-
  *     write) and --ro-bind paths at the same absolute path, as idmapped mounts that show the
  *     path's owner as U/G (so U may use them, and what U creates is owned by that owner on
@@ -117,6 +118,8 @@ static int nkeep;
 static int with_proc;
 static const char *cleanups[8];
 static int ncleanups;
+static const char *cgroup_dirs[8];
+static int ncgroup_dirs;
 static pid_t owner;
 static long extra_group = -1;
 
@@ -323,8 +326,12 @@ static void drop_privileges(uid_t uid, gid_t gid, long nofile, long fsize) {
 
 static pid_t child;
 
-/* A signal for qemu: passed on; the owner's death (SIGTERM as the parent-death signal) kills it. */
+/* SIGTERM is the parent-death signal (corral itself never sends it): the owner is gone. */
+static volatile sig_atomic_t owner_gone;
+
+/* A signal for qemu: passed on; the owner's death kills it. */
 static void forward(int sig) {
+  if (sig == SIGTERM) owner_gone = 1;
   if (child > 0) kill(child, getppid() != owner ? SIGKILL : sig);
 }
 
@@ -339,6 +346,19 @@ static void clean_up(void) {
       if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(fd, e->d_name, 0);
     closedir(d);
     rmdir(cleanups[c]);
+  }
+  /* The VM's cgroups, if the owner is gone (else it reads them first: an OOM kill), this
+   * process leaves each for its parent, then removes it. */
+  for (int c = 0; owner_gone && c < ncgroup_dirs; c++) {
+    char parent[PATH_MAX];
+    int n = snprintf(parent, sizeof parent, "%s/../cgroup.procs", cgroup_dirs[c]);
+    int fd = n < (int)sizeof parent ? open(parent, O_WRONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+      if (write(fd, "0\n", 2) != 2) dprintf(2, "corral-jail: cleanup: leaving %s: %s\n", cgroup_dirs[c], strerror(errno));
+      close(fd);
+    }
+    /* A task that just exited may hold it for a moment. */
+    for (int i = 0; i < 50 && rmdir(cgroup_dirs[c]) < 0 && errno == EBUSY; i++) usleep(10000);
   }
 }
 
@@ -363,6 +383,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--ro-bind")) add(BIND_RO, v, v);
     else if (!strcmp(a, "--sys")) add(SYS_RO, v, v);
     else if (!strcmp(a, "--dev")) add(DEV, v, v);
+    else if (!strcmp(a, "--cleanup-cgroup")) { if (ncgroup_dirs == 8) usage("too many --cleanup-cgroup"); cgroup_dirs[ncgroup_dirs++] = v; }
     else if (!strcmp(a, "--cleanup")) { if (ncleanups == 8) usage("too many --cleanup"); cleanups[ncleanups++] = v; }
     else if (!strcmp(a, "--cgroup")) { if (ncgroups == 8) usage("too many --cgroup"); cgroups[ncgroups++] = v; }
     else if (!strcmp(a, "--file-at") || !strcmp(a, "--symlink")) {

@@ -24,7 +24,7 @@ import { mkdir, readFile, readdir, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { logFailure } from '../runtime/log.ts';
-import { isMissing } from '../runtime/errno.ts';
+import { ifMissing, isMissing } from '../runtime/errno.ts';
 
 /** What a VM may use on top of its guest RAM: qemu itself, its devices and (TCG) its translation cache. */
 export const MEMORY_OVERHEAD_MIB = { tcg: 512, kvm: 256 } as const;
@@ -69,6 +69,8 @@ export interface VmCgroup {
   readonly procsFiles: readonly string[];
   /** The directories (one for v2, one per controller for v1). */
   readonly dirs: readonly string[];
+  /** The directories made for this VM (not a network policy's it joined), which are its to remove. */
+  readonly own: readonly string[];
   /** Whether the kernel's OOM killer killed a task of it (read after the exit). */
   oomKilled(): boolean;
   /** Removes the directories (the VM must have exited). Idempotent. */
@@ -183,6 +185,7 @@ function handle(version: 'v1' | 'v2', limits: VmLimits, dirs: string[], made: st
     version,
     limits,
     dirs,
+    own: made,
     procsFiles: dirs.map((d) => join(d, 'cgroup.procs')),
     oomKilled: () => oom() > 0,
     remove: () => (removed ??= removeDirs(made)),
@@ -197,7 +200,7 @@ async function enable(subtreeControl: string): Promise<void> {
 
 /** `name N` in a flat keyed file (memory.events, memory.oom_control); 0 when absent. */
 function eventCount(file: string, name: string): number {
-  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(readFileSync(file, 'utf8'));
+  const m = new RegExp(`^${name} (\\d+)$`, 'm').exec(ifMissing(() => readFileSync(file, 'utf8'), ''));
   return m ? Number(m[1]) : 0;
 }
 

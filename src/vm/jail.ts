@@ -21,7 +21,7 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
-import { readFile, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { runtimeVar } from '../runtime/actorEnv.ts';
@@ -173,6 +173,19 @@ async function claimUid(): Promise<number> {
 }
 
 /**
+ * Removes the uid claims of processes that are gone (the launcher removes its VM's claim
+ * once qemu exits; only a launcher killed outright leaves one). Called when a supervisor starts.
+ */
+export async function sweepStaleUidClaims(): Promise<void> {
+  const names = await readdir(UID_CLAIMS).catch((err: unknown) => (isMissing(err) ? [] : Promise.reject(err)));
+  for (const n of names) {
+    const file = join(UID_CLAIMS, n);
+    const owner = Number(await readFile(file, 'utf8').catch(() => '0'));
+    if (owner && !processAlive(owner)) await unlink(file).catch((err: unknown) => (isMissing(err) ? undefined : logFailure(`removing stale uid claim ${file}`)(err)));
+  }
+}
+
+/**
  * Prepares the jail of one VM: claims its uid, makes its cgroup. When the host cannot jail,
  * or `CORRAL_JAIL=off`, returns an empty jail whose status says what is missing.
  */
@@ -221,6 +234,8 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     ...(input.nic && input.resolvConf ? ['--file-at', input.resolvConf, '/etc/resolv.conf'] : []),
     ...(input.keepFd !== undefined ? ['--keep-fd', String(input.keepFd)] : []),
     ...[claim, ...(input.cleanup ?? [])].flatMap((p) => ['--cleanup', p]),
+    // Removed by the launcher too, should this thread be gone when qemu exits.
+    ...(cgroup?.own ?? []).flatMap((d) => ['--cleanup-cgroup', d]),
     '--',
   ];
   let oom = false;
