@@ -85,7 +85,7 @@ export type SandboxCommand =
   /** Save memory + upper disk under a name; the sandbox runs on afterwards. */
   | { type: 'snapshot'; snapshot: string }
   /** The VM process ended without being asked to. */
-  | { type: 'vm.exited'; exitCode: number | null; signal: string | null }
+  | { type: 'vm.exited'; exitCode: number | null; signal: string | null; oomKilled?: boolean }
   /** The guest's kernel said it powered off (or halted), reset or panicked (src/vm/guestEnd.ts). */
   | { type: 'vm.guestEnded'; how: 'poweroff' | 'reboot' | 'panic' }
   /** The agent connection broke (protocol violation, I/O error). */
@@ -338,7 +338,7 @@ export const sandboxMachine = setup({
     'vm.exited': {
       target: '.stopped',
       actions: assign({
-        stopReason: ({ event }) => (event.exitCode === 0 && event.signal === null ? 'guest-poweroff' : 'crashed'),
+        stopReason: ({ event }) => (event.oomKilled ? 'out-of-memory' : event.exitCode === 0 && event.signal === null ? 'guest-poweroff' : 'crashed'),
         ended: ({ event }) => ({ exitCode: event.exitCode, signal: event.signal }),
       }),
     },

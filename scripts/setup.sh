@@ -4,11 +4,12 @@
 #
 #   scripts/setup.sh            install/build what is missing or stale (a no-op when all is current)
 #   scripts/setup.sh --check    boot the cached artifacts once and wait for the agent's HELLO
-#   scripts/setup.sh --only kernel|agent|initramfs|base|upper   (developer aid: build one step)
+#   scripts/setup.sh --only kernel|agent|jail|initramfs|base|upper   (developer aid: build one step)
 #
 # Cache: ${CORRAL_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/corral} (as src/runtime/artifacts.ts)
 #   kernel/<hash>/{vmlinux,config,version}
 #   agent/<hash>/corral-agent
+#   jail/<hash>/corral-jail    (the VM process launcher, a host binary: native/jail)
 #   initramfs/<hash>/initramfs.cpio
 #   images/corral-base/<hash>/{rootfs.erofs,config.json}
 #   upper/<hash>/upper.ext4
@@ -237,6 +238,31 @@ step_agent() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# 3b'. VM process launcher (static, runs on the host): each qemu starts jailed through it
+
+JAIL_SRC="$ROOT/native/jail"
+
+build_jail() { # $1 = temp output dir
+  make -C "$JAIL_SRC" -s OUT="$1" >&2
+  [[ -x "$1/corral-jail" ]] || die "jail build produced no $1/corral-jail"
+  if file_is_dynamic "$1/corral-jail"; then die "corral-jail is not a static binary"; fi
+}
+
+step_jail() {
+  STEP="VM launcher (corral-jail)"
+  local inputs
+  inputs=$(cd "$JAIL_SRC" && find . -type f \( -name '*.c' -o -name 'Makefile' \) -not -path './build/*' -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum; musl-gcc --version 2>/dev/null | head -1; gcc --version | head -1; pkgver musl-tools)
+  JAIL_HASH=$(printf '%s\n' "$inputs" | recipe_hash build_jail file_is_dynamic)
+  JAIL_DIR="$CACHE/jail/$JAIL_HASH"
+  if [[ -x "$JAIL_DIR/corral-jail" ]]; then log "VM launcher cached"; return 0; fi
+  log "building VM launcher…"
+  new_tmp jail "$JAIL_HASH"
+  build_jail "$TMP"
+  publish "$TMP" "$JAIL_DIR"
+}
+
+# ---------------------------------------------------------------------------------------------
 # 3c. initramfs: /init (the agent) + the mount points it needs, uncompressed newc cpio
 # (uncompressed: nothing to decompress under TCG, and the agent is small)
 
@@ -380,6 +406,7 @@ step_manifest() {
   "kernelConfig": $(json_str "$KERNEL_DIR/config"),
   "initramfs": $(json_str "$INITRAMFS_DIR/initramfs.cpio"),
   "agent": $(json_str "$AGENT_DIR/corral-agent"),
+  "jail": $(json_str "$JAIL_DIR/corral-jail"),
   "images": {
     "corral/base": {
       "rootfs": $(json_str "$BASE_DIR/rootfs.erofs"),
@@ -393,6 +420,7 @@ step_manifest() {
   "hashes": {
     "kernel": "$KERNEL_HASH",
     "agent": "$AGENT_HASH",
+    "jail": "$JAIL_HASH",
     "initramfs": "$INITRAMFS_HASH",
     "corral/base": "$BASE_HASH",
     "upperTemplate": "$UPPER_HASH"
@@ -526,12 +554,13 @@ main() {
   take_lock
   # under the lock, a temp dir left in one of our own cache dirs is from a run that was killed
   # (other tools sharing the cache keep their own dirs: leave those alone)
-  rm -rf -- "$CACHE"/{kernel,agent,initramfs,upper,images/corral-base}/.tmp-* "$CACHE"/.artifacts.json.* 2>/dev/null || true
+  rm -rf -- "$CACHE"/{kernel,agent,jail,initramfs,upper,images/corral-base}/.tmp-* "$CACHE"/.artifacts.json.* 2>/dev/null || true
   if [[ $mode == check ]]; then boot_check; return; fi
   case $only in
     "") ;;
     kernel) step_kernel; return ;;
     agent) step_agent; return ;;
+    jail) step_jail; return ;;
     initramfs) step_agent; step_initramfs; return ;;
     base) step_base_image; return ;;
     upper) step_upper; return ;;
@@ -544,6 +573,7 @@ main() {
   step_npm
   step_kernel
   step_agent
+  step_jail
   step_initramfs
   step_base_image
   step_upper

@@ -23,7 +23,7 @@ import { CorralError, InvalidOptionError, deserializeError, serializeError } fro
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
 import { readSnapshot, rootIdentity, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
-import { cloneOverlay, ensureTemplate, templateKey, type Template } from '../snapshot/templates.ts';
+import { cloneOverlay, discardTemplate, ensureTemplate, templateKey, templateTampered, type Template } from '../snapshot/templates.ts';
 import { refillSpares, sparesDir, takeSpare, type Spare } from '../snapshot/spares.ts';
 import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
 import { Vm, type VmBootOptions } from '../vm/Vm.ts';
@@ -232,6 +232,7 @@ export class SandboxActor implements SandboxWorkerApi {
       pid: c.vm?.pid ?? this.#vm?.pid ?? null,
       accel: c.vm?.accel ?? null,
       accelReason: this.#accelReason,
+      jail: this.#vm?.jail ?? null,
       bootMs: c.vm?.bootMs ?? null,
       guestBootMs: this.#guestBootMs,
       agentVersion: this.#agentVersion,
@@ -351,7 +352,7 @@ export class SandboxActor implements SandboxWorkerApi {
         ...(this.#config.startCmd ? [`startCmd=${this.#config.startCmd}`, `readyCmd=${this.#config.readyCmd ?? ''}`, `env=${JSON.stringify(this.#startEnv())}`] : []),
       ],
     });
-    const tpl = await ensureTemplate(this.#stateDir, key, async (p) => {
+    const build = async (p: { dir: string; memFile: string; stateFile: string; upper: string }) => {
       await copySparse(root.upperTemplate, p.upper);
       const vm = await Vm.boot({
         ...this.#vmShape(root, choice.accel),
@@ -371,7 +372,15 @@ export class SandboxActor implements SandboxWorkerApi {
       }
       this.#emit({ type: 'template.built', key, buildMs: performance.now() - t0 });
       return { hello: vm.hello };
-    });
+    };
+    let tpl = await ensureTemplate(this.#stateDir, key, build);
+    if (templateTampered(tpl)) {
+      // A clone's qemu wrote the RAM file it may only map (a jailed qemu escape could): never
+      // restore from it again.
+      this.#log.warn(`template ${key}: its RAM file was written since it was built; discarding it and building it anew`);
+      await discardTemplate(this.#stateDir, tpl);
+      tpl = await ensureTemplate(this.#stateDir, key, build);
+    }
     const tRestore = performance.now();
     const upper = join(dirname(root.upper), 'upper.qcow2');
     const devices = await guest.vmOptions();
@@ -555,6 +564,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Takes ownership of a running VM: from here on its death or misbehaviour reaches the machine. */
   #adopt(vm: Vm, t0: number): VmBooted {
     this.#vm = vm;
+    // Never silently: a wall the host could not put up is said at every start.
+    for (const m of vm.jail.missing) this.#log.warn(`VM jail incomplete: ${m}`);
     this.#guestBootMs = vm.hello.bootMs;
     this.#agentVersion = vm.hello.agentVersion;
     // The console says how a guest ended itself before qemu exits (or, for a power-off or
@@ -568,7 +579,8 @@ export class SandboxActor implements SandboxWorkerApi {
     });
     vm.exited.then((x) => {
       const v = stateName(this.#actor.getSnapshot());
-      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal });
+      if (x.oomKilled) this.#log.warn(`qemu was killed by its cgroup's OOM killer: it grew past its memory limit (${vm.jail.limits?.memoryMaxBytes} bytes)`);
+      if (v !== 'stopping' && v !== 'killing' && v !== 'ending') this.#actor.send({ type: 'vm.exited', exitCode: x.code, signal: x.signal, ...(x.oomKilled ? { oomKilled: true } : {}) });
     });
     vm.agent.failed.then(async (err) => {
       // A closed connection usually means qemu is exiting (guest reboot, crash): give the

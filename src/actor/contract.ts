@@ -4,6 +4,7 @@
  * Types only: both sides import it, neither imports the other.
  */
 
+import type { JailStatus } from '../vm/jail.ts';
 import type { MessagePort } from 'node:worker_threads';
 import type { FsCall, FsCallResult } from '../agent/fsCalls.ts';
 import type { SandboxEvent, SandboxStatus, StopReason } from '../bus/events.ts';
@@ -118,6 +119,11 @@ export interface SandboxInfo {
   readonly pid: number | null;
   readonly accel: string | null;
   readonly accelReason: string | null;
+  /**
+   * The VM process's jail (src/vm/jail.ts): its uid, whether it has a network namespace, its
+   * cgroup limits, and `missing`, each wall this host could not put up. Null without a VM.
+   */
+  readonly jail: JailStatus | null;
   readonly bootMs: number | null;
   readonly guestBootMs: number | null;
   readonly agentVersion: string | null;

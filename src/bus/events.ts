@@ -26,7 +26,9 @@ export type StopReason =
   | 'boot-failed'
   | 'guest-poweroff'
   | 'guest-reboot'
-  | 'node-lost';
+  | 'node-lost'
+  /** The VM process grew past its cgroup's memory limit and the kernel killed it (src/vm/cgroups.ts). */
+  | 'out-of-memory';
 
 /** The lifecycle states of a sandbox (see machines/sandbox.machine.ts). */
 export type SandboxStatus = 'creating' | 'running' | 'paused' | 'draining' | 'stopped';

@@ -245,6 +245,11 @@ function formatInfo(i: Awaited<ReturnType<Sandbox['info']>>): string {
   if (i.pid) lines.push(`pid:       ${i.pid}`);
   if (i.accel) lines.push(`accel:     ${i.accel}${i.accelReason ? ` (${i.accelReason})` : ''}`);
   if (i.bootMs !== null) lines.push(`boot:      ${Math.round(i.bootMs)} ms (guest ${i.guestBootMs ?? '?'} ms)`);
+  if (i.jail) {
+    const j = i.jail;
+    const walls = j.jailed ? [`uid ${j.uid}`, j.netns ? 'own network namespace' : 'host network (NIC, policed)', j.limits ? `cgroup ${j.cgroup}: ${Math.round(j.limits.memoryMaxBytes / 2 ** 20)} MiB` : 'no cgroup'] : ['not jailed'];
+    lines.push(`jail:      ${walls.join(', ')}`, ...j.missing.map((m) => `  missing: ${m}`));
+  }
   if (i.stopReason) lines.push(`stopped:   ${i.stopReason}`);
   return lines.join('\n');
 }

@@ -30,6 +30,7 @@ export interface GuestVmOptions {
   readonly shares?: readonly SharedDir[];
   readonly net?: NetDevice;
   readonly wrap?: readonly string[];
+  readonly netCgroup?: { readonly dir: string; readonly resolvConf: string };
 }
 
 /** What a policy-less NIC (ports only, or a snapshot's NIC nobody asked for) enforces: nothing out, replies only. */
@@ -105,7 +106,7 @@ export class GuestEnv {
    * first time (a cold boot after a failed restore reuses it).
    */
   async vmOptions(): Promise<GuestVmOptions> {
-    const opts: { shares?: readonly SharedDir[]; net?: NetDevice; wrap?: readonly string[] } = {};
+    const opts: { shares?: readonly SharedDir[]; net?: NetDevice; wrap?: readonly string[]; netCgroup?: { dir: string; resolvConf: string } } = {};
     if (this.#shares.length) opts.shares = this.#shares;
     if (this.#nic) {
       const policy = hasNic(this.#config) ? (this.#config.network ?? PORTS_ONLY) : PORTS_ONLY;
@@ -113,6 +114,7 @@ export class GuestEnv {
       const enforcement = await this.#enforcement;
       opts.net = { hostForwards: this.#config.ports ?? [] };
       opts.wrap = enforcement.wrap;
+      opts.netCgroup = { dir: enforcement.cgroupDir, resolvConf: enforcement.resolvConf };
     }
     return opts;
   }

@@ -32,20 +32,12 @@ import { isAbsolute, join } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { NON_PUBLIC_CIDRS, type NetworkPolicyConfig, type NetworkRule } from './NetworkPolicy.ts';
 import { logFailure } from '../runtime/log.ts';
+import { cgroup2Root } from '../vm/cgroups.ts';
+
+export { cgroup2Root };
 
 /** The guest side of the NIC (slirp's defaults). */
 export const GUEST_NET = { ifname: 'eth0', address: '10.0.2.15', prefix: 24, gateway: '10.0.2.2', dns: '10.0.2.3' } as const;
-
-/** Where cgroup v2 is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts). */
-export function cgroup2Root(): string {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const fstype = line.slice(sep + 3).split(' ')[0];
-    if (fstype === 'cgroup2') return line.split(' ')[4]!;
-  }
-  throw new CorralError('E_SETUP_MISSING', 'network policies need cgroup v2, and no cgroup2 filesystem is mounted');
-}
 
 /**
  * The resolv.conf whose nameservers slirp forwards the guests' DNS (10.0.2.3) to: the host's,
@@ -159,8 +151,10 @@ export interface NetEnforcement {
   readonly table: string;
   /** The cgroup directory; the VM process must join it before it starts. */
   readonly cgroupDir: string;
-  /** argv prefix that joins the cgroup and then execs the rest (Vm's `wrap`). */
+  /** argv prefix that joins the cgroup and then execs the rest (Vm's `wrap`, where qemu is not jailed). */
   readonly wrap: readonly string[];
+  /** The resolv.conf slirp forwards the guest's DNS to (a jail shows it at /etc/resolv.conf). */
+  readonly resolvConf: string;
   /** Bytes the VM's sockets received and sent (the table's counters), since it started. */
   trafficBytes(): Promise<{ rxBytes: number; txBytes: number }>;
   /** Removes the table and the cgroup. Idempotent; call once the VM has exited. */
@@ -201,6 +195,7 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   return {
     table,
     cgroupDir,
+    resolvConf,
     wrap:
       resolvConf === '/etc/resolv.conf'
         ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')]

@@ -327,6 +327,7 @@ export class NodeService {
       status: rec?.status ?? 'stopped',
       state: rec?.state ?? 'stopped',
       pid: null,
+      jail: null,
       accel: null,
       accelReason: null,
       bootMs: null,

@@ -20,6 +20,7 @@ export const RUNTIME_VARS = [
   'CORRAL_CACHE_DIR',
   'XDG_CACHE_HOME',
   'CORRAL_GUEST_RESOLV_CONF',
+  'CORRAL_JAIL',
 ] as const;
 
 /** One of {@link RUNTIME_VARS}. */

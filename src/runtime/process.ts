@@ -15,7 +15,9 @@ export function processAlive(pid: number): boolean {
 
 /**
  * Whether `pid` is a qemu that corral started for sandbox `name`: a qemu-system process with
- * a file of the sandbox's directory open (its upper disk), or, for a cold boot, the sandbox's
+ * a file of the sandbox's directory open (its upper disk) or, jailed, mounted (a jail shows
+ * a VM its files as bind mounts, and a file opened through one reads as the path it was
+ * mounted at, which a spare's overlay moved away from), or, for a cold boot, the sandbox's
  * name on its kernel command line. A restored clone's command line names the template's
  * guest ("corral"), not the sandbox, so the command line alone missed every restored VM.
  * A process that is gone (or a pid reused by another program) is not.
@@ -26,5 +28,8 @@ export function isSandboxVm(pid: number, sandboxDir: string, name: string): bool
   if (argv.some((a) => a.split(' ').includes(`corral.hostname=${name}`))) return true;
   const prefix = `${sandboxDir.replace(/\/+$/, '')}/`;
   const fds = ifMissing(() => readdirSync(`/proc/${pid}/fd`), []);
-  return fds.some((fd) => ifMissing(() => readlinkSync(join(`/proc/${pid}/fd`, fd)), '').startsWith(prefix));
+  if (fds.some((fd) => ifMissing(() => readlinkSync(join(`/proc/${pid}/fd`, fd)), '').startsWith(prefix))) return true;
+  // mountinfo's 4th field is the mounted file's path in its filesystem, as it is now.
+  const mounts = ifMissing(() => readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n'), []);
+  return mounts.some((line) => (line.split(' ')[3] ?? '').startsWith(prefix));
 }

@@ -890,6 +890,7 @@ export class Sandbox {
       pid: null,
       accel: null,
       accelReason: null,
+      jail: null,
       bootMs: null,
       guestBootMs: null,
       agentVersion: null,

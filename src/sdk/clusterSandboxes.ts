@@ -117,6 +117,7 @@ export function catalogInfo(name: string, entry: CatalogEntry | undefined): Sand
     status: entry?.status ?? 'stopped',
     state: entry?.status ?? 'stopped',
     pid: null,
+    jail: null,
     accel: null,
     accelReason: null,
     bootMs: null,

@@ -12,7 +12,7 @@
  */
 
 import { createHash, randomUUID } from 'node:crypto';
-import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Database } from 'lmdb';
@@ -21,6 +21,9 @@ import type { AgentHello } from '../agent/AgentClient.ts';
 import { processAlive } from '../runtime/process.ts';
 import { createOverlay } from '../runtime/rootfs.ts';
 import { isMissing } from '../runtime/errno.ts';
+import { qcow2Backing } from '../vm/qcow2.ts';
+
+export { qcow2Backing };
 
 /** What a finished template holds. */
 export interface Template {
@@ -32,6 +35,13 @@ export interface Template {
   readonly hello: AgentHello;
   readonly buildMs: number;
   readonly builtAt: number;
+  /**
+   * The RAM file's ctime (ns) once built. Every clone's qemu can write that file (qemu 7.2
+   * opens it read-write even for its private mapping: see the README's threat model); a
+   * write moves its ctime, which no one can set back, so a changed one means a clone
+   * tampered with it ({@link templateTampered}).
+   */
+  readonly memCtimeNs?: string;
 }
 
 /** The inputs that shape a template. */
@@ -67,7 +77,7 @@ function paths(dir: string, key: string) {
 export function findTemplate(stateDir: string, key: string): Template | undefined {
   const p = paths(join(templatesDir(stateDir), key), key);
   if (!existsSync(p.meta)) return undefined;
-  const meta = JSON.parse(readFileSync(p.meta, 'utf8')) as { hello: AgentHello; buildMs: number; builtAt: number };
+  const meta = JSON.parse(readFileSync(p.meta, 'utf8')) as { hello: AgentHello; buildMs: number; builtAt: number; memCtimeNs?: string };
   return { key, dir: p.dir, memFile: p.memFile, stateFile: p.stateFile, upper: p.upper, ...meta };
 }
 
@@ -129,7 +139,8 @@ async function buildLocked(
     try {
       const { hello } = await build(p);
       const buildMs = performance.now() - t0;
-      await writeFile(p.meta, JSON.stringify({ hello, buildMs, builtAt: Date.now() }));
+      const memCtimeNs = statSync(p.memFile, { bigint: true }).ctimeNs.toString();
+      await writeFile(p.meta, JSON.stringify({ hello, buildMs, builtAt: Date.now(), memCtimeNs }));
       await rename(tmp, join(root, key));
       const bytes = await dirBytes(join(root, key));
       await withIndex(stateDir, (db) => db.put(key, { key, builtAt: Date.now(), buildMs, bytes }));
@@ -141,6 +152,25 @@ async function buildLocked(
   } finally {
     await rm(lock, { recursive: true, force: true });
   }
+}
+
+/**
+ * Whether the template's RAM file was written since it was built (its ctime moved): what
+ * clones would map is then not what the template saved. False for templates built before
+ * the ctime was recorded.
+ */
+export function templateTampered(tpl: Template): boolean {
+  if (tpl.memCtimeNs === undefined) return false;
+  return statSync(tpl.memFile, { bigint: true }).ctimeNs.toString() !== tpl.memCtimeNs;
+}
+
+/**
+ * Removes a template that must not be restored again (its RAM file was tampered with):
+ * the next create of its shape builds it anew. Running clones keep their mapping.
+ */
+export async function discardTemplate(stateDir: string, tpl: Template): Promise<void> {
+  await rm(tpl.dir, { recursive: true, force: true });
+  await withIndex(stateDir, (db) => db.remove(tpl.key));
 }
 
 /** A template as the store's index lists it. */
@@ -162,32 +192,6 @@ async function withIndex<T>(stateDir: string, fn: (db: Database<TemplateRecord, 
 /** Every template in the index. */
 export function listTemplates(stateDir: string): Promise<TemplateRecord[]> {
   return withIndex(stateDir, (db) => [...db.getRange()].map((e) => e.value));
-}
-
-/**
- * The backing file named in a qcow2 header, if any (offset 8: u64 name offset, 16: u32
- * length). Read from disk, so a prune trusts what the overlays really point at.
- */
-export function qcow2Backing(path: string): string | undefined {
-  let fd: number | undefined;
-  try {
-    fd = openSync(path, 'r');
-    const head = Buffer.alloc(20);
-    readSync(fd, head, 0, 20, 0);
-    if (head.readUInt32BE(0) !== 0x514649fb) return undefined; // "QFI\xfb"
-    const off = Number(head.readBigUInt64BE(8));
-    const len = head.readUInt32BE(16);
-    if (off === 0 || len === 0 || len > 4096) return undefined;
-    const name = Buffer.alloc(len);
-    readSync(fd, name, 0, len, off);
-    return name.toString('utf8');
-  } catch (err) {
-    // No overlay there: nothing depends on a template. Unreadable: the prune must not guess.
-    if (isMissing(err)) return undefined;
-    throw err;
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
 }
 
 /**

@@ -25,6 +25,8 @@ import { CorralError, InvalidOptionError, deserializeError, serializeError, type
 import { SocketLink } from '../link/SocketLink.ts';
 import { controlSocketPath } from '../link/wire.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
+import { sweepStaleCgroups } from '../vm/cgroups.ts';
+import { sweepStaleUidClaims } from '../vm/jail.ts';
 import { defaultStateDir } from '../runtime/artifacts.ts';
 import { isSandboxVm, processAlive } from '../runtime/process.ts';
 import { holding } from '../runtime/hold.ts';
@@ -153,6 +155,8 @@ export class Supervisor {
     }
     this.#inspect = options.inspect ? inspectionRelay(options.inspect) : undefined;
     sweepStaleRunDirs();
+    void sweepStaleCgroups().catch(logFailure('sweeping the cgroups of VMs that are gone'));
+    void sweepStaleUidClaims().catch(logFailure('sweeping the uid claims of VMs that are gone'));
     sweepStaleSpares(this.stateDir);
     openSupervisors.add(this);
     // 'beforeExit', not 'exit': in an 'exit' hook lmdb-js 3.5 can no longer read ("No

@@ -2,18 +2,24 @@
  * One qemu microVM process: spawn, attach the agent and QMP, supervise, end.
  *
  * Ownership rules that keep the host clean:
- * - qemu is started through `setpriv --pdeathsig KILL`, so if the thread that spawned it
- *   (the sandbox worker) or its process dies, the kernel kills qemu: an attached VM never
- *   outlives its owner, even after SIGKILL of the host process.
- * - the agent and QMP sockets live in a private temp dir that is removed as soon as qemu
- *   has connected to both (qemu is the connecting side), so no socket file outlives boot.
- * - {@link Vm.exited} always settles; {@link Vm.kill} always ends the process.
+ * - qemu is started through the jail (src/vm/jail.ts), or `setpriv --pdeathsig KILL` where
+ *   the host cannot jail it: either way, if the thread that spawned it (the sandbox worker)
+ *   or its process dies, the kernel kills qemu: an attached VM never outlives its owner,
+ *   even after SIGKILL of the host process.
+ * - the agent and QMP sockets live in a private temp dir (the VM's run dir, in its jail);
+ *   their files are removed as soon as qemu has connected to both (qemu is the connecting
+ *   side), a save's socket as soon as qemu has connected to it, and the dir when qemu exits.
+ * - migrations never spawn anything (qemu runs with spawning denied): a save streams to a
+ *   socket the host listens on, a restore reads a file descriptor qemu inherits.
+ * - {@link Vm.exited} always settles, after the jail's cgroup and uid are given back;
+ *   {@link Vm.kill} always ends the process.
  */
 
 import { childEnv } from '../runtime/actorEnv.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, closeSync, createWriteStream, openSync, readdirSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,11 +32,15 @@ import { watchGuestEnd, type GuestEnd } from './guestEnd.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
 import { logFailure } from '../runtime/log.ts';
+import { prepareJail, touchFile, type Jail, type JailPath, type JailStatus } from './jail.ts';
+import { qcow2Backing } from './qcow2.ts';
 
 /** How a VM process ended. */
 export interface VmExit {
   readonly code: number | null;
   readonly signal: NodeJS.Signals | null;
+  /** Its cgroup's OOM killer killed it (it grew past its memory limit). */
+  readonly oomKilled?: boolean;
 }
 
 /** Options of {@link Vm.boot}. */
@@ -44,8 +54,11 @@ export interface VmBootOptions extends Omit<QemuArgsInput, 'agentSocket' | 'qmpS
   /**
    * A command that runs first and then execs its arguments (the setpriv + qemu argv), e.g.
    * to move the process into a cgroup before qemu opens any socket (src/guestenv/netfilter.ts).
+   * Used only where qemu is not jailed; a jail gets {@link netCgroup} instead.
    */
   readonly wrap?: readonly string[];
+  /** The network policy's cgroup (joined before qemu starts) and the resolv.conf slirp reads. */
+  readonly netCgroup?: { readonly dir: string; readonly resolvConf: string };
   /**
    * Restore instead of booting: the migration state file saved by {@link Vm.saveTo} and the
    * HELLO its agent sent at the time. Needs `incoming: true` and the same machine shape.
@@ -79,10 +92,18 @@ export class Vm {
   qmp!: QmpClient;
   hello!: AgentHello;
   readonly accel: Accel;
+  /** What the VM process's jail is made of (src/vm/jail.ts). */
+  readonly jail: JailStatus;
+  #qemuPid: number | undefined;
+  readonly #jail: Jail;
+  readonly #runDir: string;
 
-  private constructor(child: ChildProcess, accel: Accel) {
+  private constructor(child: ChildProcess, accel: Accel, jail: Jail, runDir: string) {
     this.#child = child;
     this.accel = accel;
+    this.jail = jail.status;
+    this.#jail = jail;
+    this.#runDir = runDir;
     child.stdout?.setEncoding('utf8');
     child.stderr?.setEncoding('utf8');
     const keep = (s: string) => {
@@ -99,23 +120,28 @@ export class Vm {
       if (!child.stdout) return resolve();
       child.stdout.once('close', resolve);
     });
+    // Settles once the run dir, the cgroup and the uid are given back too: whoever sees the
+    // exit may start the next VM of this sandbox.
+    const cleanup = () => Promise.all([rm(runDir, { recursive: true, force: true }).catch(logFailure(`removing ${runDir}`)), jail.release()]);
     this.#exited = new Promise((resolve) => {
       child.once('exit', (code, signal) => {
-        void stdoutDone.then(() => {
-          this.#exit = { code, signal };
+        void stdoutDone.then(cleanup).then(() => {
+          this.#exit = { code, signal, ...(jail.oomKilled() ? { oomKilled: true } : {}) };
           resolve(this.#exit);
         });
       });
       child.once('error', () => {
-        this.#exit ??= { code: null, signal: null };
-        resolve(this.#exit);
+        void cleanup().then(() => {
+          this.#exit ??= { code: null, signal: null };
+          resolve(this.#exit);
+        });
       });
     });
   }
 
-  /** The qemu process id. */
+  /** The qemu process id (as the host sees it; a jailed qemu is PID 1 of its own namespace). */
   get pid(): number {
-    return this.#child.pid ?? -1;
+    return this.#qemuPid ?? this.#child.pid ?? -1;
   }
 
   /** Settles when the qemu process has ended, however it ended. */
@@ -154,24 +180,48 @@ export class Vm {
     const qmpPath = join(dir, 'q.sock');
     const servers: Server[] = [];
     let vm: Vm | undefined;
+    let jail: Jail | undefined;
+    // The incoming migration stream, as fd 4 of qemu: it reads it with no process of its own.
+    let stateFd: number | undefined;
     try {
       const agentConn = listenOnce(agentPath, servers);
       const qmpConn = listenOnce(qmpPath, servers);
       await Promise.all(servers.map((s) => new Promise<void>((res, rej) => s.once('listening', res).once('error', rej))));
       const args = qemuArgs({ ...opts, agentSocket: agentPath, qmpSocket: qmpPath });
-      const argv = ['setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
-      if (opts.wrap?.length) argv.unshift(...opts.wrap);
+      if (opts.memoryFile?.share) touchFile(opts.memoryFile.path);
+      if (opts.restore) stateFd = openSync(opts.restore.stateFile, 'r');
+      jail = await prepareJail({
+        memoryMib: opts.memoryMib,
+        cpus: opts.cpus,
+        accel: opts.accel,
+        paths: jailPaths(opts, dir),
+        nic: opts.net !== undefined,
+        proc: (opts.shares?.length ?? 0) > 0,
+        cleanup: [dir],
+        netCgroupDir: opts.netCgroup?.dir,
+        resolvConf: opts.netCgroup?.resolvConf,
+        keepFd: stateFd === undefined ? undefined : STATE_FD,
+      });
+      const argv = jail.status.jailed ? [...jail.argv, opts.qemu, ...args] : [...(opts.wrap ?? []), 'setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
       const child = spawn(argv[0]!, argv.slice(1), {
         // The creating actor's CORRAL_* variables (the fake qemu reads its mode from them).
         env: childEnv(),
-        stdio: ['ignore', 'pipe', 'pipe'],
+        stdio: ['ignore', 'pipe', 'pipe', jail.pidFd === undefined ? 'ignore' : 'pipe', stateFd ?? 'ignore'],
       });
-      vm = new Vm(child, opts.accel);
+      vm = new Vm(child, opts.accel, jail, dir);
       const spawned = vm;
       await new Promise<void>((res, rej) => {
         child.once('spawn', res);
         child.once('error', (e) => rej(new CorralError('E_BOOT_FAILED', `could not start qemu: ${e.message}`, { cause: e })));
       });
+      if (stateFd !== undefined) closeSync(stateFd);
+      stateFd = undefined;
+      if (jail.pidFd !== undefined) {
+        const reported = readPid(child.stdio[jail.pidFd] as Socket);
+        const pid = await Promise.race([reported, vm.exited.then(() => undefined)]);
+        if (pid === undefined) throw new CorralError('E_BOOT_FAILED', `the VM's jail did not start qemu: ${lastLines(spawned.consoleTail)}`);
+        vm.#qemuPid = pid;
+      }
       opts.onSpawn?.(vm.pid);
 
       const exitedEarly = vm.exited.then((x) => {
@@ -183,16 +233,17 @@ export class Vm {
       const deadline = rejectAfter(timeoutMs, opts.signal, () => `no agent HELLO within ${timeoutMs} ms: ${lastLines(spawned.consoleTail)}`);
       try {
         const [agentSock, qmpSock] = await Promise.race([Promise.all([agentConn, qmpConn]), exitedEarly, deadline.promise]);
-        // Both connected: the socket files have served their purpose.
-        await rm(dir, { recursive: true, force: true });
+        // Both connected: the socket files have served their purpose (the dir stays for saves).
+        await Promise.all([rm(agentPath, { force: true }), rm(qmpPath, { force: true })]);
         vm.agent = new AgentClient(agentSock, opts.restore ? { hello: opts.restore.hello, orphanSessions: opts.restore.orphanSessions ?? [] } : {});
         vm.qmp = new QmpClient(qmpSock);
         if (opts.restore) {
           await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
-          await Promise.race([vm.#restore(opts.restore.stateFile, opts.restore.ignoreShared ?? true), exitedEarly, deadline.promise]);
+          await Promise.race([vm.#restore(opts.restore.ignoreShared ?? true), exitedEarly, deadline.promise]);
         }
         vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
+        vm.#ready = true;
       } finally {
         deadline.cancel();
         exitedEarly.catch(() => {}); // raced above; after a successful boot it may reject later, with nobody left to care
@@ -212,9 +263,20 @@ export class Vm {
       throw err instanceof CorralError ? err : new CorralError('E_BOOT_FAILED', `VM boot failed: ${(err as Error).message}`, { cause: err });
     } finally {
       for (const s of servers) s.close();
-      await rm(dir, { recursive: true, force: true });
+      if (stateFd !== undefined) closeSync(stateFd);
+      // A VM that came up keeps its run dir until it exits; else nothing may be left.
+      if (!vm || vm.isExited || !vm.#ready) {
+        if (vm) vm.kill();
+        await vm?.exited;
+        if (!vm) {
+          await rm(dir, { recursive: true, force: true });
+          await jail?.release();
+        }
+      }
     }
   }
+
+  #ready = false;
 
   /**
    * Saves the VM's state to `stateFile` and leaves it paused. With `ignoreShared` (a VM whose
@@ -225,13 +287,35 @@ export class Vm {
     await this.qmp.execute('migrate-set-capabilities', {
       capabilities: [{ capability: 'x-ignore-shared', state: options.ignoreShared }],
     });
-    await this.qmp.execute('migrate', { uri: `exec:cat > ${shellQuote(stateFile)}` });
-    await this.#migrationDone();
+    // qemu may not spawn (`cat`): it connects to a socket in its run dir, and this process
+    // writes what arrives to the file.
+    const path = join(this.#runDir, `m${Date.now().toString(36)}.sock`);
+    const server = createServer();
+    const written = new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.once('connection', (sock) => {
+        server.close();
+        void rm(path, { force: true }).catch(logFailure(`removing ${path}`));
+        pipeline(sock, createWriteStream(stateFile, { mode: 0o600 })).then(resolve, reject);
+      });
+    });
+    written.catch(() => {}); // awaited below, after the migration's own outcome
+    try {
+      await new Promise<void>((resolve, reject) => server.once('listening', resolve).once('error', reject).listen(path));
+      chmodSync(path, 0o600);
+      await this.qmp.execute('migrate', { uri: `unix:${path}` });
+      await this.#migrationDone();
+      await written;
+    } finally {
+      server.close();
+      await rm(path, { force: true });
+    }
   }
 
-  async #restore(stateFile: string, ignoreShared: boolean): Promise<void> {
+  async #restore(ignoreShared: boolean): Promise<void> {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: ignoreShared }] });
-    await this.qmp.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(stateFile)}` });
+    // The state file is qemu's fd 4, opened by this process at the spawn.
+    await this.qmp.execute('migrate-incoming', { uri: `fd:${STATE_FD}` });
     await this.#migrationDone();
     await this.qmp.execute('cont');
   }
@@ -292,7 +376,17 @@ export class Vm {
   /** SIGKILL. Idempotent; safe after exit. */
   kill(): void {
     if (this.#exit) return;
-    // setpriv has exec'd into qemu, so the pid is qemu's own.
+    // setpriv has exec'd into qemu, so the pid is qemu's own. A jail's launcher waits for its
+    // qemu and exits after it: killing qemu itself means the exit is seen once qemu is gone
+    // (before its pid is known, the launcher's death takes qemu with it: pdeathsig).
+    if (this.#qemuPid !== undefined && this.#qemuPid !== this.#child.pid) {
+      try {
+        process.kill(this.#qemuPid, 'SIGKILL');
+        return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // gone already: the launcher is next
+      }
+    }
     this.#child.kill('SIGKILL');
   }
 
@@ -357,9 +451,42 @@ function lastLines(text: string, n = 12): string {
   return lines.length ? `\n${lines.slice(-n).join('\n')}` : '(no console output)';
 }
 
-/** Quotes a path for the shell that qemu's `exec:` migration URIs run under. */
-function shellQuote(path: string): string {
-  return `'${path.replace(/'/g, `'\\''`)}'`;
+/** The fd number of the incoming migration stream in qemu. */
+const STATE_FD = 4;
+
+/** The first line the jail's launcher writes on its pid fd: qemu's pid. */
+function readPid(stream: Socket): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    let text = '';
+    stream.setEncoding('utf8');
+    stream.on('data', (d: string) => {
+      text += d;
+    });
+    stream.once('close', () => {
+      const pid = Number(text.trim());
+      resolve(Number.isInteger(pid) && pid > 0 ? pid : undefined);
+    });
+  });
+}
+
+/** The files a VM uses, for its jail: read-only inputs, its own writable disks and run dir. */
+function jailPaths(opts: VmBootOptions, runDir: string): JailPath[] {
+  const ro = (path: string) => ({ path, writable: false });
+  const rw = (path: string) => ({ path, writable: true });
+  const lowers = opts.disk ? [] : opts.lower === undefined ? [] : 'path' in opts.lower ? [opts.lower] : opts.lower;
+  const paths = [ro(opts.kernel), ro(opts.initramfs), rw(runDir), ...lowers.map((l) => ro(l.path))];
+  if (opts.disk) paths.push(rw(opts.disk.path));
+  if (opts.upper && !opts.disk) {
+    paths.push(rw(opts.upper));
+    // A clone's overlay reads its template's upper disk, by the path in its header.
+    const backing = opts.upper.endsWith('.qcow2') ? qcow2Backing(opts.upper) : undefined;
+    if (backing) paths.push(ro(backing));
+  }
+  // qemu 7.2 opens a RAM file read-write even for a private (copy-on-write) mapping: its
+  // `readonly` maps it read-only, which guest RAM cannot be. See the README's threat model.
+  if (opts.memoryFile) paths.push(rw(opts.memoryFile.path));
+  for (const s of opts.shares ?? []) paths.push(s.readonly ? ro(s.path) : rw(s.path));
+  return paths;
 }
 
 /**

@@ -11,6 +11,7 @@
 
 import type { Accel } from '../bus/events.ts';
 import { InvalidOptionError } from '../errors.ts';
+import { TCG_TB_MIB } from './cgroups.ts';
 
 /** Everything that shapes one VM's command line. */
 export interface QemuArgsInput {
@@ -148,15 +149,17 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   const machine = 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on,memory-backend=mem';
   const args = [
     '-M', machine,
-    '-accel', input.accel,
+    // Under TCG the translation cache is sized, so the VM cgroup's memory limit has a known
+    // overhead to allow for (src/vm/cgroups.ts); qemu 7.2's default is 1 GiB.
+    '-accel', input.accel === 'tcg' ? `tcg,tb-size=${TCG_TB_MIB}` : input.accel,
     '-cpu', input.accel === 'kvm' ? 'host' : 'max',
     '-m', String(input.memoryMib),
     '-smp', String(input.cpus),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     // qemu's seccomp filter: no obsolete syscalls, no setuid/setgid/capability changes, no
-    // scheduler/affinity changes. Spawning stays allowed: snapshots migrate through `exec:cat`
-    // (qemu 7.2 has no `file:` migration, and Node cannot pass QMP an fd).
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny',
+    // scheduler/affinity changes, no fork or exec: migrations go through a socket and an
+    // inherited fd (src/vm/Vm.ts), never `exec:`.
+    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     '-kernel', input.kernel,
     '-initrd', input.initramfs,
     '-append', cmdline.join(' '),

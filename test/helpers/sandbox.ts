@@ -31,15 +31,19 @@ const FAKE_QEMU = fileURLToPath(new URL('./fake-qemu.mjs', import.meta.url));
 /**
  * Runs `fn` (a create) with the fake qemu of test/helpers/fake-qemu.mjs in place of qemu,
  * in the given mode. The worker copies the environment when it starts, so this is scoped.
+ * The fake is a Node script of this repository, which a VM jail (src/vm/jail.ts) does not
+ * hold: it runs unjailed (`CORRAL_JAIL=off`), as its sandbox's `info().jail` then says.
  */
 export async function withFakeQemu<T>(mode: string, fn: () => Promise<T>): Promise<T> {
   process.env.CORRAL_QEMU = FAKE_QEMU;
   process.env.CORRAL_FAKE_GUEST = mode;
+  process.env.CORRAL_JAIL = 'off';
   try {
     return await fn();
   } finally {
     delete process.env.CORRAL_QEMU;
     delete process.env.CORRAL_FAKE_GUEST;
+    delete process.env.CORRAL_JAIL;
   }
 }
 

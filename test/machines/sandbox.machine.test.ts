@@ -124,6 +124,15 @@ describe('sandbox machine', () => {
     expect(s.context.ended).toEqual({ exitCode: null, signal: 'SIGSEGV' });
   });
 
+  it("records a VM that its cgroup's OOM killer ended as out-of-memory", async () => {
+    const { actor } = fakeMachine();
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'vm.exited', exitCode: null, signal: 'SIGKILL', oomKilled: true });
+    const s = await waitFor(actor, (s) => s.status === 'done');
+    expect(s.context.stopReason).toBe('out-of-memory');
+    expect(s.context.ended).toEqual({ exitCode: null, signal: 'SIGKILL' });
+  });
+
   it.each([
     ['poweroff', 'guest-poweroff'],
     ['reboot', 'guest-reboot'],

@@ -33,6 +33,11 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
     'ok second process removes it', 'ok second process exit code 0', 'done',
   ],
   'graceful-stop': ['ok stop with timeoutMs escalates to kill', 'ok an aborted signal escalates to kill', 'done'],
+  jail: [
+    'ok jailed, with no wall missing', 'ok its qemu runs as its own uid, without capabilities',
+    'ok its cgroup limits memory to the guest plus a bounded overhead', 'ok a fork runs jailed, as another uid',
+    'ok the fork has its parent state', 'ok its VM process is gone after stop', 'ok a detached sandbox runs jailed too', 'done',
+  ],
   policies: [
     'ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it',
     'ok an idle pause is resumed by the next exec', 'ok setMaxDuration ends it from now', 'done',

@@ -9,6 +9,8 @@ const fake = process.env.SCENARIO_FAKE_QEMU;
 if (!fake) throw new Error('SCENARIO_FAKE_QEMU is not set (path of test/helpers/fake-qemu.mjs)');
 process.env.CORRAL_QEMU = fake;
 process.env.CORRAL_FAKE_GUEST = 'deaf';
+// The fake is a Node script of the repository, which a VM jail does not hold: it runs unjailed.
+process.env.CORRAL_JAIL = 'off';
 
 const a = await Sandbox.builder(`${id}-deaf`).template(false).create();
 const viaTimeout = await a.stop({ timeoutMs: 500 });

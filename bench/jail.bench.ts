@@ -1,0 +1,98 @@
+/**
+ * What the VM jail costs (src/vm/jail.ts, native/jail). Prints figures; asserts nothing.
+ *
+ *   npm run bench:jail            (RUNS=20 to change the sample count)
+ *
+ * - a restored create (create() called → resolved, the template built beforehand), jailed
+ *   and with `CORRAL_JAIL=off`, interleaved in the same run, and the difference: what the
+ *   jail adds (uid claim, cgroup, the launcher's namespaces and mounts, the pid report);
+ * - its parts on the create's path: preparing a jail (uid claim, cgroup with its limits)
+ *   and the launcher alone, `corral-jail … -- /usr/bin/true` (the mounts of a VM without
+ *   volumes) against `setpriv --pdeathsig KILL -- /usr/bin/true`, what it replaces.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Sandbox, Supervisor } from '../src/index.ts';
+import { loadArtifacts } from '../src/runtime/artifacts.ts';
+import { resolveAccel } from '../src/vm/accel.ts';
+import { JAIL_UID_BASE, prepareJail } from '../src/vm/jail.ts';
+import { fmtMs, quantile } from './stats.ts';
+
+const RUNS = Number(process.env.RUNS ?? 20);
+const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
+const sup = new Supervisor({ stateDir, maxSandboxes: 256 });
+const accel = resolveAccel();
+console.log(`corral jail bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), node ${process.version}, ${RUNS} runs`);
+
+async function restoredCreate(name: string, jailed: boolean): Promise<number> {
+  if (jailed) delete process.env.CORRAL_JAIL;
+  else process.env.CORRAL_JAIL = 'off';
+  const t0 = performance.now();
+  const sb = await Sandbox.builder(name).supervisor(sup).create();
+  const ms = performance.now() - t0;
+  delete process.env.CORRAL_JAIL;
+  const info = await sb.info();
+  if (info.jail?.jailed !== jailed) throw new Error(`sandbox ${name}: jailed ${info.jail?.jailed}, wanted ${jailed}: ${info.jail?.missing.join('; ')}`);
+  await sb.stop();
+  await sup.remove(name);
+  return ms;
+}
+
+function timeSpawn(argv: readonly string[]): Promise<number> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore' });
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`${argv[0]} exited ${code}`))));
+  });
+}
+
+// Warm-up, which also builds the template (jailed and not: the same one).
+await restoredCreate('warm-j', true);
+await restoredCreate('warm-u', false);
+
+const jailed: number[] = [];
+const unjailed: number[] = [];
+const pairs: number[] = [];
+for (let i = 0; i < RUNS; i++) {
+  // Alternate which goes first, so neither always follows the other's teardown.
+  const [first, second] = i % 2 ? [true, false] : [false, true];
+  const a = await restoredCreate(`r-${i}-a`, first);
+  const b = await restoredCreate(`r-${i}-b`, second);
+  const [j, u] = first ? [a, b] : [b, a];
+  jailed.push(j);
+  unjailed.push(u);
+  pairs.push(j - u);
+}
+await sup.close();
+
+const launcher = (loadArtifacts() as { jail?: string }).jail!;
+const uid = String(JAIL_UID_BASE + 65_535);
+const jailArgv = [launcher, '--uid', uid, '--gid', uid, '--netns', '--sys', '/usr', '--symlink', 'usr/lib', '/lib', '--symlink', 'usr/lib64', '/lib64', '--symlink', 'usr/bin', '/bin', '--sys', '/etc/ld.so.cache', '--dev', '/dev/null', '--dev', '/dev/urandom', '--ro-bind', launcher, '--', '/usr/bin/true'];
+const launch: number[] = [];
+const plain: number[] = [];
+for (let i = 0; i < Math.max(RUNS, 30); i++) {
+  launch.push(await timeSpawn(jailArgv));
+  plain.push(await timeSpawn(['setpriv', '--pdeathsig', 'KILL', '--', '/usr/bin/true']));
+}
+
+const prepare: number[] = [];
+for (let i = 0; i < Math.max(RUNS, 30); i++) {
+  const t0 = performance.now();
+  const jail = await prepareJail({ memoryMib: 256, cpus: 1, accel: accel.accel, paths: [], nic: false });
+  prepare.push(performance.now() - t0);
+  await jail.release();
+}
+
+const med = (xs: number[]) => quantile(xs, 0.5);
+console.log(`restored create, jailed:                 ${fmtMs(jailed)}`);
+console.log(`restored create, CORRAL_JAIL=off:        ${fmtMs(unjailed)}`);
+console.log(`jail's cost: median of the pairs ${med(pairs).toFixed(1)} ms (p95 ${quantile(pairs, 0.95).toFixed(1)}), difference of the medians ${(med(jailed) - med(unjailed)).toFixed(1)} ms`);
+console.log(`preparing a jail (uid, cgroup, limits):  ${fmtMs(prepare)}`);
+console.log(`launcher → true: corral-jail ${fmtMs(launch)}; setpriv ${fmtMs(plain)}; difference of the medians ${(med(launch) - med(plain)).toFixed(2)} ms`);
+if (process.argv.includes('--json')) {
+  console.log(JSON.stringify({ jailedMs: med(jailed), unjailedMs: med(unjailed), pairMedianMs: med(pairs), prepareMs: med(prepare), launcherMs: med(launch), setprivMs: med(plain) }));
+}
+rmSync(stateDir, { recursive: true, force: true });

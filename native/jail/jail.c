@@ -1,0 +1,482 @@
+/*
+ * corral-jail: starts one qemu in a jail of its own, then gets out of the way.
+ *
+ *   corral-jail --uid U --gid G [--group GID] [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
+ *               | --file-at SRC DST | --symlink TARGET LINK | --cgroup PROCS_FILE
+ *               | --cleanup PATH | --cleanup-cgroup DIR | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD]...
+ *               -- QEMU ARGS...
+ *
+ * In order, as root:
+ *  1. dies with its parent, the sandbox worker thread that spawned it (PR_SET_PDEATHSIG:
+ *     SIGTERM, on which it kills qemu, waits for it, removes the --cleanup paths and exits);
+ *  2. joins each cgroup (writes itself to the cgroup.procs files given);
+ *  3. unshares the PID namespace and forks: the child is PID 1 of the new one, unshares the
+ *     mount, IPC, UTS and cgroup namespaces, and the network namespace with --netns (a new
+ *     one holds only a loopback device that is down: no network at all), and becomes qemu;
+ *  4. this process stays in the host's namespaces as qemu's reaper, reports the child's pid (as the host sees it) on --pid-fd,
+ *     forwards SIGTERM/SIGINT/SIGHUP, and once qemu is gone removes the --cleanup paths (a
+ *     file, or a directory of files) and, if its owner died, the --cleanup-cgroup dirs
+ *     (leaving each for its parent first), and exits the way qemu did (same code, signal);
+ *  5. the child builds a new root on a tmpfs holding only what it was given: --bind (read-
+ *     write) and --ro-bind paths at the same absolute path, as idmapped mounts that show the
+ *     path's owner as U/G (so U may use them, and what U creates is owned by that owner on
+ *     the host; nothing is chowned), --sys paths read-only as they are (the qemu binary's
+ *     /usr), --dev device nodes, --file-at (a file under another name, read-only),
+ *     --symlink, and with --proc a /proc showing only its own PID namespace's processes
+ *     (`subset=pid`: no /proc/sys, /proc/meminfo…); pivots into it, detaches the old root and makes the new one read-only;
+ *  6. sets rlimits (open files, file size, no core dumps), drops every capability
+ *     (bounding, ambient, inheritable), sets no_new_privs, switches to U/G with no
+ *     supplementary groups but --group (the owner group of /dev/kvm, under KVM) (which clears the permitted and effective sets), closes every
+ *     other fd but --keep-fd ones, and execs qemu.
+ *
+ * Any failure before the exec prints "corral-jail: <step>: <error>" on stderr and exits
+ * 125 without running qemu.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define JAIL_ROOT "/run/corral-jail"
+#define MAX_ITEMS 128
+#define EXIT_JAIL 125
+
+/* The kernel ABI this needs, spelled out: musl's headers carry no linux/ directory. */
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#define MOUNT_ATTR_NOEXEC 0x00000008
+#define MOUNT_ATTR_IDMAP 0x00100000
+struct mount_attr {
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+#define LINUX_CAPABILITY_VERSION_3 0x20080522
+struct cap_header { uint32_t version; int pid; };
+struct cap_data { uint32_t effective, permitted, inheritable; };
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+enum kind { BIND_RW, BIND_RO, SYS_RO, DEV, FILE_AT, SYMLINK };
+
+struct item {
+  enum kind kind;
+  const char *src;
+  const char *dst;
+  int userns; /* the idmap of a --bind / --ro-bind */
+};
+
+static struct item items[MAX_ITEMS];
+static int nitems;
+static const char *cgroups[8];
+static int ncgroups;
+static int keep_fds[8];
+static int nkeep;
+static int with_proc;
+static const char *cleanups[8];
+static int ncleanups;
+static const char *cgroup_dirs[8];
+static int ncgroup_dirs;
+static pid_t owner;
+static long extra_group = -1;
+
+static void die(const char *step, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  dprintf(2, "corral-jail: %s: %s\n", step, msg);
+  _exit(EXIT_JAIL);
+}
+
+static void usage(const char *why) { die("usage", "%s", why); }
+
+static long number(const char *s, const char *opt) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v < 0 || v > LONG_MAX) die("usage", "%s needs a non-negative integer, got \"%s\"", opt, s);
+  return (long)v;
+}
+
+static void add(enum kind kind, const char *src, const char *dst) {
+  if (nitems == MAX_ITEMS) usage("too many paths");
+  if (dst[0] != '/') die("usage", "\"%s\" is not an absolute path", dst);
+  items[nitems++] = (struct item){kind, src, dst, -1};
+}
+
+/* Whether `rel` exists under the new root (inside a bind mounted there already, it may). */
+static int exists_at(int root, const char *rel) {
+  struct stat st;
+  return fstatat(root, rel, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* mkdir -p of every parent of `path` (relative to the new root's fd). */
+static void make_parents(int root, const char *path) {
+  char buf[PATH_MAX];
+  if (snprintf(buf, sizeof buf, "%s", path + 1) >= (int)sizeof buf) die("new root", "path too long: %s", path);
+  for (char *p = buf; (p = strchr(p, '/')); p++) {
+    *p = 0;
+    if (!exists_at(root, buf) && mkdirat(root, buf, 0755) < 0 && errno != EEXIST) die("new root", "mkdir %s: %s", buf, strerror(errno));
+    *p = '/';
+  }
+}
+
+/* The mount point for `src` at `dst`: an empty file or directory of the same kind. */
+static void make_target(int root, const char *src, const char *dst) {
+  struct stat st;
+  if (stat(src, &st) < 0) die("new root", "%s: %s", src, strerror(errno));
+  make_parents(root, dst);
+  if (exists_at(root, dst + 1)) return; /* inside another bind: the path is there already */
+  if (S_ISDIR(st.st_mode)) {
+    if (mkdirat(root, dst + 1, 0755) < 0 && errno != EEXIST) die("new root", "mkdir %s: %s", dst, strerror(errno));
+  } else {
+    int fd = openat(root, dst + 1, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0) die("new root", "create %s: %s", dst, strerror(errno));
+    close(fd);
+  }
+}
+
+/*
+ * A user namespace whose only mapping is `owner` (uid and gid) → the jail's U/G: the idmap
+ * of the bind mounts of paths with that owner. Made by a child that unshares and waits; its
+ * namespace outlives it through the returned fd.
+ */
+static int idmap_userns(uid_t owner_uid, gid_t owner_gid, uid_t uid, gid_t gid) {
+  int ready[2], done[2];
+  if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(done, O_CLOEXEC) < 0) die("idmap", "pipe: %s", strerror(errno));
+  pid_t pid = fork();
+  if (pid < 0) die("idmap", "fork: %s", strerror(errno));
+  if (pid == 0) {
+    char c = 0;
+    close(ready[0]);
+    close(done[1]);
+    if (unshare(CLONE_NEWUSER) < 0) _exit(1);
+    if (write(ready[1], &c, 1) != 1) _exit(1);
+    if (read(done[0], &c, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  char c;
+  close(ready[1]);
+  if (read(ready[0], &c, 1) != 1) die("idmap", "user namespaces are not available (unshare(CLONE_NEWUSER) failed)");
+  char path[64], map[64];
+  struct { const char *file; unsigned long inside, outside; } maps[] = {
+    {"uid_map", owner_uid, uid},
+    {"gid_map", owner_gid, gid},
+  };
+  for (int i = 0; i < 2; i++) {
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, maps[i].file);
+    int n = snprintf(map, sizeof map, "%lu %lu 1\n", maps[i].inside, maps[i].outside);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, map, n) != n) die("idmap", "writing %s: %s", path, strerror(errno));
+    close(fd);
+  }
+  snprintf(path, sizeof path, "/proc/%d/ns/user", pid);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) die("idmap", "%s: %s", path, strerror(errno));
+  close(done[1]);
+  waitpid(pid, NULL, 0);
+  close(ready[0]);
+  close(done[0]);
+  return ns;
+}
+
+static struct { uid_t uid; gid_t gid; int fd; } userns_cache[16];
+static int nuserns;
+
+static int userns_for(const struct stat *st, uid_t uid, gid_t gid) {
+  for (int i = 0; i < nuserns; i++)
+    if (userns_cache[i].uid == st->st_uid && userns_cache[i].gid == st->st_gid) return userns_cache[i].fd;
+  if (nuserns == 16) die("idmap", "too many distinct owners");
+  int fd = idmap_userns(st->st_uid, st->st_gid, uid, gid);
+  userns_cache[nuserns++] = (typeof(userns_cache[0])){st->st_uid, st->st_gid, fd};
+  return fd;
+}
+
+/* Bind `src` at `dst` under the new root as an idmapped mount: its owner appears as U/G. */
+static void bind_idmapped(int root, const char *src, const char *dst, int readonly, int userns) {
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+  if (tree < 0) die("bind", "open_tree %s: %s", src, strerror(errno));
+  struct mount_attr attr = {
+      .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC | (readonly ? MOUNT_ATTR_RDONLY : 0),
+      .userns_fd = (uint64_t)userns,
+  };
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+    die("bind", "idmapped mount of %s: %s", src, strerror(errno));
+  make_target(root, src, dst);
+  if (syscall(SYS_move_mount, tree, "", root, dst + 1, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    die("bind", "move_mount %s: %s", dst, strerror(errno));
+  close(tree);
+}
+
+/* A plain bind mount of `src` at `dst`, read-only unless it is a device node. */
+static void bind_plain(const char *newroot, int root, const char *src, const char *dst, int device) {
+  char target[PATH_MAX];
+  make_target(root, src, dst);
+  snprintf(target, sizeof target, "%s%s", newroot, dst);
+  if (mount(src, target, NULL, MS_BIND | MS_REC, NULL) < 0) die("bind", "%s: %s", src, strerror(errno));
+  unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | (device ? MS_NOEXEC : MS_RDONLY | MS_NODEV);
+  if (mount(NULL, target, NULL, flags, NULL) < 0) die("bind", "remount %s: %s", dst, strerror(errno));
+}
+
+static void build_root(void) {
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("mounts", "making / private: %s", strerror(errno));
+  if (mkdir(JAIL_ROOT, 0700) < 0 && errno != EEXIST) die("mounts", "mkdir %s: %s", JAIL_ROOT, strerror(errno));
+  if (mount("corral-jail", JAIL_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k,nr_inodes=4096") < 0)
+    die("mounts", "tmpfs at %s: %s", JAIL_ROOT, strerror(errno));
+  int root = open(JAIL_ROOT, O_DIRECTORY | O_PATH | O_CLOEXEC);
+  if (root < 0) die("mounts", "%s: %s", JAIL_ROOT, strerror(errno));
+  for (int i = 0; i < nitems; i++) {
+    struct item *it = &items[i];
+    switch (it->kind) {
+      case BIND_RW: bind_idmapped(root, it->src, it->dst, 0, it->userns); break;
+      case BIND_RO: bind_idmapped(root, it->src, it->dst, 1, it->userns); break;
+      case SYS_RO: case FILE_AT: bind_plain(JAIL_ROOT, root, it->src, it->dst, 0); break;
+      case DEV: bind_plain(JAIL_ROOT, root, it->src, it->dst, 1); break;
+      case SYMLINK:
+        make_parents(root, it->dst);
+        if (symlinkat(it->src, root, it->dst + 1) < 0) die("new root", "symlink %s: %s", it->dst, strerror(errno));
+        break;
+    }
+  }
+  if (with_proc) {
+    /* Its own PID namespace's processes only (itself), and nothing else of /proc: qemu's 9p
+     * server reaches files through /proc/self/fd. */
+    make_parents(root, "/proc/x");
+    if (mount("proc", JAIL_ROOT "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid,hidepid=invisible") < 0)
+      die("mounts", "proc: %s", strerror(errno));
+  }
+  for (int i = 0; i < nuserns; i++) close(userns_cache[i].fd);
+  close(root);
+  if (chdir(JAIL_ROOT) < 0) die("pivot", "chdir: %s", strerror(errno));
+  /* pivot_root(".", "."): the old root ends up on top of the new one and is detached. */
+  if (syscall(SYS_pivot_root, ".", ".") < 0) die("pivot", "pivot_root: %s", strerror(errno));
+  if (umount2(".", MNT_DETACH) < 0) die("pivot", "detaching the old root: %s", strerror(errno));
+  if (chdir("/") < 0) die("pivot", "chdir /: %s", strerror(errno));
+  if (mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+    die("pivot", "making the new root read-only: %s", strerror(errno));
+}
+
+static void drop_privileges(uid_t uid, gid_t gid, long nofile, long fsize) {
+  struct rlimit lim = {(rlim_t)nofile, (rlim_t)nofile};
+  if (nofile && setrlimit(RLIMIT_NOFILE, &lim) < 0) die("rlimits", "RLIMIT_NOFILE: %s", strerror(errno));
+  lim = (struct rlimit){(rlim_t)fsize, (rlim_t)fsize};
+  if (fsize && setrlimit(RLIMIT_FSIZE, &lim) < 0) die("rlimits", "RLIMIT_FSIZE: %s", strerror(errno));
+  lim = (struct rlimit){0, 0};
+  if (setrlimit(RLIMIT_CORE, &lim) < 0) die("rlimits", "RLIMIT_CORE: %s", strerror(errno));
+  for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++)
+    if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) die("capabilities", "dropping %d from the bounding set: %s", cap, strerror(errno));
+  if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+    die("capabilities", "clearing the ambient set: %s", strerror(errno));
+  /* No supplementary group but --group (the one that may open /dev/kvm). */
+  gid_t group = (gid_t)extra_group;
+  if (setgroups(extra_group >= 0 ? 1 : 0, extra_group >= 0 ? &group : NULL) < 0) die("credentials", "setgroups: %s", strerror(errno));
+  if (setresgid(gid, gid, gid) < 0) die("credentials", "setresgid %u: %s", gid, strerror(errno));
+  if (setresuid(uid, uid, uid) < 0) die("credentials", "setresuid %u: %s", uid, strerror(errno));
+  /* Leaving uid 0 cleared the permitted and effective sets; the inheritable one too. */
+  struct cap_header hdr = {LINUX_CAPABILITY_VERSION_3, 0};
+  struct cap_data data[2] = {{0, 0, 0}, {0, 0, 0}};
+  if (syscall(SYS_capset, &hdr, data) < 0) die("capabilities", "capset: %s", strerror(errno));
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs", "%s", strerror(errno));
+}
+
+static pid_t child;
+
+/* SIGTERM is the parent-death signal (corral itself never sends it): the owner is gone. */
+static volatile sig_atomic_t owner_gone;
+
+/* A signal for qemu: passed on; the owner's death kills it. */
+static void forward(int sig) {
+  if (sig == SIGTERM) owner_gone = 1;
+  if (child > 0) kill(child, getppid() != owner ? SIGKILL : sig);
+}
+
+/* What qemu used on the host and nobody else removes if the owner died: files, or a dir of files. */
+static void clean_up(void) {
+  for (int c = 0; c < ncleanups; c++) {
+    if (unlink(cleanups[c]) == 0 || errno == ENOENT) continue;
+    DIR *d = opendir(cleanups[c]);
+    if (!d) continue;
+    int fd = dirfd(d);
+    for (struct dirent *e; (e = readdir(d));)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(fd, e->d_name, 0);
+    closedir(d);
+    rmdir(cleanups[c]);
+  }
+  /* The VM's cgroups, if the owner is gone (else it reads them first: an OOM kill), this
+   * process leaves each for its parent, then removes it. */
+  for (int c = 0; owner_gone && c < ncgroup_dirs; c++) {
+    char parent[PATH_MAX];
+    int n = snprintf(parent, sizeof parent, "%s/../cgroup.procs", cgroup_dirs[c]);
+    int fd = n < (int)sizeof parent ? open(parent, O_WRONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+      if (write(fd, "0\n", 2) != 2) dprintf(2, "corral-jail: cleanup: leaving %s: %s\n", cgroup_dirs[c], strerror(errno));
+      close(fd);
+    }
+    /* A task that just exited may hold it for a moment. */
+    for (int i = 0; i < 50 && rmdir(cgroup_dirs[c]) < 0 && errno == EBUSY; i++) usleep(10000);
+  }
+}
+
+int main(int argc, char **argv) {
+  long uid = -1, gid = -1, nofile = 0, fsize = 0, pid_fd = -1;
+  int netns = 0, i = 1;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--")) { i++; break; }
+    if (!strcmp(a, "--netns")) { netns = 1; continue; }
+    if (!strcmp(a, "--proc")) { with_proc = 1; continue; }
+    if (!v) die("usage", "%s needs a value", a);
+    if (!strcmp(a, "--uid")) uid = number(v, a);
+    else if (!strcmp(a, "--gid")) gid = number(v, a);
+    else if (!strcmp(a, "--nofile")) nofile = number(v, a);
+    else if (!strcmp(a, "--fsize")) fsize = number(v, a);
+    else if (!strcmp(a, "--pid-fd")) pid_fd = number(v, a);
+    else if (!strcmp(a, "--group")) extra_group = number(v, a);
+    else if (!strcmp(a, "--keep-fd")) { if (nkeep == 8) usage("too many --keep-fd"); keep_fds[nkeep++] = (int)number(v, a); }
+    else if (!strcmp(a, "--bind")) add(BIND_RW, v, v);
+    else if (!strcmp(a, "--ro-bind")) add(BIND_RO, v, v);
+    else if (!strcmp(a, "--sys")) add(SYS_RO, v, v);
+    else if (!strcmp(a, "--dev")) add(DEV, v, v);
+    else if (!strcmp(a, "--cleanup-cgroup")) { if (ncgroup_dirs == 8) usage("too many --cleanup-cgroup"); cgroup_dirs[ncgroup_dirs++] = v; }
+    else if (!strcmp(a, "--cleanup")) { if (ncleanups == 8) usage("too many --cleanup"); cleanups[ncleanups++] = v; }
+    else if (!strcmp(a, "--cgroup")) { if (ncgroups == 8) usage("too many --cgroup"); cgroups[ncgroups++] = v; }
+    else if (!strcmp(a, "--file-at") || !strcmp(a, "--symlink")) {
+      if (i + 2 >= argc) die("usage", "%s needs two values", a);
+      add(!strcmp(a, "--file-at") ? FILE_AT : SYMLINK, v, argv[i + 2]);
+      i++;
+    } else die("usage", "unknown option %s", a);
+    i++;
+  }
+  if (i >= argc) usage("no command after --");
+  if (uid <= 0 || gid <= 0) usage("--uid and --gid must be given and not 0");
+  if (argv[i][0] != '/') die("usage", "the command must be an absolute path, got \"%s\"", argv[i]);
+
+  /* SIGTERM, not SIGKILL: this process outlives its owner just long enough to kill qemu,
+   * wait for it and remove what it leaves (--cleanup). */
+  owner = getppid();
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("pdeathsig", "%s", strerror(errno));
+  if (getppid() != owner) _exit(EXIT_JAIL); /* the owner died before the prctl */
+
+  char self[16];
+  int n = snprintf(self, sizeof self, "0\n");
+  for (int c = 0; c < ncgroups; c++) {
+    int fd = open(cgroups[c], O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, self, n) != n) die("cgroup", "joining %s: %s", cgroups[c], strerror(errno));
+    close(fd);
+  }
+
+  /* The idmaps' user namespaces are made here, while /proc is still this PID namespace's. */
+  for (int k = 0; k < nitems; k++) {
+    if (items[k].kind != BIND_RW && items[k].kind != BIND_RO) continue;
+    struct stat st;
+    if (stat(items[k].src, &st) < 0) die("bind", "%s: %s", items[k].src, strerror(errno));
+    items[k].userns = userns_for(&st, (uid_t)uid, (gid_t)gid);
+  }
+
+  /* The PID namespace takes effect for the child; the others are the child's alone (this
+   * process stays in the host's mounts, to remove the --cleanup paths). */
+  if (unshare(CLONE_NEWPID) < 0) die("namespaces", "unshare(CLONE_NEWPID): %s", strerror(errno));
+
+  /* Signals that arrive before the child exists wait until the handler is in place. */
+  sigset_t all, old;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, &old);
+  int alive[2]; /* the child sees EOF on it once this process is gone */
+  if (pipe2(alive, O_CLOEXEC) < 0) die("fork", "pipe: %s", strerror(errno));
+  child = fork();
+  if (child < 0) die("fork", "%s", strerror(errno));
+  if (child == 0) {
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig", "%s", strerror(errno));
+    /* getppid() is 0 in a new PID namespace: ask the pipe whether the reaper died before the prctl. */
+    close(alive[1]);
+    struct pollfd pfd = {alive[0], POLLIN, 0};
+    if (poll(&pfd, 1, 0) != 0) _exit(EXIT_JAIL);
+    if (pid_fd >= 0) close((int)pid_fd);
+    int flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP | (netns ? CLONE_NEWNET : 0);
+    if (unshare(flags) < 0) die("namespaces", "unshare: %s", strerror(errno));
+    build_root();
+    drop_privileges((uid_t)uid, (gid_t)gid, nofile, fsize);
+    /* Changing credentials cleared the parent-death signal: set it again, and check again. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig", "%s", strerror(errno));
+    if (poll(&pfd, 1, 0) != 0) _exit(EXIT_JAIL);
+    close(alive[0]);
+    if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) die("fds", "close_range: %s", strerror(errno));
+    for (int k = 0; k < nkeep; k++)
+      if (fcntl(keep_fds[k], F_SETFD, 0) < 0) die("fds", "keeping fd %d: %s", keep_fds[k], strerror(errno));
+    execv(argv[i], argv + i);
+    die("exec", "%s: %s", argv[i], strerror(errno));
+  }
+  struct sigaction sa = {0};
+  sa.sa_handler = forward;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  if (pid_fd >= 0) {
+    dprintf((int)pid_fd, "%d\n", child);
+    close((int)pid_fd);
+  }
+  for (int k = 0; k < nkeep; k++) close(keep_fds[k]);
+  /* The owner may have died while the signals were blocked. */
+  if (getppid() != owner) kill(child, SIGKILL);
+  int status;
+  while (waitpid(child, &status, 0) < 0)
+    if (errno != EINTR) die("wait", "%s", strerror(errno));
+  clean_up();
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  int sig = WTERMSIG(status);
+  signal(sig, SIG_DFL);
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, sig);
+  sigprocmask(SIG_UNBLOCK, &one, NULL);
+  kill(getpid(), sig);
+  return 128 + sig;
+}
