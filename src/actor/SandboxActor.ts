@@ -18,6 +18,7 @@ import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type
 import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
 import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
+import { validatePort } from '../guestenv/ports.ts';
 import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
@@ -174,6 +175,32 @@ export class SandboxActor implements SandboxWorkerApi {
 
   fs(call: FsCall): Promise<FsCallResult> {
     return this.#fs.call(call);
+  }
+
+  async publish(hostPort: number, guestPort: number): Promise<void> {
+    const p = validatePort(hostPort, guestPort, 'port');
+    const vm = await this.#vmWithNic('publish a port of');
+    // qemu's monitor answers a refused forward with text, not an error.
+    const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_add net0 tcp:127.0.0.1:${p.hostPort}-:${p.guestPort}` })).trim();
+    if (out) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${p.hostPort} cannot be published (${out}; in use?)`, { details: { option: 'port.hostPort' } });
+    this.#log.info(`published 127.0.0.1:${p.hostPort} → guest port ${p.guestPort}`);
+  }
+
+  async unpublish(hostPort: number): Promise<void> {
+    const { hostPort: h } = validatePort(hostPort, 1, 'port');
+    const vm = await this.#vmWithNic('unpublish a port of');
+    const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_remove net0 tcp:127.0.0.1:${h}` })).trim();
+    if (!/removed/.test(out)) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: ${h} is not published (${out || 'qemu said nothing'})`, { details: { option: 'port.hostPort' } });
+    this.#log.info(`unpublished 127.0.0.1:${h}`);
+  }
+
+  /** The running VM, if it has a NIC (ports are forwarded by its user-mode network). */
+  async #vmWithNic(what: string): Promise<Vm> {
+    const vm = this.#requireRunning(what);
+    if (!(await this.#guest)?.layout.nic) {
+      throw new CorralError('E_ILLEGAL_STATE', `cannot ${what} sandbox "${this.#config.name}": it has no network device (give it one at create: .network(…) or .port(…))`, { details: { state: 'no-network' } });
+    }
+    return vm;
   }
 
   execs(): ExecInfo[] {

@@ -153,6 +153,10 @@ export interface SandboxWorkerApi {
   fs(call: FsCall): Promise<FsCallResult>;
   /** The commands running now, oldest first. */
   execs(): ExecInfo[];
+  /** Forwards `127.0.0.1:hostPort` on the host to the guest's `guestPort` from now on (the VM needs a NIC). */
+  publish(hostPort: number, guestPort: number): Promise<void>;
+  /** Stops forwarding `hostPort` (published at create or with {@link publish}). */
+  unpublish(hostPort: number): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
   /** The sandbox ends (drains, reason `max-duration`) `ms` from now, replacing any earlier limit. */

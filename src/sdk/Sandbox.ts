@@ -764,6 +764,28 @@ export class Sandbox {
   }
 
   /**
+   * Publishes a guest TCP port on the running sandbox: `127.0.0.1:hostPort` on the host
+   * forwards to the guest's `guestPort` from now on, as `.port()` does at create (loopback
+   * only; replies pass the network policy as established traffic). The sandbox needs a
+   * network device (`.network(…)` or a `.port(…)` at create): E_ILLEGAL_STATE otherwise; a
+   * host port in use is E_INVALID_OPTION. Forwards made here last as long as the VM.
+   *
+   * @example
+   * await sb.shell('httpd -p 8080 -h /www');
+   * await sb.publish(18080, 8080); // curl http://127.0.0.1:18080/
+   */
+  async publish(hostPort: number, guestPort: number, options: CallOptions = {}): Promise<void> {
+    const link = this.#requireLink('publish a port of');
+    await bounded(`publish of port ${hostPort} of sandbox "${this.name}"`, options, () => link.busy(() => link.api.publish(hostPort, guestPort)));
+  }
+
+  /** Stops forwarding `hostPort` (published at create or with {@link publish}); E_INVALID_OPTION if it is not. */
+  async unpublish(hostPort: number, options: CallOptions = {}): Promise<void> {
+    const link = this.#requireLink('unpublish a port of');
+    await bounded(`unpublish of port ${hostPort} of sandbox "${this.name}"`, options, () => link.busy(() => link.api.unpublish(hostPort)));
+  }
+
+  /**
    * The commands running in the sandbox now (background ones and any other), oldest first:
    * `id` (what {@link attach} takes), `argv`, `pid`, `startedAt`, `background`.
    *

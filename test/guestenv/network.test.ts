@@ -102,6 +102,21 @@ describe('network policies and published ports', () => {
     }
   });
 
+  it('publishes and unpublishes a port on a running sandbox', async () => {
+    await all.shell('mkdir -p /www2 && echo late-ok > /www2/index.html && httpd -p 8081 -h /www2');
+    const late = await freePort();
+    await all.publish(late, 8081);
+    expect(await (await fetch(`http://127.0.0.1:${late}/index.html`)).text()).toBe('late-ok\n');
+    // A host port that is taken (the one published at create), or one not published, is named.
+    await expect(all.publish(hostPort, 8081)).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('hostPort') });
+    await all.unpublish(late);
+    await expect(fetch(`http://127.0.0.1:${late}/index.html`)).rejects.toThrow();
+    await expect(all.unpublish(late)).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('not published') });
+    await expect(all.publish(70000, 1)).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('port.hostPort') });
+    // No NIC, no forwarding: said so.
+    await expect(none.publish(await freePort(), 8080)).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringContaining('no network device') });
+  });
+
   it('a published port serves an HTTP request from host loopback', async () => {
     await all.shell('mkdir -p /www && echo guest-ok > /www/index.html && httpd -p 8080 -h /www');
     const res = await fetch(`http://127.0.0.1:${hostPort}/index.html`);
