@@ -215,6 +215,7 @@ export class SandboxActor implements SandboxWorkerApi {
       pid: c.vm?.pid ?? this.#vm?.pid ?? null,
       accel: c.vm?.accel ?? null,
       accelReason: this.#accelReason,
+      kernel: this.#root ? `${this.#root.guestKernel.name} ${this.#root.guestKernel.version}` : null,
       bootMs: c.vm?.bootMs ?? null,
       guestBootMs: this.#guestBootMs,
       agentVersion: this.#agentVersion,
@@ -478,6 +479,7 @@ export class SandboxActor implements SandboxWorkerApi {
       qemu: root.qemu,
       kernel: root.kernel,
       initramfs: root.initramfs,
+      acpi: root.guestKernel.acpi,
       lower: root.lower,
       disk: root.disk,
       memoryMib: this.#config.memoryMib,
@@ -553,6 +555,7 @@ export class SandboxActor implements SandboxWorkerApi {
         sessions: vm.agent.sessionIds,
         upperFile,
         devices: guest?.layout ?? { shares: 0, nic: false },
+        ...(this.#root ? { kernel: this.#root.guestKernel.name } : {}),
         createdAt: Date.now(),
         bytes: snapshotBytes(tmp),
       };
@@ -588,7 +591,7 @@ export class SandboxActor implements SandboxWorkerApi {
       const meta = readSnapshot(this.#stateDir, snapshot);
       const choice = resolveAccel(this.#config.accel);
       this.#accelReason = choice.reason;
-      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
+      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, kernel: meta.kernel ?? 'custom', ...this.#imageOptions(signal) });
       this.#root = root;
       this.#imageEnv = root.imageEnv;
       const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
@@ -725,6 +728,7 @@ export class SandboxActor implements SandboxWorkerApi {
             bootMs: c.vm.bootMs,
             guestBootMs: this.#guestBootMs ?? 0,
             agentVersion: this.#agentVersion ?? '',
+            kernel: this.#root ? `${this.#root.guestKernel.name} ${this.#root.guestKernel.version}` : '',
           });
         } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed' });
         break;

@@ -76,6 +76,8 @@ export interface SandboxInfo {
   readonly pid: number | null;
   readonly accel: string | null;
   readonly accelReason: string | null;
+  /** The guest kernel it runs, "debian 6.1.0-57-amd64" or "custom 6.1.192" (CORRAL_KERNEL). */
+  readonly kernel: string | null;
   readonly bootMs: number | null;
   readonly guestBootMs: number | null;
   readonly agentVersion: string | null;

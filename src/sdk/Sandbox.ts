@@ -592,6 +592,7 @@ export class Sandbox {
       pid: null,
       accel: null,
       accelReason: null,
+      kernel: null,
       bootMs: null,
       guestBootMs: null,
       agentVersion: null,
