@@ -21,14 +21,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Supervisor } from '../src/index.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
+import { kernelLabel, manifestKernels, resolveKernel, selectKernel, type GuestKernel, type KernelName } from '../src/runtime/kernel.ts';
 import { hostTscKhz, resolveAccel } from '../src/vm/accel.ts';
 import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 7);
 const EXECS = Number(process.env.EXECS ?? 100);
 
-/** spawn → HELLO of a bare qemu microVM, no rootfs, no corral runtime. */
-async function bareBoot(): Promise<number> {
+/** spawn → HELLO of a bare qemu microVM of kernel `k`, no rootfs, no corral runtime. */
+async function bareBoot(k: GuestKernel = selectKernel()): Promise<number> {
   const a = loadArtifacts();
   const dir = mkdtempSync(join(tmpdir(), 'corral-run-bench-'));
   const sock = join(dir, 'a.sock');
@@ -37,11 +38,11 @@ async function bareBoot(): Promise<number> {
   const t0 = performance.now();
   const tsc = hostTscKhz();
   const child = spawn(a.qemu, [
-    '-M', 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on',
+    '-M', `microvm,acpi=${k.acpi ? 'on' : 'off'},x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on`,
     '-accel', resolveAccel().accel, '-cpu', 'max', '-m', '256', '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-kernel', a.kernel, '-initrd', a.initramfs,
-    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
+    '-kernel', k.kernel, '-initrd', k.initramfs,
+    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on no_timer_check tsc=reliable ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${sock}`,
     '-device', 'virtserialport,chardev=agent,name=corral.agent',
@@ -59,7 +60,7 @@ async function bareBoot(): Promise<number> {
 
 const sup = new Supervisor({ stateDir: mkdtempSync(join(tmpdir(), 'corral-bench-state-')) });
 const accel = resolveAccel();
-console.log(`corral boot bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), node ${process.version}`);
+console.log(`corral boot bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), kernel ${kernelLabel()}, node ${process.version}`);
 
 // Warm-up: page cache, first-use costs.
 await bareBoot();
@@ -154,4 +155,20 @@ console.log(`host CPU of this process per GiB of exec output: ${((cpuUs / 1e6) /
 await sb.stop();
 await sup.close();
 rmSync(sup.stateDir, { recursive: true, force: true });
+// The cold-boot floor of each kernel there is (the same bare boot), side by side.
+const kernelFloors: Partial<Record<KernelName, number[]>> = {};
+for (const name of Object.keys(manifestKernels(loadArtifacts())) as KernelName[]) {
+  const k = resolveKernel(loadArtifacts(), name);
+  await bareBoot(k);
+  const ms: number[] = [];
+  for (let i = 0; i < RUNS; i++) ms.push(await bareBoot(k));
+  kernelFloors[name] = ms;
+  report.add(`bare_boot_${name}`, ms, 'ms');
+  console.log(`bare boot floor, ${`${name} ${k.version}:`.padEnd(27)} ${fmtMs(ms)}`);
+}
+if (kernelFloors.debian && kernelFloors.custom) {
+  const d = quantile(kernelFloors.debian, 0.5);
+  const c = quantile(kernelFloors.custom, 0.5);
+  console.log(`the custom kernel's floor is ${(d - c).toFixed(0)} ms (${((1 - c / d) * 100).toFixed(0)} %) below Debian's (medians)`);
+}
 report.print();

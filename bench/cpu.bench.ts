@@ -6,6 +6,7 @@
  *
  *   npm run bench:cpu        (RUNS=5 to change the sample count, IDLE_N=4 the settled idle VMs)
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,7 +40,7 @@ const fmt = (label: string, xs: number[], unit: string) => {
 
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
-console.log(`corral cpu bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, node ${process.version}, ${WINDOW_MS} ms windows`);
+console.log(`corral cpu bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, kernel ${kernelLabel()}, node ${process.version}, ${WINDOW_MS} ms windows`);
 try {
   const sb = await Sandbox.builder('bench-cpu').supervisor(sup).create();
   const { pid } = await sb.info();

@@ -1,5 +1,6 @@
 /** Floors the benchmarks measure in the same run as the figures they compare with them. */
 
+import { selectKernel } from '../src/runtime/kernel.ts';
 import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -44,6 +45,8 @@ export async function bareRestore(o: BareRestoreOptions): Promise<number> {
 /** {@link bareRestore}, with the first exec's time when `o.firstExec`. */
 export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareRestoreTimes> {
   const a = loadArtifacts();
+  // the kernel the template was built with: the one a create picks (CORRAL_KERNEL)
+  const k = selectKernel();
   const tpl = findTemplate(o.stateDir, o.templateKey);
   if (!tpl) throw new Error(`no template ${o.templateKey} in ${o.stateDir}: create one sandbox of the shape first`);
   const img = a.images['corral/base']!;
@@ -51,7 +54,7 @@ export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareResto
   const t0 = performance.now();
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', tpl.upper, upper]);
   const vm = await Vm.boot({
-    qemu: a.qemu, kernel: a.kernel, initramfs: a.initramfs, lower: { path: img.rootfs, fstype: img.fstype },
+    qemu: a.qemu, kernel: k.kernel, initramfs: k.initramfs, acpi: k.acpi, lower: { path: img.rootfs, fstype: img.fstype },
     memoryMib: o.memoryMib, cpus: 1, accel: o.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
     memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
   });

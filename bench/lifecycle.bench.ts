@@ -8,6 +8,7 @@
  * - stop latency (graceful: agent sync + guest shutdown + process exit).
  * - detached: createDetached → handle ready, and Sandbox.get → first exec (reconnect).
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +18,7 @@ import { fmtMs } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const sup = new Supervisor({ stateDir: mkdtempSync(join(tmpdir(), 'corral-bench-state-')) });
-console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, node ${process.version}`);
+console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, kernel ${kernelLabel()}, node ${process.version}`);
 
 const sb = await Sandbox.builder('bench-pause').supervisor(sup).create();
 const pause: number[] = [];

@@ -89,3 +89,16 @@ export function resolveKernel(a: Artifacts, choice: KernelChoice): GuestKernel {
 export function selectKernel(): GuestKernel {
   return resolveKernel(loadArtifacts(), parseKernelChoice(runtimeVar('CORRAL_KERNEL')));
 }
+
+/**
+ * "debian 6.1.0-57-amd64 (CORRAL_KERNEL=auto)": the kernel a create would boot now, for
+ * benchmark and tool headers.
+ *
+ * @example
+ * console.log(`corral boot bench — kernel ${kernelLabel()}`);
+ */
+export function kernelLabel(): string {
+  const choice = parseKernelChoice(runtimeVar('CORRAL_KERNEL'));
+  const k = resolveKernel(loadArtifacts(), choice);
+  return `${k.name} ${k.version} (CORRAL_KERNEL=${choice})`;
+}
