@@ -267,7 +267,7 @@ custom_kernel_hash() { # sets KERNEL_HASH/KERNEL_DIR from the custom kernel's in
 
 kernel_progress() { # for with_progress: how far the compile is
   local n; n=$(find "$TMP/src" -name '*.o' 2>/dev/null | wc -l)
-  ((n > 0)) && printf '%d objects compiled (a full build makes ~1000)' "$n"
+  ((n > 0)) && printf '%d objects compiled' "$n"
 }
 
 # The custom kernel: built only when asked for (--kernel custom), or found in the cache.
@@ -315,6 +315,9 @@ DEBIAN_KERNEL_META=linux-image-amd64
 # virtio-mmio transport, disks, the agent's port, the entropy source, the NIC, 9p volumes,
 # the erofs lowers, the overlay root and the ext4 upper.
 DEBIAN_KERNEL_MODULES=(virtio_mmio virtio_blk virtio_console virtio_rng virtio_net 9pnet_virtio 9p erofs overlay ext4)
+# Where they and their dependencies are, under lib/modules/<release>/kernel/.
+DEBIAN_KERNEL_TREES=(drivers/virtio drivers/block/virtio_blk.ko drivers/char drivers/net/virtio_net.ko
+  drivers/net/net_failover.ko net/core net/9p fs lib crypto arch)
 
 debian_kernel_package() { # prints "PACKAGE VERSION" of the image package the meta-package pulls
   local dep ver
@@ -348,7 +351,12 @@ build_debian_kernel() { # $1 = temp output dir, $2 = package, $3 = version
   (cd "$out" && apt-get download -q "$2=$3") >"$out/download.log" 2>&1 ||
     { cat "$out/download.log" >&2; die "apt-get download $2=$3 failed"; }
   deb=$(ls "$out"/*.deb)
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" ./boot ./lib/modules
+  # Only the trees the modules and their dependencies live in (writing all 400 MB of modules
+  # doubled this step); the check below fails the step if a dependency lies outside them.
+  local mods; mods=$(dpkg-deb -c "$deb" | sed -n 's|.* \(\./lib/modules/[^/]*\)/kernel/$|\1|p' | head -1)
+  [[ -n $mods ]] || die "$2 has no lib/modules/<release>/kernel"
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards './boot/vmlinuz-*' './boot/config-*' "$mods/modules.*" \
+    "${DEBIAN_KERNEL_TREES[@]/#/$mods/kernel/}"
   rm -f "$deb" "$out/download.log"
   local vmlinuz release
   vmlinuz=$(ls "$x"/boot/vmlinuz-*)
@@ -370,6 +378,14 @@ build_debian_kernel() { # $1 = temp output dir, $2 = package, $3 = version
     done < <(modprobe -d "$x" -S "$release" --show-depends "$m" || die "modprobe: no module $m in $2")
   done
   ((n > 0)) || die "no modules resolved from $2"
+  # every module's build-time dependencies (its modinfo depends=) must be loaded before it
+  local have=" " f dep
+  for f in "$out"/modules/*.ko; do
+    for dep in $(modinfo -F depends "$f" | tr ',' ' '); do
+      [[ $have == *" ${dep//-/_} "* ]] || die "module ${f##*/} needs $dep, which is not loaded before it (outside DEBIAN_KERNEL_TREES?)"
+    done
+    f=${f##*/}; f=${f#*-}; f=${f%.ko}; have+="${f//-/_} "
+  done
   rm -rf "$x"
 }
 
@@ -380,7 +396,7 @@ step_debian_kernel() {
   local pkg ver line
   line=$(debian_kernel_package)
   pkg=${line% *} ver=${line#* }
-  DEBIAN_KERNEL_HASH=$(printf '%s\n' "$pkg" "$ver" "${DEBIAN_KERNEL_MODULES[*]}" "$(pkgver kmod)" "$(pkgver xz-utils)" |
+  DEBIAN_KERNEL_HASH=$(printf '%s\n' "$pkg" "$ver" "${DEBIAN_KERNEL_MODULES[*]}" "${DEBIAN_KERNEL_TREES[*]}" "$(pkgver kmod)" "$(pkgver xz-utils)" |
     recipe_hash build_debian_kernel unpack_vmlinux)
   DEBIAN_KERNEL_DIR="$CACHE/debian-kernel/$DEBIAN_KERNEL_HASH"
   if [[ -f "$DEBIAN_KERNEL_DIR/vmlinux" ]]; then
