@@ -320,6 +320,13 @@ DEBIAN_KERNEL_TREES=(drivers/virtio drivers/block/virtio_blk.ko drivers/char dri
   drivers/net/net_failover.ko net/core net/9p fs lib crypto arch)
 
 debian_kernel_package() { # prints "PACKAGE VERSION" of the image package the meta-package pulls
+  # apt-cache takes seconds on a busy machine: its answer is kept until apt's lists change
+  local stamp_file="$CACHE/debian-kernel/resolved" stamp line
+  stamp="$DEBIAN_KERNEL_META $({ stat -c %n:%Y.%s /var/lib/apt/lists /etc/apt/sources.list /etc/apt/sources.list.d /etc/apt/preferences.d 2>/dev/null || true; } | tr '\n' ' ')"
+  if [[ -f $stamp_file ]] && { IFS= read -r line; [[ $line == "$stamp" ]]; } <"$stamp_file"; then
+    sed -n 2p "$stamp_file"
+    return 0
+  fi
   local dep ver
   dep=$(apt-cache depends "$DEBIAN_KERNEL_META" 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -1 || true)
   if [[ -z $dep ]]; then
@@ -330,6 +337,8 @@ debian_kernel_package() { # prints "PACKAGE VERSION" of the image package the me
   [[ -n $dep ]] || die "no kernel image package behind $DEBIAN_KERNEL_META (apt-cache depends)"
   ver=$(apt-cache policy "$dep" | sed -n 's/^ *Candidate: //p')
   [[ -n $ver && $ver != "(none)" ]] || die "$dep has no installable version (apt-cache policy $dep)"
+  mkdir -p "${stamp_file%/*}"
+  printf '%s\n%s %s\n' "$stamp" "$dep" "$ver" >"$stamp_file.$$" && mv -f "$stamp_file.$$" "$stamp_file"
   printf '%s %s\n' "$dep" "$ver"
 }
 
@@ -353,14 +362,14 @@ build_debian_kernel() { # $1 = temp output dir, $2 = package, $3 = version
   deb=$(ls "$out"/*.deb)
   # Only the trees the modules and their dependencies live in (writing all 400 MB of modules
   # doubled this step); the check below fails the step if a dependency lies outside them.
-  local mods; mods=$(dpkg-deb -c "$deb" | sed -n 's|.* \(\./lib/modules/[^/]*\)/kernel/$|\1|p' | head -1)
-  [[ -n $mods ]] || die "$2 has no lib/modules/<release>/kernel"
+  # Debian names the package after the release: linux-image-6.1.0-57-amd64 has 6.1.0-57-amd64
+  local mods="./lib/modules/${2#linux-image-}"
   dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$x" --wildcards './boot/vmlinuz-*' './boot/config-*' "$mods/modules.*" \
     "${DEBIAN_KERNEL_TREES[@]/#/$mods/kernel/}"
   rm -f "$deb" "$out/download.log"
-  local vmlinuz release
-  vmlinuz=$(ls "$x"/boot/vmlinuz-*)
-  release=${vmlinuz##*/vmlinuz-}
+  local release=${2#linux-image-} vmlinuz
+  vmlinuz="$x/boot/vmlinuz-$release"
+  [[ -f $vmlinuz && -d "$x/${mods#./}/kernel" ]] || die "$2 has no boot/vmlinuz-$release or lib/modules/$release/kernel"
   unpack_vmlinux "$vmlinuz" "$out/vmlinux"
   cp "$x/boot/config-$release" "$out/config"
   printf '%s\n' "$release" >"$out/version"
