@@ -308,7 +308,9 @@ step_kernel() {
 # there: modprobe (kmod) resolves them with their dependencies, in load order, into
 # modules/NN-name.ko, which the initramfs carries and the agent loads first thing
 # (native/agent/boot.c). Its virtio-mmio devices come through ACPI (no
-# VIRTIO_MMIO_CMDLINE_DEVICES), so it boots with microvm acpi=on; it needs >= 96 MiB of RAM.
+# VIRTIO_MMIO_CMDLINE_DEVICES), so it boots with microvm acpi=on. It needs >= 128 MiB of RAM:
+# it keeps ~60 MiB for itself, and at 96 MiB (enough without modules) a boot panicked out of
+# memory while the agent loaded the modules (seen once in a suite run under load).
 
 DEBIAN_KERNEL_META=linux-image-amd64
 # What native/kernel/corral.config builds in and the agent or the host relies on: the
@@ -640,7 +642,7 @@ step_manifest() {
   # kernel when it is built, else the Debian one.
   local kernels=() legacy_dir legacy_ird legacy_hash
   if [[ -n $DEBIAN_KERNEL_DIR ]]; then
-    kernels+=("\"debian\": $(kernel_json "$DEBIAN_KERNEL_DIR" "$DEBIAN_INITRAMFS_DIR" true 96 "$(cat "$DEBIAN_KERNEL_DIR/package")")")
+    kernels+=("\"debian\": $(kernel_json "$DEBIAN_KERNEL_DIR" "$DEBIAN_INITRAMFS_DIR" true 128 "$(cat "$DEBIAN_KERNEL_DIR/package")")")
     legacy_dir=$DEBIAN_KERNEL_DIR legacy_ird=$DEBIAN_INITRAMFS_DIR legacy_hash=$DEBIAN_KERNEL_HASH
   fi
   if [[ -n $KERNEL_DIR ]]; then

@@ -4,7 +4,7 @@
  * setup (scripts/setup.sh) records each kernel it has in `artifacts.json` under `kernels`:
  * `debian`, Debian's packaged linux-image-amd64 (always there: nothing to compile; its
  * drivers are modules in its initramfs; its virtio-mmio devices come through ACPI; it needs
- * ≥ 96 MiB of guest RAM), and `custom`, the small kernel built from linux-source with
+ * ≥ 128 MiB of guest RAM), and `custom`, the small kernel built from linux-source with
  * native/kernel/corral.config (built on request or in the background after the demo; boots
  * faster; no ACPI, its devices come on the command line). `CORRAL_KERNEL=debian|custom|auto`
  * chooses; `auto` (the default) takes the custom kernel once it is there.
@@ -84,7 +84,7 @@ export function resolveKernel(a: Artifacts, choice: KernelChoice): GuestKernel {
  * the cache's manifest.
  *
  * @example
- * const k = selectKernel(); // { name: 'debian', acpi: true, minMemoryMib: 96, … }
+ * const k = selectKernel(); // { name: 'debian', acpi: true, minMemoryMib: 128, … }
  */
 export function selectKernel(): GuestKernel {
   return resolveKernel(loadArtifacts(), parseKernelChoice(runtimeVar('CORRAL_KERNEL')));

@@ -160,8 +160,8 @@ describe('a sandbox on the Debian kernel', () => {
 
   it('refuses less RAM than the kernel needs, naming the option', async () => {
     await withKernel('debian', async () => {
-      await expect(Sandbox.builder(uniqueName('small')).memory(64).template(false).supervisor(sup).create())
-        .rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('invalid option memory: at least 96 MiB with the debian guest kernel') });
+      await expect(Sandbox.builder(uniqueName('small')).memory(96).template(false).supervisor(sup).create())
+        .rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('invalid option memory: at least 128 MiB with the debian guest kernel') });
     });
   });
 });
