@@ -300,8 +300,9 @@ step_kernel() {
 # ---------------------------------------------------------------------------------------------
 # 3a'. Debian's packaged kernel: the default, nothing to compile
 #
-# linux-image-amd64 (the generic flavour). linux-image-cloud-amd64 is smaller but has no 9p
-# (CONFIG_NET_9P is not set), which volumes need. The package is downloaded (apt-get download)
+# linux-image-amd64 (the generic flavour). linux-image-cloud-amd64 is smaller and boots ~8 %
+# faster under TCG (13 modules to load, ext4 built in) but has no 9p (CONFIG_NET_9P is not
+# set), which volumes need. The package is downloaded (apt-get download)
 # and unpacked into the cache, not installed on the host: no initramfs-tools run, nothing in
 # /boot. Its vmlinuz is a bzImage with an xz payload; booting the uncompressed vmlinux through
 # PVH saves the ~2 s decompression costs under TCG. The drivers corral needs are modules
