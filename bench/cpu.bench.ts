@@ -9,6 +9,7 @@
  *
  * The floor of a VM's CPU is a paused one's (its vCPUs frozen): 0 up to a tick of QMP.
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,7 +44,7 @@ const fmt = (label: string, xs: number[], unit: string) => {
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
 const report = new BenchReport('cpu');
-console.log(`corral cpu bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, node ${process.version}, ${WINDOW_MS} ms windows`);
+console.log(`corral cpu bench — ${new Date().toISOString()} — accel ${resolveAccel().accel}, kernel ${kernelLabel()}, node ${process.version}, ${WINDOW_MS} ms windows`);
 try {
   const sb = await Sandbox.builder('bench-cpu').supervisor(sup).create();
   const { pid } = await sb.info();

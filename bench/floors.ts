@@ -4,6 +4,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
+import { selectKernel, type GuestKernel } from '../src/runtime/kernel.ts';
 import { join } from 'node:path';
 import type { Accel } from '../src/bus/events.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
@@ -61,6 +62,8 @@ export async function bareRestoreTimes(o: BareRestoreOptions): Promise<BareResto
  */
 export async function withBareRestore<T>(o: Omit<BareRestoreOptions, 'firstExec'>, fn: (vm: Vm, t0: number) => Promise<T>): Promise<T> {
   const a = loadArtifacts();
+  // the kernel the template was built with: the one a create picks (CORRAL_KERNEL)
+  const k = selectKernel();
   const tpl = findTemplate(o.stateDir, o.templateKey);
   if (!tpl) throw new Error(`no template ${o.templateKey} in ${o.stateDir}: create one sandbox of the shape first`);
   const img = a.images['corral/base']!;
@@ -68,7 +71,7 @@ export async function withBareRestore<T>(o: Omit<BareRestoreOptions, 'firstExec'
   const t0 = performance.now();
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', tpl.upper, upper]);
   const vm = await Vm.boot({
-    qemu: a.qemu, kernel: a.kernel, initramfs: a.initramfs, lower: { path: img.rootfs, fstype: img.fstype },
+    qemu: a.qemu, kernel: k.kernel, initramfs: k.initramfs, acpi: k.acpi, lower: { path: img.rootfs, fstype: img.fstype },
     memoryMib: o.memoryMib, cpus: 1, accel: o.accel, tscKhz: hostTscKhz(), upper, hostname: 'corral',
     memoryFile: { path: tpl.memFile, share: false }, incoming: true, restore: { stateFile: tpl.stateFile, hello: tpl.hello },
   });
@@ -88,10 +91,11 @@ export function pssMib(pid: number | 'self'): number {
 }
 
 /**
- * The cold-boot floor: spawn → agent HELLO of a bare qemu microVM (same kernel and
- * initramfs, no root disk, no corral runtime: a dozen lines of Node). Returns ms.
+ * The cold-boot floor: spawn → agent HELLO of a bare qemu microVM of kernel `k` (the one
+ * CORRAL_KERNEL picks by default; same initramfs, no root disk, no corral runtime: a dozen
+ * lines of Node). Returns ms.
  */
-export async function bareBoot(accel: Accel): Promise<number> {
+export async function bareBoot(accel: Accel, k: GuestKernel = selectKernel()): Promise<number> {
   const a = loadArtifacts();
   const dir = mkdtempSync(join(tmpdir(), 'corral-run-bench-'));
   const sock = join(dir, 'a.sock');
@@ -100,11 +104,11 @@ export async function bareBoot(accel: Accel): Promise<number> {
   const t0 = performance.now();
   const tsc = hostTscKhz();
   const child = spawn(a.qemu, [
-    '-M', 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on',
+    '-M', `microvm,acpi=${k.acpi ? 'on' : 'off'},x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on`,
     '-accel', accel, '-cpu', 'max', '-m', '256', '-smp', '1',
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-kernel', a.kernel, '-initrd', a.initramfs,
-    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
+    '-kernel', k.kernel, '-initrd', k.initramfs,
+    '-append', `console=ttyS0 quiet reboot=t panic=-1 cryptomgr.notests mitigations=off audit=0 8250.nr_uarts=1 random.trust_cpu=on no_timer_check tsc=reliable ${tsc ? `tsc_early_khz=${tsc}` : ''}`,
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${sock}`,
     '-device', 'virtserialport,chardev=agent,name=corral.agent',

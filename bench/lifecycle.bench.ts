@@ -13,6 +13,7 @@
  *   Sandbox.get from another handle → first exec against an attached sandbox's first exec
  *   (under TCG a fresh qemu's first exec pays the translation of the guest's exec paths).
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,7 +26,7 @@ const RUNS = Number(process.env.RUNS ?? 5);
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
 const accel = resolveAccel();
-console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${accel.accel}, node ${process.version}`);
+console.log(`corral lifecycle bench — ${new Date().toISOString()} — accel ${accel.accel}, kernel ${kernelLabel()}, node ${process.version}`);
 let templateKey = '';
 sup.events$.subscribe((e: SandboxEvent) => {
   // Forks restore from snapshots too (template "snapshot:…"): the floors use the shape's template.

@@ -11,6 +11,7 @@
  * process's RSS, total qemu PSS, idle CPU per sandbox (qemu ticks over a 5 s window), exec
  * p50/p95, create median. The last line says which resource ran out first, or that N fit.
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,7 +45,7 @@ const maxCreateMs = num('max-create-ms');
 const maxExecRatio = num('max-exec-ratio');
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-limit-'));
 const sup = new Supervisor({ stateDir, maxSandboxes: N + 1, memoryHeadroomMib: num('headroom-mib') });
-console.log(`corral limit bench — ${new Date().toISOString()} — up to ${N}, ${memoryMib} MiB guests, headroom ${args['headroom-mib']} MiB, accel ${resolveAccel().accel}, ${availableParallelism()} cores`);
+console.log(`corral limit bench — ${new Date().toISOString()} — up to ${N}, ${memoryMib} MiB guests, headroom ${args['headroom-mib']} MiB, accel ${resolveAccel().accel}, kernel ${kernelLabel()}, ${availableParallelism()} cores`);
 
 const pssMib = (pid: number | 'self') => Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? Number.NaN) / 1024;
 const ticks = (pid: number) => {

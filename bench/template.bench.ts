@@ -11,6 +11,7 @@
  * - BURST sandboxes created at once from a template: time until all answered an exec, and
  *   the host PSS of each VM process.
  */
+import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,7 +25,7 @@ const BURST = Number(process.env.BURST ?? 10);
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir, maxSandboxes: 256 });
 const accel = resolveAccel();
-console.log(`corral template bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), node ${process.version}`);
+console.log(`corral template bench — ${new Date().toISOString()} — accel ${accel.accel} (${accel.reason}), kernel ${kernelLabel()}, node ${process.version}`);
 
 let templateKey = '';
 sup.events$.subscribe((e: SandboxEvent) => {

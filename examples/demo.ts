@@ -19,7 +19,7 @@ function show(e: SandboxEvent): string {
     case 'exec.stderr':
       return `${head} exec ${e.execId}: ${JSON.stringify(Buffer.from(e.data).toString('utf8').slice(0, 60))}`;
     case 'sandbox.started':
-      return `${head} pid ${e.pid}, ${e.accel}, boot ${e.bootMs.toFixed(0)} ms (guest ${e.guestBootMs} ms), agent ${e.agentVersion}`;
+      return `${head} pid ${e.pid}, ${e.accel}, kernel ${e.kernel}, boot ${e.bootMs.toFixed(0)} ms (guest ${e.guestBootMs} ms), agent ${e.agentVersion}`;
     case 'exec.started':
       return `${head} exec ${e.execId}: ${e.argv.join(' ')} (guest pid ${e.pid})`;
     case 'exec.exited':
@@ -50,7 +50,7 @@ const sb = await Sandbox.builder('demo')
   .replace()
   .create();
 const info = await sb.info();
-console.log(`sandbox "${sb.name}" running: pid ${info.pid}, accel ${info.accel} (${info.accelReason}), created in ${(performance.now() - t0).toFixed(0)} ms\n`);
+console.log(`sandbox "${sb.name}" running: pid ${info.pid}, accel ${info.accel} (${info.accelReason}), kernel ${info.kernel}, created in ${(performance.now() - t0).toFixed(0)} ms\n`);
 
 const r1 = await sb.exec('sh', ['-c', 'echo hi; echo oops >&2; exit 3']);
 console.log(`$ sh -c 'echo hi; echo oops >&2; exit 3'\n  code=${r1.code} stdout=${JSON.stringify(r1.stdout)} stderr=${JSON.stringify(r1.stderr)}`);

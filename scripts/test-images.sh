@@ -50,9 +50,9 @@ step_packages() {
   for p in "${PACKAGES[@]}"; do
     [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" == "install ok installed" ]] || missing+=("$p")
   done
-  ((${#missing[@]} == 0)) && return 0
+  ((${#missing[@]} == 0)) && { STEP_CACHED=1; return 0; }
   ((EUID == 0)) || die "missing packages (${missing[*]}) and not root: apt-get install them"
-  log "installing ${missing[*]}…"
+  log "  apt-get install ${missing[*]}…"
   export DEBIAN_FRONTEND=noninteractive
   apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >&2
@@ -214,16 +214,22 @@ step_images() {
     "$(pkgver busybox-static)" "$(pkgver debootstrap)" "$(pkgver zstd)" "$(pkgver qemu-utils)" "$(pkgver e2fsprogs)"; } | sha256sum | cut -c1-16)
   local dir="$CACHE/test-images/$hash"
   if [[ ! -f "$dir/python/index.json" ]]; then
-    log "building test images…"
+    log "  building the test images (~3 min the first time; debootstrap is most of it)…"
     mkdir -p "$CACHE/test-images"
     local tmp; tmp=$(mktemp -d "$CACHE/test-images/.partial-$hash-XXXXXX"); TMPDIRS+=("$tmp")
-    local t0=$SECONDS
-    build_images "$tmp"
+    # a progress line every 10 s while it builds
+    build_images "$tmp" &
+    local pid=$! t0=$SECONDS rc=0
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 1
+      (( (SECONDS - t0) % 10 == 0 )) && kill -0 "$pid" 2>/dev/null && log "  test images: $((SECONDS - t0)) s…"
+    done
+    wait "$pid" || rc=$?
+    ((rc == 0)) || die "building the test images failed (exit $rc)"
     chmod 755 "$tmp"
     mv -T -- "$tmp" "$dir" 2>/dev/null || { [[ -d $dir ]] || die "could not publish $dir"; rm -rf -- "$tmp"; }
-    log "test images built in $((SECONDS - t0)) s"
   else
-    log "test images cached"
+    STEP_CACHED=1
   fi
   local m="$CACHE/test-images.json" t="$CACHE/.test-images.json.$$"
   TMPDIRS+=("$t")
@@ -237,8 +243,18 @@ main() {
   exec {LOCK_FD}>"$CACHE/.test-images.lock"
   flock "$LOCK_FD"
   rm -rf -- "$CACHE"/test-images/.partial-* "$CACHE"/.test-images.json.* 2>/dev/null || true
-  step_packages
-  step_images
+  run_step "debian packages" step_packages
+  run_step "test images" step_images
+}
+
+STEP_CACHED=
+# run_step LABEL FUNCTION: runs it, then says "LABEL  cached|done  N s" (as scripts/setup.sh)
+run_step() {
+  local t0=$EPOCHREALTIME
+  STEP_CACHED=
+  "$2"
+  local ms=$(( (${EPOCHREALTIME/./} - ${t0/./}) / 1000 ))
+  log "$(printf '%-24s %-7s %d.%02d s' "$1" "$([[ -n $STEP_CACHED ]] && echo cached || echo done)" $((ms / 1000)) $((ms % 1000 / 10)))"
 }
 
 main "$@"

@@ -13,12 +13,14 @@
 #include <net/if.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +33,9 @@ struct cmdline {
 	char rootfs[32];
 	char hostname[65];
 };
+
+/* Where the initramfs of a modular kernel keeps the modules to load (load_modules). */
+#define MODULES_DIR "/modules"
 
 /* Most lower layers (each is a virtio-blk device; microvm has few virtio-mmio slots). */
 #define MAX_LOWERS 24
@@ -142,6 +147,47 @@ static void mount_pseudo_filesystems(void)
 	do_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	do_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+}
+
+/* A kernel with its drivers as modules (Debian's packaged kernel, see scripts/setup.sh) gets
+ * them in the initramfs as /modules/NN-name.ko, numbered in dependency order; each is loaded
+ * and then unlinked, which gives its pages back (the initramfs stays in RAM for the guest's
+ * life). The custom kernel has everything built in and its initramfs has no /modules. */
+static int name_cmp(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+static void load_modules(void)
+{
+	struct dirent **names;
+	int n = scandir(MODULES_DIR, &names, NULL, name_cmp);
+	if (n < 0) {
+		if (errno != ENOENT)
+			logmsg("scandir %s: %s", MODULES_DIR, strerror(errno));
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		const char *name = names[i]->d_name;
+		size_t len = strlen(name);
+		if (len > 3 && strcmp(name + len - 3, ".ko") == 0) {
+			char path[300];
+			snprintf(path, sizeof path, "%s/%s", MODULES_DIR, name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) {
+				logmsg("open %s: %s", path, strerror(errno));
+			} else {
+				/* EEXIST: built in, or loaded already as another's dependency. */
+				if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST)
+					logmsg("finit_module %s: %s", name, strerror(errno));
+				close(fd);
+			}
+			if (unlink(path) < 0)
+				logmsg("unlink %s: %s", path, strerror(errno));
+		}
+		free(names[i]);
+	}
+	free(names);
 }
 
 /* Moves /dev /proc /sys into the new root at /mnt/root and makes it the root (what busybox
@@ -289,6 +335,7 @@ int boot_system(void)
 	mount_pseudo_filesystems();
 	ensure_std_fds();
 	log_use_kmsg();
+	load_modules();
 
 	struct cmdline c;
 	parse_cmdline(&c);

@@ -260,6 +260,7 @@ export class SandboxActor implements SandboxWorkerApi {
       accel: c.vm?.accel ?? null,
       accelReason: this.#accelReason,
       jail: this.#vm?.jail ?? null,
+      kernel: this.#root ? `${this.#root.guestKernel.name} ${this.#root.guestKernel.version}` : null,
       bootMs: c.vm?.bootMs ?? null,
       guestBootMs: this.#guestBootMs,
       agentVersion: this.#agentVersion,
@@ -574,6 +575,7 @@ export class SandboxActor implements SandboxWorkerApi {
       qemu: root.qemu,
       kernel: root.kernel,
       initramfs: root.initramfs,
+      acpi: root.guestKernel.acpi,
       lower: root.lower,
       disk: root.disk,
       memoryMib: this.#config.memoryMib,
@@ -653,6 +655,7 @@ export class SandboxActor implements SandboxWorkerApi {
         upperFile,
         devices: guest?.layout ?? { shares: 0, nic: false },
         ...(this.#root ? { root: rootIdentity(this.#root) } : {}),
+        ...(this.#root ? { kernel: this.#root.guestKernel.name } : {}),
         createdAt: Date.now(),
         bytes: snapshotBytes(tmp),
       };
@@ -688,7 +691,7 @@ export class SandboxActor implements SandboxWorkerApi {
       const meta = readSnapshot(this.#stateDir, snapshot);
       const choice = resolveAccel(this.#config.accel);
       this.#accelReason = choice.reason;
-      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, ...this.#imageOptions(signal) });
+      const root = await prepareRoot(this.#config, this.#stateDir, { createUpper: false, kernel: meta.kernel ?? 'custom', ...this.#imageOptions(signal) });
       this.#root = root;
       this.#imageEnv = root.imageEnv;
       const upper = join(sandboxDir(this.#stateDir, this.#config.name), meta.upperFile);
@@ -831,6 +834,7 @@ export class SandboxActor implements SandboxWorkerApi {
             bootMs: c.vm.bootMs,
             guestBootMs: this.#guestBootMs ?? 0,
             agentVersion: this.#agentVersion ?? '',
+            kernel: this.#root ? `${this.#root.guestKernel.name} ${this.#root.guestKernel.version}` : '',
           });
         } else if (prev === 'paused') this.#emit({ type: 'sandbox.resumed', reason: c.resumedBy === 'call' ? 'call' : 'requested' });
         break;

@@ -124,6 +124,8 @@ export interface SandboxInfo {
    * cgroup limits, and `missing`, each wall this host could not put up. Null without a VM.
    */
   readonly jail: JailStatus | null;
+  /** The guest kernel it runs, "debian 6.1.0-57-amd64" or "custom 6.1.192" (CORRAL_KERNEL). */
+  readonly kernel: string | null;
   readonly bootMs: number | null;
   readonly guestBootMs: number | null;
   readonly agentVersion: string | null;

@@ -109,6 +109,8 @@ export type SandboxEventBody =
       /** ms the guest kernel + agent took, as the agent measured it (CLOCK_BOOTTIME at HELLO). */
       readonly guestBootMs: number;
       readonly agentVersion: string;
+      /** The guest kernel, "debian 6.1.0-57-amd64" or "custom 6.1.192" (src/runtime/kernel.ts). */
+      readonly kernel: string;
     }
   | { readonly type: 'template.built'; readonly key: string; readonly buildMs: number }
   /** A spare VM of the template is ready (made after this sandbox's create took or wanted one). */

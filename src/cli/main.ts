@@ -244,6 +244,7 @@ function formatInfo(i: Awaited<ReturnType<Sandbox['info']>>): string {
   const lines = [`name:      ${i.name}`, `status:    ${i.status} (${i.state})`];
   if (i.pid) lines.push(`pid:       ${i.pid}`);
   if (i.accel) lines.push(`accel:     ${i.accel}${i.accelReason ? ` (${i.accelReason})` : ''}`);
+  if (i.kernel) lines.push(`kernel:    ${i.kernel}`);
   if (i.bootMs !== null) lines.push(`boot:      ${Math.round(i.bootMs)} ms (guest ${i.guestBootMs ?? '?'} ms)`);
   if (i.jail) {
     const j = i.jail;

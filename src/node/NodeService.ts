@@ -328,6 +328,7 @@ export class NodeService {
       state: rec?.state ?? 'stopped',
       pid: null,
       jail: null,
+      kernel: null,
       accel: null,
       accelReason: null,
       bootMs: null,

@@ -5,7 +5,7 @@
  */
 
 import { runtimeVar } from './actorEnv.ts';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { CorralError } from '../errors.ts';
@@ -27,10 +27,26 @@ export interface BuiltImage {
   readonly config?: string;
 }
 
-/** What setup built, read from `<cache>/artifacts.json`. */
-export interface Artifacts {
+/** One guest kernel setup provides (`kernels.debian`, `kernels.custom`; see src/runtime/kernel.ts). */
+export interface KernelEntry {
   readonly kernel: string;
   readonly initramfs: string;
+  readonly version: string;
+  /** Boot it with microvm's ACPI on (its virtio-mmio devices come through ACPI). */
+  readonly acpi: boolean;
+  readonly minMemoryMib: number;
+  readonly config?: string;
+  /** The Debian package it came from, "name version". */
+  readonly package?: string;
+}
+
+/** What setup built, read from `<cache>/artifacts.json`. */
+export interface Artifacts {
+  /** The kernel runtimes without a kernel choice boot (with acpi=off): the custom one when built. */
+  readonly kernel: string;
+  readonly initramfs: string;
+  /** Every kernel there is; absent in a manifest written before the choice existed. */
+  readonly kernels?: Readonly<Partial<Record<'debian' | 'custom', KernelEntry>>>;
   readonly agent: string;
   readonly upperTemplate: string;
   readonly qemu: string;
@@ -39,14 +55,19 @@ export interface Artifacts {
   readonly hashes?: Readonly<Record<string, string>>;
 }
 
-let cached: { path: string; artifacts: Artifacts } | undefined;
+let cached: { path: string; mtimeMs: number; artifacts: Artifacts } | undefined;
 
-/** Reads the artifacts manifest; throws E_SETUP_MISSING with the fix if setup never ran. */
+/**
+ * Reads the artifacts manifest; throws E_SETUP_MISSING with the fix if setup never ran. Read
+ * again when setup rewrote it (a custom kernel built in the background is used from then on).
+ */
 export function loadArtifacts(): Artifacts {
   const path = join(cacheDir(), 'artifacts.json');
-  if (cached?.path === path) return cached.artifacts;
   let text: string;
+  let mtimeMs: number;
   try {
+    mtimeMs = statSync(path).mtimeMs;
+    if (cached?.path === path && cached.mtimeMs === mtimeMs) return cached.artifacts;
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new CorralError('E_SETUP_MISSING', `no ${path}: run \`bash scripts/setup.sh\` (or \`npm run setup\`) first`, { cause: err });
@@ -55,6 +76,6 @@ export function loadArtifacts(): Artifacts {
   for (const key of ['kernel', 'initramfs', 'upperTemplate', 'qemu'] as const) {
     if (typeof artifacts[key] !== 'string') throw new CorralError('E_SETUP_MISSING', `${path} has no "${key}": re-run scripts/setup.sh`);
   }
-  cached = { path, artifacts };
+  cached = { path, mtimeMs, artifacts };
   return artifacts;
 }

@@ -17,6 +17,8 @@ import { resolveRootImage } from '../image/rootImage.ts';
 import type { ImageDefaults } from '../image/manifest.ts';
 import type { DiskRoot, LayerDisk } from '../vm/qemuArgs.ts';
 import { loadArtifacts } from './artifacts.ts';
+import { InvalidOptionError } from '../errors.ts';
+import { resolveKernel, parseKernelChoice, type GuestKernel, type KernelName } from './kernel.ts';
 
 const run = promisify(execFile);
 
@@ -25,6 +27,8 @@ export interface PreparedRoot {
   readonly qemu: string;
   readonly kernel: string;
   readonly initramfs: string;
+  /** The guest kernel these come from (CORRAL_KERNEL), with how to boot it. */
+  readonly guestKernel: GuestKernel;
   /** Read-only layer images, topmost first (one for `corral/base`; none for a disk root). */
   readonly lower: readonly LayerDisk[];
   /** A disk-image root (then no lower and no upper is used). */
@@ -48,6 +52,8 @@ export interface PrepareOptions {
   /** Secret handle → value for `registryAuth.secret`. */
   readonly secrets?: Readonly<Record<string, string>> | undefined;
   readonly signal?: AbortSignal | undefined;
+  /** This kernel instead of CORRAL_KERNEL's choice (a snapshot restores on the kernel it ran). */
+  readonly kernel?: KernelName | undefined;
 }
 
 /** Copies a disk image atomically, keeping it sparse (fs.copyFile would write every zero). */
@@ -84,6 +90,10 @@ export function sandboxDir(stateDir: string, name: string): string {
  */
 export async function prepareRoot(config: SandboxConfig, stateDir: string, options: PrepareOptions = {}): Promise<PreparedRoot> {
   const a = loadArtifacts();
+  const kernel = resolveKernel(a, options.kernel ?? parseKernelChoice(runtimeVar('CORRAL_KERNEL')));
+  if (config.memoryMib < kernel.minMemoryMib) {
+    throw new InvalidOptionError('memory', `at least ${kernel.minMemoryMib} MiB with the ${kernel.name} guest kernel (${kernel.version}; CORRAL_KERNEL picks the kernel)`, config.memoryMib);
+  }
   const image = await resolveRootImage(config, stateDir, a, options);
   const dir = sandboxDir(stateDir, config.name);
   await mkdir(dir, { recursive: true, mode: 0o700 });
@@ -94,8 +104,9 @@ export async function prepareRoot(config: SandboxConfig, stateDir: string, optio
   return {
     // CORRAL_QEMU swaps the VM binary (the tests' hostile fake guest uses it).
     qemu: runtimeVar('CORRAL_QEMU') || a.qemu,
-    kernel: a.kernel,
-    initramfs: a.initramfs,
+    kernel: kernel.kernel,
+    initramfs: kernel.initramfs,
+    guestKernel: kernel,
     lower: image.lower,
     disk: image.disk,
     upper,

@@ -913,6 +913,7 @@ export class Sandbox {
       accel: null,
       accelReason: null,
       jail: null,
+      kernel: null,
       bootMs: null,
       guestBootMs: null,
       agentVersion: null,

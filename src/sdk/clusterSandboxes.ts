@@ -118,6 +118,7 @@ export function catalogInfo(name: string, entry: CatalogEntry | undefined): Sand
     state: entry?.status ?? 'stopped',
     pid: null,
     jail: null,
+    kernel: null,
     accel: null,
     accelReason: null,
     bootMs: null,

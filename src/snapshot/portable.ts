@@ -202,7 +202,8 @@ async function checkRoot(stateDir: string, meta: SnapshotMeta, root: RootIdentit
   let here: RootIdentity;
   try {
     // Never pulls: an import must not reach a registry behind the caller's back.
-    const prepared = await prepareRoot({ ...meta.config, pullPolicy: 'never' }, stateDir, { createUpper: false });
+    // The kernel it ran, whatever CORRAL_KERNEL says here (as a restore boots it).
+    const prepared = await prepareRoot({ ...meta.config, pullPolicy: 'never' }, stateDir, { createUpper: false, kernel: meta.kernel ?? 'custom' });
     here = rootIdentity(prepared);
   } catch (err) {
     const code = (err as CorralError).code;

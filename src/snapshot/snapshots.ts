@@ -6,6 +6,7 @@
  * which templates never change.
  */
 
+import type { KernelName } from '../runtime/kernel.ts';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -29,6 +30,11 @@ export interface SnapshotMeta {
    * before it was recorded: then the config's).
    */
   readonly devices?: DeviceLayout;
+  /**
+   * The guest kernel it ran (src/runtime/kernel.ts): a restore boots the same one, whatever
+   * CORRAL_KERNEL says then. Absent in snapshots from before the choice: the custom kernel.
+   */
+  readonly kernel?: KernelName;
   readonly createdAt: number;
   readonly bytes: number;
   /**

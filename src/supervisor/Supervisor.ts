@@ -8,6 +8,7 @@
  * on the bus.
  */
 
+import { parseKernelChoice } from '../runtime/kernel.ts';
 import '../link/comlinkErrors.ts';
 import { wrap } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
@@ -286,6 +287,8 @@ export class Supervisor {
   async create(rawConfig: SandboxConfig, options: CreateOptions = {}): Promise<WorkerLink> {
     this.#assertOpen();
     const config = this.#withSnapshotShape(normalizeConfig(rawConfig));
+    // A bad CORRAL_KERNEL fails here, before anything is recorded (the actor reads it again).
+    parseKernelChoice(process.env.CORRAL_KERNEL);
     this.#assertCapacity(config);
     return holding(async () => {
       await this.#claimName(config.name, options.replace ?? false);

@@ -33,6 +33,12 @@ export interface QemuArgsInput {
   readonly upper?: string;
   readonly hostname: string;
   readonly tscKhz?: number;
+  /**
+   * microvm's ACPI. Off (the default) for the custom kernel: qemu then passes the virtio-mmio
+   * devices on the kernel command line. On for Debian's kernel, which has no
+   * VIRTIO_MMIO_CMDLINE_DEVICES and finds them in the ACPI tables (src/runtime/kernel.ts).
+   */
+  readonly acpi?: boolean;
   /** Extra kernel command line words. */
   readonly cmdline?: readonly string[];
   /**
@@ -146,7 +152,9 @@ export function qemuArgs(input: QemuArgsInput): string[] {
   ];
   // Every VM's RAM is the backend "mem" (a file for templates and their clones, anonymous
   // otherwise): a migration stream names RAM blocks, so any VM's snapshot restores anywhere.
-  const machine = 'microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on,memory-backend=mem';
+  // The device layout below (slots, the RTC filler) is the same either way, so /dev/vd* names
+  // and the device limits do not depend on the kernel.
+  const machine = `microvm,acpi=${input.acpi ? 'on' : 'off'},x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on,memory-backend=mem`;
   const args = [
     '-M', machine,
     // Under TCG the translation cache is sized, so the VM cgroup's memory limit has a known

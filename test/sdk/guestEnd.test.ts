@@ -89,7 +89,8 @@ describe('a guest that ends itself', () => {
   });
 
   it('a kernel panic is a crash', async () => {
-    const sb = await Sandbox.builder(uniqueName('panic')).template(false).memory(64).supervisor(sup).create();
+    // little RAM, so the OOM comes fast: 128 MiB, the least Debian's kernel is given
+    const sb = await Sandbox.builder(uniqueName('panic')).template(false).memory(128).supervisor(sup).create();
     await endsWith(sup, sb, PANIC, 'crashed');
   });
 
