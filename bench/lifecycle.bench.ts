@@ -125,6 +125,34 @@ report.add('create_detached', detachedCreate, 'ms', quantile(create, 0.5));
 report.add('exec_attached', execRt, 'ms');
 report.add('first_exec_attached', firstExec, 'ms');
 report.add('get_first_exec', reconnect, 'ms', quantile(firstExec, 0.5));
+
+// A sandbox paused by its idle limit, resumed by the next exec (E2B's autoResume), against
+// an exec of a running sandbox; and reconnecting to a background command by id.
+const napper = await Sandbox.builder('bench-napper').idleTimeout(1, { action: 'pause' }).supervisor(sup).create();
+await napper.exec('true');
+const wake: number[] = [];
+for (let i = 0; i < RUNS; i++) {
+  await napper.waitForEvent('sandbox.paused', { where: (e) => e.reason === 'idle' });
+  const t0 = performance.now();
+  await napper.exec('true');
+  wake.push(performance.now() - t0);
+}
+const attachMs: number[] = [];
+const job = await napper.execStream('sh', ['-c', 'while :; do echo tick; sleep 0.05; done'], { background: true });
+for (let i = 0; i < 10; i++) {
+  const t0 = performance.now();
+  const s = await napper.attach(job.id);
+  const it = s[Symbol.asyncIterator]();
+  await it.next();
+  attachMs.push(performance.now() - t0);
+  await it.return?.();
+}
+await job.kill(9);
+await napper.stop();
+console.log(`exec on a sandbox paused by idle:    ${fmtMs(wake)}   ${ratio(wake, execRt)} an exec of a running one`);
+console.log(`attach to a background command → first item: ${fmtMs(attachMs)}   ${ratio(attachMs, execRt)} an exec round trip`);
+report.add('exec_resumes_idle_pause', wake, 'ms', quantile(execRt, 0.5));
+report.add('attach_first_item', attachMs, 'ms', quantile(execRt, 0.5));
 await sup.close();
 rmSync(stateDir, { recursive: true, force: true });
 report.print();

@@ -11,6 +11,7 @@
  * - BURST sandboxes created at once from a template: time until all answered an exec, and
  *   the host PSS of each VM process.
  */
+import { execFileSync } from 'node:child_process';
 import { kernelLabel } from '../src/runtime/kernel.ts';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -130,6 +131,38 @@ console.log(`fork → child's first exec result:        ${fmtMs(forkMs)}   ${rat
 report.add('bare_save', saveFloor, 'ms');
 report.add('snapshot', snapMs, 'ms', quantile(saveFloor, 0.5));
 report.add('fork_first_exec', forkMs, 'ms', quantile(restored, 0.5));
+
+// A portable snapshot of the 256 MiB sandbox: export to one archive, import into another
+// state dir, against tar copying the same snapshot directory (the bytes alone) in this run.
+const otherDir = mkdtempSync(join(tmpdir(), 'corral-bench-import-'));
+const other = new Supervisor({ stateDir: otherDir });
+const exportMs: number[] = [];
+const importMs: number[] = [];
+const tarMs: number[] = [];
+let archiveBytes = 0;
+for (let i = 0; i < Math.min(RUNS, 3); i++) {
+  const file = join(otherDir, `snap-${i}.corral`);
+  let t = performance.now();
+  archiveBytes = (await Sandbox.exportSnapshot('snap-0', file, { supervisor: sup })).bytes;
+  exportMs.push(performance.now() - t);
+  t = performance.now();
+  await Sandbox.importSnapshot(file, { name: `imported-${i}`, supervisor: other });
+  importMs.push(performance.now() - t);
+  t = performance.now();
+  execFileSync('tar', ['-cSf', join(otherDir, `plain-${i}.tar`), '-C', join(stateDir, 'snapshots'), 'snap-0']);
+  tarMs.push(performance.now() - t);
+  rmSync(file, { force: true });
+  rmSync(join(otherDir, `plain-${i}.tar`), { force: true });
+}
+await other.close();
+rmSync(otherDir, { recursive: true, force: true });
+console.log(`tar of the snapshot's files (floor):      ${fmtMs(tarMs)}`);
+console.log(`export of a 256 MiB sandbox's snapshot:   ${fmtMs(exportMs)}   ${ratio(exportMs, tarMs)} the floor; archive ${(archiveBytes / 2 ** 20).toFixed(1)} MiB`);
+console.log(`import (every file checked, root compared): ${fmtMs(importMs)}`);
+report.add('tar_snapshot', tarMs, 'ms');
+report.add('export_snapshot', exportMs, 'ms', quantile(tarMs, 0.5));
+report.add('import_snapshot', importMs, 'ms', quantile(tarMs, 0.5));
+report.add('archive_size', [archiveBytes / 2 ** 20], 'MiB');
 await Promise.all([...burst, coldOne].map((s) => s.stop()));
 await sup.close();
 rmSync(stateDir, { recursive: true, force: true });
