@@ -15,14 +15,8 @@ import { availableParallelism, cpus, loadavg, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import type { Metric } from './stats.ts';
 
-interface Metric {
-  readonly unit: string;
-  readonly median: number;
-  readonly p95: number;
-  readonly floor?: number;
-  readonly ratio?: number;
-}
 interface BenchResult {
   readonly bench: string;
   readonly metrics: Record<string, Metric>;

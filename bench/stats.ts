@@ -24,7 +24,8 @@ export function ratio(a: readonly number[], b: readonly number[]): string {
   return `×${(quantile(a, 0.5) / quantile(b, 0.5)).toFixed(2)}`;
 }
 
-interface Metric {
+/** One figure of a bench run: its unit, median and p95, and the floor measured in the same run. */
+export interface Metric {
   readonly unit: string;
   readonly median: number;
   readonly p95: number;

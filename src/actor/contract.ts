@@ -138,6 +138,32 @@ export interface SandboxInfo {
   readonly node?: string;
 }
 
+/**
+ * The info of a sandbox known only by its record (stopped, or run where no link reaches):
+ * its status, state and stop reason; every VM fact null. One place, so a new field of
+ * {@link SandboxInfo} is added once.
+ */
+export function recordedInfo(name: string, rec: { status?: SandboxStatus; state?: string; stopReason?: StopReason | null } | undefined): SandboxInfo {
+  return {
+    name,
+    status: rec?.status ?? 'stopped',
+    state: rec?.state ?? 'stopped',
+    pid: null,
+    jail: null,
+    kernel: null,
+    accel: null,
+    accelReason: null,
+    bootMs: null,
+    guestBootMs: null,
+    agentVersion: null,
+    inFlight: 0,
+    stopReason: rec?.stopReason ?? null,
+    exitCode: null,
+    exitSignal: null,
+    error: null,
+  };
+}
+
 /** The Comlink surface of a sandbox actor. */
 export interface SandboxWorkerApi {
   /** Boots the sandbox; resolves once it runs, rejects with the boot error. */

@@ -8,6 +8,7 @@
  * current. {@link NodeService.close} stops its sandboxes, marks them stopped and deregisters.
  */
 
+import { recordedInfo } from '../actor/contract.ts';
 import { availableParallelism, totalmem } from 'node:os';
 import { createInbox, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
@@ -321,26 +322,7 @@ export class NodeService {
   }
 
   #recordInfo(name: string): SandboxInfo {
-    const rec = this.#sup.reconcile(name);
-    return {
-      name,
-      status: rec?.status ?? 'stopped',
-      state: rec?.state ?? 'stopped',
-      pid: null,
-      jail: null,
-      kernel: null,
-      accel: null,
-      accelReason: null,
-      bootMs: null,
-      guestBootMs: null,
-      agentVersion: null,
-      inFlight: 0,
-      stopReason: rec?.stopReason ?? null,
-      exitCode: null,
-      exitSignal: null,
-      error: null,
-      node: this.name,
-    };
+    return { ...recordedInfo(name, this.#sup.reconcile(name)), node: this.name };
   }
 
   async #remove(name: string): Promise<null> {

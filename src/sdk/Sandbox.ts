@@ -14,7 +14,7 @@ import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
-import type { ExecInfo, ProbeRequest, ProbeResult } from '../actor/contract.ts';
+import { recordedInfo, type ExecInfo, type ProbeRequest, type ProbeResult } from '../actor/contract.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, type ExecControl, type ExecOptions, type ExecStreamItem } from './exec.ts';
@@ -904,25 +904,7 @@ export class Sandbox {
 
   async #recordInfo(): Promise<SandboxInfo> {
     if (this.#cluster) return catalogInfo(this.name, await this.#cluster.catalogEntry(this.name));
-    const rec = this.#sup.reconcile(this.name);
-    return {
-      name: this.name,
-      status: rec?.status ?? 'stopped',
-      state: rec?.state ?? 'stopped',
-      pid: null,
-      accel: null,
-      accelReason: null,
-      jail: null,
-      kernel: null,
-      bootMs: null,
-      guestBootMs: null,
-      agentVersion: null,
-      inFlight: 0,
-      stopReason: rec?.stopReason ?? null,
-      exitCode: null,
-      exitSignal: null,
-      error: null,
-    };
+    return recordedInfo(this.name, this.#sup.reconcile(this.name));
   }
 
   async #release(): Promise<void> {

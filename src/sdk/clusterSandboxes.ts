@@ -4,6 +4,7 @@
  * exactly as it wraps local ones.
  */
 
+import { recordedInfo } from '../actor/contract.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
@@ -112,23 +113,5 @@ export async function removeInCluster(cluster: Cluster, name: string): Promise<v
 
 /** The facts the catalog has on a sandbox that no link reaches. */
 export function catalogInfo(name: string, entry: CatalogEntry | undefined): SandboxInfo {
-  return {
-    name,
-    status: entry?.status ?? 'stopped',
-    state: entry?.status ?? 'stopped',
-    pid: null,
-    jail: null,
-    kernel: null,
-    accel: null,
-    accelReason: null,
-    bootMs: null,
-    guestBootMs: null,
-    agentVersion: null,
-    inFlight: 0,
-    stopReason: entry?.stopReason ?? null,
-    exitCode: null,
-    exitSignal: null,
-    error: null,
-    ...(entry ? { node: entry.node } : {}),
-  };
+  return { ...recordedInfo(name, entry ? { status: entry.status, state: entry.status, stopReason: entry.stopReason ?? null } : undefined), ...(entry ? { node: entry.node } : {}) };
 }
