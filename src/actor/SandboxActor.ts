@@ -77,6 +77,8 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
   /** What {@link execs} lists: each running exec, from its start to its end. */
   readonly #execInfo = new Map<number, ExecInfo>();
+  /** Ids of execs that ended lately (bounded), so a stdin end racing an exit is told apart from an unknown id. */
+  readonly #endedExecs = new Set<number>();
 
   constructor(data: SandboxWorkerData) {
     this.#config = data.config;
@@ -153,6 +155,9 @@ export class SandboxActor implements SandboxWorkerApi {
   }
 
   closeStdin(execId: number): void {
+    // Ending the stdin of a command that has just exited (it read what it needed and ended
+    // before the end got here) is no failure: the caller's end raced the exit.
+    if (!this.#sessions.has(execId) && this.#endedExecs.has(execId)) return;
     this.#session(execId).end();
   }
 
@@ -756,6 +761,8 @@ export class SandboxActor implements SandboxWorkerApi {
     const done = () => {
       this.#sessions.delete(execId);
       this.#execInfo.delete(execId);
+      this.#endedExecs.add(execId);
+      if (this.#endedExecs.size > 1024) this.#endedExecs.delete(this.#endedExecs.values().next().value!);
       this.#actor.send({ type: 'exec.done', execId });
     };
     const handlers: ExecHandlers = {

@@ -217,6 +217,15 @@ describe('exec in a running sandbox', () => {
     expect({ stdout, stderr }).toEqual({ stdout: size, stderr: 'end\n' });
   });
 
+  it('ends the stdin of a command that already exited without an error (the end raced the exit)', async () => {
+    const stream = await sb.execStream('head', ['-n', '1'], { stdin: 'pipe' });
+    await stream.write('one line\n');
+    let out = '';
+    for await (const item of stream) if (item.type === 'stdout') out += Buffer.from(item.data).toString();
+    expect(out).toBe('one line\n');
+    await expect(stream.end()).resolves.toBeUndefined();
+  });
+
   it('settles exited for a command that prints 8 MiB nobody reads, discarding the output with a warning', async () => {
     const warnings: string[] = [];
     const onWarning = (w: Error) => warnings.push(w.message);
