@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { firstValueFrom, filter, take, toArray } from 'rxjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, CorralError, Sandbox, type SandboxEvent } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
@@ -43,6 +43,12 @@ afterAll(async () => {
   await nats?.stop();
 });
 
+// A failing test shows what the nodes said (their stderr is kept, the last 20 KB each).
+afterEach((ctx) => {
+  if (ctx.task.result?.state !== 'fail') return;
+  for (const n of nodes) if (n.stderr()) process.stderr.write(`--- node ${n.name} stderr (last 4 KB) ---\n${n.stderr().slice(-4096)}\n`);
+});
+
 describe('a cluster of corral nodes on NATS', () => {
   it('lists its nodes with their labels, capacity and what is free', async () => {
     const listed = await cluster.nodes();
@@ -52,7 +58,8 @@ describe('a cluster of corral nodes on NATS', () => {
   });
 
   it('places equal sandboxes on the least loaded nodes: one on each', async () => {
-    for (let i = 0; i < 3; i++) spread.push(await Sandbox.builder(uniqueName('spread')).memory(128).cluster(cluster).create());
+    // debug: a node's stderr then tells where a create is (printed if this test fails).
+    for (let i = 0; i < 3; i++) spread.push(await Sandbox.builder(uniqueName('spread')).memory(128).logLevel('debug').cluster(cluster).create());
     const placed = await Promise.all(spread.map(async (sb) => (await sb.info()).node));
     expect(new Set(placed)).toEqual(new Set(['n1', 'n2', 'n3']));
     const listed = await cluster.nodes();

@@ -4,6 +4,7 @@
  * Ports are probed free at run time, so runs of other engineers never collide with it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,8 +13,14 @@ import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { freePort } from './net.ts';
 
-export const NODE_USER = { user: 'node', pass: 'node-secret' };
-export const APP_USER = { user: 'app', pass: 'app-secret' };
+// Each test process's clusters have passwords of their own, and each cluster a name of its own:
+// test files run side by side, and a port probed free by one can be taken by another's server
+// before its own binds it. With shared credentials and one cluster name, a node of one file
+// then registered in another file's cluster (seen: n3 listed three times, a create that never
+// came back); now such a connection is refused, and such a route too.
+const RUN = randomBytes(6).toString('hex');
+export const NODE_USER = { user: 'node', pass: `node-${RUN}` };
+export const APP_USER = { user: 'app', pass: `app-${RUN}` };
 
 export interface NatsCluster {
   /** One `nats://127.0.0.1:port` per server. */
@@ -55,22 +62,26 @@ export async function startNatsCluster(size = 3, options: { restricted?: boolean
   const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
   const ports: number[] = [];
   const routes: number[] = [];
+  const monitors: number[] = [];
   for (let i = 0; i < size; i++) {
     ports.push(await freePort());
     routes.push(await freePort());
+    monitors.push(await freePort());
   }
   const children: ChildProcess[] = [];
   let stopping = false;
+  const clusterName = `corral-test-${RUN}-${randomBytes(3).toString('hex')}`;
   for (let i = 0; i < size; i++) {
-    const conf = `server_name: s${i + 1}
+    const conf = `server_name: ${clusterName}-s${i + 1}
 listen: 127.0.0.1:${ports[i]}
+http: 127.0.0.1:${monitors[i]}
 ${options.tls ? `tls { cert_file: "${options.tls.certFile}", key_file: "${options.tls.keyFile}", ca_file: "${options.tls.caFile}" }
 ` : ''}jetstream { store_dir: "${join(dir, `s${i + 1}`)}", max_memory_store: 64MB, max_file_store: 512MB }
 ${
       // One server alone is no cluster: JetStream refuses a cluster block without routes.
       size > 1
         ? `cluster {
-  name: corral-test
+  name: ${clusterName}
   listen: 127.0.0.1:${routes[i]}
   routes: [${routes.filter((_, j) => j !== i).map((p) => `nats-route://127.0.0.1:${p}`).join(', ')}]
 }`
@@ -120,6 +131,18 @@ authorization {
       }
     } finally {
       await nc.close();
+    }
+    // Every route up before anyone subscribes: a request published while the mesh still forms
+    // (routes connecting both ways, a duplicate closed) can be lost, and a create sent then
+    // waited for an answer that never came. The monitoring endpoint says how many routes a
+    // server has; all of them must have the other size - 1.
+    if (size > 1) {
+      for (let i = 0; ; i++) {
+        const counts = await Promise.all(monitors.map(async (m) => ((await (await fetch(`http://127.0.0.1:${m}/routez`)).json()) as { num_routes: number }).num_routes));
+        if (counts.every((n) => n === size - 1)) break;
+        if (i > 150) throw new Error(`the NATS cluster did not mesh: routes per server ${counts.join(', ')}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
     }
   } catch (err) {
     await stop();
