@@ -9,16 +9,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BIN } from '../helpers/cli.ts';
-import { uniqueName } from '../helpers/sandbox.ts';
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+import { alive, uniqueName } from '../helpers/sandbox.ts';
 
 /** The JSON a successful tool call returned; fails the test with the tool error's text otherwise. */
 async function call(client: Client, name: string, args: Record<string, unknown> = {}): Promise<any> {
