@@ -832,7 +832,7 @@ export class Sandbox {
     };
   }
 
-  async #startBackground(link: SandboxLink, execId: number, command: string[] | ImageCommandRequest, options: ExecStreamOptions, control: ExecControl): Promise<ExecStream> {
+  async #startBackground(link: SandboxLink, execId: number, command: string[] | ImageCommandRequest, options: ExecStreamOptions): Promise<ExecStream> {
     const tty = ttyOption(options.tty);
     const user = userOption(options.user);
     const stdin = options.stdin;
@@ -847,7 +847,8 @@ export class Sandbox {
       ...(user !== undefined ? { user } : {}),
       background: true,
     });
-    const stream = this.#attached(link, execId, 0, { ...control, ack: undefined, replayable: true } as ExecControl);
+    const control = this.#controlOf(link, execId);
+    const stream = this.#attached(link, execId, 0, control);
     if (isStdinSource(stdin)) void feedStdin(stream, stdin);
     else if (stdin !== undefined && stdin !== 'pipe') {
       // A write that fails means the command is gone: its own end says why.
@@ -940,7 +941,7 @@ export class Sandbox {
       // Collected output (exec(), run()) is consumed as it arrives: no credit to give back.
       ...(collect ? {} : { ack: async (bytes: number) => ctl.api.ackOutput(execId, bytes) }),
     };
-    if (options.background) return this.#startBackground(ctl, execId, command, options, control);
+    if (options.background) return this.#startBackground(ctl, execId, command, options);
     const stream = new ExecStream(execId, control);
     let timedOut = false;
     let timer: NodeJS.Timeout | undefined;
