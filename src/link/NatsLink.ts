@@ -9,17 +9,20 @@ import type { Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import { nodeLost, type Cluster } from '../cluster/Cluster.ts';
+import { FOREVER_MS, nodeLost, type Cluster } from '../cluster/Cluster.ts';
 import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
 import { logFailure } from '../runtime/log.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { FORWARDED_CALLS } from './wire.ts';
 
-/** Calls that wait for the sandbox's end: no request timeout (a lost node still ends them). */
+/** Calls that wait for the sandbox's end: no deadline (a lost node still ends them). */
 const UNBOUNDED = new Set(['stopped', 'drain', 'stop', 'start']);
-/** The longest timer Node takes (~24.8 days). */
-const FOREVER_MS = 2 ** 31 - 1;
+/**
+ * `stopped` may wait for hours: asked again (in case its answer was lost) every 30 s, not
+ * every {@link Cluster.resendAfterMs}, so an idle handle costs next to no traffic.
+ */
+const WAIT_RESEND_MS = 30_000;
 
 /**
  * @example
@@ -79,7 +82,7 @@ export class NatsLink implements SandboxLink {
     return new Promise((resolve, reject) => {
       this.#pending.add(reject);
       this.#cluster
-        .request(this.node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS } : {})
+        .request(this.node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : {})
         .then(resolve, (err: unknown) => {
           if (err instanceof CorralError && err.code === 'E_NODE_LOST') this.#nodeLost(err);
           reject(this.#ended ?? err);

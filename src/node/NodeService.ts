@@ -15,11 +15,12 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
+import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
 import { decode, encode, errorReply, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import type { LogsOptions } from '../logs/ExecLog.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
-import { logFailure } from '../runtime/log.ts';
+import { logFailure, runtimeLog } from '../runtime/log.ts';
 import { Supervisor, type SandboxInfo } from '../supervisor/Supervisor.ts';
 
 /** Options of {@link NodeService.start}. */
@@ -35,6 +36,8 @@ export interface NodeServiceOptions extends Pick<ClusterOptions, 'servers' | 'us
   readonly maxSandboxes?: number;
   /** Guest memory it offers, MiB. Default the host's memory less 1 GiB. */
   readonly memoryMib?: number;
+  /** How long its start-up may take before E_TIMEOUT naming the step it was at. Default 120000. */
+  readonly startTimeoutMs?: number;
 }
 
 const NAME_RE = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
@@ -64,6 +67,8 @@ export class NodeService {
   /** Each live sandbox's release, run once it stopped. */
   readonly #releases = new Set<Promise<void>>();
   readonly #releaseOf = new Map<string, Promise<void>>();
+  /** Answers by request id: a request asked again is not done again. */
+  readonly #replies = new ReplyCache();
   #subs: NatsSubscription[] = [];
   #createSub: NatsSubscription | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -92,13 +97,36 @@ export class NodeService {
     if (!Number.isInteger(heartbeatMs) || heartbeatMs < 50) throw new InvalidOptionError('heartbeatMs', 'an integer of ms ≥ 50', options.heartbeatMs);
     if (options.memoryMib !== undefined && (!Number.isInteger(options.memoryMib) || options.memoryMib < 1)) throw new InvalidOptionError('memoryMib', 'a positive integer of MiB', options.memoryMib);
     for (const [k, v] of Object.entries(options.labels ?? {})) if (!k || typeof v !== 'string') throw new InvalidOptionError('labels', 'key=value pairs of strings', options.labels);
+    const startTimeoutMs = options.startTimeoutMs ?? 120_000;
+    if (!Number.isInteger(startTimeoutMs) || startTimeoutMs < 1000) throw new InvalidOptionError('startTimeoutMs', 'an integer of ms ≥ 1000', options.startTimeoutMs);
+    // Each step of a start-up is bounded by NATS request timeouts; the whole is bounded too,
+    // and a start-up that runs late says at which step it is.
+    const progress = { step: 'connecting to the NATS servers' };
+    const work = NodeService.#open(options, heartbeatMs, progress);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new CorralError('E_TIMEOUT', `node "${options.name}" did not start within ${startTimeoutMs} ms: it was ${progress.step}`, { details: { step: progress.step } })), startTimeoutMs);
+    });
+    try {
+      return await Promise.race([work, late]);
+    } catch (err) {
+      // One that finishes after all is closed again; one that fails says why in the log.
+      void work.then((node) => node.close()).catch(logFailure(`starting node "${options.name}" (given up on)`));
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  static async #open(options: NodeServiceOptions, heartbeatMs: number, progress: { step: string }): Promise<NodeService> {
     const cluster = await Cluster.connect({ ...options, name: `corral-node-${options.name}`, lostAfterMs: Math.max(3000, heartbeatMs * 3) });
     let sup: Supervisor | undefined;
     try {
       if (cluster.nodeAlive(options.name)) throw new CorralError('E_CLUSTER', `a node named "${options.name}" is registered and alive already`);
+      progress.step = 'opening its supervisor';
       sup = new Supervisor({ stateDir: options.stateDir, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
       const node = new NodeService(options, cluster, sup);
-      await node.#serve();
+      await node.#serve(progress);
       return node;
     } catch (err) {
       await sup?.close();
@@ -121,8 +149,14 @@ export class NodeService {
     }
   }
 
-  async #serve(): Promise<void> {
+  async #serve(progress: { step: string }): Promise<void> {
+    const step = (what: string) => {
+      progress.step = what;
+      runtimeLog.debug(`node "${this.name}": ${what}`);
+    };
+    step('reconciling its catalog entries');
     await this.#reconcile();
+    step('subscribing to its subjects');
     const nc = this.#cluster.connection;
     this.#subs.push(
       nc.subscribe(this.#acks, {
@@ -154,26 +188,31 @@ export class NodeService {
       }),
     );
     await nc.flush();
+    step('registering');
     await this.#register();
     this.#timer = setInterval(() => void this.#register().catch(logFailure(`heartbeat of node "${this.name}"`)), this.#heartbeatMs);
   }
 
   #handle(err: Error | null, msg: Msg, fn: (payload: unknown) => Promise<unknown>): void {
     if (err) return logFailure(`serving node "${this.name}"`)(err);
-    void (async () => {
-      let reply: Uint8Array;
-      try {
-        reply = encode({ result: (await fn(decode(msg.data))) ?? null });
-      } catch (e) {
-        reply = errorReply(e);
-      }
-      // The connection may be closing under a late answer: that is logged, not thrown.
-      try {
-        msg.respond(reply);
-      } catch (e) {
-        logFailure(`answering ${msg.subject}`)(e);
-      }
-    })();
+    // A client asks again (same id) when an answer is late: the work is done once.
+    const id = msg.headers?.get(REQUEST_ID_HEADER) || undefined;
+    void this.#replies
+      .answer(id, async () => {
+        try {
+          return encode({ result: (await fn(decode(msg.data))) ?? null });
+        } catch (e) {
+          return errorReply(e);
+        }
+      })
+      .then((reply) => {
+        // The connection may be closing under a late answer: that is logged, not thrown.
+        try {
+          msg.respond(reply);
+        } catch (e) {
+          logFailure(`answering ${msg.subject}`)(e);
+        }
+      });
   }
 
   /** The registry entry as of now. */

@@ -7,7 +7,7 @@
 import { recordedInfo } from '../actor/contract.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import { nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
+import { FOREVER_MS, nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import { noCapacity, rankNodes } from '../cluster/placement.ts';
 import { NatsLink } from '../link/NatsLink.ts';
@@ -35,7 +35,7 @@ export async function createInCluster(cluster: Cluster, config: SandboxConfig, p
       const link = await NatsLink.open(cluster, config, node.name);
       try {
         await cluster.putCatalog({ ...entry, node: node.name });
-        await cluster.request<SandboxInfo>(node.name, 'create', { config }, { timeoutMs: 2 ** 31 - 1 });
+        await cluster.request<SandboxInfo>(node.name, 'create', { config }, { timeoutMs: FOREVER_MS });
         return link;
       } catch (err) {
         await link.detach();
@@ -63,7 +63,7 @@ export async function startInCluster(cluster: Cluster, name: string): Promise<Na
   // Subscribed to its events before the node boots it.
   const link = await NatsLink.open(cluster, config, entry.node);
   try {
-    await cluster.request<SandboxInfo>(entry.node, 'start', { name }, { timeoutMs: 2 ** 31 - 1 });
+    await cluster.request<SandboxInfo>(entry.node, 'start', { name }, { timeoutMs: FOREVER_MS });
   } catch (err) {
     await link.detach();
     throw err;
