@@ -11,7 +11,7 @@
  *                         as without --nats, on a sandbox of the cluster
  */
 
-import { Cluster } from '../cluster/Cluster.ts';
+import { Cluster, type DrainReport } from '../cluster/Cluster.ts';
 import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { EXIT } from './exitCodes.ts';
@@ -93,11 +93,12 @@ export async function runOnCluster(
         return EXIT.OK;
       }
       default: {
-        if (first !== 'drain' || !second || extra.length) throw new CorralError('E_USAGE', 'with --nats, node takes: node drain NAME');
-        if (args.values.migrate) throw new CorralError('E_USAGE', 'node drain --migrate: moving sandboxes to other nodes is not built yet');
-        const report = await cluster.drain(second);
-        print(report, report.sandboxes.map((s) => `${s.name}: ${s.stopReason ?? s.error?.message} in ${Math.round(s.ms)} ms`).join('\n') || `${second}: nothing to drain`);
-        return EXIT.OK;
+        if (first !== 'drain' || !second || extra.length) throw new CorralError('E_USAGE', 'with --nats, node takes: node drain NAME [--migrate]');
+        const report = await cluster.drain(second, { migrate: args.values.migrate === true });
+        const line = (s: DrainReport['sandboxes'][number]) => `${s.name}: ${s.movedTo ? `moved to ${s.movedTo}` : s.error ? `failed: ${s.error.message}` : s.stopReason} in ${Math.round(s.ms)} ms`;
+        print(report, report.sandboxes.map(line).join('\n') || `${second}: nothing to drain`);
+        // A sandbox that could not move (or drain) fails the command: the node is not empty.
+        return report.sandboxes.some((s) => s.error) ? EXIT.ERROR : EXIT.OK;
       }
     }
   } finally {

@@ -209,16 +209,22 @@ export class Cluster {
   /**
    * Drains a node: it takes no new sandboxes from now on (until it restarts), and each of
    * its sandboxes refuses new execs, lets running ones finish, and stops (reason `drained`).
-   * Resolves with the time each took. `migrate: true` (moving them to other nodes by
-   * snapshot → transfer → restore) is not built yet: E_INVALID_OPTION.
+   * Resolves with the time each took.
+   *
+   * `migrate: true` moves each running sandbox to another node instead, one after another:
+   * memory snapshot → archive → transfer (NATS requests, a chunk at a time) → restore there,
+   * under the same name, with its files and running processes. Handles on it follow it; an
+   * exec stream open across the move ends with E_SANDBOX_MOVED (its process runs on there).
+   * A sandbox that cannot move (no room elsewhere, or not running) stays, and its report line
+   * says why; `movedTo` names where each moved one went.
    *
    * @example
-   * const report = await cluster.drain('n1');   // { node: 'n1', sandboxes: [{ name, ms, stopReason }] }
+   * const report = await cluster.drain('n1', { migrate: true });   // { node: 'n1', sandboxes: [{ name, ms, movedTo: 'n2' }] }
    */
   async drain(node: string, options: { migrate?: boolean; timeoutMs?: number } = {}): Promise<DrainReport> {
-    if (options.migrate) throw new InvalidOptionError('migrate', 'false: moving sandboxes to other nodes is not built yet', options.migrate);
+    if (options.migrate !== undefined && typeof options.migrate !== 'boolean') throw new InvalidOptionError('migrate', 'true or false', options.migrate);
     if (!this.nodeAlive(node)) throw nodeLost(node);
-    return this.request<DrainReport>(node, 'drain', {}, { timeoutMs: options.timeoutMs ?? FOREVER_MS });
+    return this.request<DrainReport>(node, 'drain', { migrate: options.migrate ?? false }, { timeoutMs: options.timeoutMs ?? FOREVER_MS });
   }
 
   /** @internal calls `fn` with the name of every node found lost from now on; returns the unsubscribe. */

@@ -61,7 +61,14 @@ export interface NodeRecord {
 /** What draining a node did, per sandbox (see `Cluster.drain`). */
 export interface DrainReport {
   readonly node: string;
-  readonly sandboxes: readonly { readonly name: string; readonly ms: number; readonly stopReason: StopReason | null; readonly error?: SerializedError }[];
+  readonly sandboxes: readonly {
+    readonly name: string;
+    readonly ms: number;
+    readonly stopReason: StopReason | null;
+    /** Moved there (drain with `migrate`). */
+    readonly movedTo?: string;
+    readonly error?: SerializedError;
+  }[];
 }
 
 /** A sandbox's entry in the catalog: which node runs it and how it is. */

@@ -10,9 +10,13 @@
 
 import { recordedInfo } from '../actor/contract.ts';
 import { availableParallelism, totalmem } from 'node:os';
-import { createInbox, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
+import { mkdir, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { createInbox, nuid, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
+import { rankNodes } from '../cluster/placement.ts';
+import { Receiver, sendArchive } from './transfer.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
@@ -62,11 +66,19 @@ export class NodeService {
   /** Sandboxes being created: they hold their memory already. */
   readonly #creating = new Map<string, number>();
   readonly #entries = new Map<string, CatalogEntry>();
-  /** Calls in flight per sandbox: its release waits for them (their answers come first). */
-  readonly #inflight = new Map<string, Set<Promise<unknown>>>();
+  /** Calls in flight per sandbox, by method: its release waits for them (their answers come first). */
+  readonly #inflight = new Map<string, Map<Promise<unknown>, string>>();
   /** Each live sandbox's release, run once it stopped. */
   readonly #releases = new Set<Promise<void>>();
   readonly #releaseOf = new Map<string, Promise<void>>();
+  /** Sandboxes being moved to another node: calls to them wait for the move's end. */
+  readonly #moving = new Map<string, Promise<void>>();
+  /** Sandboxes moved away, and where to: calls to them get E_SANDBOX_MOVED naming it. */
+  readonly #movedTo = new Map<string, string>();
+  /** Sandboxes whose events this node no longer publishes (the copy a move left behind). */
+  readonly #silenced = new Set<string>();
+  /** Archives of sandboxes moving here. */
+  readonly #receiver: Receiver;
   /** Answers by request id: a request asked again is not done again. */
   readonly #replies = new ReplyCache();
   #subs: NatsSubscription[] = [];
@@ -88,6 +100,13 @@ export class NodeService {
       cpus: availableParallelism(),
       sandboxes: sup.maxSandboxes,
     };
+    this.#receiver = new Receiver(join(options.stateDir, 'incoming'), {
+      hold: (name, memoryMib) => {
+        this.#assertRoom(name, memoryMib);
+        this.#creating.set(name, memoryMib);
+      },
+      release: (name) => this.#creating.delete(name),
+    });
   }
 
   /** Connects, opens the supervisor, serves and registers. Resolves once registered. */
@@ -180,7 +199,12 @@ export class NodeService {
           }),
       }),
     );
-    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, () => this.drain()) }));
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'drain'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.drain({ migrate: (p as { migrate?: unknown } | null)?.migrate === true })) }));
+    this.#subs.push(
+      nc.subscribe(nodeSubject(this.name, 'receive.*'), {
+        callback: (err, msg) => this.#handle(err, msg, (p) => this.#receive(msg.subject.slice(nodeSubject(this.name, 'receive.').length), p as Record<string, unknown>)),
+      }),
+    );
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'sb.*'), {
@@ -256,13 +280,18 @@ export class NodeService {
     return this.#boot(name, rec.config.memoryMib, () => this.#sup.restart(name), rec.createdAt);
   }
 
-  async #boot(name: string, memoryMib: number, make: () => Promise<WorkerLink>, createdAt: number): Promise<SandboxInfo> {
+  /** E_CLOSED, or E_NO_CAPACITY, unless this node takes a new sandbox of `memoryMib`. */
+  #assertRoom(name: string, memoryMib: number): void {
     if (this.#closed) throw new CorralError('E_CLOSED', `node "${this.name}" is shutting down`);
     if (this.#draining) throw new CorralError('E_NO_CAPACITY', `node "${this.name}" is draining: it takes no new sandboxes`);
     const rec = this.record();
     if (rec.free.sandboxes < 1 || rec.free.memoryMib < memoryMib) {
       throw new CorralError('E_NO_CAPACITY', `node "${this.name}" has no room for "${name}" (${memoryMib} MiB asked; ${rec.free.memoryMib} MiB and ${rec.free.sandboxes} slots free)`);
     }
+  }
+
+  async #boot(name: string, memoryMib: number, make: () => Promise<WorkerLink>, createdAt: number): Promise<SandboxInfo> {
+    this.#assertRoom(name, memoryMib);
     this.#creating.set(name, memoryMib);
     let link: WorkerLink;
     try {
@@ -294,7 +323,7 @@ export class NodeService {
     } catch (err) {
       if (!(err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED'))) logFailure(`waiting for sandbox "${name}" to stop`)(err);
     }
-    await Promise.allSettled([...(this.#inflight.get(name) ?? [])]);
+    await Promise.allSettled([...(this.#inflight.get(name)?.keys() ?? [])]);
     if (this.#live.get(name) === link) this.#live.delete(name);
     await this.#sup.release(link).catch(logFailure(`releasing sandbox "${name}"`));
     const rec = this.#sup.reconcile(name);
@@ -305,6 +334,8 @@ export class NodeService {
   async #call(method: string, payload: { name: string; args: unknown[] }): Promise<unknown> {
     if (!CALLS.has(method)) throw new TypeError(`unknown sandbox method ${method}`);
     const name = payload?.name;
+    await this.#moving.get(name);
+    this.#assertHere(name);
     const link = this.#live.get(name);
     if (!link) {
       const rec = this.#sup.reconcile(name);
@@ -316,10 +347,13 @@ export class NodeService {
     // JSON has no undefined: an omitted optional argument arrives as null.
     const p = fn(...(payload.args ?? []).map((a) => (a === null ? undefined : a)));
     let set = this.#inflight.get(name);
-    if (!set) this.#inflight.set(name, (set = new Set()));
-    set.add(p);
+    if (!set) this.#inflight.set(name, (set = new Map()));
+    set.set(p, method);
     try {
       const result = await p;
+      // Answered by the copy that stayed behind as it was moved (a stopped() that saw it end):
+      // the caller asks the node it moved to.
+      this.#assertHere(name);
       if (!INFO_CALLS.has(method)) return result;
       const info = result as SandboxInfo;
       // The verbs that end the sandbox answer once the catalog says so: the caller's next
@@ -334,10 +368,20 @@ export class NodeService {
   /**
    * Takes no new sandboxes from now on, and drains each live one (new execs refused, running
    * ones finish, then it stops: reason `drained`). Resolves with the time each took.
+   *
+   * `migrate`: moves each running sandbox to another node instead, one at a time (memory
+   * snapshot → archive → transfer → restore there, under the same name, its files and
+   * processes with it); one that cannot move (no room elsewhere, a paused one) stays here,
+   * running, and says why in its report line.
    */
-  async drain(): Promise<DrainReport> {
+  async drain(options: { migrate?: boolean } = {}): Promise<DrainReport> {
     this.#draining = true;
     await this.#register();
+    if (options.migrate) {
+      const sandboxes: DrainReport['sandboxes'][number][] = [];
+      for (const link of [...this.#live.values()]) sandboxes.push(await this.#migrate(link));
+      return { node: this.name, sandboxes };
+    }
     const sandboxes = await Promise.all(
       [...this.#live.values()].map(async (link) => {
         const t0 = performance.now();
@@ -353,8 +397,110 @@ export class NodeService {
     return { node: this.name, sandboxes };
   }
 
+  /**
+   * Moves one sandbox to the best other node. Calls to it wait meanwhile; once it runs there,
+   * the copy here ends without a word on the event stream (the sandbox did not stop), its
+   * record and disk go, an exec that was running here ends with E_SANDBOX_MOVED (its process
+   * runs on there), and callers are sent there (E_SANDBOX_MOVED, which handles follow).
+   */
+  async #migrate(link: WorkerLink): Promise<DrainReport['sandboxes'][number]> {
+    const name = link.config.name;
+    const t0 = performance.now();
+    let done!: () => void;
+    this.#moving.set(name, new Promise<void>((resolve) => (done = resolve)));
+    const snapshot = `moved-${nuid.next().toLowerCase()}`;
+    const file = join(this.#sup.stateDir, 'incoming', `${snapshot}.out`);
+    let paused = false;
+    let to: string | undefined;
+    try {
+      // In flight before the move began: their answers come first (not a stopped(), which
+      // waits for the end: it is answered by the node it moved to).
+      await Promise.allSettled([...(this.#inflight.get(name) ?? [])].filter(([, m]) => m !== 'stopped').map(([p]) => p));
+      const running = await link.api.execs();
+      // Saved, then frozen at once: what the guest does after the save would be lost.
+      await link.api.snapshot(snapshot);
+      await link.api.pause();
+      paused = true;
+      await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+      await this.#sup.exportSnapshot(snapshot, file);
+      const bytes = (await stat(file)).size;
+      const createdAt = this.#entries.get(name)?.createdAt ?? Date.now();
+      const targets = rankNodes((await this.#cluster.nodes()).filter((n) => n.name !== this.name), { memoryMib: link.config.memoryMib });
+      let lastFull: unknown;
+      for (const target of targets) {
+        try {
+          await sendArchive(this.#cluster, target.name, file, bytes, { name, memoryMib: link.config.memoryMib, config: link.config, createdAt });
+          to = target.name;
+          break;
+        } catch (err) {
+          if (!(err instanceof CorralError && (err.code === 'E_NO_CAPACITY' || err.code === 'E_NODE_LOST'))) throw err;
+          lastFull = err;
+        }
+      }
+      if (!to) throw lastFull;
+      // It runs there now, and its node wrote its catalog entry: this one is no longer ours.
+      this.#movedTo.set(name, to);
+      this.#entries.delete(name);
+      this.#silenced.add(name);
+      await link.api.kill().catch(logFailure(`ending the copy of "${name}" left on node "${this.name}"`));
+      await this.#releaseOf.get(name);
+      await this.#sup.remove(name).catch(logFailure(`removing the copy of "${name}" left on node "${this.name}"`));
+      const ms = performance.now() - t0;
+      const moved = movedError(name, this.name, to);
+      for (const x of running) this.#publish({ type: 'exec.failed', name, seq: 0, ts: Date.now(), execId: x.id, error: serializeError(moved) } as SandboxEvent);
+      this.#publish({ type: 'sandbox.moved', name, seq: 0, ts: Date.now(), from: this.name, to, ms } as SandboxEvent);
+      return { name, ms, stopReason: null, movedTo: to };
+    } catch (err) {
+      if (paused && !to) await link.api.resume().catch(logFailure(`resuming "${name}" after its move failed`));
+      return { name, ms: performance.now() - t0, stopReason: null, error: serializeError(err) };
+    } finally {
+      this.#moving.delete(name);
+      done();
+      await this.#sup.removeSnapshot(snapshot).catch((err: unknown) => {
+        if (!(err instanceof CorralError && err.code === 'E_SNAPSHOT_NOT_FOUND')) logFailure(`removing the move snapshot of "${name}"`)(err);
+      });
+      await rm(file, { force: true });
+    }
+  }
+
+  /** A step of a sandbox moving here (src/node/transfer.ts). */
+  async #receive(step: string, p: Record<string, unknown>): Promise<unknown> {
+    switch (step) {
+      case 'begin':
+        return this.#receiver.begin(p);
+      case 'chunk':
+        return this.#receiver.chunk(p);
+      case 'abort':
+        return this.#receiver.abort(p);
+      case 'end':
+        return this.#receiver.end(p, async (name, file) => {
+          const config = p.config as SandboxConfig;
+          if (config?.name !== name) throw new InvalidOptionError('config.name', `"${name}", the sandbox the transfer began for`, config?.name);
+          const snapshot = `moved-${nuid.next().toLowerCase()}`;
+          await this.#sup.importSnapshot(file, { name: snapshot });
+          try {
+            // Restored from the move's snapshot, which stays while the sandbox does (a start()
+            // after a stop boots from it again): removed with it.
+            return await this.#boot(name, config.memoryMib, () => this.#sup.create({ ...config, fromSnapshot: snapshot }, { replace: true }), typeof p.createdAt === 'number' ? p.createdAt : Date.now());
+          } catch (err) {
+            await this.#sup.removeSnapshot(snapshot).catch(logFailure(`removing the snapshot of "${name}" that did not boot`));
+            throw err;
+          }
+        });
+      default:
+        throw new TypeError(`unknown receive step ${step}`);
+    }
+  }
+
+  /** E_SANDBOX_MOVED for a sandbox moved to another node. */
+  #assertHere(name: string): void {
+    const to = this.#movedTo.get(name);
+    if (to) throw movedError(name, this.name, to);
+  }
+
   /** The config a sandbox of this node was created from. */
   #config(name: string): SandboxConfig {
+    this.#assertHere(name);
     const config = this.#live.get(name)?.config ?? this.#sup.reconcile(name)?.config;
     if (!config) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
     return config;
@@ -372,14 +518,24 @@ export class NodeService {
     }
     // Stopped a moment ago, its release (which ends its worker) may still be under way.
     await this.#releaseOf.get(name);
-    if (this.#sup.reconcile(name)) await this.#sup.remove(name);
+    const rec = this.#sup.reconcile(name);
+    if (rec) await this.#sup.remove(name);
+    // A sandbox that moved here took its snapshot along: it goes with it.
+    const from = rec?.config.fromSnapshot;
+    if (from?.startsWith('moved-')) await this.#sup.removeSnapshot(from).catch(logFailure(`removing the move snapshot of "${name}"`));
     this.#entries.delete(name);
     return null;
   }
 
   #onEvent(e: SandboxEvent): void {
+    // The copy left behind by a move ends in silence: the sandbox runs on elsewhere.
+    if (this.#silenced.has(e.name)) return;
     const status = e.type === 'sandbox.paused' ? 'paused' : e.type === 'sandbox.resumed' ? 'running' : e.type === 'sandbox.draining' ? 'draining' : undefined;
     if (status) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
+    this.#publish(e);
+  }
+
+  #publish(e: SandboxEvent): void {
     const nc = this.#cluster.connection;
     // Sent in order on one connection, so stored in order: the stream's order is the
     // sandbox's. Acks come back to one inbox, a failed one is logged; none is waited for
@@ -416,6 +572,7 @@ export class NodeService {
       // The release of each (catalog: stopped) follows its stop.
       await Promise.allSettled([...this.#releases]);
       for (const s of this.#subs) s.unsubscribe();
+      await this.#receiver.close();
       await this.#cluster.connection.flush();
       await this.#sup.close();
       await this.#cluster.registry.delete(this.name).catch(logFailure(`deregistering node "${this.name}"`));
@@ -423,6 +580,11 @@ export class NodeService {
     })();
     return this.#closed;
   }
+}
+
+/** E_SANDBOX_MOVED: `name` runs on node `to` now (details.node), not on `from`. */
+function movedError(name: string, from: string, to: string): CorralError {
+  return new CorralError('E_SANDBOX_MOVED', `sandbox "${name}" moved from node "${from}" to node "${to}"`, { details: { sandbox: name, from, node: to } });
 }
 
 /** The largest event payload (bytes of data) that fits a NATS message once in base64 JSON. */
