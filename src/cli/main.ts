@@ -63,7 +63,7 @@ cluster
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
-  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME -- CMD…
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME -- CMD…
                   | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
