@@ -14,7 +14,7 @@ import { mkdir, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createInbox, nuid, type Msg, type Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
-import type { SandboxConfig } from '../config.ts';
+import { validateName, type SandboxConfig } from '../config.ts';
 import { rankNodes } from '../cluster/placement.ts';
 import { Receiver, sendArchive } from './transfer.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
@@ -203,6 +203,11 @@ export class NodeService {
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'receive.*'), {
         callback: (err, msg) => this.#handle(err, msg, (p) => this.#receive(msg.subject.slice(nodeSubject(this.name, 'receive.').length), p as Record<string, unknown>)),
+      }),
+    );
+    this.#subs.push(
+      nc.subscribe(nodeSubject(this.name, 'snapshot.remove'), {
+        callback: (err, msg) => this.#handle(err, msg, async (p) => (await this.#sup.removeSnapshot(validateName((p as { name?: unknown })?.name, 'snapshot name')), null)),
       }),
     );
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'remove'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#remove((p as { name: string }).name)) }));

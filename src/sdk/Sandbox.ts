@@ -160,12 +160,12 @@ export class Sandbox {
     return this.#localSup;
   }
 
-  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }): Promise<Sandbox> {
+  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }, node?: string): Promise<Sandbox> {
     const link = await bounded(
       `create of sandbox "${config?.name}" in the cluster`,
       options,
       async (signal) => {
-        const made = await createInCluster(cluster, config, placement, options.replace ?? false);
+        const made = await createInCluster(cluster, config, placement, options.replace ?? false, node);
         // A caller that gave up leaves nothing running, nor its name taken.
         if (signal?.aborted) {
           await made.api.kill();
@@ -568,26 +568,37 @@ export class Sandbox {
   fork(options: { count: number; prefix?: string } & CallOptions): Promise<Sandbox[]>;
   async fork(arg: string | ({ count: number; prefix?: string } & CallOptions), callOptions: CallOptions = {}): Promise<Sandbox | Sandbox[]> {
     const { signal, timeoutMs } = typeof arg === 'string' ? callOptions : arg;
-    // Before the snapshot: a fork through a cluster is not built yet (it would be left on the node).
-    void this.#sup;
     // Abortable: forks already made when the call gives up are killed and removed.
     return bounded(`fork of sandbox "${this.name}"`, { signal, timeoutMs }, (s) => this.#fork(arg, s), true);
   }
 
   async #fork(arg: string | { count: number; prefix?: string }, signal: AbortSignal | undefined): Promise<Sandbox | Sandbox[]> {
     const names = forkNames(this.name, arg);
+    const cluster = this.#cluster;
+    // In a cluster the snapshot is taken on the sandbox's node: its forks start there.
+    const node = cluster ? (await this.info()).node : undefined;
     const forks = await fork<Sandbox>(
       this.name,
       names,
-      {
-        snapshot: (snap) => this.snapshot(snap),
-        create: (n, fromSnapshot, s) => Sandbox.create({ ...this.#config, name: n, fromSnapshot }, { supervisor: this.#sup, ...(s ? { signal: s } : {}) }),
-        discard: async (f) => {
-          await f.kill();
-          await Sandbox.remove(f.name, { supervisor: this.#sup });
-        },
-        removeSnapshot: (snap) => this.#sup.removeSnapshot(snap),
-      },
+      cluster && node
+        ? {
+            snapshot: (snap) => this.snapshot(snap),
+            create: (n, fromSnapshot, s) => Sandbox.#createInCluster({ ...this.#config, name: n, fromSnapshot }, cluster, undefined, { ...(s ? { signal: s } : {}) }, node),
+            discard: async (f) => {
+              await f.kill();
+              await Sandbox.remove(f.name, { cluster });
+            },
+            removeSnapshot: async (snap) => void (await cluster.request(node, 'snapshot.remove', { name: snap })),
+          }
+        : {
+            snapshot: (snap) => this.snapshot(snap),
+            create: (n, fromSnapshot, s) => Sandbox.create({ ...this.#config, name: n, fromSnapshot }, { supervisor: this.#sup, ...(s ? { signal: s } : {}) }),
+            discard: async (f) => {
+              await f.kill();
+              await Sandbox.remove(f.name, { supervisor: this.#sup });
+            },
+            removeSnapshot: (snap) => this.#sup.removeSnapshot(snap),
+          },
       signal,
       (err, snap) => logFailure(`removing the fork snapshot ${snap}`)(err),
     );

@@ -18,24 +18,25 @@ import type { PlacementOptions } from './SandboxBuilder.ts';
 /**
  * Claims `config.name` cluster-wide (a KV create: two creates of one name cannot both pass),
  * then asks the best node that fits, falling to the next when one turns out full. Nothing is
- * left claimed when it fails.
+ * left claimed when it fails. `node`: that node only (a fork starts where its snapshot is).
  */
-export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false): Promise<NatsLink> {
+export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false, node?: string): Promise<NatsLink> {
   if (replace) await replaceInCluster(cluster, config.name);
   const ask = { memoryMib: config.memoryMib, ...(placement?.labels ? { labels: placement.labels } : {}) };
-  const nodes = await cluster.nodes();
+  const nodes = (await cluster.nodes()).filter((n) => node === undefined || n.name === node);
+  if (node !== undefined && nodes.length === 0) throw nodeLost(node, undefined, config.name);
   const ranked = rankNodes(nodes, ask);
   const now = Date.now();
   const entry: CatalogEntry = { name: config.name, node: ranked[0]!.name, status: 'creating', stopReason: null, image: config.image, labels: config.labels ?? {}, memoryMib: config.memoryMib, createdAt: now, updatedAt: now };
   await cluster.claim(entry);
   let lastFull: unknown;
   try {
-    for (const node of ranked) {
+    for (const target of ranked) {
       // Subscribed to its events before the node boots it: none is missed.
-      const link = await NatsLink.open(cluster, config, node.name);
+      const link = await NatsLink.open(cluster, config, target.name);
       try {
-        await cluster.putCatalog({ ...entry, node: node.name });
-        await cluster.request<SandboxInfo>(node.name, 'create', { config }, { timeoutMs: FOREVER_MS });
+        await cluster.putCatalog({ ...entry, node: target.name });
+        await cluster.request<SandboxInfo>(target.name, 'create', { config }, { timeoutMs: FOREVER_MS });
         return link;
       } catch (err) {
         await link.detach();

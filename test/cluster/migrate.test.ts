@@ -18,7 +18,7 @@ let cluster: Cluster;
 beforeAll(async () => {
   nats = await startNatsCluster(1);
   try {
-    const common = ['--memory', '1024', '--max-sandboxes', '1', '--heartbeat', '500'];
+    const common = ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'];
     nodes.push(await startNode(nats, 'm1', [...common, '--label', 'zone=a']));
     nodes.push(await startNode(nats, 'm2', [...common, '--label', 'zone=b']));
     cluster = await Cluster.connect({ servers: nats.urls, ...APP_USER, lostAfterMs: 2000 });
@@ -52,6 +52,30 @@ async function counterPast(sb: Sandbox, above: number): Promise<number> {
 }
 
 const listing = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
+
+describe('a fork through the cluster', () => {
+  it('starts on the node of its source, with its files, and leaves no snapshot behind', async () => {
+    const sb = await Sandbox.builder(uniqueName('src')).memory(128).cluster(cluster).placement({ labels: { zone: 'b' } }).create();
+    try {
+      await sb.shell('echo from-parent > /root/p.txt');
+      const child = await sb.fork(uniqueName('child'));
+      try {
+        expect(await child.info()).toMatchObject({ status: 'running', node: 'm2' });
+        expect((await child.fs().readText('/root/p.txt')).trim()).toBe('from-parent');
+        await child.shell('echo mine > /root/p.txt');
+        expect((await sb.fs().readText('/root/p.txt')).trim()).toBe('from-parent');
+        expect((await Sandbox.list({ cluster })).map((s) => s.name)).toContain(child.name);
+      } finally {
+        await child.kill();
+        await Sandbox.remove(child.name, { cluster });
+      }
+      expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
+    } finally {
+      await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
 
 describe('a node drained with migrate', () => {
   it('moves its sandbox to another node: same name, same files, its process running on; the handle follows it', async () => {
