@@ -881,7 +881,9 @@ export class Sandbox {
       let release!: () => void;
       const disconnected = new Promise<void>((r) => (release = r));
       const done = () => queueMicrotask(() => sub?.unsubscribe());
-      sub = this.#sup.events({ name: this.name, since }).subscribe({
+      // In a cluster, from the cluster's event stream (its seqs are the stream's).
+      const events$ = this.#cluster ? this.#cluster.events({ name: this.name, since }) : this.#sup.events({ name: this.name, since });
+      sub = events$.subscribe({
         next: (e) => {
           if (isExecOf(e, execId)) {
             stream.lastSeq = e.seq;

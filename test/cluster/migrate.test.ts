@@ -1,5 +1,5 @@
-// Draining a node with migration: a real nats-server with JetStream, two `corral node`
-// processes, a real VM that moves from one to the other (memory snapshot → archive →
+// Two `corral node` processes on a real nats-server with JetStream: a fork and a background
+// command through the cluster, and draining a node with migration: a real VM that moves from one to the other (memory snapshot → archive →
 // transfer → restore) keeping its name, its files and a process that runs on. The drain is
 // asked by the CLI in a process of its own, as an operator would.
 import { existsSync, readdirSync } from 'node:fs';
@@ -70,6 +70,27 @@ describe('a fork through the cluster', () => {
         await Sandbox.remove(child.name, { cluster });
       }
       expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
+    } finally {
+      await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('a background command through the cluster', () => {
+  it('is listed and reattached from a second handle, its output read from the start, its stdin written', async () => {
+    const sb = await Sandbox.builder(uniqueName('bg')).memory(128).cluster(cluster).create();
+    try {
+      const job = await sb.execStream('sh', ['-c', 'echo one; read x; echo "got $x"'], { background: true, stdin: 'pipe' });
+      const other = await Sandbox.get(sb.name, { cluster });
+      expect((await other.execs()).map((e) => [e.id, e.background])).toEqual([[job.id, true]]);
+      const again = await other.attach(job.id);
+      await again.write('two\n');
+      await again.end();
+      let text = '';
+      for await (const item of again) if (item.type === 'stdout') text += Buffer.from(item.data).toString();
+      expect(text).toBe('one\ngot two\n');
+      expect(await again.exited).toMatchObject({ code: 0 });
     } finally {
       await sb.kill();
       await Sandbox.remove(sb.name, { cluster });
