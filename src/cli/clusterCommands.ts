@@ -6,7 +6,8 @@
  *   inspect NAME          its facts, from its node (or the catalog once stopped)
  *   rm NAME               remove a stopped sandbox, wherever it ran
  *   nodes                 the live nodes: labels, capacity, what is free
- *   node drain NAME       drain a node: no new sandboxes, its sandboxes drain and stop
+ *   node drain NAME [--migrate]   drain a node: no new sandboxes, its sandboxes drain and stop (or move)
+ *   serve [--host H] [--port P] [--token T]   the HTTP + WebSocket API, fronting the cluster (main.ts)
  *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME
  *                         as without --nats, on a sandbox of the cluster
  */
@@ -20,6 +21,15 @@ import { EXIT } from './exitCodes.ts';
 export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 'start']);
 /** The verbs that take `--nats`. */
 export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ...HANDLE_VERBS]);
+
+/** A connection to the cluster at `servers` (comma-separated), credentials from the environment. */
+export function connectCluster(servers: string): Promise<Cluster> {
+  return Cluster.connect({
+    servers: servers.split(','),
+    ...(process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
+    ...(process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
+  });
+}
 
 /**
  * Runs one verb against the cluster at `servers`; resolves with the exit code (errors are
@@ -36,12 +46,8 @@ export async function runOnCluster(
   /** Runs a {@link HANDLE_VERBS} verb on the sandbox's handle; resolves with the exit code. */
   onHandle: (verb: string, sb: Sandbox) => Promise<number>,
 ): Promise<number> {
-  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS].join(', ')})`);
-  const cluster = await Cluster.connect({
-    servers: servers.split(','),
-    ...(process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
-    ...(process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
-  });
+  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'serve'].join(', ')})`);
+  const cluster = await connectCluster(servers);
   try {
     const [first, second, ...extra] = args.positionals;
     const needOne = () => {

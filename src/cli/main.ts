@@ -25,6 +25,7 @@ import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
 import { NODE_OPTIONS } from './nodeOptions.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -65,6 +66,7 @@ cluster
                              a cluster node: runs sandboxes for the cluster until SIGTERM
   --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME -- CMD…
                   | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
+                  | serve [--host H] [--port P] [--token T]   the API in front of the whole cluster
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
@@ -175,6 +177,20 @@ export async function main(argv: readonly string[]): Promise<number> {
     parsed = parseArgs({ args: args.slice(1), options: cmd.options ?? {}, allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
   } catch (err) {
     return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
+  }
+  if (nats !== undefined && name === 'serve') {
+    // The API server in front of the whole cluster instead of one supervisor.
+    try {
+      const { connectCluster } = await import('./clusterCommands.ts');
+      const cluster = await connectCluster(nats);
+      try {
+        return await cmdServe({ json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx, false, cluster);
+      } finally {
+        await cluster.close();
+      }
+    } catch (err) {
+      return fail(json, err, false);
+    }
   }
   if (nats !== undefined) {
     try {
@@ -553,7 +569,7 @@ async function cmdMcp(c: Ctx): Promise<number> {
   return EXIT.OK;
 }
 
-async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
+async function cmdServe(c: Ctx, ui: boolean, cluster?: Cluster): Promise<number> {
   const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
   const port = c.values.port === undefined ? (ui ? 0 : 7070) : Number(c.values.port);
   // checked here with the text as typed: past Number() a typo would read "got NaN"
@@ -562,7 +578,7 @@ async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
   }
   const { CorralServer } = await import('../server/CorralServer.ts');
   const server = await CorralServer.listen({
-    supervisor: c.sup,
+    ...(cluster ? { cluster } : { supervisor: c.sup }),
     port,
     ...(!ui && typeof c.values.host === 'string' ? { host: c.values.host } : {}),
     ...(token && !ui ? { token } : {}),

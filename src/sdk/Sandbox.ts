@@ -9,7 +9,7 @@
 import { randomInt } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
-import { LIMITS, type SandboxConfig } from '../config.ts';
+import { LIMITS, normalizeConfig, type SandboxConfig } from '../config.ts';
 import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
@@ -184,7 +184,9 @@ export class Sandbox {
    * An abort or `timeoutMs` kills the VM being booted; the call rejects once it is gone (the
    * record says `boot-failed`).
    */
-  static async create(config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
+  static async create(config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor; cluster?: Cluster; placement?: PlacementOptions } = {}): Promise<Sandbox> {
+    // Placed on a node of the cluster, as `builder(…).cluster(cluster).create()`.
+    if (options.cluster) return Sandbox.#createInCluster(normalizeConfig(config), options.cluster, options.placement, options);
     const sup = options.supervisor ?? getDefaultSupervisor();
     const ctl = await bounded(`create of sandbox "${config?.name}"`, options, (signal) => undoneOnAbort(sup.create(config, { ...options, ...(signal ? { signal } : {}) }), signal), true);
     return new Sandbox(sup, ctl.config, ctl);
