@@ -46,7 +46,7 @@ export async function runOnCluster(
   /** Runs a {@link HANDLE_VERBS} verb on the sandbox's handle; resolves with the exit code. */
   onHandle: (verb: string, sb: Sandbox) => Promise<number>,
 ): Promise<number> {
-  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'serve'].join(', ')})`);
+  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'create', 'run', 'logs', 'cp', 'serve'].join(', ')})`);
   const cluster = await connectCluster(servers);
   try {
     const [first, second, ...extra] = args.positionals;

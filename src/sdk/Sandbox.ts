@@ -30,7 +30,7 @@ import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
 import type { Cluster } from '../cluster/Cluster.ts';
-import { catalogInfo, createInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
+import { catalogInfo, createInCluster, followLogsInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
 import type { PlacementOptions } from './SandboxBuilder.ts';
 
 export type { CallOptions };
@@ -330,8 +330,10 @@ export class Sandbox {
    * @example
    * Sandbox.followLogs('worker', { tail: 10 }).subscribe((e) => process.stdout.write(e.data));
    */
-  static followLogs(name: string, options: LogsOptions & { supervisor?: Supervisor; intervalMs?: number } = {}): Observable<LogEntry> {
-    const { supervisor, ...rest } = options;
+  static followLogs(name: string, options: LogsOptions & { supervisor?: Supervisor; cluster?: Cluster; intervalMs?: number } = {}): Observable<LogEntry> {
+    const { supervisor, cluster, ...rest } = options;
+    // In a cluster: the record from the sandbox's node, then the cluster's event stream.
+    if (cluster) return followLogsInCluster(cluster, name, rest);
     return (supervisor ?? getDefaultSupervisor()).followLogs(name, rest);
   }
 
@@ -709,6 +711,7 @@ export class Sandbox {
 
   /** {@link Sandbox.followLogs} for this sandbox. */
   logs$(options: LogsOptions & { intervalMs?: number } = {}): Observable<LogEntry> {
+    if (this.#cluster) return followLogsInCluster(this.#cluster, this.name, options);
     return this.#sup.followLogs(this.name, options);
   }
 

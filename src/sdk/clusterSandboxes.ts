@@ -4,6 +4,7 @@
  * exactly as it wraps local ones.
  */
 
+import { Observable } from 'rxjs';
 import { recordedInfo } from '../actor/contract.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
@@ -78,6 +79,46 @@ export async function logsInCluster(cluster: Cluster, name: string, options: Log
   if (!entry) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
   if (!cluster.nodeAlive(entry.node)) throw nodeLost(entry.node, undefined, name);
   return cluster.request<LogEntry[]>(entry.node, 'logs', { name, options });
+}
+
+/**
+ * The recorded output of a sandbox of the cluster, then its new output as it comes (from the
+ * cluster's event stream), until it stops. Subscribed before the record is read, so nothing
+ * falls between; what both give once is given once (by time: the record's last entry).
+ */
+export function followLogsInCluster(cluster: Cluster, name: string, options: LogsOptions): Observable<LogEntry> {
+  return new Observable<LogEntry>((sub) => {
+    const early: LogEntry[] = [];
+    let lastTs = -1;
+    let replaying = true;
+    const live = cluster.events({ name, untilStopped: true }).subscribe({
+      next: (e) => {
+        if (e.type !== 'exec.stdout' && e.type !== 'exec.stderr') return;
+        if (options.execId !== undefined && e.execId !== options.execId) return;
+        const entry: LogEntry = { ts: e.ts, execId: e.execId, stream: e.type === 'exec.stdout' ? 'stdout' : 'stderr', data: e.data };
+        if (replaying) early.push(entry);
+        else sub.next(entry);
+      },
+      error: (err: unknown) => sub.error(err),
+      complete: () => {
+        if (!replaying) sub.complete();
+        else replaying = false;
+      },
+    });
+    void (async () => {
+      const recorded = await logsInCluster(cluster, name, options);
+      for (const e of recorded) {
+        sub.next(e);
+        lastTs = Math.max(lastTs, e.ts);
+      }
+      for (const e of early) if (e.ts > lastTs) sub.next(e);
+      // Stopped before this call: its stopped event is in the past, the record is all.
+      const done = !replaying || live.closed || (await cluster.catalogEntry(name))?.status === 'stopped';
+      replaying = false;
+      if (done) sub.complete();
+    })().catch((err: unknown) => sub.error(err));
+    return () => live.unsubscribe();
+  });
 }
 
 /** A link to `name` if it runs on a live node; its catalog entry either way (undefined: no such sandbox). */

@@ -4,7 +4,7 @@
 // asked by the CLI in a process of its own, as an operator would.
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { firstValueFrom, takeWhile, toArray } from 'rxjs';
+import { firstValueFrom, lastValueFrom, takeWhile, tap, toArray } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, Sandbox } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
@@ -51,6 +51,11 @@ async function counterPast(sb: Sandbox, above: number): Promise<number> {
   throw new Error(`the counter never passed ${above}: the process did not run on`);
 }
 
+/** Waits until `cond()` holds (polled; the test's own timeout bounds it). */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 20));
+}
+
 const listing = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
 
 describe('a fork through the cluster', () => {
@@ -93,6 +98,28 @@ describe('a background command through the cluster', () => {
       expect(await again.exited).toMatchObject({ code: 0 });
     } finally {
       await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('following the output of a sandbox through the cluster', () => {
+  it('gives the record, then new output as it comes, and ends when the sandbox stops', async () => {
+    const sb = await Sandbox.builder(uniqueName('follow')).memory(128).cluster(cluster).create();
+    let text = '';
+    let ended = false;
+    try {
+      await sb.exec('echo', ['before']);
+      const done = lastValueFrom(sb.logs$().pipe(tap((e) => (text += Buffer.from(e.data).toString()))), { defaultValue: undefined }).then(() => (ended = true));
+      await until(() => text === 'before\n');
+      await sb.exec('echo', ['after']);
+      await until(() => text === 'before\nafter\n');
+      expect(ended).toBe(false);
+      await sb.kill();
+      await done;
+      expect(text).toBe('before\nafter\n');
+    } finally {
+      if (!ended) await sb.kill();
       await Sandbox.remove(sb.name, { cluster });
     }
   });
