@@ -17,6 +17,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
 import { rankNodes } from '../cluster/placement.ts';
 import { Receiver, sendArchive } from './transfer.ts';
+import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
@@ -75,6 +76,8 @@ export class NodeService {
   readonly #moving = new Map<string, Promise<void>>();
   /** Sandboxes moved away, and where to: calls to them get E_SANDBOX_MOVED naming it. */
   readonly #movedTo = new Map<string, string>();
+  /** Metrics samplers of the handles that asked, by `<sandbox>/<sampler id>`. */
+  readonly #samplers = new Map<string, MetricsSampler>();
   /** Sandboxes whose events this node no longer publishes (the copy a move left behind). */
   readonly #silenced = new Set<string>();
   /** Archives of sandboxes moving here. */
@@ -205,6 +208,7 @@ export class NodeService {
         callback: (err, msg) => this.#handle(err, msg, (p) => this.#receive(msg.subject.slice(nodeSubject(this.name, 'receive.').length), p as Record<string, unknown>)),
       }),
     );
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'metrics'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#metrics(p as { name?: unknown; sampler?: unknown })) }));
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'snapshot.remove'), {
         callback: (err, msg) => this.#handle(err, msg, async (p) => (await this.#sup.removeSnapshot(validateName((p as { name?: unknown })?.name, 'snapshot name')), null)),
@@ -330,6 +334,7 @@ export class NodeService {
     }
     await Promise.allSettled([...(this.#inflight.get(name)?.keys() ?? [])]);
     if (this.#live.get(name) === link) this.#live.delete(name);
+    for (const key of this.#samplers.keys()) if (key.startsWith(`${name}/`)) this.#samplers.delete(key);
     await this.#sup.release(link).catch(logFailure(`releasing sandbox "${name}"`));
     const rec = this.#sup.reconcile(name);
     await this.#setStatus(name, 'stopped', rec?.stopReason ?? 'crashed').catch(logFailure(`writing the catalog entry of "${name}"`));
@@ -495,6 +500,36 @@ export class NodeService {
       default:
         throw new TypeError(`unknown receive step ${step}`);
     }
+  }
+
+  /**
+   * One sample of a sandbox's resource use, taken here where its VM runs, by the sampler of
+   * the asking handle (its CPU % is since that handle's previous sample). Samplers of
+   * sandboxes that ended go; at most 1024 are kept (the oldest go first).
+   */
+  async #metrics(p: { name?: unknown; sampler?: unknown }): Promise<SandboxMetrics> {
+    const name = typeof p?.name === 'string' ? p.name : '';
+    if (typeof p?.sampler !== 'string' || p.sampler.length > 64) throw new InvalidOptionError('sampler', 'a sampler id (≤ 64 characters)', p?.sampler);
+    this.#assertHere(name);
+    const link = this.#live.get(name);
+    if (!link) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${name}" has no running VM on node "${this.name}"`, { details: { state: 'stopped' } });
+    const key = `${name}/${p.sampler}`;
+    let sampler = this.#samplers.get(key);
+    if (!sampler) {
+      sampler = new MetricsSampler({
+        guestBytes: link.config.memoryMib * 2 ** 20,
+        pid: async () => {
+          const pid = (await link.api.info()).pid;
+          if (!pid) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${name}" has no running VM`, { details: { state: 'stopped' } });
+          return pid;
+        },
+        blockStats: async () => (await link.api.blockStats()) as BlockStat[],
+        networkBytes: () => link.api.networkStats(),
+      });
+      this.#samplers.set(key, sampler);
+      if (this.#samplers.size > 1024) this.#samplers.delete(this.#samplers.keys().next().value!);
+    }
+    return sampler.sample();
   }
 
   /** E_SANDBOX_MOVED for a sandbox moved to another node. */

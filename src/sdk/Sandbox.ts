@@ -6,7 +6,7 @@
  * const out = await sb.exec('sh', ['-c', 'echo hi']);
  */
 
-import { randomInt } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
 import { LIMITS, normalizeConfig, type SandboxConfig } from '../config.ts';
@@ -130,7 +130,7 @@ export class Sandbox {
   readonly #cluster: Cluster | undefined;
   readonly #config: SandboxConfig;
   #released = false;
-  #sampler: MetricsSampler | undefined;
+  #sampler: Pick<MetricsSampler, 'sample'> | undefined;
 
   /**
    * This sandbox's events, in order, until (and including) `sandbox.stopped`. For a handle
@@ -744,9 +744,19 @@ export class Sandbox {
     return metricsStream(() => this.#newSampler(), options.intervalMs ?? 1000);
   }
 
-  #newSampler(): MetricsSampler {
-    // The VM's pid and /proc are the node's, on another machine: not sampled from here (yet).
-    void this.#sup;
+  #newSampler(): Pick<MetricsSampler, 'sample'> {
+    // The VM's pid and /proc are its node's: sampled there, by a sampler of this handle's own.
+    const cluster = this.#cluster;
+    if (cluster) {
+      const sampler = randomUUID();
+      return {
+        sample: async () => {
+          const info = await this.info();
+          if (info.status === 'stopped' || !info.node) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" has no running VM`, { details: { state: 'stopped' } });
+          return cluster.request<SandboxMetrics>(info.node, 'metrics', { name: this.name, sampler });
+        },
+      };
+    }
     return new MetricsSampler({
       guestBytes: this.#config.memoryMib * 1024 * 1024,
       pid: async () => {

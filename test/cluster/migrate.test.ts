@@ -44,7 +44,12 @@ afterEach((ctx) => {
 /** The counter the guest's background loop writes, read until it passes `above` (a running process moves it on). */
 async function counterPast(sb: Sandbox, above: number): Promise<number> {
   for (let i = 0; i < 200; i++) {
-    const n = Number((await sb.fs().readText('/root/count')).trim());
+    // Not written yet by a loop that has just started: read again.
+    const text = await sb.fs().readText('/root/count').catch((err: { code?: string; details?: { errno?: string } }) => {
+      if (err.code === 'E_FS' && err.details?.errno === 'ENOENT') return '0';
+      throw err;
+    });
+    const n = Number(text.trim());
     if (n > above) return n;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -104,7 +109,7 @@ describe('a background command through the cluster', () => {
 });
 
 describe('following the output of a sandbox through the cluster', () => {
-  it('gives the record, then new output as it comes, and ends when the sandbox stops', async () => {
+  it('gives the record, then new output as it comes, and ends when the sandbox stops; metrics are sampled on its node', async () => {
     const sb = await Sandbox.builder(uniqueName('follow')).memory(128).cluster(cluster).create();
     let text = '';
     let ended = false;
@@ -115,6 +120,10 @@ describe('following the output of a sandbox through the cluster', () => {
       await sb.exec('echo', ['after']);
       await until(() => text === 'before\nafter\n');
       expect(ended).toBe(false);
+      // Resource use, sampled on its node (its VM's /proc is there).
+      const m = await sb.metrics();
+      expect(m.memory.pssBytes).toBeGreaterThan(0);
+      expect(m.cpuPercent).toBeGreaterThanOrEqual(0);
       await sb.kill();
       await done;
       expect(text).toBe('before\nafter\n');
