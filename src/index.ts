@@ -25,7 +25,7 @@ export { PullPolicy } from './image/pullPolicy.ts';
 export type { RegistryAuthConfig, RegistryAuthInput } from './image/auth.ts';
 export { registerSecret } from './image/secrets.ts';
 export { ImageBuilder } from './sdk/ImageBuilder.ts';
-export { Snapshot, type SnapshotMeta } from './sdk/Snapshot.ts';
+export { Snapshot, type ClusterSnapshot, type SnapshotMeta } from './sdk/Snapshot.ts';
 export { Volume, type VolumeInfo } from './sdk/Volume.ts';
 export { NetworkPolicy, NetworkBuilder, type NetworkPolicyConfig, type NetworkRule, type NetworkRuleInput } from './guestenv/NetworkPolicy.ts';
 export { VolumeBuilder, type VolumeConfig } from './guestenv/volumes.ts';

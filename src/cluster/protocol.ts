@@ -9,6 +9,8 @@
  *   corral.node.<node>.start           { name }              → { result: SandboxInfo } (a stopped one, again)
  *   corral.node.<node>.logs            { name, options }     → { result: LogEntry[] }
  *   corral.node.<node>.snapshot.remove { name }              → { result: null } (a fork's snapshot, once its forks run)
+ *   corral.node.<node>.snapshot.list   {}                    → { result: string[] } (the snapshots it holds)
+ *   corral.node.<node>.metrics         { name, sampler }     → { result: SandboxMetrics } (sampled there)
  *   corral.node.<node>.receive.<step>  a sandbox moving here (src/node/transfer.ts)
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}

@@ -208,6 +208,7 @@ export class NodeService {
         callback: (err, msg) => this.#handle(err, msg, (p) => this.#receive(msg.subject.slice(nodeSubject(this.name, 'receive.').length), p as Record<string, unknown>)),
       }),
     );
+    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'snapshot.list'), { callback: (err, msg) => this.#handle(err, msg, async () => this.#sup.snapshots().map((m) => m.name)) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'metrics'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#metrics(p as { name?: unknown; sampler?: unknown })) }));
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'snapshot.remove'), {

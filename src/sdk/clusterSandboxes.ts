@@ -24,8 +24,16 @@ import type { PlacementOptions } from './SandboxBuilder.ts';
 export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false, node?: string): Promise<NatsLink> {
   if (replace) await replaceInCluster(cluster, config.name);
   const ask = { memoryMib: config.memoryMib, ...(placement?.labels ? { labels: placement.labels } : {}) };
-  const nodes = (await cluster.nodes()).filter((n) => node === undefined || n.name === node);
+  let nodes = (await cluster.nodes()).filter((n) => node === undefined || n.name === node);
   if (node !== undefined && nodes.length === 0) throw nodeLost(node, undefined, config.name);
+  // A create from a snapshot goes where the snapshot is (its memory file is that node's).
+  const snapshot = config.fromSnapshot;
+  if (snapshot !== undefined) {
+    const has = await Promise.all(nodes.map(async (n) => (await cluster.request<string[]>(n.name, 'snapshot.list', {}, { timeoutMs: 30_000 })).includes(snapshot)));
+    const holders = nodes.filter((_, i) => has[i]);
+    if (holders.length === 0) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no live node of the cluster has a snapshot named "${snapshot}" (take one with sb.snapshot(name) on a sandbox of the cluster)`);
+    nodes = holders;
+  }
   const ranked = rankNodes(nodes, ask);
   const now = Date.now();
   const entry: CatalogEntry = { name: config.name, node: ranked[0]!.name, status: 'creating', stopReason: null, image: config.image, labels: config.labels ?? {}, memoryMib: config.memoryMib, createdAt: now, updatedAt: now };

@@ -6,7 +6,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { firstValueFrom, lastValueFrom, takeWhile, tap, toArray } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { Cluster, Sandbox } from '../../src/index.ts';
+import { Cluster, Sandbox, Snapshot } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { corral } from '../helpers/cli.ts';
@@ -64,7 +64,7 @@ async function until(cond: () => boolean): Promise<void> {
 const listing = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
 
 describe('a fork through the cluster', () => {
-  it('starts on the node of its source, with its files, and leaves no snapshot behind', async () => {
+  it('starts on the node of its source, with its files, and leaves no snapshot behind; a create from a snapshot goes where the snapshot is', async () => {
     const sb = await Sandbox.builder(uniqueName('src')).memory(128).cluster(cluster).placement({ labels: { zone: 'b' } }).create();
     try {
       await sb.shell('echo from-parent > /root/p.txt');
@@ -79,6 +79,21 @@ describe('a fork through the cluster', () => {
         await child.kill();
         await Sandbox.remove(child.name, { cluster });
       }
+      expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
+      // A create from a snapshot is placed where the snapshot is.
+      const snap = uniqueName('snap');
+      await sb.snapshot(snap);
+      const copy = await Sandbox.builder(uniqueName('copy')).cluster(cluster).fromSnapshot(snap).create();
+      try {
+        expect(await copy.info()).toMatchObject({ status: 'running', node: 'm2' });
+        expect((await copy.fs().readText('/root/p.txt')).trim()).toBe('from-parent');
+      } finally {
+        await copy.kill();
+        await Sandbox.remove(copy.name, { cluster });
+      }
+      await expect(Sandbox.builder(uniqueName('copy')).cluster(cluster).fromSnapshot(uniqueName('nowhere')).create()).rejects.toMatchObject({ code: 'E_SNAPSHOT_NOT_FOUND' });
+      expect(await Snapshot.list({ cluster })).toEqual([{ name: snap, node: 'm2' }]);
+      await Snapshot.remove(snap, { cluster });
       expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
     } finally {
       await sb.kill();
