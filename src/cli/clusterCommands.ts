@@ -1,6 +1,7 @@
 /**
  * The CLI's verbs on a cluster: `corral --nats URL[,URL…] <verb>`. Credentials come from
- * CORRAL_NATS_USER and CORRAL_NATS_PASSWORD (never the command line, where `ps` shows them).
+ * CORRAL_NATS_USER and CORRAL_NATS_PASSWORD (never the command line, where `ps` shows them),
+ * TLS files from CORRAL_NATS_TLS_CA / _CERT / _KEY.
  *
  *   ls [--label K=V]      every sandbox on every node, with its node
  *   inspect NAME          its facts, from its node (or the catalog once stopped)
@@ -22,12 +23,24 @@ export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 
 /** The verbs that take `--nats`. */
 export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ...HANDLE_VERBS]);
 
-/** A connection to the cluster at `servers` (comma-separated), credentials from the environment. */
+/**
+ * A connection to the cluster at `servers` (comma-separated), credentials from the
+ * environment: CORRAL_NATS_USER / CORRAL_NATS_PASSWORD, and for TLS CORRAL_NATS_TLS_CA (the
+ * servers' CA) with CORRAL_NATS_TLS_CERT / CORRAL_NATS_TLS_KEY when the servers ask for a
+ * client certificate (PEM files).
+ */
 export function connectCluster(servers: string): Promise<Cluster> {
+  const env = process.env;
+  const tls = {
+    ...(env.CORRAL_NATS_TLS_CA ? { caFile: env.CORRAL_NATS_TLS_CA } : {}),
+    ...(env.CORRAL_NATS_TLS_CERT ? { certFile: env.CORRAL_NATS_TLS_CERT } : {}),
+    ...(env.CORRAL_NATS_TLS_KEY ? { keyFile: env.CORRAL_NATS_TLS_KEY } : {}),
+  };
   return Cluster.connect({
     servers: servers.split(','),
-    ...(process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
-    ...(process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
+    ...(env.CORRAL_NATS_USER ? { user: env.CORRAL_NATS_USER } : {}),
+    ...(env.CORRAL_NATS_PASSWORD ? { pass: env.CORRAL_NATS_PASSWORD } : {}),
+    ...(Object.keys(tls).length ? { tls } : {}),
   });
 }
 
