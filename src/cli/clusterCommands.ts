@@ -25,7 +25,8 @@ export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ..
 
 /**
  * A connection to the cluster at `servers` (comma-separated), credentials from the
- * environment: CORRAL_NATS_USER / CORRAL_NATS_PASSWORD, and for TLS CORRAL_NATS_TLS_CA (the
+ * environment: CORRAL_NATS_USER / CORRAL_NATS_PASSWORD (or CORRAL_NATS_NKEY_SEED, a file
+ * holding a user nkey seed), and for TLS CORRAL_NATS_TLS_CA (the
  * servers' CA) with CORRAL_NATS_TLS_CERT / CORRAL_NATS_TLS_KEY when the servers ask for a
  * client certificate (PEM files).
  */
@@ -40,6 +41,7 @@ export function connectCluster(servers: string): Promise<Cluster> {
     servers: servers.split(','),
     ...(env.CORRAL_NATS_USER ? { user: env.CORRAL_NATS_USER } : {}),
     ...(env.CORRAL_NATS_PASSWORD ? { pass: env.CORRAL_NATS_PASSWORD } : {}),
+    ...(env.CORRAL_NATS_NKEY_SEED ? { nkeySeedFile: env.CORRAL_NATS_NKEY_SEED } : {}),
     ...(Object.keys(tls).length ? { tls } : {}),
   });
 }

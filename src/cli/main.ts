@@ -60,7 +60,7 @@ servers
                              Model Context Protocol server for AI agents: stdio (default), or
                              streamable HTTP at /mcp; --detached: its sandboxes outlive it
 cluster
-  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P]
+  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P | --nkey-seed FILE]
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
@@ -68,7 +68,7 @@ cluster
                   | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST
                   | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
                   | serve [--host H] [--port P] [--token T]   the API in front of the whole cluster
-                             act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
+                             act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD or CORRAL_NATS_NKEY_SEED)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,

@@ -5,6 +5,7 @@ export const NODE_OPTIONS = {
   label: { type: 'string', multiple: true },
   user: { type: 'string' },
   password: { type: 'string' },
+  'nkey-seed': { type: 'string' },
   'max-sandboxes': { type: 'string' },
   memory: { type: 'string' },
   heartbeat: { type: 'string' },

@@ -4,7 +4,8 @@
  * holds one too (for the registry, the catalog and the event stream).
  */
 
-import { connect, delay, headers, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import { connect, delay, headers, nkeyAuthenticator, nuid, type NatsConnection } from '@nats-io/transport-node';
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Observable } from 'rxjs';
@@ -22,6 +23,11 @@ export interface ClusterOptions {
   readonly servers: string | readonly string[];
   readonly user?: string;
   readonly pass?: string;
+  /**
+   * A file holding this side's NATS user nkey seed (`SU…`, as `nsc` or `nk -gen user` write
+   * it): the server knows the user by its public key, and no password crosses the wire.
+   */
+  readonly nkeySeedFile?: string;
   /**
    * TLS: the CA that signed the servers' certificates, and this side's certificate and key
    * when the servers ask for one (files, PEM). Given, or with `tls://` URLs, only TLS
@@ -126,10 +132,12 @@ export class Cluster {
     if (options.requestTimeoutMs !== undefined && (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)) throw new InvalidOptionError('requestTimeoutMs', 'a positive integer of ms', options.requestTimeoutMs);
     const replicas = options.replicas ?? 1;
     if (![1, 3, 5].includes(replicas)) throw new InvalidOptionError('replicas', '1, 3 or 5', options.replicas);
+    const authenticator = options.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(options.nkeySeedFile)) : undefined;
     let nc: NatsConnection;
     try {
       nc = await connect({
         servers,
+        ...(authenticator ? { authenticator } : {}),
         ...(options.user !== undefined ? { user: options.user } : {}),
         ...(options.pass !== undefined ? { pass: options.pass } : {}),
         name: options.name ?? `corral-${process.pid}`,
@@ -141,7 +149,7 @@ export class Cluster {
       throw new CorralError(
         'E_CLUSTER',
         auth
-          ? `the NATS servers refused the credentials of user "${options.user ?? ''}" (${(err as Error).message})`
+          ? `the NATS servers refused the credentials of ${options.nkeySeedFile !== undefined ? `the nkey in ${options.nkeySeedFile}` : `user "${options.user ?? ''}"`} (${(err as Error).message})`
           : `cannot connect to the NATS servers ${servers.join(', ')}: ${(err as Error).message}`,
         { cause: err, details: { reason: auth ? 'auth' : 'unreachable' } },
       );
@@ -446,6 +454,18 @@ export class Cluster {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** The user nkey seed in `file`: E_INVALID_OPTION naming `nkeySeedFile` when it is not one. */
+function readSeed(file: string): Uint8Array {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new InvalidOptionError('nkeySeedFile', `a readable file holding a user nkey seed (SU…): ${(err as Error).message}`, file);
+  }
+  if (!/^SU[A-Z2-7]{56}$/.test(text)) throw new InvalidOptionError('nkeySeedFile', 'a file holding a user nkey seed (SU…, 58 characters)', file);
+  return new TextEncoder().encode(text);
 }
 
 /** The longest timer Node takes (~24.8 days): a request this long has no deadline. */

@@ -58,7 +58,7 @@ const permissions = (p: { publish: string[]; subscribe: string[] }) => `, permis
  * Starts the servers and resolves once JetStream answers (its meta leader is elected).
  * `restricted`: the node and app users get only {@link NODE_PERMISSIONS} and {@link CLIENT_PERMISSIONS}.
  */
-export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string } } = {}): Promise<NatsCluster> {
+export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string }; nkeys?: readonly string[] } = {}): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
   const ports: number[] = [];
   const routes: number[] = [];
@@ -91,7 +91,7 @@ authorization {
   users: [
     { user: ${NODE_USER.user}, password: ${NODE_USER.pass}${options.restricted ? permissions(NODE_PERMISSIONS) : ''} }
     { user: ${APP_USER.user}, password: ${APP_USER.pass}${options.restricted ? permissions(CLIENT_PERMISSIONS) : ''} }
-  ]
+${(options.nkeys ?? []).map((k) => `    { nkey: ${k} }\n`).join('')}  ]
 }
 `;
     const file = join(dir, `s${i + 1}.conf`);
@@ -177,10 +177,11 @@ export interface NodeProcess {
  * Starts `corral node` and resolves once it says it is registered (its first stdout line,
  * `{ "ready": … }`).
  */
-export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string, options: { envCredentials?: boolean } = {}): Promise<NodeProcess> {
+export async function startNode(cluster: NatsCluster, name: string, extra: string[] = [], reuseStateDir?: string, options: { envCredentials?: boolean; noPassword?: boolean } = {}): Promise<NodeProcess> {
   const stateDir = reuseStateDir ?? (await mkdtemp(join(tmpdir(), `corral-node-${name}-`)));
-  // The credentials on the command line, or (envCredentials) in CORRAL_NATS_USER / CORRAL_NATS_PASSWORD.
-  const credentials = options.envCredentials ? [] : ['--user', NODE_USER.user, '--password', NODE_USER.pass];
+  // The credentials on the command line, or (envCredentials) in CORRAL_NATS_USER /
+  // CORRAL_NATS_PASSWORD, or none (noPassword: `extra` brings them, e.g. --nkey-seed).
+  const credentials = options.envCredentials || options.noPassword ? [] : ['--user', NODE_USER.user, '--password', NODE_USER.pass];
   const child = spawn(process.execPath, [BIN, 'node', '--nats', cluster.urls.join(','), '--name', name, '--state-dir', stateDir, ...credentials, ...extra], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: options.envCredentials ? { ...process.env, CORRAL_NATS_USER: NODE_USER.user, CORRAL_NATS_PASSWORD: NODE_USER.pass } : process.env,
