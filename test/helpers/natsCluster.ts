@@ -44,7 +44,7 @@ export async function endChild(child: ChildProcess, signal: NodeJS.Signals = 'SI
  * node here: a real one would be held to `corral.node.<its name>.>`).
  */
 export const NODE_PERMISSIONS = {
-  publish: ['corral.node.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
+  publish: ['corral.node.*.receive.>', 'corral.ev.>', '$JS.API.>', '$KV.corral-nodes.>', '$KV.corral-sandboxes.>', '_INBOX.>'],
   subscribe: ['corral.node.>', 'corral.live.>', '_INBOX.>'],
 };
 export const CLIENT_PERMISSIONS = {
