@@ -572,7 +572,9 @@ export class NodeService {
     // The copy left behind by a move ends in silence: the sandbox runs on elsewhere.
     if (this.#silenced.has(e.name)) return;
     const status = e.type === 'sandbox.paused' ? 'paused' : e.type === 'sandbox.resumed' ? 'running' : e.type === 'sandbox.draining' ? 'draining' : undefined;
-    if (status) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
+    // A sandbox frozen for its move: the catalog goes on saying running (then the node it
+    // moved to writes it), so a late write from here cannot put it back on this node.
+    if (status && !this.#moving.has(e.name)) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
     this.#publish(e);
   }
 
