@@ -1,0 +1,136 @@
+// The agent's WATCH frames against the real agent in host-testing mode (--port): inotify on
+// a temp dir of the host, the edges a VM test cannot reach cheaply (malformed requests, the
+// watch limit, a removed root), checked record by record.
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { WatchEndReason, WatchRecord, WatchSession } from '../../src/agent/AgentClient.ts';
+import { startHostAgent, type HostAgent } from '../helpers/hostAgent.ts';
+
+/** A watch whose records are collected, with a wait on them (a condition, never a sleep). */
+function collect(agent: HostAgent, path: string, recursive: boolean) {
+  const records: WatchRecord[] = [];
+  const waiters: Array<() => void> = [];
+  let end: { reason: WatchEndReason; error?: Error } | undefined;
+  const wake = () => waiters.splice(0).forEach((w) => w());
+  const session: WatchSession = agent.client.watch(path, { recursive }, {
+    changes: (rs) => (records.push(...rs), wake()),
+    ended: (reason, error) => ((end = { reason, ...(error ? { error } : {}) }), wake()),
+  });
+  const until = async (pred: () => boolean, what: string) => {
+    const t0 = Date.now();
+    while (!pred()) {
+      if (Date.now() - t0 > 10_000) throw new Error(`no ${what} in ${JSON.stringify(records)} (end: ${end?.reason})`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 1000).unref();
+      });
+    }
+  };
+  const seen = (kind: string, p: string) => records.some((r) => r.kind === kind && r.path === p);
+  return { session, records, until, seen, get end() { return end; } };
+}
+
+describe('file watches against the real agent (host mode)', () => {
+  let agent: HostAgent;
+  let dir: string;
+  beforeAll(async () => {
+    agent = await startHostAgent();
+    dir = mkdtempSync(join(tmpdir(), 'corral-agentwatch-'));
+  });
+  afterAll(async () => {
+    await agent?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('reports creates, writes, removes and renames paired by their cookie, relative to the watched dir', async () => {
+    const root = join(dir, 'basic');
+    mkdirSync(root);
+    const w = collect(agent, root, false);
+    await w.session.started;
+    writeFileSync(join(root, 'a.txt'), 'one');
+    renameSync(join(root, 'a.txt'), join(root, 'b.txt'));
+    rmSync(join(root, 'b.txt'));
+    mkdirSync(join(root, 'd'));
+    await w.until(() => w.seen('create', 'd'), 'create of d');
+    expect(w.seen('create', 'a.txt')).toBe(true);
+    expect(w.seen('write', 'a.txt')).toBe(true);
+    expect(w.records).toContainEqual({ kind: 'rename', path: 'a.txt', to: 'b.txt', isDir: false });
+    expect(w.records).toContainEqual({ kind: 'remove', path: 'b.txt', isDir: false });
+    expect(w.records).toContainEqual({ kind: 'create', path: 'd', isDir: true });
+    w.session.stop();
+    await w.until(() => w.end !== undefined, 'end');
+    expect(w.end).toEqual({ reason: 'stopped' });
+  });
+
+  it('recursive watches see files in a directory made after the start; a plain watch does not', async () => {
+    const root = join(dir, 'tree');
+    mkdirSync(join(root, 'old'), { recursive: true });
+    const deep = collect(agent, root, true);
+    const flat = collect(agent, root, false);
+    await Promise.all([deep.session.started, flat.session.started]);
+    writeFileSync(join(root, 'old', 'x'), '1');
+    mkdirSync(join(root, 'new', 'sub'), { recursive: true });
+    writeFileSync(join(root, 'new', 'sub', 'y'), '2');
+    writeFileSync(join(root, 'marker'), '');
+    await deep.until(() => deep.seen('create', 'new/sub/y') && deep.seen('create', 'marker'), 'create of new/sub/y');
+    await flat.until(() => flat.seen('create', 'marker'), 'create of marker');
+    expect(deep.seen('create', 'old/x')).toBe(true);
+    // One inotify instance reports in order: the marker came after anything about the subdirs.
+    expect(flat.records.filter((r) => r.path.includes('/'))).toEqual([]);
+    expect(flat.seen('create', 'new')).toBe(true);
+    deep.session.stop();
+    flat.session.stop();
+    await deep.until(() => deep.end !== undefined, 'end');
+    await flat.until(() => flat.end !== undefined, 'end');
+  });
+
+  it('ends with reason removed when the watched directory goes', async () => {
+    const root = join(dir, 'doomed');
+    mkdirSync(root);
+    const w = collect(agent, root, true);
+    await w.session.started;
+    writeFileSync(join(root, 'f'), '');
+    rmSync(root, { recursive: true });
+    await w.until(() => w.end !== undefined, 'end');
+    expect(w.end?.reason).toBe('removed');
+    expect(w.seen('remove', 'f')).toBe(true);
+  });
+
+  it('refuses a missing path, a file, a relative or empty path with the errno, and serves on', async () => {
+    writeFileSync(join(dir, 'plain'), '');
+    const cases: Array<[string, string]> = [
+      [join(dir, 'missing'), 'ENOENT'],
+      [join(dir, 'plain'), 'ENOTDIR'],
+      ['relative/path', 'EINVAL'],
+      ['', 'EINVAL'],
+      [`/${'x'.repeat(5000)}`, 'EINVAL'],
+    ];
+    for (const [path, errno] of cases) {
+      const w = agent.client.watch(path, { recursive: false }, { changes: () => {}, ended: () => {} });
+      await expect(w.started).rejects.toMatchObject({ code: 'E_FS', details: { errno } });
+    }
+    expect(agent.client.watchCount).toBe(0);
+    expect(await agent.client.ping()).toBeGreaterThan(0);
+  });
+
+  it('holds at most 32 watches; the 33rd is refused with EMFILE and a stopped one frees its slot', async () => {
+    const root = join(dir, 'many');
+    mkdirSync(root);
+    const ws = Array.from({ length: 32 }, () => collect(agent, root, false));
+    await Promise.all(ws.map((w) => w.session.started));
+    const extra = collect(agent, root, false);
+    await expect(extra.session.started).rejects.toMatchObject({ code: 'E_FS', details: { errno: 'EMFILE' } });
+    ws[0]!.session.stop();
+    await ws[0]!.until(() => ws[0]!.end !== undefined, 'end');
+    const again = collect(agent, root, false);
+    await again.session.started;
+    // Every one of them reports the same change, each on its own inotify instance.
+    writeFileSync(join(root, 'seen-by-all'), '');
+    for (const w of [...ws.slice(1), again]) await w.until(() => w.seen('create', 'seen-by-all'), 'create');
+    for (const w of [...ws.slice(1), again]) w.session.stop();
+    for (const w of [...ws.slice(1), again]) await w.until(() => w.end !== undefined, 'end');
+    expect(agent.client.watchCount).toBe(0);
+  });
+});
