@@ -34,7 +34,7 @@
 /* After a read that produced records, the instance is not read for this long: a burst of
  * writes to one file then comes as one `write` record, not one per write(2). The first event
  * after a quiet spell is read at once. */
-#define WATCH_LINGER_NS (5u * 1000 * 1000)
+#define WATCH_LINGER_NS (1u * 1000 * 1000)
 
 #define DIR_MASK (IN_CREATE | IN_MODIFY | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 
