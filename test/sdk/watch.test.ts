@@ -2,7 +2,7 @@
 // `fs.watch` events to an AsyncIterable and an Observable in the caller's thread. The
 // changes are made by commands in the guest, as a user's program would make them.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CorralError, InvalidOptionError, Sandbox, type FsWatch, type FsWatchEvent } from '../../src/index.ts';
+import { CorralError, InvalidOptionError, Sandbox, Snapshot, type FsWatch, type FsWatchEvent } from '../../src/index.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
@@ -164,6 +164,29 @@ describe('a watch and its sandbox', () => {
       expect(w.endReason).toBe('sandbox-stopped');
     } finally {
       await sb.stop();
+    }
+  });
+
+  it('a sandbox from a snapshot runs none of the watches of its source, whose watch goes on', async () => {
+    // The agent's inotify instances, as the guest's own /proc shows them.
+    const inotifyFds = async (sb: Sandbox) => Number((await sb.shell('ls -l /proc/1/fd | grep -c inotify || true')).stdout.trim());
+    const src = await Sandbox.builder(uniqueName('watch-src')).image('corral/base').memory(256).cpus(1).supervisor(sup).create();
+    const snap = uniqueName('watch-snap');
+    let copy: Sandbox | undefined;
+    try {
+      const w = await src.fs().watch('/tmp', { recursive: true });
+      await src.snapshot(snap);
+      copy = await Sandbox.builder(uniqueName('watch-copy')).fromSnapshot(snap).supervisor(sup).create();
+      // The restored agent got WATCH_STOP for its orphans before this exec's frame.
+      expect(await inotifyFds(copy)).toBe(0);
+      expect(await inotifyFds(src)).toBe(1);
+      await src.fs().write('/tmp/after-snapshot', 'x');
+      await until(w, has('create', '/tmp/after-snapshot'));
+      await w.stop();
+    } finally {
+      await copy?.stop();
+      await src.stop();
+      await Snapshot.remove(snap, { supervisor: sup });
     }
   });
 
