@@ -1,12 +1,18 @@
 // The agent's WATCH frames against the real agent in host-testing mode (--port): inotify on
 // a temp dir of the host, the edges a VM test cannot reach cheaply (malformed requests, the
 // watch limit, a removed root), checked record by record.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WatchEndReason, WatchRecord, WatchSession } from '../../src/agent/AgentClient.ts';
+import { FrameDecoder, FrameType, PayloadWriter, encodeFrame, type Frame } from '../../src/agent/frame.ts';
+import { loadArtifacts } from '../../src/runtime/artifacts.ts';
 import { startHostAgent, type HostAgent } from '../helpers/hostAgent.ts';
+import { prng } from '../helpers/prng.ts';
 
 /** A watch whose records are collected, with a wait on them (a condition, never a sleep). */
 function collect(agent: HostAgent, path: string, recursive: boolean) {
@@ -132,5 +138,65 @@ describe('file watches against the real agent (host mode)', () => {
     for (const w of [...ws.slice(1), again]) w.session.stop();
     for (const w of [...ws.slice(1), again]) await w.until(() => w.end !== undefined, 'end');
     expect(agent.client.watchCount).toBe(0);
+  });
+});
+
+// Raw frames, not through AgentClient (which never sends malformed ones, and fails its
+// connection on the agent's complaints): the agent answers each and keeps serving.
+describe('garbage WATCH frames against the real agent (host mode)', () => {
+  it('answers every malformed WATCH and WATCH_STOP (a complaint or WATCH_END EINVAL) and serves on', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'corral-agentwatch-raw-'));
+    const server = createServer();
+    const conn = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((r) => server.listen(join(dir, 'a.sock'), r));
+    const child = spawn(loadArtifacts().agent, ['--port', join(dir, 'a.sock')], { stdio: 'ignore' });
+    const sock = await conn;
+    server.close();
+    const decoder = new FrameDecoder();
+    const frames: Frame[] = [];
+    let wake: (() => void) | undefined;
+    sock.on('data', (d: Buffer) => {
+      frames.push(...decoder.push(d));
+      wake?.();
+    });
+    const until = async (pred: () => boolean) => {
+      while (!pred()) await new Promise<void>((r) => (wake = r));
+    };
+    try {
+      await until(() => frames.some((f) => f.type === FrameType.HELLO));
+      const send = (type: number, id: number, payload: Uint8Array) => sock.write(encodeFrame(type as never, id, payload));
+      const good = new PayloadWriter().u32(1).str(dir).finish();
+      const watches: Array<[number, Uint8Array]> = [
+        [10, new Uint8Array(0)],
+        [11, good.subarray(0, 6)],
+        [12, Buffer.concat([good, Buffer.from([0])])],
+        [13, new PayloadWriter().u32(2).str(dir).finish()],
+        [14, new PayloadWriter().u32(0).u32(1 << 30).finish()],
+        [15, new PayloadWriter().u32(0).bytes(Buffer.from('/a\0b')).finish()],
+      ];
+      const rand = prng(18);
+      for (let i = 0; i < 40; i++) watches.push([100 + i, randomBytes(Math.floor(rand() * 64))]);
+      for (const [id, p] of watches) send(FrameType.WATCH, id, p);
+      send(FrameType.WATCH, 0, good); // session 0: a complaint
+      send(FrameType.WATCH_STOP, 10, new Uint8Array([1])); // a payload: a complaint
+      send(FrameType.WATCH_STOP, 0, new Uint8Array(0)); // session 0: a complaint
+      send(FrameType.WATCH_STOP, 999, new Uint8Array(0)); // no such watch: dropped
+      send(FrameType.PING, 0, Buffer.from('still-there'));
+      await until(() => frames.some((f) => f.type === FrameType.PONG));
+      const ends = frames.filter((f) => f.type === FrameType.WATCH_END);
+      const started = frames.filter((f) => f.type === FrameType.WATCH_EVENTS).map((f) => f.session);
+      // Each WATCH got one answer: an EINVAL end, or (random bytes that happen to parse) a start or a refusal.
+      expect(new Set([...ends.map((f) => f.session), ...started])).toEqual(new Set(watches.map(([id]) => id)));
+      for (const id of [10, 11, 12, 13, 14, 15]) expect(Buffer.from(ends.find((f) => f.session === id)!.payload).readInt32LE(0)).toBe(22); // EINVAL
+      expect(frames.filter((f) => f.type === FrameType.ERROR && f.session === 0)).toHaveLength(3);
+      expect(child.exitCode).toBeNull();
+    } finally {
+      sock.destroy();
+      if (child.exitCode === null) {
+        child.kill('SIGKILL');
+        await new Promise((r) => child.once('exit', r));
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
