@@ -28,6 +28,7 @@
 #define T_WATCH_END 27
 #define WATCH_PATH_MAX 4096
 #define WATCH_DIRS_MAX 4096                /* watched directories per watch */
+#define WATCH_ANNOUNCE_MAX 4096            /* create records for what a new directory already holds */
 #define WATCH_FRAME_BUDGET (60u * 1024)    /* a frame is sent once its records pass this */
 #define WATCH_READ_BUF (64u * 1024)
 #define WATCH_RECURSIVE 1u
@@ -55,6 +56,7 @@ struct fswatch {
 	struct wdir *dirs; /* sorted by wd */
 	size_t ndirs, cap;
 	bool dirs_full;    /* an overflow record was sent for a directory past WATCH_DIRS_MAX */
+	uint32_t announce_left; /* create records the directory scan in progress may still send */
 	uint64_t quiet_until;
 	/* A MOVED_FROM waiting for its MOVED_TO (same cookie) */
 	bool pend;
@@ -254,9 +256,12 @@ static int dir_add(struct fswatch *w, const char *rel)
 
 /* Watches rel's subdirectories, depth first. announce: a create record for each entry (a
  * directory that appeared: what was made in it before its watch existed is told this way;
- * an entry made meanwhile may be told twice). */
+ * an entry made meanwhile may be told twice), at most WATCH_ANNOUNCE_MAX per scan (then one
+ * overflow record: a huge tree moved in must not fill the output queue). */
 static void tree_add(struct fswatch *w, const char *rel, bool announce, int depth)
 {
+	if (depth == 0)
+		w->announce_left = WATCH_ANNOUNCE_MAX;
 	static char path[WATCH_PATH_MAX + 1];
 	if (depth > 512 || !full_path(w, path, rel))
 		return;
@@ -279,8 +284,11 @@ static void tree_add(struct fswatch *w, const char *rel, bool announce, int dept
 			struct stat st;
 			isdir = fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
 		}
-		if (announce)
+		if (announce && w->announce_left > 0) {
 			record(w, K_CREATE, isdir, child, NULL);
+			if (--w->announce_left == 0)
+				record(w, K_OVERFLOW, false, "", NULL);
+		}
 		if (!isdir)
 			continue;
 		if (dir_add(w, child) < 0) {
@@ -306,6 +314,32 @@ static void tree_drop(struct fswatch *w, const char *rel)
 		} else {
 			i++;
 		}
+	}
+}
+
+/* A directory renamed within the tree: its watches (of inodes, so still valid) are kept, and
+ * their paths follow it. Dropping and adding them again would miss what is made in it before
+ * the new watches exist. */
+static void tree_rename(struct fswatch *w, const char *from, const char *to)
+{
+	static char path[WATCH_PATH_MAX + 1];
+	size_t fl = strlen(from);
+	for (size_t i = 0; i < w->ndirs;) {
+		const char *r = w->dirs[i].rel;
+		if (strncmp(r, from, fl) != 0 || (r[fl] != '\0' && r[fl] != '/')) {
+			i++;
+			continue;
+		}
+		int n = snprintf(path, sizeof path, "%s%s", to, r + fl);
+		char *nr = n >= 0 && n <= WATCH_PATH_MAX ? strdup(path) : NULL;
+		if (!nr) { /* too deep now (or no memory): no longer watched */
+			inotify_rm_watch(w->fd, w->dirs[i].wd);
+			dir_drop(w, &w->dirs[i]);
+			continue;
+		}
+		free(w->dirs[i].rel);
+		w->dirs[i].rel = nr;
+		i++;
 	}
 }
 
@@ -344,6 +378,8 @@ static void flush_pending(struct fswatch *w)
 	w->pend = false;
 	/* Moved out of the watched tree: gone, as far as the watch can tell. */
 	record(w, K_REMOVE, w->pend_dir, w->pend_path, NULL);
+	if (w->pend_dir && w->recursive)
+		tree_drop(w, w->pend_path);
 }
 
 /* One inotify event. Returns false once the watch is over (freed). */
@@ -384,6 +420,8 @@ static bool on_event(struct fswatch *w, const struct inotify_event *ev)
 		char *p = strdup(path);
 		if (!p) {
 			record(w, K_REMOVE, isdir, path, NULL);
+			if (isdir && w->recursive)
+				tree_drop(w, path);
 		} else {
 			free(w->pend_path);
 			w->pend_path = p;
@@ -391,13 +429,15 @@ static bool on_event(struct fswatch *w, const struct inotify_event *ev)
 			w->pend_cookie = ev->cookie;
 			w->pend_dir = isdir;
 		}
-		if (isdir && w->recursive)
-			tree_drop(w, path);
 		return true;
 	} else if (ev->mask & IN_MOVED_TO) {
 		if (w->pend) {
 			w->pend = false;
 			record(w, K_RENAME, isdir, w->pend_path, path);
+			if (isdir && w->recursive) {
+				tree_rename(w, w->pend_path, path);
+				return true;
+			}
 		} else {
 			record(w, K_CREATE, isdir, path, NULL);
 		}

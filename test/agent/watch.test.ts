@@ -92,6 +92,34 @@ describe('file watches against the real agent (host mode)', () => {
     await flat.until(() => flat.end !== undefined, 'end');
   });
 
+  it('tells a directory moved in by its entries, one renamed within the tree by the rename alone, and caps what it tells', async () => {
+    const root = join(dir, 'moves');
+    const outside = join(dir, 'outside');
+    mkdirSync(join(root, 'a'), { recursive: true });
+    mkdirSync(join(outside, 'in', 'deep'), { recursive: true });
+    writeFileSync(join(outside, 'in', 'deep', 'f'), '');
+    mkdirSync(join(outside, 'big'));
+    for (let i = 0; i < 5000; i++) writeFileSync(join(outside, 'big', `f${i}`), '');
+    writeFileSync(join(root, 'a', 'kept'), '');
+    const w = collect(agent, root, true);
+    await w.session.started;
+    renameSync(join(outside, 'in'), join(root, 'in'));
+    renameSync(join(root, 'a'), join(root, 'b'));
+    renameSync(join(outside, 'big'), join(root, 'big'));
+    writeFileSync(join(root, 'b', 'new'), '');
+    writeFileSync(join(root, 'in', 'deep', 'g'), '');
+    await w.until(() => w.seen('create', 'b/new') && w.seen('create', 'in/deep/g'), 'creates in the moved directories');
+    expect(w.records).toContainEqual({ kind: 'create', path: 'in', isDir: true });
+    expect(w.seen('create', 'in/deep/f')).toBe(true);
+    expect(w.records).toContainEqual({ kind: 'rename', path: 'a', to: 'b', isDir: true });
+    expect(w.seen('create', 'b/kept')).toBe(false);
+    // 5000 files moved in: 4096 told, then one overflow for the rest.
+    expect(w.records.filter((r) => r.kind === 'create' && r.path.startsWith('big/'))).toHaveLength(4096);
+    expect(w.records.filter((r) => r.kind === 'overflow')).toHaveLength(1);
+    w.session.stop();
+    await w.until(() => w.end !== undefined, 'end');
+  });
+
   it('ends with reason removed when the watched directory goes', async () => {
     const root = join(dir, 'doomed');
     mkdirSync(root);
