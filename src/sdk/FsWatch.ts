@@ -41,7 +41,13 @@ export interface FsWatchLink {
 const DEFAULT_MAX_QUEUED = 4096;
 const OPTIONS = new Set(['recursive', 'signal', 'timeoutMs', 'maxQueuedEvents']);
 
-/** Checks {@link FsWatchOptions}; returns the queue bound. */
+/**
+ * Checks {@link FsWatchOptions}; returns the queue bound. Throws InvalidOptionError naming
+ * the option and what it allows.
+ *
+ * @example
+ * validateWatchOptions({ recursive: true }); // 4096
+ */
 export function validateWatchOptions(options: unknown): number {
   if (options === undefined) return DEFAULT_MAX_QUEUED;
   if (typeof options !== 'object' || options === null) throw new InvalidOptionError('options', 'an object of recursive, signal, timeoutMs, maxQueuedEvents', options);
@@ -188,7 +194,10 @@ export class FsWatch implements AsyncIterable<FsWatchChange> {
 /**
  * Starts a watch on `link`: subscribed before the start call, so no change is missed.
  * Rejects (E_FS with `details.errno` ENOENT, ENOTDIR…; E_ILLEGAL_STATE; E_TIMEOUT) if the
- * guest cannot watch `path`.
+ * guest cannot watch `path`. `bound` applies the caller's `{ signal, timeoutMs }` to the start.
+ *
+ * @example
+ * const w = await startWatch(link, 7, '/work', true, 4096, undefined, (fn) => fn());
  */
 export async function startWatch(link: FsWatchLink, id: number, path: string, recursive: boolean, maxQueued: number, signal: AbortSignal | undefined, bound: (fn: () => Promise<void>) => Promise<void>): Promise<FsWatch> {
   const watch = new FsWatch(id, path, link, maxQueued);

@@ -133,6 +133,20 @@ describe('sandbox.fs().watch()', () => {
     await expect(sb.fs().watch('relative')).rejects.toMatchObject({ code: 'E_INVALID_OPTION', details: { option: 'path' } });
   });
 
+  it('sleeps through pause() and goes on after resume()', async () => {
+    await sb.fs().mkdir('/tmp/w6');
+    const w = await sb.fs().watch('/tmp/w6');
+    try {
+      await sb.pause();
+      await sb.resume();
+      await sb.fs().write('/tmp/w6/after-resume', 'x');
+      await until(w, has('create', '/tmp/w6/after-resume'));
+      expect(w.endReason).toBeUndefined();
+    } finally {
+      await w.stop();
+    }
+  });
+
   it('an aborted signal stops the watch', async () => {
     const ac = new AbortController();
     const w = await sb.fs().watch('/tmp', { signal: ac.signal });
