@@ -10,8 +10,11 @@
  * - create → first exec: `builder.create()` then `exec('true')`, cluster against local
  *   (goal ≤ 1.2×);
  * - exec round trip: `exec('true')` on a running sandbox, cluster against local (goal
- *   ≤ local + 1 ms).
- * Migration is not built yet, so there is no migration figure.
+ *   ≤ local + 1 ms);
+ * - migration: `cluster.drain(n1, { migrate: true })` moving MOVES running sandboxes to a
+ *   second node (its per-sandbox `ms`, then the first exec there), against the floor of the
+ *   same steps done by hand on this host in this run: snapshot → export → import into a
+ *   second state dir → create from it → first exec (no NATS, no transfer).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,12 +25,13 @@ import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
 const EXECS = 30;
+const MOVES = Number(process.env.MOVES ?? 3);
 console.log(`corral cluster bench — ${new Date().toISOString()} — node ${process.version}`);
 const report = new BenchReport('cluster');
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
 const nats = await startNatsCluster(1);
-const node = await startNode(nats, 'bench-n1', ['--memory', '2048', '--max-sandboxes', '4']).catch(async (err: unknown) => {
+const node = await startNode(nats, 'bench-n1', ['--memory', '2048', '--max-sandboxes', '4', '--label', 'role=from']).catch(async (err: unknown) => {
   await nats.stop();
   throw err;
 });
@@ -58,6 +62,68 @@ async function roundTrips(sb: Sandbox): Promise<number[]> {
   return out;
 }
 
+/**
+ * MOVES sandboxes moved by a drain with migrate (each its report's ms plus a first exec
+ * there), and the same moves done by hand between two local supervisors (the floor).
+ */
+async function migrations(): Promise<{ cluster: number[]; floor: number[] }> {
+  const floor: number[] = [];
+  const otherDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
+  const other = new Supervisor({ stateDir: otherDir });
+  try {
+    for (let i = 0; i < MOVES; i++) {
+      const sb = await Sandbox.builder(`bench-mv-local-${process.pid}-${i}`).memory(128).supervisor(sup).create();
+      await sb.exec('true');
+      const snap = `bench-mv-${process.pid}-${i}`;
+      const file = join(otherDir, `${snap}.corral`);
+      const t0 = performance.now();
+      await sb.snapshot(snap);
+      await Sandbox.exportSnapshot(snap, file, { supervisor: sup });
+      await Sandbox.importSnapshot(file, { supervisor: other });
+      const moved = await Sandbox.builder(sb.name).fromSnapshot(snap).supervisor(other).create();
+      await moved.exec('true');
+      floor.push(performance.now() - t0);
+      for (const [s, from] of [
+        [sb, sup],
+        [moved, other],
+      ] as const) {
+        await s.kill();
+        await Sandbox.remove(s.name, { supervisor: from });
+      }
+      await sup.removeSnapshot(snap);
+      await other.removeSnapshot(snap);
+    }
+  } finally {
+    await other.close();
+    rmSync(otherDir, { recursive: true, force: true });
+  }
+  const to = await startNode(nats, 'bench-n2', ['--memory', '2048', '--max-sandboxes', '4', '--label', 'role=to']);
+  const moving: Sandbox[] = [];
+  try {
+    for (let i = 0; i < MOVES; i++) {
+      const sb = await Sandbox.builder(`bench-mv-${process.pid}-${i}`).memory(128).cluster(cluster).placement({ labels: { role: 'from' } }).create();
+      await sb.exec('true');
+      moving.push(sb);
+    }
+    const drained = await cluster.drain('bench-n1', { migrate: true });
+    const out: number[] = [];
+    for (const line of drained.sandboxes) {
+      if (!line.movedTo) throw new Error(`${line.name} did not move: ${line.error?.message}`);
+      const sb = moving.find((m) => m.name === line.name)!;
+      const t0 = performance.now();
+      await sb.exec('true');
+      out.push(line.ms + performance.now() - t0);
+    }
+    return { cluster: out, floor };
+  } finally {
+    for (const sb of moving) {
+      await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+    await to.stop();
+  }
+}
+
 try {
   const localCreate = await creates((n) => Sandbox.builder(n).memory(128).supervisor(sup).create(), (n) => Sandbox.remove(n, { supervisor: sup }), 'local');
   const clusterCreate = await creates((n) => Sandbox.builder(n).memory(128).cluster(cluster).create(), (n) => Sandbox.remove(n, { cluster }), 'cluster');
@@ -80,6 +146,11 @@ try {
     await Sandbox.remove(local.name, { supervisor: sup });
     await Sandbox.remove(remote.name, { cluster });
   }
+
+  const moves = await migrations();
+  console.log(`move by hand on one host (floor): ${fmtMs(moves.floor)}`);
+  console.log(`migration through the cluster:     ${fmtMs(moves.cluster)}  ${ratio(moves.cluster, moves.floor)}`);
+  report.add('migration', moves.cluster, 'ms', quantile(moves.floor, 0.5));
   report.print();
 } finally {
   await cluster.close();

@@ -47,6 +47,7 @@ export const ErrorCodes = {
   E_USAGE: 'the command line is not valid (corral CLI)',
   E_NO_CAPACITY: 'the supervisor is at a limit it was given (maxSandboxes, memoryHeadroomMib), or no cluster node matching the placement has room: no new sandbox now',
   E_NODE_LOST: 'the cluster node that ran the sandbox stopped answering (its heartbeat stopped): the sandbox is stopped',
+  E_SANDBOX_MOVED: 'the sandbox was moved to another cluster node (details.node): a handle follows it; a command that ran across the move runs on there, no longer followed',
   E_CLUSTER: 'the cluster (NATS) refused the connection or a request, or could not be reached',
 } as const;
 

@@ -147,6 +147,8 @@ export type SandboxEventBody =
       readonly spare: boolean;
     }
   | { readonly type: 'sandbox.snapshotted'; readonly snapshot: string; readonly ms: number; readonly bytes: number }
+  /** A cluster moved it from node `from` to node `to` (a drain with `migrate`), in `ms`. */
+  | { readonly type: 'sandbox.moved'; readonly from: string; readonly to: string; readonly ms: number }
   /** `idle`: its idle limit with action `pause` (a call that needs the guest resumes it). */
   | { readonly type: 'sandbox.paused'; readonly reason: 'requested' | 'idle' }
   /** `call`: a call that needed the guest resumed a sandbox its idle limit had paused. */

@@ -6,12 +6,13 @@
  *   inspect NAME          its facts, from its node (or the catalog once stopped)
  *   rm NAME               remove a stopped sandbox, wherever it ran
  *   nodes                 the live nodes: labels, capacity, what is free
- *   node drain NAME       drain a node: no new sandboxes, its sandboxes drain and stop
+ *   node drain NAME [--migrate]   drain a node: no new sandboxes, its sandboxes drain and stop (or move)
+ *   serve [--host H] [--port P] [--token T]   the HTTP + WebSocket API, fronting the cluster (main.ts)
  *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME
  *                         as without --nats, on a sandbox of the cluster
  */
 
-import { Cluster } from '../cluster/Cluster.ts';
+import { Cluster, type DrainReport } from '../cluster/Cluster.ts';
 import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { EXIT } from './exitCodes.ts';
@@ -20,6 +21,15 @@ import { EXIT } from './exitCodes.ts';
 export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 'start']);
 /** The verbs that take `--nats`. */
 export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ...HANDLE_VERBS]);
+
+/** A connection to the cluster at `servers` (comma-separated), credentials from the environment. */
+export function connectCluster(servers: string): Promise<Cluster> {
+  return Cluster.connect({
+    servers: servers.split(','),
+    ...(process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
+    ...(process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
+  });
+}
 
 /**
  * Runs one verb against the cluster at `servers`; resolves with the exit code (errors are
@@ -36,12 +46,8 @@ export async function runOnCluster(
   /** Runs a {@link HANDLE_VERBS} verb on the sandbox's handle; resolves with the exit code. */
   onHandle: (verb: string, sb: Sandbox) => Promise<number>,
 ): Promise<number> {
-  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS].join(', ')})`);
-  const cluster = await Cluster.connect({
-    servers: servers.split(','),
-    ...(process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
-    ...(process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
-  });
+  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'create', 'run', 'logs', 'cp', 'serve'].join(', ')})`);
+  const cluster = await connectCluster(servers);
   try {
     const [first, second, ...extra] = args.positionals;
     const needOne = () => {
@@ -93,11 +99,12 @@ export async function runOnCluster(
         return EXIT.OK;
       }
       default: {
-        if (first !== 'drain' || !second || extra.length) throw new CorralError('E_USAGE', 'with --nats, node takes: node drain NAME');
-        if (args.values.migrate) throw new CorralError('E_USAGE', 'node drain --migrate: moving sandboxes to other nodes is not built yet');
-        const report = await cluster.drain(second);
-        print(report, report.sandboxes.map((s) => `${s.name}: ${s.stopReason ?? s.error?.message} in ${Math.round(s.ms)} ms`).join('\n') || `${second}: nothing to drain`);
-        return EXIT.OK;
+        if (first !== 'drain' || !second || extra.length) throw new CorralError('E_USAGE', 'with --nats, node takes: node drain NAME [--migrate]');
+        const report = await cluster.drain(second, { migrate: args.values.migrate === true });
+        const line = (s: DrainReport['sandboxes'][number]) => `${s.name}: ${s.movedTo ? `moved to ${s.movedTo}` : s.error ? `failed: ${s.error.message}` : s.stopReason} in ${Math.round(s.ms)} ms`;
+        print(report, report.sandboxes.map(line).join('\n') || `${second}: nothing to drain`);
+        // A sandbox that could not move (or drain) fails the command: the node is not empty.
+        return report.sandboxes.some((s) => s.error) ? EXIT.ERROR : EXIT.OK;
       }
     }
   } finally {

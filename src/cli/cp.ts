@@ -9,6 +9,7 @@ import { basename, join, posix } from 'node:path';
 import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
 
 /** One side of a copy: a sandbox path (`NAME:/path`) or a host path. */
 export interface CpEnd {
@@ -41,16 +42,16 @@ export interface CpResult {
  * Copies between the host and a running sandbox; resolves with where things went.
  *
  * @example
- * await copy(sup, './site', 'web:/srv'); // → web:/srv/site when /srv exists
+ * await copy({ supervisor: sup }, './site', 'web:/srv'); // → web:/srv/site when /srv exists
  */
-export async function copy(sup: Supervisor, src: string, dst: string): Promise<CpResult> {
+export async function copy(where: { supervisor: Supervisor } | { cluster: Cluster }, src: string, dst: string): Promise<CpResult> {
   const from = parseCpEnd(src);
   const to = parseCpEnd(dst);
   if ((from.sandbox === undefined) === (to.sandbox === undefined)) {
     throw new CorralError('E_USAGE', 'cp copies between the host and a sandbox: exactly one of SRC and DST is NAME:/path');
   }
   const name = (from.sandbox ?? to.sandbox)!;
-  const sb = await Sandbox.get(name, { supervisor: sup });
+  const sb = await Sandbox.get(name, where);
   try {
     const fs = sb.fs();
     if (to.sandbox !== undefined) {

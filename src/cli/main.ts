@@ -25,6 +25,7 @@ import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
 import { NODE_OPTIONS } from './nodeOptions.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -64,8 +65,10 @@ cluster
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
-  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME -- CMD…
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME -- CMD…
+                  | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST
                   | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
+                  | serve [--host H] [--port P] [--token T]   the API in front of the whole cluster
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
@@ -74,9 +77,14 @@ exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 ti
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
+/** The verbs that take --nats by running their own code against the cluster (the others: src/cli/clusterCommands.ts). */
+const CLUSTER_CTX_VERBS = new Set(['create', 'run', 'logs', 'cp']);
+
 interface Ctx {
   readonly json: boolean;
   readonly sup: Supervisor;
+  /** With `--nats`: the cluster the verb acts on (create, run, logs, cp), instead of `sup`. */
+  readonly cluster?: Cluster;
   readonly values: Values;
   readonly positionals: string[];
   /** Everything after `--` (run, exec). */
@@ -112,7 +120,7 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
     run: async (c) => {
       const [src, dst, ...extra] = c.positionals;
       if (!src || !dst || extra.length) throw new CorralError('E_USAGE', 'cp takes SRC and DST, one of them NAME:/path (corral help)');
-      const r = await copy(c.sup, src, dst);
+      const r = await copy(where(c), src, dst);
       print(c, r, r.direction === 'in' ? `copied ${r.from} to ${r.sandbox}:${r.to}` : `copied ${r.sandbox}:${r.from} to ${r.to}`);
       return EXIT.OK;
     },
@@ -177,6 +185,34 @@ export async function main(argv: readonly string[]): Promise<number> {
     parsed = parseArgs({ args: args.slice(1), options: cmd.options ?? {}, allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
   } catch (err) {
     return fail(json, new CorralError('E_USAGE', `${(err as Error).message} (corral help)`, { cause: err }), false);
+  }
+  if (nats !== undefined && CLUSTER_CTX_VERBS.has(name)) {
+    // Verbs whose code takes a cluster where it takes a supervisor.
+    try {
+      const { connectCluster } = await import('./clusterCommands.ts');
+      const cluster = await connectCluster(nats);
+      try {
+        return await cmd.run({ json, values: parsed.values, positionals: parsed.positionals, rest, cluster } as unknown as Ctx);
+      } finally {
+        await cluster.close();
+      }
+    } catch (err) {
+      return fail(json, err, name === 'run');
+    }
+  }
+  if (nats !== undefined && name === 'serve') {
+    // The API server in front of the whole cluster instead of one supervisor.
+    try {
+      const { connectCluster } = await import('./clusterCommands.ts');
+      const cluster = await connectCluster(nats);
+      try {
+        return await cmdServe({ json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx, false, cluster);
+      } finally {
+        await cluster.close();
+      }
+    } catch (err) {
+      return fail(json, err, false);
+    }
   }
   if (nats !== undefined) {
     try {
@@ -307,8 +343,16 @@ function configFrom(c: Ctx, name: string): SandboxConfig {
   } as SandboxConfig;
 }
 
+/** Where a verb's sandboxes are: the cluster given with --nats, or this host's supervisor. */
+function where(c: Ctx): { cluster: Cluster } | { supervisor: Supervisor } {
+  return c.cluster ? { cluster: c.cluster } : { supervisor: c.sup };
+}
+
 async function cmdCreate(c: Ctx): Promise<number> {
-  const sb = await Sandbox.createDetached(configFrom(c, one(c)), { supervisor: c.sup, replace: c.values.replace === true });
+  // A cluster's sandboxes live on their nodes: reachable by name from anywhere already.
+  const sb = c.cluster
+    ? await Sandbox.create(configFrom(c, one(c)), { cluster: c.cluster, replace: c.values.replace === true })
+    : await Sandbox.createDetached(configFrom(c, one(c)), { supervisor: c.sup, replace: c.values.replace === true });
   try {
     return printInfo(c, await sb.info());
   } finally {
@@ -378,13 +422,13 @@ async function cmdRun(c: Ctx): Promise<number> {
   const { env: _env, ...config } = configFrom(c, name);
   const ep = c.values.entrypoint;
   // The env flags are the command's; the sandbox itself keeps the image's environment.
-  const sb = await Sandbox.create({ ...config, ...(image ? { image } : {}), env: {} } as SandboxConfig, { supervisor: c.sup });
+  const sb = await Sandbox.create({ ...config, ...(image ? { image } : {}), env: {} } as SandboxConfig, where(c));
   try {
     // `--entrypoint ''` clears the image's entrypoint, as with docker.
     return await runIn(c, sb, execOpts(c), typeof ep === 'string' ? { entrypoint: ep === '' ? [] : [ep] } : {});
   } finally {
     await sb.stop().catch(() => sb.kill());
-    await Sandbox.remove(name, { supervisor: c.sup }).catch(logFailure(`removing the run's sandbox ${name}`));
+    await Sandbox.remove(name, where(c)).catch(logFailure(`removing the run's sandbox ${name}`));
   }
 }
 
@@ -412,7 +456,7 @@ async function cmdLogs(c: Ctx): Promise<number> {
   const tail = c.values.tail === undefined ? undefined : Number(c.values.tail);
   if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) throw new CorralError('E_USAGE', `--tail takes a number of entries (got ${JSON.stringify(c.values.tail)})`);
   const options = {
-    supervisor: c.sup,
+    ...where(c),
     ...(typeof c.values.since === 'string' ? { since: sinceTime(c.values.since) } : {}),
     ...(tail !== undefined ? { tail } : {}),
   };
@@ -555,7 +599,7 @@ async function cmdMcp(c: Ctx): Promise<number> {
   return EXIT.OK;
 }
 
-async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
+async function cmdServe(c: Ctx, ui: boolean, cluster?: Cluster): Promise<number> {
   const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
   const port = c.values.port === undefined ? (ui ? 0 : 7070) : Number(c.values.port);
   // checked here with the text as typed: past Number() a typo would read "got NaN"
@@ -564,7 +608,7 @@ async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
   }
   const { CorralServer } = await import('../server/CorralServer.ts');
   const server = await CorralServer.listen({
-    supervisor: c.sup,
+    ...(cluster ? { cluster } : { supervisor: c.sup }),
     port,
     ...(!ui && typeof c.values.host === 'string' ? { host: c.values.host } : {}),
     ...(token && !ui ? { token } : {}),

@@ -4,13 +4,14 @@
  * holds one too (for the registry, the catalog and the event stream).
  */
 
-import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream';
+import { connect, delay, headers, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
-import { logFailure } from '../runtime/log.ts';
+import { logFailure, runtimeLog } from '../runtime/log.ts';
+import { REQUEST_ID_HEADER } from './replies.ts';
 import { CATALOG_BUCKET, EVENTS_STREAM, NODES_BUCKET, decode, encode, eventSubject, liveSubject, nodeSubject, unwrapReply, type CatalogEntry, type DrainReport, type NodeRecord } from './protocol.ts';
 
 export type { CatalogEntry, DrainReport, NodeRecord };
@@ -37,6 +38,11 @@ export interface ClusterOptions {
   readonly lostAfterMs?: number;
   /** How long a request to a node may take before E_TIMEOUT (calls that wait for an end excepted). Default 60000. */
   readonly requestTimeoutMs?: number;
+  /**
+   * How long one attempt of a request waits for its answer before asking again with the same
+   * request id (a lost request or answer costs this much, not the whole call). Default 5000.
+   */
+  readonly resendAfterMs?: number;
   /** Replicas of the buckets and the event stream when this connection creates them. Default 1. */
   readonly replicas?: number;
   /** How long the event stream keeps events. Default 24 h. */
@@ -72,8 +78,10 @@ interface Seen {
 export class Cluster {
   readonly lostAfterMs: number;
   readonly requestTimeoutMs: number;
+  readonly resendAfterMs: number;
   readonly #nc: NatsConnection;
   readonly #js: JetStreamClient;
+  readonly #jsm: JetStreamManager;
   readonly #nodesKv: KV;
   readonly #catalog: KV;
   readonly #seen = new Map<string, Seen>();
@@ -88,13 +96,15 @@ export class Cluster {
    */
   readonly events$: Observable<SandboxEvent>;
 
-  private constructor(nc: NatsConnection, nodesKv: KV, catalog: KV, options: ClusterOptions) {
+  private constructor(nc: NatsConnection, jsm: JetStreamManager, nodesKv: KV, catalog: KV, options: ClusterOptions) {
     this.#nc = nc;
     this.#js = jetstream(nc);
+    this.#jsm = jsm;
     this.#nodesKv = nodesKv;
     this.#catalog = catalog;
     this.lostAfterMs = options.lostAfterMs ?? 3000;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 60_000;
+    this.resendAfterMs = options.resendAfterMs ?? 5000;
     this.events$ = this.events();
     this.#timer = setInterval(() => this.#checkLiveness(), Math.max(100, Math.floor(this.lostAfterMs / 4)));
     this.#timer.unref();
@@ -112,6 +122,8 @@ export class Cluster {
     }
     const lostAfterMs = options.lostAfterMs ?? 3000;
     if (!Number.isInteger(lostAfterMs) || lostAfterMs < 200) throw new InvalidOptionError('lostAfterMs', 'an integer of ms ≥ 200', options.lostAfterMs);
+    if (options.resendAfterMs !== undefined && (!Number.isInteger(options.resendAfterMs) || options.resendAfterMs < 100)) throw new InvalidOptionError('resendAfterMs', 'an integer of ms ≥ 100', options.resendAfterMs);
+    if (options.requestTimeoutMs !== undefined && (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)) throw new InvalidOptionError('requestTimeoutMs', 'a positive integer of ms', options.requestTimeoutMs);
     const replicas = options.replicas ?? 1;
     if (![1, 3, 5].includes(replicas)) throw new InvalidOptionError('replicas', '1, 3 or 5', options.replicas);
     let nc: NatsConnection;
@@ -140,7 +152,7 @@ export class Cluster {
         openBucket(nc, CATALOG_BUCKET, { replicas, history: 1 }),
         ensureEventStream(nc, replicas, options.eventsMaxAgeMs ?? 24 * 3600_000),
       ]);
-      const cluster = new Cluster(nc, nodesKv, catalog, options);
+      const cluster = new Cluster(nc, await jetstreamManager(nc), nodesKv, catalog, options);
       await cluster.#follow();
       return cluster;
     } catch (err) {
@@ -177,7 +189,7 @@ export class Cluster {
     this.#checkLiveness();
     const out: ClusterNode[] = [];
     const keys: string[] = [];
-    for await (const key of await this.#nodesKv.keys()) keys.push(key);
+    keys.push(...(await bucketKeys(this.#jsm, NODES_BUCKET)));
     for (const name of keys.sort()) {
       const e = await this.#nodesKv.get(name);
       if (!e || e.operation !== 'PUT') continue;
@@ -197,16 +209,22 @@ export class Cluster {
   /**
    * Drains a node: it takes no new sandboxes from now on (until it restarts), and each of
    * its sandboxes refuses new execs, lets running ones finish, and stops (reason `drained`).
-   * Resolves with the time each took. `migrate: true` (moving them to other nodes by
-   * snapshot → transfer → restore) is not built yet: E_INVALID_OPTION.
+   * Resolves with the time each took.
+   *
+   * `migrate: true` moves each running sandbox to another node instead, one after another:
+   * memory snapshot → archive → transfer (NATS requests, a chunk at a time) → restore there,
+   * under the same name, with its files and running processes. Handles on it follow it; an
+   * exec stream open across the move ends with E_SANDBOX_MOVED (its process runs on there).
+   * A sandbox that cannot move (no room elsewhere, or not running) stays, and its report line
+   * says why; `movedTo` names where each moved one went.
    *
    * @example
-   * const report = await cluster.drain('n1');   // { node: 'n1', sandboxes: [{ name, ms, stopReason }] }
+   * const report = await cluster.drain('n1', { migrate: true });   // { node: 'n1', sandboxes: [{ name, ms, movedTo: 'n2' }] }
    */
   async drain(node: string, options: { migrate?: boolean; timeoutMs?: number } = {}): Promise<DrainReport> {
-    if (options.migrate) throw new InvalidOptionError('migrate', 'false: moving sandboxes to other nodes is not built yet', options.migrate);
+    if (options.migrate !== undefined && typeof options.migrate !== 'boolean') throw new InvalidOptionError('migrate', 'true or false', options.migrate);
     if (!this.nodeAlive(node)) throw nodeLost(node);
-    return this.request<DrainReport>(node, 'drain', {}, { timeoutMs: options.timeoutMs ?? 2 ** 31 - 1 });
+    return this.request<DrainReport>(node, 'drain', { migrate: options.migrate ?? false }, { timeoutMs: options.timeoutMs ?? FOREVER_MS });
   }
 
   /** @internal calls `fn` with the name of every node found lost from now on; returns the unsubscribe. */
@@ -216,25 +234,47 @@ export class Cluster {
   }
 
   /**
-   * @internal a request to a node's verb. A node that does not answer (no subscriber: its
-   * process is gone) rejects with E_NODE_LOST; errors of the node keep their `code`.
+   * @internal a request to a node's verb. NATS delivers a request and its answer at most
+   * once, so an answer that is late by {@link resendAfterMs} is asked for again with the same
+   * request id (the node does the work once: src/cluster/replies.ts), until `timeoutMs`
+   * (E_TIMEOUT) or the node is found lost (E_NODE_LOST). A node that does not answer at all (no
+   * subscriber: its process is gone) rejects with E_NODE_LOST; errors of the node keep their
+   * `code`. `timeoutMs` ≥ 2^31 − 1: no deadline (a call that waits for an end).
    */
-  async request<T>(node: string, verb: string, payload: unknown, options: { timeoutMs?: number } = {}): Promise<T> {
+  async request<T>(node: string, verb: string, payload: unknown, options: { timeoutMs?: number; resendAfterMs?: number } = {}): Promise<T> {
     this.#assertOpen();
     const timeout = options.timeoutMs ?? this.requestTimeoutMs;
-    let reply;
-    try {
-      reply = await this.#nc.request(nodeSubject(node, verb), encode(payload), { timeout });
-    } catch (err) {
-      const msg = (err as Error).message;
-      if (/no responders/i.test(msg)) throw nodeLost(node, err);
-      if (/timeout/i.test((err as Error).name) || /timeout/i.test(msg)) {
-        if (!this.nodeAlive(node)) throw nodeLost(node, err);
-        throw new CorralError('E_TIMEOUT', `node "${node}" did not answer ${verb} within ${timeout} ms`, { cause: err });
+    const deadline = timeout >= FOREVER_MS ? Infinity : Date.now() + timeout;
+    const h = headers();
+    h.set(REQUEST_ID_HEADER, nuid.next());
+    const data = encode(payload);
+    let noResponders = 0;
+    for (let attempt = 1; ; attempt++) {
+      this.#assertOpen();
+      const left = deadline - Date.now();
+      const wait = Math.max(1, Math.min(left, options.resendAfterMs ?? this.resendAfterMs));
+      let reply;
+      try {
+        reply = await this.#nc.request(nodeSubject(node, verb), data, { timeout: wait, headers: h });
+      } catch (err) {
+        const msg = (err as Error).message;
+        if (/no responders/i.test(msg)) {
+          // A node registered a moment ago: its subscription may not have reached this
+          // client's server yet. A few short tries, then it is gone.
+          if (++noResponders > 4 || !this.nodeAlive(node) || Date.now() + 50 * 2 ** noResponders > deadline) throw nodeLost(node, err);
+          await delay(50 * 2 ** noResponders);
+          continue;
+        }
+        if (/timeout/i.test((err as Error).name) || /timeout/i.test(msg)) {
+          if (!this.nodeAlive(node)) throw nodeLost(node, err);
+          if (Date.now() >= deadline) throw new CorralError('E_TIMEOUT', `node "${node}" did not answer ${verb} within ${timeout} ms (asked ${attempt} times)`, { cause: err });
+          runtimeLog.debug(`node "${node}" has not answered ${verb} (attempt ${attempt}): asking again (same request id)`);
+          continue;
+        }
+        throw new CorralError('E_CLUSTER', `request ${verb} to node "${node}" failed: ${msg}`, { cause: err });
       }
-      throw new CorralError('E_CLUSTER', `request ${verb} to node "${node}" failed: ${msg}`, { cause: err });
+      return unwrapReply<T>(reply.data);
     }
-    return unwrapReply<T>(reply.data);
   }
 
   /** @internal claims `entry.name` cluster-wide: E_SANDBOX_EXISTS if any entry has it (a KV create, atomic). */
@@ -264,7 +304,7 @@ export class Cluster {
   async catalog(options: { raw?: boolean } = {}): Promise<CatalogEntry[]> {
     this.#assertOpen();
     const out: CatalogEntry[] = [];
-    for await (const key of await this.#catalog.keys()) {
+    for (const key of await bucketKeys(this.#jsm, CATALOG_BUCKET)) {
       const e = await this.catalogEntry(key, options);
       if (e) out.push(e);
     }
@@ -327,7 +367,7 @@ export class Cluster {
   }
 
   async #follow(): Promise<void> {
-    for await (const key of await this.#nodesKv.keys()) {
+    for (const key of await bucketKeys(this.#jsm, NODES_BUCKET)) {
       const e = await this.#nodesKv.get(key);
       // A first look has only the server's write time to go by.
       if (e && e.operation === 'PUT') this.#seen.set(key, { record: e.json<NodeRecord>(), revision: e.revision, at: Math.min(Date.now(), e.created.getTime()) });
@@ -365,7 +405,7 @@ export class Cluster {
   async #sweep(node: string, revision: number): Promise<void> {
     // Only the entry seen stale goes: a node that came back meanwhile wrote a newer one.
     await this.#nodesKv.delete(node, { previousSeq: revision }).catch((err: unknown) => logFailure(`dropping the registry entry of lost node "${node}"`)(err));
-    for await (const key of await this.#catalog.keys()) {
+    for (const key of await bucketKeys(this.#jsm, CATALOG_BUCKET)) {
       const e = await this.#catalog.get(key);
       if (!e || e.operation !== 'PUT') continue;
       const entry = e.json<CatalogEntry>();
@@ -408,12 +448,26 @@ export class Cluster {
   }
 }
 
+/** The longest timer Node takes (~24.8 days): a request this long has no deadline. */
+export const FOREVER_MS = 2 ** 31 - 1;
+
 /** E_NODE_LOST for a sandbox of `node`. */
 export function nodeLost(node: string, cause?: unknown, sandbox?: string): CorralError {
   return new CorralError('E_NODE_LOST', `node "${node}"${sandbox ? ` of sandbox "${sandbox}"` : ''} is lost: it no longer answers (its sandboxes are stopped, reason node-lost)`, {
     details: { node, ...(sandbox ? { sandbox } : {}) },
     ...(cause !== undefined ? { cause } : {}),
   });
+}
+
+/**
+ * The keys of a bucket (deleted ones too: their get says so), from one stream-info request
+ * per page of subjects. Not `kv.keys()`: that reads them through a push consumer, whose end
+ * is a message or heartbeat that a cluster still forming can lose, and then it never ends.
+ */
+async function bucketKeys(jsm: JetStreamManager, bucket: string): Promise<string[]> {
+  const prefix = `$KV.${bucket}.`;
+  const info = await jsm.streams.info(`KV_${bucket}`, { subjects_filter: `${prefix}>` });
+  return Object.keys(info.state.subjects ?? {}).map((subject) => subject.slice(prefix.length));
 }
 
 async function openBucket(nc: NatsConnection, name: string, opts: { replicas: number; history: number }): Promise<KV> {

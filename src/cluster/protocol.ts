@@ -8,6 +8,8 @@
  *   corral.node.<node>.drain           {}                    → { result: DrainReport }
  *   corral.node.<node>.start           { name }              → { result: SandboxInfo } (a stopped one, again)
  *   corral.node.<node>.logs            { name, options }     → { result: LogEntry[] }
+ *   corral.node.<node>.snapshot.remove { name }              → { result: null } (a fork's snapshot, once its forks run)
+ *   corral.node.<node>.receive.<step>  a sandbox moving here (src/node/transfer.ts)
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
  *   corral.live.<sandbox>              the same event once stored, republished by the stream
@@ -61,7 +63,14 @@ export interface NodeRecord {
 /** What draining a node did, per sandbox (see `Cluster.drain`). */
 export interface DrainReport {
   readonly node: string;
-  readonly sandboxes: readonly { readonly name: string; readonly ms: number; readonly stopReason: StopReason | null; readonly error?: SerializedError }[];
+  readonly sandboxes: readonly {
+    readonly name: string;
+    readonly ms: number;
+    readonly stopReason: StopReason | null;
+    /** Moved there (drain with `migrate`). */
+    readonly movedTo?: string;
+    readonly error?: SerializedError;
+  }[];
 }
 
 /** A sandbox's entry in the catalog: which node runs it and how it is. */

@@ -9,17 +9,20 @@ import type { Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import { nodeLost, type Cluster } from '../cluster/Cluster.ts';
+import { FOREVER_MS, nodeLost, type Cluster } from '../cluster/Cluster.ts';
 import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
 import { logFailure } from '../runtime/log.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { FORWARDED_CALLS } from './wire.ts';
 
-/** Calls that wait for the sandbox's end: no request timeout (a lost node still ends them). */
+/** Calls that wait for the sandbox's end: no deadline (a lost node still ends them). */
 const UNBOUNDED = new Set(['stopped', 'drain', 'stop', 'start']);
-/** The longest timer Node takes (~24.8 days). */
-const FOREVER_MS = 2 ** 31 - 1;
+/**
+ * `stopped` may wait for hours: asked again (in case its answer was lost) every 30 s, not
+ * every {@link Cluster.resendAfterMs}, so an idle handle costs next to no traffic.
+ */
+const WAIT_RESEND_MS = 30_000;
 
 /**
  * @example
@@ -37,14 +40,15 @@ export class NatsLink implements SandboxLink {
   readonly #pending = new Set<(err: Error) => void>();
   readonly #offLost: () => void;
   #ended: CorralError | undefined;
+  #node: string;
 
   private constructor(
     cluster: Cluster,
     readonly config: SandboxConfig,
-    /** The node that runs the sandbox. */
-    readonly node: string,
+    node: string,
   ) {
     this.#cluster = cluster;
+    this.#node = node;
     this.events$ = this.#events.asObservable();
     // Subscribed before any call goes out: NATS orders this SUB before the requests that
     // follow on the same connection, so no event of an exec started later can be missed.
@@ -55,12 +59,12 @@ export class NatsLink implements SandboxLink {
           const seq = Number(msg.headers?.get(SEQ_HEADER));
           this.#events.next({ ...decode<SandboxEvent>(msg.data), seq });
         } catch (e) {
-          this.#end(new CorralError('E_PROTOCOL', `bad event from node "${node}": ${(e as Error).message}`, { cause: e }));
+          this.#end(new CorralError('E_PROTOCOL', `bad event from node "${this.#node}": ${(e as Error).message}`, { cause: e }));
         }
       },
     });
     this.#offLost = cluster.onNodeLost((lost) => {
-      if (lost === node) this.#nodeLost(undefined);
+      if (lost === this.#node) void this.#follow(lost).then((moved) => moved || this.#nodeLost(undefined), (err: unknown) => this.#nodeLost(err));
     });
     const api: Record<string, (...args: unknown[]) => Promise<unknown>> = {};
     for (const m of ['start', ...FORWARDED_CALLS]) api[m] = (...args: unknown[]) => this.busy(() => this.#call(m, args));
@@ -74,18 +78,50 @@ export class NatsLink implements SandboxLink {
     return link;
   }
 
+  /** The node that runs the sandbox (another one after a move: the link follows it). */
+  get node(): string {
+    return this.#node;
+  }
+
   #call(method: string, args: unknown[]): Promise<unknown> {
     if (this.#ended) return Promise.reject(this.#ended);
     return new Promise((resolve, reject) => {
       this.#pending.add(reject);
-      this.#cluster
-        .request(this.node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS } : {})
+      this.#ask(method, args)
         .then(resolve, (err: unknown) => {
           if (err instanceof CorralError && err.code === 'E_NODE_LOST') this.#nodeLost(err);
           reject(this.#ended ?? err);
         })
         .finally(() => this.#pending.delete(reject));
     });
+  }
+
+  /** One call, asked again of the node the sandbox moved to (a drain with migrate) if it did. */
+  async #ask(method: string, args: unknown[]): Promise<unknown> {
+    for (let moves = 0; ; moves++) {
+      const node = this.#node;
+      try {
+        return await this.#cluster.request(node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : {});
+      } catch (err) {
+        if (moves >= 8 || !(err instanceof CorralError)) throw err;
+        if (err.code === 'E_SANDBOX_MOVED' && typeof err.details?.node === 'string') {
+          if (this.#node === node) this.#node = err.details.node;
+          continue;
+        }
+        // Its old node gone after a move: the catalog says where it runs now.
+        const followed = err.code === 'E_NODE_LOST' && (await this.#follow(node).catch((e: unknown) => (logFailure(`looking up where "${this.config.name}" runs now`)(e), false)));
+        if (followed) continue;
+        throw err;
+      }
+    }
+  }
+
+  /** Whether the catalog puts the sandbox on a live node other than `lost` (then the link goes there). */
+  async #follow(lost: string): Promise<boolean> {
+    const entry = await this.#cluster.catalogEntry(this.config.name, { raw: true });
+    if (!entry || entry.node === lost || entry.status === 'stopped' || !this.#cluster.nodeAlive(entry.node)) return false;
+    if (this.#node === lost) this.#node = entry.node;
+    return true;
   }
 
   /** Runs `fn` holding the process (the NATS connection keeps it alive anyway while open). */
@@ -106,7 +142,7 @@ export class NatsLink implements SandboxLink {
   #nodeLost(cause: unknown): void {
     if (this.#ended) return;
     this.#events.next({ type: 'sandbox.stopped', name: this.config.name, seq: 0, ts: Date.now(), reason: 'node-lost', exitCode: null, signal: null } as SandboxEvent);
-    this.#end(nodeLost(this.node, cause, this.config.name));
+    this.#end(nodeLost(this.#node, cause, this.config.name));
   }
 
   #end(err: CorralError): void {

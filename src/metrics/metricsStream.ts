@@ -13,7 +13,7 @@ import type { MetricsSampler, SandboxMetrics } from './MetricsSampler.ts';
  * @example
  * metricsStream(() => new MetricsSampler(src), 1000).subscribe((m) => console.log(m.cpuPercent));
  */
-export function metricsStream(newSampler: () => MetricsSampler, intervalMs: number): Observable<SandboxMetrics> {
+export function metricsStream(newSampler: () => Pick<MetricsSampler, 'sample'>, intervalMs: number): Observable<SandboxMetrics> {
   if (!Number.isFinite(intervalMs) || intervalMs < 50) throw new RangeError(`intervalMs must be at least 50 (got ${intervalMs})`);
   return new Observable<SandboxMetrics>((sub) => {
     const sampler = newSampler();

@@ -6,10 +6,10 @@
  * const out = await sb.exec('sh', ['-c', 'echo hi']);
  */
 
-import { randomInt } from 'node:crypto';
+import { randomInt, randomUUID } from 'node:crypto';
 import { EMPTY, filter, takeWhile, type Observable, type Subscription } from 'rxjs';
 import { isExecEvent, type SandboxEvent, type SandboxStatus, type StopReason } from '../bus/events.ts';
-import { LIMITS, type SandboxConfig } from '../config.ts';
+import { LIMITS, normalizeConfig, type SandboxConfig } from '../config.ts';
 import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
@@ -30,7 +30,7 @@ import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
 import type { Cluster } from '../cluster/Cluster.ts';
-import { catalogInfo, createInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
+import { catalogInfo, createInCluster, followLogsInCluster, logsInCluster, openInCluster, removeInCluster, startInCluster } from './clusterSandboxes.ts';
 import type { PlacementOptions } from './SandboxBuilder.ts';
 
 export type { CallOptions };
@@ -130,7 +130,7 @@ export class Sandbox {
   readonly #cluster: Cluster | undefined;
   readonly #config: SandboxConfig;
   #released = false;
-  #sampler: MetricsSampler | undefined;
+  #sampler: Pick<MetricsSampler, 'sample'> | undefined;
 
   /**
    * This sandbox's events, in order, until (and including) `sandbox.stopped`. For a handle
@@ -160,12 +160,12 @@ export class Sandbox {
     return this.#localSup;
   }
 
-  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }): Promise<Sandbox> {
+  static async #createInCluster(config: SandboxConfig, cluster: Cluster, placement: PlacementOptions | undefined, options: CallOptions & { replace?: boolean }, node?: string): Promise<Sandbox> {
     const link = await bounded(
       `create of sandbox "${config?.name}" in the cluster`,
       options,
       async (signal) => {
-        const made = await createInCluster(cluster, config, placement, options.replace ?? false);
+        const made = await createInCluster(cluster, config, placement, options.replace ?? false, node);
         // A caller that gave up leaves nothing running, nor its name taken.
         if (signal?.aborted) {
           await made.api.kill();
@@ -184,7 +184,9 @@ export class Sandbox {
    * An abort or `timeoutMs` kills the VM being booted; the call rejects once it is gone (the
    * record says `boot-failed`).
    */
-  static async create(config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor } = {}): Promise<Sandbox> {
+  static async create(config: SandboxConfig, options: CreateOptions & CallOptions & { supervisor?: Supervisor; cluster?: Cluster; placement?: PlacementOptions } = {}): Promise<Sandbox> {
+    // Placed on a node of the cluster, as `builder(…).cluster(cluster).create()`.
+    if (options.cluster) return Sandbox.#createInCluster(normalizeConfig(config), options.cluster, options.placement, options);
     const sup = options.supervisor ?? getDefaultSupervisor();
     const ctl = await bounded(`create of sandbox "${config?.name}"`, options, (signal) => undoneOnAbort(sup.create(config, { ...options, ...(signal ? { signal } : {}) }), signal), true);
     return new Sandbox(sup, ctl.config, ctl);
@@ -328,8 +330,10 @@ export class Sandbox {
    * @example
    * Sandbox.followLogs('worker', { tail: 10 }).subscribe((e) => process.stdout.write(e.data));
    */
-  static followLogs(name: string, options: LogsOptions & { supervisor?: Supervisor; intervalMs?: number } = {}): Observable<LogEntry> {
-    const { supervisor, ...rest } = options;
+  static followLogs(name: string, options: LogsOptions & { supervisor?: Supervisor; cluster?: Cluster; intervalMs?: number } = {}): Observable<LogEntry> {
+    const { supervisor, cluster, ...rest } = options;
+    // In a cluster: the record from the sandbox's node, then the cluster's event stream.
+    if (cluster) return followLogsInCluster(cluster, name, rest);
     return (supervisor ?? getDefaultSupervisor()).followLogs(name, rest);
   }
 
@@ -584,26 +588,37 @@ export class Sandbox {
   fork(options: { count: number; prefix?: string } & CallOptions): Promise<Sandbox[]>;
   async fork(arg: string | ({ count: number; prefix?: string } & CallOptions), callOptions: CallOptions = {}): Promise<Sandbox | Sandbox[]> {
     const { signal, timeoutMs } = typeof arg === 'string' ? callOptions : arg;
-    // Before the snapshot: a fork through a cluster is not built yet (it would be left on the node).
-    void this.#sup;
     // Abortable: forks already made when the call gives up are killed and removed.
     return bounded(`fork of sandbox "${this.name}"`, { signal, timeoutMs }, (s) => this.#fork(arg, s), true);
   }
 
   async #fork(arg: string | { count: number; prefix?: string }, signal: AbortSignal | undefined): Promise<Sandbox | Sandbox[]> {
     const names = forkNames(this.name, arg);
+    const cluster = this.#cluster;
+    // In a cluster the snapshot is taken on the sandbox's node: its forks start there.
+    const node = cluster ? (await this.info()).node : undefined;
     const forks = await fork<Sandbox>(
       this.name,
       names,
-      {
-        snapshot: (snap) => this.snapshot(snap),
-        create: (n, fromSnapshot, s) => Sandbox.create({ ...this.#config, name: n, fromSnapshot }, { supervisor: this.#sup, ...(s ? { signal: s } : {}) }),
-        discard: async (f) => {
-          await f.kill();
-          await Sandbox.remove(f.name, { supervisor: this.#sup });
-        },
-        removeSnapshot: (snap) => this.#sup.removeSnapshot(snap),
-      },
+      cluster && node
+        ? {
+            snapshot: (snap) => this.snapshot(snap),
+            create: (n, fromSnapshot, s) => Sandbox.#createInCluster({ ...this.#config, name: n, fromSnapshot }, cluster, undefined, { ...(s ? { signal: s } : {}) }, node),
+            discard: async (f) => {
+              await f.kill();
+              await Sandbox.remove(f.name, { cluster });
+            },
+            removeSnapshot: async (snap) => void (await cluster.request(node, 'snapshot.remove', { name: snap })),
+          }
+        : {
+            snapshot: (snap) => this.snapshot(snap),
+            create: (n, fromSnapshot, s) => Sandbox.create({ ...this.#config, name: n, fromSnapshot }, { supervisor: this.#sup, ...(s ? { signal: s } : {}) }),
+            discard: async (f) => {
+              await f.kill();
+              await Sandbox.remove(f.name, { supervisor: this.#sup });
+            },
+            removeSnapshot: (snap) => this.#sup.removeSnapshot(snap),
+          },
       signal,
       (err, snap) => logFailure(`removing the fork snapshot ${snap}`)(err),
     );
@@ -712,6 +727,7 @@ export class Sandbox {
 
   /** {@link Sandbox.followLogs} for this sandbox. */
   logs$(options: LogsOptions & { intervalMs?: number } = {}): Observable<LogEntry> {
+    if (this.#cluster) return followLogsInCluster(this.#cluster, this.name, options);
     return this.#sup.followLogs(this.name, options);
   }
 
@@ -744,9 +760,19 @@ export class Sandbox {
     return metricsStream(() => this.#newSampler(), options.intervalMs ?? 1000);
   }
 
-  #newSampler(): MetricsSampler {
-    // The VM's pid and /proc are the node's, on another machine: not sampled from here (yet).
-    void this.#sup;
+  #newSampler(): Pick<MetricsSampler, 'sample'> {
+    // The VM's pid and /proc are its node's: sampled there, by a sampler of this handle's own.
+    const cluster = this.#cluster;
+    if (cluster) {
+      const sampler = randomUUID();
+      return {
+        sample: async () => {
+          const info = await this.info();
+          if (info.status === 'stopped' || !info.node) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" has no running VM`, { details: { state: 'stopped' } });
+          return cluster.request<SandboxMetrics>(info.node, 'metrics', { name: this.name, sampler });
+        },
+      };
+    }
     return new MetricsSampler({
       guestBytes: this.#config.memoryMib * 1024 * 1024,
       pid: async () => {
@@ -886,7 +912,9 @@ export class Sandbox {
       let release!: () => void;
       const disconnected = new Promise<void>((r) => (release = r));
       const done = () => queueMicrotask(() => sub?.unsubscribe());
-      sub = this.#sup.events({ name: this.name, since }).subscribe({
+      // In a cluster, from the cluster's event stream (its seqs are the stream's).
+      const events$ = this.#cluster ? this.#cluster.events({ name: this.name, since }) : this.#sup.events({ name: this.name, since });
+      sub = events$.subscribe({
         next: (e) => {
           if (isExecOf(e, execId)) {
             stream.lastSeq = e.seq;

@@ -4,10 +4,11 @@
  * exactly as it wraps local ones.
  */
 
+import { Observable } from 'rxjs';
 import { recordedInfo } from '../actor/contract.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
-import { nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
+import { FOREVER_MS, nodeLost, type Cluster, type CatalogEntry } from '../cluster/Cluster.ts';
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import { noCapacity, rankNodes } from '../cluster/placement.ts';
 import { NatsLink } from '../link/NatsLink.ts';
@@ -18,24 +19,25 @@ import type { PlacementOptions } from './SandboxBuilder.ts';
 /**
  * Claims `config.name` cluster-wide (a KV create: two creates of one name cannot both pass),
  * then asks the best node that fits, falling to the next when one turns out full. Nothing is
- * left claimed when it fails.
+ * left claimed when it fails. `node`: that node only (a fork starts where its snapshot is).
  */
-export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false): Promise<NatsLink> {
+export async function createInCluster(cluster: Cluster, config: SandboxConfig, placement: PlacementOptions | undefined, replace = false, node?: string): Promise<NatsLink> {
   if (replace) await replaceInCluster(cluster, config.name);
   const ask = { memoryMib: config.memoryMib, ...(placement?.labels ? { labels: placement.labels } : {}) };
-  const nodes = await cluster.nodes();
+  const nodes = (await cluster.nodes()).filter((n) => node === undefined || n.name === node);
+  if (node !== undefined && nodes.length === 0) throw nodeLost(node, undefined, config.name);
   const ranked = rankNodes(nodes, ask);
   const now = Date.now();
   const entry: CatalogEntry = { name: config.name, node: ranked[0]!.name, status: 'creating', stopReason: null, image: config.image, labels: config.labels ?? {}, memoryMib: config.memoryMib, createdAt: now, updatedAt: now };
   await cluster.claim(entry);
   let lastFull: unknown;
   try {
-    for (const node of ranked) {
+    for (const target of ranked) {
       // Subscribed to its events before the node boots it: none is missed.
-      const link = await NatsLink.open(cluster, config, node.name);
+      const link = await NatsLink.open(cluster, config, target.name);
       try {
-        await cluster.putCatalog({ ...entry, node: node.name });
-        await cluster.request<SandboxInfo>(node.name, 'create', { config }, { timeoutMs: 2 ** 31 - 1 });
+        await cluster.putCatalog({ ...entry, node: target.name });
+        await cluster.request<SandboxInfo>(target.name, 'create', { config }, { timeoutMs: FOREVER_MS });
         return link;
       } catch (err) {
         await link.detach();
@@ -63,7 +65,7 @@ export async function startInCluster(cluster: Cluster, name: string): Promise<Na
   // Subscribed to its events before the node boots it.
   const link = await NatsLink.open(cluster, config, entry.node);
   try {
-    await cluster.request<SandboxInfo>(entry.node, 'start', { name }, { timeoutMs: 2 ** 31 - 1 });
+    await cluster.request<SandboxInfo>(entry.node, 'start', { name }, { timeoutMs: FOREVER_MS });
   } catch (err) {
     await link.detach();
     throw err;
@@ -77,6 +79,46 @@ export async function logsInCluster(cluster: Cluster, name: string, options: Log
   if (!entry) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" in the cluster`);
   if (!cluster.nodeAlive(entry.node)) throw nodeLost(entry.node, undefined, name);
   return cluster.request<LogEntry[]>(entry.node, 'logs', { name, options });
+}
+
+/**
+ * The recorded output of a sandbox of the cluster, then its new output as it comes (from the
+ * cluster's event stream), until it stops. Subscribed before the record is read, so nothing
+ * falls between; what both give once is given once (by time: the record's last entry).
+ */
+export function followLogsInCluster(cluster: Cluster, name: string, options: LogsOptions): Observable<LogEntry> {
+  return new Observable<LogEntry>((sub) => {
+    const early: LogEntry[] = [];
+    let lastTs = -1;
+    let replaying = true;
+    const live = cluster.events({ name, untilStopped: true }).subscribe({
+      next: (e) => {
+        if (e.type !== 'exec.stdout' && e.type !== 'exec.stderr') return;
+        if (options.execId !== undefined && e.execId !== options.execId) return;
+        const entry: LogEntry = { ts: e.ts, execId: e.execId, stream: e.type === 'exec.stdout' ? 'stdout' : 'stderr', data: e.data };
+        if (replaying) early.push(entry);
+        else sub.next(entry);
+      },
+      error: (err: unknown) => sub.error(err),
+      complete: () => {
+        if (!replaying) sub.complete();
+        else replaying = false;
+      },
+    });
+    void (async () => {
+      const recorded = await logsInCluster(cluster, name, options);
+      for (const e of recorded) {
+        sub.next(e);
+        lastTs = Math.max(lastTs, e.ts);
+      }
+      for (const e of early) if (e.ts > lastTs) sub.next(e);
+      // Stopped before this call: its stopped event is in the past, the record is all.
+      const done = !replaying || live.closed || (await cluster.catalogEntry(name))?.status === 'stopped';
+      replaying = false;
+      if (done) sub.complete();
+    })().catch((err: unknown) => sub.error(err));
+    return () => live.unsubscribe();
+  });
 }
 
 /** A link to `name` if it runs on a live node; its catalog entry either way (undefined: no such sandbox). */

@@ -1,6 +1,7 @@
 /**
  * `corral serve`: a supervisor's API over HTTP + WebSocket, so other processes and languages
- * can drive it, plus the inspector page (`/ui`).
+ * can drive it, plus the inspector page (`/ui`). Given a cluster instead (`corral --nats URL
+ * serve`), the same API fronts every sandbox of every node.
  *
  * Loopback by default. Bound to any other address it refuses to start without a token;
  * with a token every request must carry it (`Authorization: Bearer <token>`, or `?token=`
@@ -17,11 +18,13 @@ import { CorralError } from '../errors.ts';
 import { toWire } from '../link/wire.ts';
 import { inspectorAsset } from '../inspector/assets.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
-import { handleApi, sendError } from './apiRoutes.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
+import { handleApi, sendError, type ApiBackend } from './apiRoutes.ts';
 
-/** Options of {@link CorralServer.listen}. */
-export interface ServeOptions {
-  readonly supervisor: Supervisor;
+/** Options of {@link CorralServer.listen}: a supervisor's sandboxes, or a cluster's. */
+export type ServeOptions = ServeCommon & ({ readonly supervisor: Supervisor; readonly cluster?: undefined } | { readonly cluster: Cluster; readonly supervisor?: undefined });
+
+interface ServeCommon {
   /** Address to bind. Default `127.0.0.1`. Anything but loopback needs `token`. */
   readonly host?: string;
   /** Port; 0 picks a free one. Default 0. */
@@ -43,13 +46,13 @@ const MAX_WS_BUFFER = 32 * 1024 * 1024;
 export class CorralServer {
   readonly #http: Server;
   readonly #wss: WebSocketServer;
-  readonly #sup: Supervisor;
+  readonly #where: ApiBackend;
   readonly #token: string | undefined;
   readonly #subs = new Set<Subscription>();
   #closed: Promise<void> | undefined;
 
-  private constructor(sup: Supervisor, token: string | undefined) {
-    this.#sup = sup;
+  private constructor(where: ApiBackend, token: string | undefined) {
+    this.#where = where;
     this.#token = token;
     this.#http = createServer((req, res) => void this.#onRequest(req, res));
     // ws: the WebSocket protocol (framing, masking, close handshake) is not in Node 20's
@@ -69,7 +72,8 @@ export class CorralServer {
     if (!LOOPBACK.has(host) && !options.token) {
       throw new CorralError('E_INVALID_OPTION', `invalid option host: binding ${host} (not loopback) needs a token (--token or CORRAL_TOKEN)`);
     }
-    const server = new CorralServer(options.supervisor, options.token);
+    if (!options?.supervisor === !options?.cluster) throw new CorralError('E_INVALID_OPTION', 'invalid option supervisor: give a supervisor or a cluster, one of the two');
+    const server = new CorralServer(options.cluster ? { cluster: options.cluster } : { supervisor: options.supervisor! }, options.token);
     await new Promise<void>((resolve, reject) => {
       server.#http.once('error', reject);
       server.#http.listen(port, host, () => {
@@ -92,7 +96,7 @@ export class CorralServer {
     return (this.#http.address() as AddressInfo).port;
   }
 
-  /** Stops listening, ends event streams and open connections. The supervisor stays open. Idempotent. */
+  /** Stops listening, ends event streams and open connections. The supervisor (or cluster) stays open. Idempotent. */
   close(): Promise<void> {
     this.#closed ??= (async () => {
       for (const s of this.#subs) s.unsubscribe();
@@ -141,7 +145,7 @@ export class CorralServer {
         res.end(asset.body);
         return;
       }
-      if (await handleApi(this.#sup, req, res, url)) return;
+      if (await handleApi(this.#where, req, res, url)) return;
       throw new CorralError('E_ROUTE_NOT_FOUND', `no route ${req.method} ${url.pathname}`);
     } catch (err) {
       if (!res.headersSent) sendError(res, err);
@@ -168,7 +172,10 @@ export class CorralServer {
     const close = (code: number, reason: string) => {
       if (ws.readyState === ws.OPEN) ws.close(code, reason.slice(0, 120));
     };
-    const sub = this.#sup.events({ ...(name !== undefined ? { name } : {}), ...(since !== undefined ? { since } : {}) }).subscribe({
+    const filter = { ...(name !== undefined ? { name } : {}), ...(since !== undefined ? { since } : {}) };
+    // A cluster's seqs are its event stream's: `since` resumes there the same way.
+    const events$ = 'cluster' in this.#where ? this.#where.cluster.events(filter) : this.#where.supervisor.events(filter);
+    const sub = events$.subscribe({
       next: (e) => {
         if (ws.bufferedAmount > MAX_WS_BUFFER) {
           // A client this far behind is dropped; it resumes with since = its last seq.

@@ -27,6 +27,10 @@ import { machineGraph } from '../inspector/machineGraph.ts';
 import type { ExecOptions, ExecResult } from '../sdk/exec.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
+
+/** Where the API's sandboxes live: one supervisor (this host), or a cluster (`corral --nats URL serve`). */
+export type ApiBackend = { readonly supervisor: Supervisor } | { readonly cluster: Cluster };
 import { fsStatus, handleFiles } from './fileRoutes.ts';
 import { logFailure } from '../runtime/log.ts';
 import { matchOperation, openApiDocument, validateBody, validateQuery } from './openapi.ts';
@@ -45,6 +49,8 @@ const STATUS: Readonly<Record<string, number>> = {
   E_EXEC_NOT_FOUND: 404,
   E_SANDBOX_EXISTS: 409,
   E_ILLEGAL_STATE: 409,
+  E_NO_CAPACITY: 503,
+  E_NODE_LOST: 503,
   E_TIMEOUT: 504,
 };
 
@@ -115,8 +121,8 @@ function execResult(r: ExecResult): Record<string, unknown> {
 }
 
 /** Runs `fn` with a handle on `name`, let go of afterwards (the sandbox keeps running). */
-async function withSandbox<T>(sup: Supervisor, name: string, fn: (sb: Sandbox) => Promise<T>): Promise<T> {
-  const sb = await Sandbox.get(name, { supervisor: sup });
+async function withSandbox<T>(where: ApiBackend, name: string, fn: (sb: Sandbox) => Promise<T>): Promise<T> {
+  const sb = await Sandbox.get(name, where);
   try {
     return await fn(sb);
   } finally {
@@ -128,7 +134,7 @@ async function withSandbox<T>(sup: Supervisor, name: string, fn: (sb: Sandbox) =
  * Answers one API request. Resolves once the answer is written; `false` when the path is not
  * an API path (the caller serves something else or a 404).
  */
-export async function handleApi(sup: Supervisor, req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
+export async function handleApi(where: ApiBackend, req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> {
   const path = url.pathname;
   if (!path.startsWith('/v1/')) return false;
   const method = req.method ?? 'GET';
@@ -156,13 +162,14 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
           if (eq < 1) throw new TypeError(`label must be key=value (got ${JSON.stringify(l)})`);
           labels[l.slice(0, eq)] = l.slice(eq + 1);
         }
-        sendJson(res, 200, await Sandbox.list({ supervisor: sup, ...(Object.keys(labels).length ? { labels } : {}) }));
+        sendJson(res, 200, await Sandbox.list({ ...where, ...(Object.keys(labels).length ? { labels } : {}) }));
         return true;
       }
       if (method === 'POST') {
         const config = body.config as SandboxConfig;
-        const opts = { supervisor: sup, replace: body.replace === true };
-        const sb = body.detached === true ? await Sandbox.createDetached(config, opts) : await Sandbox.create(config, opts);
+        const opts = { ...where, replace: body.replace === true };
+        // A cluster's sandboxes live on their nodes: detached or not is the nodes' business.
+        const sb = body.detached === true && 'supervisor' in where ? await Sandbox.createDetached(config, { ...opts, supervisor: where.supervisor }) : await Sandbox.create(config, opts);
         const info = await sb.info();
         await sb.detach();
         sendJson(res, 201, info);
@@ -171,7 +178,7 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
     }
     const files = /^\/v1\/sandboxes\/([^/]+)\/files(?:\/([a-z]+))?$/.exec(path);
     if (files) {
-      await withSandbox(sup, decodeURIComponent(files[1]!), (sb) => handleFiles(sb, req, res, url, files[2], body));
+      await withSandbox(where, decodeURIComponent(files[1]!), (sb) => handleFiles(sb, req, res, url, files[2], body));
       return true;
     }
     const m = /^\/v1\/sandboxes\/([^/]+)(?:\/([a-z]+))?$/.exec(path);
@@ -179,18 +186,18 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
       const name = decodeURIComponent(m[1]!);
       const verb = m[2];
       if (!verb && method === 'GET') {
-        sendJson(res, 200, await withSandbox(sup, name, (sb) => sb.info()));
+        sendJson(res, 200, await withSandbox(where, name, (sb) => sb.info()));
         return true;
       }
       if (!verb && method === 'DELETE') {
-        await Sandbox.remove(name, { supervisor: sup });
+        await Sandbox.remove(name, where);
         sendJson(res, 204, undefined);
         return true;
       }
       if (verb === 'logs' && method === 'GET') {
         const since = num(url.searchParams.get('since'), 'since');
         const tail = num(url.searchParams.get('tail'), 'tail');
-        const entries = await Sandbox.logs(name, { supervisor: sup, ...(since !== undefined ? { since } : {}), ...(tail !== undefined ? { tail } : {}) });
+        const entries = await Sandbox.logs(name, { ...where, ...(since !== undefined ? { since } : {}), ...(tail !== undefined ? { tail } : {}) });
         sendJson(
           res,
           200,
@@ -199,18 +206,18 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (verb === 'metrics' && method === 'GET') {
-        sendJson(res, 200, await withSandbox(sup, name, (sb) => sb.metrics()));
+        sendJson(res, 200, await withSandbox(where, name, (sb) => sb.metrics()));
         return true;
       }
       if (method === 'POST' && verb === 'exec') {
         const args = (body.args ?? []) as string[];
-        const r = await withSandbox(sup, name, (sb) => sb.exec(body.command as string, args, execOptions(body)));
+        const r = await withSandbox(where, name, (sb) => sb.exec(body.command as string, args, execOptions(body)));
         sendJson(res, 200, execResult(r));
         return true;
       }
       if (method === 'POST' && verb === 'run') {
         // args and entrypoint are checked by the SDK (imageCommandRequest: E_INVALID_OPTION → 400).
-        const r = await withSandbox(sup, name, (sb) =>
+        const r = await withSandbox(where, name, (sb) =>
           sb.run((body.args ?? []) as string[], {
             ...execOptions(body),
             ...(body.entrypoint !== undefined ? { entrypoint: body.entrypoint as string[] } : {}),
@@ -220,14 +227,14 @@ export async function handleApi(sup: Supervisor, req: IncomingMessage, res: Serv
         return true;
       }
       if (method === 'POST' && verb === 'start') {
-        const sb = await Sandbox.start(name, { supervisor: sup, detached: body.detached === true });
+        const sb = await Sandbox.start(name, 'supervisor' in where ? { supervisor: where.supervisor, detached: body.detached === true } : where);
         const info = await sb.info();
         await sb.detach();
         sendJson(res, 200, info);
         return true;
       }
       if (method === 'POST' && (verb === 'stop' || verb === 'kill' || verb === 'pause' || verb === 'resume')) {
-        const info = await withSandbox(sup, name, async (sb) => {
+        const info = await withSandbox(where, name, async (sb) => {
           if (verb === 'stop') return sb.stop(typeof body.timeoutMs === 'number' ? { timeoutMs: body.timeoutMs } : {});
           if (verb === 'kill') return sb.kill();
           await (verb === 'pause' ? sb.pause() : sb.resume());

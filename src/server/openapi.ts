@@ -160,6 +160,8 @@ const errors = {
   '404': json(ref('Error'), 'No such sandbox, image, exec or route'),
   '409': json(ref('Error'), 'Illegal in the sandbox\'s state, or the name exists'),
   '500': json(ref('Error'), 'Anything else (E_*)'),
+  '503': json(ref('Error'), 'No room for a new sandbox (E_NO_CAPACITY), or the cluster node of the sandbox is lost (E_NODE_LOST)'),
+  '504': json(ref('Error'), 'The call did not finish in time (E_TIMEOUT)'),
 };
 const body = (s: Schema, required = true) => ({ required, content: { 'application/json': { schema: s } } });
 const op = (operationId: string, summary: string, rest: Record<string, unknown>) => ({ operationId, summary, ...rest, responses: { ...(rest.responses as object), ...errors } });

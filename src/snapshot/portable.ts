@@ -85,19 +85,23 @@ export async function exportSnapshot(stateDir: string, name: string, file: strin
     await run('qemu-img', ['convert', '-O', 'qcow2', join(dir, meta.upperFile), flat], { signal });
     const sources: Record<(typeof FILES)[number], string> = { 'meta.json': join(dir, 'meta.json'), state: join(dir, 'state'), 'upper.qcow2': flat };
     const pack = tar.pack();
-    const out = pipeline(pack, createWriteStream(part, { mode: 0o600 }), { signal });
+    const root = meta.root;
     const files: Record<string, { bytes: number; sha256: string }> = {};
-    for (const f of FILES) {
-      const size = (await stat(sources[f])).size;
-      const digest = new Digest();
-      const entry = pack.entry({ name: f, size, mode: 0o600 });
-      await pipeline(createReadStream(sources[f]), digest, entry, { signal });
-      files[f] = { bytes: digest.bytes, sha256: digest.hex() };
-    }
-    const manifest: Manifest = { format: FORMAT, version: VERSION, snapshot: name, createdAt: meta.createdAt, root: meta.root, files };
-    pack.entry({ name: MANIFEST, mode: 0o600 }, JSON.stringify(manifest, null, 1));
-    pack.finalize();
-    await out;
+    const write = async () => {
+      for (const f of FILES) {
+        const size = (await stat(sources[f])).size;
+        const digest = new Digest();
+        const entry = pack.entry({ name: f, size, mode: 0o600 });
+        await pipeline(createReadStream(sources[f]), digest, entry, { signal });
+        files[f] = { bytes: digest.bytes, sha256: digest.hex() };
+      }
+      const manifest: Manifest = { format: FORMAT, version: VERSION, snapshot: name, createdAt: meta.createdAt, root, files };
+      pack.entry({ name: MANIFEST, mode: 0o600 }, JSON.stringify(manifest, null, 1));
+      pack.finalize();
+    };
+    // Awaited together: a file that cannot be opened (no such directory) fails the export
+    // at once, and neither side's failure goes unhandled (it once ended the process).
+    await Promise.all([pipeline(pack, createWriteStream(part, { mode: 0o600 }), { signal }), write()]);
     await rename(part, file);
     return { file, bytes: (await stat(file)).size, ms: performance.now() - t0 };
   } catch (err) {

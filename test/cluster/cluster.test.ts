@@ -3,6 +3,9 @@
 // file (each test names its own sandboxes). Real VMs, one or two per node, 128 MiB guests.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { firstValueFrom, filter, take, toArray } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, CorralError, Sandbox, type SandboxEvent } from '../../src/index.ts';
@@ -162,7 +165,26 @@ describe('a cluster of corral nodes on NATS', () => {
       expect((listed.json as { name: string }[]).map((n) => n.name)).toEqual(['n1', 'n2', 'n3']);
       const exec = await corral('--nats', nats.urls[0]!, 'exec', spread[1]!.name, '--', 'sh', '-c', 'echo cli; exit 4');
       expect([exec.code, exec.json.stdout]).toEqual([4, 'cli\n']);
-      const unsupported = await corral('--nats', nats.urls[0]!, 'logs', spread[1]!.name);
+      const logs = await corral('--nats', nats.urls[0]!, 'logs', spread[1]!.name);
+      expect(logs.code, logs.stderr).toBe(0);
+      expect((logs.json as { text: string }[]).map((e) => e.text).join('')).toContain('cli\n');
+      // create, cp and run through the cluster, each its own process.
+      const name = `cli-${process.pid}`;
+      const created = await corral('--nats', nats.urls[0]!, 'create', name, '--memory', '128');
+      expect([created.code, created.json.status], created.stderr).toEqual([0, 'running']);
+      try {
+        const file = join(await mkdtemp(join(tmpdir(), 'corral-cp-')), 'in.txt');
+        await writeFile(file, 'copied\n');
+        const cp = await corral('--nats', nats.urls[0]!, 'cp', file, `${name}:/root/in.txt`);
+        expect(cp.code, cp.stderr).toBe(0);
+        const cat = await corral('--nats', nats.urls[2]!, 'exec', name, '--', 'cat', '/root/in.txt');
+        expect(cat.json.stdout).toBe('copied\n');
+        await rm(dirname(file), { recursive: true, force: true });
+      } finally {
+        expect((await corral('--nats', nats.urls[0]!, 'kill', name)).code).toBe(0);
+        expect((await corral('--nats', nats.urls[0]!, 'rm', name)).code).toBe(0);
+      }
+      const unsupported = await corral('--nats', nats.urls[0]!, 'volume', 'ls');
       expect([unsupported.code, unsupported.json.error.code]).toEqual([2, 'E_USAGE']);
     } finally {
       delete process.env.CORRAL_NATS_USER;
@@ -224,7 +246,9 @@ describe('a cluster of corral nodes on NATS', () => {
     expect(report.sandboxes).toEqual([{ name: sb.name, ms: expect.any(Number), stopReason: 'drained' }]);
     expect(await sb.info()).toMatchObject({ status: 'stopped', stopReason: 'drained' });
     expect((await cluster.nodes()).find((n) => n.name === node)).toMatchObject({ draining: true, sandboxes: 0 });
-    await expect(cluster.drain(node, { migrate: true })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('migrate') });
+    // Nothing left to move; a migrate that is no boolean is refused, naming the option.
+    expect(await cluster.drain(node, { migrate: true })).toEqual({ node, sandboxes: [] });
+    await expect(cluster.drain(node, { migrate: 'yes' as never })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('migrate') });
   });
 
   it('refuses a connection with wrong credentials, saying so', async () => {

@@ -132,5 +132,7 @@ describe('portable snapshots', () => {
   it('names a bad argument', async () => {
     await expect(Sandbox.importSnapshot(join(dirs[2]!, 'missing.corral'), { supervisor: there })).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining('file') });
     await expect(Sandbox.exportSnapshot('no-such-snapshot', join(dirs[2]!, 'x.corral'), { supervisor: here })).rejects.toMatchObject({ code: 'E_SNAPSHOT_NOT_FOUND' });
+    // A directory that is not there: an error to the caller (it once ended the process, unhandled).
+    await expect(Sandbox.exportSnapshot(snap, join(dirs[2]!, 'no-such-dir', 'x.corral'), { supervisor: here })).rejects.toMatchObject({ code: 'E_SNAPSHOT', message: expect.stringContaining('ENOENT') });
   });
 });

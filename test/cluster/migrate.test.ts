@@ -1,0 +1,203 @@
+// Two `corral node` processes on a real nats-server with JetStream: a fork and a background
+// command through the cluster, and draining a node with migration: a real VM that moves from one to the other (memory snapshot → archive →
+// transfer → restore) keeping its name, its files and a process that runs on. The drain is
+// asked by the CLI in a process of its own, as an operator would.
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { firstValueFrom, lastValueFrom, takeWhile, tap, toArray } from 'rxjs';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Cluster, Sandbox } from '../../src/index.ts';
+import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { uniqueName } from '../helpers/sandbox.ts';
+import { corral } from '../helpers/cli.ts';
+
+let nats: NatsCluster;
+const nodes: NodeProcess[] = [];
+let cluster: Cluster;
+
+beforeAll(async () => {
+  nats = await startNatsCluster(1);
+  try {
+    const common = ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'];
+    nodes.push(await startNode(nats, 'm1', [...common, '--label', 'zone=a']));
+    nodes.push(await startNode(nats, 'm2', [...common, '--label', 'zone=b']));
+    cluster = await Cluster.connect({ servers: nats.urls, ...APP_USER, lostAfterMs: 2000 });
+  } catch (err) {
+    await Promise.all(nodes.map((n) => n.stop('SIGKILL')));
+    await nats.stop();
+    throw err;
+  }
+});
+
+afterAll(async () => {
+  await cluster?.close();
+  await Promise.all(nodes.map((n) => n.stop()));
+  await nats?.stop();
+});
+
+// A failing test shows what the nodes said.
+afterEach((ctx) => {
+  if (ctx.task.result?.state !== 'fail') return;
+  for (const n of nodes) if (n.stderr()) process.stderr.write(`--- node ${n.name} stderr (last 4 KB) ---\n${n.stderr().slice(-4096)}\n`);
+});
+
+/** The counter the guest's background loop writes, read until it passes `above` (a running process moves it on). */
+async function counterPast(sb: Sandbox, above: number): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    // Not written yet by a loop that has just started: read again.
+    const text = await sb.fs().readText('/root/count').catch((err: { code?: string; details?: { errno?: string } }) => {
+      if (err.code === 'E_FS' && err.details?.errno === 'ENOENT') return '0';
+      throw err;
+    });
+    const n = Number(text.trim());
+    if (n > above) return n;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`the counter never passed ${above}: the process did not run on`);
+}
+
+/** Waits until `cond()` holds (polled; the test's own timeout bounds it). */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await new Promise((r) => setTimeout(r, 20));
+}
+
+const listing = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
+
+describe('a fork through the cluster', () => {
+  it('starts on the node of its source, with its files, and leaves no snapshot behind', async () => {
+    const sb = await Sandbox.builder(uniqueName('src')).memory(128).cluster(cluster).placement({ labels: { zone: 'b' } }).create();
+    try {
+      await sb.shell('echo from-parent > /root/p.txt');
+      const child = await sb.fork(uniqueName('child'));
+      try {
+        expect(await child.info()).toMatchObject({ status: 'running', node: 'm2' });
+        expect((await child.fs().readText('/root/p.txt')).trim()).toBe('from-parent');
+        await child.shell('echo mine > /root/p.txt');
+        expect((await sb.fs().readText('/root/p.txt')).trim()).toBe('from-parent');
+        expect((await Sandbox.list({ cluster })).map((s) => s.name)).toContain(child.name);
+      } finally {
+        await child.kill();
+        await Sandbox.remove(child.name, { cluster });
+      }
+      expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
+    } finally {
+      await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('a background command through the cluster', () => {
+  it('is listed and reattached from a second handle, its output read from the start, its stdin written', async () => {
+    const sb = await Sandbox.builder(uniqueName('bg')).memory(128).cluster(cluster).create();
+    try {
+      const job = await sb.execStream('sh', ['-c', 'echo one; read x; echo "got $x"'], { background: true, stdin: 'pipe' });
+      const other = await Sandbox.get(sb.name, { cluster });
+      expect((await other.execs()).map((e) => [e.id, e.background])).toEqual([[job.id, true]]);
+      const again = await other.attach(job.id);
+      await again.write('two\n');
+      await again.end();
+      let text = '';
+      for await (const item of again) if (item.type === 'stdout') text += Buffer.from(item.data).toString();
+      expect(text).toBe('one\ngot two\n');
+      expect(await again.exited).toMatchObject({ code: 0 });
+    } finally {
+      await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('following the output of a sandbox through the cluster', () => {
+  it('gives the record, then new output as it comes, and ends when the sandbox stops; metrics are sampled on its node', async () => {
+    const sb = await Sandbox.builder(uniqueName('follow')).memory(128).cluster(cluster).create();
+    let text = '';
+    let ended = false;
+    try {
+      await sb.exec('echo', ['before']);
+      const done = lastValueFrom(sb.logs$().pipe(tap((e) => (text += Buffer.from(e.data).toString()))), { defaultValue: undefined }).then(() => (ended = true));
+      await until(() => text === 'before\n');
+      await sb.exec('echo', ['after']);
+      await until(() => text === 'before\nafter\n');
+      expect(ended).toBe(false);
+      // Resource use, sampled on its node (its VM's /proc is there).
+      const m = await sb.metrics();
+      expect(m.memory.pssBytes).toBeGreaterThan(0);
+      expect(m.cpuPercent).toBeGreaterThanOrEqual(0);
+      await sb.kill();
+      await done;
+      expect(text).toBe('before\nafter\n');
+    } finally {
+      if (!ended) await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('a node drained with migrate', () => {
+  it('moves its sandbox to another node: same name, same files, its process running on; the handle follows it', async () => {
+    const sb = await Sandbox.builder(uniqueName('mover')).memory(128).cluster(cluster).placement({ labels: { zone: 'a' } }).create();
+    try {
+      expect((await sb.info()).node).toBe('m1');
+      await sb.shell('echo kept > /root/kept.txt; (i=0; while :; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 &');
+      const before = await counterPast(sb, 0);
+      // A command running across the move: its stream ends saying so.
+      const open = await sb.execStream('sleep', ['600']);
+      const openEnd = (async () => {
+        for await (const item of open) void item;
+      })().then(
+        () => 'ended',
+        (err: unknown) => err,
+      );
+
+      process.env.CORRAL_NATS_USER = APP_USER.user;
+      process.env.CORRAL_NATS_PASSWORD = APP_USER.pass;
+      let drained;
+      try {
+        drained = await corral('--nats', nats.urls.join(','), 'node', 'drain', 'm1', '--migrate');
+      } finally {
+        delete process.env.CORRAL_NATS_USER;
+        delete process.env.CORRAL_NATS_PASSWORD;
+      }
+      expect(drained.code, drained.stderr).toBe(0);
+      expect(drained.json).toEqual({ node: 'm1', sandboxes: [{ name: sb.name, ms: expect.any(Number), stopReason: null, movedTo: 'm2' }] });
+
+      // The same handle: it runs on m2 now, with its files, its process counting on.
+      expect(await sb.info()).toMatchObject({ status: 'running', node: 'm2' });
+      expect((await sb.fs().readText('/root/kept.txt')).trim()).toBe('kept');
+      await counterPast(sb, before);
+      expect(await openEnd).toMatchObject({ code: 'E_SANDBOX_MOVED', details: { node: 'm2' } });
+      expect((await sb.exec('echo', ['after'])).stdout).toBe('after\n');
+
+      // Found there by name from a fresh lookup, listed there, and its events say it moved, not stopped.
+      const again = await Sandbox.get(sb.name, { cluster });
+      expect((await again.info()).node).toBe('m2');
+      expect((await Sandbox.list({ cluster })).find((s) => s.name === sb.name)).toMatchObject({ status: 'running', node: 'm2' });
+      const history = await firstValueFrom(
+        cluster.events({ name: sb.name, since: 0 }).pipe(
+          takeWhile((e) => e.type !== 'sandbox.moved', true),
+          toArray(),
+        ),
+      );
+      expect(history.at(-1)).toMatchObject({ type: 'sandbox.moved', from: 'm1', to: 'm2', ms: expect.any(Number) });
+      expect(history.filter((e) => e.type === 'sandbox.stopped' || e.type === 'sandbox.stopping')).toEqual([]);
+      expect(history.filter((e) => e.type === 'exec.failed')).toEqual([expect.objectContaining({ execId: open.id, error: expect.objectContaining({ code: 'E_SANDBOX_MOVED' }) })]);
+
+      // m1 keeps nothing of it: no record, no disk, no snapshot or archive.
+      const m1 = nodes[0]!.stateDir;
+      expect(listing(join(m1, 'sandboxes'))).toEqual([]);
+      expect(listing(join(m1, 'snapshots'))).toEqual([]);
+      expect(listing(join(m1, 'incoming'))).toEqual([]);
+      expect(listing(join(nodes[1]!.stateDir, 'incoming'))).toEqual([]);
+
+      // Its old node may go now: the handle is not bound to it.
+      await nodes[0]!.stop();
+      expect((await sb.exec('cat', ['/root/kept.txt'])).stdout).toBe('kept\n');
+    } finally {
+      await sb.stop();
+    }
+    await Sandbox.remove(sb.name, { cluster });
+    // The snapshot it moved with goes with it.
+    expect(listing(join(nodes[1]!.stateDir, 'snapshots'))).toEqual([]);
+  });
+});
