@@ -113,9 +113,10 @@ export interface FsWatchChange {
 /**
  * Why a file watch ended: `stopped` (its `stop()`), `removed` (the watched directory was
  * removed, moved or unmounted), `failed` (the guest could not go on reading it),
- * `sandbox-stopped` (the sandbox stopped, or its guest connection ended).
+ * `sandbox-stopped` (the sandbox stopped, or its guest connection ended), `sandbox-moved` (a
+ * cluster drain with migrate moved the sandbox to another node: a watch does not follow it).
  */
-export type FsWatchEndReason = 'stopped' | 'removed' | 'failed' | 'sandbox-stopped';
+export type FsWatchEndReason = 'stopped' | 'removed' | 'failed' | 'sandbox-stopped' | 'sandbox-moved';
 
 /** Event bodies before the worker stamps `name`, `seq` and `ts`. */
 export type SandboxEventBody =

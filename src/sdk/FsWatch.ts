@@ -63,7 +63,8 @@ export function validateWatchOptions(options: unknown): number {
  * A live file watch: an AsyncIterable of its changes (one consumer; events wait for it, up
  * to `maxQueuedEvents`) and `events$`, an Observable of the same changes for any number of
  * subscribers (hot: from their subscription on). Both end when the watch does: `stop()`,
- * the directory removed, the sandbox stopped; a guest that fails to read it errors them.
+ * the directory removed, the sandbox stopped; a guest that fails to read it, or a cluster
+ * moving the sandbox to another node (E_SANDBOX_MOVED), errors them.
  * A pending iteration keeps the process alive; a watch nobody iterates does not.
  *
  * @example
@@ -160,6 +161,10 @@ export class FsWatch implements AsyncIterable<FsWatchChange> {
       this.#finish(e.reason, e.error ? deserializeError(e.error) : undefined);
     } else if (e.type === 'sandbox.stopped') {
       this.#finish('sandbox-stopped');
+    } else if (e.type === 'sandbox.moved') {
+      // Its guest was restored on the other node without the watch (as any restored snapshot
+      // is): like an exec running across the move, it ends saying so.
+      this.#finish('sandbox-moved', new CorralError('E_SANDBOX_MOVED', `the watch of ${this.path} ended: sandbox "${e.name}" moved from node "${e.from}" to node "${e.to}" (watch it again there)`, { details: { sandbox: e.name, from: e.from, node: e.to } }));
     }
   }
 
