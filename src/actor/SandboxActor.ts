@@ -192,7 +192,10 @@ export class SandboxActor implements SandboxWorkerApi {
     const root = checkGuestPath(req.path).replace(/(.)\/+$/, '$1');
     const abs = (rel: string) => (rel === '' ? root : root === '/' ? `/${rel}` : `${root}/${rel}`);
     const change = (r: WatchRecord): FsWatchChange =>
-      r.kind === 'rename' ? { type: 'rename', path: abs(r.to!), name: r.to!, from: abs(r.path), isDir: r.isDir } : { type: r.kind, path: abs(r.path), name: r.path, isDir: r.isDir };
+      r.kind === 'rename'
+        ? { type: 'rename', path: abs(r.to!), name: r.to!, from: abs(r.path), isDir: r.isDir }
+        : // An overflow is about the watched directory itself.
+          { type: r.kind, path: abs(r.path), name: r.path, isDir: r.kind === 'overflow' || r.isDir };
     const vm = this.#requireRunning('watch files of');
     const session = vm.agent.watch(root, { recursive: req.recursive }, {
       changes: (records) => this.#emit({ type: 'fs.watch', watchId, changes: records.map(change) }),

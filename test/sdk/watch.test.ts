@@ -115,6 +115,27 @@ describe('sandbox.fs().watch()', () => {
     }
   });
 
+  it("turns the guest kernel's inotify queue overflowing into one overflow event, and goes on", async () => {
+    await sb.fs().mkdir('/tmp/w7');
+    // New inotify instances take the guest's limit as it is at their start: 8 queued events.
+    const old = (await sb.shell('cat /proc/sys/fs/inotify/max_queued_events')).stdout.trim();
+    await sb.shell('echo 8 > /proc/sys/fs/inotify/max_queued_events');
+    const w = await sb.fs().watch('/tmp/w7');
+    await sb.shell(`echo ${old} > /proc/sys/fs/inotify/max_queued_events`);
+    try {
+      // A SPAWN probe holds the agent (it serves nothing else meanwhile) while 50 files are
+      // made: the kernel's queue of the watch fills at 8 and overflows, deterministically.
+      const r = await sb.probe({ op: 'spawn', argv: ['sh', '-c', 'for i in $(seq 1 50); do : > /tmp/w7/f$i; done'], count: 1 });
+      expect(r).toMatchObject({ status: 0 });
+      await sb.fs().write('/tmp/w7/after', '');
+      const seen = await until(w, has('create', '/tmp/w7/after'));
+      expect(seen.filter((e) => e.type === 'overflow')).toEqual([{ type: 'overflow', path: '/tmp/w7', name: '', isDir: true }]);
+      expect(seen.filter((e) => e.type === 'create').length).toBeLessThan(20);
+    } finally {
+      await w.stop();
+    }
+  });
+
   it('refuses a missing path (E_FS ENOENT), a file (ENOTDIR) and wrong options, naming them', async () => {
     await expect(sb.fs().watch('/no/such/dir')).rejects.toMatchObject({ code: 'E_FS', details: { errno: 'ENOENT', path: '/no/such/dir' } });
     await expect(sb.fs().watch('/etc/passwd')).rejects.toMatchObject({ code: 'E_FS', details: { errno: 'ENOTDIR' } });
