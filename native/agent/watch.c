@@ -560,12 +560,11 @@ void watch_request(uint32_t id, const uint8_t *payload, uint32_t len)
 		send_end(id, e, END_FAILED, "watching %.*s: %s", (int)n, (const char *)s, strerror(e));
 		return;
 	}
-	if (w->recursive) {
+	if (w->recursive)
 		tree_add(w, "", false, 0);
-		flush(w); /* an overflow record, if the tree had too many directories */
-	}
-	put_u32(w->frame, 0);
-	send_frame(T_WATCH_EVENTS, id, w->frame, 4); /* no records: the watch is in place */
+	uint8_t none[4] = { 0 };
+	send_frame(T_WATCH_EVENTS, id, none, sizeof none); /* no records: the watch is in place */
+	flush(w); /* after it: an overflow record, if the tree had too many directories */
 }
 
 void watch_stop(uint32_t id)

@@ -120,6 +120,19 @@ describe('file watches against the real agent (host mode)', () => {
     await w.until(() => w.end !== undefined, 'end');
   });
 
+  it('watches at most 4096 directories of a tree: past them one overflow record, after the start', async () => {
+    const root = join(dir, 'wide');
+    for (let i = 0; i < 4100; i++) mkdirSync(join(root, `d${i}`), { recursive: true });
+    const w = collect(agent, root, true);
+    await w.session.started;
+    writeFileSync(join(root, 'marker'), '');
+    await w.until(() => w.seen('create', 'marker'), 'create of marker');
+    expect(w.records[0]).toEqual({ kind: 'overflow', path: '', isDir: false });
+    w.session.stop();
+    await w.until(() => w.end !== undefined, 'end');
+    rmSync(root, { recursive: true });
+  });
+
   it('ends with reason removed when the watched directory goes', async () => {
     const root = join(dir, 'doomed');
     mkdirSync(root);
