@@ -30,6 +30,7 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
   boot: ['bench/boot.bench.ts'],
   template: ['bench/template.bench.ts'],
   lifecycle: ['bench/lifecycle.bench.ts'],
+  watch: ['bench/watch.bench.ts'],
   cpu: ['bench/cpu.bench.ts'],
   density: ['bench/density.bench.ts', '--n', '20'],
   limit: ['bench/limit.bench.ts', '--n', '60', '--step', '30'],

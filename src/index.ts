@@ -13,6 +13,7 @@ export { Cluster, type ClusterOptions, type ClusterNode, type ClusterEventsOptio
 export { ExecResult, ExecStream, type ExecOptions, type ExecStreamItem } from './sdk/exec.ts';
 export type { StdinSource } from './sdk/execStdin.ts';
 export { SandboxFs, type FsEntry, type FsEntryType, type FsStat, type FsWriteOptions, type FsTransferOptions } from './sdk/SandboxFs.ts';
+export { FsWatch, type FsWatchEvent, type FsWatchEventType, type FsWatchEndReason, type FsWatchOptions } from './sdk/FsWatch.ts';
 export type { ExecInfo, ProbeRequest, ProbeResult } from './actor/contract.ts';
 export { Supervisor, type SupervisorOptions, type CreateOptions, type SandboxInfo } from './supervisor/Supervisor.ts';
 export { EventBus, ofType } from './bus/EventBus.ts';

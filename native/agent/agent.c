@@ -58,6 +58,10 @@ enum frame_type {
 	T_OUTPUT_ACK = 21,
 	T_PROBE = 22,
 	T_PROBE_REPLY = 23,
+	T_WATCH = 24,
+	T_WATCH_STOP = 25,
+	T_WATCH_EVENTS = 26,
+	T_WATCH_END = 27,
 };
 
 #define HEADER_SIZE 12
@@ -1175,7 +1179,7 @@ static void on_exec(uint32_t id, const uint8_t *payload, uint32_t len)
 	struct exec_req r;
 	if (!parse_exec(payload, len, &r)) {
 		complain(EINVAL, "malformed EXEC payload for session %u", id);
-	} else if (session_find(id) || fs_session_live(id)) {
+	} else if (session_find(id) || fs_session_live(id) || watch_session_live(id)) {
 		send_error(id, EBUSY, "session %u is already live", id);
 	} else if (live_sessions >= MAX_SESSIONS) {
 		send_error(id, EBUSY, "too many sessions (max %d)", MAX_SESSIONS);
@@ -1389,7 +1393,7 @@ static void on_probe(uint32_t id, const uint8_t *payload, uint32_t len)
 		complain(EINVAL, "PROBE on session 0");
 		return;
 	}
-	if (session_find(id) || fs_session_live(id) || (sink.active && sink.id == id)) {
+	if (session_find(id) || fs_session_live(id) || watch_session_live(id) || (sink.active && sink.id == id)) {
 		probe_fail(id, EBUSY, "session is live");
 		return;
 	}
@@ -1546,8 +1550,8 @@ static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_
 		on_setup(id, payload, len);
 		break;
 	case T_FS:
-		if (session_find(id))
-			complain(EINVAL, "FS on exec session %u", id);
+		if (session_find(id) || watch_session_live(id))
+			complain(EINVAL, "FS on exec or watch session %u", id);
 		else
 			fs_request(id, payload, len);
 		break;
@@ -1560,6 +1564,20 @@ static void dispatch(uint16_t type, uint32_t id, const uint8_t *payload, uint32_
 	case T_PROBE:
 		on_probe(id, payload, len);
 		break;
+	case T_WATCH:
+		if (id == 0)
+			complain(EINVAL, "WATCH on session 0");
+		else if (session_find(id) || fs_session_live(id) || (sink.active && sink.id == id))
+			complain(EINVAL, "WATCH on live session %u", id);
+		else
+			watch_request(id, payload, len);
+		break;
+	case T_WATCH_STOP:
+		if (id == 0 || len != 0)
+			complain(EINVAL, "malformed WATCH_STOP");
+		else
+			watch_stop(id);
+		break;
 	}
 }
 
@@ -1567,7 +1585,7 @@ static bool host_frame_type(uint16_t type)
 {
 	return type == T_EXEC || type == T_STDIN || type == T_SIGNAL || type == T_SHUTDOWN ||
 	       type == T_PING || type == T_CONFIGURE || type == T_SETUP || type == T_FS ||
-	       type == T_RESIZE || type == T_OUTPUT_ACK || type == T_PROBE;
+	       type == T_RESIZE || type == T_OUTPUT_ACK || type == T_PROBE || type == T_WATCH || type == T_WATCH_STOP;
 }
 
 /* Handles every whole frame in inq. A rejected header's payload is skipped (skip_bytes),
@@ -1756,15 +1774,15 @@ static void setup_signals(void)
 
 /* ---- main loop ---- */
 
-enum watch_kind { W_PORT, W_SIGNAL, W_STDIN, W_STDOUT, W_STDERR };
+enum watch_kind { W_PORT, W_SIGNAL, W_STDIN, W_STDOUT, W_STDERR, W_FSWATCH };
 struct watch {
 	enum watch_kind kind;
 	struct session *s;
-	uint32_t gen;
+	uint32_t gen;  /* W_FSWATCH: the watch slot */
 };
 
-static struct pollfd pfds[2 + 3 * MAX_SESSIONS];
-static struct watch watches[2 + 3 * MAX_SESSIONS];
+static struct pollfd pfds[2 + 3 * MAX_SESSIONS + WATCH_MAX];
+static struct watch watches[2 + 3 * MAX_SESSIONS + WATCH_MAX];
 
 static void watch_fd(int *n, int fd, short events, enum watch_kind kind, struct session *s)
 {
@@ -1818,6 +1836,15 @@ static int build_poll_set(int *timeout)
 		if (room && s->err_fd >= 0)
 			watch_fd(&n, s->err_fd, POLLIN, W_STDERR, s);
 	}
+	/* File watches are read under the same bound as child output: past it their events wait
+	 * in the kernel's queue (which overflows into one record rather than growing). */
+	for (int i = 0; read_children && i < WATCH_MAX; i++) {
+		int fd = watch_poll_fd(i, timeout);
+		if (fd >= 0) {
+			watch_fd(&n, fd, POLLIN, W_FSWATCH, NULL);
+			watches[n - 1].gen = (uint32_t)i;
+		}
+	}
 	return n;
 }
 
@@ -1867,6 +1894,8 @@ static void serve(void)
 				port_revents = pfds[i].revents;
 			else if (watches[i].kind == W_SIGNAL)
 				reap_children();
+			else if (watches[i].kind == W_FSWATCH)
+				watch_readable((int)watches[i].gen, pfds[i].fd);
 			else
 				handle_child_fd(&pfds[i], &watches[i]);
 		}

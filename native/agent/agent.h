@@ -15,7 +15,7 @@
 #include <sys/types.h>
 
 #define AGENT_VERSION "0.1.0"
-#define PROTOCOL_VERSION 5
+#define PROTOCOL_VERSION 6
 
 /* Name of the virtio-serial port the host exposes for us. */
 #define AGENT_PORT_NAME "corral.agent"
@@ -72,6 +72,24 @@ int remove_tree(const char *path);
 void fs_request(uint32_t id, const uint8_t *payload, uint32_t len);
 /* Whether id is an open file handle's session. */
 bool fs_session_live(uint32_t id);
+
+/* ---- watch.c: file watches (WATCH frames, protocol 6) ---- */
+
+/* Most live watches (each is an inotify instance). */
+#define WATCH_MAX 32
+
+/* Starts watch id (WATCH frame); answers WATCH_EVENTS with no records once it is in place, or
+ * WATCH_END with the errno. Never exits, whatever the payload. */
+void watch_request(uint32_t id, const uint8_t *payload, uint32_t len);
+/* Ends watch id with WATCH_END (WATCH_STOP frame); an id that is no live watch is ignored. */
+void watch_stop(uint32_t id);
+/* Whether id is a live watch's session. */
+bool watch_session_live(uint32_t id);
+/* The fd to poll for watch slot 0..WATCH_MAX-1, or -1 (none, or lingering: then *timeout_ms
+ * is lowered to when it may be read again). */
+int watch_poll_fd(int slot, int *timeout_ms);
+/* Reads the slot's events and sends them (fd: what was polled, to detect a reused slot). */
+void watch_readable(int slot, int fd);
 
 /* ---- agent.c: output to the host ---- */
 

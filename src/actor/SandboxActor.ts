@@ -15,11 +15,11 @@ import { dirname, join } from 'node:path';
 import type { MessagePort } from 'node:worker_threads';
 import { createActor, fromPromise, waitFor, type Actor, type InspectionEvent } from 'xstate';
 import { assertCan, sandboxMachine, stateName, statusOf, type SandboxInput, type SandboxSnapshot, type VmBooted, type VmEnded } from '../../machines/sandbox.machine.ts';
-import type { ExecHandlers, ExecSession } from '../agent/AgentClient.ts';
-import type { Accel, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
+import type { ExecHandlers, ExecSession, WatchRecord, WatchSession } from '../agent/AgentClient.ts';
+import type { Accel, FsWatchChange, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import { validatePort } from '../guestenv/ports.ts';
-import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData } from './contract.ts';
+import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -32,7 +32,7 @@ import { GuestEnv } from '../guestenv/GuestEnv.ts';
 import type { DeviceLayout as GuestDeviceLayout } from '../guestenv/guestConfig.ts';
 import { withScriptsPath } from '../guestenv/scripts.ts';
 import { qemuArgs } from '../vm/qemuArgs.ts';
-import { GuestFs } from '../agent/GuestFs.ts';
+import { GuestFs, checkGuestPath } from '../agent/GuestFs.ts';
 import { FsCalls, type FsCall, type FsCallResult } from '../agent/fsCalls.ts';
 import { execEnvDefaults, execUser } from '../agent/execDefaults.ts';
 import { imageArgv } from '../image/imageCommand.ts';
@@ -77,6 +77,8 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #fs = new FsCalls(() => new GuestFs(this.#requireRunning('use files of').agent));
   /** What {@link execs} lists: each running exec, from its start to its end. */
   readonly #execInfo = new Map<number, ExecInfo>();
+  /** Live file watches by the caller's id (their end removes them). */
+  readonly #watches = new Map<number, WatchSession>();
   /** Ids of execs that ended lately (bounded), so a stdin end racing an exit is told apart from an unknown id. */
   readonly #endedExecs = new Set<number>();
 
@@ -180,6 +182,46 @@ export class SandboxActor implements SandboxWorkerApi {
 
   fs(call: FsCall): Promise<FsCallResult> {
     return this.#fs.call(call);
+  }
+
+  async watchStart(watchId: number, req: WatchRequest): Promise<void> {
+    if (!Number.isInteger(watchId) || watchId < 1 || watchId > 2 ** 31 - 1) throw new InvalidOptionError('watchId', 'an integer from 1 to 2^31-1', watchId);
+    if (this.#watches.has(watchId)) throw new InvalidOptionError('watchId', 'an id no live watch of this sandbox has', watchId);
+    if (typeof req?.recursive !== 'boolean') throw new InvalidOptionError('recursive', 'true or false', req?.recursive);
+    // The agent's own paths are its real ones: the changes are told under the path asked for.
+    const root = checkGuestPath(req.path).replace(/(.)\/+$/, '$1');
+    const abs = (rel: string) => (rel === '' ? root : root === '/' ? `/${rel}` : `${root}/${rel}`);
+    const change = (r: WatchRecord): FsWatchChange =>
+      r.kind === 'rename'
+        ? { type: 'rename', path: abs(r.to!), name: r.to!, from: abs(r.path), isDir: r.isDir }
+        : // An overflow is about the watched directory itself.
+          { type: r.kind, path: abs(r.path), name: r.path, isDir: r.kind === 'overflow' || r.isDir };
+    const vm = this.#requireRunning('watch files of');
+    const session = vm.agent.watch(root, { recursive: req.recursive }, {
+      changes: (records) => this.#emit({ type: 'fs.watch', watchId, changes: records.map(change) }),
+      ended: (reason, error) => {
+        this.#watches.delete(watchId);
+        // The connection's end is the sandbox's: its own events say why.
+        if (reason === 'closed') this.#emit({ type: 'fs.watch.ended', watchId, reason: 'sandbox-stopped' });
+        else this.#emit({ type: 'fs.watch.ended', watchId, reason, ...(error ? { error: serializeError(error) } : {}) });
+      },
+    });
+    this.#watches.set(watchId, session);
+    try {
+      await session.started;
+    } catch (err) {
+      this.#watches.delete(watchId);
+      if (err instanceof CorralError && err.code === 'E_FS') {
+        throw new CorralError('E_FS', `watch ${root} in the guest failed: ${String(err.details?.errno ?? '')} (${err.message})`, { cause: err, details: { ...err.details, op: 'watch', path: root } });
+      }
+      throw err;
+    }
+    this.#log.debug(`watch ${watchId} on ${root}${req.recursive ? ' (recursive)' : ''}`);
+  }
+
+  async watchStop(watchId: number): Promise<void> {
+    // Not waiting for the guest: a paused one would hold the caller; `fs.watch.ended` follows.
+    this.#watches.get(watchId)?.stop();
   }
 
   async publish(hostPort: number, guestPort: number): Promise<void> {
@@ -710,6 +752,8 @@ export class SandboxActor implements SandboxWorkerApi {
         restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
       });
       await this.#applyGuest(vm, guest, meta.config);
+      // Watches of the sandbox the snapshot was taken from run on in its guest, for nobody.
+      vm.agent.endOrphanWatches();
       const restoreMs = performance.now() - tRestore;
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs, spare: false });
       return this.#adopt(vm, t0);

@@ -99,6 +99,14 @@ export interface ExecInfo {
   readonly tty: boolean;
 }
 
+/** A file watch to start, as the SDK sends it (`sb.fs().watch`). */
+export interface WatchRequest {
+  /** The guest directory, absolute. */
+  readonly path: string;
+  /** Its subdirectories too, including ones made later. */
+  readonly recursive: boolean;
+}
+
 /** A diagnostic for the benchmarks' floors (agent protocol 5). */
 export type ProbeRequest =
   /** Time `count` spawns of `argv` in the guest, as the agent itself sees them. */
@@ -181,6 +189,13 @@ export interface SandboxWorkerApi {
   fs(call: FsCall): Promise<FsCallResult>;
   /** The commands running now, oldest first. */
   execs(): ExecInfo[];
+  /**
+   * Starts file watch `watchId` (the caller's pick, like an exec id): resolves once the guest
+   * watches the directory; its changes come as `fs.watch` events, its end as `fs.watch.ended`.
+   */
+  watchStart(watchId: number, req: WatchRequest): Promise<void>;
+  /** Asks the guest to end a watch (`fs.watch.ended` with reason `stopped` follows); a watch that is gone is no error. */
+  watchStop(watchId: number): Promise<void>;
   /** Forwards `127.0.0.1:hostPort` on the host to the guest's `guestPort` from now on (the VM needs a NIC). */
   publish(hostPort: number, guestPort: number): Promise<void>;
   /** Stops forwarding `hostPort` (published at create or with {@link publish}). */

@@ -84,6 +84,42 @@ export interface ExitInfo {
   readonly oomKilled: boolean;
 }
 
+/** What one change a watch saw is (protocol 6). `overflow`: changes were lost (a queue was full). */
+export type WatchKind = 'create' | 'write' | 'remove' | 'rename' | 'overflow';
+
+/** One change a watch saw, its paths relative to the watched directory. */
+export interface WatchRecord {
+  readonly kind: WatchKind;
+  /** Relative to the watched directory ("" for an overflow); for a rename, where it was. */
+  readonly path: string;
+  /** A rename's new path (relative), when the agent paired the two halves. */
+  readonly to?: string;
+  readonly isDir: boolean;
+}
+
+/**
+ * Why a watch ended: `stopped` (asked to), `removed` (its directory was removed, moved or
+ * unmounted), `failed` (the agent could not read it), `closed` (the connection to the guest
+ * ended: the sandbox stopped).
+ */
+export type WatchEndReason = 'stopped' | 'removed' | 'failed' | 'closed';
+
+/** Callbacks of one watch, in the order the guest sent them. */
+export interface WatchHandlers {
+  changes(records: readonly WatchRecord[]): void;
+  /** Final. `error` when it ended by a failure. */
+  ended(reason: WatchEndReason, error?: Error): void;
+}
+
+/** A file watch in the guest. */
+export interface WatchSession {
+  readonly id: number;
+  /** Resolves once the agent watches the directory; rejects with E_FS (`details.errno`: ENOENT, ENOTDIR, EMFILE…) if it cannot. */
+  readonly started: Promise<void>;
+  /** Asks the agent to end the watch; `ended('stopped')` follows. A no-op once it ended. */
+  stop(): void;
+}
+
 /** One FS session: its requests are answered in order (src/agent/GuestFs.ts speaks it). */
 export interface FsChannel {
   readonly id: number;
@@ -178,6 +214,18 @@ interface StdinCredit {
   eof: boolean;
 }
 
+interface LiveWatch {
+  readonly handlers: WatchHandlers;
+  started: boolean;
+  readonly resolveStarted: () => void;
+  readonly rejectStarted: (e: Error) => void;
+}
+
+const WATCH_KINDS: Readonly<Record<number, WatchKind>> = { 1: 'create', 2: 'write', 3: 'remove', 4: 'rename', 5: 'overflow' };
+const WATCH_END_REASONS: Readonly<Record<number, WatchEndReason>> = { 1: 'stopped', 2: 'removed', 3: 'failed' };
+/** A watch path in a record: at most the agent's path limit. */
+const WATCH_PATH_MAX = 4096;
+
 interface FsWaiter {
   decode(r: PayloadReader): unknown;
   resolve(v: unknown): void;
@@ -214,6 +262,7 @@ export class AgentClient {
   #setups: Array<{ resolve(): void; reject(e: Error): void; describe(index: number): string }> = [];
   readonly #fs = new Map<number, FsWaiter[]>();
   readonly #probes = new Map<number, ProbeWaiter>();
+  readonly #watches = new Map<number, LiveWatch>();
   #error: Error | undefined;
   #closed = false;
   #hello: AgentHello | undefined;
@@ -259,7 +308,54 @@ export class AgentClient {
 
   /** Ids of the live sessions, open files and orphans still running, for a snapshot's record. */
   get sessionIds(): number[] {
-    return [...this.#sessions.keys(), ...this.#fs.keys(), ...this.#orphans];
+    return [...this.#sessions.keys(), ...this.#fs.keys(), ...this.#watches.keys(), ...this.#orphans];
+  }
+
+  /** Live file watches. */
+  get watchCount(): number {
+    return this.#watches.size;
+  }
+
+  /**
+   * Watches a guest directory with inotify (protocol 6): `changes` gets the records as the
+   * agent sends them (paths relative to `path`), `ended` once, however it ends. Throws
+   * (synchronously) if the connection is broken or the agent too old.
+   *
+   * @example
+   * const w = agent.watch('/work', { recursive: true }, { changes: (rs) => console.log(rs), ended: (why) => console.log(why) });
+   * await w.started;
+   */
+  watch(path: string, options: { recursive: boolean }, handlers: WatchHandlers): WatchSession {
+    this.#assertOpen();
+    this.#requireProtocol(6, 'file watches');
+    const id = this.#allocateId();
+    let resolveStarted!: () => void;
+    let rejectStarted!: (e: Error) => void;
+    const started = new Promise<void>((res, rej) => {
+      resolveStarted = res;
+      rejectStarted = rej;
+    });
+    started.catch(() => {}); // marked handled only: the caller awaits it
+    const live: LiveWatch = { handlers, started: false, resolveStarted, rejectStarted };
+    this.#watches.set(id, live);
+    this.#send(FrameType.WATCH, id, new PayloadWriter().u32(options.recursive ? 1 : 0).str(path).finish());
+    return {
+      id,
+      started,
+      stop: () => {
+        if (this.#watches.get(id) !== live || this.#closed || this.#error) return;
+        this.#send(FrameType.WATCH_STOP, id);
+      },
+    };
+  }
+
+  /**
+   * Ends, in the guest, the watches a restored snapshot still runs (their host side is gone):
+   * a WATCH_STOP for every orphan session, which the agent ignores for ids that are no watch.
+   */
+  endOrphanWatches(): void {
+    if (this.#closed || this.#error || (this.#hello?.protocolVersion ?? 0) < 6) return;
+    for (const id of this.#orphans) this.#send(FrameType.WATCH_STOP, id);
   }
 
   /** Starts an exec session. Throws (synchronously) if the connection is broken or full. */
@@ -564,7 +660,7 @@ export class AgentClient {
     for (;;) {
       const id = this.#nextId;
       this.#nextId = this.#nextId >= 0xfffffffe ? 1 : this.#nextId + 1;
-      if (!this.#sessions.has(id) && !this.#orphans.has(id) && !this.#fs.has(id) && !this.#probes.has(id)) return id;
+      if (!this.#sessions.has(id) && !this.#orphans.has(id) && !this.#fs.has(id) && !this.#probes.has(id) && !this.#watches.has(id)) return id;
     }
   }
 
@@ -631,6 +727,10 @@ export class AgentClient {
         return this.#onFsReply(f);
       case FrameType.PROBE_REPLY:
         return this.#onProbeReply(f);
+      case FrameType.WATCH_EVENTS:
+        return this.#onWatchEvents(f);
+      case FrameType.WATCH_END:
+        return this.#onWatchEnd(f);
     }
     const probe = this.#probes.get(f.session);
     if (probe && f.type === FrameType.STDOUT) {
@@ -733,6 +833,51 @@ export class AgentClient {
     waiter.resolve(value);
   }
 
+  #onWatchEvents(f: Frame): void {
+    const live = this.#watches.get(f.session);
+    if (!live && this.#orphans.has(f.session)) return; // a watch of the snapshot this guest was restored from
+    if (!live) throw new CorralError('E_PROTOCOL', `guest sent WATCH_EVENTS for session ${f.session}, which is no live watch`);
+    const r = new PayloadReader(f.payload, 'WATCH_EVENTS');
+    const count = r.u32();
+    if (!live.started) {
+      // The first answer says the watch is in place, and nothing else.
+      if (count !== 0) throw new CorralError('E_PROTOCOL', `guest sent ${count} watch records on session ${f.session} before saying the watch was in place`);
+      r.end();
+      live.started = true;
+      return live.resolveStarted();
+    }
+    if (count === 0 || count > r.remaining / 16) throw new CorralError('E_PROTOCOL', `guest sent a WATCH_EVENTS of ${count} records in ${r.remaining} bytes`);
+    const records: WatchRecord[] = [];
+    for (let i = 0; i < count; i++) {
+      const kind = WATCH_KINDS[r.u32()];
+      const flags = r.u32();
+      const path = r.str(WATCH_PATH_MAX);
+      const to = r.str(WATCH_PATH_MAX);
+      if (!kind || flags > 1) throw new CorralError('E_PROTOCOL', `guest sent a watch record of kind ${kind ?? 'unknown'} with flags ${flags}`);
+      if (path.includes('\0') || to.includes('\0') || path.startsWith('/') || to.startsWith('/')) throw new CorralError('E_PROTOCOL', 'guest sent a watch record whose path is not relative');
+      if ((kind === 'overflow') !== (path === '') || (kind === 'rename') !== (to !== '')) throw new CorralError('E_PROTOCOL', `guest sent a ${kind} watch record with path ${JSON.stringify(path)} and to ${JSON.stringify(to)}`);
+      records.push({ kind, path, isDir: flags === 1, ...(kind === 'rename' ? { to } : {}) });
+    }
+    r.end();
+    live.handlers.changes(records);
+  }
+
+  #onWatchEnd(f: Frame): void {
+    const live = this.#watches.get(f.session);
+    if (!live && this.#orphans.delete(f.session)) return;
+    if (!live) throw new CorralError('E_PROTOCOL', `guest sent WATCH_END for session ${f.session}, which is no live watch`);
+    const r = new PayloadReader(f.payload, 'WATCH_END');
+    const errno = r.i32();
+    const reason = WATCH_END_REASONS[r.u32()];
+    const message = r.str(4096);
+    r.end();
+    if (!reason || errno < 0) throw new CorralError('E_PROTOCOL', `guest sent WATCH_END with reason ${reason ?? 'unknown'} and errno ${errno}`);
+    this.#watches.delete(f.session);
+    const error = errno === 0 ? undefined : new CorralError('E_FS', `${message} (${errnoName(errno)})`, { details: { errno: errnoName(errno), errnoNumber: errno } });
+    if (!live.started) return live.rejectStarted(error ?? new CorralError('E_PROTOCOL', `guest ended watch ${f.session} (${reason}) before starting it`));
+    live.handlers.ended(reason, error);
+  }
+
   #onProbeReply(f: Frame): void {
     const w = this.#probes.get(f.session);
     if (!w) throw new CorralError('E_PROTOCOL', `guest sent PROBE_REPLY for session ${f.session}, which has no probe pending`);
@@ -779,6 +924,12 @@ export class AgentClient {
     const probes = [...this.#probes.values()];
     this.#probes.clear();
     for (const w of probes) w.reject(err);
+    const watches = [...this.#watches.values()];
+    this.#watches.clear();
+    for (const w of watches) {
+      if (w.started) w.handlers.ended('closed', err);
+      else w.rejectStarted(err);
+    }
     this.#socket.destroy();
   }
 }

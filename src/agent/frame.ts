@@ -11,7 +11,7 @@ import { CorralError } from '../errors.ts';
 export const HEADER_SIZE = 12;
 /** Largest payload either side may send (1 MiB). */
 export const MAX_PAYLOAD = 1024 * 1024;
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 /** The oldest agent protocol the host still speaks (version 1 has no SETUP frame). */
 export const MIN_PROTOCOL_VERSION = 1;
 
@@ -44,6 +44,11 @@ export const FrameType = {
   /** Protocol 5: a diagnostic for the benchmarks' floors (spawn timing, raw port throughput). */
   PROBE: 22,
   PROBE_REPLY: 23,
+  /** Protocol 6: file watches (inotify in the agent). */
+  WATCH: 24,
+  WATCH_STOP: 25,
+  WATCH_EVENTS: 26,
+  WATCH_END: 27,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 export type FrameTypeCode = (typeof FrameType)[FrameTypeName];
@@ -62,6 +67,8 @@ export const GUEST_TYPES: ReadonlySet<number> = new Set([
   FrameType.FS_REPLY,
   FrameType.STDIN_ACK,
   FrameType.PROBE_REPLY,
+  FrameType.WATCH_EVENTS,
+  FrameType.WATCH_END,
 ]);
 
 export const ExecFlags = { STDIN: 1, MERGE_STDERR: 2, TTY: 4, USER: 8, CREDIT: 16, OUT_CREDIT: 32 } as const;

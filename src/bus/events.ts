@@ -95,6 +95,29 @@ export type ImagePullEventBody =
     }
   | { readonly type: 'image.pull.failed'; readonly image: string; readonly error: SerializedError };
 
+/** What happened to a path a file watch sees (`sb.fs().watch`). `overflow`: changes were lost. */
+export type FsWatchChangeType = 'create' | 'write' | 'remove' | 'rename' | 'overflow';
+
+/** One change a file watch saw in the guest. */
+export interface FsWatchChange {
+  readonly type: FsWatchChangeType;
+  /** The absolute guest path (a rename's new path; an overflow's: the watched directory). */
+  readonly path: string;
+  /** `path` relative to the watched directory ("" for an overflow). */
+  readonly name: string;
+  /** A rename's old absolute path. */
+  readonly from?: string;
+  readonly isDir: boolean;
+}
+
+/**
+ * Why a file watch ended: `stopped` (its `stop()`), `removed` (the watched directory was
+ * removed, moved or unmounted), `failed` (the guest could not go on reading it),
+ * `sandbox-stopped` (the sandbox stopped, or its guest connection ended), `sandbox-moved` (a
+ * cluster drain with migrate moved the sandbox to another node: a watch does not follow it).
+ */
+export type FsWatchEndReason = 'stopped' | 'removed' | 'failed' | 'sandbox-stopped' | 'sandbox-moved';
+
 /** Event bodies before the worker stamps `name`, `seq` and `ts`. */
 export type SandboxEventBody =
   | ImagePullEventBody
@@ -162,6 +185,9 @@ export type SandboxEventBody =
       readonly oomKilled?: boolean;
     }
   | { readonly type: 'exec.failed'; readonly execId: number; readonly error: SerializedError }
+  /** Changes a file watch saw, in the order the guest reported them (one frame's worth). */
+  | { readonly type: 'fs.watch'; readonly watchId: number; readonly changes: readonly FsWatchChange[] }
+  | { readonly type: 'fs.watch.ended'; readonly watchId: number; readonly reason: FsWatchEndReason; readonly error?: SerializedError }
   /**
    * Not emitted by a sandbox: a replaying stream (`events({ since })`) says with it that its
    * buffer no longer reaches back to `since`. Events `since + 1 … seq` are lost; `seq` is the

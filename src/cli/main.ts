@@ -39,6 +39,7 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] [--user U] [-t|--tty] -- CMD [ARGS…]
                              --tty: a guest terminal wired to this one (stdin forwarded)
   cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
+  fs watch NAME PATH [--recursive]   one line per change in a guest dir until Ctrl-C or the sandbox stops
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
   logs NAME [--since T] [--tail N] [-f]   recorded exec output (T: ms epoch, ISO date, or 30s/5m/2h ago);
@@ -124,6 +125,7 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
       return EXIT.OK;
     },
   },
+  fs: { options: { recursive: { type: 'boolean', short: 'r' } }, run: async (c) => (await import('./fsWatch.ts')).fsCommand(c) },
   ls: { options: { label: { type: 'string', multiple: true } }, run: cmdLs },
   inspect: { run: async (c) => withSandbox(c, (sb) => sb.info()) },
   logs: { options: { since: { type: 'string' }, tail: { type: 'string' }, follow: { type: 'boolean', short: 'f' } }, run: cmdLogs },

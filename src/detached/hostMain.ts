@@ -75,11 +75,17 @@ sup.events$.subscribe((e) => {
   for (const c of clients) if ((c as Socket & { subscribed?: boolean }).subscribed) c.write(line);
 });
 
+/** File watches started over each connection: a client that goes away takes its watches with it. */
+const watchesOf = new WeakMap<Socket, Set<number>>();
+
 const server = createServer((sock) => {
   clients.add(sock);
   sock.setEncoding('utf8');
   const lines = new LineSplitter();
-  sock.on('close', () => clients.delete(sock));
+  sock.on('close', () => {
+    clients.delete(sock);
+    for (const id of watchesOf.get(sock) ?? []) void ctl?.api.watchStop(id).catch(logFailure(`stopping watch ${id} of a client that went away`));
+  });
   sock.on('error', () => sock.destroy());
   sock.on('data', (chunk: string) => {
     let reqs: WireRequest[];
@@ -117,6 +123,12 @@ async function answer(sock: Socket, req: WireRequest): Promise<void> {
       // The verbs that end the sandbox answer at its end state: once the store says
       // stopped, so the caller's next remove() or list() reads it so.
       if (END_CALLS.has(req.method)) await sup.recordStopped(ctl);
+      if (req.method === 'watchStart' || req.method === 'watchStop') {
+        const ids = watchesOf.get(sock) ?? new Set<number>();
+        watchesOf.set(sock, ids);
+        if (req.method === 'watchStart') ids.add(req.args[0] as number);
+        else ids.delete(req.args[0] as number);
+      }
     } else {
       throw new TypeError(`unknown method ${req.method}`);
     }

@@ -22,7 +22,7 @@ export type WireMessage =
  * The sandbox API calls a detached host process forwards to its sandbox (besides `start`,
  * which the host makes itself): SocketLink sends only these, hostMain accepts only these.
  */
-export const FORWARDED_CALLS = ['exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'ackOutput', 'fs', 'execs', 'publish', 'unpublish', 'pause', 'resume', 'setMaxDuration', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'probe', 'snapshot', 'blockStats', 'networkStats'] as const;
+export const FORWARDED_CALLS = ['exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'ackOutput', 'fs', 'watchStart', 'watchStop', 'execs', 'publish', 'unpublish', 'pause', 'resume', 'setMaxDuration', 'drain', 'stop', 'kill', 'info', 'stopped', 'ping', 'probe', 'snapshot', 'blockStats', 'networkStats'] as const;
 
 export const MAX_LINE = 4 * 1024 * 1024;
 

@@ -451,10 +451,26 @@ export class Sandbox {
    */
   fs(options: CallOptions = {}): SandboxFs {
     validateCallOptions(options);
-    return new SandboxFs(this.name, (call) => {
-      const link = this.#requireLink('use files of');
-      return bounded(`file call ${call.op} in sandbox "${this.name}"`, options, () => link.busy(() => link.api.fs(call)));
-    });
+    return new SandboxFs(
+      this.name,
+      (call) => {
+        const link = this.#requireLink('use files of');
+        return bounded(`file call ${call.op} in sandbox "${this.name}"`, options, () => link.busy(() => link.api.fs(call)));
+      },
+      {
+        link: () => {
+          const link = this.#requireLink('watch files of');
+          return {
+            events$: link.events$,
+            start: (id, req) => link.busy(() => link.api.watchStart(id, req)),
+            stop: (id) => (this.#released ? Promise.resolve() : link.api.watchStop(id)),
+            hold: (fn) => link.busy(fn),
+          };
+        },
+        // The watch's own options win over the handle's.
+        bound: (what, own, fn) => bounded(what, { ...options, ...own }, fn),
+      },
+    );
   }
 
   /** Freezes the VM's CPUs: no guest code runs and the VM process uses no CPU. */

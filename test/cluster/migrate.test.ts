@@ -166,6 +166,15 @@ describe('a node drained with migrate', () => {
         (err: unknown) => err,
       );
 
+      // A file watch across the move: it ends saying so (the guest restored there runs none).
+      const watch = await sb.fs().watch('/root');
+      const watchEnd = (async () => {
+        for await (const e of watch) void e;
+      })().then(
+        () => 'ended',
+        (err: unknown) => err,
+      );
+
       process.env.CORRAL_NATS_USER = APP_USER.user;
       process.env.CORRAL_NATS_PASSWORD = APP_USER.pass;
       let drained;
@@ -183,6 +192,8 @@ describe('a node drained with migrate', () => {
       expect((await sb.fs().readText('/root/kept.txt')).trim()).toBe('kept');
       await counterPast(sb, before);
       expect(await openEnd).toMatchObject({ code: 'E_SANDBOX_MOVED', details: { node: 'm2' } });
+      expect(await watchEnd).toMatchObject({ code: 'E_SANDBOX_MOVED', details: { node: 'm2' } });
+      expect(watch.endReason).toBe('sandbox-moved');
       expect((await sb.exec('echo', ['after'])).stdout).toBe('after\n');
 
       // Found there by name from a fresh lookup, listed there, and its events say it moved, not stopped.

@@ -1,6 +1,7 @@
 // The NATS permissions the README gives a node and a client are enough: one nats-server with
 // JetStream whose users get only those, one `corral node`, a client doing the whole round
-// (create, exec with a stream, events from the stream, list, stop, logs, remove, drain).
+// (create, exec with a stream, a file watch, events from the stream, list, stop, logs, remove,
+// drain).
 import { firstValueFrom, take, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect } from '@nats-io/transport-node';
@@ -42,6 +43,12 @@ describe('a cluster whose NATS users hold only the documented permissions', () =
       let text = '';
       for await (const item of stream) if (item.type === 'stdout') text += Buffer.from(item.data).toString();
       expect(text).toBe('through\n');
+      // A file watch: its calls and its fs.watch events cross the cluster as exec's do.
+      const w = await sb.fs().watch('/tmp');
+      await sb.fs().write('/tmp/watched', 'x');
+      for await (const e of w) if (e.type === 'create' && e.path === '/tmp/watched') break;
+      await w.stop();
+      expect(w.endReason).toBe('stopped');
       const first = await firstValueFrom(sb.events({ since: 0 }).pipe(take(2), toArray()));
       expect(first[0]!.type).toBe('sandbox.creating');
       expect((await Sandbox.list({ cluster: c })).map((s) => s.name)).toContain(sb.name);

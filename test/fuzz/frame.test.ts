@@ -278,3 +278,67 @@ describe('fuzzing stdin flow control', () => {
     );
   }, timeoutFor(800));
 });
+
+/** One watch record as a guest might write it: kinds, flags and paths plausible or not. */
+const watchRecord = fc
+  .tuple(fc.integer({ min: 0, max: 6 }), fc.integer({ min: 0, max: 2 }), fc.constantFrom('', 'a', 'a/b', '/abs', 'x\0y', 'ü'), fc.constantFrom('', 'c', '/abs'))
+  .map(([kind, flags, path, to]) => new PayloadWriter().u32(kind).u32(flags).str(path.replace(/\0/g, '')).str(to).finish());
+/** What a guest says to a client with watches 1 and 2 open. */
+const watchAct = fc.oneof(
+  { weight: 2, arbitrary: fc.integer({ min: 0, max: 3 }).map((s) => encodeFrame(FrameType.WATCH_EVENTS, s, u32(0))) },
+  {
+    weight: 4,
+    arbitrary: fc
+      .tuple(fc.integer({ min: 0, max: 3 }), fc.array(watchRecord, { maxLength: 5 }), fc.integer({ min: -1, max: 1 }))
+      .map(([s, rs, skew]) => encodeFrame(FrameType.WATCH_EVENTS, s, Buffer.concat([u32(Math.max(0, rs.length + skew)), ...rs]))),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: -1, max: 40 }), fc.integer({ min: 0, max: 4 }))
+      .map(([s, errno, reason]) => encodeFrame(FrameType.WATCH_END, s, new PayloadWriter().i32(errno).u32(reason).str('why').finish())),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .tuple(fc.integer({ min: 1, max: 2 }), fc.constantFrom(FrameType.WATCH_EVENTS, FrameType.WATCH_END), fc.uint8Array({ maxLength: 24 }))
+      .map(([s, t, b]) => encodeFrame(t, s, b)),
+  },
+);
+
+describe('fuzzing the watch client', () => {
+  it('hands on only checked records, in order, ends each watch once, and settles every start', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(watchAct, { maxLength: 30 }), fc.array(fc.nat(), { maxLength: 20 }), async (acts, cuts) => {
+        const sock = new FakeSocket();
+        const client = new AgentClient(sock as never);
+        sock.emit('data', hello(6));
+        const state = [1, 2].map(() => ({ ended: 0, started: undefined as boolean | undefined, changesAfterEnd: false }));
+        const sessions = state.map((st) =>
+          client.watch('/w', { recursive: true }, {
+            changes: (records) => {
+              if (st.ended) st.changesAfterEnd = true;
+              for (const r of records) {
+                expect(['create', 'write', 'remove', 'rename', 'overflow']).toContain(r.kind);
+                expect(r.path.startsWith('/')).toBe(false);
+                expect(r.kind === 'rename').toBe(r.to !== undefined);
+              }
+            },
+            ended: () => void st.ended++,
+          }),
+        );
+        sessions.forEach((s, i) => s.started.then(() => (state[i]!.started = true), (err: unknown) => ((state[i]!.started = false), expect(err).toBeInstanceOf(CorralError))));
+        for (const c of split(Buffer.concat(acts), cuts)) sock.emit('data', c); // a throw here fails the property
+        await new Promise((r) => setImmediate(r));
+        for (const st of state) {
+          expect(st.ended).toBeLessThanOrEqual(1);
+          expect(st.changesAfterEnd).toBe(false);
+          if (st.started === false) expect(st.ended).toBe(0);
+        }
+        // A broken connection leaves no watch hanging: each ended, or its start rejected.
+        if (sock.destroyed) for (const st of state) expect(st.ended === 1 || st.started === false).toBe(true);
+      }),
+      budget(1500),
+    );
+  }, timeoutFor(1500));
+});

@@ -51,6 +51,7 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
     'ok the first client exits on its own while the command runs', 'ok the command is listed',
     'ok attached, it reads everything from the start and its stdin reaches the command', 'done',
   ],
+  watch: ['ok for await sees the changes, a rename last', 'ok a waiting iteration ends when the sandbox stops', 'done'],
   portable: ['ok exported to one file', 'ok imported on the other host', 'ok a sandbox from it has the file', 'ok a corrupt archive is refused', 'done'],
   cancel: [
     'ok a create past its timeoutMs rejects E_TIMEOUT and leaves a stopped record', 'ok wait with timeoutMs rejects E_TIMEOUT and the sandbox runs on',
