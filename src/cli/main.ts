@@ -19,7 +19,7 @@ import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
 import { Snapshot } from '../sdk/Snapshot.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
-import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
+import { EXEC_EXIT, EXIT, commandExit, exitCodeOf } from './exitCodes.ts';
 import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
@@ -69,7 +69,7 @@ cluster
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
 7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
-125 corral failed, 127 cannot start)`;
+125 corral failed, 127 cannot start; 2 for a bad command line)`;
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -227,7 +227,8 @@ function fail(json: boolean, err: unknown, execLike: boolean): number {
   const s = serializeError(err);
   if (json) process.stdout.write(`${JSON.stringify({ error: { code: s.code ?? 'E_INTERNAL', name: s.name, message: s.message } })}\n`);
   else process.stderr.write(`corral: ${s.message}\n`);
-  if (!execLike) return exitCodeOf(err);
+  // A command line that is not valid is a usage error for every verb: the command never ran.
+  if (!execLike || exitCodeOf(err) === EXIT.USAGE) return exitCodeOf(err);
   return err instanceof CorralError && err.code === 'E_EXEC_START' ? EXEC_EXIT.CANNOT_START : EXEC_EXIT.CORRAL_ERROR;
 }
 
@@ -312,13 +313,6 @@ async function cmdCreate(c: Ctx): Promise<number> {
   } finally {
     await sb.detach();
   }
-}
-
-/** Exit code for a finished command, shell style. */
-function commandExit(r: { code: number | null; signal: number | null; timedOut: boolean }): number {
-  if (r.timedOut) return EXEC_EXIT.TIMEOUT;
-  if (r.signal !== null) return 128 + r.signal;
-  return r.code ?? EXEC_EXIT.CORRAL_ERROR;
 }
 
 /** Runs `c.rest` (exec), or the image's command with `c.rest` as its arguments (`image` given: run). */
