@@ -12,15 +12,16 @@
  * | 6 | timed out (`E_TIMEOUT`) |
  * | 7 | the sandbox failed to boot or its VM crashed (`E_BOOT_FAILED`, `E_VM_CRASHED`) |
  *
- * `run` and `exec` exit with the command's own exit code; 128 + n when a signal n ended it,
- * 124 when `--timeout` ended it, 125 when corral itself failed (the message says why) and
- * 127 when the command could not be started (`E_EXEC_START`). A command line that is not
- * valid exits 2 for them too, as for every verb: the command never ran.
+ * `run`, `exec` and `attach` exit with the command's own exit code; 128 + n when a signal n
+ * ended it, 124 when `--timeout` ended it, 125 when corral itself failed (the message says
+ * why) and 127 when the command could not be started (`E_EXEC_START`). A command line that
+ * is not valid exits 2 for them too, as for every verb: the command never ran. `attach`
+ * exits 130 when Ctrl-C detached it (the command runs on).
  */
 
 import { CorralError } from '../errors.ts';
 
-/** Exit codes of the commands other than `run`/`exec`. */
+/** Exit codes of the commands other than `run`/`exec`/`attach`. */
 export const EXIT = {
   OK: 0,
   ERROR: 1,
@@ -32,11 +33,11 @@ export const EXIT = {
   VM_FAILED: 7,
 } as const;
 
-/** Exit codes `run` and `exec` use for their own failures. */
+/** Exit codes `run`, `exec` and `attach` use for their own failures. */
 export const EXEC_EXIT = { TIMEOUT: 124, CORRAL_ERROR: 125, CANNOT_START: 127 } as const;
 
 /**
- * The exit code for a finished command, shell style (`run`, `exec`).
+ * The exit code for a finished command, shell style (`run`, `exec`, `attach`).
  *
  * @example
  * commandExit({ code: null, signal: 9, timedOut: false }); // 137

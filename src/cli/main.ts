@@ -25,6 +25,8 @@ import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
 import { NODE_OPTIONS } from './nodeOptions.ts';
+import { attach, execsTable, killExec, startBackground } from './background.ts';
+import { CREATE_OPTS, createFields, hostPort, integerArg, policyMs, portPair, signalNumber } from './options.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -33,10 +35,30 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
                              a throwaway sandbox running the image's entrypoint + cmd, or
                              entrypoint + ARGS (docker run style); exit with its code
   create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
+       [-p|--port HOSTPORT:GUESTPORT] [--idle-timeout S [--idle-action pause|stop]] [--max-duration S]
+       [--start-cmd CMD [--ready-cmd CMD]] [--from-snapshot SNAPSHOT]
+                             --port: published on host loopback (gives the VM a NIC, so publish works);
+                             --idle-timeout: S with no command running stops it (pause: freezes it, and
+                             the next exec wakes it); --max-duration: it stops S after the create;
+                             --start-cmd: runs as the guest comes up (in its template, so a sandbox
+                             starts with it running), --ready-cmd polled until it succeeds
   start NAME                 boot a stopped sandbox again
   stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
   exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] [--user U] [-t|--tty] -- CMD [ARGS…]
                              --tty: a guest terminal wired to this one (stdin forwarded)
+  exec NAME -d|--background [-i|--interactive] [--env K=V] [--cwd D] [--stdin TEXT] [--user U] -- CMD [ARGS…]
+                             start CMD in the background, print its id and exit; it runs on.
+                             -i keeps its stdin open for attach (else it has none, or --stdin's TEXT)
+  execs NAME                 running commands: id, pid, background, stdin, started, argv
+  attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]
+                             a command's output from SEQ (default: all that is kept), then live;
+                             exit with its code. This process's stdin goes to the command's (if it
+                             has one open), and EOF closes it; --no-stdin only reads.
+                             Ctrl-C detaches (exit 130): the command runs on, attach again to read on
+  exec-kill NAME ID [-s|--signal SIG]   signal a running command (default KILL; TERM, INT, 15, …)
+  publish NAME HOSTPORT:GUESTPORT   forward 127.0.0.1:HOSTPORT to the guest's port, from now on
+  unpublish NAME HOSTPORT    stop forwarding HOSTPORT
+  set-max-duration NAME S    the sandbox stops S seconds from now (replaces --max-duration)
   cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
@@ -45,8 +67,10 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   rm NAME                    remove a stopped sandbox
 volumes
   volume ls | volume create NAME | volume inspect NAME | volume rm NAME [--force]
-snapshots (take one with the SDK's sb.snapshot(name))
+snapshots
   snapshot ls | snapshot rm NAME
+  snapshot save SANDBOX SNAPSHOT   memory and disk of a running sandbox (it runs on); create
+                             --from-snapshot SNAPSHOT starts a sandbox where it was
   snapshot export NAME FILE  one archive: memory, devices, disk, config, sha256 of each
   snapshot import FILE [--name N]   checked for integrity and for this host's kernel and image
 images
@@ -63,13 +87,14 @@ cluster
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
-  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME -- CMD…
-                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME | exec NAME [-d] -- CMD…
+                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME | execs NAME
+                  | exec-kill NAME ID | publish NAME H:G | unpublish NAME H | set-max-duration NAME S
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
-7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
-125 corral failed, 127 cannot start; 2 for a bad command line)`;
+7 boot failed/VM crashed; run/exec/attach: the command's code (128+n signal, 124 timeout,
+125 corral failed, 127 cannot start; 2 for a bad command line; attach: 130 detached)`;
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -94,7 +119,7 @@ const SANDBOX_OPTS = {
 
 const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
   run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, entrypoint: { type: 'string' }, user: { type: 'string', short: 'u' } }, run: cmdRun },
-  create: { options: SANDBOX_OPTS, run: cmdCreate },
+  create: { options: { ...SANDBOX_OPTS, ...CREATE_OPTS }, run: cmdCreate },
   start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
   stop: {
     options: { timeout: { type: 'string' } },
@@ -104,9 +129,25 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   pause: { run: async (c) => withSandbox(c, async (sb) => (await sb.pause(), sb.info())) },
   resume: { run: async (c) => withSandbox(c, async (sb) => (await sb.resume(), sb.info())) },
   exec: {
-    options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' }, user: { type: 'string', short: 'u' }, tty: { type: 'boolean', short: 't' } },
+    options: {
+      env: { type: 'string', multiple: true },
+      cwd: { type: 'string' },
+      timeout: { type: 'string' },
+      stdin: { type: 'string' },
+      user: { type: 'string', short: 'u' },
+      tty: { type: 'boolean', short: 't' },
+      background: { type: 'boolean', short: 'd' },
+      interactive: { type: 'boolean', short: 'i' },
+    },
     run: cmdExec,
   },
+  // The SDK's background commands, ports and lifetime, on a sandbox by name.
+  execs: { run: (c) => onSandbox(c, cmdExecs) },
+  attach: { options: { since: { type: 'string' }, stdin: { type: 'string' }, 'no-stdin': { type: 'boolean' } }, run: (c) => onSandbox(c, cmdAttach) },
+  'exec-kill': { options: { signal: { type: 'string', short: 's' } }, run: (c) => onSandbox(c, cmdExecKill) },
+  publish: { run: (c) => onSandbox(c, cmdPublish) },
+  unpublish: { run: (c) => onSandbox(c, cmdUnpublish) },
+  'set-max-duration': { run: (c) => onSandbox(c, cmdSetMaxDuration) },
   cp: {
     run: async (c) => {
       const [src, dst, ...extra] = c.positionals;
@@ -191,7 +232,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         async (verb, sb) => {
           switch (verb) {
             case 'exec':
-              return runIn(ctx, sb, execOpts(ctx));
+              return execIn(ctx, sb);
             case 'stop':
               return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
             case 'kill':
@@ -217,7 +258,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });
   } catch (err) {
-    return fail(json, err, name === 'run' || name === 'exec');
+    return fail(json, err, name === 'run' || name === 'exec' || name === 'attach');
   } finally {
     await sup.close();
   }
@@ -272,6 +313,25 @@ async function withSandbox(c: Ctx, fn: (sb: Sandbox) => Promise<Awaited<ReturnTy
   }
 }
 
+/** Runs a verb on the handle of the sandbox named first (its other arguments are the verb's). */
+async function onSandbox(c: Ctx, fn: (c: Ctx, sb: Sandbox) => Promise<number>): Promise<number> {
+  const name = c.positionals[0];
+  if (!name) throw new CorralError('E_USAGE', 'a sandbox name is needed (corral help)');
+  const sb = await Sandbox.get(name, { supervisor: c.sup });
+  try {
+    return await fn(c, sb);
+  } finally {
+    await sb.detach();
+  }
+}
+
+/** The arguments after the sandbox's name: exactly `n` of them, else the verb's usage. */
+function argsAfterName(c: Ctx, n: number, usage: string): string[] {
+  const args = c.positionals.slice(1);
+  if (args.length !== n) throw new CorralError('E_USAGE', `usage: corral ${usage} (corral help)`);
+  return args;
+}
+
 function seconds(v: unknown, what: string): number {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new CorralError('E_USAGE', `--${what} must be a positive number of seconds (got ${JSON.stringify(v)})`);
@@ -307,7 +367,8 @@ function configFrom(c: Ctx, name: string): SandboxConfig {
 }
 
 async function cmdCreate(c: Ctx): Promise<number> {
-  const sb = await Sandbox.createDetached(configFrom(c, one(c)), { supervisor: c.sup, replace: c.values.replace === true });
+  const config = { ...configFrom(c, one(c)), ...createFields(c.values) } as SandboxConfig;
+  const sb = await Sandbox.createDetached(config, { supervisor: c.sup, replace: c.values.replace === true });
   try {
     return printInfo(c, await sb.info());
   } finally {
@@ -357,10 +418,79 @@ function execOpts(c: Ctx): ExecFlags {
 async function cmdExec(c: Ctx): Promise<number> {
   const sb = await Sandbox.get(one(c), { supervisor: c.sup });
   try {
-    return await runIn(c, sb, execOpts(c));
+    return await execIn(c, sb);
   } finally {
     await sb.detach();
   }
+}
+
+/** `exec`, in the foreground (exit with the command's code) or with `-d` in the background. */
+async function execIn(c: Ctx, sb: Sandbox): Promise<number> {
+  const v = c.values;
+  if (v.background !== true) {
+    if (v.interactive === true) throw new CorralError('E_USAGE', '--interactive keeps the stdin of a background command open for attach: it goes with --background (-d)');
+    return runIn(c, sb, execOpts(c));
+  }
+  if (v.timeout !== undefined) throw new CorralError('E_USAGE', '--timeout does not go with --background: a background command runs until it ends or corral exec-kill ends it');
+  if (v.tty === true) throw new CorralError('E_USAGE', '--tty does not go with --background: attach does not drive a terminal (yet)');
+  if (v.interactive === true && v.stdin !== undefined) throw new CorralError('E_USAGE', '--stdin and --interactive do not go together: --stdin writes TEXT and closes stdin, --interactive keeps it open for attach');
+  const { timeoutMs: _none, ...opts } = execOpts(c);
+  const job = await startBackground(sb, c.rest, { ...opts, interactive: v.interactive === true });
+  print(c, job, String(job.id));
+  return EXIT.OK;
+}
+
+async function cmdExecs(c: Ctx, sb: Sandbox): Promise<number> {
+  argsAfterName(c, 0, 'execs NAME');
+  const rows = await sb.execs();
+  print(c, rows, rows.length ? execsTable(rows) : '(no running commands)');
+  return EXIT.OK;
+}
+
+async function cmdAttach(c: Ctx, sb: Sandbox): Promise<number> {
+  const [id] = argsAfterName(c, 1, 'attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]');
+  const v = c.values;
+  if (v.stdin !== undefined && v['no-stdin'] === true) throw new CorralError('E_USAGE', '--stdin and --no-stdin do not go together');
+  return attach(sb, integerArg(id, 'ID', 1, 'the id of a running command (corral execs NAME lists them)'), {
+    since: v.since === undefined ? 0 : integerArg(v.since, '--since', 0, "a non-negative integer seq (an earlier attach's lastSeq)"),
+    ...(typeof v.stdin === 'string' ? { stdin: v.stdin } : {}),
+    noStdin: v['no-stdin'] === true,
+    json: c.json,
+    print: (value, text) => print(c, value, text),
+  });
+}
+
+async function cmdExecKill(c: Ctx, sb: Sandbox): Promise<number> {
+  const [id] = argsAfterName(c, 1, 'exec-kill NAME ID [--signal SIG]');
+  const signo = c.values.signal === undefined ? 9 : signalNumber(c.values.signal);
+  const r = await killExec(sb, integerArg(id, 'ID', 1, 'the id of a running command (corral execs NAME lists them)'), signo);
+  print(c, r, `sent signal ${r.signal} to command ${r.id}`);
+  return EXIT.OK;
+}
+
+async function cmdPublish(c: Ctx, sb: Sandbox): Promise<number> {
+  const [pair] = argsAfterName(c, 1, 'publish NAME HOSTPORT:GUESTPORT');
+  const { hostPort: host, guestPort } = portPair(pair, 'HOSTPORT:GUESTPORT');
+  await sb.publish(host, guestPort);
+  print(c, { sandbox: sb.name, hostPort: host, guestPort }, `127.0.0.1:${host} -> ${sb.name}:${guestPort}`);
+  return EXIT.OK;
+}
+
+async function cmdUnpublish(c: Ctx, sb: Sandbox): Promise<number> {
+  const [port] = argsAfterName(c, 1, 'unpublish NAME HOSTPORT');
+  const host = hostPort(port, 'HOSTPORT');
+  await sb.unpublish(host);
+  print(c, { sandbox: sb.name, hostPort: host, unpublished: true }, `127.0.0.1:${host} no longer forwarded`);
+  return EXIT.OK;
+}
+
+async function cmdSetMaxDuration(c: Ctx, sb: Sandbox): Promise<number> {
+  const [s] = argsAfterName(c, 1, 'set-max-duration NAME SECONDS');
+  const ms = policyMs(s, 'SECONDS');
+  await sb.setMaxDuration(ms / 1000);
+  const stopsAt = new Date(Date.now() + ms).toISOString();
+  print(c, { sandbox: sb.name, maxDurationMs: ms, stopsAt }, `${sb.name} stops by ${stopsAt} unless set again`);
+  return EXIT.OK;
 }
 
 async function cmdRun(c: Ctx): Promise<number> {
@@ -445,6 +575,17 @@ async function cmdSnapshot(c: Ctx): Promise<number> {
       print(c, { removed: a }, `removed ${a}`);
       return EXIT.OK;
     }
+    case 'save': {
+      args(2, 'save SANDBOX SNAPSHOT');
+      const sb = await Sandbox.get(a!, opts);
+      try {
+        const m = await sb.snapshot(b!);
+        print(c, m, `saved ${m.name} from ${m.source}  ${(m.bytes / 2 ** 20).toFixed(1)} MiB; start one with corral create NAME --from-snapshot ${m.name}`);
+      } finally {
+        await sb.detach();
+      }
+      return EXIT.OK;
+    }
     case 'export': {
       args(2, 'export NAME FILE');
       const r = await Sandbox.exportSnapshot(a!, b!, opts);
@@ -458,7 +599,7 @@ async function cmdSnapshot(c: Ctx): Promise<number> {
       return EXIT.OK;
     }
     default:
-      throw new CorralError('E_USAGE', `snapshot takes ls, rm, export or import (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
+      throw new CorralError('E_USAGE', `snapshot takes ls, save, rm, export or import (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
   }
 }
 
