@@ -233,6 +233,16 @@ export async function main(argv: readonly string[]): Promise<number> {
           switch (verb) {
             case 'exec':
               return execIn(ctx, sb);
+            case 'execs':
+              return cmdExecs(ctx, sb);
+            case 'exec-kill':
+              return cmdExecKill(ctx, sb);
+            case 'publish':
+              return cmdPublish(ctx, sb);
+            case 'unpublish':
+              return cmdUnpublish(ctx, sb);
+            case 'set-max-duration':
+              return cmdSetMaxDuration(ctx, sb);
             case 'stop':
               return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
             case 'kill':
