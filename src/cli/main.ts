@@ -142,12 +142,12 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
     run: cmdExec,
   },
   // The SDK's background commands, ports and lifetime, on a sandbox by name.
-  execs: { run: (c) => onSandbox(c, cmdExecs) },
-  attach: { options: { since: { type: 'string' }, stdin: { type: 'string' }, 'no-stdin': { type: 'boolean' } }, run: (c) => onSandbox(c, cmdAttach) },
-  'exec-kill': { options: { signal: { type: 'string', short: 's' } }, run: (c) => onSandbox(c, cmdExecKill) },
-  publish: { run: (c) => onSandbox(c, cmdPublish) },
-  unpublish: { run: (c) => onSandbox(c, cmdUnpublish) },
-  'set-max-duration': { run: (c) => onSandbox(c, cmdSetMaxDuration) },
+  execs: { run: (c) => onSandbox(c, cmdExecs(c)) },
+  attach: { options: { since: { type: 'string' }, stdin: { type: 'string' }, 'no-stdin': { type: 'boolean' } }, run: (c) => onSandbox(c, cmdAttach(c)) },
+  'exec-kill': { options: { signal: { type: 'string', short: 's' } }, run: (c) => onSandbox(c, cmdExecKill(c)) },
+  publish: { run: (c) => onSandbox(c, cmdPublish(c)) },
+  unpublish: { run: (c) => onSandbox(c, cmdUnpublish(c)) },
+  'set-max-duration': { run: (c) => onSandbox(c, cmdSetMaxDuration(c)) },
   cp: {
     run: async (c) => {
       const [src, dst, ...extra] = c.positionals;
@@ -234,15 +234,15 @@ export async function main(argv: readonly string[]): Promise<number> {
             case 'exec':
               return execIn(ctx, sb);
             case 'execs':
-              return cmdExecs(ctx, sb);
+              return cmdExecs(ctx)(sb);
             case 'exec-kill':
-              return cmdExecKill(ctx, sb);
+              return cmdExecKill(ctx)(sb);
             case 'publish':
-              return cmdPublish(ctx, sb);
+              return cmdPublish(ctx)(sb);
             case 'unpublish':
-              return cmdUnpublish(ctx, sb);
+              return cmdUnpublish(ctx)(sb);
             case 'set-max-duration':
-              return cmdSetMaxDuration(ctx, sb);
+              return cmdSetMaxDuration(ctx)(sb);
             case 'stop':
               return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
             case 'kill':
@@ -323,13 +323,19 @@ async function withSandbox(c: Ctx, fn: (sb: Sandbox) => Promise<Awaited<ReturnTy
   }
 }
 
+/**
+ * A verb on one sandbox: its command line is checked first (a bad one never reaches the
+ * sandbox), then the returned function runs on the handle, locally or on a cluster.
+ */
+type SandboxVerb = (c: Ctx) => (sb: Sandbox) => Promise<number>;
+
 /** Runs a verb on the handle of the sandbox named first (its other arguments are the verb's). */
-async function onSandbox(c: Ctx, fn: (c: Ctx, sb: Sandbox) => Promise<number>): Promise<number> {
+async function onSandbox(c: Ctx, run: (sb: Sandbox) => Promise<number>): Promise<number> {
   const name = c.positionals[0];
   if (!name) throw new CorralError('E_USAGE', 'a sandbox name is needed (corral help)');
   const sb = await Sandbox.get(name, { supervisor: c.sup });
   try {
-    return await fn(c, sb);
+    return await run(sb);
   } finally {
     await sb.detach();
   }
@@ -426,7 +432,9 @@ function execOpts(c: Ctx): ExecFlags {
 }
 
 async function cmdExec(c: Ctx): Promise<number> {
-  const sb = await Sandbox.get(one(c), { supervisor: c.sup });
+  const name = one(c);
+  checkExecLine(c);
+  const sb = await Sandbox.get(name, { supervisor: c.sup });
   try {
     return await execIn(c, sb);
   } finally {
@@ -434,74 +442,96 @@ async function cmdExec(c: Ctx): Promise<number> {
   }
 }
 
-/** `exec`, in the foreground (exit with the command's code) or with `-d` in the background. */
-async function execIn(c: Ctx, sb: Sandbox): Promise<number> {
+/** Throws E_USAGE for an exec command line that cannot run, before any sandbox is reached. */
+function checkExecLine(c: Ctx): void {
   const v = c.values;
+  if (c.rest.length === 0) throw new CorralError('E_USAGE', `no command given: put it after -- (corral exec NAME${v.background === true ? ' -d' : ''} -- CMD ARGS…)`);
+  execOpts(c);
   if (v.background !== true) {
     if (v.interactive === true) throw new CorralError('E_USAGE', '--interactive keeps the stdin of a background command open for attach: it goes with --background (-d)');
-    return runIn(c, sb, execOpts(c));
+    return;
   }
   if (v.timeout !== undefined) throw new CorralError('E_USAGE', '--timeout does not go with --background: a background command runs until it ends or corral exec-kill ends it');
   if (v.tty === true) throw new CorralError('E_USAGE', '--tty does not go with --background: attach does not drive a terminal (yet)');
   if (v.interactive === true && v.stdin !== undefined) throw new CorralError('E_USAGE', '--stdin and --interactive do not go together: --stdin writes TEXT and closes stdin, --interactive keeps it open for attach');
+}
+
+/** `exec`, in the foreground (exit with the command's code) or with `-d` in the background. */
+async function execIn(c: Ctx, sb: Sandbox): Promise<number> {
+  checkExecLine(c);
+  if (c.values.background !== true) return runIn(c, sb, execOpts(c));
   const { timeoutMs: _none, ...opts } = execOpts(c);
-  const job = await startBackground(sb, c.rest, { ...opts, interactive: v.interactive === true });
+  const job = await startBackground(sb, c.rest, { ...opts, interactive: c.values.interactive === true });
   print(c, job, String(job.id));
   return EXIT.OK;
 }
 
-async function cmdExecs(c: Ctx, sb: Sandbox): Promise<number> {
+const cmdExecs: SandboxVerb = (c) => {
   argsAfterName(c, 0, 'execs NAME');
-  const rows = await sb.execs();
-  print(c, rows, rows.length ? execsTable(rows) : '(no running commands)');
-  return EXIT.OK;
-}
+  return async (sb) => {
+    const rows = await sb.execs();
+    print(c, rows, rows.length ? execsTable(rows) : '(no running commands)');
+    return EXIT.OK;
+  };
+};
 
-async function cmdAttach(c: Ctx, sb: Sandbox): Promise<number> {
-  const [id] = argsAfterName(c, 1, 'attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]');
+const cmdAttach: SandboxVerb = (c) => {
+  const [arg] = argsAfterName(c, 1, 'attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]');
   const v = c.values;
   if (v.stdin !== undefined && v['no-stdin'] === true) throw new CorralError('E_USAGE', '--stdin and --no-stdin do not go together');
-  return attach(sb, integerArg(id, 'ID', 1, 'the id of a running command (corral execs NAME lists them)'), {
-    since: v.since === undefined ? 0 : integerArg(v.since, '--since', 0, "a non-negative integer seq (an earlier attach's lastSeq)"),
-    ...(typeof v.stdin === 'string' ? { stdin: v.stdin } : {}),
-    noStdin: v['no-stdin'] === true,
-    json: c.json,
-    print: (value, text) => print(c, value, text),
-  });
-}
+  const id = integerArg(arg, 'ID', 1, 'the id of a running command (corral execs NAME lists them)');
+  const since = v.since === undefined ? 0 : integerArg(v.since, '--since', 0, "a non-negative integer seq (an earlier attach's lastSeq)");
+  return (sb) =>
+    attach(sb, id, {
+      since,
+      ...(typeof v.stdin === 'string' ? { stdin: v.stdin } : {}),
+      noStdin: v['no-stdin'] === true,
+      json: c.json,
+      print: (value, text) => print(c, value, text),
+    });
+};
 
-async function cmdExecKill(c: Ctx, sb: Sandbox): Promise<number> {
-  const [id] = argsAfterName(c, 1, 'exec-kill NAME ID [--signal SIG]');
+const cmdExecKill: SandboxVerb = (c) => {
+  const [arg] = argsAfterName(c, 1, 'exec-kill NAME ID [--signal SIG]');
+  const id = integerArg(arg, 'ID', 1, 'the id of a running command (corral execs NAME lists them)');
   const signo = c.values.signal === undefined ? 9 : signalNumber(c.values.signal);
-  const r = await killExec(sb, integerArg(id, 'ID', 1, 'the id of a running command (corral execs NAME lists them)'), signo);
-  print(c, r, `sent signal ${r.signal} to command ${r.id}`);
-  return EXIT.OK;
-}
+  return async (sb) => {
+    const r = await killExec(sb, id, signo);
+    print(c, r, `sent signal ${r.signal} to command ${r.id}`);
+    return EXIT.OK;
+  };
+};
 
-async function cmdPublish(c: Ctx, sb: Sandbox): Promise<number> {
+const cmdPublish: SandboxVerb = (c) => {
   const [pair] = argsAfterName(c, 1, 'publish NAME HOSTPORT:GUESTPORT');
   const { hostPort: host, guestPort } = portPair(pair, 'HOSTPORT:GUESTPORT');
-  await sb.publish(host, guestPort);
-  print(c, { sandbox: sb.name, hostPort: host, guestPort }, `127.0.0.1:${host} -> ${sb.name}:${guestPort}`);
-  return EXIT.OK;
-}
+  return async (sb) => {
+    await sb.publish(host, guestPort);
+    print(c, { sandbox: sb.name, hostPort: host, guestPort }, `127.0.0.1:${host} -> ${sb.name}:${guestPort}`);
+    return EXIT.OK;
+  };
+};
 
-async function cmdUnpublish(c: Ctx, sb: Sandbox): Promise<number> {
+const cmdUnpublish: SandboxVerb = (c) => {
   const [port] = argsAfterName(c, 1, 'unpublish NAME HOSTPORT');
   const host = hostPort(port, 'HOSTPORT');
-  await sb.unpublish(host);
-  print(c, { sandbox: sb.name, hostPort: host, unpublished: true }, `127.0.0.1:${host} no longer forwarded`);
-  return EXIT.OK;
-}
+  return async (sb) => {
+    await sb.unpublish(host);
+    print(c, { sandbox: sb.name, hostPort: host, unpublished: true }, `127.0.0.1:${host} no longer forwarded`);
+    return EXIT.OK;
+  };
+};
 
-async function cmdSetMaxDuration(c: Ctx, sb: Sandbox): Promise<number> {
+const cmdSetMaxDuration: SandboxVerb = (c) => {
   const [s] = argsAfterName(c, 1, 'set-max-duration NAME SECONDS');
   const ms = policyMs(s, 'SECONDS');
-  await sb.setMaxDuration(ms / 1000);
-  const stopsAt = new Date(Date.now() + ms).toISOString();
-  print(c, { sandbox: sb.name, maxDurationMs: ms, stopsAt }, `${sb.name} stops by ${stopsAt} unless set again`);
-  return EXIT.OK;
-}
+  return async (sb) => {
+    await sb.setMaxDuration(ms / 1000);
+    const stopsAt = new Date(Date.now() + ms).toISOString();
+    print(c, { sandbox: sb.name, maxDurationMs: ms, stopsAt }, `${sb.name} stops by ${stopsAt} unless set again`);
+    return EXIT.OK;
+  };
+};
 
 async function cmdRun(c: Ctx): Promise<number> {
   const [image, extra] = c.positionals;
