@@ -39,7 +39,8 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
        [--start-cmd CMD [--ready-cmd CMD]] [--from-snapshot SNAPSHOT]
                              --port: published on host loopback (gives the VM a NIC, so publish works);
                              --idle-timeout: S with no command running stops it (pause: freezes it, and
-                             the next exec wakes it); --max-duration: it stops S after the create;
+                             the next exec wakes it); --max-duration: S after the create it drains
+                             (running commands, background ones too, end first, then it stops);
                              --start-cmd: runs as the guest comes up (in its template, so a sandbox
                              starts with it running), --ready-cmd polled until it succeeds
   start NAME                 boot a stopped sandbox again
@@ -58,7 +59,7 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   exec-kill NAME ID [-s|--signal SIG]   signal a running command (default KILL; TERM, INT, 15, …)
   publish NAME HOSTPORT:GUESTPORT   forward 127.0.0.1:HOSTPORT to the guest's port, from now on
   unpublish NAME HOSTPORT    stop forwarding HOSTPORT
-  set-max-duration NAME S    the sandbox stops S seconds from now (replaces --max-duration)
+  set-max-duration NAME S    the sandbox drains S seconds from now (replaces --max-duration)
   cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
   ls [--label K=V]           list sandboxes
   inspect NAME               status, pid, accel, boot timings, stop reason
