@@ -6,6 +6,7 @@
  * sandbox `corral create` makes is), so its commands outlive the process that started them.
  */
 
+import { fstatSync } from 'node:fs';
 import type { ExecInfo } from '../actor/contract.ts';
 import { CorralError } from '../errors.ts';
 import type { ExecStream, ExecStreamItem } from '../sdk/exec.ts';
@@ -76,8 +77,10 @@ export interface AttachOptions {
 /**
  * `corral attach`: the command's output from `since` as it comes (stdout to stdout, stderr
  * to stderr), this process's stdin forwarded to the command's when that is open (ending it
- * at EOF), then the exit code `corral exec` would give. SIGINT or SIGTERM detaches: the
- * command runs on; the exit code is then 130 and stderr says which seq to read on from.
+ * at EOF), then the exit code `corral exec` would give. A stdin that can give no input
+ * (/dev/null, or none) is not forwarded: an attach from cron or `< /dev/null` must not
+ * close the stdin a later attach means to write to. SIGINT or SIGTERM detaches: the command
+ * runs on; the exit code is then 130 and stderr says which seq to read on from.
  *
  * @example
  * process.exitCode = await attach(sb, 7, { since: 0, noStdin: false, json: false, print });
@@ -96,14 +99,13 @@ export async function attach(sb: Sandbox, id: number, opts: AttachOptions): Prom
   process.once('SIGINT', detach);
   process.once('SIGTERM', detach);
   let finished = false;
-  const input = process.stdin;
-  const forwarding = running.stdin && !opts.noStdin && opts.stdin === undefined;
+  const forwarding = running.stdin && !opts.noStdin && opts.stdin === undefined && stdinGivesInput();
   try {
     if (opts.stdin !== undefined) {
       await stream.write(opts.stdin);
       await stream.end();
     } else if (forwarding) {
-      void forwardStdin(stream, input, () => finished);
+      void forwardStdin(stream, process.stdin, () => finished);
     }
     const out: Uint8Array[] = [];
     const err: Uint8Array[] = [];
@@ -134,7 +136,22 @@ export async function attach(sb: Sandbox, id: number, opts: AttachOptions): Prom
     process.off('SIGINT', detach);
     process.off('SIGTERM', detach);
     // Ends the copy of stdin, which would otherwise keep this process waiting for input.
-    if (forwarding) input.destroy();
+    if (forwarding) process.stdin.destroy();
+  }
+}
+
+/**
+ * Whether this process's stdin can give input: a terminal, a pipe, a file or a socket can;
+ * /dev/null (a character device that is not a terminal) or a closed fd 0 cannot.
+ */
+function stdinGivesInput(): boolean {
+  if (process.stdin.isTTY) return true;
+  try {
+    return !fstatSync(0).isCharacterDevice();
+  } catch (err) {
+    // fd 0 is closed (EBADF): there is no stdin to forward.
+    if ((err as NodeJS.ErrnoException).code === 'EBADF') return false;
+    throw err;
   }
 }
 

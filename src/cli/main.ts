@@ -54,7 +54,8 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]
                              a command's output from SEQ (default: all that is kept), then live;
                              exit with its code. This process's stdin goes to the command's (if it
-                             has one open), and EOF closes it; --no-stdin only reads.
+                             has one open), and EOF closes it; /dev/null is not forwarded, nor with
+                             --no-stdin.
                              Ctrl-C detaches (exit 130): the command runs on, attach again to read on
   exec-kill NAME ID [-s|--signal SIG]   signal a running command (default KILL; TERM, INT, 15, …)
   publish NAME HOSTPORT:GUESTPORT   forward 127.0.0.1:HOSTPORT to the guest's port, from now on

@@ -16,7 +16,7 @@ describe('background commands from the CLI', () => {
     await corral('rm', name);
   });
 
-  it('exec -d starts a command that outlives the CLI, execs lists it, and attach from another process feeds it stdin and exits with its code', async () => {
+  it('exec -d starts a command that outlives the CLI, execs lists it, and attach from another process feeds it stdin (not /dev/null) and exits with its code', async () => {
     const script = 'echo before; read line; echo "got $line"; echo oops >&2; exit 3';
     const started = await corral('exec', name, '-d', '-i', '--', 'sh', '-c', script);
     expect(started).toMatchObject({ code: 0, json: { id: expect.any(Number), sandbox: name, argv: ['sh', '-c', script], stdin: true } });
@@ -28,6 +28,12 @@ describe('background commands from the CLI', () => {
     expect(table.stdout.split('\n')[0]).toMatch(/^ID\s+PID\s+BACKGROUND\s+STDIN\s+STARTED\s+COMMAND$/);
     expect(table.stdout).toMatch(new RegExp(`^${id}\\s+\\d+\\s+yes\\s+open\\s+\\S+\\s+sh -c "echo before`, 'm'));
 
+    // An attach whose stdin is /dev/null leaves the command's stdin open (else `read` would
+    // see EOF and the command end at once); Ctrl-C detaches it.
+    const reader = corralLive(['attach', name, String(id)]);
+    await reader.until('before\n');
+    reader.child.kill('SIGINT');
+    expect(await reader.exited).toEqual({ code: 130, signal: null });
     // attach with a pipe on stdin: the line reaches the command, EOF closes its stdin.
     const attached = await corralWith('hello\n', 'attach', name, String(id));
     expect(attached).toMatchObject({ code: 3, json: { id, code: 3, signal: null, stdout: 'before\ngot hello\n', stderr: 'oops\n', lastSeq: expect.any(Number) } });
