@@ -39,7 +39,7 @@ export interface BackgroundExecOptions {
  */
 export async function startBackground(sb: Sandbox, argv: readonly string[], opts: BackgroundExecOptions): Promise<{ id: number; sandbox: string; argv: readonly string[]; stdin: boolean }> {
   const [command, ...args] = argv;
-  if (!command) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec -d NAME -- CMD ARGS…)');
+  if (!command) throw new CorralError('E_USAGE', 'no command given: put it after -- (corral exec NAME -d -- CMD ARGS…)');
   const { interactive, stdin, ...rest } = opts;
   const stream = await sb.execStream(command, args, { ...rest, background: true, ...(interactive ? { stdin: 'pipe' as const } : stdin !== undefined ? { stdin } : {}) });
   return { id: stream.id, sandbox: sb.name, argv, stdin: interactive === true };
