@@ -17,7 +17,7 @@
  * The file fails with a list of what leaked; the leftovers are then removed (processes killed)
  * so one leak does not cascade into the next file.
  */
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHook } from 'node:async_hooks';
@@ -48,8 +48,10 @@ const hook = createHook({
 hook.enable();
 
 const tag = `${process.pid}-${Date.now()}`;
-const ownTmp = join(tmpdir(), `corral-leak-${process.pid}`);
-mkdirSync(ownTmp, { recursive: true, mode: 0o700 });
+// A directory of its own, made fresh: one named by the pid alone was found already there (left
+// by a run that was killed, whose process had the same pid), and its symlink below failed
+// with EEXIST before any test ran.
+const ownTmp = mkdtempSync(join(tmpdir(), `corral-leak-${process.pid}-`));
 // tsx keeps its compile cache in <tmpdir>/tsx-<uid>: children started by this file share the
 // real one (a cold cache per file would slow every child), and it is no leak.
 const tsxCache = `tsx-${process.getuid?.() ?? 0}`;

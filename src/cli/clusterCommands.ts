@@ -9,8 +9,11 @@
  *   nodes                 the live nodes: labels, capacity, what is free
  *   node drain NAME [--migrate]   drain a node: no new sandboxes, its sandboxes drain and stop (or move)
  *   serve [--host H] [--port P] [--token T]   the HTTP + WebSocket API, fronting the cluster (main.ts)
- *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME
- *                         as without --nats, on a sandbox of the cluster
+ *   create, run, logs, cp   their own code, taking the cluster (main.ts)
+ *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME,
+ *   execs NAME, attach NAME ID, exec-kill NAME ID, publish NAME H:G, unpublish NAME H, set-max-duration NAME S
+ *                         as without --nats, on a sandbox of the cluster (a port is
+ *                         published on the loopback of the sandbox's node)
  */
 
 import { Cluster, type DrainReport } from '../cluster/Cluster.ts';
@@ -18,8 +21,10 @@ import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import { EXIT } from './exitCodes.ts';
 
+/** The verbs on one sandbox that take arguments after its name (the caller checks them). */
+const VERBS_WITH_ARGS = new Set(['attach', 'exec-kill', 'publish', 'unpublish', 'set-max-duration']);
 /** The verbs on one sandbox that the caller runs on a handle (exec's flags are its own). */
-export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 'start']);
+export const HANDLE_VERBS = new Set(['exec', 'stop', 'kill', 'pause', 'resume', 'start', 'execs', ...VERBS_WITH_ARGS]);
 /** The verbs that take `--nats`. */
 export const CLUSTER_VERBS = new Set(['ls', 'inspect', 'rm', 'nodes', 'node', ...HANDLE_VERBS]);
 
@@ -70,7 +75,9 @@ export async function runOnCluster(
       return first;
     };
     if (HANDLE_VERBS.has(verb)) {
-      const sb = verb === 'start' ? await Sandbox.start(needOne(), { cluster }) : await Sandbox.get(needOne(), { cluster });
+      const name = VERBS_WITH_ARGS.has(verb) ? first : needOne();
+      if (!name) throw new CorralError('E_USAGE', `${verb} takes a sandbox name first (corral help)`);
+      const sb = verb === 'start' ? await Sandbox.start(name, { cluster }) : await Sandbox.get(name, { cluster });
       try {
         return await onHandle(verb, sb);
       } finally {

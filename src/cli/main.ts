@@ -19,13 +19,15 @@ import { Volume, type VolumeInfo } from '../sdk/Volume.ts';
 import { Snapshot } from '../sdk/Snapshot.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import type { SandboxConfig } from '../config.ts';
-import { EXEC_EXIT, EXIT, exitCodeOf } from './exitCodes.ts';
+import { EXEC_EXIT, EXIT, commandExit, exitCodeOf } from './exitCodes.ts';
 import { pullProgress } from './pullProgress.ts';
 import { copy } from './cp.ts';
 import { execTty } from './execTty.ts';
 import { logFailure } from '../runtime/log.ts';
 import { NODE_OPTIONS } from './nodeOptions.ts';
 import type { Cluster } from '../cluster/Cluster.ts';
+import { attach, execsTable, killExec, startBackground } from './background.ts';
+import { CREATE_OPTS, createFields, hostPort, integerArg, policyMs, portPair, signalNumber } from './options.ts';
 
 const USAGE = `usage: corral [--json] [--state-dir DIR] <command> [options]
 
@@ -34,10 +36,32 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
                              a throwaway sandbox running the image's entrypoint + cmd, or
                              entrypoint + ARGS (docker run style); exit with its code
   create NAME [--image I] [--memory MiB] [--cpus N] [--env K=V] [--label K=V] [--workdir D] [--replace]
+       [-p|--port HOSTPORT:GUESTPORT] [--idle-timeout S [--idle-action pause|stop]] [--max-duration S]
+       [--start-cmd CMD [--ready-cmd CMD]] [--from-snapshot SNAPSHOT]
+                             --port: published on host loopback (gives the VM a NIC, so publish works);
+                             --idle-timeout: S with no command running stops it (pause: freezes it, and
+                             the next exec wakes it); --max-duration: S after the create it drains
+                             (running commands, background ones too, end first, then it stops);
+                             --start-cmd: runs as the guest comes up (in its template, so a sandbox
+                             starts with it running), --ready-cmd polled until it succeeds
   start NAME                 boot a stopped sandbox again
   stop NAME [--timeout S] | kill NAME | pause NAME | resume NAME
   exec NAME [--env K=V] [--cwd D] [--timeout S] [--stdin TEXT] [--user U] [-t|--tty] -- CMD [ARGS…]
                              --tty: a guest terminal wired to this one (stdin forwarded)
+  exec NAME -d|--background [-i|--interactive] [--env K=V] [--cwd D] [--stdin TEXT] [--user U] -- CMD [ARGS…]
+                             start CMD in the background, print its id and exit; it runs on.
+                             -i keeps its stdin open for attach (else it has none, or --stdin's TEXT)
+  execs NAME                 running commands: id, pid, background, stdin, started, argv
+  attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]
+                             a command's output from SEQ (default: all that is kept), then live;
+                             exit with its code. This process's stdin goes to the command's (if it
+                             has one open), and EOF closes it; /dev/null is not forwarded, nor with
+                             --no-stdin.
+                             Ctrl-C detaches (exit 130): the command runs on, attach again to read on
+  exec-kill NAME ID [-s|--signal SIG]   signal a running command (default KILL; TERM, INT, 15, …)
+  publish NAME HOSTPORT:GUESTPORT   forward 127.0.0.1:HOSTPORT to the guest's port, from now on
+  unpublish NAME HOSTPORT    stop forwarding HOSTPORT
+  set-max-duration NAME S    the sandbox drains S seconds from now (replaces --max-duration)
   cp SRC DST                 copy files/dirs between host and sandbox; one side is NAME:/path
   fs watch NAME PATH [--recursive]   one line per change in a guest dir until Ctrl-C or the sandbox stops
   ls [--label K=V]           list sandboxes
@@ -47,8 +71,10 @@ sandboxes (create/start make detached sandboxes, reachable by name from any proc
   rm NAME                    remove a stopped sandbox
 volumes
   volume ls | volume create NAME | volume inspect NAME | volume rm NAME [--force]
-snapshots (take one with the SDK's sb.snapshot(name))
+snapshots
   snapshot ls | snapshot rm NAME
+  snapshot save SANDBOX SNAPSHOT   memory and disk of a running sandbox (it runs on); create
+                             --from-snapshot SNAPSHOT starts a sandbox where it was
   snapshot export NAME FILE  one archive: memory, devices, disk, config, sha256 of each
   snapshot import FILE [--name N]   checked for integrity and for this host's kernel and image
 images
@@ -65,15 +91,16 @@ cluster
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
-  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME -- CMD…
-                  | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST
-                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME
+  --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME [-d] -- CMD…
+                  | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST | attach NAME ID
+                  | stop NAME | kill NAME | pause NAME | resume NAME | start NAME | execs NAME
+                  | exec-kill NAME ID | publish NAME H:G | unpublish NAME H | set-max-duration NAME S
                   | serve [--host H] [--port P] [--token T]   the API in front of the whole cluster
                              act on the cluster (credentials: CORRAL_NATS_USER, CORRAL_NATS_PASSWORD or CORRAL_NATS_NKEY_SEED)
 
 exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 timeout,
-7 boot failed/VM crashed; run/exec: the command's code (128+n signal, 124 timeout,
-125 corral failed, 127 cannot start)`;
+7 boot failed/VM crashed; run/exec/attach: the command's code (128+n signal, 124 timeout,
+125 corral failed, 127 cannot start; 2 for a bad command line; attach: 130 detached)`;
 
 type Values = Record<string, string | boolean | string[] | undefined>;
 
@@ -103,7 +130,7 @@ const SANDBOX_OPTS = {
 
 const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: Ctx): Promise<number> }> = {
   run: { options: { ...SANDBOX_OPTS, name: { type: 'string' }, timeout: { type: 'string' }, entrypoint: { type: 'string' }, user: { type: 'string', short: 'u' } }, run: cmdRun },
-  create: { options: SANDBOX_OPTS, run: cmdCreate },
+  create: { options: { ...SANDBOX_OPTS, ...CREATE_OPTS }, run: cmdCreate },
   start: { run: async (c) => printInfo(c, await (await Sandbox.start(one(c), { supervisor: c.sup, detached: true })).info()) },
   stop: {
     options: { timeout: { type: 'string' } },
@@ -113,9 +140,25 @@ const COMMANDS: Record<string, { options?: ParseArgsConfig['options']; run(ctx: 
   pause: { run: async (c) => withSandbox(c, async (sb) => (await sb.pause(), sb.info())) },
   resume: { run: async (c) => withSandbox(c, async (sb) => (await sb.resume(), sb.info())) },
   exec: {
-    options: { env: { type: 'string', multiple: true }, cwd: { type: 'string' }, timeout: { type: 'string' }, stdin: { type: 'string' }, user: { type: 'string', short: 'u' }, tty: { type: 'boolean', short: 't' } },
+    options: {
+      env: { type: 'string', multiple: true },
+      cwd: { type: 'string' },
+      timeout: { type: 'string' },
+      stdin: { type: 'string' },
+      user: { type: 'string', short: 'u' },
+      tty: { type: 'boolean', short: 't' },
+      background: { type: 'boolean', short: 'd' },
+      interactive: { type: 'boolean', short: 'i' },
+    },
     run: cmdExec,
   },
+  // The SDK's background commands, ports and lifetime, on a sandbox by name.
+  execs: { run: (c) => onSandbox(c, cmdExecs(c)) },
+  attach: { options: { since: { type: 'string' }, stdin: { type: 'string' }, 'no-stdin': { type: 'boolean' } }, run: (c) => onSandbox(c, cmdAttach(c)) },
+  'exec-kill': { options: { signal: { type: 'string', short: 's' } }, run: (c) => onSandbox(c, cmdExecKill(c)) },
+  publish: { run: (c) => onSandbox(c, cmdPublish(c)) },
+  unpublish: { run: (c) => onSandbox(c, cmdUnpublish(c)) },
+  'set-max-duration': { run: (c) => onSandbox(c, cmdSetMaxDuration(c)) },
   cp: {
     run: async (c) => {
       const [src, dst, ...extra] = c.positionals;
@@ -229,7 +272,19 @@ export async function main(argv: readonly string[]): Promise<number> {
         async (verb, sb) => {
           switch (verb) {
             case 'exec':
-              return runIn(ctx, sb, execOpts(ctx));
+              return execIn(ctx, sb);
+            case 'execs':
+              return cmdExecs(ctx)(sb);
+            case 'attach':
+              return cmdAttach(ctx)(sb);
+            case 'exec-kill':
+              return cmdExecKill(ctx)(sb);
+            case 'publish':
+              return cmdPublish(ctx)(sb);
+            case 'unpublish':
+              return cmdUnpublish(ctx)(sb);
+            case 'set-max-duration':
+              return cmdSetMaxDuration(ctx)(sb);
             case 'stop':
               return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
             case 'kill':
@@ -255,7 +310,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   try {
     return await cmd.run({ json, sup, values: parsed.values, positionals: parsed.positionals, rest });
   } catch (err) {
-    return fail(json, err, name === 'run' || name === 'exec');
+    return fail(json, err, name === 'run' || name === 'exec' || name === 'attach');
   } finally {
     await sup.close();
   }
@@ -265,7 +320,8 @@ function fail(json: boolean, err: unknown, execLike: boolean): number {
   const s = serializeError(err);
   if (json) process.stdout.write(`${JSON.stringify({ error: { code: s.code ?? 'E_INTERNAL', name: s.name, message: s.message } })}\n`);
   else process.stderr.write(`corral: ${s.message}\n`);
-  if (!execLike) return exitCodeOf(err);
+  // A command line that is not valid is a usage error for every verb: the command never ran.
+  if (!execLike || exitCodeOf(err) === EXIT.USAGE) return exitCodeOf(err);
   return err instanceof CorralError && err.code === 'E_EXEC_START' ? EXEC_EXIT.CANNOT_START : EXEC_EXIT.CORRAL_ERROR;
 }
 
@@ -309,6 +365,31 @@ async function withSandbox(c: Ctx, fn: (sb: Sandbox) => Promise<Awaited<ReturnTy
   }
 }
 
+/**
+ * A verb on one sandbox: its command line is checked first (a bad one never reaches the
+ * sandbox), then the returned function runs on the handle, locally or on a cluster.
+ */
+type SandboxVerb = (c: Ctx) => (sb: Sandbox) => Promise<number>;
+
+/** Runs a verb on the handle of the sandbox named first (its other arguments are the verb's). */
+async function onSandbox(c: Ctx, run: (sb: Sandbox) => Promise<number>): Promise<number> {
+  const name = c.positionals[0];
+  if (!name) throw new CorralError('E_USAGE', 'a sandbox name is needed (corral help)');
+  const sb = await Sandbox.get(name, { supervisor: c.sup });
+  try {
+    return await run(sb);
+  } finally {
+    await sb.detach();
+  }
+}
+
+/** The arguments after the sandbox's name: exactly `n` of them, else the verb's usage. */
+function argsAfterName(c: Ctx, n: number, usage: string): string[] {
+  const args = c.positionals.slice(1);
+  if (args.length !== n) throw new CorralError('E_USAGE', `usage: corral ${usage} (corral help)`);
+  return args;
+}
+
 function seconds(v: unknown, what: string): number {
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0) throw new CorralError('E_USAGE', `--${what} must be a positive number of seconds (got ${JSON.stringify(v)})`);
@@ -349,22 +430,16 @@ function where(c: Ctx): { cluster: Cluster } | { supervisor: Supervisor } {
 }
 
 async function cmdCreate(c: Ctx): Promise<number> {
+  const config = { ...configFrom(c, one(c)), ...createFields(c.values) } as SandboxConfig;
   // A cluster's sandboxes live on their nodes: reachable by name from anywhere already.
   const sb = c.cluster
-    ? await Sandbox.create(configFrom(c, one(c)), { cluster: c.cluster, replace: c.values.replace === true })
-    : await Sandbox.createDetached(configFrom(c, one(c)), { supervisor: c.sup, replace: c.values.replace === true });
+    ? await Sandbox.create(config, { cluster: c.cluster, replace: c.values.replace === true })
+    : await Sandbox.createDetached(config, { supervisor: c.sup, replace: c.values.replace === true });
   try {
     return printInfo(c, await sb.info());
   } finally {
     await sb.detach();
   }
-}
-
-/** Exit code for a finished command, shell style. */
-function commandExit(r: { code: number | null; signal: number | null; timedOut: boolean }): number {
-  if (r.timedOut) return EXEC_EXIT.TIMEOUT;
-  if (r.signal !== null) return 128 + r.signal;
-  return r.code ?? EXEC_EXIT.CORRAL_ERROR;
 }
 
 /** Runs `c.rest` (exec), or the image's command with `c.rest` as its arguments (`image` given: run). */
@@ -407,13 +482,106 @@ function execOpts(c: Ctx): ExecFlags {
 }
 
 async function cmdExec(c: Ctx): Promise<number> {
-  const sb = await Sandbox.get(one(c), { supervisor: c.sup });
+  const name = one(c);
+  checkExecLine(c);
+  const sb = await Sandbox.get(name, { supervisor: c.sup });
   try {
-    return await runIn(c, sb, execOpts(c));
+    return await execIn(c, sb);
   } finally {
     await sb.detach();
   }
 }
+
+/** Throws E_USAGE for an exec command line that cannot run, before any sandbox is reached. */
+function checkExecLine(c: Ctx): void {
+  const v = c.values;
+  if (c.rest.length === 0) throw new CorralError('E_USAGE', `no command given: put it after -- (corral exec NAME${v.background === true ? ' -d' : ''} -- CMD ARGS…)`);
+  execOpts(c);
+  if (v.background !== true) {
+    if (v.interactive === true) throw new CorralError('E_USAGE', '--interactive keeps the stdin of a background command open for attach: it goes with --background (-d)');
+    return;
+  }
+  if (v.timeout !== undefined) throw new CorralError('E_USAGE', '--timeout does not go with --background: a background command runs until it ends or corral exec-kill ends it');
+  if (v.tty === true) throw new CorralError('E_USAGE', '--tty does not go with --background: attach does not drive a terminal (yet)');
+  if (v.interactive === true && v.stdin !== undefined) throw new CorralError('E_USAGE', '--stdin and --interactive do not go together: --stdin writes TEXT and closes stdin, --interactive keeps it open for attach');
+}
+
+/** `exec`, in the foreground (exit with the command's code) or with `-d` in the background. */
+async function execIn(c: Ctx, sb: Sandbox): Promise<number> {
+  checkExecLine(c);
+  if (c.values.background !== true) return runIn(c, sb, execOpts(c));
+  const { timeoutMs: _none, ...opts } = execOpts(c);
+  const job = await startBackground(sb, c.rest, { ...opts, interactive: c.values.interactive === true });
+  print(c, job, String(job.id));
+  return EXIT.OK;
+}
+
+const cmdExecs: SandboxVerb = (c) => {
+  argsAfterName(c, 0, 'execs NAME');
+  return async (sb) => {
+    const rows = await sb.execs();
+    print(c, rows, rows.length ? execsTable(rows) : '(no running commands)');
+    return EXIT.OK;
+  };
+};
+
+const cmdAttach: SandboxVerb = (c) => {
+  const [arg] = argsAfterName(c, 1, 'attach NAME ID [--since SEQ] [--stdin TEXT | --no-stdin]');
+  const v = c.values;
+  if (v.stdin !== undefined && v['no-stdin'] === true) throw new CorralError('E_USAGE', '--stdin and --no-stdin do not go together');
+  const id = integerArg(arg, 'ID', 1, 'the id of a running command (corral execs NAME lists them)');
+  const since = v.since === undefined ? 0 : integerArg(v.since, '--since', 0, "a non-negative integer seq (an earlier attach's lastSeq)");
+  return (sb) =>
+    attach(sb, id, {
+      since,
+      ...(typeof v.stdin === 'string' ? { stdin: v.stdin } : {}),
+      noStdin: v['no-stdin'] === true,
+      json: c.json,
+      print: (value, text) => print(c, value, text),
+    });
+};
+
+const cmdExecKill: SandboxVerb = (c) => {
+  const [arg] = argsAfterName(c, 1, 'exec-kill NAME ID [--signal SIG]');
+  const id = integerArg(arg, 'ID', 1, 'the id of a running command (corral execs NAME lists them)');
+  const signo = c.values.signal === undefined ? 9 : signalNumber(c.values.signal);
+  return async (sb) => {
+    const r = await killExec(sb, id, signo);
+    print(c, r, `sent signal ${r.signal} to command ${r.id}`);
+    return EXIT.OK;
+  };
+};
+
+const cmdPublish: SandboxVerb = (c) => {
+  const [pair] = argsAfterName(c, 1, 'publish NAME HOSTPORT:GUESTPORT');
+  const { hostPort: host, guestPort } = portPair(pair, 'HOSTPORT:GUESTPORT');
+  return async (sb) => {
+    await sb.publish(host, guestPort);
+    print(c, { sandbox: sb.name, hostPort: host, guestPort }, `127.0.0.1:${host} -> ${sb.name}:${guestPort}`);
+    return EXIT.OK;
+  };
+};
+
+const cmdUnpublish: SandboxVerb = (c) => {
+  const [port] = argsAfterName(c, 1, 'unpublish NAME HOSTPORT');
+  const host = hostPort(port, 'HOSTPORT');
+  return async (sb) => {
+    await sb.unpublish(host);
+    print(c, { sandbox: sb.name, hostPort: host, unpublished: true }, `127.0.0.1:${host} no longer forwarded`);
+    return EXIT.OK;
+  };
+};
+
+const cmdSetMaxDuration: SandboxVerb = (c) => {
+  const [s] = argsAfterName(c, 1, 'set-max-duration NAME SECONDS');
+  const ms = policyMs(s, 'SECONDS');
+  return async (sb) => {
+    await sb.setMaxDuration(ms / 1000);
+    const stopsAt = new Date(Date.now() + ms).toISOString();
+    print(c, { sandbox: sb.name, maxDurationMs: ms, stopsAt }, `${sb.name} stops by ${stopsAt} unless set again`);
+    return EXIT.OK;
+  };
+};
 
 async function cmdRun(c: Ctx): Promise<number> {
   const [image, extra] = c.positionals;
@@ -497,6 +665,17 @@ async function cmdSnapshot(c: Ctx): Promise<number> {
       print(c, { removed: a }, `removed ${a}`);
       return EXIT.OK;
     }
+    case 'save': {
+      args(2, 'save SANDBOX SNAPSHOT');
+      const sb = await Sandbox.get(a!, opts);
+      try {
+        const m = await sb.snapshot(b!);
+        print(c, m, `saved ${m.name} from ${m.source}  ${(m.bytes / 2 ** 20).toFixed(1)} MiB; start one with corral create NAME --from-snapshot ${m.name}`);
+      } finally {
+        await sb.detach();
+      }
+      return EXIT.OK;
+    }
     case 'export': {
       args(2, 'export NAME FILE');
       const r = await Sandbox.exportSnapshot(a!, b!, opts);
@@ -510,7 +689,7 @@ async function cmdSnapshot(c: Ctx): Promise<number> {
       return EXIT.OK;
     }
     default:
-      throw new CorralError('E_USAGE', `snapshot takes ls, rm, export or import (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
+      throw new CorralError('E_USAGE', `snapshot takes ls, save, rm, export or import (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
   }
 }
 

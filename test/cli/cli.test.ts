@@ -6,8 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Sandbox, Supervisor } from '../../src/index.ts';
-import { BIN, corral, corralLines, corralWith } from '../helpers/cli.ts';
+import { BIN, corral, corralLines, corralWith, plainCorral } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { startRegistry, testImages } from '../image/helpers/registry.ts';
 
@@ -145,15 +144,23 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
     expect(await corral('volume', 'frob')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 
-  it('moves a snapshot between state dirs with snapshot export and import', async () => {
+  it('saves a running sandbox as a snapshot, starts another from it, and moves it between state dirs with export and import', async () => {
     const name = uniqueName('clisnap');
-    // The CLI has no verb that takes a snapshot (that is the SDK's sb.snapshot): one made here.
-    const sup = new Supervisor({ stateDir: process.env.CORRAL_STATE_DIR! });
-    const sb = await Sandbox.builder(name).memory(128).supervisor(sup).create();
-    await sb.snapshot(`${name}-s`);
-    await sb.stop();
+    const copy = uniqueName('clisnap-copy');
     const dir = mkdtempSync(join(tmpdir(), 'corral-cli-snap-'));
     try {
+      expect(await corral('create', name, '--memory', '128')).toMatchObject({ code: 0 });
+      expect(await corral('exec', name, '--', 'sh', '-c', 'echo before-save > /root/mark')).toMatchObject({ code: 0 });
+      expect(await corral('snapshot', 'save', name, `${name}-s`)).toMatchObject({ code: 0, json: { name: `${name}-s`, source: name } });
+      expect(await corral('snapshot', 'save', name, `${name}-s`)).toMatchObject({ code: 5, json: { error: { code: 'E_SNAPSHOT_EXISTS' } } });
+      expect(await corral('snapshot', 'save', uniqueName('nosuch'), 'x')).toMatchObject({ code: 3, json: { error: { code: 'E_SANDBOX_NOT_FOUND' } } });
+      expect(await corral('snapshot', 'save', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE', message: expect.stringContaining('save SANDBOX SNAPSHOT') } } });
+      // The saved sandbox ran on; a new one starts where it was.
+      expect(await corral('exec', name, '--', 'true')).toMatchObject({ code: 0 });
+      expect(await corral('create', copy, '--from-snapshot', `${name}-s`)).toMatchObject({ code: 0, json: { name: copy, status: 'running' } });
+      expect(await corral('exec', copy, '--', 'cat', '/root/mark')).toMatchObject({ code: 0, json: { stdout: 'before-save\n' } });
+      expect(await corral('create', uniqueName('clisnap-none'), '--from-snapshot', 'no-such-snapshot')).toMatchObject({ code: 3, json: { error: { code: 'E_SNAPSHOT_NOT_FOUND' } } });
+
       const file = join(dir, 's.corral');
       expect((await corral('snapshot', 'ls')).json).toContainEqual(expect.objectContaining({ name: `${name}-s`, source: name }));
       expect(await corral('snapshot', 'export', `${name}-s`, file)).toMatchObject({ code: 0, json: { file, bytes: expect.any(Number) } });
@@ -161,9 +168,11 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
       expect(await corral('--state-dir', join(dir, 'other'), 'snapshot', 'import', join(dir, 'missing.corral'))).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION' } } });
       expect(await corral('snapshot', 'rm', `${name}-s`)).toMatchObject({ code: 0, json: { removed: `${name}-s` } });
       expect(await corral('snapshot', 'export', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
-      await Sandbox.remove(name, { supervisor: sup });
     } finally {
-      await sup.close();
+      for (const n of [name, copy]) {
+        await corral('kill', n);
+        await corral('rm', n);
+      }
       rmSync(dir, { recursive: true, force: true });
     }
   });
@@ -254,20 +263,11 @@ sys.stdout.write(out.decode('utf8', 'replace') + '\nEXIT %d' % os.waitstatus_to_
 
   it('says what is wrong with a command line, with exit code 2', async () => {
     expect(await corral('frobnicate')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
-    expect(await corral('exec', name)).toMatchObject({ code: 125 });
+    // No command after --: a bad command line, exit 2 for exec too (125 is for corral failing once the command line was understood).
+    expect(await corral('exec', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
     expect(await corral('stop', '--bogus', name)).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 });
-
-/** `corral` without --json: exit code and the raw output. */
-function plainCorral(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) =>
-    execFile(process.execPath, [BIN, ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? (err as { code?: unknown }).code : 0;
-      resolve({ code: typeof code === 'number' ? code : 1, stdout, stderr });
-    }),
-  );
-}
 
 /** `corral --json <args>` left running (serve, ui): the line it printed first, and its exit. */
 async function serving(...args: string[]) {

@@ -1,5 +1,5 @@
 /** Runs the `corral` CLI (bin/corral.mjs) as a script would: a fresh process, `--json`. */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export const BIN = fileURLToPath(new URL('../../bin/corral.mjs', import.meta.url));
@@ -34,4 +34,58 @@ export function corralLines(...args: string[]): Promise<{ code: number; lines: a
       resolve({ code: typeof code === 'number' ? code : 1, lines: stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l)) });
     });
   });
+}
+
+/** A `corral` process left running without --json (`attach`): its output as it comes, and its exit. */
+export interface LiveCorral {
+  readonly child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves once stdout holds `text` (rejects if the process exits first). */
+  until(text: string): Promise<void>;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts `corral <args>` (no --json, stdin /dev/null unless `stdin: 'pipe'`). */
+export function corralLive(args: string[], options: { stdin?: 'ignore' | 'pipe' } = {}): LiveCorral {
+  const child = spawn(process.execPath, [BIN, ...args], { env: process.env, stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const waiters = new Set<() => void>();
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    for (const w of waiters) w();
+  });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    until: (text) =>
+      new Promise<void>((resolve, reject) => {
+        const check = () => {
+          if (!out.includes(text)) return;
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+        check();
+        void exited.then((e) => {
+          waiters.delete(check);
+          reject(new Error(`corral ${args[0]} exited (${JSON.stringify(e)}) before printing ${JSON.stringify(text)}; stdout ${JSON.stringify(out)}, stderr ${JSON.stringify(err)}`));
+        });
+      }),
+  };
+}
+
+/** `corral` without --json: exit code and the raw output. */
+export function plainCorral(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) =>
+    execFile(process.execPath, [BIN, ...args], { env: process.env, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? (err as { code?: unknown }).code : 0;
+      resolve({ code: typeof code === 'number' ? code : 1, stdout, stderr });
+    }),
+  );
 }

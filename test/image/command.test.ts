@@ -96,6 +96,6 @@ describe("the image's command", () => {
   it('is what `corral run IMAGE` runs; `-- ARGS` replace the cmd and --entrypoint the entrypoint', async () => {
     expect(await corral('run', ref)).toMatchObject({ code: 0, json: { code: 0, stdout: 'entry default cmd\n' } });
     expect(await corral('run', ref, '--entrypoint', '/bin/echo', '--', 'a', 'b')).toMatchObject({ code: 0, json: { stdout: 'a b\n' } });
-    expect(await corral('run', ref, 'extra')).toMatchObject({ code: 125, json: { error: { code: 'E_USAGE' } } });
+    expect(await corral('run', ref, 'extra')).toMatchObject({ code: 2, json: { error: { code: 'E_USAGE' } } });
   });
 });
