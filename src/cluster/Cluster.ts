@@ -92,6 +92,7 @@ export class Cluster {
   readonly #catalog: KV;
   readonly #seen = new Map<string, Seen>();
   readonly #lostListeners = new Set<(node: string) => void>();
+  readonly #closeListeners = new Set<() => void>();
   readonly #timer: NodeJS.Timeout;
   #closed: Promise<void> | undefined;
   #stopWatch: (() => void) | undefined;
@@ -235,6 +236,12 @@ export class Cluster {
     return this.request<DrainReport>(node, 'drain', { migrate: options.migrate ?? false }, { timeoutMs: options.timeoutMs ?? FOREVER_MS });
   }
 
+  /** @internal calls `fn` once this connection closes (handles on it end then); returns the unsubscribe. */
+  onClose(fn: () => void): () => void {
+    this.#closeListeners.add(fn);
+    return () => this.#closeListeners.delete(fn);
+  }
+
   /** @internal calls `fn` with the name of every node found lost from now on; returns the unsubscribe. */
   onNodeLost(fn: (node: string) => void): () => void {
     this.#lostListeners.add(fn);
@@ -287,6 +294,7 @@ export class Cluster {
 
   /** @internal claims `entry.name` cluster-wide: E_SANDBOX_EXISTS if any entry has it (a KV create, atomic). */
   async claim(entry: CatalogEntry): Promise<void> {
+    this.#assertOpen();
     try {
       await this.#catalog.create(entry.name, encode(entry));
     } catch (err) {
@@ -303,6 +311,7 @@ export class Cluster {
    * stopped with reason `node-lost`.
    */
   async catalogEntry(name: string, options: { raw?: boolean } = {}): Promise<CatalogEntry | undefined> {
+    this.#assertOpen();
     const e = await this.#catalog.get(name);
     if (!e || e.operation !== 'PUT') return undefined;
     return options.raw ? e.json<CatalogEntry>() : this.#asSeen(e.json<CatalogEntry>());
@@ -364,6 +373,8 @@ export class Cluster {
             return;
           }
         }
+        // The messages ended without this subscriber leaving: the connection closed under it.
+        if (!stopped) sub.error(new CorralError('E_CLOSED', 'the cluster connection closed: no more events come on this subscription'));
       })().catch((err: unknown) => {
         if (!stopped) sub.error(err instanceof CorralError ? err : new CorralError('E_CLUSTER', `the cluster's event stream failed: ${(err as Error).message}`, { cause: err }));
       });
@@ -441,6 +452,10 @@ export class Cluster {
     this.#closed ??= (async () => {
       clearInterval(this.#timer);
       this.#stopWatch?.();
+      // Handles on this connection end now: their calls and streams reject with E_CLOSED
+      // instead of waiting for answers that can no longer come.
+      for (const fn of [...this.#closeListeners]) fn();
+      this.#closeListeners.clear();
       if (!this.#nc.isClosed()) {
         await this.#nc.drain().catch(async (err: unknown) => {
           logFailure('draining the NATS connection (closing it instead)')(err);

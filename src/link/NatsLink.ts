@@ -39,6 +39,7 @@ export class NatsLink implements SandboxLink {
   readonly #sub: NatsSubscription;
   readonly #pending = new Set<(err: Error) => void>();
   readonly #offLost: () => void;
+  readonly #offClose: () => void;
   #ended: CorralError | undefined;
   #node: string;
 
@@ -63,6 +64,7 @@ export class NatsLink implements SandboxLink {
         }
       },
     });
+    this.#offClose = cluster.onClose(() => this.#end(new CorralError('E_CLOSED', `the cluster connection of the handle on sandbox "${config.name}" was closed`)));
     this.#offLost = cluster.onNodeLost((lost) => {
       if (lost === this.#node) void this.#follow(lost).then((moved) => moved || this.#nodeLost(undefined), (err: unknown) => this.#nodeLost(err));
     });
@@ -151,6 +153,7 @@ export class NatsLink implements SandboxLink {
     for (const reject of this.#pending) reject(err);
     this.#pending.clear();
     this.#offLost();
+    this.#offClose();
     if (!this.#cluster.connection.isClosed()) {
       try {
         this.#sub.unsubscribe();

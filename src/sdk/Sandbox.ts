@@ -1000,8 +1000,16 @@ export class Sandbox {
       sub?.unsubscribe();
     };
     // Subscribe before the exec starts: nothing it prints can be missed.
-    sub = ctl.events$.pipe(filter((e) => isExecEvent(e) && e.execId === execId)).subscribe((e) => {
-      if (routeExecEvent(stream, e, () => timedOut)) finish();
+    sub = ctl.events$.pipe(filter((e) => isExecEvent(e) && e.execId === execId)).subscribe({
+      next: (e) => {
+        if (routeExecEvent(stream, e, () => timedOut)) finish();
+      },
+      // The link's events ended under a running exec (its cluster connection closed): its end
+      // can no longer come, so the stream says why instead of waiting for ever.
+      complete: () => {
+        stream.fail(new CorralError('E_CLOSED', `the connection to sandbox "${this.name}" ended while exec ${execId} was running`));
+        finish();
+      },
     });
     const stoppedSub = ctl.events$.pipe(filter((e) => e.type === 'sandbox.stopped')).subscribe(() => {
       stream.fail(new CorralError('E_VM_CRASHED', `sandbox "${this.name}" stopped while exec ${execId} was running`));

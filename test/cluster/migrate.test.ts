@@ -2,7 +2,9 @@
 // command through the cluster, and draining a node with migration: a real VM that moves from one to the other (memory snapshot → archive →
 // transfer → restore) keeping its name, its files and a process that runs on. The drain is
 // asked by the CLI in a process of its own, as an operator would.
+import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { firstValueFrom, lastValueFrom, takeWhile, tap, toArray } from 'rxjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +12,8 @@ import { Cluster, Sandbox, Snapshot } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { corral } from '../helpers/cli.ts';
+
+const CLOSE_CLIENT = fileURLToPath(new URL('../helpers/cluster-close-client.ts', import.meta.url));
 
 let nats: NatsCluster;
 const nodes: NodeProcess[] = [];
@@ -145,6 +149,26 @@ describe('following the output of a sandbox through the cluster', () => {
       expect(text).toBe('before\nafter\n');
     } finally {
       if (!ended) await sb.kill();
+      await Sandbox.remove(sb.name, { cluster });
+    }
+  });
+});
+
+describe('a client that closes its cluster connection', () => {
+  it('has every call and stream it still waits on settle with E_CLOSED, and exits by itself (a process of its own)', async () => {
+    const sb = await Sandbox.builder(uniqueName('closer')).memory(128).cluster(cluster).create();
+    try {
+      const out = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+        execFile(process.execPath, ['--import', 'tsx', CLOSE_CLIENT, nats.urls.join(','), APP_USER.user, APP_USER.pass, sb.name], { timeout: 120_000 }, (err, stdout, stderr) =>
+          resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
+        );
+      });
+      expect(out.code, out.stderr).toBe(0);
+      expect(JSON.parse(out.stdout)).toEqual({ exited: 'E_CLOSED', wait: 'E_CLOSED', info: 'E_CLOSED', exec: 'E_CLOSED' });
+      // The sandbox is the node's: a client going away does not end it.
+      expect(await sb.info()).toMatchObject({ status: 'running' });
+    } finally {
+      await sb.kill();
       await Sandbox.remove(sb.name, { cluster });
     }
   });
