@@ -263,6 +263,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       const ctx = { json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx;
       // The servers, the MCP SDK and the NATS client load only for the commands that use them:
       // every other command starts without paying for them.
+      // A verb's arguments are checked before the cluster is contacted.
+      const verbs: Partial<Record<string, SandboxVerb>> = { execs: cmdExecs, attach: cmdAttach, 'exec-kill': cmdExecKill, publish: cmdPublish, unpublish: cmdUnpublish, 'set-max-duration': cmdSetMaxDuration };
+      const onVerb = verbs[name]?.(ctx);
       const { runOnCluster } = await import('./clusterCommands.ts');
       return await runOnCluster(
         nats,
@@ -274,17 +277,12 @@ export async function main(argv: readonly string[]): Promise<number> {
             case 'exec':
               return execIn(ctx, sb);
             case 'execs':
-              return cmdExecs(ctx)(sb);
             case 'attach':
-              return cmdAttach(ctx)(sb);
             case 'exec-kill':
-              return cmdExecKill(ctx)(sb);
             case 'publish':
-              return cmdPublish(ctx)(sb);
             case 'unpublish':
-              return cmdUnpublish(ctx)(sb);
             case 'set-max-duration':
-              return cmdSetMaxDuration(ctx)(sb);
+              return onVerb!(sb);
             case 'stop':
               return printInfo(ctx, await sb.stop(parsed.values.timeout ? { timeoutMs: seconds(parsed.values.timeout, 'timeout') } : {}));
             case 'kill':

@@ -84,7 +84,7 @@ describe('background commands from the CLI', () => {
     expect(await corral('exec-kill', name, '1', '--signal', 'FOO')).toMatchObject(invalid('invalid option --signal: a signal name (KILL, TERM'));
     expect(await corral('exec-kill', name, '1', '--signal', '99')).toMatchObject(invalid('--signal'));
     expect(await corral('attach', name, '1', '--follow')).toMatchObject(usage("'--follow'"));
-    // attach reads the local replay buffer: a cluster's sandboxes are not reached that way yet (no cluster is contacted).
-    expect(await corral('--nats', 'nats://127.0.0.1:1', 'attach', name, '1')).toMatchObject(usage('"attach" does not take --nats yet'));
+    // A bad id is refused before any cluster is contacted (test/cluster/cli.test.ts attaches through one).
+    expect(await corral('--nats', 'nats://127.0.0.1:1', 'attach', name, 'x')).toMatchObject(invalid('ID'));
   });
 });
