@@ -142,6 +142,7 @@ export const sandboxMachine = setup({
     // A timer of the machine, in the host process: nothing in the guest can move it.
     maxDuration: ({ context }) => context.maxDurationMs ?? 2 ** 31 - 1,
     idleTimeout: ({ context }) => context.idleTimeoutMs ?? 2 ** 31 - 1,
+    drainGrace: ({ context }) => context.stopTimeoutMs,
   },
 }).createMachine({
   id: 'sandbox',
@@ -290,6 +291,24 @@ export const sandboxMachine = setup({
             guard: 'idle',
             target: '#sandbox.stopping',
             actions: assign({ stopReason: ({ context }) => context.stopReason ?? 'drained' }),
+          },
+          // The lifetime limit is a limit: running commands get the graceful stop budget to
+          // end, then the sandbox stops under them (a background server would hold it for
+          // ever). A drain that was asked for waits for them, as it says.
+          after: {
+            drainGrace: {
+              guard: ({ context }) => context.stopReason === 'max-duration',
+              target: '#sandbox.stopping',
+            },
+          },
+          on: {
+            // During a requested drain: entered again, so the grace starts now.
+            'maxDuration.reached': {
+              guard: ({ context }) => context.maxDurationMs !== undefined,
+              target: 'draining',
+              reenter: true,
+              actions: assign({ stopReason: 'max-duration' }),
+            },
           },
         },
       },

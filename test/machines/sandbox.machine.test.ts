@@ -193,6 +193,36 @@ describe('sandbox machine', () => {
     expect(s.context.stopReason).toBe('max-duration');
   });
 
+  it('stops at the max duration a graceful-stop budget after draining, even under a command that never ends', async () => {
+    const { actor, clock, finishStop } = fakeMachine({ maxDurationMs: 150 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'exec', execId: 1 }); // a background server: it never ends by itself
+    clock.increment(150);
+    expect(stateName(actor.getSnapshot())).toBe('draining');
+    clock.increment(499); // stopTimeoutMs 500
+    expect(stateName(actor.getSnapshot())).toBe('draining');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
+    finishStop();
+    expect((await waitFor(actor, (s) => s.status === 'done')).context.stopReason).toBe('max-duration');
+  });
+
+  it('lets a requested drain wait for its commands however long, until the max duration comes', async () => {
+    const { actor, clock, finishStop } = fakeMachine({ maxDurationMs: 10_000 });
+    await waitFor(actor, (s) => stateName(s) === 'running');
+    actor.send({ type: 'exec', execId: 1 });
+    actor.send({ type: 'drain' });
+    clock.increment(9_999);
+    expect(stateName(actor.getSnapshot())).toBe('draining');
+    clock.increment(1); // the max duration: the grace of a stop budget starts now
+    clock.increment(499);
+    expect(stateName(actor.getSnapshot())).toBe('draining');
+    clock.increment(1);
+    expect(stateName(actor.getSnapshot())).toBe('stopping');
+    finishStop();
+    expect((await waitFor(actor, (s) => s.status === 'done')).context.stopReason).toBe('max-duration');
+  });
+
   it('runs on with no max duration, however long', async () => {
     const { actor, clock } = fakeMachine();
     await waitFor(actor, (s) => stateName(s) === 'running');
