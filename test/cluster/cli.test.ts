@@ -65,7 +65,7 @@ describe('the CLI with --nats', () => {
       const attached = await corralWith('hello\n', '--nats', nats.urls[0]!, 'attach', name, String(reader.json.id));
       expect(attached).toMatchObject({ code: 3, json: { id: reader.json.id, code: 3, stdout: 'before\ngot hello\n', lastSeq: expect.any(Number) } });
       expect(await on('publish', name, '80')).toMatchObject({ code: 2, json: { error: { code: 'E_INVALID_OPTION', message: expect.stringContaining('HOSTPORT:GUESTPORT') } } });
-      // The lifetime limit drains the sandbox, which waits for running commands, background ones too.
+      // The lifetime limit drains the sandbox: no command runs, so it stops at once.
       expect(await on('exec-kill', name, String(httpd.json.id))).toMatchObject({ code: 0, json: { signal: 9 } });
       await vi.waitFor(async () => expect((await on('execs', name)).json).toEqual([]), { timeout: 30_000, interval: 250 });
       expect(await on('set-max-duration', name, '1')).toMatchObject({ code: 0, json: { maxDurationMs: 1000 } });
