@@ -758,7 +758,7 @@ export class SandboxActor implements SandboxWorkerApi {
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs, spare: false });
       return this.#adopt(vm, t0);
     } catch (err) {
-      if (err instanceof CorralError && err.code === 'E_SNAPSHOT_NOT_FOUND') throw err;
+      if (err instanceof CorralError && (err.code === 'E_SNAPSHOT_NOT_FOUND' || err.code === 'E_INVALID_OPTION')) throw err;
       throw new CorralError('E_SNAPSHOT', `cannot start "${this.#config.name}" from snapshot "${snapshot}": ${(err as Error).message}`, { cause: err });
     }
   }

@@ -8,6 +8,7 @@
  */
 
 import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentClient } from '../agent/AgentClient.ts';
@@ -112,7 +113,11 @@ export class GuestEnv {
       const policy = hasNic(this.#config) ? (this.#config.network ?? PORTS_ONLY) : PORTS_ONLY;
       this.#enforcement ??= enforcePolicy(this.#config.name, policy);
       const enforcement = await this.#enforcement;
-      opts.net = { hostForwards: this.#config.ports ?? [] };
+      const ports = this.#config.ports ?? [];
+      // qemu would only say "could not set up host forwarding" and exit (seen as "QMP
+      // connection closed"): a host port that is taken is named first.
+      for (const p of ports) await assertPortFree(p.hostPort);
+      opts.net = { hostForwards: ports };
       opts.wrap = enforcement.wrap;
       opts.netCgroup = { dir: enforcement.cgroupDir, resolvConf: enforcement.resolvConf };
     }
@@ -230,4 +235,15 @@ export class GuestEnv {
       for (const v of this.#config.volumes ?? []) if (v.kind === 'named') await releaseVolume(this.#stateDir, v.name, this.#config.name).catch(logFailure(`releasing volume ${v.name}`));
     }
   }
+}
+
+/** E_INVALID_OPTION naming `port.hostPort` when 127.0.0.1:`port` cannot be listened on now. */
+async function assertPortFree(port: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) =>
+      reject(new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${port} cannot be published (${err.code ?? err.message}: another process or sandbox holds it)`, { details: { option: 'port.hostPort', port } })),
+    );
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve()));
+  });
 }

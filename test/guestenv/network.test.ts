@@ -117,6 +117,12 @@ describe('network policies and published ports', () => {
     await expect(none.publish(await freePort(), 8080)).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringContaining('no network device') });
   });
 
+  it('names a host port that is taken at create, instead of a VM that failed to start', async () => {
+    const taken = uniqueName('net-taken');
+    await expect(Sandbox.builder(taken).port(hostPort, 8080).supervisor(sup).create()).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining(`127.0.0.1:${hostPort}`) });
+    await Sandbox.remove(taken, { supervisor: sup });
+  });
+
   it('a published port serves an HTTP request from host loopback', async () => {
     await all.shell('mkdir -p /www && echo guest-ok > /www/index.html && httpd -p 8080 -h /www');
     const res = await fetch(`http://127.0.0.1:${hostPort}/index.html`);
