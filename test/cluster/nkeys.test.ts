@@ -1,14 +1,13 @@
 // NATS nkey users instead of passwords: a real nats-server that knows a node and a client by
 // their public keys, a `corral node` and the CLI given their seeds in files. No VM: what is
 // tried is who gets in, the same for every request after it.
-import { execFile } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nkeys } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../src/index.ts';
-import { BIN } from '../helpers/cli.ts';
+import { corralEnv } from '../helpers/cli.ts';
 import { startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 
 let dir: string;
@@ -45,15 +44,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function cli(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-      resolve({ code: typeof code === 'number' ? code : 1, json: stdout.trim() ? JSON.parse(stdout) : undefined, stderr });
-    });
-  });
-}
-
 describe('a cluster whose users are nkeys', () => {
   it('lets in a node and a client holding known seeds, the CLI too', async () => {
     const cluster = await Cluster.connect({ servers: nats!.urls, nkeySeedFile: seeds.app });
@@ -62,7 +52,7 @@ describe('a cluster whose users are nkeys', () => {
     } finally {
       await cluster.close();
     }
-    const listed = await cli({ ...process.env, CORRAL_NATS_NKEY_SEED: seeds.app }, '--nats', nats!.urls[0]!, 'nodes');
+    const listed = await corralEnv({ ...process.env, CORRAL_NATS_NKEY_SEED: seeds.app }, '--nats', nats!.urls[0]!, 'nodes');
     expect(listed.code, listed.stderr).toBe(0);
     expect(listed.json.map((n: { name: string }) => n.name)).toEqual(['k1']);
   });

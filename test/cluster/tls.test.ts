@@ -1,13 +1,13 @@
 // TLS between the cluster's NATS server, a node and clients: a CA and a server certificate
 // made here with openssl (for 127.0.0.1), a nats-server that takes TLS only. No VM: what is
 // tried is the connection, the same for every request after it.
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../../src/index.ts';
-import { BIN } from '../helpers/cli.ts';
+import { corralEnv } from '../helpers/cli.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 
 let dir: string;
@@ -41,16 +41,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** The CLI as its own process with `env`, `--json`: exit code, parsed stdout, stderr. */
-function cli(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [BIN, '--json', ...args], { env, timeout: 120_000 }, (err, stdout, stderr) => {
-      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
-      resolve({ code: typeof code === 'number' ? code : 1, json: stdout.trim() ? JSON.parse(stdout) : undefined, stderr });
-    });
-  });
-}
-
 describe('a cluster over TLS', () => {
   it('lets in a node and a client that trust the servers’ CA', async () => {
     expect(nats!.urls[0]).toMatch(/^tls:\/\//);
@@ -64,10 +54,10 @@ describe('a cluster over TLS', () => {
 
   it('serves the CLI with --nats tls://… given the CA in CORRAL_NATS_TLS_CA, and refuses it without', async () => {
     const env = { ...process.env, CORRAL_NATS_USER: APP_USER.user, CORRAL_NATS_PASSWORD: APP_USER.pass };
-    const trusted = await cli({ ...env, CORRAL_NATS_TLS_CA: pki.caFile }, '--nats', nats!.urls[0]!, 'nodes');
+    const trusted = await corralEnv({ ...env, CORRAL_NATS_TLS_CA: pki.caFile }, '--nats', nats!.urls[0]!, 'nodes');
     expect(trusted.code, trusted.stderr).toBe(0);
     expect(trusted.json.map((n: { name: string }) => n.name)).toEqual(['t1']);
-    const refused = await cli(env, '--nats', nats!.urls[0]!, 'nodes');
+    const refused = await corralEnv(env, '--nats', nats!.urls[0]!, 'nodes');
     expect([refused.code, refused.json.error.code]).toEqual([1, 'E_CLUSTER']);
   });
 

@@ -9,6 +9,16 @@ export function corral(...args: string[]): Promise<{ code: number; json: any; st
   return corralWith(undefined, ...args);
 }
 
+/** {@link corral} with an environment of its own (credentials, files) instead of this process's. */
+export function corralEnv(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [BIN, '--json', ...args], { env, timeout: 120_000 }, (err, stdout, stderr) => {
+      const code = err ? ((err as { code?: number }).code ?? 1) : 0;
+      resolve({ code: typeof code === 'number' ? code : 1, json: stdout.trim() ? JSON.parse(stdout) : undefined, stderr });
+    });
+  });
+}
+
 /** {@link corral} with `input` piped to its stdin (then EOF). */
 export function corralWith(input: string | undefined, ...args: string[]): Promise<{ code: number; json: any; stderr: string }> {
   return new Promise((resolve) => {
