@@ -62,7 +62,10 @@ export type ClusterNode = NodeRecord;
 export interface ClusterEventsOptions {
   /** Only this sandbox's events. */
   readonly name?: string;
-  /** Resume after this seq (the stream sequence an event carried); 0 = from the oldest kept. Default: new events only. */
+  /**
+   * Resume after this seq (the stream sequence an event carried); 0 = from the oldest kept.
+   * Default: the events stored from the moment of subscribing on.
+   */
   readonly since?: number;
   /** Complete after this sandbox's `sandbox.stopped` (only with `name`). */
   readonly untilStopped?: boolean;
@@ -356,10 +359,18 @@ export class Cluster {
     return new Observable<SandboxEvent>((sub) => {
       let stopped = false;
       let stop: (() => void) | undefined;
+      // "From now on" is the moment of subscribing, not the moment the consumer exists (a
+      // request later): an event stored in between is delivered, not lost. By the servers'
+      // clock: a client whose clock runs ahead of theirs misses events of that gap.
+      const subscribedAt = new Date();
       void (async () => {
         const consumer = await this.#js.consumers.get(EVENTS_STREAM, {
           filter_subjects: eventSubject(options.name ?? '*'),
-          ...(options.since === undefined ? { deliver_policy: DeliverPolicy.New } : options.since === 0 ? { deliver_policy: DeliverPolicy.All } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: options.since + 1 }),
+          ...(options.since === undefined
+            ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: subscribedAt.toISOString() }
+            : options.since === 0
+              ? { deliver_policy: DeliverPolicy.All }
+              : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: options.since + 1 }),
         });
         const messages = await consumer.consume();
         stop = () => void messages.close().catch(logFailure('closing an event consumer'));
