@@ -13,14 +13,7 @@ import { FOREVER_MS, nodeLost, type Cluster } from '../cluster/Cluster.ts';
 import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
 import { logFailure } from '../runtime/log.ts';
-import type { CollectedExec, CollectedExecOptions, SandboxApi, SandboxLink } from './SandboxLink.ts';
-
-/** A result of `exec.run` too large for one message: fetch `parts` parts of `id` from `node`. */
-interface RunParts {
-  readonly parts: number;
-  readonly id: string;
-  readonly node: string;
-}
+import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
 import { FORWARDED_CALLS } from './wire.ts';
 
 /** Calls that wait for the sandbox's end: no deadline (a lost node still ends them). */
@@ -106,42 +99,11 @@ export class NatsLink implements SandboxLink {
   }
 
   /** One call, asked again of the node the sandbox moved to (a drain with migrate) if it did. */
-  #ask(method: string, args: unknown[]): Promise<unknown> {
-    return this.#askNode(`sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : {});
-  }
-
-  /**
-   * `exec()` in one round trip: the node runs the command whole and answers with its result
-   * (a result too large for one message comes in parts). No deadline of its own: the
-   * command's `timeoutMs` bounds it, a lost node ends it.
-   */
-  async runCollected(argv: readonly string[], options: CollectedExecOptions): Promise<CollectedExec> {
-    if (this.#ended) throw this.#ended;
-    return new Promise<CollectedExec>((resolve, reject) => {
-      this.#pending.add(reject);
-      this.#run(argv, options)
-        .then(resolve, (err: unknown) => {
-          if (err instanceof CorralError && err.code === 'E_NODE_LOST') this.#nodeLost(err);
-          reject(this.#ended ?? err);
-        })
-        .finally(() => this.#pending.delete(reject));
-    });
-  }
-
-  async #run(argv: readonly string[], options: CollectedExecOptions): Promise<CollectedExec> {
-    const answer = (await this.#askNode('exec.run', { name: this.config.name, argv, options }, { timeoutMs: FOREVER_MS })) as CollectedExec | RunParts;
-    if (!('parts' in answer)) return answer;
-    // Too large for one message: fetched a part at a time, from the node that ran it.
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < answer.parts; i++) parts.push(await this.#cluster.request<Uint8Array>(answer.node, 'exec.part', { id: answer.id, part: i }));
-    return decode<CollectedExec>(Buffer.concat(parts));
-  }
-
-  async #askNode(verb: string, payload: unknown, options: { timeoutMs?: number; resendAfterMs?: number }): Promise<unknown> {
+  async #ask(method: string, args: unknown[]): Promise<unknown> {
     for (let moves = 0; ; moves++) {
       const node = this.#node;
       try {
-        return await this.#cluster.request(node, verb, payload, options);
+        return await this.#cluster.request(node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : {});
       } catch (err) {
         if (moves >= 8 || !(err instanceof CorralError)) throw err;
         if (err.code === 'E_SANDBOX_MOVED' && typeof err.details?.node === 'string') {

@@ -7,7 +7,6 @@ import type { Observable } from 'rxjs';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import type { SandboxWorkerApi } from '../actor/contract.ts';
-import type { ExecOptions } from '../sdk/execOptions.ts';
 
 /** Every worker API method, returning a promise. */
 export type SandboxApi = {
@@ -27,25 +26,4 @@ export interface SandboxLink {
   release(): Promise<void>;
   /** Lets go of the sandbox without stopping it (closes a control connection). Idempotent. */
   detach(): Promise<void>;
-  /**
-   * Runs a command to completion where the sandbox lives and answers with its collected
-   * result, in one round trip (a cluster link: no event stream on the way). Links without
-   * it run `exec()` as a stream.
-   */
-  runCollected?(argv: readonly string[], options: CollectedExecOptions): Promise<CollectedExec>;
-}
-
-/** The options of {@link SandboxLink.runCollected}: `exec()`'s, less the abort signal and a stdin stream. */
-export type CollectedExecOptions = Omit<ExecOptions, 'signal' | 'stdin'> & { readonly stdin?: string | Uint8Array };
-
-/** An `ExecResult` as data. */
-export interface CollectedExec {
-  readonly execId: number;
-  readonly code: number | null;
-  readonly signal: number | null;
-  readonly stdout: Uint8Array;
-  readonly stderr: Uint8Array;
-  readonly durationMs: number;
-  readonly timedOut: boolean;
-  readonly oomKilled: boolean;
 }

@@ -18,8 +18,6 @@ import { validateName, type SandboxConfig } from '../config.ts';
 import { rankNodes } from '../cluster/placement.ts';
 import { Receiver, sendArchive } from './transfer.ts';
 import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
-import { Sandbox } from '../sdk/Sandbox.ts';
-import type { CollectedExec, CollectedExecOptions } from '../link/SandboxLink.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
@@ -78,8 +76,6 @@ export class NodeService {
   readonly #moving = new Map<string, Promise<void>>();
   /** Sandboxes moved away, and where to: calls to them get E_SANDBOX_MOVED naming it. */
   readonly #movedTo = new Map<string, string>();
-  /** Results of `exec.run` too large for one message, kept a minute for their parts. */
-  readonly #bigResults = new Map<string, { bytes: Uint8Array; size: number; timer: NodeJS.Timeout }>();
   /** Metrics samplers of the handles that asked, by `<sandbox>/<sampler id>`. */
   readonly #samplers = new Map<string, MetricsSampler>();
   /** Sandboxes whose events this node no longer publishes (the copy a move left behind). */
@@ -213,8 +209,6 @@ export class NodeService {
       }),
     );
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'snapshot.list'), { callback: (err, msg) => this.#handle(err, msg, async () => this.#sup.snapshots().map((m) => m.name)) }));
-    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'exec.run'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#execRun(p as { name?: unknown; argv?: unknown; options?: unknown })) }));
-    this.#subs.push(nc.subscribe(nodeSubject(this.name, 'exec.part'), { callback: (err, msg) => this.#handle(err, msg, async (p) => this.#execPart(p as { id?: unknown; part?: unknown })) }));
     this.#subs.push(nc.subscribe(nodeSubject(this.name, 'metrics'), { callback: (err, msg) => this.#handle(err, msg, (p) => this.#metrics(p as { name?: unknown; sampler?: unknown })) }));
     this.#subs.push(
       nc.subscribe(nodeSubject(this.name, 'snapshot.remove'), {
@@ -537,51 +531,6 @@ export class NodeService {
       if (this.#samplers.size > 1024) this.#samplers.delete(this.#samplers.keys().next().value!);
     }
     return sampler.sample();
-  }
-
-  /**
-   * `exec()` run whole here, its result in the answer: one round trip for the caller, no
-   * event stream on its way (the events still go to the stream for everyone else). A result
-   * too large for one message is kept for a minute and answered in parts (`exec.part`).
-   */
-  async #execRun(p: { name?: unknown; argv?: unknown; options?: unknown }): Promise<CollectedExec | { parts: number; id: string; node: string }> {
-    const name = typeof p?.name === 'string' ? p.name : '';
-    await this.#moving.get(name);
-    this.#assertHere(name);
-    if (!Array.isArray(p.argv) || p.argv.length === 0) throw new InvalidOptionError('argv', 'a command and its arguments', p.argv);
-    if (!this.#live.has(name)) {
-      const rec = this.#sup.reconcile(name);
-      if (!rec) throw new CorralError('E_SANDBOX_NOT_FOUND', `no sandbox named "${name}" on node "${this.name}"`);
-      throw new CorralError('E_ILLEGAL_STATE', `cannot exec in sandbox "${name}": it is ${rec.status}`, { details: { state: rec.status } });
-    }
-    const sb = await Sandbox.get(name, { supervisor: this.#sup });
-    const options = (p.options ?? {}) as CollectedExecOptions;
-    let r;
-    try {
-      r = await sb.exec(String(p.argv[0]), (p.argv as unknown[]).slice(1).map(String), options);
-    } catch (err) {
-      // Ended under it by a move: the caller follows the sandbox (the command ran on there).
-      this.#assertHere(name);
-      throw err;
-    }
-    const result: CollectedExec = { execId: r.execId, code: r.code, signal: r.signal, stdout: r.stdoutBytes, stderr: r.stderrBytes, durationMs: r.durationMs, timedOut: r.timedOut, oomKilled: r.oomKilled };
-    const max = this.#cluster.connection.info?.max_payload ?? 2 ** 20;
-    const bytes = encode(result);
-    if (bytes.byteLength <= max - 8192) return result;
-    const id = nuid.next();
-    const size = maxEventBytes(max);
-    const timer = setTimeout(() => this.#bigResults.delete(id), 60_000);
-    timer.unref();
-    this.#bigResults.set(id, { bytes, size, timer });
-    return { parts: Math.ceil(bytes.byteLength / size), id, node: this.name };
-  }
-
-  #execPart(p: { id?: unknown; part?: unknown }): Uint8Array {
-    const big = typeof p?.id === 'string' ? this.#bigResults.get(p.id) : undefined;
-    if (!big) throw new CorralError('E_EXEC_NOT_FOUND', `no exec result ${String(p?.id)} is kept here (it is fetched within a minute of the command's end)`);
-    const part = Number(p.part);
-    if (!Number.isInteger(part) || part < 0 || part * big.size >= big.bytes.byteLength) throw new InvalidOptionError('part', `a part number from 0 to ${Math.ceil(big.bytes.byteLength / big.size) - 1}`, p.part);
-    return big.bytes.subarray(part * big.size, (part + 1) * big.size);
   }
 
   /** E_SANDBOX_MOVED for a sandbox moved to another node. */

@@ -386,16 +386,6 @@ export class Sandbox {
    * const r = await sb.exec('sh', ['-c', 'echo hi; exit 3']); // r.code === 3, r.stdout === 'hi\n'
    */
   async exec(command: string, args: readonly string[] = [], options: ExecOptions = {}): Promise<ExecResult> {
-    const link = this.#link;
-    const stdin = options.stdin;
-    // Where the sandbox's host can run it whole (a cluster node): one round trip, no event
-    // stream on the way. An abort signal or a stdin stream need the stream path.
-    if (link?.runCollected && !this.#released && options.signal === undefined && (stdin === undefined || typeof stdin === 'string' || stdin instanceof Uint8Array)) {
-      validateExec([command, ...args], options);
-      const { signal: _signal, stdin: _stdin, ...rest } = options;
-      const r = await link.busy(() => link.runCollected!([command, ...args], { ...rest, ...(stdin !== undefined ? { stdin } : {}) }));
-      return new ExecResult(r.execId, r.code, r.signal, r.stdout, r.stderr, r.durationMs, r.timedOut, r.oomKilled);
-    }
     return this.#collect(await this.#start([command, ...args], { ...options, stdin: options.stdin }, true));
   }
 
