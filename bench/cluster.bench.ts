@@ -2,7 +2,7 @@
  * Cluster bench: a sandbox through a cluster node against the same on a local Supervisor, in
  * one run. Prints figures; asserts nothing.
  *
- *   npx tsx bench/cluster.bench.ts [--json]      (RUNS=5 creates, 30 exec round trips)
+ *   npx tsx bench/cluster.bench.ts [--json]      (RUNS=5 creates, EXECS=60 exec round trips each, in turn)
  *
  * The cluster is one nats-server with JetStream and one `corral node` process on loopback
  * (the test helpers' setup, user/password auth). Each side is warmed first (its template is
@@ -24,7 +24,7 @@ import { APP_USER, startNatsCluster, startNode } from '../test/helpers/natsClust
 import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 5);
-const EXECS = 30;
+const EXECS = Number(process.env.EXECS ?? 60);
 const MOVES = Number(process.env.MOVES ?? 3);
 console.log(`corral cluster bench — ${new Date().toISOString()} — node ${process.version}`);
 const report = new BenchReport('cluster');
@@ -52,12 +52,15 @@ async function creates(make: (name: string) => Promise<Sandbox>, remove: (name: 
   return out;
 }
 
-async function roundTrips(sb: Sandbox): Promise<number[]> {
-  const out: number[] = [];
+/** Exec round trips on `a` and `b` in turn (so a load that comes and goes weighs on both alike). */
+async function roundTrips(a: Sandbox, b: Sandbox): Promise<[number[], number[]]> {
+  const out: [number[], number[]] = [[], []];
   for (let i = 0; i < EXECS + 3; i++) {
-    const t0 = performance.now();
-    await sb.exec('true');
-    if (i >= 3) out.push(performance.now() - t0);
+    for (const [k, sb] of [a, b].entries()) {
+      const t0 = performance.now();
+      await sb.exec('true');
+      if (i >= 3) out[k]!.push(performance.now() - t0);
+    }
   }
   return out;
 }
@@ -134,8 +137,7 @@ try {
   const local = await Sandbox.builder(`bench-rt-local-${process.pid}`).memory(128).supervisor(sup).create();
   const remote = await Sandbox.builder(`bench-rt-cluster-${process.pid}`).memory(128).cluster(cluster).create();
   try {
-    const localRt = await roundTrips(local);
-    const clusterRt = await roundTrips(remote);
+    const [localRt, clusterRt] = await roundTrips(local, remote);
     const extra = quantile(clusterRt, 0.5) - quantile(localRt, 0.5);
     console.log(`exec round trip, local:   ${fmtMs(localRt)}`);
     console.log(`exec round trip, cluster: ${fmtMs(clusterRt)}  +${extra.toFixed(2)} ms (goal ≤ +1 ms)`);

@@ -128,6 +128,12 @@ describe('a cluster of corral nodes on NATS', () => {
     for await (const item of big) if (item.type === 'stdout') bytes += item.data.byteLength;
     expect(bytes).toBe(6 * 1024 * 1024);
     expect((await big.exited).code).toBe(0);
+    // A collected exec: output past one NATS message, stdin text, a timeout, a start error.
+    const collected = await sb.exec('sh', ['-c', 'head -c 3000000 /dev/zero | tr "\\0" a; echo done >&2']);
+    expect([collected.code, collected.stdoutBytes.byteLength, collected.stdout.slice(0, 3), collected.stderr]).toEqual([0, 3_000_000, 'aaa', 'done\n']);
+    expect(await sb.exec('cat', [], { stdin: 'fed\n' })).toMatchObject({ code: 0, stdout: 'fed\n' });
+    expect(await sb.exec('sleep', ['30'], { timeoutMs: 200 })).toMatchObject({ timedOut: true, signal: 9 });
+    await expect(sb.exec('no-such-command')).rejects.toMatchObject({ code: 'E_EXEC_START' });
     await sb.fs().write('/tmp/x.txt', 'across the wire');
     expect(await sb.fs().readText('/tmp/x.txt')).toBe('across the wire');
     await expect(sb.fs().readText('/nope')).rejects.toMatchObject({ code: 'E_FS' });
