@@ -9,7 +9,7 @@
  *   nodes                 the live nodes: labels, capacity, what is free
  *   node drain NAME [--migrate]   drain a node: no new sandboxes, its sandboxes drain and stop (or move)
  *   serve [--host H] [--port P] [--token T]   the HTTP + WebSocket API, fronting the cluster (main.ts)
- *   create, run, logs, cp   their own code, taking the cluster (main.ts)
+ *   create, run, logs, cp, fs watch   their own code, taking the cluster (main.ts)
  *   exec NAME [flags] -- CMD…, stop NAME, kill NAME, pause NAME, resume NAME, start NAME,
  *   execs NAME, attach NAME ID, exec-kill NAME ID, publish NAME H:G, unpublish NAME H, set-max-duration NAME S
  *                         as without --nats, on a sandbox of the cluster (a port is
@@ -66,7 +66,7 @@ export async function runOnCluster(
   /** Runs a {@link HANDLE_VERBS} verb on the sandbox's handle; resolves with the exit code. */
   onHandle: (verb: string, sb: Sandbox) => Promise<number>,
 ): Promise<number> {
-  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'create', 'run', 'logs', 'cp', 'serve'].join(', ')})`);
+  if (!CLUSTER_VERBS.has(verb)) throw new CorralError('E_USAGE', `"${verb}" does not take --nats yet (with --nats: ${[...CLUSTER_VERBS, 'create', 'run', 'logs', 'cp', 'fs', 'serve'].join(', ')})`);
   const cluster = await connectCluster(servers);
   try {
     const [first, second, ...extra] = args.positionals;

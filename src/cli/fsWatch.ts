@@ -1,13 +1,14 @@
 /**
- * `corral fs watch NAME PATH [--recursive]`: one line per change in a guest directory
- * (`--json`: one JSON object per line), until Ctrl-C, the directory's removal or the
- * sandbox's stop.
+ * `corral [--nats URL] fs watch NAME PATH [--recursive]`: one line per change in a guest
+ * directory (`--json`: one JSON object per line), until Ctrl-C, the directory's removal or
+ * the sandbox's stop.
  */
 
 import { CorralError } from '../errors.ts';
 import { Sandbox } from '../sdk/Sandbox.ts';
 import type { FsWatchEvent } from '../sdk/FsWatch.ts';
 import type { Supervisor } from '../supervisor/Supervisor.ts';
+import type { Cluster } from '../cluster/Cluster.ts';
 import { logFailure } from '../runtime/log.ts';
 import { EXIT } from './exitCodes.ts';
 
@@ -15,6 +16,8 @@ import { EXIT } from './exitCodes.ts';
 export interface FsCommandArgs {
   readonly json: boolean;
   readonly sup: Supervisor;
+  /** With `--nats`: the cluster the sandbox is on, instead of `sup`. */
+  readonly cluster?: Cluster;
   readonly values: Readonly<Record<string, unknown>>;
   readonly positionals: readonly string[];
 }
@@ -38,7 +41,7 @@ export async function fsCommand(c: FsCommandArgs): Promise<number> {
   const [sub, name, path, ...extra] = c.positionals;
   if (sub !== 'watch') throw new CorralError('E_USAGE', `fs takes watch (got ${sub === undefined ? 'nothing' : JSON.stringify(sub)})`);
   if (!name || !path || extra.length) throw new CorralError('E_USAGE', 'fs watch takes NAME and PATH (corral help)');
-  const sb = await Sandbox.get(name, { supervisor: c.sup });
+  const sb = await Sandbox.get(name, c.cluster ? { cluster: c.cluster } : { supervisor: c.sup });
   try {
     const w = await sb.fs().watch(path, { recursive: c.values.recursive === true });
     let stopping: Promise<void> | undefined;

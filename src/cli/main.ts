@@ -92,7 +92,7 @@ cluster
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM
   --nats URL[,URL…] ls | inspect NAME | rm NAME | nodes | node drain NAME [--migrate] | exec NAME [-d] -- CMD…
-                  | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST | attach NAME ID
+                  | create NAME … | run [IMAGE] … | logs NAME [-f] | cp SRC DST | attach NAME ID | fs watch NAME PATH
                   | stop NAME | kill NAME | pause NAME | resume NAME | start NAME | execs NAME
                   | exec-kill NAME ID | publish NAME H:G | unpublish NAME H | set-max-duration NAME S
                   | serve [--host H] [--port P] [--token T]   the API in front of the whole cluster
@@ -105,7 +105,7 @@ exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 ti
 type Values = Record<string, string | boolean | string[] | undefined>;
 
 /** The verbs that take --nats by running their own code against the cluster (the others: src/cli/clusterCommands.ts). */
-const CLUSTER_CTX_VERBS = new Set(['create', 'run', 'logs', 'cp']);
+const CLUSTER_CTX_VERBS = new Set(['create', 'run', 'logs', 'cp', 'fs']);
 
 interface Ctx {
   readonly json: boolean;

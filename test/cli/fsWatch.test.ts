@@ -1,37 +1,8 @@
 // `corral fs watch` as a user runs it: its own process against a detached sandbox, one line
 // per change, ended by Ctrl-C (SIGINT) or by the sandbox's stop, exit code 0 either way.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, corral } from '../helpers/cli.ts';
+import { corral, watcher } from '../helpers/cli.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
-
-/** A running `corral fs watch`, its stdout lines and stderr collected, with waits on them. */
-function watcher(...args: string[]) {
-  const child: ChildProcess = spawn(process.execPath, [BIN, ...args], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  const changed: Array<() => void> = [];
-  child.stdout!.on('data', (d: Buffer) => ((out += d), changed.splice(0).forEach((f) => f())));
-  child.stderr!.on('data', (d: Buffer) => ((err += d), changed.splice(0).forEach((f) => f())));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  return {
-    child,
-    exited,
-    get out() {
-      return out;
-    },
-    get err() {
-      return err;
-    },
-    /** Resolves once `pred` holds (the test timeout bounds it); rejects if the process exits first. */
-    async until(pred: () => boolean): Promise<void> {
-      while (!pred()) {
-        if (child.exitCode !== null) throw new Error(`corral fs watch exited ${child.exitCode}: ${err}`);
-        await Promise.race([new Promise<void>((r) => changed.push(r)), exited]);
-      }
-    },
-  };
-}
 
 describe('corral fs watch', () => {
   const name = uniqueName('cli-watch');

@@ -4,7 +4,7 @@
 // process of its own with the app's credentials in its environment. A real VM on the node.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Cluster, Sandbox } from '../../src/index.ts';
-import { corral, corralWith } from '../helpers/cli.ts';
+import { corral, corralWith, watcher } from '../helpers/cli.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
 import { freePort } from '../helpers/net.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
@@ -70,6 +70,23 @@ describe('the CLI with --nats', () => {
       await vi.waitFor(async () => expect((await on('execs', name)).json).toEqual([]), { timeout: 30_000, interval: 250 });
       expect(await on('set-max-duration', name, '1')).toMatchObject({ code: 0, json: { maxDurationMs: 1000 } });
       await vi.waitFor(async () => expect((await on('inspect', name)).json).toMatchObject({ status: 'stopped', stopReason: 'max-duration' }), { timeout: 60_000, interval: 500 });
+    } finally {
+      await sb.kill();
+      await Sandbox.remove(name, { cluster: cluster! });
+    }
+  });
+
+  it('watches a directory of a cluster sandbox with fs watch, until Ctrl-C', async () => {
+    const name = uniqueName('cli-nats-watch');
+    const sb = await Sandbox.builder(name).memory(128).cluster(cluster!).create();
+    try {
+      const w = watcher('--nats', nats.urls[0]!, 'fs', 'watch', name, '/tmp');
+      await w.until(() => w.err.includes('watching /tmp'));
+      await sb.exec('touch', ['/tmp/through-nats']);
+      await w.until(() => w.out.includes('create /tmp/through-nats\n'));
+      w.child.kill('SIGINT');
+      expect(await w.exited).toBe(0);
+      expect(w.err).toContain('watch ended: stopped');
     } finally {
       await sb.kill();
       await Sandbox.remove(name, { cluster: cluster! });

@@ -99,3 +99,31 @@ export function plainCorral(...args: string[]): Promise<{ code: number; stdout: 
     }),
   );
 }
+
+/** A running `corral fs watch`, its stdout lines and stderr collected, with waits on them. */
+export function watcher(...args: string[]) {
+  const child: ChildProcess = spawn(process.execPath, [BIN, ...args], { env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  const changed: Array<() => void> = [];
+  child.stdout!.on('data', (d: Buffer) => ((out += d), changed.splice(0).forEach((f) => f())));
+  child.stderr!.on('data', (d: Buffer) => ((err += d), changed.splice(0).forEach((f) => f())));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return {
+    child,
+    exited,
+    get out() {
+      return out;
+    },
+    get err() {
+      return err;
+    },
+    /** Resolves once `pred` holds (the test timeout bounds it); rejects if the process exits first. */
+    async until(pred: () => boolean): Promise<void> {
+      while (!pred()) {
+        if (child.exitCode !== null) throw new Error(`corral fs watch exited ${child.exitCode}: ${err}`);
+        await Promise.race([new Promise<void>((r) => changed.push(r)), exited]);
+      }
+    },
+  };
+}
