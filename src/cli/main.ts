@@ -105,7 +105,7 @@ exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 illegal state, 5 exists, 6 ti
 type Values = Record<string, string | boolean | string[] | undefined>;
 
 /** The verbs that take --nats by running their own code against the cluster (the others: src/cli/clusterCommands.ts). */
-const CLUSTER_CTX_VERBS = new Set(['create', 'run', 'logs', 'cp', 'fs']);
+const CLUSTER_CTX_VERBS = new Set(['create', 'run', 'logs', 'cp', 'fs', 'serve']);
 
 interface Ctx {
   readonly json: boolean;
@@ -241,20 +241,6 @@ export async function main(argv: readonly string[]): Promise<number> {
       }
     } catch (err) {
       return fail(json, err, name === 'run');
-    }
-  }
-  if (nats !== undefined && name === 'serve') {
-    // The API server in front of the whole cluster instead of one supervisor.
-    try {
-      const { connectCluster } = await import('./clusterCommands.ts');
-      const cluster = await connectCluster(nats);
-      try {
-        return await cmdServe({ json, values: parsed.values, positionals: parsed.positionals, rest } as unknown as Ctx, false, cluster);
-      } finally {
-        await cluster.close();
-      }
-    } catch (err) {
-      return fail(json, err, false);
     }
   }
   if (nats !== undefined) {
@@ -776,7 +762,9 @@ async function cmdMcp(c: Ctx): Promise<number> {
   return EXIT.OK;
 }
 
-async function cmdServe(c: Ctx, ui: boolean, cluster?: Cluster): Promise<number> {
+/** `serve` (or `ui`): the API of this host's supervisor, or with `--nats` of the whole cluster. */
+async function cmdServe(c: Ctx, ui: boolean): Promise<number> {
+  const cluster = ui ? undefined : c.cluster;
   const token = (c.values.token as string | undefined) ?? process.env.CORRAL_TOKEN;
   const port = c.values.port === undefined ? (ui ? 0 : 7070) : Number(c.values.port);
   // checked here with the text as typed: past Number() a typo would read "got NaN"

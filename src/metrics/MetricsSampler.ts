@@ -7,6 +7,7 @@
 
 import type { ProcCpu } from './procStats.ts';
 import { cpuPercent, readProcCpu, readProcMemory } from './procStats.ts';
+import { CorralError } from '../errors.ts';
 
 /** One sample of a sandbox's resource use. */
 export interface SandboxMetrics {
@@ -102,4 +103,39 @@ export class MetricsSampler {
       network: network ? { rxBytes: network.rxBytes, txBytes: network.txBytes } : null,
     };
   }
+}
+
+/** What a sampler reads through a sandbox's link (its QMP counters): a SandboxLink has it. */
+export interface MetricsLink {
+  busy<T>(fn: () => Promise<T>): Promise<T>;
+  readonly api: {
+    blockStats(): Promise<unknown>;
+    networkStats(): Promise<{ readonly rxBytes: number; readonly txBytes: number } | null>;
+  };
+}
+
+/**
+ * A sampler of sandbox `name`'s VM, reached through `link()` (its QMP counters) and `info()`
+ * (its qemu pid): a local handle's, or a cluster node's for a remote handle.
+ *
+ * @example
+ * const sampler = linkSampler('web', 512, () => link, () => link.api.info());
+ */
+export function linkSampler(name: string, memoryMib: number, link: () => MetricsLink, info: () => Promise<{ readonly pid: number | null }>): MetricsSampler {
+  return new MetricsSampler({
+    guestBytes: memoryMib * 2 ** 20,
+    pid: async () => {
+      const pid = (await info()).pid;
+      if (!pid) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${name}" has no running VM`, { details: { state: 'stopped' } });
+      return pid;
+    },
+    blockStats: async () => {
+      const l = link();
+      return (await l.busy(() => l.api.blockStats())) as BlockStat[];
+    },
+    networkBytes: async () => {
+      const l = link();
+      return l.busy(() => l.api.networkStats());
+    },
+  });
 }

@@ -17,7 +17,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
 import { rankNodes } from '../cluster/placement.ts';
 import { Receiver, sendArchive } from './transfer.ts';
-import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
+import { linkSampler, type MetricsSampler, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
@@ -517,16 +517,7 @@ export class NodeService {
     const key = `${name}/${p.sampler}`;
     let sampler = this.#samplers.get(key);
     if (!sampler) {
-      sampler = new MetricsSampler({
-        guestBytes: link.config.memoryMib * 2 ** 20,
-        pid: async () => {
-          const pid = (await link.api.info()).pid;
-          if (!pid) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${name}" has no running VM`, { details: { state: 'stopped' } });
-          return pid;
-        },
-        blockStats: async () => (await link.api.blockStats()) as BlockStat[],
-        networkBytes: () => link.api.networkStats(),
-      });
+      sampler = linkSampler(name, link.config.memoryMib, () => link, () => link.api.info());
       this.#samplers.set(key, sampler);
       if (this.#samplers.size > 1024) this.#samplers.delete(this.#samplers.keys().next().value!);
     }

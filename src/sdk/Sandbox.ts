@@ -26,7 +26,7 @@ import { imageCommandRequest, type ImageCommandRequest } from '../image/imageCom
 import type { LogEntry, LogsOptions } from '../logs/ExecLog.ts';
 import type { SinceCursor } from '../events/resumeStream.ts';
 import { metricsStream } from '../metrics/metricsStream.ts';
-import { MetricsSampler, type BlockStat, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
+import { linkSampler, type MetricsSampler, type SandboxMetrics } from '../metrics/MetricsSampler.ts';
 import { logFailure } from '../runtime/log.ts';
 import { bounded, validateCallOptions, type CallOptions } from '../runtime/callOptions.ts';
 import type { Cluster } from '../cluster/Cluster.ts';
@@ -773,22 +773,7 @@ export class Sandbox {
         },
       };
     }
-    return new MetricsSampler({
-      guestBytes: this.#config.memoryMib * 1024 * 1024,
-      pid: async () => {
-        const pid = (await this.info()).pid;
-        if (!pid) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.name}" has no running VM`, { details: { state: 'stopped' } });
-        return pid;
-      },
-      blockStats: async () => {
-        const link = this.#requireLink('read metrics of');
-        return (await link.busy(() => link.api.blockStats())) as BlockStat[];
-      },
-      networkBytes: async () => {
-        const link = this.#requireLink('read metrics of');
-        return link.busy(() => link.api.networkStats());
-      },
-    });
+    return linkSampler(this.name, this.#config.memoryMib, () => this.#requireLink('read metrics of'), () => this.info());
   }
 
   /** Graceful end: {@link stop}. Idempotent (a stopped sandbox answers its record). */

@@ -12,16 +12,16 @@ import type { Cluster } from '../cluster/Cluster.ts';
 import { CorralError } from '../errors.ts';
 import { bounded, type CallOptions } from '../runtime/callOptions.ts';
 import { getDefaultSupervisor } from './Sandbox.ts';
+import { snapshotsOfNodes } from './clusterSandboxes.ts';
 
 export type { SnapshotMeta };
 
 /** Where snapshots are: one supervisor's state dir, or every live node of a cluster. */
 type Where = { supervisor?: Supervisor; cluster?: Cluster } & CallOptions;
 
-/** The live nodes of `cluster` holding snapshot `name` (each is asked). */
+/** The live nodes of `cluster` with the snapshots each holds; only those holding `name` if given. */
 async function holders(cluster: Cluster, name?: string): Promise<{ node: string; names: string[] }[]> {
-  const nodes = await cluster.nodes();
-  const lists = await Promise.all(nodes.map(async (n) => ({ node: n.name, names: await cluster.request<string[]>(n.name, 'snapshot.list', {}, { timeoutMs: 30_000 }) })));
+  const lists = await snapshotsOfNodes(cluster, await cluster.nodes());
   return name === undefined ? lists : lists.filter((l) => l.names.includes(name));
 }
 

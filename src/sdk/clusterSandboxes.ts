@@ -29,10 +29,9 @@ export async function createInCluster(cluster: Cluster, config: SandboxConfig, p
   // A create from a snapshot goes where the snapshot is (its memory file is that node's).
   const snapshot = config.fromSnapshot;
   if (snapshot !== undefined) {
-    const has = await Promise.all(nodes.map(async (n) => (await cluster.request<string[]>(n.name, 'snapshot.list', {}, { timeoutMs: 30_000 })).includes(snapshot)));
-    const holders = nodes.filter((_, i) => has[i]);
-    if (holders.length === 0) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no live node of the cluster has a snapshot named "${snapshot}" (take one with sb.snapshot(name) on a sandbox of the cluster)`);
-    nodes = holders;
+    const holders = new Set((await snapshotsOfNodes(cluster, nodes)).filter((h) => h.names.includes(snapshot)).map((h) => h.node));
+    if (holders.size === 0) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no live node of the cluster has a snapshot named "${snapshot}" (take one with sb.snapshot(name) on a sandbox of the cluster)`);
+    nodes = nodes.filter((n) => holders.has(n.name));
   }
   const ranked = rankNodes(nodes, ask);
   const now = Date.now();
@@ -58,6 +57,11 @@ export async function createInCluster(cluster: Cluster, config: SandboxConfig, p
     await cluster.deleteCatalog(config.name).catch(logFailure(`freeing the name "${config.name}" after a failed create`));
     throw err;
   }
+}
+
+/** The snapshots each of `nodes` holds (each is asked). */
+export async function snapshotsOfNodes(cluster: Cluster, nodes: readonly { readonly name: string }[]): Promise<{ node: string; names: string[] }[]> {
+  return Promise.all(nodes.map(async (n) => ({ node: n.name, names: await cluster.request<string[]>(n.name, 'snapshot.list', {}, { timeoutMs: 30_000 }) })));
 }
 
 /**
