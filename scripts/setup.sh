@@ -492,6 +492,7 @@ JAIL_SRC="$ROOT/native/jail"
 build_jail() { # $1 = temp output dir
   make -C "$JAIL_SRC" -s OUT="$1" >&2
   [[ -x "$1/corral-jail" ]] || die "jail build produced no $1/corral-jail"
+  [[ -f "$1/corral-ropen.so" ]] || die "jail build produced no $1/corral-ropen.so"
   if file_is_dynamic "$1/corral-jail"; then die "corral-jail is not a static binary"; fi
 }
 
@@ -502,7 +503,7 @@ step_jail() {
     LC_ALL=C sort -z | xargs -0 sha256sum; musl-gcc --version 2>/dev/null | head -1; gcc --version | head -1; pkgver musl-tools)
   JAIL_HASH=$(printf '%s\n' "$inputs" | recipe_hash build_jail file_is_dynamic)
   JAIL_DIR="$CACHE/jail/$JAIL_HASH"
-  if [[ -x "$JAIL_DIR/corral-jail" ]]; then STEP_CACHED=1; return 0; fi
+  if [[ -x "$JAIL_DIR/corral-jail" && -f "$JAIL_DIR/corral-ropen.so" ]]; then STEP_CACHED=1; return 0; fi
   new_tmp jail "$JAIL_HASH"
   build_jail "$TMP"
   publish "$TMP" "$JAIL_DIR"
@@ -688,6 +689,7 @@ $joined
   },
   "agent": $(json_str "$AGENT_DIR/corral-agent"),
   "jail": $(json_str "$JAIL_DIR/corral-jail"),
+  "jailRamShim": $(json_str "$JAIL_DIR/corral-ropen.so"),
   "images": {
     "corral/base": {
       "rootfs": $(json_str "$BASE_DIR/rootfs.erofs"),

@@ -3,7 +3,8 @@
  *
  *   corral-jail --uid U --gid G [--group GID] [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
  *               | --file-at SRC DST | --symlink TARGET LINK | --cgroup PROCS_FILE
- *               | --cleanup PATH | --cleanup-cgroup DIR | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD]...
+ *               | --cleanup PATH | --cleanup-cgroup DIR | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD
+ *               | --setenv NAME=VALUE]...
  *               -- QEMU ARGS...
  *
  * In order, as root:
@@ -27,7 +28,8 @@
  *  6. sets rlimits (open files, file size, no core dumps), drops every capability
  *     (bounding, ambient, inheritable), sets no_new_privs, switches to U/G with no
  *     supplementary groups but --group (the owner group of /dev/kvm, under KVM) (which clears the permitted and effective sets), closes every
- *     other fd but --keep-fd ones, and execs qemu.
+ *     other fd but --keep-fd ones, adds the --setenv variables to its environment (the RAM
+ *     file shim's, src/vm/jail.ts), and execs qemu.
  *
  * Any failure before the exec prints "corral-jail: <step>: <error>" on stderr and exits
  * 125 without running qemu.
@@ -365,6 +367,8 @@ static void clean_up(void) {
 int main(int argc, char **argv) {
   long uid = -1, gid = -1, nofile = 0, fsize = 0, pid_fd = -1;
   int netns = 0, i = 1;
+  const char *envs[8];
+  int nenv = 0;
   for (; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -384,7 +388,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--sys")) add(SYS_RO, v, v);
     else if (!strcmp(a, "--dev")) add(DEV, v, v);
     else if (!strcmp(a, "--cleanup-cgroup")) { if (ncgroup_dirs == 8) usage("too many --cleanup-cgroup"); cgroup_dirs[ncgroup_dirs++] = v; }
-    else if (!strcmp(a, "--cleanup")) { if (ncleanups == 8) usage("too many --cleanup"); cleanups[ncleanups++] = v; }
+    else if (!strcmp(a, "--setenv")) {
+      if (nenv == 8) usage("too many --setenv");
+      if (!strchr(v, '=') || *v == '=') die("usage", "--setenv needs NAME=VALUE, got \"%s\"", v);
+      envs[nenv++] = v;
+    } else if (!strcmp(a, "--cleanup")) { if (ncleanups == 8) usage("too many --cleanup"); cleanups[ncleanups++] = v; }
     else if (!strcmp(a, "--cgroup")) { if (ncgroups == 8) usage("too many --cgroup"); cgroups[ncgroups++] = v; }
     else if (!strcmp(a, "--file-at") || !strcmp(a, "--symlink")) {
       if (i + 2 >= argc) die("usage", "%s needs two values", a);
@@ -450,6 +458,8 @@ int main(int argc, char **argv) {
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) die("fds", "close_range: %s", strerror(errno));
     for (int k = 0; k < nkeep; k++)
       if (fcntl(keep_fds[k], F_SETFD, 0) < 0) die("fds", "keeping fd %d: %s", keep_fds[k], strerror(errno));
+    for (int k = 0; k < nenv; k++)
+      if (putenv((char *)envs[k]) != 0) die("env", "%s: %s", envs[k], strerror(errno));
     execv(argv[i], argv + i);
     die("exec", "%s: %s", argv[i], strerror(errno));
   }

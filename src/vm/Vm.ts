@@ -195,6 +195,7 @@ export class Vm {
         cpus: opts.cpus,
         accel: opts.accel,
         paths: jailPaths(opts, dir),
+        privateRamFile: opts.memoryFile && !opts.memoryFile.share ? opts.memoryFile.path : undefined,
         nic: opts.net !== undefined,
         proc: (opts.shares?.length ?? 0) > 0,
         cleanup: [dir],
@@ -258,6 +259,10 @@ export class Vm {
         const x = exit ?? (await vm.exited);
         if (err instanceof CorralError && err.code === 'E_VM_CRASHED') {
           throw new CorralError('E_VM_CRASHED', `${err.message} during boot; qemu ${exit ? describeExit(x) : 'was killed'}: ${lastLines(vm.consoleTail)}`, { cause: err });
+        }
+        // qemu ended on its own (a QMP or agent connection closing said so first): say how, and what it printed.
+        if (exit && err instanceof CorralError) {
+          throw new CorralError(err.code, `${err.message}; qemu ${describeExit(x)}: ${lastLines(vm.consoleTail)}`, { cause: err, details: err.details });
         }
       }
       throw err instanceof CorralError ? err : new CorralError('E_BOOT_FAILED', `VM boot failed: ${(err as Error).message}`, { cause: err });
@@ -482,9 +487,9 @@ function jailPaths(opts: VmBootOptions, runDir: string): JailPath[] {
     const backing = opts.upper.endsWith('.qcow2') ? qcow2Backing(opts.upper) : undefined;
     if (backing) paths.push(ro(backing));
   }
-  // qemu 7.2 opens a RAM file read-write even for a private (copy-on-write) mapping: its
-  // `readonly` maps it read-only, which guest RAM cannot be. See the README's threat model.
-  if (opts.memoryFile) paths.push(rw(opts.memoryFile.path));
+  // A template being built writes its RAM file; a clone's (mapped copy-on-write) is the
+  // jail's privateRamFile, bound read-only.
+  if (opts.memoryFile?.share) paths.push(rw(opts.memoryFile.path));
   for (const s of opts.shares ?? []) paths.push(s.readonly ? ro(s.path) : rw(s.path));
   return paths;
 }

@@ -3,7 +3,8 @@
  *
  * A jailed qemu has: its own mount namespace whose root holds only what that VM needs, at
  * the same paths as on the host (kernel, initramfs, layer images read-only; its upper disk
- * or disk image, its socket dir, its template RAM file, its volumes; qemu's own /usr
+ * or disk image, its socket dir, its template RAM file (read-only: native/jail/ropen.c makes
+ * qemu open it so), its volumes; qemu's own /usr
  * read-only; /dev/null and /dev/urandom, /dev/kvm where used; no /sys, and /proc only
  * with volumes, holding its own process alone); its own
  * PID, IPC, UTS and cgroup namespaces; its own network namespace unless it has a NIC (then
@@ -68,6 +69,11 @@ export interface JailInput {
   readonly cpus: number;
   readonly accel: 'tcg' | 'kvm';
   readonly paths: readonly JailPath[];
+  /**
+   * A template's RAM file that qemu maps privately (a restored clone): bound read-only, with
+   * the shim that makes qemu 7.2 open it read-only preloaded (it opens it read-write otherwise).
+   */
+  readonly privateRamFile?: string | undefined;
   /** The VM has a NIC: it stays in the host's network namespace. */
   readonly nic: boolean;
   /** A cgroup2 dir made for this VM already (its network policy's): joined, and on v2 its limits go there. */
@@ -95,7 +101,7 @@ export interface Jail {
   release(): Promise<void>;
 }
 
-type Support = { launcher: string; missing: string[] } | { launcher: undefined; missing: string[] };
+type Support = { launcher: string; ramShim: string | undefined; missing: string[] } | { launcher: undefined; missing: string[] };
 let support: Support | undefined;
 
 /**
@@ -105,8 +111,9 @@ let support: Support | undefined;
 export function jailSupport(): Support {
   if (support) return support;
   let launcher: string | undefined;
+  let ramShim: string | undefined;
   try {
-    launcher = (loadArtifacts() as { jail?: string }).jail;
+    ({ jail: launcher, jailRamShim: ramShim } = loadArtifacts() as { jail?: string; jailRamShim?: string });
   } catch (err) {
     return (support = { launcher: undefined, missing: [`jail: ${(err as Error).message}`] });
   }
@@ -117,7 +124,8 @@ export function jailSupport(): Support {
     const why = trial.stderr.trim() || trial.error?.message || `exit ${trial.status ?? trial.signal}`;
     return (support = { launcher: undefined, missing: [`jail: a trial jail failed on this host (${why})`] });
   }
-  return (support = { launcher, missing: [] });
+  if (!ramShim || !existsSync(ramShim)) return (support = { launcher, ramShim: undefined, missing: ['jail: the RAM file shim is not built (corral-ropen.so): a restored qemu holds its template\'s RAM file writable; run scripts/setup.sh'] });
+  return (support = { launcher, ramShim, missing: [] });
 }
 
 /** qemu's own files: /usr read-only, the merged-/usr links, the loader cache, a few devices. */
@@ -201,7 +209,7 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
       release: () => Promise.resolve(),
     };
   }
-  const missing: string[] = [];
+  const missing: string[] = [...s.missing];
   const kvmGroup = input.accel === 'kvm' ? kvmAccess() : undefined;
   if (kvmGroup && 'missing' in kvmGroup) missing.push(kvmGroup.missing);
   const uid = await claimUid();
@@ -219,7 +227,8 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
   }
   const procs = cgroup?.procsFiles ?? (input.netCgroupDir ? [join(input.netCgroupDir, 'cgroup.procs')] : []);
   // Parents before children: a bind inside another must be mounted after it, or it is hidden.
-  const paths = [...new Map(input.paths.map((p) => [p.path, p])).values()].sort((a, b) => a.path.split('/').length - b.path.split('/').length);
+  const ram = input.privateRamFile;
+  const paths = [...new Map([...input.paths, ...(ram ? [{ path: ram, writable: !s.ramShim }] : [])].map((p) => [p.path, p])).values()].sort((a, b) => a.path.split('/').length - b.path.split('/').length);
   const argv = [
     s.launcher,
     '--uid', String(uid), '--gid', String(uid),
@@ -233,6 +242,8 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     ...paths.flatMap((p) => [p.writable ? '--bind' : '--ro-bind', p.path]),
     ...(input.nic && input.resolvConf ? ['--file-at', input.resolvConf, '/etc/resolv.conf'] : []),
     ...(input.keepFd !== undefined ? ['--keep-fd', String(input.keepFd)] : []),
+    // The shim as a system file (its own mount is not noexec), root's and read-only as qemu's libraries are.
+    ...(ram && s.ramShim ? ['--sys', s.ramShim, '--setenv', `LD_PRELOAD=${s.ramShim}`, '--setenv', `CORRAL_RO_RAM=${ram}`] : []),
     ...[claim, ...(input.cleanup ?? [])].flatMap((p) => ['--cleanup', p]),
     // Removed by the launcher too, should this thread be gone when qemu exits.
     ...(cgroup?.own ?? []).flatMap((d) => ['--cleanup-cgroup', d]),
