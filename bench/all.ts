@@ -34,6 +34,7 @@ const BENCHES: Readonly<Record<string, readonly string[]>> = {
   cpu: ['bench/cpu.bench.ts'],
   density: ['bench/density.bench.ts', '--n', '20'],
   limit: ['bench/limit.bench.ts', '--n', '60', '--step', '30'],
+  jail: ['bench/jail.bench.ts'],
   image: ['bench/image.bench.ts'],
   cluster: ['bench/cluster.bench.ts'],
 };

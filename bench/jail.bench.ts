@@ -6,6 +6,9 @@
  * - a restored create (create() called → resolved, the template built beforehand), jailed
  *   and with `CORRAL_JAIL=off`, interleaved in the same run, and the difference: what the
  *   jail adds (uid claim, cgroup, the launcher's namespaces and mounts, the pid report);
+ * - the template restored by the VM layer alone (no supervisor or worker), jailed and not,
+ *   interleaved, with the time at which each step of the boot ended (`Vm.bootPhases`): which
+ *   step the jail's time goes to;
  * - its parts on the create's path: preparing a jail (uid claim, cgroup with its limits)
  *   and the launcher alone, `corral-jail … -- /usr/bin/true` (the mounts of a VM without
  *   volumes) against `setpriv --pdeathsig KILL -- /usr/bin/true`, what it replaces.
@@ -18,7 +21,8 @@ import { Sandbox, Supervisor } from '../src/index.ts';
 import { loadArtifacts } from '../src/runtime/artifacts.ts';
 import { resolveAccel } from '../src/vm/accel.ts';
 import { JAIL_UID_BASE, prepareJail } from '../src/vm/jail.ts';
-import { fmtMs, quantile } from './stats.ts';
+import { withBareRestore } from './floors.ts';
+import { BenchReport, fmtMs, quantile } from './stats.ts';
 
 const RUNS = Number(process.env.RUNS ?? 20);
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
@@ -50,6 +54,10 @@ function timeSpawn(argv: readonly string[]): Promise<number> {
 }
 
 // Warm-up, which also builds the template (jailed and not: the same one).
+let templateKey = '';
+const sub = sup.events$.subscribe((e) => {
+  if (e.type === 'sandbox.restored' && !e.template.startsWith('snapshot:')) templateKey = e.template;
+});
 await restoredCreate('warm-j', true);
 await restoredCreate('warm-u', false);
 
@@ -66,6 +74,20 @@ for (let i = 0; i < RUNS; i++) {
   unjailed.push(u);
   pairs.push(j - u);
 }
+
+// The VM layer alone, jailed and not in turns: when each step of the boot ended.
+sub.unsubscribe();
+const phases = { jailed: {} as Record<string, number[]>, unjailed: {} as Record<string, number[]> };
+for (let i = 0; i < RUNS * 2; i++) {
+  const jailedRun = (i + Math.floor(i / 2)) % 2 === 1; // on, off, off, on, on, off…
+  if (jailedRun) delete process.env.CORRAL_JAIL;
+  else process.env.CORRAL_JAIL = 'off';
+  await withBareRestore({ stateDir, templateKey, memoryMib: 256, accel: accel.accel, i }, async (vm, t0) => {
+    await vm.agent.ping();
+    for (const [k, v] of Object.entries({ ...vm.bootPhases, pong: performance.now() - t0 })) ((jailedRun ? phases.jailed : phases.unjailed)[k] ??= []).push(v);
+  });
+}
+delete process.env.CORRAL_JAIL;
 await sup.close();
 
 const launcher = (loadArtifacts() as { jail?: string }).jail!;
@@ -90,9 +112,21 @@ const med = (xs: number[]) => quantile(xs, 0.5);
 console.log(`restored create, jailed:                 ${fmtMs(jailed)}`);
 console.log(`restored create, CORRAL_JAIL=off:        ${fmtMs(unjailed)}`);
 console.log(`jail's cost: median of the pairs ${med(pairs).toFixed(1)} ms (p95 ${quantile(pairs, 0.95).toFixed(1)}), difference of the medians ${(med(jailed) - med(unjailed)).toFixed(1)} ms`);
+console.log(`VM layer alone, restored → first PONG, when each step ended (median ms from Vm.boot; jailed / unjailed / difference):`);
+for (const k of Object.keys(phases.jailed)) {
+  const j = med(phases.jailed[k]!);
+  const u = med(phases.unjailed[k]!);
+  console.log(`  ${k.padEnd(10)} ${j.toFixed(1).padStart(7)} ${u.toFixed(1).padStart(7)} ${(j - u >= 0 ? '+' : '') + (j - u).toFixed(1)}`);
+}
 console.log(`preparing a jail (uid, cgroup, limits):  ${fmtMs(prepare)}`);
 console.log(`launcher → true: corral-jail ${fmtMs(launch)}; setpriv ${fmtMs(plain)}; difference of the medians ${(med(launch) - med(plain)).toFixed(2)} ms`);
-if (process.argv.includes('--json')) {
-  console.log(JSON.stringify({ jailedMs: med(jailed), unjailedMs: med(unjailed), pairMedianMs: med(pairs), prepareMs: med(prepare), launcherMs: med(launch), setprivMs: med(plain) }));
-}
+const report = new BenchReport('jail');
+report.add('restored_create_jailed', jailed, 'ms', med(unjailed));
+report.add('restored_create_unjailed', unjailed, 'ms');
+report.add('jail_added_pairs', pairs, 'ms');
+report.add('bare_restore_pong_jailed', phases.jailed.pong!, 'ms', med(phases.unjailed.pong!));
+report.add('bare_restore_pong_unjailed', phases.unjailed.pong!, 'ms');
+report.add('prepare', prepare, 'ms');
+report.add('launcher_true', launch, 'ms', med(plain));
+report.print();
 rmSync(stateDir, { recursive: true, force: true });

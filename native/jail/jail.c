@@ -10,7 +10,9 @@
  * In order, as root:
  *  1. dies with its parent, the sandbox worker thread that spawned it (PR_SET_PDEATHSIG:
  *     SIGTERM, on which it kills qemu, waits for it, removes the --cleanup paths and exits);
- *  2. joins each cgroup (writes itself to the cgroup.procs files given);
+ *  2. joins each v1 cgroup given (its cgroup.procs file: this one-thread process moves itself
+ *     through the `tasks` file beside it, which spares every VM start an RCU grace period);
+ *     a v2 one is joined by qemu's process alone, created in it (clone3, CLONE_INTO_CGROUP);
  *  3. unshares the PID namespace and forks: the child is PID 1 of the new one, unshares the
  *     mount, IPC, UTS and cgroup namespaces, and the network namespace with --netns (a new
  *     one holds only a loopback device that is down: no network at all), and becomes qemu;
@@ -328,6 +330,9 @@ static void drop_privileges(uid_t uid, gid_t gid, long nofile, long fsize) {
 
 static pid_t child;
 
+/* The v2 cgroup was joined by a write, not at the clone (see join_cgroups). */
+static int v2_joined;
+
 /* SIGTERM is the parent-death signal (corral itself never sends it): the owner is gone. */
 static volatile sig_atomic_t owner_gone;
 
@@ -353,7 +358,10 @@ static void clean_up(void) {
    * process leaves each for its parent, then removes it. */
   for (int c = 0; owner_gone && c < ncgroup_dirs; c++) {
     char parent[PATH_MAX];
-    int n = snprintf(parent, sizeof parent, "%s/../cgroup.procs", cgroup_dirs[c]);
+    /* v1: this thread leaves through `tasks`; v2: only if it joined (else qemu alone was in it). */
+    int n = snprintf(parent, sizeof parent, "%s/../tasks", cgroup_dirs[c]);
+    if (n < (int)sizeof parent && access(parent, F_OK) < 0)
+      n = v2_joined ? snprintf(parent, sizeof parent, "%s/../cgroup.procs", cgroup_dirs[c]) : (int)sizeof parent;
     int fd = n < (int)sizeof parent ? open(parent, O_WRONLY | O_CLOEXEC) : -1;
     if (fd >= 0) {
       if (write(fd, "0\n", 2) != 2) dprintf(2, "corral-jail: cleanup: leaving %s: %s\n", cgroup_dirs[c], strerror(errno));
@@ -362,6 +370,61 @@ static void clean_up(void) {
     /* A task that just exited may hold it for a moment. */
     for (int i = 0; i < 50 && rmdir(cgroup_dirs[c]) < 0 && errno == EBUSY; i++) usleep(10000);
   }
+}
+
+/*
+ * Moving a whole process between cgroups (a write to cgroup.procs) takes the kernel's global
+ * threadgroup lock, whose writer waits for an RCU grace period: ~15 ms here, on every VM's
+ * path. A single thread moving itself does not take it. So: in a v1 hierarchy this process
+ * (one thread) moves itself through the `tasks` file; a v2 cgroup (no `tasks`) is not joined
+ * at all, its child is created in it (clone3 with CLONE_INTO_CGROUP). Returns the v2 dir's fd
+ * for that, or -1. A second v2 cgroup, or a kernel without clone3, is joined the old way.
+ */
+static void write_self(const char *file) {
+  int fd = open(file, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "0\n", 2) != 2) die("cgroup", "joining %s: %s", file, strerror(errno));
+  close(fd);
+}
+
+static int join_cgroups(void) {
+  int v2_dir = -1;
+  for (int c = 0; c < ncgroups; c++) {
+    char dir[PATH_MAX], tasks[PATH_MAX + 8];
+    const char *slash = strrchr(cgroups[c], '/');
+    if (!slash || strcmp(slash, "/cgroup.procs") || slash - cgroups[c] >= (long)sizeof dir) {
+      write_self(cgroups[c]);
+      continue;
+    }
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - cgroups[c]), cgroups[c]);
+    snprintf(tasks, sizeof tasks, "%s/tasks", dir);
+    if (access(tasks, F_OK) == 0) write_self(tasks);
+    else if (v2_dir < 0 && (v2_dir = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) continue;
+    else write_self(cgroups[c]);
+  }
+  return v2_dir;
+}
+
+struct clone_args_v2 {
+  uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+#define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
+
+/* fork(), into the v2 cgroup `v2_dir` when there is one. */
+static pid_t fork_into(int v2_dir) {
+  if (v2_dir < 0) return fork();
+  struct clone_args_v2 args = {.flags = CLONE_INTO_CGROUP_FLAG, .exit_signal = SIGCHLD, .cgroup = (uint64_t)v2_dir};
+  long pid = syscall(SYS_clone3, &args, sizeof args);
+  if (pid >= 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL)) {
+    if (pid != 0) close(v2_dir);
+    return (pid_t)pid;
+  }
+  /* An older kernel: join it, then fork. */
+  char procs[64];
+  snprintf(procs, sizeof procs, "/proc/self/fd/%d/cgroup.procs", v2_dir);
+  write_self(procs);
+  v2_joined = 1;
+  close(v2_dir);
+  return fork();
 }
 
 int main(int argc, char **argv) {
@@ -411,13 +474,7 @@ int main(int argc, char **argv) {
   if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0) die("pdeathsig", "%s", strerror(errno));
   if (getppid() != owner) _exit(EXIT_JAIL); /* the owner died before the prctl */
 
-  char self[16];
-  int n = snprintf(self, sizeof self, "0\n");
-  for (int c = 0; c < ncgroups; c++) {
-    int fd = open(cgroups[c], O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, self, n) != n) die("cgroup", "joining %s: %s", cgroups[c], strerror(errno));
-    close(fd);
-  }
+  int v2_dir = join_cgroups();
 
   /* The idmaps' user namespaces are made here, while /proc is still this PID namespace's. */
   for (int k = 0; k < nitems; k++) {
@@ -437,7 +494,7 @@ int main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &all, &old);
   int alive[2]; /* the child sees EOF on it once this process is gone */
   if (pipe2(alive, O_CLOEXEC) < 0) die("fork", "pipe: %s", strerror(errno));
-  child = fork();
+  child = fork_into(v2_dir);
   if (child < 0) die("fork", "%s", strerror(errno));
   if (child == 0) {
     sigprocmask(SIG_SETMASK, &old, NULL);

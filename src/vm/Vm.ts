@@ -95,6 +95,8 @@ export class Vm {
   /** What the VM process's jail is made of (src/vm/jail.ts). */
   readonly jail: JailStatus;
   #qemuPid: number | undefined;
+  /** When each step of the boot ended, in ms from its start (for the benches: where a boot's time goes). */
+  readonly bootPhases: Record<'jail' | 'spawned' | 'pid' | 'connected' | 'restored' | 'hello', number> = { jail: 0, spawned: 0, pid: 0, connected: 0, restored: 0, hello: 0 };
   readonly #jail: Jail;
   readonly #runDir: string;
 
@@ -175,6 +177,9 @@ export class Vm {
   /** Spawns qemu and waits for the agent's HELLO. On any failure nothing is left running. */
   static async boot(opts: VmBootOptions): Promise<Vm> {
     // The owner's pid in the name lets a later process sweep dirs left by one that died mid-boot.
+    const t0 = performance.now();
+    const phases: Partial<Vm['bootPhases']> = {};
+    const mark = (phase: keyof Vm['bootPhases']) => (phases[phase] = performance.now() - t0);
     const dir = await mkdtemp(join(tmpdir(), `corral-run-${process.pid}-`));
     const agentPath = join(dir, 'a.sock');
     const qmpPath = join(dir, 'q.sock');
@@ -203,6 +208,7 @@ export class Vm {
         resolvConf: opts.netCgroup?.resolvConf,
         keepFd: stateFd === undefined ? undefined : STATE_FD,
       });
+      mark('jail');
       const argv = jail.status.jailed ? [...jail.argv, opts.qemu, ...args] : [...(opts.wrap ?? []), 'setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
       const child = spawn(argv[0]!, argv.slice(1), {
         // The creating actor's CORRAL_* variables (the fake qemu reads its mode from them).
@@ -215,6 +221,7 @@ export class Vm {
         child.once('spawn', res);
         child.once('error', (e) => rej(new CorralError('E_BOOT_FAILED', `could not start qemu: ${e.message}`, { cause: e })));
       });
+      mark('spawned');
       if (stateFd !== undefined) closeSync(stateFd);
       stateFd = undefined;
       if (jail.pidFd !== undefined) {
@@ -223,6 +230,7 @@ export class Vm {
         if (pid === undefined) throw new CorralError('E_BOOT_FAILED', `the VM's jail did not start qemu: ${lastLines(spawned.consoleTail)}`);
         vm.#qemuPid = pid;
       }
+      mark('pid');
       opts.onSpawn?.(vm.pid);
 
       const exitedEarly = vm.exited.then((x) => {
@@ -234,6 +242,7 @@ export class Vm {
       const deadline = rejectAfter(timeoutMs, opts.signal, () => `no agent HELLO within ${timeoutMs} ms: ${lastLines(spawned.consoleTail)}`);
       try {
         const [agentSock, qmpSock] = await Promise.race([Promise.all([agentConn, qmpConn]), exitedEarly, deadline.promise]);
+        mark('connected');
         // Both connected: the socket files have served their purpose (the dir stays for saves).
         await Promise.all([rm(agentPath, { force: true }), rm(qmpPath, { force: true })]);
         vm.agent = new AgentClient(agentSock, opts.restore ? { hello: opts.restore.hello, orphanSessions: opts.restore.orphanSessions ?? [] } : {});
@@ -241,8 +250,11 @@ export class Vm {
         if (opts.restore) {
           await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
           await Promise.race([vm.#restore(opts.restore.ignoreShared ?? true), exitedEarly, deadline.promise]);
+          mark('restored');
         }
         vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
+        mark('hello');
+        Object.assign(vm.bootPhases, phases);
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
         vm.#ready = true;
       } finally {
