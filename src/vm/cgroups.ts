@@ -13,8 +13,10 @@
  *   it), `cpu.cfs_quota_us`, `cpu.shares`, `pids.max`; an OOM kill shows in `memory.oom_control`.
  * A host with neither gets no limits, and says so ({@link VmCgroup.missing}).
  *
- * The VM process joins the directories before it starts (the jail writes itself into each
- * `cgroup.procs`), so everything it ever does is counted. The directories are removed when
+ * The VM process is in the directories before it starts (native/jail: the launcher moves
+ * itself into each v1 one through its `tasks` file, and creates qemu's process in a v2 one
+ * with clone3's CLONE_INTO_CGROUP; a write to `cgroup.procs` would wait for an RCU grace
+ * period, ~15 ms), so everything it ever does is counted. The directories are removed when
  * the VM has exited; ones left by a host process that was killed are swept at the next
  * supervisor start.
  */
