@@ -36,10 +36,10 @@ export interface Template {
   readonly buildMs: number;
   readonly builtAt: number;
   /**
-   * The RAM file's ctime (ns) once built. Every clone's qemu can write that file (qemu 7.2
-   * opens it read-write even for its private mapping: see the README's threat model); a
-   * write moves its ctime, which no one can set back, so a changed one means a clone
-   * tampered with it ({@link templateTampered}).
+   * The RAM file's ctime (ns) once built. A jailed clone's qemu holds that file read-only
+   * (native/jail/ropen.c); an unjailed one can write it (qemu 7.2 opens it read-write even
+   * for its private mapping: see the README's threat model). A write moves its ctime, which
+   * no one can set back, so a changed one means someone wrote it ({@link templateTampered}).
    */
   readonly memCtimeNs?: string;
 }
