@@ -227,9 +227,17 @@ export class SandboxActor implements SandboxWorkerApi {
   async publish(hostPort: number, guestPort: number): Promise<void> {
     const p = validatePort(hostPort, guestPort, 'port');
     const vm = await this.#vmWithNic('publish a port of');
+    // The VM's inbound filter lets the port's connections in first, so none is refused.
+    const guest = await this.#guest;
+    const already = guest?.isPublished(p.hostPort) ?? false;
+    await guest?.setPublished(p.hostPort, true);
     // qemu's monitor answers a refused forward with text, not an error.
     const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_add net0 tcp:127.0.0.1:${p.hostPort}-:${p.guestPort}` })).trim();
-    if (out) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${p.hostPort} cannot be published (${out}; in use?)`, { details: { option: 'port.hostPort' } });
+    if (out) {
+      // Not the forward of this port that is already there (a taken port is named, not closed).
+      if (!already) await guest?.setPublished(p.hostPort, false);
+      throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${p.hostPort} cannot be published (${out}; in use?)`, { details: { option: 'port.hostPort' } });
+    }
     this.#log.info(`published 127.0.0.1:${p.hostPort} → guest port ${p.guestPort}`);
   }
 
@@ -238,6 +246,7 @@ export class SandboxActor implements SandboxWorkerApi {
     const vm = await this.#vmWithNic('unpublish a port of');
     const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_remove net0 tcp:127.0.0.1:${h}` })).trim();
     if (!/removed/.test(out)) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: ${h} is not published (${out || 'qemu said nothing'})`, { details: { option: 'port.hostPort' } });
+    await (await this.#guest)?.setPublished(h, false);
     this.#log.info(`unpublished 127.0.0.1:${h}`);
   }
 

@@ -52,6 +52,8 @@ export class GuestEnv {
   readonly #shares: SharedDir[];
   readonly #nic: boolean;
   #enforcement: Promise<NetEnforcement> | undefined;
+  /** The host ports new connections may reach the VM through (its forwards), while the enforcement is up. */
+  #published = new Set<number>();
   #claimed = false;
 
   private constructor(config: SandboxConfig, stateDir: string, sandboxDir: string, shares: SharedDir[], nic: boolean) {
@@ -111,9 +113,12 @@ export class GuestEnv {
     if (this.#shares.length) opts.shares = this.#shares;
     if (this.#nic) {
       const policy = hasNic(this.#config) ? (this.#config.network ?? PORTS_ONLY) : PORTS_ONLY;
-      this.#enforcement ??= enforcePolicy(this.#config.name, policy);
-      const enforcement = await this.#enforcement;
       const ports = this.#config.ports ?? [];
+      if (!this.#enforcement) {
+        this.#published = new Set(ports.map((p) => p.hostPort));
+        this.#enforcement = enforcePolicy(this.#config.name, policy, [...this.#published]);
+      }
+      const enforcement = await this.#enforcement;
       // qemu would only say "could not set up host forwarding" and exit (seen as "QMP
       // connection closed"): a host port that is taken is named first.
       for (const p of ports) await assertPortFree(p.hostPort);
@@ -220,6 +225,20 @@ export class GuestEnv {
   }
 
   /** Bytes the VM's NIC traffic took on the host (its nftables counters), or null without a NIC. */
+  /** Whether host loopback's new connections may reach the VM's socket on `hostPort`. */
+  isPublished(hostPort: number): boolean {
+    return this.#published.has(hostPort);
+  }
+
+  /** Lets host loopback's new connections reach a port qemu forwards (or no longer). */
+  async setPublished(hostPort: number, published: boolean): Promise<void> {
+    const enforcement = await this.#enforcement;
+    if (!enforcement || this.#published.has(hostPort) === published) return;
+    await enforcement.setPublished(hostPort, published);
+    if (published) this.#published.add(hostPort);
+    else this.#published.delete(hostPort);
+  }
+
   async networkBytes(): Promise<{ rxBytes: number; txBytes: number } | null> {
     const enforcement = await this.#enforcement;
     return enforcement ? enforcement.trafficBytes() : null;

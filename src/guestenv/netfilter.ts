@@ -12,6 +12,16 @@
  *   the policy's rules, first match wins → accept / reject
  *   the preset's rules, then its default
  *
+ * and the input hook, for the same sockets:
+ *
+ *   established/related → accept (replies to what the guest sent; published ports' traffic)
+ *   a new TCP connection from host loopback to a published port (set `published`) → accept
+ *   anything else → TCP reset / drop
+ *
+ * so nothing reaches the VM's sockets unasked but through its published ports: not even a
+ * listening socket of a qemu that its guest took over (it stays in the host's network
+ * namespace, slirp's sockets being host sockets).
+ *
  * Rejections are TCP resets / ICMP admin-prohibited, so the guest sees "connection refused"
  * at once. Two named counters of the table count the VM's traffic for metrics: `tx`, what
  * its sockets sent and the filter let out; `rx`, what they received (the input hook, same
@@ -79,7 +89,7 @@ function ruleMatch(r: Pick<NetworkRule, 'cidr' | 'protocol' | 'ports'>): string 
  * The nftables script (for `nft -f -`) of one sandbox's table. `cgroupPath` is relative to
  * the cgroup2 root, `level` its depth.
  */
-export function policyRuleset(table: string, cgroupPath: string, policy: NetworkPolicyConfig, resolvers: readonly string[]): string {
+export function policyRuleset(table: string, cgroupPath: string, policy: NetworkPolicyConfig, resolvers: readonly string[], published: readonly number[] = []): string {
   const level = cgroupPath.split('/').length;
   // Every accept goes through `pass`, which counts what leaves.
   const lines = ['ct state established,related goto pass'];
@@ -96,6 +106,10 @@ export function policyRuleset(table: string, cgroupPath: string, policy: Network
     '  }',
     '  counter tx {',
     '  }',
+    '  set published {',
+    '    type inet_service',
+    ...(published.length ? [`    elements = { ${[...new Set(published)].join(', ')} }`] : []),
+    '  }',
     '  chain pass {',
     '    counter name "tx" accept',
     '  }',
@@ -110,9 +124,16 @@ export function policyRuleset(table: string, cgroupPath: string, policy: Network
     '    type filter hook output priority filter; policy accept;',
     `    ${match} goto egress`,
     '  }',
+    '  chain ingress {',
+    '    counter name "rx"',
+    '    ct state established,related accept',
+    '    iif lo ip daddr 127.0.0.1 tcp dport @published ct state new accept',
+    '    meta l4proto tcp reject with tcp reset',
+    '    drop',
+    '  }',
     '  chain input {',
     '    type filter hook input priority filter; policy accept;',
-    `    ${match} counter name "rx"`,
+    `    ${match} goto ingress`,
     '  }',
     '}',
     '',
@@ -155,6 +176,8 @@ export interface NetEnforcement {
   readonly wrap: readonly string[];
   /** The resolv.conf slirp forwards the guest's DNS to (a jail shows it at /etc/resolv.conf). */
   readonly resolvConf: string;
+  /** Lets new connections from host loopback reach the VM's socket on `port` (a published port), or not. */
+  setPublished(port: number, published: boolean): Promise<void>;
   /** Bytes the VM's sockets received and sent (the table's counters), since it started. */
   trafficBytes(): Promise<{ rxBytes: number; txBytes: number }>;
   /** Removes the table and the cgroup. Idempotent; call once the VM has exited. */
@@ -175,7 +198,7 @@ const PREFIX = 'corral_';
  * Creates the cgroup and loads the policy's table. Sweeps tables and cgroups of VMs that
  * are gone first.
  */
-export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig): Promise<NetEnforcement> {
+export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig, published: readonly number[] = []): Promise<NetEnforcement> {
   if (process.getuid?.() !== 0) throw new CorralError('E_SETUP_MISSING', 'network policies are enforced with nftables and cgroups on the host, which needs root');
   const root = cgroup2Root();
   await sweepStale(root).catch(logFailure('sweeping stale network policy tables'));
@@ -186,7 +209,7 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
   const resolvConf = guestResolvConf();
   await mkdir(cgroupDir, { recursive: true });
   try {
-    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers(resolvConf)));
+    await nft(['-f', '-'], policyRuleset(table, rel, policy, hostResolvers(resolvConf), published));
   } catch (err) {
     await rmdir(cgroupDir).catch(logFailure(`removing cgroup ${cgroupDir}`));
     throw err;
@@ -200,6 +223,9 @@ export async function enforcePolicy(sandbox: string, policy: NetworkPolicyConfig
       resolvConf === '/etc/resolv.conf'
         ? ['sh', '-c', 'echo $$ > "$0" && exec "$@"', join(cgroupDir, 'cgroup.procs')]
         : ['unshare', '-m', '--', 'sh', '-c', 'echo $$ > "$0" && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"', join(cgroupDir, 'cgroup.procs'), resolvConf],
+    async setPublished(port, on) {
+      await nft([on ? 'add' : 'delete', 'element', 'inet', table, 'published', `{ ${port} }`]);
+    },
     async trafficBytes() {
       const c = parseCounters(await nft(['-j', 'list', 'counters', 'table', 'inet', table]));
       return { rxBytes: c.rx ?? 0, txBytes: c.tx ?? 0 };

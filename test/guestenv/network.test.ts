@@ -2,10 +2,15 @@
 // against real TCP servers on host loopback: the guest reaches the host as 10.0.2.2, which
 // the VM's qemu turns into connections to 127.0.0.1 — exactly what publicOnly must refuse.
 // Needs root and nftables (scripts/setup-guest-env.sh); no traffic leaves this machine.
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { connect } from 'node:net';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NetworkPolicy, Sandbox } from '../../src/index.ts';
-import { policyRuleset } from '../../src/guestenv/netfilter.ts';
+import { cgroup2Root, policyRuleset } from '../../src/guestenv/netfilter.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { fetchIn, freePort, listen, portOf } from '../helpers/net.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
@@ -117,6 +122,40 @@ describe('network policies and published ports', () => {
     await expect(none.publish(await freePort(), 8080)).rejects.toMatchObject({ code: 'E_ILLEGAL_STATE', message: expect.stringContaining('no network device') });
   });
 
+  it("lets nothing reach the VM's sockets unasked but its published ports: not a listener an escaped qemu would open", async () => {
+    // A process in the VM's network cgroup is, to the filter, the VM's qemu (slirp's sockets
+    // are host sockets); a qemu taken over by its guest could listen like this one.
+    const pid = (await all.info()).pid!;
+    const rel = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => l.startsWith('0::'))!.slice(3);
+    const listenIn = async (procs: string | undefined) => {
+      const port = await freePort();
+      const script = `${procs ? `require('fs').writeFileSync(${JSON.stringify(procs)}, String(process.pid));` : ''} require('net').createServer((s) => s.end('in\\n')).listen(${port}, '127.0.0.1', () => console.log('listening'))`;
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await once(child.stdout!, 'data');
+      return { port, child };
+    };
+    const read = (port: number) =>
+      new Promise<string>((resolve, reject) => {
+        let got = '';
+        connect(port, '127.0.0.1').on('data', (d) => (got += d)).on('end', () => resolve(got)).on('error', reject);
+      });
+    const inside = await listenIn(join(cgroup2Root(), rel, 'cgroup.procs'));
+    const outside = await listenIn(undefined);
+    try {
+      await expect(read(inside.port)).rejects.toMatchObject({ code: expect.stringMatching(/^(ECONNREFUSED|ECONNRESET)$/) });
+      expect(await read(outside.port)).toBe('in\n'); // the same listener outside the VM's cgroup is reached
+      // The VM's own published port is reached, through the same filter.
+      await all.shell('mkdir -p /www3 && echo pub-ok > /www3/index.html && httpd -p 8082 -h /www3');
+      const late = await freePort();
+      await all.publish(late, 8082);
+      expect(await (await fetch(`http://127.0.0.1:${late}/index.html`)).text()).toBe('pub-ok\n');
+      await all.unpublish(late);
+    } finally {
+      inside.child.kill();
+      outside.child.kill();
+    }
+  });
+
   it('names a host port that is taken at create, instead of a VM that failed to start', async () => {
     const taken = uniqueName('net-taken');
     await expect(Sandbox.builder(taken).port(hostPort, 8080).supervisor(sup).create()).rejects.toMatchObject({ code: 'E_INVALID_OPTION', message: expect.stringContaining(`127.0.0.1:${hostPort}`) });
@@ -143,6 +182,15 @@ describe('network policies and published ports', () => {
     expect(lines[lines.indexOf('chain egress {') + 1]).toBe('ct state established,related goto pass');
     // Counters for metrics: what passes the filter out, what the VM's sockets receive.
     expect(lines[lines.indexOf('chain pass {') + 1]).toBe('counter name "tx" accept');
-    expect(lines[lines.indexOf('chain input {') + 2]).toBe('socket cgroupv2 level 2 "corral/t" counter name "rx"');
+    expect(lines[lines.indexOf('chain input {') + 2]).toBe('socket cgroupv2 level 2 "corral/t" goto ingress');
+    // In: replies, and new connections from host loopback to the published ports only.
+    expect(lines.slice(lines.indexOf('chain ingress {') + 1, lines.indexOf('chain ingress {') + 6)).toEqual([
+      'counter name "rx"',
+      'ct state established,related accept',
+      'iif lo ip daddr 127.0.0.1 tcp dport @published ct state new accept',
+      'meta l4proto tcp reject with tcp reset',
+      'drop',
+    ]);
+    expect(policyRuleset('corral_t', 'corral/t', NetworkPolicy.allowAll().toJSON(), [], [8080, 9090])).toContain('elements = { 8080, 9090 }');
   });
 });
