@@ -135,9 +135,14 @@ export class GuestEnv {
    * block its save), and it is discarded right after the save.
    */
   templateVmOptions(emptyDir: string): GuestVmOptions {
-    const opts: { shares?: readonly SharedDir[]; net?: NetDevice } = {};
+    const opts: { shares?: readonly SharedDir[]; net?: NetDevice; wrap?: readonly string[] } = {};
     if (this.#shares.length) opts.shares = this.#shares.map((s) => ({ ...s, path: emptyDir, readonly: true }));
-    if (this.#nic) opts.net = { hostForwards: [] };
+    // No policy applies to the template VM (a start command runs there): its NIC leads
+    // nowhere. Jailed, qemu gets an empty network namespace; unjailed, `unshare --net` makes one.
+    if (this.#nic) {
+      opts.net = { hostForwards: [], isolated: true };
+      opts.wrap = ['unshare', '--net', '--'];
+    }
     return opts;
   }
 

@@ -201,7 +201,7 @@ export class Vm {
         accel: opts.accel,
         paths: jailPaths(opts, dir),
         privateRamFile: opts.memoryFile && !opts.memoryFile.share ? opts.memoryFile.path : undefined,
-        nic: opts.net !== undefined,
+        nic: opts.net !== undefined && !opts.net.isolated,
         proc: (opts.shares?.length ?? 0) > 0,
         cleanup: [dir],
         netCgroupDir: opts.netCgroup?.dir,

@@ -69,6 +69,12 @@ export interface SharedDir {
 /** The guest's NIC: qemu user networking (slirp), with host-loopback port forwards. */
 export interface NetDevice {
   readonly hostForwards: readonly { readonly hostPort: number; readonly guestPort: number }[];
+  /**
+   * The device without a network behind it: qemu runs in an empty network namespace, so
+   * slirp reaches nothing (a template VM, whose start command runs under no policy). Does
+   * not change the command line: the guest sees the same device.
+   */
+  readonly isolated?: boolean;
 }
 
 /** One read-only layer image. */

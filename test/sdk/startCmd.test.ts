@@ -3,7 +3,8 @@
 // process, cloned, not started again; a cold boot runs it too; a ready command that never
 // succeeds fails the create, naming it, with nothing left running.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Sandbox, type SandboxEvent } from '../../src/index.ts';
+import { NetworkPolicy, Sandbox, type SandboxEvent } from '../../src/index.ts';
+import { listen, portOf } from '../helpers/net.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
 
@@ -61,6 +62,27 @@ describe('a start command', () => {
     expect((await Sandbox.get(name, { supervisor: sup })).name).toBe(name);
     expect((await Sandbox.list({ supervisor: sup })).find((s) => s.name === name)).toMatchObject({ status: 'stopped', stopReason: 'boot-failed' });
     await Sandbox.remove(name, { supervisor: sup });
+  });
+
+  it("runs under no network but the sandbox's policy: its template VM has none, even for a command that sets the NIC up itself", async () => {
+    // The template is built with the sandbox's NIC (its device layout), which the guest does
+    // not configure there; a start command that configures it must still reach nothing.
+    const server = await listen('host-secret');
+    const probe = [
+      'ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2',
+      `if timeout 5 wget -q -O- http://10.0.2.2:${portOf(server)}/ > /tmp/got 2>&1; then echo REACHED; else echo BLOCKED; fi > /tmp/start-net`,
+      'sleep 1000',
+    ].join('; ');
+    const sb = await Sandbox.builder(uniqueName('start-net')).memory(128).network((n) => n.policy(NetworkPolicy.allowAll())).startCmd(`sh -c '${probe}'`).readyCmd('test -s /tmp/start-net').supervisor(sup).create();
+    try {
+      expect((await sb.exec('cat', ['/tmp/start-net'])).stdout).toBe('BLOCKED\n');
+      expect((await sb.exec('cat', ['/tmp/got'])).stdout).not.toContain('host-secret');
+      // The sandbox itself has its policy's network (allowAll here: the host server is reached).
+      expect((await sb.shell(`timeout 10 wget -q -O- http://10.0.2.2:${portOf(server)}/`)).stdout).toBe('host-secret');
+    } finally {
+      await sb.stop();
+      await new Promise((r) => server.close(r));
+    }
   });
 
   it('names a ready command without a start command', () => {
