@@ -47,6 +47,7 @@ export function connectCluster(servers: string): Promise<Cluster> {
     ...(env.CORRAL_NATS_USER ? { user: env.CORRAL_NATS_USER } : {}),
     ...(env.CORRAL_NATS_PASSWORD ? { pass: env.CORRAL_NATS_PASSWORD } : {}),
     ...(env.CORRAL_NATS_NKEY_SEED ? { nkeySeedFile: env.CORRAL_NATS_NKEY_SEED } : {}),
+    ...(env.CORRAL_NATS_CREDS ? { credsFile: env.CORRAL_NATS_CREDS } : {}),
     ...(Object.keys(tls).length ? { tls } : {}),
   });
 }

@@ -87,7 +87,7 @@ servers
                              Model Context Protocol server for AI agents: stdio (default), or
                              streamable HTTP at /mcp; --detached: its sandboxes outlive it
 cluster
-  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P | --nkey-seed FILE]
+  node --nats URL[,URL…] --name N --state-dir DIR [--label K=V] [--user U --password P | --nkey-seed FILE | --creds FILE]
        [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5]
        [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
                              a cluster node: runs sandboxes for the cluster until SIGTERM

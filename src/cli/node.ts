@@ -1,10 +1,11 @@
 /**
- * `corral node --nats URL[,URL…] --name N --state-dir DIR [--label k=v]… [--user U --password P | --nkey-seed FILE]
+ * `corral node --nats URL[,URL…] --name N --state-dir DIR [--label k=v]… [--user U --password P | --nkey-seed FILE | --creds FILE]
  * [--max-sandboxes N] [--memory MiB] [--heartbeat MS] [--replicas 1|3|5] [--tls-ca F --tls-cert F --tls-key F]`: runs a cluster node
  * until SIGTERM or SIGINT, then stops its sandboxes and deregisters.
  *
  * `--user`/`--password` default to CORRAL_NATS_USER / CORRAL_NATS_PASSWORD; `--nkey-seed FILE`
- * (a user nkey seed, instead of a password) to CORRAL_NATS_NKEY_SEED.
+ * (a user nkey seed, instead of a password) to CORRAL_NATS_NKEY_SEED; `--creds FILE` (a user JWT
+ * and its seed, for servers in operator mode) to CORRAL_NATS_CREDS.
  *
  * It prints one JSON line on stdout once registered — `{ "ready": <its registry entry> }` —
  * or `{ "error": { code, message } }` if it cannot start; logs go to stderr.
@@ -54,6 +55,7 @@ export async function cmdNode(stateDir: string | undefined, values: Record<strin
       ...(typeof values.user === 'string' ? { user: values.user } : process.env.CORRAL_NATS_USER ? { user: process.env.CORRAL_NATS_USER } : {}),
       ...(typeof values.password === 'string' ? { pass: values.password } : process.env.CORRAL_NATS_PASSWORD ? { pass: process.env.CORRAL_NATS_PASSWORD } : {}),
       ...(typeof values['nkey-seed'] === 'string' ? { nkeySeedFile: values['nkey-seed'] } : process.env.CORRAL_NATS_NKEY_SEED ? { nkeySeedFile: process.env.CORRAL_NATS_NKEY_SEED } : {}),
+      ...(typeof values.creds === 'string' ? { credsFile: values.creds } : process.env.CORRAL_NATS_CREDS ? { credsFile: process.env.CORRAL_NATS_CREDS } : {}),
       ...(maxSandboxes !== undefined ? { maxSandboxes } : {}),
       ...(memoryMib !== undefined ? { memoryMib } : {}),
       ...(heartbeatMs !== undefined ? { heartbeatMs } : {}),

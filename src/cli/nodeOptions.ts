@@ -6,6 +6,7 @@ export const NODE_OPTIONS = {
   user: { type: 'string' },
   password: { type: 'string' },
   'nkey-seed': { type: 'string' },
+  creds: { type: 'string' },
   'max-sandboxes': { type: 'string' },
   memory: { type: 'string' },
   heartbeat: { type: 'string' },

@@ -5,7 +5,7 @@
  */
 
 import { readFileSync } from 'node:fs';
-import { connect, delay, headers, nkeyAuthenticator, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, delay, headers, nkeyAuthenticator, nuid, type NatsConnection } from '@nats-io/transport-node';
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Observable } from 'rxjs';
@@ -28,6 +28,11 @@ export interface ClusterOptions {
    * it): the server knows the user by its public key, and no password crosses the wire.
    */
   readonly nkeySeedFile?: string;
+  /**
+   * A NATS credentials file (`.creds`: the user's JWT and its nkey seed, as `nsc` or Synadia
+   * Cloud write it), for servers in operator (JWT) mode. Not with `nkeySeedFile`.
+   */
+  readonly credsFile?: string;
   /**
    * TLS: the CA that signed the servers' certificates, and this side's certificate and key
    * when the servers ask for one (files, PEM). Given, or with `tls://` URLs, only TLS
@@ -136,7 +141,10 @@ export class Cluster {
     if (options.requestTimeoutMs !== undefined && (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)) throw new InvalidOptionError('requestTimeoutMs', 'a positive integer of ms', options.requestTimeoutMs);
     const replicas = options.replicas ?? 1;
     if (![1, 3, 5].includes(replicas)) throw new InvalidOptionError('replicas', '1, 3 or 5', options.replicas);
-    const authenticator = options.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(options.nkeySeedFile)) : undefined;
+    if (options.nkeySeedFile !== undefined && options.credsFile !== undefined) throw new InvalidOptionError('credsFile', 'not given with nkeySeedFile (a .creds file holds its own seed)', options.credsFile);
+    const authenticator =
+      options.credsFile !== undefined ? credsAuthenticator(readCreds(options.credsFile)) : options.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(options.nkeySeedFile)) : undefined;
+    const who = options.credsFile !== undefined ? `the user in ${options.credsFile}` : options.nkeySeedFile !== undefined ? `the nkey in ${options.nkeySeedFile}` : `user "${options.user ?? ''}"`;
     let nc: NatsConnection;
     try {
       nc = await connect({
@@ -153,7 +161,7 @@ export class Cluster {
       throw new CorralError(
         'E_CLUSTER',
         auth
-          ? `the NATS servers refused the credentials of ${options.nkeySeedFile !== undefined ? `the nkey in ${options.nkeySeedFile}` : `user "${options.user ?? ''}"`} (${(err as Error).message})`
+          ? `the NATS servers refused the credentials of ${who} (${(err as Error).message})`
           : `cannot connect to the NATS servers ${servers.join(', ')}: ${(err as Error).message}`,
         { cause: err, details: { reason: auth ? 'auth' : 'unreachable' } },
       );
@@ -491,6 +499,20 @@ function readSeed(file: string): Uint8Array {
     throw new InvalidOptionError('nkeySeedFile', `a readable file holding a user nkey seed (SU…): ${(err as Error).message}`, file);
   }
   if (!/^SU[A-Z2-7]{56}$/.test(text)) throw new InvalidOptionError('nkeySeedFile', 'a file holding a user nkey seed (SU…, 58 characters)', file);
+  return new TextEncoder().encode(text);
+}
+
+/** The credentials file `file` (a user JWT and its seed): E_INVALID_OPTION naming `credsFile` when it is not one. */
+function readCreds(file: string): Uint8Array {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new InvalidOptionError('credsFile', `a readable NATS credentials file (.creds): ${(err as Error).message}`, file);
+  }
+  if (!/-----BEGIN NATS USER JWT-----\s*\S+\s*-+END NATS USER JWT-+/.test(text) || !/^\s*SU[A-Z2-7]{56}\s*$/m.test(text)) {
+    throw new InvalidOptionError('credsFile', 'a NATS credentials file holding a user JWT and its nkey seed (SU…), as nsc writes it', file);
+  }
   return new TextEncoder().encode(text);
 }
 

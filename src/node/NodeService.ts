@@ -29,7 +29,7 @@ import { logFailure, runtimeLog } from '../runtime/log.ts';
 import { Supervisor, type SandboxInfo } from '../supervisor/Supervisor.ts';
 
 /** Options of {@link NodeService.start}. */
-export interface NodeServiceOptions extends Pick<ClusterOptions, 'servers' | 'user' | 'pass' | 'nkeySeedFile' | 'replicas' | 'tls'> {
+export interface NodeServiceOptions extends Pick<ClusterOptions, 'servers' | 'user' | 'pass' | 'nkeySeedFile' | 'credsFile' | 'replicas' | 'tls'> {
   /** The node's name in the cluster: lowercase letters, digits and dashes. */
   readonly name: string;
   /** Its supervisor's state dir (LMDB, disks, templates). */

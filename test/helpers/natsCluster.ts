@@ -9,7 +9,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connect } from '@nats-io/transport-node';
+import { connect, credsAuthenticator } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { freePort } from './net.ts';
 
@@ -58,7 +58,7 @@ const permissions = (p: { publish: string[]; subscribe: string[] }) => `, permis
  * Starts the servers and resolves once JetStream answers (its meta leader is elected).
  * `restricted`: the node and app users get only {@link NODE_PERMISSIONS} and {@link CLIENT_PERMISSIONS}.
  */
-export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string }; nkeys?: readonly string[] } = {}): Promise<NatsCluster> {
+export async function startNatsCluster(size = 3, options: { restricted?: boolean; tls?: { certFile: string; keyFile: string; caFile: string }; nkeys?: readonly string[]; operator?: OperatorAuth } = {}): Promise<NatsCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'corral-nats-'));
   const ports: number[] = [];
   const routes: number[] = [];
@@ -87,12 +87,12 @@ ${
 }`
         : ''
     }
-authorization {
+${options.operator ? operatorBlock(options.operator) : `authorization {
   users: [
     { user: ${NODE_USER.user}, password: ${NODE_USER.pass}${options.restricted ? permissions(NODE_PERMISSIONS) : ''} }
     { user: ${APP_USER.user}, password: ${APP_USER.pass}${options.restricted ? permissions(CLIENT_PERMISSIONS) : ''} }
 ${(options.nkeys ?? []).map((k) => `    { nkey: ${k} }\n`).join('')}  ]
-}
+}`}
 `;
     const file = join(dir, `s${i + 1}.conf`);
     await writeFile(file, conf);
@@ -151,10 +151,33 @@ ${(options.nkeys ?? []).map((k) => `    { nkey: ${k} }\n`).join('')}  ]
   return { urls, dir, stop };
 }
 
-async function connectRetrying(urls: string[], options: { tls?: { caFile: string } }) {
+/**
+ * Operator (JWT) mode: the servers trust the operator's JWT, hold the accounts' JWTs in
+ * memory (no account server), and let in users whose JWTs those accounts signed; `probe`
+ * is a .creds of one of them, for the readiness check.
+ */
+export interface OperatorAuth {
+  readonly operatorJwt: string;
+  readonly systemAccount: string;
+  /** Account public key → its JWT. */
+  readonly accounts: Readonly<Record<string, string>>;
+  readonly probe: Uint8Array;
+}
+
+function operatorBlock(o: OperatorAuth): string {
+  return `operator: ${o.operatorJwt}
+system_account: ${o.systemAccount}
+resolver: MEMORY
+resolver_preload: {
+${Object.entries(o.accounts).map(([k, v]) => `  ${k}: ${v}`).join('\n')}
+}`;
+}
+
+async function connectRetrying(urls: string[], options: { tls?: { caFile: string }; operator?: OperatorAuth }) {
   for (let i = 0; ; i++) {
     try {
-      return await connect({ servers: urls, ...APP_USER, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}) });
+      const auth = options.operator ? { authenticator: credsAuthenticator(options.operator.probe) } : APP_USER;
+      return await connect({ servers: urls, ...auth, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}) });
     } catch (err) {
       if (i > 100) throw err;
       await new Promise((r) => setTimeout(r, 100));
