@@ -483,7 +483,31 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#emit({ type: 'sandbox.restored', template: key, restoreMs, spare: spare !== undefined });
     this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms${spare ? ' (a spare)' : ''}`);
     if (spareable) refillSpares(key, this.#spares, () => this.#makeSpare(root, choice, tpl), this.#log);
-    return this.#adopt(vm, t0);
+    const booted = this.#adopt(vm, t0);
+    // A spare ran its first exec before it was frozen.
+    if (!spare) this.#warmUp(vm);
+    return booted;
+  }
+
+  /**
+   * Runs `true` once in a freshly restored VM, in the background, as a spare is warmed: under
+   * TCG a new qemu translates the guest's fork/exec/exit paths on first use (~100–250 ms
+   * here), and that translation is not in a template or snapshot. Without this, a sandbox's
+   * first exec paid for it whenever it came, after any idle, which read as a slow wake
+   * (issue #19). It is no exec of the sandbox: no exec events, no activity for the idle
+   * limit, nothing a drain waits for; a stop ends it, and a failure (an image without
+   * `true`) is only logged. A snapshot taken meanwhile keeps it as an orphan session, as it
+   * keeps a running exec.
+   */
+  #warmUp(vm: Vm): void {
+    const t0 = performance.now();
+    vm.agent.run({ argv: ['true'], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' }).then(
+      (code) => {
+        if (code === 0) this.#emit({ type: 'sandbox.warmed', ms: performance.now() - t0 });
+        else this.#log.debug(`warm-up exec of true ended with ${code ?? 'a signal'}`);
+      },
+      (err: Error) => this.#log.debug(`warm-up exec of true failed: ${err.message}`),
+    );
   }
 
   /** The environment the start command runs with: the image's, then the sandbox's. */
@@ -765,7 +789,9 @@ export class SandboxActor implements SandboxWorkerApi {
       vm.agent.endOrphanWatches();
       const restoreMs = performance.now() - tRestore;
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs, spare: false });
-      return this.#adopt(vm, t0);
+      const booted = this.#adopt(vm, t0);
+      this.#warmUp(vm);
+      return booted;
     } catch (err) {
       if (err instanceof CorralError && (err.code === 'E_SNAPSHOT_NOT_FOUND' || err.code === 'E_INVALID_OPTION')) throw err;
       throw new CorralError('E_SNAPSHOT', `cannot start "${this.#config.name}" from snapshot "${snapshot}": ${(err as Error).message}`, { cause: err });
