@@ -501,7 +501,17 @@ export class SandboxActor implements SandboxWorkerApi {
    */
   #warmUp(vm: Vm): void {
     const t0 = performance.now();
-    vm.agent.run({ argv: ['true'], env: [`PATH=${DEFAULT_PATH}`], cwd: '/' }).then(
+    // As the sandbox's own `exec('true')` would run (its user, environment, directory), so
+    // that each path of the agent and the guest kernel such a first exec takes is translated.
+    const user = execUser(undefined, this.#root?.imageDefaults.user);
+    const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env }, { user, tty: false }), this.#config.scripts);
+    const spec = {
+      ...(user !== undefined ? { user } : {}),
+      argv: ['true'],
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      cwd: this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/'),
+    };
+    vm.agent.run(spec).then(
       (code) => {
         if (code === 0) this.#emit({ type: 'sandbox.warmed', ms: performance.now() - t0 });
         else this.#log.debug(`warm-up exec of true ended with ${code ?? 'a signal'}`);
