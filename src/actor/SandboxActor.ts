@@ -500,7 +500,7 @@ export class SandboxActor implements SandboxWorkerApi {
   }
 
   /**
-   * Runs `true` once in a freshly restored VM, in the background, as a spare is warmed: under
+   * Runs `true` once in a freshly restored TCG VM, in the background, as a spare is warmed: under
    * TCG a new qemu translates the guest's fork/exec/exit paths on first use (~100–250 ms
    * here), and that translation is not in a template or snapshot. Without this, a sandbox's
    * first exec paid for it whenever it came, after any idle, which read as a slow wake
@@ -511,6 +511,8 @@ export class SandboxActor implements SandboxWorkerApi {
    * session, as it keeps a running exec.
    */
   #warmUp(vm: Vm): void {
+    // Under KVM the guest's code runs as it is: there is nothing to translate.
+    if (vm.accel !== 'tcg') return;
     clearTimeout(this.#warmUpTimer);
     // Never holds the worker: a sandbox that ends first simply has none.
     this.#warmUpTimer = setTimeout(() => {
