@@ -44,6 +44,13 @@ const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
 const OUTPUT_LOW_WATER = 2 * 1024 * 1024;
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/**
+ * How long after a restore the warm-up exec waits for the sandbox's own first exec (which
+ * then translates the guest's exec paths itself, and the warm-up is not run): a warm-up
+ * started at once ran beside a create's immediate first exec on the one vCPU and made
+ * create → first exec slower (+46 ms median, 8 interleaved pairs at load ~7).
+ */
+const WARM_UP_DELAY_MS = 250;
 
 export class SandboxActor implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
@@ -61,6 +68,8 @@ export class SandboxActor implements SandboxWorkerApi {
   #root: PreparedRoot | undefined;
   #accelReason: string | null = null;
   #guestBootMs: number | null = null;
+  /** The warm-up exec's start, until it runs or the sandbox's first exec makes it needless. */
+  #warmUpTimer: NodeJS.Timeout | undefined;
   #agentVersion: string | null = null;
   #lastValue = '';
   #createdAt = performance.now();
@@ -367,6 +376,7 @@ export class SandboxActor implements SandboxWorkerApi {
    * there) is killed and its ports close, so the worker keeps nothing of it.
    */
   dispose(): void {
+    clearTimeout(this.#warmUpTimer);
     this.#output.flush();
     this.#vm?.kill();
     this.#control.close();
@@ -483,7 +493,56 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#emit({ type: 'sandbox.restored', template: key, restoreMs, spare: spare !== undefined });
     this.#log.info(`restored from template ${key} in ${restoreMs.toFixed(0)} ms${spare ? ' (a spare)' : ''}`);
     if (spareable) refillSpares(key, this.#spares, () => this.#makeSpare(root, choice, tpl), this.#log);
-    return this.#adopt(vm, t0);
+    const booted = this.#adopt(vm, t0);
+    // A spare ran its first exec before it was frozen.
+    if (!spare) this.#warmUp(vm);
+    return booted;
+  }
+
+  /**
+   * Runs `true` once in a freshly restored TCG VM, in the background, as a spare is warmed: under
+   * TCG a new qemu translates the guest's fork/exec/exit paths on first use (~100–250 ms
+   * here), and that translation is not in a template or snapshot. Without this, a sandbox's
+   * first exec paid for it whenever it came, after any idle, which read as a slow wake
+   * (issue #19). It starts {@link WARM_UP_DELAY_MS} after the restore unless the sandbox's
+   * own first exec came first. It is no exec of the sandbox: no exec events, no activity
+   * for the idle limit, nothing a drain waits for; a stop ends it, and a failure (an image
+   * without `true`) is only logged. A snapshot taken meanwhile keeps it as an orphan
+   * session, as it keeps a running exec.
+   */
+  #warmUp(vm: Vm): void {
+    // Under KVM the guest's code runs as it is: there is nothing to translate.
+    if (vm.accel !== 'tcg') return;
+    clearTimeout(this.#warmUpTimer);
+    // Never holds the worker: a sandbox that ends first simply has none.
+    this.#warmUpTimer = setTimeout(() => {
+      this.#warmUpTimer = undefined;
+      if (this.#vm === vm && !vm.isExited && stateName(this.#actor.getSnapshot()) === 'running') this.#runWarmUp(vm);
+    }, WARM_UP_DELAY_MS).unref();
+    void vm.exited.then(() => {
+      if (this.#vm === vm) clearTimeout(this.#warmUpTimer);
+    });
+  }
+
+  #runWarmUp(vm: Vm): void {
+    const t0 = performance.now();
+    // As the sandbox's own `exec('true')` would run (its user, environment, directory), so
+    // that each path of the agent and the guest kernel such a first exec takes is translated.
+    const user = execUser(undefined, this.#root?.imageDefaults.user);
+    const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env }, { user, tty: false }), this.#config.scripts);
+    const spec = {
+      ...(user !== undefined ? { user } : {}),
+      argv: ['true'],
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      cwd: this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/'),
+    };
+    vm.agent.run(spec).then(
+      (code) => {
+        if (code === 0) this.#emit({ type: 'sandbox.warmed', ms: performance.now() - t0 });
+        else this.#log.debug(`warm-up exec of true ended with ${code ?? 'a signal'}`);
+      },
+      (err: Error) => this.#log.debug(`warm-up exec of true failed: ${err.message}`),
+    );
   }
 
   /** The environment the start command runs with: the image's, then the sandbox's. */
@@ -765,7 +824,9 @@ export class SandboxActor implements SandboxWorkerApi {
       vm.agent.endOrphanWatches();
       const restoreMs = performance.now() - tRestore;
       this.#emit({ type: 'sandbox.restored', template: `snapshot:${snapshot}`, restoreMs, spare: false });
-      return this.#adopt(vm, t0);
+      const booted = this.#adopt(vm, t0);
+      this.#warmUp(vm);
+      return booted;
     } catch (err) {
       if (err instanceof CorralError && (err.code === 'E_SNAPSHOT_NOT_FOUND' || err.code === 'E_INVALID_OPTION')) throw err;
       throw new CorralError('E_SNAPSHOT', `cannot start "${this.#config.name}" from snapshot "${snapshot}": ${(err as Error).message}`, { cause: err });
@@ -804,6 +865,9 @@ export class SandboxActor implements SandboxWorkerApi {
   }
 
   #startExec(execId: number): void {
+    // This exec translates what the warm-up would have.
+    clearTimeout(this.#warmUpTimer);
+    this.#warmUpTimer = undefined;
     const req = this.#pending.get(execId);
     this.#pending.delete(execId);
     const vm = this.#vm;

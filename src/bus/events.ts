@@ -147,6 +147,12 @@ export type SandboxEventBody =
       /** It took a spare VM restored and warmed before (Supervisor option `spares`). */
       readonly spare: boolean;
     }
+  /**
+   * A freshly restored VM ran its warm-up exec of `true` (in the background after the
+   * restore), so the guest's exec paths are translated before the sandbox's first exec
+   * needs them (under TCG); `ms` from its start to its exit.
+   */
+  | { readonly type: 'sandbox.warmed'; readonly ms: number }
   | { readonly type: 'sandbox.snapshotted'; readonly snapshot: string; readonly ms: number; readonly bytes: number }
   /** A cluster moved it from node `from` to node `to` (a drain with `migrate`), in `ms`. */
   | { readonly type: 'sandbox.moved'; readonly from: string; readonly to: string; readonly ms: number }

@@ -49,6 +49,8 @@ describe('spare VMs', () => {
       expect(isSandboxVm((await sb.info()).pid!, sandboxDir(stateDir, name), name)).toBe(true);
       expect(await sb.shell('echo mine > /root/own && sync')).toMatchObject({ code: 0 });
       await sb.kill();
+      // A spare ran its first exec before it was frozen: no warm-up of its own (a restore's).
+      expect(events.filter((e) => e.name === name && e.type === 'sandbox.warmed')).toHaveLength(0);
       sb = await Sandbox.start(name, { supervisor: sup });
       expect(await sb.exec('cat', ['/root/own'])).toMatchObject({ code: 0, stdout: 'mine\n' });
       await sb.kill();
