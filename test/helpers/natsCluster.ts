@@ -243,3 +243,43 @@ export async function startNode(cluster: NatsCluster, name: string, extra: strin
     },
   };
 }
+
+/** One NATS server and one `corral node` on it: what the access tests (TLS, nkeys, JWT) try their credentials against. */
+export interface AccessFixture {
+  readonly nats: NatsCluster;
+  readonly node: NodeProcess;
+  /** Stops the node and the server and removes `dir`. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts an {@link AccessFixture} in the temp dir `dir` (removed by its stop(), or at once if
+ * the start fails): the server with `nats`'s auth, the node `name` with `nodeArgs`.
+ */
+export async function startAccessFixture(
+  dir: string,
+  nats: Parameters<typeof startNatsCluster>[1],
+  name: string,
+  nodeArgs: string[],
+  nodeOptions: Parameters<typeof startNode>[4],
+): Promise<AccessFixture> {
+  let cluster: NatsCluster | undefined;
+  try {
+    cluster = await startNatsCluster(1, nats);
+    const node = await startNode(cluster, name, nodeArgs, undefined, nodeOptions);
+    const started = cluster;
+    return {
+      nats: started,
+      node,
+      async stop() {
+        await node.stop();
+        await started.stop();
+        await rm(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await cluster?.stop();
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
