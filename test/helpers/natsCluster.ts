@@ -174,12 +174,14 @@ ${Object.entries(o.accounts).map(([k, v]) => `  ${k}: ${v}`).join('\n')}
 }
 
 async function connectRetrying(urls: string[], options: { tls?: { caFile: string }; operator?: OperatorAuth }) {
-  for (let i = 0; ; i++) {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
     try {
       const auth = options.operator ? { authenticator: credsAuthenticator(options.operator.probe) } : APP_USER;
-      return await connect({ servers: urls, ...auth, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}) });
+      return await connect({ servers: urls, ...auth, ...(options.tls ? { tls: { caFile: options.tls.caFile } } : {}), timeout: 2000 });
     } catch (err) {
-      if (i > 100) throw err;
+      // Refused credentials (or a limit of the account's) are no server still starting: say so now.
+      if (Date.now() > deadline || /authori[sz]ation|authentication|maximum/i.test((err as Error).message)) throw err;
       await new Promise((r) => setTimeout(r, 100));
     }
   }
