@@ -755,9 +755,12 @@ export class Supervisor {
     }
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
-    const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
+    const writes = [this.#replay.stage(e), this.#execLog.stage(e)];
     this.#bus.publish(e);
-    return written;
+    // Written to disk after it is published, in a microtask queued behind the publish's: what
+    // a subscriber sent on (a node's NATS publish, flushed in a microtask) leaves before the
+    // writes' encoding runs on this thread. In order: microtasks run first in, first out.
+    return new Promise((resolve) => queueMicrotask(() => resolve(Promise.all(writes.map((write) => write())))));
   }
 
   #assertOpen(): void {
