@@ -19,7 +19,7 @@ import type { ExecHandlers, ExecSession, WatchRecord, WatchSession } from '../ag
 import type { Accel, FsWatchChange, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import { validatePort } from '../guestenv/ports.ts';
-import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
+import type { EventEnvelope, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -140,7 +140,7 @@ export class SandboxActor implements SandboxWorkerApi {
     return this.info();
   }
 
-  async exec(execId: number, req: ExecRequest): Promise<void> {
+  async exec(execId: number, req: ExecRequest): Promise<ExecAccepted> {
     if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
     // Legal while paused by the idle limit too: the machine resumes the VM as it starts the exec.
     assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
@@ -148,8 +148,12 @@ export class SandboxActor implements SandboxWorkerApi {
       const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
       req = { ...req, argv: imageArgv(defaults, req.imageCommand, this.#config.image) };
     }
+    // It may come from a cluster client's JSON: bytes or nothing.
+    if (req.stdinData === null) req = { ...req, stdinData: undefined };
+    if (req.stdinData !== undefined && !(req.stdinData instanceof Uint8Array)) throw new InvalidOptionError('stdinData', 'bytes', req.stdinData);
     this.#pending.set(execId, req);
     this.#actor.send({ type: 'exec', execId });
+    return { stdinTaken: req.stdinData !== undefined };
   }
 
   writeStdin(execId: number, data: Uint8Array): Promise<void> {
@@ -800,7 +804,7 @@ export class SandboxActor implements SandboxWorkerApi {
     const vm = this.#vm;
     if (!req || !vm) return;
     const t0 = performance.now();
-    const info: ExecInfo = { id: execId, argv: req.argv, pid: null, startedAt: Date.now(), background: req.background ?? false, stdin: req.stdin ?? false, tty: req.tty !== undefined };
+    const info: ExecInfo = { id: execId, argv: req.argv, pid: null, startedAt: Date.now(), background: req.background ?? false, stdin: (req.stdin ?? false) || req.stdinData !== undefined, tty: req.tty !== undefined };
     this.#execInfo.set(execId, info);
     const done = () => {
       this.#sessions.delete(execId);
@@ -836,13 +840,17 @@ export class SandboxActor implements SandboxWorkerApi {
           env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
           // The image's WorkingDir applies when the config keeps the default "/".
           cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
-          stdin: req.stdin ?? false,
+          stdin: (req.stdin ?? false) || req.stdinData !== undefined,
           mergeStderr: req.mergeStderr ?? false,
           outputCredit: req.outputCredit ?? false,
         },
         handlers,
       );
       this.#sessions.set(execId, session);
+      const data = req.stdinData;
+      // Given with the request: written, then closed. A write that fails means the command is
+      // gone, and its own end says why (as when the caller writes it).
+      if (data) void session.write(data).then(() => session.end()).catch(() => {});
     } catch (err) {
       handlers.failed(err as Error);
     }

@@ -83,6 +83,22 @@ export interface ExecRequest {
   readonly outputCredit?: boolean;
   /** Started with `background: true`: it runs on whoever holds (or drops) a handle to it. */
   readonly background?: boolean;
+  /**
+   * The whole of its stdin, given with the request (with `stdin: true`): written, then
+   * closed, as the command starts. One call instead of three (exec, writeStdin, closeStdin),
+   * each a round trip through a cluster; the SDK sends stdin text or bytes up to
+   * {@link STDIN_WITH_REQUEST_BYTES} so, larger ones by writes that wait for the guest's room.
+   */
+  readonly stdinData?: Uint8Array;
+}
+
+/** The most stdin bytes the SDK gives with an exec request ({@link ExecRequest.stdinData}). */
+export const STDIN_WITH_REQUEST_BYTES = 64 * 1024;
+
+/** What {@link SandboxWorkerApi.exec} answers once the command is on its way. */
+export interface ExecAccepted {
+  /** It took {@link ExecRequest.stdinData}: the caller writes nothing more (one that knows no stdinData answers nothing, and the caller writes it). */
+  readonly stdinTaken: boolean;
 }
 
 /** A command running in a sandbox, as {@link SandboxWorkerApi.execs} lists it. */
@@ -176,7 +192,7 @@ export function recordedInfo(name: string, rec: { status?: SandboxStatus; state?
 export interface SandboxWorkerApi {
   /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
   start(): Promise<SandboxInfo>;
-  exec(execId: number, req: ExecRequest): Promise<void>;
+  exec(execId: number, req: ExecRequest): Promise<ExecAccepted>;
   /** Resolves once the guest agent has room for the bytes (stdin flow control). */
   writeStdin(execId: number, data: Uint8Array): Promise<void>;
   closeStdin(execId: number): void;
