@@ -19,7 +19,7 @@ import type { ExecHandlers, ExecSession, WatchRecord, WatchSession } from '../ag
 import type { Accel, FsWatchChange, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import { validatePort } from '../guestenv/ports.ts';
-import type { EventEnvelope, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
+import type { EventEnvelope, EventSink, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -49,6 +49,10 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
   readonly #control: MessagePort;
+  /** A cluster node's stream, which this actor publishes its events into itself; none locally. */
+  readonly #sink: EventSink | undefined;
+  /** The copy a move left behind: its events no longer go into the stream. */
+  #silenced = false;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
   /** Exec output joined into fewer events (src/actor/outputBatch.ts); posted through #post. */
@@ -82,7 +86,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Ids of execs that ended lately (bounded), so a stdin end racing an exit is told apart from an unknown id. */
   readonly #endedExecs = new Set<number>();
 
-  constructor(data: SandboxWorkerData) {
+  constructor(data: SandboxWorkerData, sink?: EventSink) {
+    this.#sink = sink;
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#control = data.control;
@@ -126,6 +131,8 @@ export class SandboxActor implements SandboxWorkerApi {
   // ── API ────────────────────────────────────────────────────────────────────
 
   async start(): Promise<SandboxInfo> {
+    // A node's sandbox whose events could not reach the stream would run unseen.
+    await this.#sink?.ready;
     this.#createdAt = performance.now();
     this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
     this.#actor.start();
@@ -154,6 +161,11 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#pending.set(execId, req);
     this.#actor.send({ type: 'exec', execId });
     return { stdinTaken: req.stdinData !== undefined };
+  }
+
+  async silenceEvents(): Promise<void> {
+    this.#silenced = true;
+    await this.#sink?.flushed();
   }
 
   writeStdin(execId: number, data: Uint8Array): Promise<void> {
@@ -960,6 +972,8 @@ export class SandboxActor implements SandboxWorkerApi {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
+    // Into the stream first, written at once, before the supervisor's thread is woken.
+    if (this.#sink && !this.#silenced) this.#sink.publish(event);
     this.#control.postMessage({ event } satisfies EventEnvelope, transfer);
     if (bytes > 0) this.#throttle(bytes);
   }

@@ -32,6 +32,33 @@ export interface SandboxWorkerData {
   readonly spares?: number;
   /** Post the actor's XState inspection events ({@link InspectionEnvelope}): the supervisor has an `inspect` option. */
   readonly inspect?: boolean;
+  /**
+   * A cluster node's: the NATS servers and credentials this worker publishes the actor's
+   * events into the cluster's stream with, itself (src/cluster/EventPublisher.ts).
+   */
+  readonly events?: NatsTarget;
+}
+
+/** NATS servers and credentials to connect with (src/cluster/natsConnect.ts). */
+export interface NatsTarget {
+  readonly servers: readonly string[];
+  readonly user?: string;
+  readonly pass?: string;
+  /** A file holding a user nkey seed (SU…). */
+  readonly nkeySeedFile?: string;
+  readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string };
+  /** The connection's name, shown by the NATS server. */
+  readonly name: string;
+}
+
+/** Where an actor's events go besides its control port: a cluster node's stream. */
+export interface EventSink {
+  /** Resolves once it can publish; a sandbox does not start before. */
+  readonly ready: Promise<void>;
+  /** Never throws; events leave in the order given. */
+  publish(e: SandboxEvent): void;
+  /** Resolves once every event given so far has reached the server. */
+  flushed(): Promise<void>;
 }
 
 /**
@@ -193,6 +220,11 @@ export interface SandboxWorkerApi {
   /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
   start(): Promise<SandboxInfo>;
   exec(execId: number, req: ExecRequest): Promise<ExecAccepted>;
+  /**
+   * A cluster node's: the actor publishes no more events into the cluster's stream (the copy
+   * a move leaves behind ends in silence); resolves once the server has those before.
+   */
+  silenceEvents(): Promise<void>;
   /** Resolves once the guest agent has room for the bytes (stdin flow control). */
   writeStdin(execId: number, data: Uint8Array): Promise<void>;
   closeStdin(execId: number): void;

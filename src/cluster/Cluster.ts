@@ -4,8 +4,8 @@
  * holds one too (for the registry, the catalog and the event stream).
  */
 
-import { readFileSync } from 'node:fs';
-import { connect, delay, headers, nkeyAuthenticator, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { connect, delay, headers, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { natsConnectOptions } from './natsConnect.ts';
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Observable } from 'rxjs';
@@ -136,18 +136,11 @@ export class Cluster {
     if (options.requestTimeoutMs !== undefined && (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)) throw new InvalidOptionError('requestTimeoutMs', 'a positive integer of ms', options.requestTimeoutMs);
     const replicas = options.replicas ?? 1;
     if (![1, 3, 5].includes(replicas)) throw new InvalidOptionError('replicas', '1, 3 or 5', options.replicas);
-    const authenticator = options.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(options.nkeySeedFile)) : undefined;
+    // A bad seed file is an E_INVALID_OPTION of its own, not a connection failure.
+    const connectOptions = natsConnectOptions({ ...options, servers, name: options.name ?? `corral-${process.pid}` });
     let nc: NatsConnection;
     try {
-      nc = await connect({
-        servers,
-        ...(authenticator ? { authenticator } : {}),
-        ...(options.user !== undefined ? { user: options.user } : {}),
-        ...(options.pass !== undefined ? { pass: options.pass } : {}),
-        name: options.name ?? `corral-${process.pid}`,
-        ...(options.tls || servers.some((u) => u.startsWith('tls://')) ? { tls: { ...(options.tls ?? {}) } } : {}),
-        maxReconnectAttempts: -1,
-      });
+      nc = await connect(connectOptions);
     } catch (err) {
       const auth = /authori[sz]ation|authentication/i.test((err as Error).message);
       throw new CorralError(
@@ -483,17 +476,6 @@ export class Cluster {
 }
 
 /** The user nkey seed in `file`: E_INVALID_OPTION naming `nkeySeedFile` when it is not one. */
-function readSeed(file: string): Uint8Array {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8').trim();
-  } catch (err) {
-    throw new InvalidOptionError('nkeySeedFile', `a readable file holding a user nkey seed (SU…): ${(err as Error).message}`, file);
-  }
-  if (!/^SU[A-Z2-7]{56}$/.test(text)) throw new InvalidOptionError('nkeySeedFile', 'a file holding a user nkey seed (SU…, 58 characters)', file);
-  return new TextEncoder().encode(text);
-}
-
 /** The longest timer Node takes (~24.8 days): a request this long has no deadline. */
 export const FOREVER_MS = 2 ** 31 - 1;
 

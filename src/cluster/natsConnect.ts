@@ -1,0 +1,42 @@
+/**
+ * The NATS connection options of a cluster member, from its servers and credentials: shared
+ * by {@link Cluster.connect} and a node's sandbox workers, which publish their events on
+ * connections of their own (src/cluster/EventPublisher.ts).
+ */
+
+import { readFileSync } from 'node:fs';
+import { nkeyAuthenticator, type NodeConnectionOptions } from '@nats-io/transport-node';
+import { InvalidOptionError } from '../errors.ts';
+import type { NatsTarget } from '../actor/contract.ts';
+
+export type { NatsTarget };
+
+/**
+ * Options for `connect()` of `@nats-io/transport-node`; reconnects for ever.
+ *
+ * @example
+ * const nc = await connect(natsConnectOptions({ servers: ['nats://127.0.0.1:4222'], name: 'corral-x' }));
+ */
+export function natsConnectOptions(target: NatsTarget): NodeConnectionOptions {
+  const authenticator = target.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(target.nkeySeedFile)) : undefined;
+  return {
+    servers: [...target.servers],
+    ...(authenticator ? { authenticator } : {}),
+    ...(target.user !== undefined ? { user: target.user } : {}),
+    ...(target.pass !== undefined ? { pass: target.pass } : {}),
+    name: target.name,
+    ...(target.tls || target.servers.some((u) => u.startsWith('tls://')) ? { tls: { ...(target.tls ?? {}) } } : {}),
+    maxReconnectAttempts: -1,
+  };
+}
+
+function readSeed(file: string): Uint8Array {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new InvalidOptionError('nkeySeedFile', `a readable file holding a user nkey seed (SU…): ${(err as Error).message}`, file);
+  }
+  if (!/^SU[A-Z2-7]{56}$/.test(text)) throw new InvalidOptionError('nkeySeedFile', 'a file holding a user nkey seed (SU…, 58 characters)', file);
+  return new TextEncoder().encode(text);
+}
