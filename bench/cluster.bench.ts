@@ -2,7 +2,8 @@
  * Cluster bench: a sandbox through a cluster node against the same on a local Supervisor, in
  * one run. Prints figures; asserts nothing.
  *
- *   npx tsx bench/cluster.bench.ts [--json]      (RUNS=5 creates, EXECS=60 exec round trips each, in turn)
+ *   npx tsx bench/cluster.bench.ts [--json]      (RUNS=5 creates, EXECS=60 exec round trips each, in turn, MOVES=3)
+ *   RUNS=0 MOVES=0 npx tsx bench/cluster.bench.ts  (the exec round trips alone: a quick A/B)
  *
  * The cluster is one nats-server with JetStream and one `corral node` process on loopback
  * (the test helpers' setup, user/password auth). Each side is warmed first (its template is
@@ -10,14 +11,16 @@
  * - create → first exec: `builder.create()` then `exec('true')`, cluster against local
  *   (goal ≤ 1.2×);
  * - exec round trip: `exec('true')` on a running sandbox, cluster against local (goal
- *   ≤ local + 1 ms);
+ *   ≤ local + 1 ms): the difference of the medians, and the median of the differences of
+ *   each pair (one local and one cluster exec run one after the other), which a load that
+ *   comes and goes sways less;
  * - migration: `cluster.drain(n1, { migrate: true })` moving MOVES running sandboxes to a
  *   second node (its per-sandbox `ms`, then the first exec there), against the floor of the
  *   same steps done by hand on this host in this run: snapshot → export → import into a
  *   second state dir → create from it → first exec (no NATS, no transfer).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Cluster, Sandbox, Supervisor } from '../src/index.ts';
 import { APP_USER, startNatsCluster, startNode } from '../test/helpers/natsCluster.ts';
@@ -26,7 +29,9 @@ import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
 const RUNS = Number(process.env.RUNS ?? 5);
 const EXECS = Number(process.env.EXECS ?? 60);
 const MOVES = Number(process.env.MOVES ?? 3);
-console.log(`corral cluster bench — ${new Date().toISOString()} — node ${process.version}`);
+const signed = (ms: number) => `${ms >= 0 ? '+' : ''}${ms.toFixed(2)}`;
+const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
+console.log(`corral cluster bench — ${new Date().toISOString()} — node ${process.version} — load ${load()}`);
 const report = new BenchReport('cluster');
 const stateDir = mkdtempSync(join(tmpdir(), 'corral-bench-state-'));
 const sup = new Supervisor({ stateDir });
@@ -128,19 +133,17 @@ async function migrations(): Promise<{ cluster: number[]; floor: number[] }> {
 }
 
 try {
-  const localCreate = await creates((n) => Sandbox.builder(n).memory(128).supervisor(sup).create(), (n) => Sandbox.remove(n, { supervisor: sup }), 'local');
-  const clusterCreate = await creates((n) => Sandbox.builder(n).memory(128).cluster(cluster).create(), (n) => Sandbox.remove(n, { cluster }), 'cluster');
-  console.log(`create → first exec, local:   ${fmtMs(localCreate)}`);
-  console.log(`create → first exec, cluster: ${fmtMs(clusterCreate)}  ${ratio(clusterCreate, localCreate)} (goal ≤ ×1.2)`);
-  report.add('create_first_exec_cluster', clusterCreate, 'ms', quantile(localCreate, 0.5));
+  if (RUNS > 0) await createFigures();
 
   const local = await Sandbox.builder(`bench-rt-local-${process.pid}`).memory(128).supervisor(sup).create();
   const remote = await Sandbox.builder(`bench-rt-cluster-${process.pid}`).memory(128).cluster(cluster).create();
   try {
     const [localRt, clusterRt] = await roundTrips(local, remote);
     const extra = quantile(clusterRt, 0.5) - quantile(localRt, 0.5);
+    const pairs = clusterRt.map((c, i) => c - localRt[i]!);
     console.log(`exec round trip, local:   ${fmtMs(localRt)}`);
-    console.log(`exec round trip, cluster: ${fmtMs(clusterRt)}  +${extra.toFixed(2)} ms (goal ≤ +1 ms)`);
+    console.log(`exec round trip, cluster: ${fmtMs(clusterRt)}  ${signed(extra)} ms (goal ≤ +1 ms)`);
+    console.log(`exec round trip, cluster − local per pair: median ${signed(quantile(pairs, 0.5))} ms, p95 ${signed(quantile(pairs, 0.95))} ms`);
     report.add('exec_rt_cluster', clusterRt, 'ms', quantile(localRt, 0.5));
   } finally {
     await local.kill();
@@ -149,10 +152,13 @@ try {
     await Sandbox.remove(remote.name, { cluster });
   }
 
-  const moves = await migrations();
-  console.log(`move by hand on one host (floor): ${fmtMs(moves.floor)}`);
-  console.log(`migration through the cluster:     ${fmtMs(moves.cluster)}  ${ratio(moves.cluster, moves.floor)}`);
-  report.add('migration', moves.cluster, 'ms', quantile(moves.floor, 0.5));
+  if (MOVES > 0) {
+    const moves = await migrations();
+    console.log(`move by hand on one host (floor): ${fmtMs(moves.floor)}`);
+    console.log(`migration through the cluster:     ${fmtMs(moves.cluster)}  ${ratio(moves.cluster, moves.floor)}`);
+    report.add('migration', moves.cluster, 'ms', quantile(moves.floor, 0.5));
+  }
+  console.log(`load at the end: ${load()}`);
   report.print();
 } finally {
   await cluster.close();
@@ -160,4 +166,13 @@ try {
   await nats.stop();
   await sup.close();
   rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** create → first exec, local and through the cluster, RUNS each. */
+async function createFigures(): Promise<void> {
+  const localCreate = await creates((n) => Sandbox.builder(n).memory(128).supervisor(sup).create(), (n) => Sandbox.remove(n, { supervisor: sup }), 'local');
+  const clusterCreate = await creates((n) => Sandbox.builder(n).memory(128).cluster(cluster).create(), (n) => Sandbox.remove(n, { cluster }), 'cluster');
+  console.log(`create → first exec, local:   ${fmtMs(localCreate)}`);
+  console.log(`create → first exec, cluster: ${fmtMs(clusterCreate)}  ${ratio(clusterCreate, localCreate)} (goal ≤ ×1.2)`);
+  report.add('create_first_exec_cluster', clusterCreate, 'ms', quantile(localCreate, 0.5));
 }

@@ -9,6 +9,7 @@ import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
 import { SandboxActor } from '../src/actor/SandboxActor.ts';
+import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
 
 const hosted = new Map<number, SandboxActor>();
@@ -20,7 +21,8 @@ const hosted = new Map<number, SandboxActor>();
  */
 function host(id: number, data: SandboxWorkerData): void {
   const env = data.env ?? {};
-  const actor = withActorEnv(env, () => new SandboxActor(data));
+  // A cluster node's sandbox publishes its events from here, on this worker's connection.
+  const actor = withActorEnv(env, () => new SandboxActor(data, data.events ? EventPublisher.for(data.events) : undefined));
   hosted.set(id, actor);
   const scoped = new Proxy(actor, {
     get(target, key) {

@@ -19,7 +19,7 @@ import type { ExecHandlers, ExecSession, WatchRecord, WatchSession } from '../ag
 import type { Accel, FsWatchChange, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import { validatePort } from '../guestenv/ports.ts';
-import type { EventEnvelope, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
+import type { EventEnvelope, EventSink, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
@@ -56,6 +56,10 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #config: SandboxConfig;
   readonly #stateDir: string;
   readonly #control: MessagePort;
+  /** A cluster node's stream, which this actor publishes its events into itself; none locally. */
+  readonly #sink: EventSink | undefined;
+  /** The copy a move left behind: its events no longer go into the stream. */
+  #silenced = false;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
   /** Exec output joined into fewer events (src/actor/outputBatch.ts); posted through #post. */
@@ -91,7 +95,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Ids of execs that ended lately (bounded), so a stdin end racing an exit is told apart from an unknown id. */
   readonly #endedExecs = new Set<number>();
 
-  constructor(data: SandboxWorkerData) {
+  constructor(data: SandboxWorkerData, sink?: EventSink) {
+    this.#sink = sink;
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#control = data.control;
@@ -135,6 +140,8 @@ export class SandboxActor implements SandboxWorkerApi {
   // ── API ────────────────────────────────────────────────────────────────────
 
   async start(): Promise<SandboxInfo> {
+    // A node's sandbox whose events could not reach the stream would run unseen.
+    await this.#sink?.ready;
     this.#createdAt = performance.now();
     this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
     this.#actor.start();
@@ -149,7 +156,7 @@ export class SandboxActor implements SandboxWorkerApi {
     return this.info();
   }
 
-  async exec(execId: number, req: ExecRequest): Promise<void> {
+  async exec(execId: number, req: ExecRequest): Promise<ExecAccepted> {
     if (this.#pending.has(execId) || this.#sessions.has(execId)) throw new CorralError('E_EXEC_START', `exec id ${execId} is in use`);
     // Legal while paused by the idle limit too: the machine resumes the VM as it starts the exec.
     assertCan(this.#actor.getSnapshot(), { type: 'exec', execId });
@@ -157,8 +164,17 @@ export class SandboxActor implements SandboxWorkerApi {
       const defaults = this.#root?.imageDefaults ?? { entrypoint: [], cmd: [] };
       req = { ...req, argv: imageArgv(defaults, req.imageCommand, this.#config.image) };
     }
+    // It may come from a cluster client's JSON: bytes or nothing.
+    if (req.stdinData === null) req = { ...req, stdinData: undefined };
+    if (req.stdinData !== undefined && !(req.stdinData instanceof Uint8Array)) throw new InvalidOptionError('stdinData', 'bytes', req.stdinData);
     this.#pending.set(execId, req);
     this.#actor.send({ type: 'exec', execId });
+    return { stdinTaken: req.stdinData !== undefined };
+  }
+
+  async silenceEvents(): Promise<void> {
+    this.#silenced = true;
+    await this.#sink?.flushed();
   }
 
   writeStdin(execId: number, data: Uint8Array): Promise<void> {
@@ -873,7 +889,7 @@ export class SandboxActor implements SandboxWorkerApi {
     const vm = this.#vm;
     if (!req || !vm) return;
     const t0 = performance.now();
-    const info: ExecInfo = { id: execId, argv: req.argv, pid: null, startedAt: Date.now(), background: req.background ?? false, stdin: req.stdin ?? false, tty: req.tty !== undefined };
+    const info: ExecInfo = { id: execId, argv: req.argv, pid: null, startedAt: Date.now(), background: req.background ?? false, stdin: (req.stdin ?? false) || req.stdinData !== undefined, tty: req.tty !== undefined };
     this.#execInfo.set(execId, info);
     const done = () => {
       this.#sessions.delete(execId);
@@ -909,13 +925,17 @@ export class SandboxActor implements SandboxWorkerApi {
           env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
           // The image's WorkingDir applies when the config keeps the default "/".
           cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
-          stdin: req.stdin ?? false,
+          stdin: (req.stdin ?? false) || req.stdinData !== undefined,
           mergeStderr: req.mergeStderr ?? false,
           outputCredit: req.outputCredit ?? false,
         },
         handlers,
       );
       this.#sessions.set(execId, session);
+      const data = req.stdinData;
+      // Given with the request: written, then closed. A write that fails means the command is
+      // gone, and its own end says why (as when the caller writes it).
+      if (data) void session.write(data).then(() => session.end()).catch(() => {});
     } catch (err) {
       handlers.failed(err as Error);
     }
@@ -1025,6 +1045,8 @@ export class SandboxActor implements SandboxWorkerApi {
     const event = { ...body, name: this.#config.name, seq: ++this.#seq, ts: Date.now() } as SandboxEvent;
     const transfer = 'data' in event && event.data instanceof Uint8Array && event.data.byteOffset === 0 && event.data.byteLength === event.data.buffer.byteLength ? [event.data.buffer as ArrayBuffer] : [];
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
+    // Into the stream first, written at once, before the supervisor's thread is woken.
+    if (this.#sink && !this.#silenced) this.#sink.publish(event);
     this.#control.postMessage({ event } satisfies EventEnvelope, transfer);
     if (bytes > 0) this.#throttle(bytes);
   }

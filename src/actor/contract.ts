@@ -32,6 +32,35 @@ export interface SandboxWorkerData {
   readonly spares?: number;
   /** Post the actor's XState inspection events ({@link InspectionEnvelope}): the supervisor has an `inspect` option. */
   readonly inspect?: boolean;
+  /**
+   * A cluster node's: the NATS servers and credentials this worker publishes the actor's
+   * events into the cluster's stream with, itself (src/cluster/EventPublisher.ts).
+   */
+  readonly events?: NatsTarget;
+}
+
+/** NATS servers and credentials to connect with (src/cluster/natsConnect.ts). */
+export interface NatsTarget {
+  readonly servers: readonly string[];
+  readonly user?: string;
+  readonly pass?: string;
+  /** A file holding a user nkey seed (SU…). */
+  readonly nkeySeedFile?: string;
+  /** A .creds file (a user JWT and its seed), for servers in operator mode. */
+  readonly credsFile?: string;
+  readonly tls?: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string };
+  /** The connection's name, shown by the NATS server. */
+  readonly name: string;
+}
+
+/** Where an actor's events go besides its control port: a cluster node's stream. */
+export interface EventSink {
+  /** Resolves once it can publish; a sandbox does not start before. */
+  readonly ready: Promise<void>;
+  /** Never throws; events leave in the order given. */
+  publish(e: SandboxEvent): void;
+  /** Resolves once every event given so far has reached the server. */
+  flushed(): Promise<void>;
 }
 
 /**
@@ -83,6 +112,22 @@ export interface ExecRequest {
   readonly outputCredit?: boolean;
   /** Started with `background: true`: it runs on whoever holds (or drops) a handle to it. */
   readonly background?: boolean;
+  /**
+   * The whole of its stdin, given with the request (with `stdin: true`): written, then
+   * closed, as the command starts. One call instead of three (exec, writeStdin, closeStdin),
+   * each a round trip through a cluster; the SDK sends stdin text or bytes up to
+   * {@link STDIN_WITH_REQUEST_BYTES} so, larger ones by writes that wait for the guest's room.
+   */
+  readonly stdinData?: Uint8Array;
+}
+
+/** The most stdin bytes the SDK gives with an exec request ({@link ExecRequest.stdinData}). */
+export const STDIN_WITH_REQUEST_BYTES = 64 * 1024;
+
+/** What {@link SandboxWorkerApi.exec} answers once the command is on its way. */
+export interface ExecAccepted {
+  /** It took {@link ExecRequest.stdinData}: the caller writes nothing more (one that knows no stdinData answers nothing, and the caller writes it). */
+  readonly stdinTaken: boolean;
 }
 
 /** A command running in a sandbox, as {@link SandboxWorkerApi.execs} lists it. */
@@ -176,7 +221,12 @@ export function recordedInfo(name: string, rec: { status?: SandboxStatus; state?
 export interface SandboxWorkerApi {
   /** Boots the sandbox; resolves once it runs, rejects with the boot error. */
   start(): Promise<SandboxInfo>;
-  exec(execId: number, req: ExecRequest): Promise<void>;
+  exec(execId: number, req: ExecRequest): Promise<ExecAccepted>;
+  /**
+   * A cluster node's: the actor publishes no more events into the cluster's stream (the copy
+   * a move leaves behind ends in silence); resolves once the server has those before.
+   */
+  silenceEvents(): Promise<void>;
   /** Resolves once the guest agent has room for the bytes (stdin flow control). */
   writeStdin(execId: number, data: Uint8Array): Promise<void>;
   closeStdin(execId: number): void;

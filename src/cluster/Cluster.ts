@@ -4,8 +4,8 @@
  * holds one too (for the registry, the catalog and the event stream).
  */
 
-import { readFileSync } from 'node:fs';
-import { connect, credsAuthenticator, delay, headers, nkeyAuthenticator, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { connect, delay, headers, nuid, type NatsConnection } from '@nats-io/transport-node';
+import { natsConnectOptions } from './natsConnect.ts';
 import { DeliverPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { Observable } from 'rxjs';
@@ -141,21 +141,12 @@ export class Cluster {
     if (options.requestTimeoutMs !== undefined && (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)) throw new InvalidOptionError('requestTimeoutMs', 'a positive integer of ms', options.requestTimeoutMs);
     const replicas = options.replicas ?? 1;
     if (![1, 3, 5].includes(replicas)) throw new InvalidOptionError('replicas', '1, 3 or 5', options.replicas);
-    if (options.nkeySeedFile !== undefined && options.credsFile !== undefined) throw new InvalidOptionError('credsFile', 'not given with nkeySeedFile (a .creds file holds its own seed)', options.credsFile);
-    const authenticator =
-      options.credsFile !== undefined ? credsAuthenticator(readCreds(options.credsFile)) : options.nkeySeedFile !== undefined ? nkeyAuthenticator(readSeed(options.nkeySeedFile)) : undefined;
+    // A bad seed or credentials file is an E_INVALID_OPTION of its own, not a connection failure.
+    const connectOptions = natsConnectOptions({ ...options, servers, name: options.name ?? `corral-${process.pid}` });
     const who = options.credsFile !== undefined ? `the user in ${options.credsFile}` : options.nkeySeedFile !== undefined ? `the nkey in ${options.nkeySeedFile}` : `user "${options.user ?? ''}"`;
     let nc: NatsConnection;
     try {
-      nc = await connect({
-        servers,
-        ...(authenticator ? { authenticator } : {}),
-        ...(options.user !== undefined ? { user: options.user } : {}),
-        ...(options.pass !== undefined ? { pass: options.pass } : {}),
-        name: options.name ?? `corral-${process.pid}`,
-        ...(options.tls || servers.some((u) => u.startsWith('tls://')) ? { tls: { ...(options.tls ?? {}) } } : {}),
-        maxReconnectAttempts: -1,
-      });
+      nc = await connect(connectOptions);
     } catch (err) {
       const auth = /authori[sz]ation|authentication/i.test((err as Error).message);
       throw new CorralError(
@@ -488,32 +479,6 @@ export class Cluster {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-/** The user nkey seed in `file`: E_INVALID_OPTION naming `nkeySeedFile` when it is not one. */
-function readSeed(file: string): Uint8Array {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8').trim();
-  } catch (err) {
-    throw new InvalidOptionError('nkeySeedFile', `a readable file holding a user nkey seed (SU…): ${(err as Error).message}`, file);
-  }
-  if (!/^SU[A-Z2-7]{56}$/.test(text)) throw new InvalidOptionError('nkeySeedFile', 'a file holding a user nkey seed (SU…, 58 characters)', file);
-  return new TextEncoder().encode(text);
-}
-
-/** The credentials file `file` (a user JWT and its seed): E_INVALID_OPTION naming `credsFile` when it is not one. */
-function readCreds(file: string): Uint8Array {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new InvalidOptionError('credsFile', `a readable NATS credentials file (.creds): ${(err as Error).message}`, file);
-  }
-  if (!/-----BEGIN NATS USER JWT-----\s*\S+\s*-+END NATS USER JWT-+/.test(text) || !/^\s*SU[A-Z2-7]{56}\s*$/m.test(text)) {
-    throw new InvalidOptionError('credsFile', 'a NATS credentials file holding a user JWT and its nkey seed (SU…), as nsc writes it', file);
-  }
-  return new TextEncoder().encode(text);
 }
 
 /** The longest timer Node takes (~24.8 days): a request this long has no deadline. */

@@ -22,7 +22,7 @@
  */
 
 import { deserializeError, serializeError, type SerializedError } from '../errors.ts';
-import type { SandboxStatus, StopReason } from '../bus/events.ts';
+import type { SandboxEvent, SandboxStatus, StopReason } from '../bus/events.ts';
 import { fromWire, toWire } from '../link/wire.ts';
 
 /** KV bucket of the node registry: key = node name, value = {@link NodeRecord}. */
@@ -118,3 +118,16 @@ export function unwrapReply<T>(data: Uint8Array): T {
 
 /** The header the stream's republish puts each event's stream sequence in. */
 export const SEQ_HEADER = 'Nats-Sequence';
+
+/**
+ * One event as the messages that carry it into the stream: one, or an output event whose data
+ * would not fit one message (`maxPayload`, the server's) as several, same fields, data in order.
+ */
+export function eventMessages(e: SandboxEvent, maxPayload: number | undefined): Uint8Array[] {
+  const max = Math.max(16 * 1024, Math.floor(((maxPayload ?? 1024 * 1024) - 4096) * 0.7)); // base64 JSON
+  const data = (e as { data?: unknown }).data;
+  if (!(data instanceof Uint8Array) || data.byteLength <= max) return [encode(e)];
+  const parts: Uint8Array[] = [];
+  for (let off = 0; off < data.byteLength; off += max) parts.push(encode({ ...e, data: data.subarray(off, off + max) }));
+  return parts;
+}

@@ -37,6 +37,8 @@ export interface ReplayRead {
 
 type Key = [string, number];
 const DONE: Promise<void> = Promise.resolve();
+/** The write of an event there is nothing to write for. */
+const written = (): Promise<void> => DONE;
 const MAX_SEQ = Number.MAX_SAFE_INTEGER;
 
 interface Tail {
@@ -76,8 +78,17 @@ export class ReplayLog {
    * run ahead of the disk waits on it (the supervisor's output flow control does).
    */
   append(e: SandboxEvent): Promise<void> {
-    if (e.type === 'stream.gap' || this.#store.closed) return DONE;
-    let written = DONE;
+    return this.stage(e)();
+  }
+
+  /**
+   * {@link append} in two steps: the event is in this process's view of the buffer (reads
+   * see it) when this returns, and on disk once the returned write is called and resolves.
+   * The supervisor publishes an event between the two, so its disk write does not delay it.
+   * Never throws; the write never rejects.
+   */
+  stage(e: SandboxEvent): () => Promise<void> {
+    if (e.type === 'stream.gap' || this.#store.closed) return written;
     try {
       // A new actor life numbers its events from 1 again: the old buffer is of no use.
       if (e.seq === 1) this.#clearSync(e.name);
@@ -89,25 +100,34 @@ export class ReplayLog {
       let pending = this.#unflushed.get(e.name);
       if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
       pending.set(e.seq, e);
-      written = this.#db.put([e.name, e.seq], e).then(
-        () => void (pending.get(e.seq) === e && pending.delete(e.seq)),
-        logFailure(`writing event ${e.seq} of sandbox "${e.name}" to the replay log`),
-      );
+      const trimmed: number[] = [];
       while (tail.entries.length - tail.head > this.maxEvents || (tail.bytes > this.maxBytes && tail.entries.length - tail.head > 1)) {
         const [seq, bytes] = tail.entries[tail.head++]!;
         tail.bytes -= bytes;
         pending.delete(seq);
-        void this.#db.remove([e.name, seq]).catch(logFailure(`trimming event ${seq} of sandbox "${e.name}" from the replay log`));
+        trimmed.push(seq);
       }
       if (tail.head > 4096) {
         tail.entries.splice(0, tail.head);
         tail.head = 0;
       }
+      return () => {
+        if (this.#store.closed) return DONE;
+        try {
+          const put = this.#db.put([e.name, e.seq], e).then(
+            () => void (pending.get(e.seq) === e && pending.delete(e.seq)),
+            logFailure(`writing event ${e.seq} of sandbox "${e.name}" to the replay log`),
+          );
+          for (const seq of trimmed) void this.#db.remove([e.name, seq]).catch(logFailure(`trimming event ${seq} of sandbox "${e.name}" from the replay log`));
+          return put;
+        } catch (err) {
+          return closing(err, e);
+        }
+      };
     } catch (err) {
-      // The store is closing (E_CLOSED): the event still reaches live subscribers.
-      if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording event ${e.seq} of sandbox "${e.name}"`)(err);
+      closing(err, e);
+      return written;
     }
-    return written;
   }
 
   /**
@@ -164,6 +184,12 @@ export class ReplayLog {
       for (const key of this.#db.getKeys({ start: [name, 0], end: [name, MAX_SEQ] })) this.#db.removeSync(key as Key);
     });
   }
+}
+
+/** A write that failed: the store is closing (E_CLOSED), said nothing of; else logged. The event still reaches live subscribers. */
+function closing(err: unknown, e: SandboxEvent): Promise<void> {
+  if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording event ${e.seq} of sandbox "${e.name}"`)(err);
+  return DONE;
 }
 
 /** What an event costs the byte budget: its output bytes plus a flat overhead. */

@@ -40,6 +40,14 @@ export interface LogsOptions {
 
 type Key = [string, number];
 const DONE: Promise<void> = Promise.resolve();
+/** The write of an event that carries no output. */
+const written = (): Promise<void> => DONE;
+
+/** A write that failed: the store is closing (E_CLOSED), said nothing of; else logged. Live subscribers still got the output. */
+function closing(err: unknown, e: SandboxEvent): Promise<void> {
+  if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording output of sandbox "${e.name}"`)(err);
+  return DONE;
+}
 const MAX_N = Number.MAX_SAFE_INTEGER;
 
 interface Totals {
@@ -78,8 +86,16 @@ export class ExecLog {
    * rejects). Resolves once the write is committed (or failed).
    */
   record(e: SandboxEvent): Promise<void> {
-    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return DONE;
-    let written = DONE;
+    return this.stage(e)();
+  }
+
+  /**
+   * {@link record} in two steps: the output is in this process's view of the log (reads see
+   * it) when this returns, and on disk once the returned write is called and resolves. The
+   * supervisor publishes the event between the two. Never throws; the write never rejects.
+   */
+  stage(e: SandboxEvent): () => Promise<void> {
+    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return written;
     try {
       const t = this.#totalsOf(e.name);
       const n = t.next++;
@@ -89,25 +105,34 @@ export class ExecLog {
       let pending = this.#unflushed.get(e.name);
       if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
       pending.set(n, entry);
-      written = this.#db.put([e.name, n], entry).then(
-        () => void (pending.get(n) === entry && pending.delete(n)),
-        logFailure(`writing output of exec ${e.execId} of sandbox "${e.name}" to the exec log`),
-      );
+      const rotated: number[] = [];
       while (t.entries.length - t.head > this.maxEntries || (t.bytes > this.maxBytes && t.entries.length - t.head > 1)) {
         const [old, bytes] = t.entries[t.head++]!;
         t.bytes -= bytes;
         pending.delete(old);
-        void this.#db.remove([e.name, old]).catch(logFailure(`rotating the exec log of sandbox "${e.name}"`));
+        rotated.push(old);
       }
       if (t.head > 4096) {
         t.entries.splice(0, t.head);
         t.head = 0;
       }
+      return () => {
+        if (this.#store.closed) return DONE;
+        try {
+          const put = this.#db.put([e.name, n], entry).then(
+            () => void (pending.get(n) === entry && pending.delete(n)),
+            logFailure(`writing output of exec ${e.execId} of sandbox "${e.name}" to the exec log`),
+          );
+          for (const old of rotated) void this.#db.remove([e.name, old]).catch(logFailure(`rotating the exec log of sandbox "${e.name}"`));
+          return put;
+        } catch (err) {
+          return closing(err, e);
+        }
+      };
     } catch (err) {
-      // The store is closing (E_CLOSED): live subscribers still got the output.
-      if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording output of sandbox "${e.name}"`)(err);
+      closing(err, e);
+      return written;
     }
-    return written;
   }
 
   /**

@@ -3,8 +3,9 @@
  *
  * It registers itself in the cluster's node registry (labels, capacity, what is free) and
  * rewrites that entry every heartbeat; serves `corral.node.<name>.<verb>` (src/cluster/protocol.ts);
- * publishes every event of its sandboxes into the cluster's event stream (then on the
- * sandbox's live subject with its stream seq); keeps the catalog entries of its sandboxes
+ * gets every event of its sandboxes into the cluster's event stream (then on the sandbox's
+ * live subject with its stream seq): its sandbox workers publish theirs on connections of
+ * their own (src/cluster/EventPublisher.ts), it publishes those it makes itself; keeps the catalog entries of its sandboxes
  * current. {@link NodeService.close} stops its sandboxes, marks them stopped and deregisters.
  */
 
@@ -21,7 +22,7 @@ import { linkSampler, type MetricsSampler, type SandboxMetrics } from '../metric
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
-import { decode, encode, errorReply, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
+import { decode, encode, errorReply, eventMessages, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import type { LogsOptions } from '../logs/ExecLog.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
@@ -146,7 +147,17 @@ export class NodeService {
     try {
       if (cluster.nodeAlive(options.name)) throw new CorralError('E_CLUSTER', `a node named "${options.name}" is registered and alive already`);
       progress.step = 'opening its supervisor';
-      sup = new Supervisor({ stateDir: options.stateDir, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
+      // Its sandboxes' workers publish their events into the stream themselves, as this node.
+      const events = {
+        servers: typeof options.servers === 'string' ? [options.servers] : [...options.servers],
+        ...(options.user !== undefined ? { user: options.user } : {}),
+        ...(options.pass !== undefined ? { pass: options.pass } : {}),
+        ...(options.nkeySeedFile !== undefined ? { nkeySeedFile: options.nkeySeedFile } : {}),
+        ...(options.credsFile !== undefined ? { credsFile: options.credsFile } : {}),
+        ...(options.tls !== undefined ? { tls: options.tls } : {}),
+        name: `corral-node-${options.name}-events`,
+      };
+      sup = new Supervisor({ stateDir: options.stateDir, events, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
       const node = new NodeService(options, cluster, sup);
       await node.#serve(progress);
       return node;
@@ -453,6 +464,9 @@ export class NodeService {
       this.#movedTo.set(name, to);
       this.#entries.delete(name);
       this.#silenced.add(name);
+      // Its worker publishes no more of its events, and the server has those before: the
+      // move's events below follow them in the stream.
+      await link.api.silenceEvents().catch(logFailure(`silencing the copy of "${name}" left on node "${this.name}"`));
       await link.api.kill().catch(logFailure(`ending the copy of "${name}" left on node "${this.name}"`));
       await this.#releaseOf.get(name);
       await this.#sup.remove(name).catch(logFailure(`removing the copy of "${name}" left on node "${this.name}"`));
@@ -566,16 +580,18 @@ export class NodeService {
     // A sandbox frozen for its move: the catalog goes on saying running (then the node it
     // moved to writes it), so a late write from here cannot put it back on this node.
     if (status && !this.#moving.has(e.name)) void this.#setStatus(e.name, status, null).catch(logFailure(`writing the catalog entry of "${e.name}"`));
-    this.#publish(e);
+    // Its worker published it already, unless the supervisor made it (a worker that died).
+    if (!this.#sup.publishedByWorker(e)) this.#publish(e);
   }
 
   #publish(e: SandboxEvent): void {
     const nc = this.#cluster.connection;
-    // Sent in order on one connection, so stored in order: the stream's order is the
-    // sandbox's. Acks come back to one inbox, a failed one is logged; none is waited for
-    // before the next event (the stream republishes each to the live subject).
+    // The events this node makes itself (a move's, a crashed worker's): the sandbox's worker
+    // published the ones before on its own connection, flushed first (silenceEvents) where
+    // it still runs. Acks come back to one inbox, a failed one is logged; none is waited for
+    // (the stream republishes each to the live subject).
     try {
-      for (const part of split(e, maxEventBytes(nc.info?.max_payload))) nc.publish(eventSubject(e.name), encode(part), { reply: this.#acks });
+      for (const part of eventMessages(e, nc.info?.max_payload)) nc.publish(eventSubject(e.name), part, { reply: this.#acks });
     } catch (err) {
       // A closed or draining connection throws here: the event is lost to the stream, said so.
       logFailure(`publishing ${e.type} of "${e.name}"`)(err);
@@ -619,18 +635,4 @@ export class NodeService {
 /** E_SANDBOX_MOVED: `name` runs on node `to` now (details.node), not on `from`. */
 function movedError(name: string, from: string, to: string): CorralError {
   return new CorralError('E_SANDBOX_MOVED', `sandbox "${name}" moved from node "${from}" to node "${to}"`, { details: { sandbox: name, from, node: to } });
-}
-
-/** The largest event payload (bytes of data) that fits a NATS message once in base64 JSON. */
-function maxEventBytes(maxPayload: number | undefined): number {
-  return Math.max(16 * 1024, Math.floor(((maxPayload ?? 1024 * 1024) - 4096) * 0.7));
-}
-
-/** An output event whose data would not fit one message, as several (same fields, data in order). */
-function split(e: SandboxEvent, max: number): SandboxEvent[] {
-  const data = (e as { data?: unknown }).data;
-  if (!(data instanceof Uint8Array) || data.byteLength <= max) return [e];
-  const parts: SandboxEvent[] = [];
-  for (let off = 0; off < data.byteLength; off += max) parts.push({ ...e, data: data.subarray(off, off + max) } as SandboxEvent);
-  return parts;
 }

@@ -14,7 +14,7 @@ import type { SnapshotMeta } from '../snapshot/snapshots.ts';
 import { fork, forkNames } from '../snapshot/fork.ts';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
-import { recordedInfo, type ExecInfo, type ProbeRequest, type ProbeResult } from '../actor/contract.ts';
+import { recordedInfo, STDIN_WITH_REQUEST_BYTES, type ExecAccepted, type ExecInfo, type ProbeRequest, type ProbeResult } from '../actor/contract.ts';
 import type { SandboxInfo } from '../supervisor/Supervisor.ts';
 import { Supervisor, type CreateOptions } from '../supervisor/Supervisor.ts';
 import { ExecResult, ExecStream, routeExecEvent, type ExecControl, type ExecOptions, type ExecStreamItem } from './exec.ts';
@@ -1004,8 +1004,12 @@ export class Sandbox {
 
     // Keep the process alive while the exec runs.
     void ctl.busy(() => stream.ended).catch(() => {}); // only holds the event loop; stream.exited's failure reaches its caller
+    // Stdin text or bytes (not a stream) go with the request when small: one call, not three.
+    const stdinBytes = pipe && stdin !== 'pipe' && !isStdinSource(stdin) ? (typeof stdin === 'string' ? encoder.encode(stdin) : stdin) : undefined;
+    const stdinData = stdinBytes && stdinBytes.byteLength <= STDIN_WITH_REQUEST_BYTES ? stdinBytes : undefined;
+    let accepted: ExecAccepted | null | undefined;
     try {
-      await ctl.api.exec(execId, {
+      accepted = await ctl.api.exec(execId, {
         argv,
         ...(Array.isArray(command) ? {} : { imageCommand: command }),
         ...(options.env ? { env: options.env } : {}),
@@ -1015,6 +1019,7 @@ export class Sandbox {
         ...(tty ? { tty } : {}),
         ...(user !== undefined ? { user } : {}),
         ...(collect ? {} : { outputCredit: true }),
+        ...(stdinData ? { stdinData } : {}),
       });
     } catch (err) {
       finish();
@@ -1040,10 +1045,9 @@ export class Sandbox {
     if (options.signal?.aborted) onAbort();
     if (isStdinSource(stdin)) {
       void feedStdin(stream, stdin);
-    } else if (pipe && stdin !== 'pipe') {
-      const bytes = typeof stdin === 'string' ? encoder.encode(stdin) : stdin;
+    } else if (stdinBytes && accepted?.stdinTaken !== true) {
       // A write that fails means the exec is gone: its own end (stream.exited) says why.
-      await control.write(bytes).catch(() => {});
+      await control.write(stdinBytes).catch(() => {});
       await control.end().catch(() => {});
     }
     return stream;

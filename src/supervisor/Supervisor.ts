@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
+import type { NatsTarget } from '../cluster/natsConnect.ts';
 import { normalizeConfig, type SandboxConfig } from '../config.ts';
 import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
@@ -97,6 +98,12 @@ export interface SupervisorOptions {
    * const sup = new Supervisor({ inspect: inspector.inspect });
    */
   readonly inspect?: InspectOption;
+  /**
+   * @internal a cluster node's: its sandboxes' workers publish their events into the
+   * cluster's stream themselves, with these servers and credentials (see
+   * {@link Supervisor.publishedByWorker}).
+   */
+  readonly events?: NatsTarget;
 }
 
 /** Options of {@link Supervisor.create}. */
@@ -127,6 +134,9 @@ export class Supervisor {
   readonly #pool: SandboxPool;
   readonly #spares: number;
   readonly #inspect: ((wire: WireInspectionEvent) => void) | undefined;
+  readonly #events: NatsTarget | undefined;
+  /** The events a worker published into a cluster's stream itself (with {@link SupervisorOptions.events}). */
+  readonly #publishedByWorker = new WeakSet<SandboxEvent>();
   #closed: Promise<void> | undefined;
 
   /** Every event of every sandbox of this supervisor. */
@@ -155,6 +165,7 @@ export class Supervisor {
       throw new InvalidOptionError('inspect', 'a function or an observer ({ next })', options.inspect);
     }
     this.#inspect = options.inspect ? inspectionRelay(options.inspect) : undefined;
+    this.#events = options.events;
     sweepStaleRunDirs();
     void sweepStaleCgroups().catch(logFailure('sweeping the cgroups of VMs that are gone'));
     void sweepStaleUidClaims().catch(logFailure('sweeping the uid claims of VMs that are gone'));
@@ -190,6 +201,15 @@ export class Supervisor {
   /** The store (read-only use by the SDK). */
   get store(): Store {
     return this.#store;
+  }
+
+  /**
+   * @internal whether `e` (as {@link events$} gave it) is in the cluster's stream already,
+   * published by the worker that made it; not so for the events this supervisor makes itself
+   * (a worker that died: its sandbox's `sandbox.stopped`).
+   */
+  publishedByWorker(e: SandboxEvent): boolean {
+    return this.#publishedByWorker.has(e);
   }
 
   /** @internal the replay buffer (a detached sandbox's host serves it on its socket). */
@@ -362,7 +382,7 @@ export class Supervisor {
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}) };
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}), ...(this.#events ? { events: this.#events } : {}) };
     let ctl: WorkerLink | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
     const actor = this.#pool.host(data, [control.port2], (err) => {
@@ -380,6 +400,7 @@ export class Supervisor {
       const e = m.event;
       if (!e) return; // a comlink answer
       own.lastSeq = e.seq;
+      if (this.#events) this.#publishedByWorker.add(e);
       const written = this.#onEvent(e);
       // Output stays in flight until its replay and log writes commit: LMDB queues writes
       // in memory, so releasing earlier lets a flood grow that queue with its size.
@@ -755,9 +776,12 @@ export class Supervisor {
     }
     // Buffered before it is published: a subscriber that reads the buffer then goes live
     // (events({ since })) cannot miss it.
-    const written = Promise.all([this.#replay.append(e), this.#execLog.record(e)]);
+    const writes = [this.#replay.stage(e), this.#execLog.stage(e)];
     this.#bus.publish(e);
-    return written;
+    // Written to disk after it is published, in a microtask queued behind the publish's: what
+    // a subscriber sent on (a node's NATS publish, flushed in a microtask) leaves before the
+    // writes' encoding runs on this thread. In order: microtasks run first in, first out.
+    return new Promise((resolve) => queueMicrotask(() => resolve(Promise.all(writes.map((write) => write())))));
   }
 
   #assertOpen(): void {

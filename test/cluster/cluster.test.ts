@@ -132,6 +132,8 @@ describe('a cluster of corral nodes on NATS', () => {
     const collected = await sb.exec('sh', ['-c', 'head -c 3000000 /dev/zero | tr "\\0" a; echo done >&2']);
     expect([collected.code, collected.stdoutBytes.byteLength, collected.stdout.slice(0, 3), collected.stderr]).toEqual([0, 3_000_000, 'aaa', 'done\n']);
     expect(await sb.exec('cat', [], { stdin: 'fed\n' })).toMatchObject({ code: 0, stdout: 'fed\n' });
+    // Past 64 KiB stdin goes by writes (acked as the guest takes it), not with the request.
+    expect((await sb.exec('wc', ['-c'], { stdin: new Uint8Array(200_000) })).stdout.trim()).toBe('200000');
     expect(await sb.exec('sleep', ['30'], { timeoutMs: 200 })).toMatchObject({ timedOut: true, signal: 9 });
     await expect(sb.exec('no-such-command')).rejects.toMatchObject({ code: 'E_EXEC_START' });
     await sb.fs().write('/tmp/x.txt', 'across the wire');

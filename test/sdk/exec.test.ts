@@ -102,6 +102,15 @@ describe('exec in a running sandbox', () => {
     expect(r.stdout).toBe('line 1\nline 2\n');
   });
 
+  it('takes stdin text or bytes with the exec request up to 64 KiB, and by writes past it, byte-exact either way', async () => {
+    for (const size of [0, 65_536, 65_537, 300_000]) {
+      const bytes = Buffer.alloc(size, 'ab');
+      const r = await sb.exec('sha256sum', [], { stdin: new Uint8Array(bytes) });
+      expect([size, r.stdout.split(' ')[0]]).toEqual([size, createHash('sha256').update(bytes).digest('hex')]);
+    }
+    expect((await sb.exec('wc', ['-c'], { stdin: 'é'.repeat(40_000) })).stdout.trim()).toBe('80000');
+  });
+
   it('delivers 10 MiB of output byte-exact', async () => {
     const prep = await sb.shell('head -c 10485760 /dev/urandom > /tmp/big && sha256sum /tmp/big');
     const guestSum = prep.stdout.split(' ')[0];
