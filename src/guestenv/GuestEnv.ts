@@ -229,7 +229,6 @@ export class GuestEnv {
     return shared.map((v, i) => ({ op: 'mount9p', tag: this.#shares[i]!.tag, path: v.guestPath, readonly: v.readonly }));
   }
 
-  /** Bytes the VM's NIC traffic took on the host (its nftables counters), or null without a NIC. */
   /** Whether host loopback's new connections may reach the VM's socket on `hostPort`. */
   isPublished(hostPort: number): boolean {
     return this.#published.has(hostPort);
@@ -244,6 +243,7 @@ export class GuestEnv {
     else this.#published.delete(hostPort);
   }
 
+  /** Bytes the VM's NIC traffic took on the host (its nftables counters), or null without a NIC. */
   async networkBytes(): Promise<{ rxBytes: number; txBytes: number } | null> {
     const enforcement = await this.#enforcement;
     return enforcement ? enforcement.trafficBytes() : null;
