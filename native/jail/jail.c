@@ -372,6 +372,13 @@ static void clean_up(void) {
   }
 }
 
+/* Joins a cgroup by writing "0" to its `tasks` (this thread) or `cgroup.procs` (this process) file. */
+static void write_self(const char *file) {
+  int fd = open(file, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, "0\n", 2) != 2) die("cgroup", "joining %s: %s", file, strerror(errno));
+  close(fd);
+}
+
 /*
  * Moving a whole process between cgroups (a write to cgroup.procs) takes the kernel's global
  * threadgroup lock, whose writer waits for an RCU grace period: ~15 ms here, on every VM's
@@ -380,12 +387,6 @@ static void clean_up(void) {
  * at all, its child is created in it (clone3 with CLONE_INTO_CGROUP). Returns the v2 dir's fd
  * for that, or -1. A second v2 cgroup, or a kernel without clone3, is joined the old way.
  */
-static void write_self(const char *file) {
-  int fd = open(file, O_WRONLY | O_CLOEXEC);
-  if (fd < 0 || write(fd, "0\n", 2) != 2) die("cgroup", "joining %s: %s", file, strerror(errno));
-  close(fd);
-}
-
 static int join_cgroups(void) {
   int v2_dir = -1;
   for (int c = 0; c < ncgroups; c++) {
