@@ -124,8 +124,7 @@ export function jailSupport(): Support {
     const why = trial.stderr.trim() || trial.error?.message || `exit ${trial.status ?? trial.signal}`;
     return (support = { launcher: undefined, missing: [`jail: a trial jail failed on this host (${why})`] });
   }
-  if (!ramShim || !existsSync(ramShim)) return (support = { launcher, ramShim: undefined, missing: ['jail: the RAM file shim is not built (corral-ropen.so): a restored qemu holds its template\'s RAM file writable; run scripts/setup.sh'] });
-  return (support = { launcher, ramShim, missing: [] });
+  return (support = { launcher, ramShim: ramShim && existsSync(ramShim) ? ramShim : undefined, missing: [] });
 }
 
 /** qemu's own files: /usr read-only, the merged-/usr links, the loader cache, a few devices. */
@@ -209,7 +208,9 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
       release: () => Promise.resolve(),
     };
   }
-  const missing: string[] = [...s.missing];
+  const missing: string[] = [];
+  // Said of the VMs it concerns: the clones of a template.
+  if (input.privateRamFile && !s.ramShim) missing.push("jail: the RAM file shim is not built (corral-ropen.so): this restored qemu holds its template's RAM file writable; run scripts/setup.sh");
   const kvmGroup = input.accel === 'kvm' ? kvmAccess() : undefined;
   if (kvmGroup && 'missing' in kvmGroup) missing.push(kvmGroup.missing);
   const uid = await claimUid();
