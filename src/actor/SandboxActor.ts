@@ -540,19 +540,23 @@ export class SandboxActor implements SandboxWorkerApi {
     });
   }
 
+  /** The user, environment and directory an exec runs with: the request's, else the config's and the image's. */
+  #execBase(req: { readonly user?: string | undefined; readonly env?: Record<string, string> | undefined; readonly tty?: unknown; readonly cwd?: string | undefined }): { user?: string; env: string[]; cwd: string } {
+    const user = execUser(req.user, this.#root?.imageDefaults.user);
+    const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env, ...req.env }, { user, tty: req.tty !== undefined }), this.#config.scripts);
+    return {
+      ...(user !== undefined ? { user } : {}),
+      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      // The image's WorkingDir applies when the config keeps the default "/".
+      cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
+    };
+  }
+
   #runWarmUp(vm: Vm): void {
     const t0 = performance.now();
     // As the sandbox's own `exec('true')` would run (its user, environment, directory), so
     // that each path of the agent and the guest kernel such a first exec takes is translated.
-    const user = execUser(undefined, this.#root?.imageDefaults.user);
-    const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env }, { user, tty: false }), this.#config.scripts);
-    const spec = {
-      ...(user !== undefined ? { user } : {}),
-      argv: ['true'],
-      env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-      cwd: this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/'),
-    };
-    vm.agent.run(spec).then(
+    vm.agent.run({ ...this.#execBase({}), argv: ['true'] }).then(
       (code) => {
         if (code === 0) this.#emit({ type: 'sandbox.warmed', ms: performance.now() - t0 });
         else this.#log.debug(`warm-up exec of true ended with ${code ?? 'a signal'}`);
@@ -915,16 +919,11 @@ export class SandboxActor implements SandboxWorkerApi {
       },
     };
     try {
-      const user = execUser(req.user, this.#root?.imageDefaults.user);
-      const env = withScriptsPath(execEnvDefaults({ PATH: DEFAULT_PATH, ...this.#imageEnv, ...this.#config.env, ...req.env }, { user, tty: req.tty !== undefined }), this.#config.scripts);
       const session = vm.agent.exec(
         {
           ...(req.tty ? { tty: req.tty } : {}),
-          ...(user !== undefined ? { user } : {}),
+          ...this.#execBase(req),
           argv: req.argv,
-          env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          // The image's WorkingDir applies when the config keeps the default "/".
-          cwd: req.cwd ?? (this.#config.workdir !== '/' ? this.#config.workdir : (this.#root?.imageDefaults.workdir ?? '/')),
           stdin: (req.stdin ?? false) || req.stdinData !== undefined,
           mergeStderr: req.mergeStderr ?? false,
           outputCredit: req.outputCredit ?? false,
