@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Host packages the guest environment needs (src/guestenv/): nftables enforces sandbox network
-# policies on the host (see src/guestenv/netfilter.ts). Idempotent: a no-op when installed.
+# policies on the host (see src/guestenv/netfilter.ts); slirp4netns is a jailed VM's network,
+# outside qemu's network namespace (src/vm/jail.ts). Idempotent: a no-op when installed.
 #
 #   bash scripts/setup-guest-env.sh
 set -Eeuo pipefail
 
-PACKAGES=(nftables)
+PACKAGES=(nftables slirp4netns)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -865,10 +865,10 @@ step_ui() { # chromium for the inspector test (scripts/setup-ui.sh)
   with_progress "apt-get install chromium" bash "$ROOT/scripts/setup-ui.sh"
 }
 
-step_guest_env() { # nftables for network policies (scripts/setup-guest-env.sh)
-  STEP="nftables"
-  if [[ -z $(missing_packages nftables) ]]; then STEP_CACHED=1; return 0; fi
-  with_progress "apt-get install nftables" bash "$ROOT/scripts/setup-guest-env.sh"
+step_guest_env() { # nftables for network policies, slirp4netns for jailed NICs (scripts/setup-guest-env.sh)
+  STEP="nftables, slirp4netns"
+  if [[ -z $(missing_packages nftables slirp4netns) ]]; then STEP_CACHED=1; return 0; fi
+  with_progress "apt-get install nftables slirp4netns" bash "$ROOT/scripts/setup-guest-env.sh"
 }
 
 KERNEL_CHOICE=auto
@@ -925,7 +925,7 @@ main() {
   esac
   [[ -n $kernel_locked ]] || run_step "debian packages" step_packages
   run_step "chromium" step_ui
-  run_step "nftables" step_guest_env
+  run_step "nftables, slirp4netns" step_guest_env
   run_step "npm dependencies" step_npm
   [[ -n $kernel_locked ]] || run_step "custom kernel" step_kernel
   run_step "debian kernel" step_debian_kernel

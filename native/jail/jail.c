@@ -4,7 +4,7 @@
  *   corral-jail --uid U --gid G [--group GID] [--bind PATH | --ro-bind PATH | --sys PATH | --dev PATH
  *               | --file-at SRC DST | --symlink TARGET LINK | --cgroup PROCS_FILE
  *               | --cleanup PATH | --cleanup-cgroup DIR | --netns | --proc | --nofile N | --fsize BYTES | --pid-fd FD | --keep-fd FD
- *               | --setenv NAME=VALUE]...
+ *               | --setenv NAME=VALUE | --nic FD --slirp4netns PATH --slirp-api SOCKET [--slirp-resolv FILE]]...
  *               -- QEMU ARGS...
  *
  * In order, as root:
@@ -16,7 +16,11 @@
  *  3. unshares the PID namespace and forks: the child is PID 1 of the new one, unshares the
  *     mount, IPC, UTS and cgroup namespaces, and the network namespace with --netns (a new
  *     one holds only a loopback device that is down: no network at all), and becomes qemu;
- *  4. this process stays in the host's namespaces as qemu's reaper, reports the child's pid (as the host sees it) on --pid-fd,
+ *     with --nic (which implies --netns), that namespace gets the VM's NIC (setup_nic): a
+ *     bridge joining a tap that qemu holds (as fd FD: `-netdev tap,fd=FD`) and a tap that
+ *     slirp4netns holds, started by this process (run_slirp) once the namespace is there;
+ *  4. this process stays in the host's namespaces as qemu's reaper, reports the child's pid
+ *     (as the host sees it) on --pid-fd (with --nic, once slirp4netns is ready),
  *     forwards SIGTERM/SIGINT/SIGHUP, and once qemu is gone removes the --cleanup paths (a
  *     file, or a directory of files) and, if its owner died, the --cleanup-cgroup dirs
  *     (leaving each for its parent first), and exits the way qemu did (same code, signal);
@@ -49,7 +53,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -103,6 +110,18 @@ struct cap_data { uint32_t effective, permitted, inheritable; };
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
+
+/* tun/tap and bridge ioctls, spelled out for the same reason. */
+#define TUN_SETIFF 0x400454caUL
+#define TUN_SETPERSIST 0x400454cbUL
+#define TUN_IFF_TAP 0x0002
+#define TUN_IFF_NO_PI 0x1000
+#define SIOC_BRADDBR 0x89a0
+#define SIOC_BRADDIF 0x89a2
+/* The VM's NIC inside its network namespace: qemu's tap and slirp4netns's, on one bridge. */
+#define NIC_BRIDGE "br0"
+#define NIC_VM_TAP "vm0"
+#define NIC_SLIRP_TAP "slirp0"
 
 enum kind { BIND_RW, BIND_RO, SYS_RO, DEV, FILE_AT, SYMLINK };
 
@@ -328,6 +347,106 @@ static void drop_privileges(uid_t uid, gid_t gid, long nofile, long fsize) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) die("no_new_privs", "%s", strerror(errno));
 }
 
+static const char *slirp_bin, *slirp_api, *slirp_resolv;
+
+static void set_flags_up(int s, const char *name) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) die("nic", "%s: reading its flags: %s", name, strerror(errno));
+  ifr.ifr_flags |= IFF_UP;
+  if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0) die("nic", "%s: bringing it up: %s", name, strerror(errno));
+}
+
+/* A tap device of this network namespace: its fd, or -1 once made persistent (a later opener attaches). */
+static int make_tap(const char *name, int persist) {
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd < 0) die("nic", "/dev/net/tun: %s", strerror(errno));
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+  /* No IFF_VNET_HDR: the NIC offers the guest the features it had on qemu's own user
+   * networking, so that snapshots and templates restore whichever backend a VM has. */
+  ifr.ifr_flags = TUN_IFF_TAP | TUN_IFF_NO_PI;
+  if (ioctl(fd, TUN_SETIFF, &ifr) < 0) die("nic", "tap %s: %s", name, strerror(errno));
+  if (!persist) return fd;
+  if (ioctl(fd, TUN_SETPERSIST, 1) < 0) die("nic", "tap %s: making it persistent: %s", name, strerror(errno));
+  close(fd);
+  return -1;
+}
+
+static void bridge_port(int s, const char *port) {
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", port);
+  if (ioctl(s, SIOCGIFINDEX, &ifr) < 0) die("nic", "%s: %s", port, strerror(errno));
+  int index = ifr.ifr_ifindex;
+  memset(&ifr, 0, sizeof ifr);
+  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", NIC_BRIDGE);
+  ifr.ifr_ifindex = index;
+  if (ioctl(s, SIOC_BRADDIF, &ifr) < 0) die("nic", "adding %s to %s: %s", port, NIC_BRIDGE, strerror(errno));
+}
+
+/*
+ * The VM's NIC, in the new network namespace (as root, before the new root hides /dev and
+ * /proc): the guest's frames go from qemu's tap through a bridge to the tap slirp4netns
+ * attaches to, whose sockets are in the host's namespace, in the network policy's cgroup.
+ * Nothing in this namespace routes anywhere: it has no address but loopback's. IPv6 is off
+ * (the guest's NIC is IPv4 only). Returns qemu's tap.
+ */
+static int setup_nic(void) {
+  static const char *v6[] = {"/proc/sys/net/ipv6/conf/all/disable_ipv6", "/proc/sys/net/ipv6/conf/default/disable_ipv6"};
+  for (int k = 0; k < 2; k++) {
+    int fd = open(v6[k], O_WRONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) continue; /* a kernel without IPv6 */
+    if (fd < 0 || write(fd, "1\n", 2) != 2) die("nic", "turning IPv6 off (%s): %s", v6[k], strerror(errno));
+    close(fd);
+  }
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) die("nic", "socket: %s", strerror(errno));
+  set_flags_up(s, "lo");
+  if (ioctl(s, SIOC_BRADDBR, NIC_BRIDGE) < 0) die("nic", "bridge %s: %s (the kernel's bridge support)", NIC_BRIDGE, strerror(errno));
+  make_tap(NIC_SLIRP_TAP, 1);
+  int tap = make_tap(NIC_VM_TAP, 0);
+  bridge_port(s, NIC_SLIRP_TAP);
+  bridge_port(s, NIC_VM_TAP);
+  set_flags_up(s, NIC_SLIRP_TAP);
+  set_flags_up(s, NIC_VM_TAP);
+  set_flags_up(s, NIC_BRIDGE);
+  close(s);
+  return tap;
+}
+
+/*
+ * The helper: slirp4netns on the NIC's other tap, in the host's network namespace (and in
+ * the cgroup the policy's nftables table matches). It runs in a mount namespace of its own
+ * whose mounts are all private: its --enable-sandbox detaches the old root, which on shared
+ * mounts (/run/netns, say) would propagate back to the host's. Its own sandbox then drops
+ * every capability but CAP_NET_BIND_SERVICE and pivots into an empty root; its seccomp
+ * filter is on. It writes "1" on `ready` once it holds its tap, and dies with qemu's PID
+ * namespace.
+ */
+static void run_slirp(pid_t vm, int ready, const sigset_t *mask) {
+  sigprocmask(SIG_SETMASK, mask, NULL);
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("network", "pdeathsig: %s", strerror(errno));
+  if (unshare(CLONE_NEWNS) < 0) die("network", "unshare(CLONE_NEWNS): %s", strerror(errno));
+  if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) die("network", "making / private: %s", strerror(errno));
+  if (slirp_resolv && mount(slirp_resolv, "/etc/resolv.conf", NULL, MS_BIND, NULL) < 0)
+    die("network", "%s at /etc/resolv.conf: %s", slirp_resolv, strerror(errno));
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  /* It talks on stderr of every tap fd it passes: not for the VM's console. Its failure to
+   * start is said by this launcher, its end while the VM runs too (main). */
+  if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0) die("network", "/dev/null: %s", strerror(errno));
+  if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) die("network", "close_range: %s", strerror(errno));
+  if (fcntl(ready, F_SETFD, 0) < 0) die("network", "ready fd: %s", strerror(errno));
+  char ns[64], ready_arg[32];
+  snprintf(ns, sizeof ns, "/proc/%d/ns/net", (int)vm);
+  snprintf(ready_arg, sizeof ready_arg, "--ready-fd=%d", ready);
+  char *args[] = {(char *)slirp_bin, "--netns-type=path", "--api-socket", (char *)slirp_api, "--enable-sandbox", "--enable-seccomp", ready_arg, ns, NIC_SLIRP_TAP, NULL};
+  execv(slirp_bin, args);
+  die("network", "%s: %s", slirp_bin, strerror(errno));
+}
+
 static pid_t child;
 
 /* The v2 cgroup was joined by a write, not at the clone (see join_cgroups). */
@@ -410,26 +529,22 @@ struct clone_args_v2 {
 };
 #define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
 
-/* fork(), into the v2 cgroup `v2_dir` when there is one. */
+/* fork(), into the v2 cgroup `v2_dir` when there is one (joined by this process on an old kernel). */
 static pid_t fork_into(int v2_dir) {
   if (v2_dir < 0) return fork();
   struct clone_args_v2 args = {.flags = CLONE_INTO_CGROUP_FLAG, .exit_signal = SIGCHLD, .cgroup = (uint64_t)v2_dir};
   long pid = syscall(SYS_clone3, &args, sizeof args);
-  if (pid >= 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL)) {
-    if (pid != 0) close(v2_dir);
-    return (pid_t)pid;
-  }
+  if (pid >= 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL)) return (pid_t)pid;
   /* An older kernel: join it, then fork. */
   char procs[64];
   snprintf(procs, sizeof procs, "/proc/self/fd/%d/cgroup.procs", v2_dir);
   write_self(procs);
   v2_joined = 1;
-  close(v2_dir);
   return fork();
 }
 
 int main(int argc, char **argv) {
-  long uid = -1, gid = -1, nofile = 0, fsize = 0, pid_fd = -1;
+  long uid = -1, gid = -1, nofile = 0, fsize = 0, pid_fd = -1, nic_fd = -1;
   int netns = 0, i = 1;
   const char *envs[8];
   int nenv = 0;
@@ -446,6 +561,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--fsize")) fsize = number(v, a);
     else if (!strcmp(a, "--pid-fd")) pid_fd = number(v, a);
     else if (!strcmp(a, "--group")) extra_group = number(v, a);
+    else if (!strcmp(a, "--nic")) nic_fd = number(v, a);
+    else if (!strcmp(a, "--slirp4netns")) slirp_bin = v;
+    else if (!strcmp(a, "--slirp-api")) slirp_api = v;
+    else if (!strcmp(a, "--slirp-resolv")) slirp_resolv = v;
     else if (!strcmp(a, "--keep-fd")) { if (nkeep == 8) usage("too many --keep-fd"); keep_fds[nkeep++] = (int)number(v, a); }
     else if (!strcmp(a, "--bind")) add(BIND_RW, v, v);
     else if (!strcmp(a, "--ro-bind")) add(BIND_RO, v, v);
@@ -468,6 +587,13 @@ int main(int argc, char **argv) {
   if (i >= argc) usage("no command after --");
   if (uid <= 0 || gid <= 0) usage("--uid and --gid must be given and not 0");
   if (argv[i][0] != '/') die("usage", "the command must be an absolute path, got \"%s\"", argv[i]);
+  if (nic_fd >= 0) {
+    if (!slirp_bin || !slirp_api) usage("--nic needs --slirp4netns and --slirp-api");
+    if (slirp_bin[0] != '/') die("usage", "--slirp4netns must be an absolute path, got \"%s\"", slirp_bin);
+    if (nic_fd < 3 || nic_fd == pid_fd) die("usage", "--nic needs an fd above 2 that no other option uses, got %ld", nic_fd);
+    for (int k = 0; k < nkeep; k++) if (keep_fds[k] == nic_fd) die("usage", "--nic %ld is also a --keep-fd", nic_fd);
+    netns = 1;
+  } else if (slirp_bin || slirp_api || slirp_resolv) usage("--slirp4netns, --slirp-api and --slirp-resolv go with --nic");
 
   /* SIGTERM, not SIGKILL: this process outlives its owner just long enough to kill qemu,
    * wait for it and remove what it leaves (--cleanup). */
@@ -495,6 +621,8 @@ int main(int argc, char **argv) {
   sigprocmask(SIG_BLOCK, &all, &old);
   int alive[2]; /* the child sees EOF on it once this process is gone */
   if (pipe2(alive, O_CLOEXEC) < 0) die("fork", "pipe: %s", strerror(errno));
+  int nic_ready[2] = {-1, -1}; /* the child writes a byte once its NIC is there */
+  if (nic_fd >= 0 && pipe2(nic_ready, O_CLOEXEC) < 0) die("fork", "pipe: %s", strerror(errno));
   child = fork_into(v2_dir);
   if (child < 0) die("fork", "%s", strerror(errno));
   if (child == 0) {
@@ -507,15 +635,28 @@ int main(int argc, char **argv) {
     if (pid_fd >= 0) close((int)pid_fd);
     int flags = CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP | (netns ? CLONE_NEWNET : 0);
     if (unshare(flags) < 0) die("namespaces", "unshare: %s", strerror(errno));
+    int tap = -1;
+    if (nic_fd >= 0) {
+      tap = setup_nic();
+      close(nic_ready[0]);
+      if (write(nic_ready[1], "n", 1) != 1) die("nic", "telling the launcher: %s", strerror(errno));
+      close(nic_ready[1]);
+    }
     build_root();
     drop_privileges((uid_t)uid, (gid_t)gid, nofile, fsize);
     /* Changing credentials cleared the parent-death signal: set it again, and check again. */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) die("pdeathsig", "%s", strerror(errno));
     if (poll(&pfd, 1, 0) != 0) _exit(EXIT_JAIL);
     close(alive[0]);
+    /* qemu's tap at the fd its -netdev names (nothing else is open above 2 but the kept ones). */
+    if (tap >= 0 && tap != nic_fd) {
+      if (dup2(tap, (int)nic_fd) < 0) die("fds", "tap at fd %ld: %s", nic_fd, strerror(errno));
+      close(tap);
+    }
     if (syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0) die("fds", "close_range: %s", strerror(errno));
     for (int k = 0; k < nkeep; k++)
       if (fcntl(keep_fds[k], F_SETFD, 0) < 0) die("fds", "keeping fd %d: %s", keep_fds[k], strerror(errno));
+    if (tap >= 0 && fcntl((int)nic_fd, F_SETFD, 0) < 0) die("fds", "keeping the tap: %s", strerror(errno));
     for (int k = 0; k < nenv; k++)
       if (putenv((char *)envs[k]) != 0) die("env", "%s: %s", envs[k], strerror(errno));
     execv(argv[i], argv + i);
@@ -526,6 +667,37 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  pid_t helper = -1;
+  if (nic_fd >= 0) {
+    /* Signals stay blocked until slirp4netns is there: the helper must not miss being killed. */
+    close(nic_ready[1]);
+    char c;
+    ssize_t got;
+    while ((got = read(nic_ready[0], &c, 1)) < 0 && errno == EINTR) {}
+    close(nic_ready[0]);
+    if (got != 1) {
+      kill(child, SIGKILL);
+      waitpid(child, NULL, 0);
+      clean_up();
+      die("nic", "the VM process ended before its network namespace was set up");
+    }
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC) < 0) die("network", "pipe: %s", strerror(errno));
+    helper = fork_into(v2_dir);
+    if (helper < 0) die("network", "fork: %s", strerror(errno));
+    if (helper == 0) run_slirp(child, ready[1], &old);
+    close(ready[1]);
+    while ((got = read(ready[0], &c, 1)) < 0 && errno == EINTR) {}
+    close(ready[0]);
+    if (got != 1) {
+      kill(child, SIGKILL);
+      kill(helper, SIGKILL);
+      while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {}
+      clean_up();
+      die("network", "slirp4netns did not start (%s)", slirp_bin);
+    }
+  }
+  if (v2_dir >= 0) close(v2_dir);
   sigprocmask(SIG_SETMASK, &old, NULL);
   if (pid_fd >= 0) {
     dprintf((int)pid_fd, "%d\n", child);
@@ -534,9 +706,21 @@ int main(int argc, char **argv) {
   for (int k = 0; k < nkeep; k++) close(keep_fds[k]);
   /* The owner may have died while the signals were blocked. */
   if (getppid() != owner) kill(child, SIGKILL);
-  int status;
-  while (waitpid(child, &status, 0) < 0)
-    if (errno != EINTR) die("wait", "%s", strerror(errno));
+  /* qemu's end, and the helper's: qemu is PID 1 of the namespace the helper is in, and its
+   * exit waits until this process has reaped the helper the kernel kills then. */
+  int status = 0;
+  for (;;) {
+    int st;
+    pid_t p = waitpid(-1, &st, 0);
+    if (p < 0 && errno == EINTR) continue;
+    if (p < 0) break; /* ECHILD: both reaped */
+    if (p == child) status = st, child = -1;
+    else if (p == helper) {
+      /* SIGKILL is how it ends with qemu's namespace (whose exit waits for this reaping). */
+      if (child > 0 && !(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)) dprintf(2, "corral-jail: network: slirp4netns ended (%s %d) while the VM ran: it has no network now\n", WIFEXITED(st) ? "exit" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+      helper = -1;
+    }
+  }
   clean_up();
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   int sig = WTERMSIG(status);

@@ -256,8 +256,7 @@ export class SandboxActor implements SandboxWorkerApi {
     const guest = await this.#guest;
     const already = guest?.isPublished(p.hostPort) ?? false;
     await guest?.setPublished(p.hostPort, true);
-    // qemu's monitor answers a refused forward with text, not an error.
-    const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_add net0 tcp:127.0.0.1:${p.hostPort}-:${p.guestPort}` })).trim();
+    const out = await vm.addHostForward(p.hostPort, p.guestPort);
     if (out) {
       // Not the forward of this port that is already there (a taken port is named, not closed).
       if (!already) await guest?.setPublished(p.hostPort, false);
@@ -269,13 +268,13 @@ export class SandboxActor implements SandboxWorkerApi {
   async unpublish(hostPort: number): Promise<void> {
     const { hostPort: h } = validatePort(hostPort, 1, 'port');
     const vm = await this.#vmWithNic('unpublish a port of');
-    const out = (await vm.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_remove net0 tcp:127.0.0.1:${h}` })).trim();
-    if (!/removed/.test(out)) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: ${h} is not published (${out || 'qemu said nothing'})`, { details: { option: 'port.hostPort' } });
+    const out = await vm.removeHostForward(h);
+    if (out) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: ${h} is not published (${out})`, { details: { option: 'port.hostPort' } });
     await (await this.#guest)?.setPublished(h, false);
     this.#log.info(`unpublished 127.0.0.1:${h}`);
   }
 
-  /** The running VM, if it has a NIC (ports are forwarded by its user-mode network). */
+  /** The running VM, if it has a NIC (ports are forwarded by its user-mode network: slirp4netns's, or qemu's own). */
   async #vmWithNic(what: string): Promise<Vm> {
     const vm = this.#requireRunning(what);
     if (!(await this.#guest)?.layout.nic) {

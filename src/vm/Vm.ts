@@ -32,6 +32,7 @@ import { watchGuestEnd, type GuestEnd } from './guestEnd.ts';
 import { QmpClient } from './QmpClient.ts';
 import { qemuArgs, type QemuArgsInput } from './qemuArgs.ts';
 import { logFailure } from '../runtime/log.ts';
+import { SlirpForwards } from './slirpApi.ts';
 import { prepareJail, touchFile, type Jail, type JailPath, type JailStatus } from './jail.ts';
 import { qcow2Backing } from './qcow2.ts';
 
@@ -192,7 +193,6 @@ export class Vm {
       const agentConn = listenOnce(agentPath, servers);
       const qmpConn = listenOnce(qmpPath, servers);
       await Promise.all(servers.map((s) => new Promise<void>((res, rej) => s.once('listening', res).once('error', rej))));
-      const args = qemuArgs({ ...opts, agentSocket: agentPath, qmpSocket: qmpPath });
       if (opts.memoryFile?.share) touchFile(opts.memoryFile.path);
       if (opts.restore) stateFd = openSync(opts.restore.stateFile, 'r');
       jail = await prepareJail({
@@ -202,6 +202,8 @@ export class Vm {
         paths: jailPaths(opts, dir),
         privateRamFile: opts.memoryFile && !opts.memoryFile.share ? opts.memoryFile.path : undefined,
         nic: opts.net !== undefined && !opts.net.isolated,
+        // Beside the run dir, not in it: the run dir is in the jail, and qemu must not reach it.
+        nicApiSocket: `${dir}.net.sock`,
         proc: (opts.shares?.length ?? 0) > 0,
         cleanup: [dir],
         netCgroupDir: opts.netCgroup?.dir,
@@ -209,6 +211,10 @@ export class Vm {
         keepFd: stateFd === undefined ? undefined : STATE_FD,
       });
       mark('jail');
+      const nic = jail.nic;
+      // A NIC served by slirp4netns: qemu's end is a tap, the forwards are slirp4netns's.
+      const net = opts.net && nic ? { ...opts.net, hostForwards: [], tapFd: nic.tapFd } : opts.net;
+      const args = qemuArgs({ ...opts, net, agentSocket: agentPath, qmpSocket: qmpPath });
       const argv = jail.status.jailed ? [...jail.argv, opts.qemu, ...args] : [...(opts.wrap ?? []), 'setpriv', '--pdeathsig', 'KILL', '--', opts.qemu, ...args];
       const child = spawn(argv[0]!, argv.slice(1), {
         // The creating actor's CORRAL_* variables (the fake qemu reads its mode from them).
@@ -232,6 +238,14 @@ export class Vm {
       }
       mark('pid');
       opts.onSpawn?.(vm.pid);
+      if (nic) {
+        // slirp4netns is up (the launcher reported the pid after it was).
+        vm.#slirp = new SlirpForwards(nic.apiSocket);
+        for (const f of opts.net?.hostForwards ?? []) {
+          const refused = await vm.#slirp.add(f.hostPort, f.guestPort);
+          if (refused) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${f.hostPort} cannot be published (${refused}; in use?)`, { details: { option: 'port.hostPort', port: f.hostPort } });
+        }
+      }
 
       const exitedEarly = vm.exited.then((x) => {
         throw new CorralError('E_BOOT_FAILED', `qemu exited during boot (${describeExit(x)}): ${lastLines(spawned.consoleTail)}`, {
@@ -294,6 +308,26 @@ export class Vm {
   }
 
   #ready = false;
+  /** The host forwards of a NIC that slirp4netns serves; undefined where qemu's own slirp does. */
+  #slirp: SlirpForwards | undefined;
+
+  /**
+   * Forwards 127.0.0.1:hostPort on the host to the guest's port (the NIC's user-mode network
+   * does). Returns the refusal (the port is taken, say), or undefined once it is there.
+   */
+  async addHostForward(hostPort: number, guestPort: number): Promise<string | undefined> {
+    if (this.#slirp) return this.#slirp.add(hostPort, guestPort);
+    // qemu's monitor answers a refused forward with text, not an error.
+    const out = (await this.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_add net0 tcp:127.0.0.1:${hostPort}-:${guestPort}` })).trim();
+    return out || undefined;
+  }
+
+  /** Removes the forward of 127.0.0.1:hostPort. Returns why not if there is none. */
+  async removeHostForward(hostPort: number): Promise<string | undefined> {
+    if (this.#slirp) return (await this.#slirp.remove(hostPort)) ? undefined : 'no such forward';
+    const out = (await this.qmp.execute<string>('human-monitor-command', { 'command-line': `hostfwd_remove net0 tcp:127.0.0.1:${hostPort}` })).trim();
+    return /removed/.test(out) ? undefined : out || 'qemu said nothing';
+  }
 
   /**
    * Saves the VM's state to `stateFile` and leaves it paused. With `ignoreShared` (a VM whose

@@ -7,8 +7,11 @@
  * qemu open it so), its volumes; qemu's own /usr
  * read-only; /dev/null and /dev/urandom, /dev/kvm where used; no /sys, and /proc only
  * with volumes, holding its own process alone); its own
- * PID, IPC, UTS and cgroup namespaces; its own network namespace unless it has a NIC (then
- * slirp's sockets stay on the host, policed by the nftables table of src/guestenv/netfilter.ts);
+ * PID, IPC, UTS and cgroup namespaces; its own network namespace, with nothing in it but a
+ * loopback device, or with a NIC a bridge between qemu's tap and the tap of a slirp4netns
+ * outside it (started by the launcher, sandboxed by itself, in the network policy's cgroup:
+ * its sockets are on the host, policed by the nftables table of src/guestenv/netfilter.ts;
+ * the published ports are its host forwards, src/vm/slirpApi.ts);
  * an unprivileged uid/gid of its own from a reserved range, no capabilities, `no_new_privs`;
  * rlimits; a cgroup with memory, CPU and task limits (src/vm/cgroups.ts). The files it may
  * use are idmapped mounts that show their host owner as the VM's uid: nothing on the host is
@@ -19,10 +22,12 @@
  * `CORRAL_JAIL=off` turns the jail off (the tests' fake qemu, a Node script, runs without).
  */
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { runtimeVar } from '../runtime/actorEnv.ts';
@@ -48,7 +53,10 @@ export interface JailStatus {
   readonly jailed: boolean;
   /** The uid (= gid) qemu runs as; null when it runs as the embedding process's user. */
   readonly uid: number | null;
-  /** Whether it has a network namespace of its own (false with a NIC: slirp's sockets stay on the host). */
+  /**
+   * Whether it has a network namespace of its own. False only for a NIC on a host without
+   * slirp4netns (then qemu's own slirp opens its sockets in the host's namespace).
+   */
   readonly netns: boolean;
   /** `v1`/`v2`: where its limits are; null: none. */
   readonly cgroup: 'v1' | 'v2' | null;
@@ -74,11 +82,16 @@ export interface JailInput {
    * the shim that makes qemu 7.2 open it read-only preloaded (it opens it read-write otherwise).
    */
   readonly privateRamFile?: string | undefined;
-  /** The VM has a NIC: it stays in the host's network namespace. */
+  /**
+   * The VM has a NIC: slirp4netns serves it from outside qemu's network namespace (its API
+   * socket at `nicApiSocket`), or where it cannot, qemu stays in the host's namespace.
+   */
   readonly nic: boolean;
+  /** Where slirp4netns listens for its API (outside the jail: qemu must not reach it). */
+  readonly nicApiSocket?: string | undefined;
   /** A cgroup2 dir made for this VM already (its network policy's): joined, and on v2 its limits go there. */
   readonly netCgroupDir?: string | undefined;
-  /** The resolv.conf slirp forwards DNS to (shown at /etc/resolv.conf in the jail). */
+  /** The resolv.conf slirp forwards DNS to (shown at /etc/resolv.conf to the slirp that reads it). */
   readonly resolvConf?: string | undefined;
   /** Give it a /proc (of its own PID namespace, pids only): qemu's 9p server needs /proc/self/fd. */
   readonly proc?: boolean;
@@ -95,6 +108,8 @@ export interface Jail {
   readonly argv: readonly string[];
   /** The fd on which the launcher reports qemu's pid (3), or undefined when not jailed. */
   readonly pidFd: number | undefined;
+  /** The NIC's tap, as qemu's fd (`-netdev tap,fd=`), and slirp4netns's API socket: when slirp4netns serves it. */
+  readonly nic?: { readonly tapFd: number; readonly apiSocket: string } | undefined;
   /** Whether its cgroup's OOM killer killed qemu (read before {@link release}). */
   oomKilled(): boolean;
   /** Removes the cgroup and gives the uid back. Idempotent; call once qemu has exited. */
@@ -125,6 +140,44 @@ export function jailSupport(): Support {
     return (support = { launcher: undefined, missing: [`jail: a trial jail failed on this host (${why})`] });
   }
   return (support = { launcher, ramShim: ramShim && existsSync(ramShim) ? ramShim : undefined, missing: [] });
+}
+
+/** The NIC's tap in qemu: past the pid fd (3) and the migration stream (4). */
+const TAP_FD = 5;
+
+let nicSupport: Promise<{ slirp4netns: string } | { missing: string }> | undefined;
+
+/**
+ * Whether a jailed VM's NIC can live in its own network namespace, probed once per process:
+ * slirp4netns installed (scripts/setup-guest-env.sh), and a trial jail with a NIC (a bridge,
+ * two taps, slirp4netns attached) around a `sleep`, ended once the launcher reports it ready.
+ */
+function nicSupportOf(launcher: string): Promise<{ slirp4netns: string } | { missing: string }> {
+  return (nicSupport ??= (async () => {
+    const slirp4netns = ['/usr/bin/slirp4netns', '/usr/local/bin/slirp4netns'].find((p) => existsSync(p));
+    const fallback = "a VM with a NIC runs in the host's network namespace (its sockets policed by nftables)";
+    if (!slirp4netns) return { missing: `network namespace: slirp4netns is not installed (scripts/setup-guest-env.sh): ${fallback}` };
+    const api = join(tmpdir(), `corral-niccheck-${process.pid}-${randomBytes(4).toString('hex')}.sock`);
+    const trial = spawn(launcher, ['--uid', String(JAIL_UID_BASE), '--gid', String(JAIL_UID_BASE), '--pid-fd', '3', '--nic', String(TAP_FD), '--slirp4netns', slirp4netns, '--slirp-api', api, '--cleanup', api, ...systemArgs(), '--', '/usr/bin/sleep', '30'], {
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    trial.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    let reported = '';
+    (trial.stdio[3] as Readable).setEncoding('utf8').on('data', (d: string) => (reported += d));
+    const ended = new Promise<void>((resolve) => trial.once('close', () => resolve()));
+    // The pid comes once slirp4netns holds its tap; the fd closes after it, or at a failure.
+    await new Promise<void>((resolve) => (trial.stdio[3] as Readable).once('close', resolve));
+    const ok = /^\d+\n$/.test(reported);
+    // SIGKILL: `sleep` is PID 1 of its namespace, deaf to a SIGTERM it has no handler for;
+    // the launcher's death kills it, and slirp4netns with it.
+    trial.kill('SIGKILL');
+    await ended;
+    await unlink(api).catch((err: unknown) => (isMissing(err) ? undefined : logFailure(`removing ${api}`)(err)));
+    if (ok) return { slirp4netns };
+    const why = stderr.split('\n').filter((l) => l.startsWith('corral-jail')).join('; ') || `exit ${trial.exitCode ?? trial.signalCode}`;
+    return { missing: `network namespace: a trial VM network failed on this host (${why}): ${fallback}` };
+  })());
 }
 
 /** qemu's own files: /usr read-only, the merged-/usr links, the loader cache, a few devices. */
@@ -203,6 +256,7 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     return {
       status: { jailed: false, uid: null, netns: false, cgroup: null, limits: null, missing: s.missing },
       argv: [],
+      nic: undefined,
       pidFd: undefined,
       oomKilled: () => false,
       release: () => Promise.resolve(),
@@ -211,6 +265,9 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
   const missing: string[] = [];
   // Said of the VMs it concerns: the clones of a template.
   if (input.privateRamFile && !s.ramShim) missing.push("jail: the RAM file shim is not built (corral-ropen.so): this restored qemu holds its template's RAM file writable; run scripts/setup.sh");
+  const nicHost = input.nic ? await nicSupportOf(s.launcher) : undefined;
+  if (nicHost && 'missing' in nicHost) missing.push(nicHost.missing);
+  const nic = nicHost && 'slirp4netns' in nicHost && input.nicApiSocket ? { tapFd: TAP_FD, apiSocket: input.nicApiSocket, slirp4netns: nicHost.slirp4netns } : undefined;
   const kvmGroup = input.accel === 'kvm' ? kvmAccess() : undefined;
   if (kvmGroup && 'missing' in kvmGroup) missing.push(kvmGroup.missing);
   const uid = await claimUid();
@@ -236,16 +293,20 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
     '--pid-fd', '3',
     ...(kvmGroup && 'gid' in kvmGroup ? ['--group', String(kvmGroup.gid)] : []),
     '--nofile', String(JAIL_NOFILE), '--fsize', String(JAIL_FSIZE_BYTES),
-    ...(input.nic ? [] : ['--netns']),
+    ...(nic
+      ? ['--nic', String(nic.tapFd), '--slirp4netns', nic.slirp4netns, '--slirp-api', nic.apiSocket, ...(input.resolvConf && input.resolvConf !== '/etc/resolv.conf' ? ['--slirp-resolv', input.resolvConf] : [])]
+      : input.nic
+        ? []
+        : ['--netns']),
     ...(input.proc ? ['--proc'] : []),
     ...procs.flatMap((f) => ['--cgroup', f]),
     ...systemArgs(input.accel),
     ...paths.flatMap((p) => [p.writable ? '--bind' : '--ro-bind', p.path]),
-    ...(input.nic && input.resolvConf ? ['--file-at', input.resolvConf, '/etc/resolv.conf'] : []),
+    ...(input.nic && !nic && input.resolvConf ? ['--file-at', input.resolvConf, '/etc/resolv.conf'] : []),
     ...(input.keepFd !== undefined ? ['--keep-fd', String(input.keepFd)] : []),
     // The shim as a system file (its own mount is not noexec), root's and read-only as qemu's libraries are.
     ...(ram && s.ramShim ? ['--sys', s.ramShim, '--setenv', `LD_PRELOAD=${s.ramShim}`, '--setenv', `CORRAL_RO_RAM=${ram}`] : []),
-    ...[claim, ...(input.cleanup ?? [])].flatMap((p) => ['--cleanup', p]),
+    ...[claim, ...(input.cleanup ?? []), ...(nic ? [nic.apiSocket] : [])].flatMap((p) => ['--cleanup', p]),
     // Removed by the launcher too, should this thread be gone when qemu exits.
     ...(cgroup?.own ?? []).flatMap((d) => ['--cleanup-cgroup', d]),
     '--',
@@ -253,9 +314,10 @@ export async function prepareJail(input: JailInput): Promise<Jail> {
   let oom = false;
   let released: Promise<void> | undefined;
   return {
-    status: { jailed: true, uid, netns: !input.nic, cgroup: cgroup?.version ?? null, limits: cgroup ? limits : null, missing },
+    status: { jailed: true, uid, netns: !input.nic || nic !== undefined, cgroup: cgroup?.version ?? null, limits: cgroup ? limits : null, missing },
     argv,
     pidFd: 3,
+    nic: nic && { tapFd: nic.tapFd, apiSocket: nic.apiSocket },
     oomKilled: () => oom,
     release: () =>
       (released ??= (async () => {

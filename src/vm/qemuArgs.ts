@@ -66,9 +66,14 @@ export interface SharedDir {
   readonly readonly: boolean;
 }
 
-/** The guest's NIC: qemu user networking (slirp), with host-loopback port forwards. */
+/**
+ * The guest's NIC: qemu user networking (slirp), with host-loopback port forwards; or, in a
+ * jail, a tap whose other end slirp4netns serves from outside qemu's network namespace.
+ */
 export interface NetDevice {
   readonly hostForwards: readonly { readonly hostPort: number; readonly guestPort: number }[];
+  /** qemu's fd of the jail's tap (src/vm/jail.ts): the forwards are slirp4netns's then, not in the argv. */
+  readonly tapFd?: number | undefined;
   /**
    * The device without a network behind it: qemu runs in an empty network namespace, so
    * slirp reaches nothing (a template VM, whose start command runs under no policy). Does
@@ -244,7 +249,17 @@ export function qemuArgs(input: QemuArgsInput): string[] {
     claimSlot();
     // ipv6=off: one address family to police. Forwards listen on host loopback only.
     const fwd = input.net.hostForwards.map((f) => `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`).join('');
-    args.push('-netdev', `user,id=net0,ipv6=off${fwd}`, '-device', 'virtio-net-device,netdev=net0');
+    if (input.net.tapFd !== undefined) {
+      // A jailed VM's tap (its other end is slirp4netns's, outside qemu's network namespace),
+      // and beside it a user network attached to nothing (restrict=on: it reaches nothing
+      // either): its `slirp` section of the saved state lets a template or snapshot saved by
+      // a VM on qemu's own user network restore here, and the reverse (qemu refuses a state
+      // with a section it has no instance for).
+      args.push('-netdev', `tap,id=net0,fd=${input.net.tapFd}`, '-netdev', 'user,id=slirpstate,restrict=on,ipv6=off');
+    } else {
+      args.push('-netdev', `user,id=net0,ipv6=off${fwd}`);
+    }
+    args.push('-device', 'virtio-net-device,netdev=net0');
   }
   return args;
 }

@@ -36,7 +36,9 @@ export const EXPECTED: Readonly<Record<string, readonly string[]>> = {
   jail: [
     'ok jailed, with no wall missing', 'ok its qemu runs as its own uid, without capabilities',
     'ok its cgroup limits memory to the guest plus a bounded overhead', 'ok a fork runs jailed, as another uid',
-    'ok the fork has its parent state', 'ok its VM process is gone after stop', 'ok a detached sandbox runs jailed too', 'done',
+    'ok the fork has its parent state', 'ok its VM process is gone after stop',
+    'ok a sandbox with a NIC has a network namespace of its own', 'ok its published port serves the host',
+    'ok a detached sandbox runs jailed too', 'done',
   ],
   policies: [
     'ok busy is not idle', 'ok max duration drains it', 'ok idle timeout drains it',

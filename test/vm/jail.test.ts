@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Sandbox, type SandboxEvent } from '../../src/index.ts';
+import { NetworkPolicy, Sandbox, type SandboxEvent } from '../../src/index.ts';
 import { qcow2Backing } from '../../src/vm/qcow2.ts';
 import { sandboxDir } from '../../src/runtime/rootfs.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
@@ -167,6 +167,59 @@ describe('the jail of a VM process', () => {
     // The same service is there for the host: the wall is the jail's, not a closed port.
     const { stdout } = await run('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}; cat <&3`]);
     expect(stdout).toBe('host\n');
+  });
+
+  it("gives a VM with a NIC a network namespace of its own: an escaped qemu reaches nothing, its guest reaches the host through slirp4netns under its policy", async () => {
+    const n = await Sandbox.builder(uniqueName('jail-nic'))
+      .network((net) => net.policy(NetworkPolicy.allowAll()))
+      .supervisor(sup)
+      .create();
+    let slirp: number | undefined;
+    try {
+      const info = await n.info();
+      const pid = info.pid!;
+      expect(info.jail).toMatchObject({ jailed: true, netns: true, missing: [] });
+      expect(readlinkSync(`/proc/${pid}/ns/net`)).not.toBe(readlinkSync('/proc/self/ns/net'));
+      // slirp4netns: the process whose target is this qemu's network namespace.
+      const ns = `/proc/${pid}/ns/net`;
+      slirp = readdirSync('/proc').map(Number).find((p) => p > 0 && existsSync(`/proc/${p}/cmdline`) && readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes(ns));
+      expect(slirp).toBeDefined();
+      const cmd = readFileSync(`/proc/${slirp}/cmdline`, 'utf8').split('\0');
+      const api = cmd[cmd.indexOf('--api-socket') + 1]!;
+      expect(existsSync(api)).toBe(true);
+      const out = await asJailed(
+        pid,
+        info.jail!.uid!,
+        [
+          `t() { if eval "$2" >/dev/null 2>&1; then echo "$1 ok"; else echo "$1 no"; fi; }`,
+          // What its namespace holds: the bridge between its tap and slirp4netns's, and no address but loopback's.
+          `echo "links: $(ip -br link | cut -d' ' -f1 | sed 's/@.*//' | sort | tr '\\n' ' ')"`,
+          `echo "addresses: $(ip -br -4 addr | tr -s ' ' | cut -d' ' -f1,3 | tr '\\n' ' ')"`,
+          `t host-loopback 'echo > /dev/tcp/127.0.0.1/${port}'`,
+          `t gateway 'echo > /dev/tcp/10.0.2.2/${port}'`,
+          `t internet 'echo > /dev/tcp/1.1.1.1/53'`,
+          `t slirp-api 'test -e ${api}'`,
+          `t add-address 'ip addr add 10.0.2.99/24 dev br0'`,
+        ].join('\n'),
+      );
+      expect(out.trim().split('\n')).toEqual(['links: br0 lo slirp0 vm0 ', 'addresses: lo 127.0.0.1/8 ', 'host-loopback no', 'gateway no', 'internet no', 'slirp-api no', 'add-address no']);
+      // The control: the guest, through its NIC, reaches the host service its policy allows.
+      expect((await n.exec('sh', ['-c', `nc 10.0.2.2 ${port} </dev/null`])).stdout).toBe('host\n');
+      // slirp4netns: outside qemu's namespace, no capability but binding low ports, under seccomp, in the policy's cgroup.
+      const st = status(slirp!);
+      expect(st.CapEff).toBe('0000000000000400'); // CAP_NET_BIND_SERVICE
+      expect(st.Seccomp).toBe('2');
+      expect(readlinkSync(`/proc/${slirp}/ns/net`)).toBe(readlinkSync('/proc/self/ns/net'));
+      const v2 = (p: number) => readFileSync(`/proc/${p}/cgroup`, 'utf8').split('\n').find((l) => l.startsWith('0::'));
+      expect(v2(slirp!)).toBe(v2(pid));
+      await n.stop();
+      // It went with the VM, and so did its API socket.
+      expect(existsSync(`/proc/${slirp}`)).toBe(false);
+      expect(existsSync(api)).toBe(false);
+    } finally {
+      await n.kill();
+      await Sandbox.remove(n.name, { supervisor: sup });
+    }
   });
 
   it('shows a VM with volumes a /proc of its own processes only, and its volumes as their owner', async () => {

@@ -1,8 +1,10 @@
 // A service embedding corral checks what its untrusted code's VM is confined to (issue #20):
 // the VM process is jailed, as a uid of its own with no capabilities, in a cgroup with
-// limits; a fork of it is jailed too, as another uid; and a detached sandbox's VM as well.
+// limits; a fork of it is jailed too, as another uid; a sandbox with a NIC is in a network
+// namespace of its own; and a detached sandbox's VM is jailed as well.
 import { Sandbox } from 'corral';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { check, id } from './check.mjs';
 
 /** The jail as info() says, and as /proc says of the VM process. */
@@ -33,6 +35,24 @@ try {
   await sb.kill();
   if (fork) await Sandbox.remove(fork.name);
   await Sandbox.remove(sb.name);
+}
+
+// A sandbox with a NIC: its qemu in a network namespace of its own, its published port
+// served from outside it (slirp4netns's host forward).
+const probe = createServer();
+await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+const hostPort = probe.address().port;
+await new Promise((r) => probe.close(r));
+const n = await Sandbox.builder(`${id}-jail-nic`).memory(128).port(hostPort, 8080).create();
+try {
+  const j = await jailOf(n);
+  check('a sandbox with a NIC has a network namespace of its own', j.jail?.netns === true && j.jail.missing.length === 0 && readlinkSync(`/proc/${j.info.pid}/ns/net`) !== readlinkSync('/proc/self/ns/net'), JSON.stringify(j.jail));
+  await n.shell('mkdir -p /www && echo guest-ok > /www/index.html && httpd -p 8080 -h /www');
+  const res = await fetch(`http://127.0.0.1:${hostPort}/index.html`);
+  check('its published port serves the host', (await res.text()) === 'guest-ok\n');
+} finally {
+  await n.kill();
+  await Sandbox.remove(n.name);
 }
 
 const d = await Sandbox.builder(`${id}-jail-detached`).memory(128).createDetached();
