@@ -20,7 +20,7 @@
  *     bridge joining a tap that qemu holds (as fd FD: `-netdev tap,fd=FD`) and a tap that
  *     slirp4netns holds, started by this process (run_slirp) once the namespace is there;
  *  4. this process stays in the host's namespaces as qemu's reaper, reports the child's pid
- *     (as the host sees it) on --pid-fd (with --nic, once slirp4netns is ready),
+ *     (as the host sees it) on --pid-fd (with --nic, then a line "net" once slirp4netns is ready),
  *     forwards SIGTERM/SIGINT/SIGHUP, and once qemu is gone removes the --cleanup paths (a
  *     file, or a directory of files) and, if its owner died, the --cleanup-cgroup dirs
  *     (leaving each for its parent first), and exits the way qemu did (same code, signal);
@@ -667,6 +667,9 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  /* The pid now; with --nic a line "net" follows once slirp4netns is ready (qemu starts
+   * meanwhile), and the fd closes without it if slirp4netns could not start. */
+  if (pid_fd >= 0) dprintf((int)pid_fd, "%d\n", child);
   pid_t helper = -1;
   if (nic_fd >= 0) {
     /* Signals stay blocked until slirp4netns is there: the helper must not miss being killed. */
@@ -700,7 +703,7 @@ int main(int argc, char **argv) {
   if (v2_dir >= 0) close(v2_dir);
   sigprocmask(SIG_SETMASK, &old, NULL);
   if (pid_fd >= 0) {
-    dprintf((int)pid_fd, "%d\n", child);
+    if (nic_fd >= 0) dprintf((int)pid_fd, "net\n");
     close((int)pid_fd);
   }
   for (int k = 0; k < nkeep; k++) close(keep_fds[k]);

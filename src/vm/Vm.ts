@@ -230,22 +230,32 @@ export class Vm {
       mark('spawned');
       if (stateFd !== undefined) closeSync(stateFd);
       stateFd = undefined;
+      let netReady: Promise<boolean> | undefined;
       if (jail.pidFd !== undefined) {
-        const reported = readPid(child.stdio[jail.pidFd] as Socket);
-        const pid = await Promise.race([reported, vm.exited.then(() => undefined)]);
+        const launch = readLaunch(child.stdio[jail.pidFd] as Socket);
+        netReady = launch.net;
+        const pid = await Promise.race([launch.pid, vm.exited.then(() => undefined)]);
         if (pid === undefined) throw new CorralError('E_BOOT_FAILED', `the VM's jail did not start qemu: ${lastLines(spawned.consoleTail)}`);
         vm.#qemuPid = pid;
       }
       mark('pid');
       opts.onSpawn?.(vm.pid);
-      if (nic) {
-        // slirp4netns is up (the launcher reported the pid after it was).
-        vm.#slirp = new SlirpForwards(nic.apiSocket);
-        for (const f of opts.net?.hostForwards ?? []) {
-          const refused = await vm.#slirp.add(f.hostPort, f.guestPort);
-          if (refused) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${f.hostPort} cannot be published (${refused}; in use?)`, { details: { option: 'port.hostPort', port: f.hostPort } });
-        }
-      }
+      // slirp4netns comes up while qemu starts: its forwards are added then, and the boot
+      // waits for them before it ends.
+      const slirp = nic ? (vm.#slirp = new SlirpForwards(nic.apiSocket)) : undefined;
+      const netUp = slirp
+        ? (async () => {
+            if (!(await netReady)) {
+              await vm!.exited;
+              throw new CorralError('E_BOOT_FAILED', `the VM's network (slirp4netns) did not start: ${lastLines(spawned.consoleTail)}`);
+            }
+            for (const f of opts.net?.hostForwards ?? []) {
+              const refused = await slirp.add(f.hostPort, f.guestPort);
+              if (refused) throw new CorralError('E_INVALID_OPTION', `invalid option port.hostPort: 127.0.0.1:${f.hostPort} cannot be published (${refused}; in use?)`, { details: { option: 'port.hostPort', port: f.hostPort } });
+            }
+          })()
+        : Promise.resolve();
+      netUp.catch(() => {}); // awaited below; a boot that fails first leaves it to nobody
 
       const exitedEarly = vm.exited.then((x) => {
         throw new CorralError('E_BOOT_FAILED', `qemu exited during boot (${describeExit(x)}): ${lastLines(spawned.consoleTail)}`, {
@@ -267,6 +277,7 @@ export class Vm {
           mark('restored');
         }
         vm.hello = await Promise.race([vm.agent.ready, exitedEarly, deadline.promise]);
+        await Promise.race([netUp, deadline.promise]);
         mark('hello');
         Object.assign(vm.bootPhases, phases);
         await Promise.race([vm.qmp.ready, exitedEarly, deadline.promise]);
@@ -505,19 +516,34 @@ function lastLines(text: string, n = 12): string {
 /** The fd number of the incoming migration stream in qemu. */
 const STATE_FD = 4;
 
-/** The first line the jail's launcher writes on its pid fd: qemu's pid. */
-function readPid(stream: Socket): Promise<number | undefined> {
-  return new Promise((resolve) => {
-    let text = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (d: string) => {
-      text += d;
-    });
-    stream.once('close', () => {
-      const pid = Number(text.trim());
-      resolve(Number.isInteger(pid) && pid > 0 ? pid : undefined);
-    });
+/**
+ * What the jail's launcher writes on its pid fd: qemu's pid (its first line), and with a NIC
+ * served by slirp4netns a line "net" once that is ready. The fd closes after them, or early
+ * on a failure.
+ */
+function readLaunch(stream: Socket): { pid: Promise<number | undefined>; net: Promise<boolean> } {
+  let text = '';
+  let onPid!: (pid: number | undefined) => void;
+  let onNet!: (ready: boolean) => void;
+  const pid = new Promise<number | undefined>((r) => (onPid = r));
+  const net = new Promise<boolean>((r) => (onNet = r));
+  const lines = () => text.split('\n').slice(0, -1);
+  const pidOf = (line: string | undefined) => {
+    const n = Number(line);
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  };
+  stream.setEncoding('utf8');
+  stream.on('data', (d: string) => {
+    text += d;
+    const [first] = lines();
+    if (first !== undefined) onPid(pidOf(first));
   });
+  stream.once('close', () => {
+    const [first, second] = lines();
+    onPid(pidOf(first));
+    onNet(second === 'net');
+  });
+  return { pid, net };
 }
 
 /** The files a VM uses, for its jail: read-only inputs, its own writable disks and run dir. */

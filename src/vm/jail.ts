@@ -166,9 +166,9 @@ function nicSupportOf(launcher: string): Promise<{ slirp4netns: string } | { mis
     let reported = '';
     (trial.stdio[3] as Readable).setEncoding('utf8').on('data', (d: string) => (reported += d));
     const ended = new Promise<void>((resolve) => trial.once('close', () => resolve()));
-    // The pid comes once slirp4netns holds its tap; the fd closes after it, or at a failure.
+    // The pid, then "net" once slirp4netns holds its tap; the fd closes after them, or at a failure.
     await new Promise<void>((resolve) => (trial.stdio[3] as Readable).once('close', resolve));
-    const ok = /^\d+\n$/.test(reported);
+    const ok = /^\d+\nnet\n$/.test(reported);
     // SIGKILL: `sleep` is PID 1 of its namespace, deaf to a SIGTERM it has no handler for;
     // the launcher's death kills it, and slirp4netns with it.
     trial.kill('SIGKILL');
