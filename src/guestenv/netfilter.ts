@@ -1,11 +1,12 @@
 /**
  * Host-side enforcement of a sandbox's network policy.
  *
- * The guest's NIC is qemu user networking (slirp): every connection the guest makes leaves
- * the host as a socket that the qemu process opens. Each networked VM is started inside a
- * cgroup of its own (`<cgroup2>/corral/<id>`, joined before qemu starts, so every socket it
- * ever opens belongs to it), and an nftables table of its own (`inet corral_<id>`) filters
- * the output hook for sockets of that cgroup only:
+ * The guest's NIC is user-mode networking (slirp): every connection the guest makes leaves
+ * the host as a socket that the slirp process opens — a jailed VM's slirp4netns, outside
+ * qemu's own network namespace (src/vm/jail.ts), or an unjailed qemu itself. That process is
+ * started inside a cgroup of its own (`<cgroup2>/corral/<id>`, joined before it starts, so
+ * every socket it ever opens belongs to it), and an nftables table of its own
+ * (`inet corral_<id>`) filters the output hook for sockets of that cgroup only:
  *
  *   established/related → accept (replies; connections to published ports)
  *   DNS to the host's resolvers (if the policy allows DNS) → accept
@@ -19,8 +20,7 @@
  *   anything else → TCP reset / drop
  *
  * so nothing reaches the VM's sockets unasked but through its published ports: not even a
- * listening socket of a qemu that its guest took over (it stays in the host's network
- * namespace, slirp's sockets being host sockets).
+ * listening socket of a slirp that its guest took over (slirp's sockets are host sockets).
  *
  * Rejections are TCP resets / ICMP admin-prohibited, so the guest sees "connection refused"
  * at once. Two named counters of the table count the VM's traffic for metrics: `tx`, what
