@@ -1,5 +1,6 @@
 // Run as a separate process by the cleanup and detached tests. argv[2] says what to do:
 //   exit       create an attached sandbox, print its VM pid, return without stopping it
+//              once sent SIGUSR2
 //   hang       the same, then wait to be SIGKILLed
 //   midcreate  print the VM pid as soon as qemu is spawned (before boot completes), then hang
 //   detached   create a detached sandbox named argv[3], print its info, exit
@@ -58,4 +59,10 @@ if (mode === 'detached') {
   const info = await sb.info();
   process.stdout.write(`${JSON.stringify({ vmPid: info.pid })}\n`);
   if (mode === 'hang') setInterval(() => {}, 1000);
+  // exit: returns once the parent has seen its VM alive and says so (SIGUSR2), then ends
+  // without stopping it. Not at once: its VM could be gone before the parent looked.
+  if (mode === 'exit') {
+    const hold = setInterval(() => {}, 1000);
+    process.once('SIGUSR2', () => clearInterval(hold));
+  }
 }

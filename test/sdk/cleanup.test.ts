@@ -16,7 +16,9 @@ describe('cleanup when the owning process ends', () => {
     const { child, first } = await startChild('exit');
     const vmPid = first.vmPid as number;
     expect(alive(vmPid)).toBe(true);
-    await new Promise((r) => child.once('exit', r));
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGUSR2'); // now it returns
+    await exited;
     // The jail's launcher outlives qemu by the moment it takes to remove the run dir.
     await until(() => !alive(vmPid) && runDirsOf(child.pid!).length === 0, 10_000, `qemu ${vmPid} and its run dir to go`);
     // The process said so in the store on its way out (this once failed with lmdb-js's
