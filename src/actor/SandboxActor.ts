@@ -457,27 +457,41 @@ export class SandboxActor implements SandboxWorkerApi {
       // The whole command line but per-VM paths: a new device or kernel flag is a new shape.
       argv: [
         ...qemuArgs({ ...this.#vmShape(root, choice.accel), ...guest.templateVmOptions('empty'), agentSocket: '', qmpSocket: '', hostname: 'corral', upper: 'upper' }),
-        // A start command runs in the template, with the sandbox's environment: both shape it.
-        ...(this.#config.startCmd ? [`startCmd=${this.#config.startCmd}`, `readyCmd=${this.#config.readyCmd ?? ''}`, `env=${JSON.stringify(this.#startEnv())}`] : []),
+        // A start command runs in the template, with the sandbox's environment and network
+        // policy (with a NIC): they shape it.
+        ...(this.#config.startCmd
+          ? [`startCmd=${this.#config.startCmd}`, `readyCmd=${this.#config.readyCmd ?? ''}`, `env=${JSON.stringify(this.#startEnv())}`, ...(guest.layout.nic ? [`network=${JSON.stringify(this.#config.network ?? null)}`] : [])]
+          : []),
       ],
     });
     const build = async (p: { dir: string; memFile: string; stateFile: string; upper: string }) => {
       await copySparse(root.upperTemplate, p.upper);
-      const vm = await Vm.boot({
-        ...this.#vmShape(root, choice.accel),
-        ...guest.templateVmOptions(p.dir),
-        upper: p.upper,
-        memoryFile: { path: p.memFile, share: true },
-        hostname: 'corral',
-        bootTimeoutMs: this.#config.bootTimeoutMs,
-        signal,
-      });
+      // A start command has the sandbox's network policy; without one the NIC leads nowhere.
+      const network = this.#config.startCmd ? await guest.templateNetwork() : undefined;
+      let vm: Vm;
       try {
+        vm = await Vm.boot({
+          ...this.#vmShape(root, choice.accel),
+          ...guest.templateVmOptions(p.dir),
+          ...network?.options,
+          upper: p.upper,
+          memoryFile: { path: p.memFile, share: true },
+          hostname: 'corral',
+          bootTimeoutMs: this.#config.bootTimeoutMs,
+          signal,
+        });
+      } catch (err) {
+        await network?.release();
+        throw err;
+      }
+      try {
+        if (network) await guest.applyNetwork(vm.agent);
         await this.#runStartCmd(vm);
         await vm.saveTo(p.stateFile, { ignoreShared: true });
       } finally {
         vm.kill();
         await vm.exited;
+        await network?.release();
       }
       this.#emit({ type: 'template.built', key, buildMs: performance.now() - t0 });
       return { hello: vm.hello };

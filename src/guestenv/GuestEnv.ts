@@ -131,19 +131,56 @@ export class GuestEnv {
 
   /**
    * The same device layout for a template VM: shares of an empty directory, a NIC with no
-   * forwards. The template never mounts or configures them (a mounted 9p share would also
-   * block its save), and it is discarded right after the save.
+   * forwards. The template never mounts its shares (a mounted 9p share would also block its
+   * save), and it is discarded right after the save. Its NIC leads nowhere (jailed, qemu gets
+   * an empty network namespace; unjailed, `unshare --net` makes one) unless
+   * {@link templateNetwork} gives it the sandbox's policy.
    */
   templateVmOptions(emptyDir: string): GuestVmOptions {
     const opts: { shares?: readonly SharedDir[]; net?: NetDevice; wrap?: readonly string[] } = {};
     if (this.#shares.length) opts.shares = this.#shares.map((s) => ({ ...s, path: emptyDir, readonly: true }));
-    // No policy applies to the template VM (a start command runs there): its NIC leads
-    // nowhere. Jailed, qemu gets an empty network namespace; unjailed, `unshare --net` makes one.
     if (this.#nic) {
       opts.net = { hostForwards: [], isolated: true };
       opts.wrap = ['unshare', '--net', '--'];
     }
     return opts;
+  }
+
+  /**
+   * The network of a template VM where a start command runs: the sandbox's own policy (a
+   * table and cgroup of the template VM's own, no published ports), as the sandbox would
+   * have it, so that the command can fetch what the sandbox could (E2B's start commands can).
+   * The policy is then part of the template's key. Undefined without a NIC: the template's
+   * layout has none. {@link applyNetwork} configures the guest's side once it runs; release
+   * once the template VM has exited.
+   */
+  async templateNetwork(): Promise<{ readonly options: GuestVmOptions; release(): Promise<void> } | undefined> {
+    if (!this.#nic) return undefined;
+    const policy = hasNic(this.#config) ? (this.#config.network ?? PORTS_ONLY) : PORTS_ONLY;
+    const enforcement = await enforcePolicy(`${this.#config.name}-template`, policy, []);
+    return {
+      options: { net: { hostForwards: [] }, wrap: enforcement.wrap, netCgroup: { dir: enforcement.cgroupDir, resolvConf: enforcement.resolvConf } },
+      release: () => enforcement.release(),
+    };
+  }
+
+  /** The guest's side of the NIC (address, route, resolver): what {@link apply} does of it alone. */
+  async applyNetwork(agent: AgentClient): Promise<void> {
+    const ops = this.#netOps();
+    for (const frame of encodeSetup(ops)) {
+      await agent.setup(frame.payload, (i) => describeOp(ops[frame.sources[i] ?? 0]!), { timeoutMs: this.#config.bootTimeoutMs });
+    }
+  }
+
+  /** The setup ops that configure the NIC in the guest (none without one). */
+  #netOps(): SetupOp[] {
+    const c = this.#config;
+    if (!hasNic(c)) return [];
+    const ops: SetupOp[] = [{ op: 'net', ifname: GUEST_NET.ifname, address: GUEST_NET.address, prefix: GUEST_NET.prefix, gateway: GUEST_NET.gateway }];
+    if (c.network?.dns) {
+      ops.push({ op: 'remove', path: '/etc/resolv.conf' }, { op: 'write', path: '/etc/resolv.conf', mode: 0o644, data: Buffer.from(`nameserver ${GUEST_NET.dns}\n`) });
+    }
+    return ops;
   }
 
   /**
@@ -162,12 +199,7 @@ export class GuestEnv {
     const mountedTmpfs = new Set((restored?.volumes ?? []).filter((v) => v.kind === 'tmpfs').map((v) => v.guestPath));
     for (const v of c.volumes ?? []) if (v.kind === 'tmpfs' && !mountedTmpfs.has(v.guestPath)) ops.push({ op: 'mountTmpfs', path: v.guestPath, sizeMib: v.sizeMib });
     ops.push(...this.#mountOps());
-    if (hasNic(c)) {
-      ops.push({ op: 'net', ifname: GUEST_NET.ifname, address: GUEST_NET.address, prefix: GUEST_NET.prefix, gateway: GUEST_NET.gateway });
-      if (c.network?.dns) {
-        ops.push({ op: 'remove', path: '/etc/resolv.conf' }, { op: 'write', path: '/etc/resolv.conf', mode: 0o644, data: Buffer.from(`nameserver ${GUEST_NET.dns}\n`) });
-      }
-    }
+    ops.push(...this.#netOps());
     if (ops.length === 0) return;
     // A guest that answers HELLO but never a SETUP must not hang the create: the boot timeout
     // bounds it (and fails the agent connection, so the VM goes).

@@ -64,23 +64,27 @@ describe('a start command', () => {
     await Sandbox.remove(name, { supervisor: sup });
   });
 
-  it("runs under no network but the sandbox's policy: its template VM has none, even for a command that sets the NIC up itself", async () => {
-    // The template is built with the sandbox's NIC (its device layout), which the guest does
-    // not configure there; a start command that configures it must still reach nothing.
+  it("runs under the sandbox's network policy, and no other: its template VM has the sandbox's NIC, configured, behind the same policy", async () => {
+    // The template VM has a policy of its own, the sandbox's: a start command can fetch what
+    // the sandbox could (allowAll reaches the host server), and no more (publicOnly refuses
+    // host loopback, which the guest reaches as 10.0.2.2). The NIC is set up before it runs.
     const server = await listen('host-secret');
     const probe = [
-      'ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2',
       `if timeout 5 wget -q -O- http://10.0.2.2:${portOf(server)}/ > /tmp/got 2>&1; then echo REACHED; else echo BLOCKED; fi > /tmp/start-net`,
       'sleep 1000',
     ].join('; ');
-    const sb = await Sandbox.builder(uniqueName('start-net')).memory(128).network((n) => n.policy(NetworkPolicy.allowAll())).startCmd(`sh -c '${probe}'`).readyCmd('test -s /tmp/start-net').supervisor(sup).create();
+    const open = await Sandbox.builder(uniqueName('start-net')).memory(128).network((n) => n.policy(NetworkPolicy.allowAll())).startCmd(`sh -c '${probe}'`).readyCmd('test -s /tmp/start-net').supervisor(sup).create();
+    const closed = await Sandbox.builder(uniqueName('start-nonet')).memory(128).network((n) => n.policy(NetworkPolicy.publicOnly())).startCmd(`sh -c '${probe}'`).readyCmd('test -s /tmp/start-net').supervisor(sup).create();
     try {
-      expect((await sb.exec('cat', ['/tmp/start-net'])).stdout).toBe('BLOCKED\n');
-      expect((await sb.exec('cat', ['/tmp/got'])).stdout).not.toContain('host-secret');
-      // The sandbox itself has its policy's network (allowAll here: the host server is reached).
-      expect((await sb.shell(`timeout 10 wget -q -O- http://10.0.2.2:${portOf(server)}/`)).stdout).toBe('host-secret');
+      expect((await open.exec('cat', ['/tmp/start-net'])).stdout).toBe('REACHED\n');
+      expect((await open.exec('cat', ['/tmp/got'])).stdout).toBe('host-secret');
+      expect((await closed.exec('cat', ['/tmp/start-net'])).stdout).toBe('BLOCKED\n');
+      expect((await closed.exec('cat', ['/tmp/got'])).stdout).not.toContain('host-secret');
+      // The sandboxes themselves have their policies' network too.
+      expect((await open.shell(`timeout 10 wget -q -O- http://10.0.2.2:${portOf(server)}/`)).stdout).toBe('host-secret');
+      expect((await closed.exec('sh', ['-c', `timeout 5 wget -q -O- http://10.0.2.2:${portOf(server)}/`])).code).not.toBe(0);
     } finally {
-      await sb.stop();
+      await Promise.all([open.stop(), closed.stop()]);
       await new Promise((r) => server.close(r));
     }
   });
