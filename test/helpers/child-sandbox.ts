@@ -57,12 +57,13 @@ if (mode === 'detached') {
 } else {
   const sb = await Sandbox.builder(`child-${process.pid}`).create();
   const info = await sb.info();
-  process.stdout.write(`${JSON.stringify({ vmPid: info.pid })}\n`);
-  if (mode === 'hang') setInterval(() => {}, 1000);
   // exit: returns once the parent has seen its VM alive and says so (SIGUSR2), then ends
-  // without stopping it. Not at once: its VM could be gone before the parent looked.
+  // without stopping it. Not at once: its VM could be gone before the parent looked. The
+  // handler is there before the line that lets the parent send it.
   if (mode === 'exit') {
     const hold = setInterval(() => {}, 1000);
     process.once('SIGUSR2', () => clearInterval(hold));
   }
+  process.stdout.write(`${JSON.stringify({ vmPid: info.pid })}\n`);
+  if (mode === 'hang') setInterval(() => {}, 1000);
 }
