@@ -25,8 +25,12 @@ import type { EventPublisher } from './EventPublisher.ts';
 import { WORKER_CALLS, decode, encode, errorReply } from './protocol.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from './replies.ts';
 
-/** One per worker thread: a repeat reaches the thread its first attempt reached. */
-const replies = new ReplyCache();
+/**
+ * One per worker thread: a repeat reaches the thread its first attempt reached. 8 MiB of
+ * answers kept each (a node has a worker per CPU; its main thread keeps 64 MiB): past that
+ * the oldest go, and a repeat of one of them is refused (E_CLUSTER), not done again.
+ */
+const replies = new ReplyCache({ maxBytes: 8 * 2 ** 20 });
 
 /** Calls `method` of the sandbox's actor with `args`. */
 export type CallTarget = (method: string, args: unknown[]) => Promise<unknown>;
