@@ -10,9 +10,11 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
 import { SandboxActor } from '../src/actor/SandboxActor.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
+import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
+import { logFailure } from '../src/runtime/log.ts';
 
-const hosted = new Map<number, SandboxActor>();
+const hosted = new Map<number, { readonly name: string; readonly actor: SandboxActor; readonly calls: SandboxCalls | undefined }>();
 
 /**
  * Hosts one more sandbox actor in this worker. Its calls run with its own runtime
@@ -21,9 +23,13 @@ const hosted = new Map<number, SandboxActor>();
  */
 function host(id: number, data: SandboxWorkerData): void {
   const env = data.env ?? {};
-  // A cluster node's sandbox publishes its events from here, on this worker's connection.
-  const actor = withActorEnv(env, () => new SandboxActor(data, data.events ? EventPublisher.for(data.events) : undefined));
-  hosted.set(id, actor);
+  // A cluster node's sandbox publishes its events from here, on this worker's connection,
+  // and answers its plain calls on it.
+  const events = data.events ? EventPublisher.for(data.events) : undefined;
+  const call = (method: string, args: unknown[]): Promise<unknown> => (scoped as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method]!(...args);
+  const calls: SandboxCalls | undefined = events && data.callSubject ? new SandboxCalls(events, data.callSubject, call) : undefined;
+  const actor: SandboxActor = withActorEnv(env, () => new SandboxActor(data, events, calls));
+  hosted.set(id, { name: data.config.name, actor, calls });
   const scoped = new Proxy(actor, {
     get(target, key) {
       const v = Reflect.get(target, key) as unknown;
@@ -43,9 +49,14 @@ parentPort?.on('message', (msg: PoolMessage) => {
     case 'host':
       host(msg.id, msg.data);
       break;
-    case 'dispose':
-      hosted.get(msg.id)?.dispose();
+    case 'dispose': {
+      const h = hosted.get(msg.id);
       hosted.delete(msg.id);
+      // The node ended its calls already (before letting it go); this is for any other end.
+      void h?.calls?.close().catch(logFailure(`ending the calls of sandbox "${h.name}"`));
+      h?.actor.dispose();
+      break;
+    }
       break;
     case 'crash':
       setImmediate(() => {

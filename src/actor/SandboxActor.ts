@@ -19,8 +19,8 @@ import type { ExecHandlers, ExecSession, WatchRecord, WatchSession } from '../ag
 import type { Accel, FsWatchChange, ImagePullEventBody, SandboxEvent, SandboxEventBody, StopReason } from '../bus/events.ts';
 import { LIMITS, validateName, type SandboxConfig } from '../config.ts';
 import { validatePort } from '../guestenv/ports.ts';
-import type { EventEnvelope, EventSink, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
-import { CorralError, InvalidOptionError, deserializeError, serializeError } from '../errors.ts';
+import type { CallServer, EventEnvelope, EventSink, ExecAccepted, ExecInfo, ExecRequest, InspectionEnvelope, WireInspectionEvent, ProbeRequest, ProbeResult, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WatchRequest } from './contract.ts';
+import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
 import { readSnapshot, rootIdentity, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
@@ -60,6 +60,8 @@ export class SandboxActor implements SandboxWorkerApi {
   readonly #sink: EventSink | undefined;
   /** The copy a move left behind: its events no longer go into the stream. */
   #silenced = false;
+  /** A cluster node's: the calls this actor's worker answers on NATS itself; none locally. */
+  readonly #calls: CallServer | undefined;
   readonly #outputInFlight: Int32Array | undefined;
   #throttled = false;
   /** Exec output joined into fewer events (src/actor/outputBatch.ts); posted through #post. */
@@ -95,8 +97,9 @@ export class SandboxActor implements SandboxWorkerApi {
   /** Ids of execs that ended lately (bounded), so a stdin end racing an exit is told apart from an unknown id. */
   readonly #endedExecs = new Set<number>();
 
-  constructor(data: SandboxWorkerData, sink?: EventSink) {
+  constructor(data: SandboxWorkerData, sink?: EventSink, calls?: CallServer) {
     this.#sink = sink;
+    this.#calls = calls;
     this.#config = data.config;
     this.#stateDir = data.stateDir;
     this.#control = data.control;
@@ -140,8 +143,10 @@ export class SandboxActor implements SandboxWorkerApi {
   // ── API ────────────────────────────────────────────────────────────────────
 
   async start(): Promise<SandboxInfo> {
-    // A node's sandbox whose events could not reach the stream would run unseen.
+    // A node's sandbox whose events could not reach the stream would run unseen; its calls
+    // are answered from its first one on.
     await this.#sink?.ready;
+    await this.#calls?.ready;
     this.#createdAt = performance.now();
     this.#emit({ type: 'sandbox.creating', image: this.#config.image, memoryMib: this.#config.memoryMib, cpus: this.#config.cpus });
     this.#actor.start();
@@ -175,6 +180,18 @@ export class SandboxActor implements SandboxWorkerApi {
   async silenceEvents(): Promise<void> {
     this.#silenced = true;
     await this.#sink?.flushed();
+  }
+
+  async holdCalls(): Promise<void> {
+    await this.#calls?.hold();
+  }
+
+  openCalls(): void {
+    this.#calls?.open();
+  }
+
+  async closeCalls(error?: SerializedError): Promise<void> {
+    await this.#calls?.close(error);
   }
 
   writeStdin(execId: number, data: Uint8Array): Promise<void> {

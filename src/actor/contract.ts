@@ -37,6 +37,12 @@ export interface SandboxWorkerData {
    * events into the cluster's stream with, itself (src/cluster/EventPublisher.ts).
    */
   readonly events?: NatsTarget;
+  /**
+   * A cluster node's: the subject (`corral.node.<node>.sandbox.<sandbox>`) under which this
+   * worker answers the sandbox's plain calls itself, on the connection it publishes events on
+   * (src/cluster/SandboxCalls.ts), without the node's main thread between. With `events`.
+   */
+  readonly callSubject?: string;
 }
 
 /** NATS servers and credentials to connect with (src/cluster/natsConnect.ts). */
@@ -61,6 +67,25 @@ export interface EventSink {
   publish(e: SandboxEvent): void;
   /** Resolves once every event given so far has reached the server. */
   flushed(): Promise<void>;
+}
+
+/**
+ * A cluster node's: the sandbox's plain calls that its worker answers itself
+ * (src/cluster/SandboxCalls.ts). The node's main thread steers them through these: a move
+ * holds them, a stop or a move ends them.
+ */
+export interface CallServer {
+  /** Resolves once it answers calls (subscribed, and the server has the subscription). */
+  readonly ready: Promise<void>;
+  /** New calls wait from now on; resolves once every call in flight is answered. */
+  hold(): Promise<void>;
+  /** Held calls go on (a move that failed). */
+  open(): void;
+  /**
+   * No more calls here: unsubscribes, answers held and later-arriving calls with `error` (a
+   * move's E_SANDBOX_MOVED), and resolves once every call in flight is answered. Idempotent.
+   */
+  close(error?: SerializedError): Promise<void>;
 }
 
 /**
@@ -227,6 +252,12 @@ export interface SandboxWorkerApi {
    * a move leaves behind ends in silence); resolves once the server has those before.
    */
   silenceEvents(): Promise<void>;
+  /** A cluster node's ({@link CallServer.hold}): the calls its worker answers wait; resolves once those in flight are answered. */
+  holdCalls(): Promise<void>;
+  /** A cluster node's ({@link CallServer.open}): held calls go on. */
+  openCalls(): void;
+  /** A cluster node's ({@link CallServer.close}): its worker answers no more of its calls. */
+  closeCalls(error?: SerializedError): Promise<void>;
   /** Resolves once the guest agent has room for the bytes (stdin flow control). */
   writeStdin(execId: number, data: Uint8Array): Promise<void>;
   closeStdin(execId: number): void;

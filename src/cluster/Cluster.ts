@@ -217,6 +217,11 @@ export class Cluster {
     return this.#seen.has(node);
   }
 
+  /** @internal `node`'s registry entry as this connection last saw it (undefined: not seen alive). */
+  nodeRecord(node: string): NodeRecord | undefined {
+    return this.#seen.get(node)?.record;
+  }
+
   /**
    * Drains a node: it takes no new sandboxes from now on (until it restarts), and each of
    * its sandboxes refuses new execs, lets running ones finish, and stops (reason `drained`).
@@ -257,8 +262,12 @@ export class Cluster {
    * (E_TIMEOUT) or the node is found lost (E_NODE_LOST). A node that does not answer at all (no
    * subscriber: its process is gone) rejects with E_NODE_LOST; errors of the node keep their
    * `code`. `timeoutMs` ≥ 2^31 − 1: no deadline (a call that waits for an end).
+   *
+   * `first`: a verb to ask before `verb` (a sandbox's worker, which answers some calls
+   * itself: src/cluster/SandboxCalls.ts); where nobody answers it, the same request (same
+   * id: nobody took it) goes to `verb`.
    */
-  async request<T>(node: string, verb: string, payload: unknown, options: { timeoutMs?: number; resendAfterMs?: number } = {}): Promise<T> {
+  async request<T>(node: string, verb: string, payload: unknown, options: { timeoutMs?: number; resendAfterMs?: number; first?: string } = {}): Promise<T> {
     this.#assertOpen();
     const timeout = options.timeoutMs ?? this.requestTimeoutMs;
     const deadline = timeout >= FOREVER_MS ? Infinity : Date.now() + timeout;
@@ -266,15 +275,20 @@ export class Cluster {
     h.set(REQUEST_ID_HEADER, nuid.next());
     const data = encode(payload);
     let noResponders = 0;
+    let asked = options.first ?? verb;
     for (let attempt = 1; ; attempt++) {
       this.#assertOpen();
       const left = deadline - Date.now();
       const wait = Math.max(1, Math.min(left, options.resendAfterMs ?? this.resendAfterMs));
       let reply;
       try {
-        reply = await this.#nc.request(nodeSubject(node, verb), data, { timeout: wait, headers: h });
+        reply = await this.#nc.request(nodeSubject(node, asked), data, { timeout: wait, headers: h });
       } catch (err) {
         const msg = (err as Error).message;
+        if (/no responders/i.test(msg) && asked !== verb) {
+          asked = verb;
+          continue;
+        }
         if (/no responders/i.test(msg)) {
           // A node registered a moment ago: its subscription may not have reached this
           // client's server yet. A few short tries, then it is gone.

@@ -81,6 +81,12 @@ export class EventPublisher {
     }
   }
 
+  /** This thread's connection to the servers, once connected (its sandboxes' calls are answered on it too: src/cluster/SandboxCalls.ts). */
+  async connection(): Promise<NatsConnection> {
+    await this.ready;
+    return this.#nc!;
+  }
+
   /** Resolves once the server holds every event published so far (a PING answered). */
   async flushed(): Promise<void> {
     await this.ready;

@@ -13,6 +13,9 @@
  *   corral.node.<node>.metrics         { name, sampler }     → { result: SandboxMetrics } (sampled there)
  *   corral.node.<node>.receive.<step>  a sandbox moving here (src/node/transfer.ts)
  *   corral.node.<node>.sb.<method>     { name, args }        → { result } (a SandboxApi call)
+ *   corral.node.<node>.sandbox.<name>.<method>
+ *                                      { name, args }        → { result } (one of {@link WORKER_CALLS},
+ *                                      answered by the sandbox's worker itself; nobody there: ask sb.<method>)
  *   corral.ev.<sandbox>                one SandboxEvent per message, kept by {@link EVENTS_STREAM}
  *   corral.live.<sandbox>              the same event once stored, republished by the stream
  *                                      (its stream sequence in the Nats-Sequence header)
@@ -34,6 +37,18 @@ export const EVENTS_STREAM = 'CORRAL_EVENTS';
 
 /** The subject of a node's verb (`create`, `remove`, `sb.<method>`). */
 export const nodeSubject = (node: string, verb: string): string => `corral.node.${node}.${verb}`;
+/**
+ * The calls a node's sandbox answers in its worker thread, on `sandbox.<name>.<method>` (the
+ * worker's own NATS connection), without the node's main thread between: plain
+ * request/reply calls that change nothing the node keeps (catalog, registry). The rest, and
+ * these where the worker does not answer (a sandbox stopped, moved, or of an older node),
+ * go to the node's `sb.<method>`.
+ */
+export const WORKER_CALLS: ReadonlySet<string> = new Set(['exec', 'writeStdin', 'closeStdin', 'signalExec', 'resizeExec', 'ackOutput', 'fs', 'execs', 'ping']);
+
+/** The verb under which sandbox `name`'s worker answers its {@link WORKER_CALLS} (`<verb>.<method>`). */
+export const sandboxVerb = (name: string): string => `sandbox.${name}`;
+
 /** The stored event subject of one sandbox (`*` for all). */
 export const eventSubject = (name: string): string => `corral.ev.${name}`;
 /** The live event subject of one sandbox: events once stored, republished by the stream with their seq in a header. */
@@ -60,6 +75,8 @@ export interface NodeRecord {
   readonly startedAt: number;
   /** Drained: it takes no new sandboxes (placement passes it over). */
   readonly draining: boolean;
+  /** Its sandboxes' workers answer the {@link WORKER_CALLS} themselves (absent: an older node). */
+  readonly workerCalls?: boolean;
 }
 
 /** What draining a node did, per sandbox (see `Cluster.drain`). */

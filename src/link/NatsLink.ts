@@ -1,7 +1,9 @@
 /**
  * The link to a sandbox on a node of a cluster: the same API as an attached or detached
- * one, carried as NATS requests to the node's `corral.node.<node>.sb.<method>` subjects;
- * events come from the sandbox's live subject (each once stored in the cluster's stream).
+ * one, carried as NATS requests to the node's `corral.node.<node>.sb.<method>` subjects (the
+ * plain calls to the sandbox's worker first, `…sandbox.<name>.<method>`, which answers them
+ * itself: src/cluster/SandboxCalls.ts); events come from the sandbox's live subject (each
+ * once stored in the cluster's stream).
  */
 
 import { Subject, type Observable } from 'rxjs';
@@ -10,7 +12,7 @@ import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { FOREVER_MS, nodeLost, type Cluster } from '../cluster/Cluster.ts';
-import { SEQ_HEADER, decode, liveSubject } from '../cluster/protocol.ts';
+import { SEQ_HEADER, WORKER_CALLS, decode, liveSubject, sandboxVerb } from '../cluster/protocol.ts';
 import { holding } from '../runtime/hold.ts';
 import { logFailure } from '../runtime/log.ts';
 import type { SandboxApi, SandboxLink } from './SandboxLink.ts';
@@ -102,8 +104,10 @@ export class NatsLink implements SandboxLink {
   async #ask(method: string, args: unknown[]): Promise<unknown> {
     for (let moves = 0; ; moves++) {
       const node = this.#node;
+      // The plain calls go to the sandbox's worker itself where its node has it answer them.
+      const first = WORKER_CALLS.has(method) && this.#cluster.nodeRecord(node)?.workerCalls ? { first: `${sandboxVerb(this.config.name)}.${method}` } : {};
       try {
-        return await this.#cluster.request(node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : {});
+        return await this.#cluster.request(node, `sb.${method}`, { name: this.config.name, args }, UNBOUNDED.has(method) ? { timeoutMs: FOREVER_MS, ...(method === 'stopped' ? { resendAfterMs: WAIT_RESEND_MS } : {}) } : first);
       } catch (err) {
         if (moves >= 8 || !(err instanceof CorralError)) throw err;
         if (err.code === 'E_SANDBOX_MOVED' && typeof err.details?.node === 'string') {

@@ -118,7 +118,7 @@ export class WorkerLink implements SandboxLink {
 }
 
 /** Every method of the worker's API (a missing one fails the typecheck). */
-const WORKER_METHODS = ['start', 'silenceEvents', ...FORWARDED_CALLS] as const satisfies readonly (keyof SandboxWorkerApi)[];
+const WORKER_METHODS = ['start', 'silenceEvents', 'holdCalls', 'openCalls', 'closeCalls', ...FORWARDED_CALLS] as const satisfies readonly (keyof SandboxWorkerApi)[];
 type MissingMethod = Exclude<keyof SandboxWorkerApi, (typeof WORKER_METHODS)[number]>;
 const allMethods: [MissingMethod] extends [never] ? true : MissingMethod = true;
 void allMethods;

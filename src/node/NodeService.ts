@@ -22,7 +22,7 @@ import { linkSampler, type MetricsSampler, type SandboxMetrics } from '../metric
 import { CorralError, InvalidOptionError, serializeError } from '../errors.ts';
 import { Cluster, type ClusterOptions } from '../cluster/Cluster.ts';
 import { REQUEST_ID_HEADER, ReplyCache } from '../cluster/replies.ts';
-import { decode, encode, errorReply, eventMessages, eventSubject, nodeSubject, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
+import { decode, encode, errorReply, eventMessages, eventSubject, nodeSubject, sandboxVerb, type CatalogEntry, type DrainReport, type NodeRecord } from '../cluster/protocol.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import type { LogsOptions } from '../logs/ExecLog.ts';
 import { FORWARDED_CALLS } from '../link/wire.ts';
@@ -157,7 +157,9 @@ export class NodeService {
         ...(options.tls !== undefined ? { tls: options.tls } : {}),
         name: `corral-node-${options.name}-events`,
       };
-      sup = new Supervisor({ stateDir: options.stateDir, events, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
+      // ...and answer their plain calls themselves (src/cluster/SandboxCalls.ts).
+      const callSubject = (sandbox: string) => nodeSubject(options.name, sandboxVerb(sandbox));
+      sup = new Supervisor({ stateDir: options.stateDir, events, callSubject, ...(options.maxSandboxes !== undefined ? { maxSandboxes: options.maxSandboxes } : {}) });
       const node = new NodeService(options, cluster, sup);
       await node.#serve(progress);
       return node;
@@ -275,6 +277,7 @@ export class NodeService {
       heartbeatMs: this.#heartbeatMs,
       startedAt: this.#startedAt,
       draining: this.#draining,
+      workerCalls: true,
     };
   }
 
@@ -344,6 +347,10 @@ export class NodeService {
     } catch (err) {
       if (!(err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED'))) logFailure(`waiting for sandbox "${name}" to stop`)(err);
     }
+    // The calls its worker answers end there first (their answers out), then those here.
+    await link.api.closeCalls().catch((err: unknown) => {
+      if (!(err instanceof CorralError && (err.code === 'E_CLOSED' || err.code === 'E_WORKER_CRASHED'))) logFailure(`ending the calls of sandbox "${name}"`)(err);
+    });
     await Promise.allSettled([...(this.#inflight.get(name)?.keys() ?? [])]);
     if (this.#live.get(name) === link) this.#live.delete(name);
     for (const key of this.#samplers.keys()) if (key.startsWith(`${name}/`)) this.#samplers.delete(key);
@@ -433,10 +440,14 @@ export class NodeService {
     const snapshot = `moved-${nuid.next().toLowerCase()}`;
     const file = join(this.#sup.stateDir, 'incoming', `${snapshot}.out`);
     let paused = false;
+    let held = false;
     let to: string | undefined;
     try {
       // In flight before the move began: their answers come first (not a stopped(), which
-      // waits for the end: it is answered by the node it moved to).
+      // waits for the end: it is answered by the node it moved to). Those its worker answers
+      // wait there meanwhile.
+      held = true;
+      await link.api.holdCalls();
       await Promise.allSettled([...(this.#inflight.get(name) ?? [])].filter(([, m]) => m !== 'stopped').map(([p]) => p));
       const running = await link.api.execs();
       // Saved, then frozen at once: what the guest does after the save would be lost.
@@ -464,6 +475,7 @@ export class NodeService {
       this.#movedTo.set(name, to);
       this.#entries.delete(name);
       this.#silenced.add(name);
+      await link.api.closeCalls(serializeError(movedError(name, this.name, to))).catch(logFailure(`ending the calls of the copy of "${name}" left on node "${this.name}"`));
       // Its worker publishes no more of its events, and the server has those before: the
       // move's events below follow them in the stream.
       await link.api.silenceEvents().catch(logFailure(`silencing the copy of "${name}" left on node "${this.name}"`));
@@ -477,6 +489,7 @@ export class NodeService {
       return { name, ms, stopReason: null, movedTo: to };
     } catch (err) {
       if (paused && !to) await link.api.resume().catch(logFailure(`resuming "${name}" after its move failed`));
+      if (held && !to) await link.api.openCalls().catch(logFailure(`letting the calls of "${name}" go on after its move failed`));
       return { name, ms: performance.now() - t0, stopReason: null, error: serializeError(err) };
     } finally {
       this.#moving.delete(name);

@@ -104,6 +104,11 @@ export interface SupervisorOptions {
    * {@link Supervisor.publishedByWorker}).
    */
   readonly events?: NatsTarget;
+  /**
+   * @internal a cluster node's (with `events`): the subject under which a sandbox's worker
+   * answers its plain calls itself, on that connection (src/cluster/SandboxCalls.ts).
+   */
+  readonly callSubject?: (sandbox: string) => string;
 }
 
 /** Options of {@link Supervisor.create}. */
@@ -135,6 +140,7 @@ export class Supervisor {
   readonly #spares: number;
   readonly #inspect: ((wire: WireInspectionEvent) => void) | undefined;
   readonly #events: NatsTarget | undefined;
+  readonly #callSubject: ((sandbox: string) => string) | undefined;
   /** The events a worker published into a cluster's stream itself (with {@link SupervisorOptions.events}). */
   readonly #publishedByWorker = new WeakSet<SandboxEvent>();
   #closed: Promise<void> | undefined;
@@ -166,6 +172,7 @@ export class Supervisor {
     }
     this.#inspect = options.inspect ? inspectionRelay(options.inspect) : undefined;
     this.#events = options.events;
+    this.#callSubject = options.callSubject;
     sweepStaleRunDirs();
     void sweepStaleCgroups().catch(logFailure('sweeping the cgroups of VMs that are gone'));
     void sweepStaleUidClaims().catch(logFailure('sweeping the uid claims of VMs that are gone'));
@@ -382,7 +389,7 @@ export class Supervisor {
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}), ...(this.#events ? { events: this.#events } : {}) };
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}), ...(this.#events ? { events: this.#events, ...(this.#callSubject ? { callSubject: this.#callSubject(config.name) } : {}) } : {}) };
     let ctl: WorkerLink | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
     const actor = this.#pool.host(data, [control.port2], (err) => {

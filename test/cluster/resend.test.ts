@@ -88,6 +88,27 @@ describe('a request to a node whose request or answer was lost', () => {
     }
   });
 
+  it('asks a sandbox worker\'s verb first (again there when its answer is lost), and the node\'s verb where nobody answers it', async () => {
+    const worker = flaky('sandbox.sb1.exec', 1, () => 'from the worker');
+    const main = flaky('sb.exec', 0, () => 'from the node');
+    await nc.flush();
+    try {
+      // Answered there (its first answer lost: asked there again), the node's verb untouched.
+      await expect(cluster.request('flaky', 'sb.exec', {}, { first: 'sandbox.sb1.exec', timeoutMs: 60_000 })).resolves.toBe('from the worker');
+      expect(worker.ids).toHaveLength(2);
+      expect(new Set(worker.ids).size).toBe(1);
+      expect(main.ids).toEqual([]);
+      // Nobody there: the node's verb (nobody took the request, so its id goes on there).
+      worker.stop();
+      await nc.flush();
+      await expect(cluster.request('flaky', 'sb.exec', {}, { first: 'sandbox.sb1.exec', timeoutMs: 60_000 })).resolves.toBe('from the node');
+      expect(main.ids).toHaveLength(1);
+    } finally {
+      worker.stop();
+      main.stop();
+    }
+  });
+
   it('says E_NODE_LOST when nobody answers on the node\'s subjects', async () => {
     await expect(cluster.request('flaky', 'nobody-serves-this', {}, { timeoutMs: 5000 })).rejects.toMatchObject({ code: 'E_NODE_LOST' });
   });
