@@ -228,19 +228,13 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
           `${out}.lock`,
           () => index.hasLayer(layer.diffId),
           async () => {
-            let workDir: string | undefined;
             try {
               const blob = await download();
               progress('unpack', layer.size, true);
-              const res2 = await unpack(
-                { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: (workDir = unpackScratchDir(layer.size, index.tmpDir)) },
-                o.signal,
-              );
+              const res2 = await unpack({ blob, compression: layer.compression, diffId: layer.diffId, out }, o.signal);
               await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
             } finally {
               if (!layer.squash && blobPath) await rm(blobPath, { force: true });
-              // The worker removes it; not if the task never reached it (aborted, pool closed).
-              if (workDir) await rm(workDir, { recursive: true, force: true });
             }
           },
           o.signal,

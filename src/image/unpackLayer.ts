@@ -1,21 +1,22 @@
 /**
  * One layer, from its downloaded (digest-checked) blob to a read-only erofs layer image:
  * decompress (gzip in-process, zstd through a `zstd -dc` child), check the uncompressed
- * digest (the config's diff_id), extract safely, `mkfs.erofs`. Runs in an image worker
+ * digest (the config's diff_id), and write the image straight from the tar stream
+ * (src/image/tarErofs.ts: nothing unpacked on the host, no `mkfs.erofs`). Runs in an image worker
  * thread (workers/image.worker.ts). Writes go to temp names and are renamed into place, so
  * a failure leaves nothing half-written under the final name.
  */
 
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { CorralError } from '../errors.ts';
 import { checkDigest, DigestTap } from './digest.ts';
 import { extractLayer, type ExtractStats } from './extract.ts';
-import { buildErofs } from './layerImage.ts';
+import { tarToErofs } from './tarErofs.ts';
 import type { LayerCompression } from './manifest.ts';
 
 /** A task for the image pool. Plain data (it crosses a thread boundary). */
@@ -27,8 +28,6 @@ export interface UnpackTask {
   readonly diffId: string;
   /** Final path of the erofs layer image. */
   readonly out: string;
-  /** An empty scratch directory (src/image/scratch.ts), removed here. */
-  readonly workDir: string;
 }
 
 /** What {@link unpackLayer} did. */
@@ -55,17 +54,14 @@ function decompress(blob: string, compression: LayerCompression): { stream: Read
 }
 
 /**
- * Decompresses `blob`, extracts it into `root` (an existing, empty directory) and checks the
- * uncompressed digest against `diffId`.
- *
- * @example
- * const stats = await extractBlob('/tmp/x.blob', 'gzip', diffId, '/tmp/unpack/root');
+ * Decompresses `blob` into `consume` and checks the uncompressed digest against `diffId`
+ * once `consume` has read the archive (trailing padding included).
  */
-export async function extractBlob(blob: string, compression: LayerCompression, diffId: string, root: string): Promise<ExtractStats & { readonly tarBytes: number }> {
+async function readLayer<T>(blob: string, compression: LayerCompression, diffId: string, consume: (tar: Readable) => Promise<T>): Promise<T & { readonly tarBytes: number }> {
   const { stream, done } = decompress(blob, compression);
   const tap = new DigestTap();
   stream.on('error', (e) => tap.destroy(e));
-  const stats = await extractLayer(stream.pipe(tap), root);
+  const stats = await consume(stream.pipe(tap));
   await done;
   // tar-stream stops at the end-of-archive blocks; hash any trailing padding too.
   if (!tap.readableEnded) {
@@ -77,23 +73,29 @@ export async function extractBlob(blob: string, compression: LayerCompression, d
 }
 
 /**
+ * Decompresses `blob`, extracts it into `root` (an existing, empty directory) and checks the
+ * uncompressed digest against `diffId`.
+ *
  * @example
- * await unpackLayer({ blob, compression: 'gzip', diffId, out: '/state/images/layers/x.erofs', workDir: '/state/images/tmp/x' });
+ * const stats = await extractBlob('/tmp/x.blob', 'gzip', diffId, '/tmp/unpack/root');
+ */
+export function extractBlob(blob: string, compression: LayerCompression, diffId: string, root: string): Promise<ExtractStats & { readonly tarBytes: number }> {
+  return readLayer(blob, compression, diffId, (tar) => extractLayer(tar, root));
+}
+
+/**
+ * @example
+ * await unpackLayer({ blob, compression: 'gzip', diffId, out: '/state/images/layers/x.erofs' });
  */
 export async function unpackLayer(task: UnpackTask): Promise<UnpackResult> {
   const t0 = performance.now();
-  const root = join(task.workDir, 'root');
   const tmpOut = `${task.out}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   try {
-    await mkdir(root, { mode: 0o755 });
-    const stats = await extractBlob(task.blob, task.compression, task.diffId, root);
     await mkdir(dirname(task.out), { recursive: true });
-    await buildErofs(root, tmpOut);
+    const { imageBytes, ...stats } = await readLayer(task.blob, task.compression, task.diffId, (tar) => tarToErofs(tar, tmpOut));
     await rename(tmpOut, task.out);
-    const imageBytes = (await stat(task.out)).size;
     return { ...stats, imageBytes, ms: performance.now() - t0 };
   } finally {
     await rm(tmpOut, { force: true });
-    await rm(task.workDir, { recursive: true, force: true });
   }
 }
