@@ -255,10 +255,13 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
           try {
             return await unpackLayer(tap, task, whole);
           } catch (err) {
-            body.destroy();
             if (broken) throw brokenDownload(broken, what, r.registry, tap.bytes, layer.size, o.signal);
-            await whole();
+            // A bad archive (not a local failure such as a full disk) may be a corrupted blob.
+            const code = (err as CorralError).code;
+            if (code === 'E_IMAGE_LAYER' || code === 'E_IMAGE_DIGEST') await whole();
             throw err;
+          } finally {
+            body.destroy();
           }
         };
         const blob = layer.squash ? await download() : undefined;

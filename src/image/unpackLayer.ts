@@ -37,19 +37,31 @@ export interface UnpackResult extends ExtractStats {
   readonly ms: number;
 }
 
+const CHUNK_BYTES = 1 << 20;
+
+/**
+ * Calls `fn` once if `source` fails, also if it failed already (a download can break before
+ * the unpack reads its first byte: its stream then never ends, nor errors again).
+ */
+function onFailure(source: Readable, fn: (err: Error) => void): void {
+  if (source.errored) process.nextTick(fn, source.errored);
+  else if (source.destroyed) process.nextTick(fn, new Error('the stream was closed before its end'));
+  else source.once('error', fn);
+}
+
 /** The decompressed stream of `source`; `done` settles when the decompressor exited, `destroy` stops it. */
 function decompress(source: Readable, compression: LayerCompression): { stream: Readable; done: Promise<void>; destroy: () => void } {
   if (compression === 'none') return { stream: source, done: Promise.resolve(), destroy: () => {} };
   if (compression === 'gzip') {
     // zlib inflates on libuv's thread pool: this thread only moves the chunks.
-    const gunzip = createGunzip({ chunkSize: 1 << 20 });
-    source.on('error', (e) => gunzip.destroy(e));
+    const gunzip = createGunzip({ chunkSize: CHUNK_BYTES });
+    onFailure(source, (e) => gunzip.destroy(e));
     return { stream: source.pipe(gunzip).on('error', () => {}), done: Promise.resolve(), destroy: () => gunzip.destroy() };
   }
   const child = spawn('zstd', ['-dc', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let err = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-1000)));
-  source.on('error', (e) => child.stdout.destroy(e));
+  onFailure(source, (e) => child.stdout.destroy(e));
   source.pipe(child.stdin);
   child.stdin.on('error', () => {});
   const done = new Promise<void>((resolve, reject) => {
@@ -74,7 +86,7 @@ function decompress(source: Readable, compression: LayerCompression): { stream: 
 async function readLayer<T>(source: Readable, compression: LayerCompression, diffId: string, consume: (tar: Readable) => Promise<T>): Promise<T & { readonly tarBytes: number }> {
   const { stream, done, destroy } = decompress(source, compression);
   const tap = new DigestTap();
-  stream.on('error', (e) => tap.destroy(e));
+  onFailure(stream, (e) => tap.destroy(e));
   try {
     const stats = await consume(stream.pipe(tap));
     await done;
@@ -99,7 +111,7 @@ async function readLayer<T>(source: Readable, compression: LayerCompression, dif
  * const stats = await extractBlob('/tmp/x.blob', 'gzip', diffId, '/tmp/unpack/root');
  */
 export function extractBlob(blob: string, compression: LayerCompression, diffId: string, root: string): Promise<ExtractStats & { readonly tarBytes: number }> {
-  return readLayer(createReadStream(blob, { highWaterMark: 1 << 20 }), compression, diffId, (tar) => extractLayer(tar, root));
+  return readLayer(createReadStream(blob, { highWaterMark: CHUNK_BYTES }), compression, diffId, (tar) => extractLayer(tar, root));
 }
 
 /**

@@ -179,6 +179,27 @@ describe('pulling', () => {
       writeFileSync(blob, good);
     }
   });
+  it('rejects a large blob corrupted in its middle (the archive breaks while it still streams) with E_IMAGE_DIGEST', async () => {
+    const sd = stateDir();
+    const d = await open.push(layout('python'), 'test/corrupt-big', 'v1');
+    const digest = (JSON.parse(readFileSync(join(layout('python'), 'blobs/sha256', d.slice(7)), 'utf8')) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const blob = registryBlobPath(open.storageDir, digest);
+    const good = readFileSync(blob);
+    const bad = Buffer.from(good);
+    // Far more than is buffered between the registry and the unpack: the rest is still on its way.
+    for (let i = 0; i < 64; i++) bad[(bad.length >> 2) + i] = bad[(bad.length >> 2) + i]! ^ 0xa5;
+    writeFileSync(blob, bad);
+    try {
+      const err = await rejection(resolveImage(`${open.host}/test/corrupt-big:v1`, { stateDir: sd }));
+      expect(err.code).toBe('E_IMAGE_DIGEST');
+      expect(err.message).toContain(digest);
+      expect(readdirSync(join(sd, 'images', 'layers'))).toEqual([]);
+      expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
+    } finally {
+      writeFileSync(blob, good);
+    }
+  });
+
   it('fails with E_REGISTRY when the registry breaks off a layer it is streaming, and leaves nothing half-written', async () => {
     const sd = stateDir();
     const d = await open.push(layout('busybox'), 'test/cut', 'v1');
@@ -188,7 +209,9 @@ describe('pulling', () => {
       void (async () => {
         const up = await fetch(`http://${open.host}${req.url}`, { method: req.method, headers: { accept: String(req.headers.accept ?? '*/*') } });
         const body = Buffer.from(await up.arrayBuffer());
-        res.writeHead(up.status, Object.fromEntries([...up.headers].filter(([k]) => k !== 'content-encoding' && k !== 'transfer-encoding')));
+        const headers: Record<string, string> = {};
+        up.headers.forEach((v, k) => void (k !== 'content-encoding' && k !== 'transfer-encoding' && (headers[k] = v)));
+        res.writeHead(up.status, headers);
         if (req.url?.endsWith(`/blobs/${layer}`)) {
           res.write(body.subarray(0, body.length >> 1), () => res.socket?.destroy());
         } else {
