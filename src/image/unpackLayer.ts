@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { CorralError } from '../errors.ts';
 import { checkDigest, DigestTap } from './digest.ts';
@@ -40,6 +40,34 @@ export interface UnpackResult extends ExtractStats {
 const CHUNK_BYTES = 1 << 20;
 
 /**
+ * Joins small chunks (a registry's response comes in ~64 KiB pieces) into ~1 MiB ones: each
+ * chunk zlib inflates is a round trip to libuv's thread pool, and on a busy machine every
+ * round trip waits for a core.
+ */
+class Coalesce extends Transform {
+  #parts: Buffer[] = [];
+  #bytes = 0;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.#parts.push(chunk);
+    this.#bytes += chunk.length;
+    if (this.#bytes >= CHUNK_BYTES) this.#push();
+    cb();
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.#bytes > 0) this.#push();
+    cb();
+  }
+
+  #push(): void {
+    this.push(this.#parts.length === 1 ? this.#parts[0] : Buffer.concat(this.#parts, this.#bytes));
+    this.#parts = [];
+    this.#bytes = 0;
+  }
+}
+
+/**
  * Calls `fn` once if `source` fails, also if it failed already (a download can break before
  * the unpack reads its first byte: its stream then never ends, nor errors again).
  */
@@ -55,8 +83,10 @@ function decompress(source: Readable, compression: LayerCompression): { stream: 
   if (compression === 'gzip') {
     // zlib inflates on libuv's thread pool: this thread only moves the chunks.
     const gunzip = createGunzip({ chunkSize: CHUNK_BYTES });
+    const joined = new Coalesce();
     onFailure(source, (e) => gunzip.destroy(e));
-    return { stream: source.pipe(gunzip).on('error', () => {}), done: Promise.resolve(), destroy: () => gunzip.destroy() };
+    joined.on('error', (e) => gunzip.destroy(e));
+    return { stream: source.pipe(joined).pipe(gunzip).on('error', () => {}), done: Promise.resolve(), destroy: () => gunzip.destroy() };
   }
   const child = spawn('zstd', ['-dc', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let err = '';
