@@ -10,7 +10,8 @@
  * (download + verify only, no unpack: the floor of moving the bytes).
  *
  * Wall time depends on what else runs on the machine; the CPU seconds beside it (this
- * process's threads + the children it waited for: mkfs.erofs, zstd; skopeo) do much less.
+ * process's threads, libuv's thread pool included, + the children it waited for: zstd for
+ * zstd layers, mkfs.erofs when squashing; skopeo) do much less.
  */
 
 import { kernelLabel } from '../src/runtime/kernel.ts';
@@ -71,7 +72,7 @@ try {
   const fmt = (s: number[], cpu: number[]) =>
     `median ${quantile(s, 0.5).toFixed(2)} s (${(mb / quantile(s, 0.5)).toFixed(1)} MB/s), p95 ${quantile(s, 0.95).toFixed(2)} s (n=${s.length}); CPU median ${quantile(cpu, 0.5).toFixed(2)} s`;
   console.log(`corral image bench — ${new Date().toISOString()} — python:3.12 test image: ${mb.toFixed(1)} MB compressed, ${(tarBytes / 1e6).toFixed(1)} MB of erofs layer images, kernel ${kernelLabel()}`);
-  console.log(`  corral pull + verify + unpack + mkfs.erofs: ${fmt(ours, oursCpu)}`);
+  console.log(`  corral pull + verify + erofs layer image:  ${fmt(ours, oursCpu)}`);
   console.log(`  skopeo copy docker:// → oci: (no unpack):   ${fmt(skopeo, skopeoCpu)}`);
   console.log(`  ratio corral / skopeo (medians): ×${(quantile(ours, 0.5) / quantile(skopeo, 0.5)).toFixed(2)} wall, ×${(quantile(oursCpu, 0.5) / quantile(skopeoCpu, 0.5)).toFixed(2)} CPU`);
   report.add('skopeo_copy', skopeo.map((x) => x * 1000), 'ms');

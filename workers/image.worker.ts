@@ -1,17 +1,15 @@
 /**
- * The image pool's worker (piscina): the CPU-heavy part of a pull — decompress, check,
- * extract and build the erofs layer image of one layer, or the squashed image of several
- * (src/image/squash.ts). It never imports the pool.
+ * The image pool's worker (piscina): the squashed image of several layers (src/image/squash.ts:
+ * decompress, check, extract and merge them, mkfs.erofs). It never imports the pool.
  */
 
 import { serializeError } from '../src/errors.ts';
 import type { UnpackOutcome } from '../src/image/pool.ts';
 import { squashLayers, type SquashTask } from '../src/image/squash.ts';
-import { unpackLayer, type UnpackTask } from '../src/image/unpackLayer.ts';
 
-export default async function run(task: UnpackTask | SquashTask): Promise<UnpackOutcome> {
+export default async function run(task: SquashTask): Promise<UnpackOutcome> {
   try {
-    return { ok: true, result: 'kind' in task && task.kind === 'squash' ? await squashLayers(task) : await unpackLayer(task as UnpackTask) };
+    return { ok: true, result: await squashLayers(task) };
   } catch (err) {
     return { ok: false, error: serializeError(err) };
   }

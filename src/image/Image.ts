@@ -103,10 +103,14 @@ async function collectLayers(idx: ImageIndex): Promise<{ layers: number; bytes: 
   );
   let layers = 0;
   let bytes = 0;
-  for (const f of await readdir(idx.layersDir).catch(() => [] as string[])) {
+  const files = await readdir(idx.layersDir).catch(() => [] as string[]);
+  const locks = new Set(files.filter((f) => f.endsWith('.lock')));
+  for (const f of files) {
     const hex = f.replace(/\.erofs(\..*)?$/, '');
     if (needed.has(hex) && f.endsWith('.erofs')) continue;
     if (f.endsWith('.lock')) continue; // a pull in progress
+    // The image a pull is writing (`<name>.erofs.<pid>.<random>.tmp`), under its lock.
+    if (f.endsWith('.tmp') && locks.has(`${f.replace(/\.\d+\.[a-z0-9]+\.tmp$/, '')}.lock`)) continue;
     const p = join(idx.layersDir, f);
     bytes += (await stat(p).catch(() => ({ size: 0 }))).size;
     await rm(p, { force: true });

@@ -1,7 +1,9 @@
 /**
- * The image pool: a piscina pool running workers/image.worker.ts (decompress, extract,
- * mkfs.erofs). A thin front: created on first use, closed when the last pull of this thread
- * that needed it is done, so no worker outlives the pulls that use it.
+ * The image pool: a piscina pool running workers/image.worker.ts (squashing: extract the
+ * merged layers, merge them, mkfs.erofs). A thin front: created on first use, closed when the
+ * last pull of this thread that needed it is done, so no worker outlives the pulls that use
+ * it. Single layers do not use it (src/image/unpackLayer.ts: booting a worker cost more CPU
+ * than the JavaScript part of unpacking the python test layer).
  */
 
 import { fileURLToPath } from 'node:url';
@@ -11,51 +13,40 @@ import { deserializeError } from '../errors.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
-import type { UnpackResult, UnpackTask } from './unpackLayer.ts';
 import { logFailure } from '../runtime/log.ts';
 import type { SerializedError } from '../errors.ts';
 
 /** A task's result as it crosses back from the worker: errors as plain data with their code. */
-export type UnpackOutcome = { ok: true; result: UnpackResult | SquashResult } | { ok: false; error: SerializedError };
+export type UnpackOutcome = { ok: true; result: SquashResult } | { ok: false; error: SerializedError };
 
 const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
 
 let pool: Piscina | undefined;
 let users = 0;
 
-/** Most layers unpacked at once (each also runs a decompressor and mkfs.erofs). */
+/** Most squashes run at once (each also runs a decompressor and mkfs.erofs). */
 export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()));
 
 /**
- * Holds the pool for the duration of `fn` (pulls nest this around all their unpacks, and
- * only when they have something to unpack). `layers` sizes a new pool: that many workers,
- * up to {@link UNPACK_CONCURRENCY}, start at once, so booting a thread and loading its
- * modules (~0.7 s here) happens while the caller downloads, not after; no more, since a
- * task that finds no ready worker would start one of its own. A pull that joins a running
- * pool shares its workers.
+ * Holds the pool for the duration of `fn` (a pull that squashes nests this around its
+ * downloads and the squash). A new pool starts one worker at once, so booting a thread and
+ * loading its modules (~0.35 s of CPU here) happens while the caller downloads, not after.
+ * A pull that joins a running pool shares its workers.
  *
  * @example
- * await withImagePool(async (unpack) => unpack(task), { layers: 1 });
+ * await withImagePool(async (squash) => squash(task));
  */
-export async function withImagePool<T>(
-  fn: (unpack: (task: UnpackTask, signal?: AbortSignal) => Promise<UnpackResult>, squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>,
-  options: { layers?: number } = {},
-): Promise<T> {
+export async function withImagePool<T>(fn: (squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>): Promise<T> {
   users++;
-  const threads = Math.max(1, Math.min(UNPACK_CONCURRENCY, options.layers ?? UNPACK_CONCURRENCY));
-  pool ??= new Piscina({ filename: BOOT, minThreads: threads, maxThreads: threads, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
+  pool ??= new Piscina({ filename: BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
   const p = pool;
   try {
-    const run = async (task: UnpackTask | SquashTask, signal?: AbortSignal) => {
+    return await fn(async (task, signal) => {
       // Piscina's workers are unreferenced while idle: hold the process until the task is done.
       const out = (await holding(() => p.run(task, signal ? { signal } : {}))) as UnpackOutcome;
       if (!out.ok) throw deserializeError(out.error);
       return out.result;
-    };
-    return await fn(
-      (task, signal) => run(task, signal) as Promise<UnpackResult>,
-      (task, signal) => run(task, signal) as Promise<SquashResult>,
-    );
+    });
   } finally {
     if (--users === 0 && pool === p) {
       pool = undefined;

@@ -9,20 +9,22 @@
  *
  * Manifests, configs and blobs are checked against their digests; layers are keyed by their
  * uncompressed digest and built once (a lock file makes concurrent pulls of one layer, from
- * any thread or process, wait for a single build). Downloads stream to temp files; the
- * CPU-heavy unpack runs in the image pool.
+ * any thread or process, wait for a single build). A layer is unpacked as it downloads,
+ * straight into its erofs image (src/image/unpackLayer.ts), up to 3 layers at once; the image
+ * is kept only once both its compressed digest and its diff_id held.
  *
  * An image of more than 3 layers also gets a squashed layer image of its layers above the
- * bottom one (src/image/squash.ts): their blobs are kept (or fetched again, for layers cached
- * by another image or an image pulled before squashing existed) until it is built.
+ * bottom one (src/image/squash.ts, in the image pool): their blobs are kept (or fetched again,
+ * for layers cached by another image or an image pulled before squashing existed) until it
+ * is built.
  */
 
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import type { ImagePullEventBody } from '../bus/events.ts';
 import { CorralError } from '../errors.ts';
 import type { Credentials } from './auth.ts';
@@ -34,6 +36,7 @@ import { withImagePool } from './pool.ts';
 import { unpackScratchDir } from './scratch.ts';
 import { squashPlan } from './squash.ts';
 import { parseReference, type ImageReference } from './reference.ts';
+import { unpackLayer, type UnpackResult } from './unpackLayer.ts';
 import { RegistryClient } from './RegistryClient.ts';
 
 import type { PullPolicy } from './pullPolicy.ts';
@@ -80,8 +83,7 @@ const PROGRESS_EVERY_MS = 200;
 
 const inflight = new Map<string, Promise<ResolvedImage>>();
 
-type Unpack = Parameters<Parameters<typeof withImagePool>[0]>[0];
-type Squash = Parameters<Parameters<typeof withImagePool>[0]>[1];
+type Squash = Parameters<Parameters<typeof withImagePool>[0]>[0];
 
 /**
  * Resolves `ref` by policy to layer images in the cache, pulling what is missing.
@@ -193,13 +195,14 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
   });
 
   let bytes = 0;
-  const fetchAll = async (unpack: Unpack, squash: Squash): Promise<void> => {
+  const fetchAll = async (squash: Squash | undefined): Promise<void> => {
     // Built by another pull while this one waited for the squash lock: no blob to keep.
     if (plan && index.hasSquash(plan.key)) for (const l of work) l.squash = false;
     const queue = work.filter((l) => l.squash || !index.hasLayer(l.diffId));
     const worker = async () => {
       for (let l = queue.shift(); l; l = queue.shift()) {
         const layer = l;
+        const what = `layer ${layer.digest} of ${image}`;
         let last = 0;
         const progress = (phase: 'download' | 'unpack' | 'done', done: number, force = false) => {
           const now = performance.now();
@@ -207,41 +210,67 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
           last = now;
           o.onEvent?.({ type: 'image.pull.progress', image, layer: layer.digest, phase, bytesDone: done, bytesTotal: layer.size });
         };
-        const out = index.layerPath(layer.diffId);
-        let blob: string | undefined;
-        let blobPath: string | undefined;
+        const task = { compression: layer.compression, diffId: layer.diffId, out: index.layerPath(layer.diffId) };
+        /** A layer to squash: its blob is kept on disk, then unpacked from there. */
         const download = async (): Promise<string> => {
-          if (blob) return blob;
-          const path = (blobPath = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`));
-          if (layer.squash) kept.set(layer, path);
+          const path = join(index.tmpDir, `${digestHex(layer.digest)}.${randomBytes(4).toString('hex')}.blob`);
+          kept.set(layer, path);
           const res = await client.blob(r.repository, layer.digest, o.signal);
           const tap = new DigestTap(layer.size, (n) => progress('download', n));
           await pipeline(Readable.fromWeb(res.body as never), tap, createWriteStream(path, { mode: 0o600 }), ...(o.signal ? [{ signal: o.signal }] : []) as []).catch((err: unknown) => {
-            throw brokenDownload(err, `layer ${layer.digest} of ${image}`, r.registry, tap.bytes, layer.size, o.signal);
+            throw brokenDownload(err, what, r.registry, tap.bytes, layer.size, o.signal);
           });
-          checkDigest(`layer ${layer.digest} of ${image}`, layer.digest, tap.digest());
+          checkDigest(what, layer.digest, tap.digest());
           bytes += tap.bytes;
-          return (blob = path);
+          return path;
         };
-        if (layer.squash) await download();
+        /** Any other layer: unpacked as it streams in, kept only if both digests hold. */
+        const stream = async (): Promise<UnpackResult> => {
+          const res = await client.blob(r.repository, layer.digest, o.signal);
+          const body = Readable.fromWeb(res.body as never, { highWaterMark: 1 << 20 });
+          const tap = new DigestTap(layer.size, (n) => progress('download', n));
+          let broken: unknown;
+          body.once('error', (e) => {
+            broken ??= e;
+            tap.destroy(e);
+          });
+          tap.once('error', (e) => (broken ??= e));
+          body.pipe(tap);
+          let checked = false;
+          // The whole blob read and hashed, whatever the unpack left of it (a corrupted blob
+          // can break the archive before its digest can be checked: the digest is the cause).
+          const whole = async (): Promise<void> => {
+            if (checked) return;
+            if (!tap.readableEnded && !broken) {
+              tap.unpipe();
+              tap.resume();
+              await finished(tap).catch((e: unknown) => void (broken ??= e));
+            }
+            if (broken) throw brokenDownload(broken, what, r.registry, tap.bytes, layer.size, o.signal);
+            progress('unpack', layer.size, true);
+            checkDigest(what, layer.digest, tap.digest());
+            checked = true;
+            bytes += tap.bytes;
+          };
+          try {
+            return await unpackLayer(tap, task, whole);
+          } catch (err) {
+            if (broken) throw brokenDownload(broken, what, r.registry, tap.bytes, layer.size, o.signal);
+            // A bad archive (not a local failure such as a full disk) may be a corrupted blob.
+            const code = (err as CorralError).code;
+            if (code === 'E_IMAGE_LAYER' || code === 'E_IMAGE_DIGEST') await whole();
+            throw err;
+          } finally {
+            body.destroy();
+          }
+        };
+        const blob = layer.squash ? await download() : undefined;
         await withFileLock(
-          `${out}.lock`,
+          `${task.out}.lock`,
           () => index.hasLayer(layer.diffId),
           async () => {
-            let workDir: string | undefined;
-            try {
-              const blob = await download();
-              progress('unpack', layer.size, true);
-              const res2 = await unpack(
-                { blob, compression: layer.compression, diffId: layer.diffId, out, workDir: (workDir = unpackScratchDir(layer.size, index.tmpDir)) },
-                o.signal,
-              );
-              await index.putLayer({ diffId: layer.diffId, imageBytes: res2.imageBytes, tarBytes: res2.tarBytes, createdAt: Date.now() });
-            } finally {
-              if (!layer.squash && blobPath) await rm(blobPath, { force: true });
-              // The worker removes it; not if the task never reached it (aborted, pool closed).
-              if (workDir) await rm(workDir, { recursive: true, force: true });
-            }
+            const res = blob ? await unpackLayer(createReadStream(blob, { highWaterMark: 1 << 20 }), task) : await stream();
+            await index.putLayer({ diffId: layer.diffId, imageBytes: res.imageBytes, tarBytes: res.tarBytes, createdAt: Date.now() });
           },
           o.signal,
         );
@@ -253,7 +282,7 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
       const failed = results.find((x): x is PromiseRejectedResult => x.status === 'rejected');
       if (failed) throw failed.reason;
       const merged = work.filter((l) => l.squash);
-      if (plan && squashOut && merged.length > 0) {
+      if (plan && squashOut && squash && merged.length > 0) {
         let workDir: string | undefined;
         const squashing = (bytesDone: number) =>
           o.onEvent?.({ type: 'image.pull.progress', image, phase: 'squash', layers: merged.map((l) => l.digest), bytesDone, bytesTotal: merged.reduce((s, l) => s + l.size, 0) });
@@ -278,13 +307,12 @@ async function pull(index: ImageIndex, r: ImageReference, wanted: string | undef
       for (const blob of kept.values()) await rm(blob, { force: true });
     }
   };
-  if (missing.length > 0) {
-    await withImagePool(
-      // The squash lock is held from the first kept blob on: it also tells Image.prune that
-      // the blobs in the tmp dir are in use.
-      (unpack, squash) => (squashOut ? withFileLock(`${squashOut}.lock`, () => false, () => fetchAll(unpack, squash), o.signal) : fetchAll(unpack, squash)),
-      { layers: missing.length },
-    );
+  if (squashOut) {
+    // The squash lock is held from the first kept blob on: it also tells Image.prune that
+    // the blobs in the tmp dir are in use. The pool (for the squash only) boots meanwhile.
+    await withImagePool((squash) => withFileLock(`${squashOut}.lock`, () => false, () => fetchAll(squash), o.signal));
+  } else if (missing.length > 0) {
+    await fetchAll(undefined);
   }
 
   const rec: ImageRecord = {

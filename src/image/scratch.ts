@@ -1,6 +1,8 @@
 /**
- * Where a layer is unpacked before `mkfs.erofs` turns it into a layer image: a private
- * directory in `/dev/shm` (tmpfs) when it has room, else the cache's own tmp dir.
+ * Where the layers of a squash (src/image/squash.ts) are unpacked and merged before
+ * `mkfs.erofs` turns the tree into a layer image: a private directory in `/dev/shm` (tmpfs)
+ * when it has room, else the cache's own tmp dir. (A single layer's image is written from its
+ * tar stream, src/image/tarErofs.ts: it needs no scratch tree.)
  *
  * The unpacked tree lives only until its layer image is built, and is written once and read
  * once: on disk, creating thousands of small files and reading them back costs about as much

@@ -6,6 +6,8 @@
 
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { lookup } from 'node:dns/promises';
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { PassThrough } from 'node:stream';
 import { join } from 'node:path';
@@ -177,6 +179,62 @@ describe('pulling', () => {
       writeFileSync(blob, good);
     }
   });
+  it('rejects a large blob corrupted in its middle (the archive breaks while it still streams) with E_IMAGE_DIGEST', async () => {
+    const sd = stateDir();
+    const d = await open.push(layout('python'), 'test/corrupt-big', 'v1');
+    const digest = (JSON.parse(readFileSync(join(layout('python'), 'blobs/sha256', d.slice(7)), 'utf8')) as { layers: { digest: string }[] }).layers[0]!.digest;
+    const blob = registryBlobPath(open.storageDir, digest);
+    const good = readFileSync(blob);
+    const bad = Buffer.from(good);
+    // Far more than is buffered between the registry and the unpack: the rest is still on its way.
+    for (let i = 0; i < 64; i++) bad[(bad.length >> 2) + i] = bad[(bad.length >> 2) + i]! ^ 0xa5;
+    writeFileSync(blob, bad);
+    try {
+      const err = await rejection(resolveImage(`${open.host}/test/corrupt-big:v1`, { stateDir: sd }));
+      expect(err.code).toBe('E_IMAGE_DIGEST');
+      expect(err.message).toContain(digest);
+      expect(readdirSync(join(sd, 'images', 'layers'))).toEqual([]);
+      expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
+    } finally {
+      writeFileSync(blob, good);
+    }
+  });
+
+  it('fails with E_REGISTRY when the registry breaks off a layer it is streaming, and leaves nothing half-written', async () => {
+    const sd = stateDir();
+    const d = await open.push(layout('busybox'), 'test/cut', 'v1');
+    const layer = (JSON.parse(readFileSync(join(layout('busybox'), 'blobs/sha256', d.slice(7)), 'utf8')) as { layers: { digest: string }[] }).layers[0]!.digest;
+    // A proxy in front of the registry that sends half of that blob, then closes the connection.
+    const proxy = createHttpServer((req, res) => {
+      void (async () => {
+        const up = await fetch(`http://${open.host}${req.url}`, { method: req.method, headers: { accept: String(req.headers.accept ?? '*/*') } });
+        const body = Buffer.from(await up.arrayBuffer());
+        const headers: Record<string, string> = {};
+        up.headers.forEach((v, k) => void (k !== 'content-encoding' && k !== 'transfer-encoding' && (headers[k] = v)));
+        res.writeHead(up.status, headers);
+        if (req.url?.endsWith(`/blobs/${layer}`)) {
+          res.write(body.subarray(0, body.length >> 1), () => res.socket?.destroy());
+        } else {
+          res.end(body);
+        }
+      })();
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    try {
+      const host = `127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+      const err = await rejection(resolveImage(`${host}/test/cut:v1`, { stateDir: sd }));
+      expect(err.code).toBe('E_REGISTRY');
+      expect(err.message).toContain(layer);
+      expect(err.message).toContain('the connection broke');
+      expect(readdirSync(join(sd, 'images', 'layers'))).toEqual([]);
+      expect(readdirSync(join(sd, 'images', 'tmp'))).toEqual([]);
+      expect(await Image.list({ stateDir: sd })).toEqual([]);
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise((r) => proxy.close(r));
+    }
+  });
+
   it('rejects a manifest whose bytes are not the digest it is pinned by or announced with, and caches nothing', async () => {
     const sd = stateDir();
     const d = await open.push(layout('busybox'), 'test/bad-manifest', 'v1');
