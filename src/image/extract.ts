@@ -19,7 +19,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, lutimesSync, chmodSync, linkSync, mkdirSync, openSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeSync, utimesSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
-import tar from 'tar-stream';
+import type tar from 'tar-stream';
+import { forEachTarEntry } from './tarEntries.ts';
 import { CorralError } from '../errors.ts';
 import { ifMissing } from '../runtime/errno.ts';
 
@@ -331,34 +332,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
     }
   };
 
-  const extract = tar.extract();
-  await new Promise<void>((resolve, reject) => {
-    let failed = false;
-    /** The entry being written: a failure of the archive must not reject while it still writes. */
-    let current: Promise<void> = Promise.resolve();
-    let currentStream: Readable | undefined;
-    const onError = (err: Error) => {
-      if (failed) return;
-      failed = true;
-      source.unpipe?.(extract as never);
-      source.destroy();
-      extract.destroy();
-      currentStream?.destroy(); // so that the entry in progress settles
-      const e = err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err });
-      // Rejected once the entry in progress settled (its stream ends with the extractor's):
-      // a caller that removes the root on failure would otherwise race that entry's writes.
-      void current.then(() => reject(e), () => reject(e));
-    };
-    extract.on('entry', (header, stream, next) => {
-      currentStream = stream as unknown as Readable;
-      current = handle(header, currentStream);
-      current.then(() => next(), onError);
-    });
-    extract.on('finish', () => !failed && resolve());
-    extract.on('error', onError);
-    source.on('error', onError);
-    source.pipe(extract as never);
-  });
+  await forEachTarEntry(source, handle);
 
   // From here on the tree changes behind the cache (rm -rf in the mknod script).
   dirs.clear();

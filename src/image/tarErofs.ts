@@ -15,7 +15,8 @@
 
 import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import tar from 'tar-stream';
+import type tar from 'tar-stream';
+import { forEachTarEntry } from './tarEntries.ts';
 import { CorralError } from '../errors.ts';
 import { DataArea, dirNode, INLINE_MAX_BYTES, writeErofs, type ErofsNode, type NodeKind } from './ErofsWriter.ts';
 import type { ExtractStats } from './extract.ts';
@@ -227,33 +228,7 @@ export async function tarToErofs(source: Readable, out: string): Promise<Extract
       }
     };
 
-    const extract = tar.extract();
-    await new Promise<void>((resolve, reject) => {
-      let failed = false;
-      let current: Promise<void> = Promise.resolve();
-      let currentStream: Readable | undefined;
-      const onError = (err: Error) => {
-        if (failed) return;
-        failed = true;
-        source.unpipe?.(extract as never);
-        source.destroy();
-        extract.destroy();
-        currentStream?.destroy();
-        const e = err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err });
-        void current.then(() => reject(e), () => reject(e));
-      };
-      extract.on('entry', (header, stream, next) => {
-        currentStream = stream as unknown as Readable;
-        current = handle(header, stream as unknown as Readable);
-        current.then(() => next(), (err: Error) => onError(err));
-      });
-      extract.on('finish', () => {
-        if (!failed) current.then(resolve, reject);
-      });
-      extract.on('error', onError);
-      source.on('error', onError);
-      source.pipe(extract as never);
-    });
+    await forEachTarEntry(source, handle);
 
     // The symlink targets of large links were only kept for resolving names.
     const dropLargeTargets = (d: ErofsNode): void => {

@@ -1,0 +1,46 @@
+/**
+ * Driving a layer's tar stream (`tar-stream`), for the extractor (extract.ts) and the erofs
+ * writer (tarErofs.ts) alike.
+ */
+
+import type { Readable } from 'node:stream';
+import tar from 'tar-stream';
+import { CorralError } from '../errors.ts';
+
+/**
+ * Feeds the entries of the tar archive `source` to `handle`, one at a time and in order;
+ * resolves once the last has been handled. A failure of the archive, the source or an entry
+ * destroys all three, and rejects once the entry in progress has settled (its stream ends
+ * with the extractor's): a caller that removes what it wrote on failure would otherwise race
+ * that entry's writes. A failure that is not a CorralError is E_IMAGE_LAYER.
+ */
+export function forEachTarEntry(source: Readable, handle: (header: tar.Headers, stream: Readable) => Promise<void>): Promise<void> {
+  const extract = tar.extract();
+  return new Promise<void>((resolve, reject) => {
+    let failed = false;
+    /** The entry being handled. */
+    let current: Promise<void> = Promise.resolve();
+    let currentStream: Readable | undefined;
+    const onError = (err: Error) => {
+      if (failed) return;
+      failed = true;
+      source.unpipe?.(extract as never);
+      source.destroy();
+      extract.destroy();
+      currentStream?.destroy(); // so that the entry in progress settles
+      const e = err instanceof CorralError ? err : new CorralError('E_IMAGE_LAYER', `bad layer archive: ${err.message}`, { cause: err });
+      void current.then(() => reject(e), () => reject(e));
+    };
+    extract.on('entry', (header, stream, next) => {
+      currentStream = stream as unknown as Readable;
+      current = handle(header, currentStream);
+      current.then(() => next(), onError);
+    });
+    extract.on('finish', () => {
+      if (!failed) current.then(resolve, reject);
+    });
+    extract.on('error', onError);
+    source.on('error', onError);
+    source.pipe(extract as never);
+  });
+}
