@@ -20,7 +20,7 @@ import { closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, 
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import type tar from 'tar-stream';
-import { forEachTarEntry } from './tarEntries.ts';
+import { components, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
 import { CorralError } from '../errors.ts';
 import { ifMissing } from '../runtime/errno.ts';
 
@@ -34,17 +34,6 @@ export interface ExtractStats {
   readonly opaquePaths: readonly string[];
 }
 
-const WH = '.wh.';
-const OPAQUE = '.wh..wh..opq';
-const MAX_SYMLINK_HOPS = 40;
-
-function fail(msg: string, cause?: unknown): never {
-  throw new CorralError('E_IMAGE_LAYER', msg, cause === undefined ? undefined : { cause });
-}
-
-function components(p: string): string[] {
-  return p.split('/').filter((c) => c !== '' && c !== '.');
-}
 
 /**
  * Host paths this extraction created or checked as real directories (not symlinks), so that

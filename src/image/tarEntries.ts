@@ -1,11 +1,27 @@
 /**
- * Driving a layer's tar stream (`tar-stream`), for the extractor (extract.ts) and the erofs
- * writer (tarErofs.ts) alike.
+ * Driving a layer's tar stream (`tar-stream`), and the names in it, for the extractor
+ * (extract.ts) and the erofs writer (tarErofs.ts) alike.
  */
 
 import type { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { CorralError } from '../errors.ts';
+
+/** OCI whiteouts: `.wh.<name>` removes `name` of a lower layer; `.wh..wh..opq` hides a directory's lower contents. */
+export const WH = '.wh.';
+export const OPAQUE = '.wh..wh..opq';
+/** Symlinks followed resolving one entry's name, at most (as the kernel's ELOOP limit). */
+export const MAX_SYMLINK_HOPS = 40;
+
+/** A bad layer: E_IMAGE_LAYER. */
+export function fail(msg: string, cause?: unknown): never {
+  throw new CorralError('E_IMAGE_LAYER', msg, cause === undefined ? undefined : { cause });
+}
+
+/** An entry name's path components, without empty ones and `.`. */
+export function components(p: string): string[] {
+  return p.split('/').filter((c) => c !== '' && c !== '.');
+}
 
 /**
  * Feeds the entries of the tar archive `source` to `handle`, one at a time and in order;

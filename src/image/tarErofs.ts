@@ -16,23 +16,11 @@
 import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type tar from 'tar-stream';
-import { forEachTarEntry } from './tarEntries.ts';
-import { CorralError } from '../errors.ts';
+import { components, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
 import { DataArea, dirNode, INLINE_MAX_BYTES, writeErofs, type ErofsNode, type NodeKind } from './ErofsWriter.ts';
 import type { ExtractStats } from './extract.ts';
 
-const WH = '.wh.';
-const OPAQUE = '.wh..wh..opq';
-const MAX_SYMLINK_HOPS = 40;
 const OPAQUE_XATTR = 'trusted.overlay.opaque';
-
-function fail(msg: string, cause?: unknown): never {
-  throw new CorralError('E_IMAGE_LAYER', msg, cause === undefined ? undefined : { cause });
-}
-
-function components(p: string): string[] {
-  return p.split('/').filter((c) => c !== '' && c !== '.');
-}
 
 /** An in-memory tree with the extractor's name resolution. */
 class Tree {
