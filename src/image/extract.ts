@@ -20,7 +20,7 @@ import { closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, lstatSync, 
 import { dirname, join, relative } from 'node:path';
 import type { Readable } from 'node:stream';
 import type tar from 'tar-stream';
-import { components, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
+import { components, entryName, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
 import { CorralError } from '../errors.ts';
 import { ifMissing } from '../runtime/errno.ts';
 
@@ -204,10 +204,7 @@ export async function extractLayer(source: Readable, root: string): Promise<Extr
 
   const handle = async (header: tar.Headers, stream: Readable): Promise<void> => {
     const name = header.name;
-    if (name.includes('\0')) fail(`entry name with NUL: ${JSON.stringify(name)}`);
-    const parts = components(name);
-    const base = parts[parts.length - 1] ?? '';
-    const parentName = parts.slice(0, -1).join('/');
+    const { base, parentName } = entryName(name);
     const mode = (header.mode ?? 0o644) & 0o7777;
     const uid = header.uid ?? 0;
     const gid = header.gid ?? 0;

@@ -18,6 +18,13 @@ export function fail(msg: string, cause?: unknown): never {
   throw new CorralError('E_IMAGE_LAYER', msg, cause === undefined ? undefined : { cause });
 }
 
+/** An entry's name, refused if it holds a NUL: its last component, and its parent's path. */
+export function entryName(name: string): { base: string; parentName: string } {
+  if (name.includes('\0')) fail(`entry name with NUL: ${JSON.stringify(name)}`);
+  const parts = components(name);
+  return { base: parts[parts.length - 1] ?? '', parentName: parts.slice(0, -1).join('/') };
+}
+
 /** An entry name's path components, without empty ones and `.`. */
 export function components(p: string): string[] {
   return p.split('/').filter((c) => c !== '' && c !== '.');

@@ -16,7 +16,7 @@
 import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type tar from 'tar-stream';
-import { components, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
+import { components, entryName, fail, forEachTarEntry, MAX_SYMLINK_HOPS, OPAQUE, WH } from './tarEntries.ts';
 import { DataArea, dirNode, INLINE_MAX_BYTES, writeErofs, type ErofsNode, type NodeKind } from './ErofsWriter.ts';
 import type { ExtractStats } from './extract.ts';
 
@@ -104,10 +104,7 @@ export async function tarToErofs(source: Readable, out: string): Promise<Extract
 
     const handle = async (header: tar.Headers, stream: Readable): Promise<void> => {
       const name = header.name;
-      if (name.includes('\0')) fail(`entry name with NUL: ${JSON.stringify(name)}`);
-      const parts = components(name);
-      const base = parts[parts.length - 1] ?? '';
-      const parentName = parts.slice(0, -1).join('/');
+      const { base, parentName } = entryName(name);
       const meta = { mode: (header.mode ?? 0o644) & 0o7777, uid: header.uid ?? 0, gid: header.gid ?? 0, ...timeOf(header.mtime) };
 
       if (base === OPAQUE) {

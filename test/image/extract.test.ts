@@ -8,41 +8,29 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
-import tar from 'tar-stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { extractLayer } from '../../src/image/extract.ts';
+import { HOSTILE_NAMES, packTar, type TarEntry } from '../helpers/tarFixtures.ts';
 
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-type Entry = tar.Headers & { body?: string };
+type Entry = TarEntry;
 
 async function extract(entries: Entry[]): Promise<{ base: string; root: string }> {
   const base = mkdtempSync(join(tmpdir(), 'corral-test-extract-'));
   dirs.push(base);
   const root = join(base, 'root');
   mkdirSync(root);
-  const pack = tar.pack();
-  for (const { body, ...h } of entries) pack.entry(h, body ?? '');
-  pack.finalize();
-  await extractLayer(Readable.from(pack as unknown as AsyncIterable<Buffer>), root);
+  await extractLayer(packTar(entries), root);
   return { base, root };
 }
 
 describe('the layer extractor', () => {
   it('never writes outside the root, whatever the names and symlinks say', async () => {
-    const { base, root } = await extract([
-      { name: '../../escape1', body: 'x' },
-      { name: '/abs/escape2', body: 'x' },
-      { name: 'etc-link', type: 'symlink', linkname: '/' },
-      { name: 'etc-link/escape3', body: 'x' },
-      { name: 'up', type: 'symlink', linkname: '../../..' },
-      { name: 'up/escape4', body: 'x' },
-      { name: 'up/x/../escape5', body: 'x' },
-    ]);
+    const { base, root } = await extract([...HOSTILE_NAMES]);
     expect(existsSync(join(base, 'escape1'))).toBe(false);
     expect(readFileSync(join(root, 'escape1'), 'utf8')).toBe('x');
     expect(readFileSync(join(root, 'abs/escape2'), 'utf8')).toBe('x');

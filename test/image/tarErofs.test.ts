@@ -14,27 +14,21 @@ import { Readable } from 'node:stream';
 import tar from 'tar-stream';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tarToErofs } from '../../src/image/tarErofs.ts';
+import { HOSTILE_NAMES, packTar, type TarEntry } from '../helpers/tarFixtures.ts';
 
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-type Entry = tar.Headers & { body?: string | Buffer };
-
-function pack(entries: Entry[]): Readable {
-  const p = tar.pack();
-  for (const { body, ...h } of entries) p.entry(h, body ?? '');
-  p.finalize();
-  return Readable.from(p as unknown as AsyncIterable<Buffer>);
-}
+type Entry = TarEntry;
 
 /** Builds the image of `entries` and extracts it with fsck.erofs into `<base>/root`. */
 async function build(entries: Entry[]): Promise<{ base: string; root: string; image: string }> {
   const base = mkdtempSync(join(tmpdir(), 'corral-test-tarerofs-'));
   dirs.push(base);
   const image = join(base, 'layer.erofs');
-  await tarToErofs(pack(entries), image);
+  await tarToErofs(packTar(entries), image);
   const root = join(base, 'root');
   execFileSync('fsck.erofs', [`--extract=${root}`, '--preserve', image], { stdio: ['ignore', 'ignore', 'pipe'] });
   return { base, root, image };
@@ -42,15 +36,7 @@ async function build(entries: Entry[]): Promise<{ base: string; root: string; im
 
 describe('layer images written from a tar stream', () => {
   it('keeps every name inside the image, whatever the names and symlinks say', async () => {
-    const { root } = await build([
-      { name: '../../escape1', body: 'x' },
-      { name: '/abs/escape2', body: 'x' },
-      { name: 'etc-link', type: 'symlink', linkname: '/' },
-      { name: 'etc-link/escape3', body: 'x' },
-      { name: 'up', type: 'symlink', linkname: '../../..' },
-      { name: 'up/escape4', body: 'x' },
-      { name: 'up/x/../escape5', body: 'x' },
-    ]);
+    const { root } = await build([...HOSTILE_NAMES]);
     expect(readdirSync(root).sort()).toEqual(['abs', 'escape1', 'escape3', 'escape4', 'escape5', 'etc-link', 'up', 'x']);
     expect(readFileSync(join(root, 'abs/escape2'), 'utf8')).toBe('x');
     expect(readFileSync(join(root, 'escape5'), 'utf8')).toBe('x');
