@@ -7,9 +7,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { firstValueFrom, filter, take, toArray } from 'rxjs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, CorralError, Sandbox, type SandboxEvent } from '../../src/index.ts';
 import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { showNodeStderrOnFailure, startNodes } from '../helpers/nodeFixture.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { corral } from '../helpers/cli.ts';
 
@@ -25,18 +26,8 @@ const codeOf = (err: unknown) => (err as CorralError).code;
 
 beforeAll(async () => {
   nats = await startNatsCluster(3);
-  try {
-    const common = ['--replicas', '3', '--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'];
-    // In turn: the first creates the buckets and the stream (R3), the others find them.
-    nodes.push(await startNode(nats, 'n1', [...common, '--label', 'zone=a']));
-    nodes.push(await startNode(nats, 'n2', [...common, '--label', 'zone=b']));
-    nodes.push(await startNode(nats, 'n3', [...common, '--label', 'zone=a']));
-    cluster = await Cluster.connect({ servers: nats.urls, ...APP_USER, lostAfterMs: 2000 });
-  } catch (err) {
-    await Promise.all(nodes.map((n) => n.stop('SIGKILL')));
-    await nats.stop();
-    throw err;
-  }
+  // Streams and buckets with 3 replicas.
+  cluster = await startNodes(nats, nodes, [['n1', 'a'], ['n2', 'b'], ['n3', 'a']], ['--replicas', '3', '--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500']);
 });
 
 afterAll(async () => {
@@ -47,10 +38,7 @@ afterAll(async () => {
 });
 
 // A failing test shows what the nodes said (their stderr is kept, the last 20 KB each).
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== 'fail') return;
-  for (const n of nodes) if (n.stderr()) process.stderr.write(`--- node ${n.name} stderr (last 4 KB) ---\n${n.stderr().slice(-4096)}\n`);
-});
+showNodeStderrOnFailure(nodes);
 
 describe('a cluster of corral nodes on NATS', () => {
   it('lists its nodes with their labels, capacity and what is free', async () => {

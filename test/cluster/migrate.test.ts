@@ -7,9 +7,10 @@ import { existsSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { firstValueFrom, lastValueFrom, takeWhile, tap, toArray } from 'rxjs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, Sandbox, Snapshot } from '../../src/index.ts';
-import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { APP_USER, startNatsCluster, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { showNodeStderrOnFailure, startNodes } from '../helpers/nodeFixture.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 import { corral } from '../helpers/cli.ts';
 
@@ -22,16 +23,7 @@ let cluster: Cluster;
 beforeAll(async () => {
   // Its users hold only the permissions the README documents: moving a sandbox needs no more.
   nats = await startNatsCluster(1, { restricted: true });
-  try {
-    const common = ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'];
-    nodes.push(await startNode(nats, 'm1', [...common, '--label', 'zone=a']));
-    nodes.push(await startNode(nats, 'm2', [...common, '--label', 'zone=b']));
-    cluster = await Cluster.connect({ servers: nats.urls, ...APP_USER, lostAfterMs: 2000 });
-  } catch (err) {
-    await Promise.all(nodes.map((n) => n.stop('SIGKILL')));
-    await nats.stop();
-    throw err;
-  }
+  cluster = await startNodes(nats, nodes, [['m1', 'a'], ['m2', 'b']], ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500']);
 });
 
 afterAll(async () => {
@@ -41,10 +33,7 @@ afterAll(async () => {
 });
 
 // A failing test shows what the nodes said.
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== 'fail') return;
-  for (const n of nodes) if (n.stderr()) process.stderr.write(`--- node ${n.name} stderr (last 4 KB) ---\n${n.stderr().slice(-4096)}\n`);
-});
+showNodeStderrOnFailure(nodes);
 
 /** The counter the guest's background loop writes, read until it passes `above` (a running process moves it on). */
 async function counterPast(sb: Sandbox, above: number): Promise<number> {

@@ -4,11 +4,12 @@
 // calls go to the node, a call made while the sandbox moves waits and then follows it. Two
 // `corral node` processes on a real nats-server whose users hold only the README's permissions.
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster, Sandbox } from '../../src/index.ts';
 import { REQUEST_ID_HEADER } from '../../src/cluster/replies.ts';
 import { decode, encode, nodeSubject, sandboxVerb } from '../../src/cluster/protocol.ts';
-import { APP_USER, startNatsCluster, startNode, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { APP_USER, startNatsCluster, type NatsCluster, type NodeProcess } from '../helpers/natsCluster.ts';
+import { showNodeStderrOnFailure, startNodes } from '../helpers/nodeFixture.ts';
 import { uniqueName } from '../helpers/sandbox.ts';
 
 let nats: NatsCluster;
@@ -18,17 +19,8 @@ let nc: NatsConnection;
 
 beforeAll(async () => {
   nats = await startNatsCluster(1, { restricted: true });
-  try {
-    const common = ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500'];
-    nodes.push(await startNode(nats, 'w1', [...common, '--label', 'zone=a']));
-    nodes.push(await startNode(nats, 'w2', [...common, '--label', 'zone=b']));
-    cluster = await Cluster.connect({ servers: nats.urls, ...APP_USER, lostAfterMs: 2000 });
-    nc = await connect({ servers: nats.urls, ...APP_USER });
-  } catch (err) {
-    await Promise.all(nodes.map((n) => n.stop('SIGKILL')));
-    await nats.stop();
-    throw err;
-  }
+  cluster = await startNodes(nats, nodes, [['w1', 'a'], ['w2', 'b']], ['--memory', '1024', '--max-sandboxes', '2', '--heartbeat', '500']);
+  nc = await connect({ servers: nats.urls, ...APP_USER });
 });
 
 afterAll(async () => {
@@ -39,10 +31,7 @@ afterAll(async () => {
 });
 
 // A failing test shows what the nodes said.
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== 'fail') return;
-  for (const n of nodes) if (n.stderr()) process.stderr.write(`--- node ${n.name} stderr (last 4 KB) ---\n${n.stderr().slice(-4096)}\n`);
-});
+showNodeStderrOnFailure(nodes);
 
 /** One raw request to sandbox `name`'s worker on node `node`, with request id `id`: its reply, decoded. */
 async function askWorker(node: string, name: string, method: string, args: unknown[], id: string): Promise<unknown> {
