@@ -13,8 +13,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/mount.h>
+#include <sys/mman.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -216,6 +218,8 @@ static const uint8_t *buf_data(const struct buf *b) { return b->p + b->off; }
 
 /* ---- global state ---- */
 
+struct exec_cgroup;
+
 struct session {
 	bool used;
 	uint32_t id;
@@ -237,7 +241,7 @@ struct session {
 	uint64_t out_acked;/* of those, acknowledged with OUTPUT_ACK */
 	uint64_t out_quiet_until; /* CLOCK_MONOTONIC ns: the output pipes wait until then (OUTPUT_LINGER_NS) */
 	bool tty;          /* out_fd is a pty master */
-	uint32_t cgroup;   /* runs in CGROUP_ROOT/exec-<cgroup> (0: in none) */
+	struct exec_cgroup *cgroup; /* the group it runs in (NULL: none) */
 	uint64_t oom_base; /* that cgroup's oom_kill count at start */
 };
 
@@ -414,8 +418,13 @@ static struct session *session_alloc(uint32_t id)
 	return NULL;
 }
 
+static void cgroup_release(struct exec_cgroup *cg);
+
 static void session_free(struct session *s)
 {
+	if (s->cgroup)
+		cgroup_release(s->cgroup);
+	s->cgroup = NULL;
 	close_fd(&s->in_fd);
 	close_fd(&s->out_fd);
 	close_fd(&s->err_fd);
@@ -447,21 +456,22 @@ static void cgroups_init(void)
 		close(fd);
 }
 
-static void cgroup_path(char *out, size_t cap, uint32_t id, const char *file)
-{
-	snprintf(out, cap, CGROUP_ROOT "/exec-%u%s%s", id, file ? "/" : "", file ? file : "");
-}
+/* An exec's group, CGROUP_ROOT/exec-<id>, with the files the agent uses kept open: under
+ * TCG each open of a cgroup file cost the guest about as much as the read. */
+struct exec_cgroup {
+	uint32_t id;
+	int dir_fd;        /* the group itself: clone3 starts the child in it (CLONE_INTO_CGROUP) */
+	int procs_fd;      /* cgroup.procs: where clone3 cannot, the child writes itself in */
+	int mem_events_fd; /* memory.events: oom_kill */
+	int events_fd;     /* cgroup.events: populated */
+	uint64_t oom_kills; /* oom_kill when memory.events was last read */
+};
 
-/* The value of `key` in one of the group's flat-keyed files; 0 if unreadable. */
-static uint64_t cgroup_key(uint32_t id, const char *file, const char *key)
+/* The value of `key` in a flat-keyed cgroup file, read again from its start; 0 if unreadable. */
+static uint64_t cgroup_key(int fd, const char *key)
 {
-	char path[96], text[512];
-	cgroup_path(path, sizeof path, id, file);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, text, sizeof text - 1);
-	close(fd);
+	char text[512];
+	ssize_t n = pread(fd, text, sizeof text - 1, 0);
 	if (n <= 0)
 		return 0;
 	text[n] = '\0';
@@ -469,31 +479,70 @@ static uint64_t cgroup_key(uint32_t id, const char *file, const char *key)
 	return k ? strtoull(k + strlen(key), NULL, 10) : 0;
 }
 
-/* The group's oom_kill count (hierarchical memory.events); 0 if unreadable. */
-static uint64_t cgroup_oom_kills(uint32_t id)
+/* The group's oom_kill count (hierarchical memory.events), remembered; 0 if unreadable. */
+static uint64_t cgroup_oom_kills(struct exec_cgroup *cg)
 {
-	return cgroup_key(id, "memory.events", "oom_kill ");
+	cg->oom_kills = cgroup_key(cg->mem_events_fd, "oom_kill ");
+	return cg->oom_kills;
 }
 
 /* Empty groups kept for the next execs: making and removing a memory cgroup costs the guest
  * ~2 ms per exec under TCG, more than spawning `true`. A group still populated when its exec
  * ends (descendants live on) is left alone, never reused: its OOM counts are theirs. */
 #define CGROUP_SPARES 8
-static uint32_t cgroup_spare[CGROUP_SPARES];
+static struct exec_cgroup *cgroup_spare[CGROUP_SPARES];
 static int cgroup_spares;
 static uint32_t cgroup_next = 1;
 
-/* Gives an exec's group back: kept as a spare when empty and there is room, else removed
- * (EBUSY while descendants live on in it: then it is left). */
-static void cgroup_release(uint32_t cg)
+/* Closes the group's files and removes it (EBUSY while descendants live on in it: then it
+ * is left, and its files stay in cgroupfs). */
+static void cgroup_free(struct exec_cgroup *cg)
 {
-	if (cgroup_spares < CGROUP_SPARES && cgroup_key(cg, "cgroup.events", "populated ") == 0) {
-		cgroup_spare[cgroup_spares++] = cg;
-		return;
-	}
 	char path[96];
-	cgroup_path(path, sizeof path, cg, NULL);
+	snprintf(path, sizeof path, CGROUP_ROOT "/exec-%u", cg->id);
+	close_fd(&cg->dir_fd);
+	close_fd(&cg->procs_fd);
+	close_fd(&cg->mem_events_fd);
+	close_fd(&cg->events_fd);
 	rmdir(path);
+	free(cg);
+}
+
+/* Gives an exec's group back: kept as a spare when empty and there is room, else freed. */
+static void cgroup_release(struct exec_cgroup *cg)
+{
+	if (cgroup_spares < CGROUP_SPARES && cgroup_key(cg->events_fd, "populated ") == 0)
+		cgroup_spare[cgroup_spares++] = cg;
+	else
+		cgroup_free(cg);
+}
+
+/* A spare group, or a new one with its files open; NULL if cgroups are unavailable or it
+ * could not be made. */
+static struct exec_cgroup *cgroup_take(void)
+{
+	if (!cgroups_ok)
+		return NULL;
+	if (cgroup_spares > 0)
+		return cgroup_spare[--cgroup_spares];
+	struct exec_cgroup *cg = calloc(1, sizeof *cg);
+	if (!cg)
+		return NULL;
+	cg->id = cgroup_next++;
+	cg->dir_fd = cg->procs_fd = cg->mem_events_fd = cg->events_fd = -1;
+	char path[96];
+	snprintf(path, sizeof path, CGROUP_ROOT "/exec-%u", cg->id);
+	if ((mkdir(path, 0755) < 0 && errno != EEXIST) ||
+	    (cg->dir_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+	    (cg->procs_fd = openat(cg->dir_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC)) < 0 ||
+	    (cg->mem_events_fd = openat(cg->dir_fd, "memory.events", O_RDONLY | O_CLOEXEC)) < 0 ||
+	    (cg->events_fd = openat(cg->dir_fd, "cgroup.events", O_RDONLY | O_CLOEXEC)) < 0) {
+		logmsg("exec cgroup %s: %s (this exec's OOM kills will not be reported)", path, strerror(errno));
+		cgroup_free(cg);
+		return NULL;
+	}
+	cgroup_oom_kills(cg); /* a group left by an earlier agent keeps its counts */
+	return cg;
 }
 
 /* Sends EXIT and frees the session once the child is reaped and its output drained. */
@@ -502,11 +551,8 @@ static void session_maybe_exit(struct session *s)
 	if (!s->reaped || s->out_fd >= 0 || s->err_fd >= 0)
 		return;
 	uint32_t flags = 0;
-	if (s->cgroup) {
-		if (cgroup_oom_kills(s->cgroup) > s->oom_base)
-			flags |= EXIT_OOM;
-		cgroup_release(s->cgroup);
-	}
+	if (s->cgroup && cgroup_oom_kills(s->cgroup) > s->oom_base)
+		flags |= EXIT_OOM;
 	uint8_t p[12];
 	bool sig = WIFSIGNALED(s->status);
 	put_u32(p, sig ? (uint32_t)-1 : (uint32_t)WEXITSTATUS(s->status));
@@ -653,11 +699,17 @@ struct exec_req {
 	char *home_env;        /* "HOME=…" added to envp when it had no HOME */
 };
 
-/* Why a child failed before exec; sent over the close-on-exec pipe. */
-enum exec_stage { STAGE_STDIO, STAGE_CREDS, STAGE_CHDIR, STAGE_EXEC, STAGE_TTY };
+/* Why a child failed before exec. The child is vforked: it shares the agent's memory until
+ * it execs or exits, and writes this there (stage -1: it exec'd). */
+enum exec_stage { STAGE_NONE = -1, STAGE_STDIO, STAGE_CREDS, STAGE_CHDIR, STAGE_EXEC, STAGE_TTY };
 struct exec_failure {
 	int32_t stage, err;
 };
+static volatile struct exec_failure child_failure;
+
+/* The signals the agent ignores (set once by setup_signals): the only dispositions that
+ * survive an exec, so the only ones a child must put back. */
+static sigset_t ignored_signals;
 
 static void exec_req_free(struct exec_req *r)
 {
@@ -866,15 +918,18 @@ static const char *env_get(char *const envp[], const char *key)
 	return NULL;
 }
 
-/* A file the kernel would not execute (no ELF, no #!) runs as a shell script, like execvp. */
+/* A file the kernel would not execute (no ELF, no #!) runs as a shell script, like execvp.
+ * Runs in a vforked child: its argv is on the stack, not the heap it shares with the agent. */
 static void exec_as_script(const char *path, char *const argv[], char *const envp[])
 {
 	size_t argc = 0;
 	while (argv[argc])
 		argc++;
-	char **v = calloc(argc + 2, sizeof *v);
-	if (!v)
+	if (argc > 65536) {
+		errno = E2BIG;
 		return;
+	}
+	char *v[argc + 2];
 	v[0] = (char *)"sh";
 	v[1] = (char *)path;
 	for (size_t i = 1; i <= argc; i++)
@@ -940,24 +995,24 @@ static int exec_search(char *const argv[], char *const envp[])
 	return eacces ? EACCES : ENOENT;
 }
 
-static void child_fail(int fd, enum exec_stage stage) __attribute__((noreturn));
-static void child_fail(int fd, enum exec_stage stage)
+static void child_fail(enum exec_stage stage) __attribute__((noreturn));
+static void child_fail(enum exec_stage stage)
 {
-	struct exec_failure f = { stage, errno };
-	ssize_t w = write(fd, &f, sizeof f);
-	(void)w;
+	child_failure.err = errno;
+	child_failure.stage = stage;
 	_exit(127);
 }
 
-/* Runs in the forked child: never returns. All agent fds are O_CLOEXEC, so only the
- * three dup2'd ones survive the exec. */
-static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_wr, int fail_wr,
-		       const char *pts, int cg_fd)
+/* Runs in the vforked child: never returns, and touches the agent's memory only to report
+ * a failure (child_failure). All agent fds are O_CLOEXEC, so only the three dup2'd ones
+ * survive the exec. */
+static void __attribute__((noreturn)) child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_wr, const char *pts, int cg_fd)
 {
-	/* Undo the agent's signal setup (and whatever it inherited): ignored dispositions and
-	 * the mask survive exec. Errors for SIGKILL/SIGSTOP/libc-reserved ones don't matter. */
+	/* Undo the agent's signal setup: ignored dispositions and the mask survive exec (handled
+	 * ones are reset by it). */
 	for (int sig = 1; sig < 65; sig++)
-		signal(sig, SIG_DFL);
+		if (sigismember(&ignored_signals, sig) == 1)
+			signal(sig, SIG_DFL);
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
@@ -974,38 +1029,128 @@ static void child_exec(const struct exec_req *r, int in_rd, int out_wr, int err_
 		/* The pty becomes the controlling terminal of the new session. */
 		int t = open(pts, O_RDWR | O_CLOEXEC);
 		if (t < 0 || ioctl(t, TIOCSCTTY, 0) < 0)
-			child_fail(fail_wr, STAGE_TTY);
+			child_fail(STAGE_TTY);
 		if (r->creds && fchown(t, r->uid, -1) < 0)
-			child_fail(fail_wr, STAGE_TTY);
+			child_fail(STAGE_TTY);
 		in_rd = out_wr = err_wr = t;
 	}
 	if (in_rd < 0)
 		in_rd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (in_rd < 0 || dup2(in_rd, 0) < 0 || dup2(out_wr, 1) < 0 || dup2(err_wr, 2) < 0)
-		child_fail(fail_wr, STAGE_STDIO);
+		child_fail(STAGE_STDIO);
 	if (r->creds) {
 		if (setgroups(r->ngroups, r->groups) < 0 || setgid(r->gid) < 0 || setuid(r->uid) < 0)
-			child_fail(fail_wr, STAGE_CREDS);
+			child_fail(STAGE_CREDS);
 	} else if (r->uid != 0 || r->gid != 0) {
 		gid_t g = r->gid;
 		if (setgroups(1, &g) < 0 || setgid(r->gid) < 0 || setuid(r->uid) < 0)
-			child_fail(fail_wr, STAGE_CREDS);
+			child_fail(STAGE_CREDS);
 	}
 	/* After dropping privileges, so a cwd the user may not enter is an error. */
 	if (chdir(r->cwd) < 0)
-		child_fail(fail_wr, STAGE_CHDIR);
+		child_fail(STAGE_CHDIR);
 	errno = exec_search(r->argv, r->envp);
-	child_fail(fail_wr, STAGE_EXEC);
+	child_fail(STAGE_EXEC);
 }
 
-/* Reads the child's failure report; returns bytes read (0 = exec succeeded). */
-static ssize_t read_failure(int fd, struct exec_failure *f)
+/* What a spawned child runs: child_exec's arguments. */
+struct child_spec {
+	const struct exec_req *r;
+	int in_rd, out_wr, err_wr;
+	const char *pts;
+	int cg_fd; /* cgroup.procs to write itself into, or -1 */
+};
+
+static int child_main(void *arg)
 {
-	ssize_t n;
-	do
-		n = read(fd, f, sizeof *f);
-	while (n < 0 && errno == EINTR);
-	return n;
+	const struct child_spec *c = arg;
+	child_exec(c->r, c->in_rd, c->out_wr, c->err_wr, c->pts, c->cg_fd);
+}
+
+#if defined(__x86_64__)
+#define CLONE_INTO_CGROUP_FLAG 0x200000000ULL
+struct clone3_args {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup;
+};
+/* clone3(args, size), then in the child fn(arg) and exit: a child that shares the agent's
+ * memory (CLONE_VM) runs from the syscall's return on a stack of its own, which only a few
+ * instructions can set up (libc's clone() is the same). Returns the pid or -errno. */
+long agent_clone3(struct clone3_args *args, size_t size, int (*fn)(void *), void *arg);
+__asm__(".text\n"
+	".type agent_clone3,@function\n"
+	"agent_clone3:\n"
+	"	mov %rdx, %r8\n"  /* fn and arg: r8 and r9 survive the syscall, rdx and rcx may not */
+	"	mov %rcx, %r9\n"
+	"	mov $435, %eax\n" /* SYS_clone3 */
+	"	syscall\n"
+	"	test %rax, %rax\n"
+	"	jnz 1f\n"
+	"	xor %ebp, %ebp\n"
+	"	mov %r9, %rdi\n"
+	"	call *%r8\n"
+	"	mov %eax, %edi\n"
+	"	mov $60, %eax\n" /* SYS_exit */
+	"	syscall\n"
+	"	hlt\n"
+	"1:	ret\n"
+	".size agent_clone3, .-agent_clone3\n");
+
+/* The child's stack (it runs until its exec while the agent waits: one at a time), with a
+ * guard page below it. */
+#define SPAWN_STACK (1u << 20)
+static char *spawn_stack;
+static bool clone3_unavailable; /* the kernel has no clone3 or no CLONE_INTO_CGROUP */
+
+static pid_t clone_into_cgroup(struct child_spec *c, struct exec_cgroup *cg)
+{
+	if (!spawn_stack) {
+		char *m = mmap(NULL, SPAWN_STACK + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (m == MAP_FAILED)
+			return -errno;
+		mprotect(m, 4096, PROT_NONE);
+		spawn_stack = m + 4096;
+	}
+	struct clone3_args a = {
+		.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP_FLAG,
+		.exit_signal = SIGCHLD,
+		.stack = (uintptr_t)spawn_stack,
+		.stack_size = SPAWN_STACK,
+		.cgroup = (uint64_t)cg->dir_fd,
+	};
+	return (pid_t)agent_clone3(&a, sizeof a, child_main, c);
+}
+#endif
+
+/* Starts a child that runs child_exec, in the group `cg` (if any), and returns once it has
+ * exec'd or failed (child_failure says which); returns its pid or -errno.
+ *
+ * It shares the agent's memory until then: no copy of the agent's page tables and no
+ * copy-on-write faults after (under TCG a fork cost more than spawning `true`). Where the
+ * kernel can, clone3 starts it in its group (CLONE_INTO_CGROUP): moving a running process
+ * there (a write to cgroup.procs) cost the guest ~0.4 ms per exec. Else a vfork, and the
+ * child moves itself. In a function of its own, so that no local of the caller lives across
+ * the vfork. */
+static pid_t __attribute__((noinline)) spawn_child(struct child_spec *c, struct exec_cgroup *cg)
+{
+	child_failure.stage = STAGE_NONE;
+	c->cg_fd = -1;
+#if defined(__x86_64__)
+	if (cg && !clone3_unavailable) {
+		pid_t pid = clone_into_cgroup(c, cg);
+		if (pid >= 0)
+			return pid;
+		if (pid == -ENOSYS || pid == -EINVAL || pid == -E2BIG) {
+			clone3_unavailable = true;
+			logmsg("clone3 into a cgroup: %s (execs join their cgroup themselves)", strerror(-pid));
+		}
+	}
+#endif
+	if (cg)
+		c->cg_fd = cg->procs_fd;
+	pid_t pid = vfork();
+	if (pid == 0)
+		child_exec(c->r, c->in_rd, c->out_wr, c->err_wr, c->pts, c->cg_fd);
+	return pid < 0 ? -errno : pid;
 }
 
 static void report_failure(uint32_t id, const struct exec_req *r, const struct exec_failure *f)
@@ -1048,39 +1193,11 @@ static int open_pty(const struct exec_req *r, char *pts, size_t cap)
 	return m;
 }
 
-/* Takes a spare cgroup for an exec or makes one: sets *cg and *base (its oom_kill count so
- * far) and returns its cgroup.procs fd for the child, or -1 (then *cg is 0). */
-static int cgroup_enter_fd(uint32_t *cg, uint64_t *base)
-{
-	*cg = 0;
-	if (!cgroups_ok)
-		return -1;
-	char path[96];
-	uint32_t id;
-	if (cgroup_spares > 0) {
-		id = cgroup_spare[--cgroup_spares];
-	} else {
-		id = cgroup_next++;
-		cgroup_path(path, sizeof path, id, NULL);
-		if (mkdir(path, 0755) < 0 && errno != EEXIST)
-			return -1;
-	}
-	*base = cgroup_oom_kills(id); /* a spare has the counts of the execs before */
-	cgroup_path(path, sizeof path, id, "cgroup.procs");
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		cgroup_release(id);
-	else
-		*cg = id;
-	return fd;
-}
-
 static void start_exec(uint32_t id, struct exec_req *r)
 {
-	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, fail[2] = { -1, -1 };
-	int pty = -1, cg_fd = -1;
-	uint32_t cg = 0; /* the exec's cgroup until its session owns it */
-	uint64_t oom_base = 0;
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+	int pty = -1;
+	struct exec_cgroup *cg = NULL; /* the exec's cgroup until its session owns it */
 	char pts[64];
 	bool merge = r->flags & EXEC_MERGE_STDERR;
 	bool tty = r->flags & EXEC_TTY;
@@ -1105,33 +1222,26 @@ static void start_exec(uint32_t id, struct exec_req *r)
 		}
 		out[0] = pty;
 		pty = -1;
-		if (pipe2(fail, O_CLOEXEC) < 0) {
-			send_error(id, errno, "pipe: %s", strerror(errno));
-			goto close_all;
-		}
 	} else if (((r->flags & EXEC_STDIN) && pipe2(in, O_CLOEXEC) < 0) || pipe2(out, O_CLOEXEC) < 0 ||
-		   (!merge && pipe2(err, O_CLOEXEC) < 0) || pipe2(fail, O_CLOEXEC) < 0) {
+		   (!merge && pipe2(err, O_CLOEXEC) < 0)) {
 		send_error(id, errno, "pipe: %s", strerror(errno));
 		goto close_all;
 	}
-	cg_fd = cgroup_enter_fd(&cg, &oom_base);
-	pid_t pid = fork();
+	cg = cgroup_take();
+	/* vfork: no copy of the agent's page tables and no copy-on-write faults after it (under
+	 * TCG a fork cost more than spawning `true`), and the agent resumes once the child has
+	 * exec'd or failed, so STARTED always precedes any output of the session. */
+	pid_t pid = spawn_child(&(struct child_spec){ r, in[0], out[1], merge ? out[1] : err[1], tty ? pts : NULL, -1 }, cg);
 	if (pid < 0) {
-		send_error(id, errno, "fork: %s", strerror(errno));
+		send_error(id, -pid, "fork: %s", strerror(-pid));
 		goto close_all;
 	}
-	if (pid == 0)
-		child_exec(r, in[0], out[1], merge ? out[1] : err[1], fail[1], tty ? pts : NULL, cg_fd);
 
-	close_fd(&cg_fd);
 	close_fd(&in[0]);
 	close_fd(&out[1]);
 	close_fd(&err[1]);
-	close_fd(&fail[1]);
-	struct exec_failure f;
-	ssize_t n = read_failure(fail[0], &f);
-	close_fd(&fail[0]);
-	if (n == (ssize_t)sizeof f) {
+	if (child_failure.stage != STAGE_NONE) {
+		struct exec_failure f = { child_failure.stage, child_failure.err };
 		waitpid(pid, NULL, 0);
 		report_failure(id, r, &f);
 		goto close_all;
@@ -1144,8 +1254,8 @@ static void start_exec(uint32_t id, struct exec_req *r)
 	s->out_credit = r->flags & EXEC_OUT_CREDIT;
 	s->tty = tty;
 	s->cgroup = cg;
-	cg = 0;
-	s->oom_base = oom_base;
+	s->oom_base = cg ? cg->oom_kills : 0;
+	cg = NULL;
 	s->in_fd = in[1];
 	s->out_fd = out[0];
 	s->err_fd = err[0];
@@ -1157,14 +1267,12 @@ static void start_exec(uint32_t id, struct exec_req *r)
 
 close_all:
 	close_fd(&pty);
-	close_fd(&cg_fd);
 	if (cg)
 		cgroup_release(cg);
 	for (int i = 0; i < 2; i++) {
 		close_fd(&in[i]);
 		close_fd(&out[i]);
 		close_fd(&err[i]);
-		close_fd(&fail[i]);
 	}
 }
 
@@ -1767,6 +1875,13 @@ static void setup_signals(void)
 		prctl(PR_SET_CHILD_SUBREAPER, 1);
 	}
 	sigprocmask(SIG_BLOCK, &set, NULL);
+	/* And whatever the agent inherited ignored. */
+	sigemptyset(&ignored_signals);
+	for (int sig = 1; sig < 65; sig++) {
+		struct sigaction old;
+		if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+			sigaddset(&ignored_signals, sig);
+	}
 	sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (sig_fd < 0)
 		logmsg("signalfd: %s", strerror(errno));

@@ -35,4 +35,18 @@ describe('an exec killed by the OOM killer', () => {
     const ok = await sb.shell('echo fine');
     expect(ok).toMatchObject({ code: 0, stdout: 'fine\n', oomKilled: false, reason: 'exited' });
   });
+
+  it('runs each exec in a group of its own from its first instruction, its descendants with it', async () => {
+    const group = async () => (await sb.exec('cat', ['/proc/self/cgroup'])).stdout.trim();
+    const first = await group();
+    expect(first).toMatch(/^0::\/exec-\d+$/);
+    // An emptied group serves the next exec; one a descendant still lives in is not reused.
+    expect(await group()).toBe(first);
+    const held = await sb.shell('sleep 30 >/dev/null 2>&1 & cat /proc/self/cgroup');
+    expect(held.stdout.trim()).toMatch(/^0::\/exec-\d+$/);
+    expect(await group()).not.toBe(held.stdout.trim());
+    // A descendant's OOM kill is the exec's, though its own process exits 0.
+    const r = await sb.shell('awk \'BEGIN { s = "x"; for (i = 0; i < 25; i++) s = s s; for (i = 0; i < 40; i++) a[i] = s i }\'; exit 0');
+    expect(r).toMatchObject({ code: 0, oomKilled: true });
+  });
 });
