@@ -9,7 +9,9 @@
  *   boot of the same kernel + initramfs until the agent (the initramfs's /init) says HELLO,
  *   driven by a dozen lines of Node with no corral code in the path.
  * - exec round trip of `true`, against its floor: a raw PING/PONG over the same virtio-serial
- *   port plus the guest's spawn of `true` timed by the agent itself (PROBE SPAWN).
+ *   port plus the guest's spawn of `true` timed by the agent itself (PROBE SPAWN), and
+ *   against a PROBE SPAWN of one `true` asked and answered over the port between the same
+ *   idle gaps (a lone spawn costs this guest more than one of a batch).
  * - stdout throughput of an exec collecting 64 MiB, against the same command in the guest
  *   into /dev/null and into a drained pipe (PROBE SPAWN), and the raw port (PROBE SINK: the
  *   agent's own bytes), with the host CPU of this process per GiB of output.
@@ -67,12 +69,20 @@ if (!floorsOnly) {
   const sb = await Sandbox.builder('bench-exec').supervisor(sup).create();
   const pings: number[] = [];
   const execs: number[] = [];
+  const spawnTrips: number[] = [];
+  const loneSpawns: number[] = [];
   for (let i = 0; i < 10; i++) await sb.exec('true');
   for (let i = 0; i < EXECS; i++) {
     pings.push(await sb.ping(64));
     const t0 = performance.now();
     await sb.exec('true');
     execs.push(performance.now() - t0);
+    // The same spawn asked for in one frame and answered in one, between the same idle gaps
+    // as an exec: what an exec would cost with nothing of corral's but the port in its path.
+    const t1 = performance.now();
+    const one = await sb.probe({ op: 'spawn', argv: ['true'], count: 1 });
+    spawnTrips.push(performance.now() - t1);
+    if (one.op === 'spawn') loneSpawns.push(one.ms[0]!);
   }
   // The guest's own cost of spawning `true`, timed by the agent (vfork to reaped).
   const spawned = await sb.probe({ op: 'spawn', argv: ['true'], count: EXECS });
@@ -84,6 +94,13 @@ if (!floorsOnly) {
   report.add('guest_spawn_true', spawnMs, 'ms');
   report.add('exec_true', execs, 'ms', execFloor);
   console.log(`exec round trip of \`true\`:               ${fmtMs(execs)}   ×${(quantile(execs, 0.5) / execFloor).toFixed(2)} the floor (ping + spawn medians, ${execFloor.toFixed(2)} ms; goal ≤ ×1.3)`);
+  // A spawn after the guest sat idle for a round trip costs it more than one of a batch: the
+  // floor above takes the batch's; these take a lone one's.
+  console.log(`  guest spawn of \`true\` alone (agent-timed): ${fmtMs(loneSpawns)}`);
+  console.log(`  PROBE SPAWN of one \`true\`, round trip:  ${fmtMs(spawnTrips)}`);
+  console.log(`  exec round trip against that:          ×${(quantile(execs, 0.5) / quantile(spawnTrips, 0.5)).toFixed(2)}`);
+  report.add('guest_spawn_true_alone', loneSpawns, 'ms');
+  report.add('exec_true_vs_probe_trip', execs, 'ms', quantile(spawnTrips, 0.5));
 
   // stdout: the figure and its floors, each 64 MiB, each from the same sandbox in this run.
   const SIZE = 64 * 1024 * 1024;
