@@ -220,6 +220,16 @@ step_npm() {
   fi
 }
 
+step_dist() { # the CLI, detached host and workers bundled into JavaScript (src/runtime/dist.ts)
+  STEP="precompiled runtime"
+  local check="$ROOT/node_modules/.corral-dist/check.mjs"
+  if [[ -f $check ]] && node -e 'import(process.argv[1]).then((m) => process.exit(m.distFresh() ? 0 : 1), () => process.exit(1))' "$check"; then
+    STEP_CACHED=1
+    return 0
+  fi
+  (cd "$ROOT" && node --import tsx scripts/build-dist.ts --force >/dev/null) || die "bundling the runtime failed (scripts/build-dist.ts)"
+}
+
 # ---------------------------------------------------------------------------------------------
 # 3a. guest kernel
 
@@ -927,6 +937,7 @@ main() {
   run_step "chromium" step_ui
   run_step "nftables, slirp4netns" step_guest_env
   run_step "npm dependencies" step_npm
+  run_step "precompiled runtime" step_dist
   [[ -n $kernel_locked ]] || run_step "custom kernel" step_kernel
   run_step "debian kernel" step_debian_kernel
   run_step "guest agent" step_agent

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
+import { distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
@@ -38,7 +39,7 @@ export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()
  */
 export async function withImagePool<T>(fn: (squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>): Promise<T> {
   users++;
-  pool ??= new Piscina({ filename: BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
+  pool ??= new Piscina({ filename: distEntry('image.worker') ?? BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
   const p = pool;
   try {
     return await fn(async (task, signal) => {

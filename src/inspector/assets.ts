@@ -4,9 +4,12 @@
  */
 
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BUNDLED, ROOT } from '../runtime/dist.ts';
 
-const PUBLIC = fileURLToPath(new URL('./public/', import.meta.url));
+// In the precompiled runtime this module's URL is the bundle's: the files stay in the sources.
+const PUBLIC = BUNDLED ? join(ROOT, 'src', 'inspector', 'public') + '/' : fileURLToPath(new URL('./public/', import.meta.url));
 
 const FILES: Readonly<Record<string, { file: string; type: string }>> = {
   '/ui': { file: 'index.html', type: 'text/html; charset=utf-8' },

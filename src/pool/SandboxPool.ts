@@ -17,6 +17,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
+import { distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
 
@@ -60,13 +61,16 @@ export type OnWorkerLost = (error: CorralError) => void;
  */
 function startWorker(): Worker {
   const execArgv = workerExecArgv();
+  // The precompiled worker where it is fresh (src/runtime/dist.ts): no tsx loader to start.
+  const bundled = distEntry('sandbox.worker');
+  const start = (argv: string[]) => new Worker(bundled ?? WORKER_BOOT, { workerData: { entry: bundled ?? WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
   try {
-    return new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv });
+    return start(execArgv);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ERR_WORKER_INVALID_EXEC_ARGV') throw err;
     if (!warnedExecArgv) process.emitWarning(`corral: sandbox workers start without the node options ${execArgv.join(' ')} (${(err as Error).message})`, { code: 'CORRAL_EXEC_ARGV' });
     warnedExecArgv = true;
-    return new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: [] });
+    return start([]);
   }
 }
 let warnedExecArgv = false;

@@ -47,6 +47,7 @@ import type { SandboxLink } from '../link/SandboxLink.ts';
 import { WorkerLink } from '../link/WorkerLink.ts';
 import { SandboxPool, validatePoolOptions, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
+import { distEntry } from '../runtime/dist.ts';
 import { logFailure } from '../runtime/log.ts';
 const HOST_MAIN = fileURLToPath(new URL('../detached/hostMain.ts', import.meta.url));
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
@@ -510,7 +511,8 @@ export class Supervisor {
     // The old sandbox ends here, before the new host starts: a host refuses a name whose
     // socket still answers.
     if (options.replace && !options.restart) await holding(() => this.#claimName(config.name, true));
-    const args = ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
+    const bundled = distEntry('host');
+    const args = bundled ? [bundled, this.stateDir] : ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
     if (options.replace) args.push('--replace');
     if (options.restart) args.push('--restart');
     // detached: true puts the host in a session of its own (setsid): no signal aimed at our

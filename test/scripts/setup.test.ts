@@ -21,7 +21,7 @@ describe('scripts/setup.sh', () => {
     expect(r.status, r.stderr).toBe(0);
     const steps = [...r.stderr.matchAll(/^corral setup: (\S.*?) +(cached|done) +(\d+\.\d+) s/gm)].map((m) => ({ step: m[1], what: m[2], s: Number(m[3]) }));
     expect(steps.map((s) => s.step)).toEqual([
-      'debian packages', 'chromium', 'nftables, slirp4netns', 'npm dependencies', 'custom kernel', 'debian kernel',
+      'debian packages', 'chromium', 'nftables, slirp4netns', 'npm dependencies', 'precompiled runtime', 'custom kernel', 'debian kernel',
       'guest agent', 'VM launcher', 'initramfs', 'image corral/base', 'upper-disk template', 'artifacts.json',
     ]);
     expect(steps.filter((s) => s.what !== 'cached')).toEqual([]);
