@@ -13,15 +13,20 @@
  * - exec round trip: `exec('true')` on a running sandbox, cluster against local (goal
  *   ≤ local + 1 ms): the difference of the medians, and the median of the differences of
  *   each pair (one local and one cluster exec run one after the other), which a load that
- *   comes and goes sways less;
+ *   comes and goes sways less; beside it the transports' own round trips in the same run (a
+ *   NATS request answered by another process, a worker-thread port message echoed) and the
+ *   floor they set: what NATS costs beyond the port;
  * - migration: `cluster.drain(n1, { migrate: true })` moving MOVES running sandboxes to a
  *   second node (its per-sandbox `ms`, then the first exec there), against the floor of the
  *   same steps done by hand on this host in this run: snapshot → export → import into a
  *   second state dir → create from it → first exec (no NATS, no transfer).
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { Cluster, Sandbox, Supervisor } from '../src/index.ts';
 import { APP_USER, startNatsCluster, startNode } from '../test/helpers/natsCluster.ts';
 import { BenchReport, fmtMs, quantile, ratio } from './stats.ts';
@@ -57,15 +62,69 @@ async function creates(make: (name: string) => Promise<Sandbox>, remove: (name: 
   return out;
 }
 
-/** Exec round trips on `a` and `b` in turn (so a load that comes and goes weighs on both alike). */
-async function roundTrips(a: Sandbox, b: Sandbox): Promise<[number[], number[]]> {
-  const out: [number[], number[]] = [[], []];
-  for (let i = 0; i < EXECS + 3; i++) {
-    for (const [k, sb] of [a, b].entries()) {
+/**
+ * The transports' own round trips, the floor of what the cluster adds to a call: a NATS
+ * request answered by another process on its own connection (the way a node's worker answers
+ * a call, through the same server), and a message to a worker thread and back (the way a
+ * local call goes). Both echo 64 bytes, nothing else.
+ */
+async function transportEchoes(): Promise<{ nats: () => Promise<number>; port: () => Promise<number>; close: () => Promise<void> }> {
+  const subject = `corral.bench.echo.${process.pid}`;
+  const responder = spawn(process.execPath, ['--input-type=module', '-e', `
+    import { connect } from '@nats-io/transport-node';
+    const nc = await connect({ servers: ${JSON.stringify(nats.urls)}, user: ${JSON.stringify(APP_USER.user)}, pass: ${JSON.stringify(APP_USER.pass)} });
+    nc.subscribe(${JSON.stringify(subject)}, { callback: (err, m) => m.respond(m.data) });
+    await nc.flush();
+    console.log('ready');
+    process.stdin.on('end', () => nc.close().then(() => process.exit(0)));
+    process.stdin.resume();`], { stdio: ['pipe', 'pipe', 'inherit'], cwd: fileURLToPath(new URL('..', import.meta.url)) });
+  await new Promise<void>((resolve, reject) => {
+    responder.stdout!.once('data', () => resolve());
+    responder.once('exit', (code) => reject(new Error(`the NATS echo process exited (${code})`)));
+  });
+  const echo = new Worker("require('node:worker_threads').parentPort.on('message', (m) => require('node:worker_threads').parentPort.postMessage(m))", { eval: true });
+  const payload = new Uint8Array(64);
+  return {
+    nats: async () => {
       const t0 = performance.now();
-      await sb.exec('true');
-      if (i >= 3) out[k]!.push(performance.now() - t0);
+      await cluster.connection.request(subject, payload, { timeout: 5000 });
+      return performance.now() - t0;
+    },
+    port: async () => {
+      const t0 = performance.now();
+      await new Promise((resolve) => {
+        echo.once('message', resolve);
+        echo.postMessage(payload);
+      });
+      return performance.now() - t0;
+    },
+    close: async () => {
+      responder.stdin!.end();
+      await echo.terminate();
+    },
+  };
+}
+
+/**
+ * Exec round trips on `a` and `b` in turn (so a load that comes and goes weighs on both
+ * alike), with one round trip of each transport's echo between them.
+ */
+async function roundTrips(a: Sandbox, b: Sandbox): Promise<{ a: number[]; b: number[]; nats: number[]; port: number[] }> {
+  const out = { a: [] as number[], b: [] as number[], nats: [] as number[], port: [] as number[] };
+  const echoes = await transportEchoes();
+  try {
+    for (let i = 0; i < EXECS + 3; i++) {
+      for (const [k, sb] of [a, b].entries()) {
+        const t0 = performance.now();
+        await sb.exec('true');
+        if (i >= 3) out[k === 0 ? 'a' : 'b'].push(performance.now() - t0);
+      }
+      const nats = await echoes.nats();
+      const port = await echoes.port();
+      if (i >= 3) out.nats.push(nats), out.port.push(port);
     }
+  } finally {
+    await echoes.close();
   }
   return out;
 }
@@ -138,13 +197,23 @@ try {
   const local = await Sandbox.builder(`bench-rt-local-${process.pid}`).memory(128).supervisor(sup).create();
   const remote = await Sandbox.builder(`bench-rt-cluster-${process.pid}`).memory(128).cluster(cluster).create();
   try {
-    const [localRt, clusterRt] = await roundTrips(local, remote);
+    const rt = await roundTrips(local, remote);
+    const [localRt, clusterRt] = [rt.a, rt.b];
     const extra = quantile(clusterRt, 0.5) - quantile(localRt, 0.5);
     const pairs = clusterRt.map((c, i) => c - localRt[i]!);
+    // A call and its answer (an event) cross NATS once each way where a local one crosses a
+    // worker port: what NATS costs beyond the port is the floor of what the cluster adds.
+    const transportFloor = quantile(rt.nats, 0.5) - quantile(rt.port, 0.5);
     console.log(`exec round trip, local:   ${fmtMs(localRt)}`);
     console.log(`exec round trip, cluster: ${fmtMs(clusterRt)}  ${signed(extra)} ms (goal ≤ +1 ms)`);
     console.log(`exec round trip, cluster − local per pair: median ${signed(quantile(pairs, 0.5))} ms, p95 ${signed(quantile(pairs, 0.95))} ms`);
+    console.log(`NATS request → echo process → reply:     ${fmtMs(rt.nats)}`);
+    console.log(`worker-thread port message → echo → back: ${fmtMs(rt.port)}`);
+    console.log(`what NATS adds over a port (floor):      ${signed(transportFloor)} ms; the cluster's exec adds ×${(quantile(pairs, 0.5) / transportFloor).toFixed(2)} that`);
     report.add('exec_rt_cluster', clusterRt, 'ms', quantile(localRt, 0.5));
+    report.add('nats_echo_rtt', rt.nats, 'ms');
+    report.add('port_echo_rtt', rt.port, 'ms');
+    report.add('exec_rt_cluster_excess', pairs, 'ms', transportFloor);
   } finally {
     await local.kill();
     await remote.kill();
