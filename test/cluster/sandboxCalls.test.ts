@@ -48,7 +48,8 @@ describe("a cluster sandbox's worker", () => {
       const node = (await sb.info()).node!;
       expect((await cluster.nodes()).find((n) => n.name === node)?.workerCalls).toBe(true);
       const execId = 424242;
-      const req = { argv: ['true'], stdin: false, mergeStderr: false };
+      // A command that outlives the three asks below: its exec id stays in use meanwhile.
+      const req = { argv: ['sleep', '30'], stdin: false, mergeStderr: false };
       // Asked twice with one id: one exec (a second would say its exec id is in use).
       const first = await askWorker(node, sb.name, 'exec', [execId, req], 'repeat-1');
       expect(first).toEqual({ result: { stdinTaken: false } });

@@ -6,10 +6,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Sandbox } from '../../src/index.ts';
+import { Sandbox, Supervisor } from '../../src/index.ts';
 import { DIST_DIR, distFresh, sourceStamp } from '../../src/runtime/dist.ts';
 import { BIN } from '../helpers/cli.ts';
-import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
+import { uniqueName } from '../helpers/sandbox.ts';
 
 const run = promisify(execFile);
 
@@ -57,7 +57,10 @@ describe('the precompiled runtime', () => {
 
   it('starts a detached sandbox\'s host from it, which runs the sandbox', async () => {
     expect(distFresh()).toBe(true);
-    const sup = testSupervisor();
+    // A state dir of its own: the hosts of other tests' detached sandboxes name the suite's.
+    const stateDir = mkdtempSync(join(tmpdir(), 'corral-dist-host-'));
+    roots.push(stateDir);
+    const sup = new Supervisor({ stateDir });
     const sb = await Sandbox.builder(uniqueName('dist')).detached(true).supervisor(sup).create();
     try {
       const hosts = readdirSync('/proc')
