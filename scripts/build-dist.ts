@@ -27,6 +27,9 @@ try {
     outdir: tmp,
     outExtension: { '.js': '.mjs' },
     bundle: true,
+    // Dynamic imports stay lazy (the NATS client, the MCP SDK…): each becomes a chunk of its own.
+    splitting: true,
+    chunkNames: 'chunk-[hash]',
     platform: 'node',
     format: 'esm',
     target: 'node20',
