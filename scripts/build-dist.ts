@@ -1,6 +1,7 @@
 /**
  * Builds the precompiled runtime (src/runtime/dist.ts): each entry of DIST_ENTRIES bundled
- * with esbuild into one ES module in node_modules/.corral-dist/, the packages left to
+ * with esbuild into an ES module in node_modules/.corral-dist/ (the code entries share, and
+ * each module only imported dynamically, in chunks beside them), the packages left to
  * node_modules, and a stamp of the sources it was built from. Nothing is done while the
  * stamp matches. The setup runs it (scripts/setup.sh, step "precompiled runtime").
  *
