@@ -7,7 +7,7 @@ import '../src/link/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../src/actor/contract.ts';
+import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
 import { SandboxActor } from '../src/actor/SandboxActor.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
@@ -65,8 +65,3 @@ parentPort?.on('message', (msg: PoolMessage) => {
       break;
   }
 });
-
-// Loaded: from here on the pool may end this thread. A thread ended while it is still loading
-// LMDB's native addon aborts the whole process (the addon's registration throws into a
-// terminating thread: node's FATAL ERROR napi_throw).
-parentPort?.postMessage({ type: 'loaded' } satisfies WorkerLoaded);

@@ -310,8 +310,3 @@ export type PoolMessage =
   /** Test-only: the worker throws at top level, as a bug in its code would make it. */
   | { readonly type: 'crash'; readonly message: string };
 
-/** What a sandbox worker tells its pool: its modules are loaded (native addons included). */
-export interface WorkerLoaded {
-  readonly type: 'loaded';
-}
-

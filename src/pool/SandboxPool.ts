@@ -19,7 +19,7 @@ import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
 import { distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
-import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../actor/contract.ts';
+import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
 
 const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
 const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
@@ -75,9 +75,6 @@ function startWorker(): Worker {
 }
 let warnedExecArgv = false;
 
-/** How long an ending worker may take to finish loading before it is terminated anyway. */
-const LOAD_WAIT_MS = 30_000;
-
 /** One sandbox worker thread and the actors it hosts. */
 class PoolWorker {
   readonly worker = startWorker();
@@ -86,8 +83,6 @@ class PoolWorker {
   ending = false;
   exited = false;
   readonly done: Promise<void>;
-  /** Resolves once the thread has loaded its modules (or exited): only then may it be terminated. */
-  readonly loaded: Promise<void>;
   #holds = 0;
   #error: Error | undefined;
 
@@ -95,15 +90,6 @@ class PoolWorker {
     // Idle workers hold no process alive: calls in flight hold it (hold()).
     this.worker.unref();
     this.worker.on('error', (err) => (this.#error = err));
-    this.loaded = new Promise((resolve) => {
-      const onMessage = (m: Partial<WorkerLoaded>) => {
-        if (m?.type !== 'loaded') return;
-        this.worker.off('message', onMessage);
-        resolve();
-      };
-      this.worker.on('message', onMessage);
-      this.worker.once('exit', () => resolve());
-    });
     this.done = new Promise((resolve) =>
       this.worker.once('exit', (code) => {
         this.exited = true;
@@ -131,14 +117,7 @@ class PoolWorker {
     // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
     // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
     this.worker.ref();
-    if (!this.exited) {
-      // Not while it loads its modules (see workers/sandbox.worker.ts): that aborts the process.
-      // A thread that never finishes loading is terminated all the same after a while.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.loaded, new Promise((resolve) => (timer = setTimeout(resolve, LOAD_WAIT_MS)))]);
-      clearTimeout(timer);
-      await this.worker.terminate();
-    }
+    if (!this.exited) await this.worker.terminate();
     await this.done;
   }
 }
