@@ -6,11 +6,11 @@
  * than the JavaScript part of unpacking the python test layer).
  */
 
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
-import { distEntry } from '../runtime/dist.ts';
+import { ROOT } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
@@ -20,7 +20,8 @@ import type { SerializedError } from '../errors.ts';
 /** A task's result as it crosses back from the worker: errors as plain data with their code. */
 export type UnpackOutcome = { ok: true; result: SquashResult } | { ok: false; error: SerializedError };
 
-const BOOT = fileURLToPath(new URL('../../workers/image.boot.mjs', import.meta.url));
+// From the repository's root: the precompiled runtime's module URL is its bundle's.
+const BOOT = join(ROOT, 'workers', 'image.boot.mjs');
 
 let pool: Piscina | undefined;
 let users = 0;
@@ -39,7 +40,7 @@ export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()
  */
 export async function withImagePool<T>(fn: (squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>): Promise<T> {
   users++;
-  pool ??= new Piscina({ filename: distEntry('image.worker') ?? BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
+  pool ??= new Piscina({ filename: BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
   const p = pool;
   try {
     return await fn(async (task, signal) => {

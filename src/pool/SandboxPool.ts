@@ -14,15 +14,17 @@
  */
 
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
-import { distEntry } from '../runtime/dist.ts';
+import { ROOT } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
 
-const WORKER_BOOT = fileURLToPath(new URL('../../workers/boot.mjs', import.meta.url));
-const WORKER_ENTRY = fileURLToPath(new URL('../../workers/sandbox.worker.ts', import.meta.url));
+// From the repository's root, so that the precompiled runtime (whose module URL is its
+// bundle's: src/runtime/dist.ts) starts the same files.
+const WORKER_BOOT = join(ROOT, 'workers', 'boot.mjs');
+const WORKER_ENTRY = join(ROOT, 'workers', 'sandbox.worker.ts');
 
 /**
  * How sandboxes share worker threads: `'shared'` (default) many actors per worker of a
@@ -61,9 +63,7 @@ export type OnWorkerLost = (error: CorralError) => void;
  */
 function startWorker(): Worker {
   const execArgv = workerExecArgv();
-  // The precompiled worker where it is fresh (src/runtime/dist.ts): no tsx loader to start.
-  const bundled = distEntry('sandbox.worker');
-  const start = (argv: string[]) => new Worker(bundled ?? WORKER_BOOT, { workerData: { entry: bundled ?? WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
+  const start = (argv: string[]) => new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
   try {
     return start(execArgv);
   } catch (err) {

@@ -16,7 +16,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { MessageChannel } from 'node:worker_threads';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Observable } from 'rxjs';
 import { EventBus } from '../bus/EventBus.ts';
 import type { SandboxEvent } from '../bus/events.ts';
@@ -47,9 +47,9 @@ import type { SandboxLink } from '../link/SandboxLink.ts';
 import { WorkerLink } from '../link/WorkerLink.ts';
 import { SandboxPool, validatePoolOptions, type Isolation } from '../pool/SandboxPool.ts';
 import { captureActorEnv } from '../runtime/actorEnv.ts';
-import { distEntry } from '../runtime/dist.ts';
+import { ROOT, distEntry } from '../runtime/dist.ts';
 import { logFailure } from '../runtime/log.ts';
-const HOST_MAIN = fileURLToPath(new URL('../detached/hostMain.ts', import.meta.url));
+const HOST_MAIN = join(ROOT, 'src', 'detached', 'hostMain.ts');
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
 const TSX_LOADER = import.meta.resolve('tsx');
 

@@ -1,5 +1,5 @@
 // The precompiled runtime (src/runtime/dist.ts): used while it matches the sources, never
-// stale; the CLI, a detached host and the worker threads start from it. Real processes.
+// stale; the CLI and a detached host start from it (their worker threads through tsx). Real processes.
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
