@@ -109,7 +109,7 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#control = data.control;
     this.#outputInFlight = data.outputInFlight;
     const records = data.records;
-    this.#recorder = records && new EventRecorder(Store.open(data.stateDir), data.config.name, records.limits, (seq) => Atomics.store(records.written, 0, BigInt(seq)));
+    this.#recorder = records && new EventRecorder(threadStore(data.stateDir), data.config.name, records.limits, (seq) => Atomics.store(records.written, 0, BigInt(seq)));
     this.#secrets = data.secrets;
     this.#spares = data.spares ?? 0;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
@@ -1147,6 +1147,18 @@ export class SandboxActor implements SandboxWorkerApi {
     if (!this.#vm || this.#vm.isExited) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.#config.name}" has no running VM`);
     return this.#vm;
   }
+}
+
+const stores = new Map<string, Store>();
+
+/**
+ * This thread's store of a state dir, for the actors' event records: opened (and the dir
+ * checked) once per thread, not per actor, and never closed (the thread's other actors use it).
+ */
+function threadStore(stateDir: string): Store {
+  let store = stores.get(stateDir);
+  if (!store) stores.set(stateDir, (store = Store.open(stateDir)));
+  return store;
 }
 
 /** JSON for inspection events: bytes by their length, errors by name and message. */
