@@ -52,6 +52,11 @@ export interface UnwrittenEvents extends UnwrittenLog {
   events(): readonly SandboxEvent[];
   /** The oldest seq the replay buffer keeps; older records may still be in the store until their removal commits. */
   readonly replayFrom: number;
+  /**
+   * The last seq handed on (published, for the supervisor's): the store may already hold
+   * later ones, which a reader that goes live next would then get twice.
+   */
+  readonly last: number;
   /** Nothing of this life is committed yet: the store's events of this name are an earlier life's. */
   readonly fresh: boolean;
 }
@@ -181,6 +186,10 @@ export class EventRecorder implements UnwrittenEvents {
 
   get fresh(): boolean {
     return this.#firstSeq === 1 && this.#committed === 0;
+  }
+
+  get last(): number {
+    return this.#lastSeq;
   }
 
   #committedUpTo(seq: number, bytes: number): void {

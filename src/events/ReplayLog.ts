@@ -89,10 +89,13 @@ export class ReplayLog {
     // transaction (the one this thread holds may predate that commit) sees it there.
     const unwritten = pending?.events() ?? [];
     const keptFrom = pending?.replayFrom ?? 0;
+    // The worker writes an event before the supervisor publishes it: what it did not publish
+    // yet, a reader here gets live.
+    const upTo = pending ? pending.last : MAX_SEQ;
     if (!this.#store.closed && !pending?.fresh) {
       if (pending) this.#db.resetReadTxn();
-      for (const key of this.#db.getKeys({ start: [name, keptFrom], end: [name, MAX_SEQ], limit: 1 })) oldest = (key as Key)[1];
-      for (const { key, value } of this.#db.getRange({ start: [name, Math.max(since + 1, keptFrom)], end: [name, MAX_SEQ] })) {
+      for (const key of this.#db.getKeys({ start: [name, keptFrom], end: [name, upTo + 1], limit: 1 })) oldest = (key as Key)[1];
+      for (const { key, value } of this.#db.getRange({ start: [name, Math.max(since + 1, keptFrom)], end: [name, upTo + 1] })) {
         const e = this.#resolve(value);
         if (!e) {
           // Its output is gone (a store written by a process killed mid-rotation): the

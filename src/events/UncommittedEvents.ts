@@ -61,7 +61,7 @@ export class UncommittedEvents implements UnwrittenEvents {
     if (seq > this.committed) Atomics.store(this.#written, 0, BigInt(seq));
   }
 
-  /** The seq of the last event received. */
+  /** The seq of the last event received (and published). */
   get last(): number {
     return this.#last;
   }

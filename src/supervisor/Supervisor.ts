@@ -150,6 +150,8 @@ export class Supervisor {
    * whose records that worker has not committed yet; reads join them to the store's.
    */
   readonly #uncommitted = new Map<string, UncommittedEvents>();
+  /** Writes from this thread of a sandbox's last life (#writeHere): its next life waits for them. */
+  readonly #writingHere = new Map<string, Promise<void>>();
   readonly #live = new Map<string, WorkerLink>();
   readonly #pool: SandboxPool;
   readonly #spares: number;
@@ -395,6 +397,9 @@ export class Supervisor {
   }
 
   async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<WorkerLink> {
+    // The last life's events written from here land before this life's first write drops them.
+    const writing = this.#writingHere.get(config.name);
+    if (writing) await writing;
     // Checked again where the sandbox joins the live set (no await in between): creates that
     // ran side by side all passed the check at their start.
     if (this.#live.size >= this.maxSandboxes) {
@@ -514,10 +519,10 @@ export class Supervisor {
       this.#onEvent(failed, held);
       this.#onEvent(stopped, held);
     } finally {
+      ctl.markLost(error);
       // Its events the worker did not commit, and these, from here.
       const held = this.#heldBy.get(ctl);
       if (held) await this.#writeHere(name, held);
-      ctl.markLost(error);
     }
   }
 
@@ -666,7 +671,13 @@ export class Supervisor {
     if (rest.length > 0 && !this.#store.closed) {
       const recorder = new EventRecorder(this.#store, name, this.#recordLimits, (seq) => held.markCommitted(seq));
       for (const { e, log } of rest) recorder.record(e, log);
-      await recorder.flushed();
+      const written = recorder.flushed();
+      this.#writingHere.set(name, written);
+      try {
+        await written;
+      } finally {
+        if (this.#writingHere.get(name) === written) this.#writingHere.delete(name);
+      }
     }
     held.close();
     if (this.#uncommitted.get(name) === held) this.#uncommitted.delete(name);
