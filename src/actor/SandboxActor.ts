@@ -1082,12 +1082,15 @@ export class SandboxActor implements SandboxWorkerApi {
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
     // Into the stream first, written at once, before the supervisor's thread is woken.
     if (this.#sink && !this.#silenced) this.#sink.publish(event);
-    // Into the store from here too: its bytes are copied into the write before they are
-    // transferred away, and the supervisor's thread writes nothing.
+    // Into the store from here too, so the supervisor's thread writes nothing: output before
+    // it is posted (its bytes are copied into the write before they are transferred away),
+    // any other event after (its write does not delay it: an exec's exit, say).
     const recorder = this.#recorder;
-    const log = recorder?.record(event);
+    const output = event.type === 'exec.stdout' || event.type === 'exec.stderr';
+    const log = output ? recorder?.record(event) : undefined;
     const envelope: EventEnvelope = recorder ? { event, ...(log !== undefined ? { log } : {}), replayFrom: recorder.replayFrom } : { event };
     this.#control.postMessage(envelope, transfer);
+    if (!output) recorder?.record(event);
     if (bytes > 0) this.#throttle(bytes);
   }
 

@@ -124,7 +124,7 @@ export interface EventEnvelope {
   readonly event: SandboxEvent;
   /** The exec log number of the event's output, where the actor records its events (SandboxWorkerData.records). */
   readonly log?: number;
-  /** ...and the oldest seq its replay buffer keeps once this event is in. */
+  /** ...and the oldest seq its replay buffer keeps (an event that carries no output is recorded after it is posted: as of the one before). */
   readonly replayFrom?: number;
 }
 
