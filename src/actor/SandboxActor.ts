@@ -37,6 +37,8 @@ import { FsCalls, type FsCall, type FsCallResult } from '../agent/fsCalls.ts';
 import { execEnvDefaults, execUser } from '../agent/execDefaults.ts';
 import { imageArgv } from '../image/imageCommand.ts';
 import { OutputBatcher } from './outputBatch.ts';
+import { EventRecorder } from '../events/EventRecorder.ts';
+import { Store } from '../store/Store.ts';
 
 /** Exec output in flight to the supervisor above which the guest is no longer read. */
 const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
@@ -63,6 +65,8 @@ export class SandboxActor implements SandboxWorkerApi {
   /** A cluster node's: the calls this actor's worker answers on NATS itself; none locally. */
   readonly #calls: CallServer | undefined;
   readonly #outputInFlight: Int32Array | undefined;
+  /** Writes this actor's events into the state dir, from this thread (absent: the receiver does). */
+  readonly #recorder: EventRecorder | undefined;
   #throttled = false;
   /** Exec output joined into fewer events (src/actor/outputBatch.ts); posted through #post. */
   readonly #output = new OutputBatcher((type, execId, data) => this.#post({ type, execId, data }));
@@ -104,6 +108,8 @@ export class SandboxActor implements SandboxWorkerApi {
     this.#stateDir = data.stateDir;
     this.#control = data.control;
     this.#outputInFlight = data.outputInFlight;
+    const records = data.records;
+    this.#recorder = records && new EventRecorder(threadStore(data.stateDir), data.config.name, records.limits, (seq) => Atomics.store(records.written, 0, BigInt(seq)));
     this.#secrets = data.secrets;
     this.#spares = data.spares ?? 0;
     this.#log = createLogger(data.config.name, data.config.logLevel ?? 'warn');
@@ -1076,26 +1082,37 @@ export class SandboxActor implements SandboxWorkerApi {
     const bytes = event.type === 'exec.stdout' || event.type === 'exec.stderr' ? event.data.byteLength : 0;
     // Into the stream first, written at once, before the supervisor's thread is woken.
     if (this.#sink && !this.#silenced) this.#sink.publish(event);
-    this.#control.postMessage({ event } satisfies EventEnvelope, transfer);
+    // Into the store from here too, so the supervisor's thread writes nothing: output before
+    // it is posted (its bytes are copied into the write before they are transferred away),
+    // any other event after (its write does not delay it: an exec's exit, say).
+    const recorder = this.#recorder;
+    const output = event.type === 'exec.stdout' || event.type === 'exec.stderr';
+    const log = output ? recorder?.record(event) : undefined;
+    const envelope: EventEnvelope = recorder ? { event, ...(log !== undefined ? { log } : {}), replayFrom: recorder.replayFrom } : { event };
+    this.#control.postMessage(envelope, transfer);
+    if (!output) recorder?.record(event);
     if (bytes > 0) this.#throttle(bytes);
   }
 
   /**
    * Flow control of guest output: a guest can write far faster than the supervisor's thread
-   * handles events, and every chunk posted waits in the port's queue. Past OUTPUT_HIGH_WATER
-   * bytes in flight the agent socket stops being read (the guest's writes then block in its
-   * virtio-serial port) until the receiver is below OUTPUT_LOW_WATER.
+   * handles events and LMDB commits them, and every chunk posted waits in the port's queue,
+   * every chunk recorded in LMDB's (in memory). Past OUTPUT_HIGH_WATER bytes in flight (posted
+   * and not handled there, or recorded and not committed) the agent socket stops being read
+   * (the guest's writes then block in its virtio-serial port) until both are below
+   * OUTPUT_LOW_WATER together.
    */
   #throttle(bytes: number): void {
     const inFlight = this.#outputInFlight;
     if (!inFlight) return;
-    if (Atomics.add(inFlight, 0, bytes) + bytes < OUTPUT_HIGH_WATER || this.#throttled) return;
+    const unwritten = () => this.#recorder?.unwrittenBytes ?? 0;
+    if (Atomics.add(inFlight, 0, bytes) + bytes + unwritten() < OUTPUT_HIGH_WATER || this.#throttled) return;
     const agent = this.#vm?.agent;
     if (!agent) return;
     this.#throttled = true;
     agent.pauseInput();
     const poll = setInterval(() => {
-      if (Atomics.load(inFlight, 0) > OUTPUT_LOW_WATER && this.#vm?.agent === agent && !this.#vm.isExited) return;
+      if (Atomics.load(inFlight, 0) + unwritten() > OUTPUT_LOW_WATER && this.#vm?.agent === agent && !this.#vm.isExited) return;
       clearInterval(poll);
       this.#throttled = false;
       agent.resumeInput();
@@ -1133,6 +1150,18 @@ export class SandboxActor implements SandboxWorkerApi {
     if (!this.#vm || this.#vm.isExited) throw new CorralError('E_ILLEGAL_STATE', `sandbox "${this.#config.name}" has no running VM`);
     return this.#vm;
   }
+}
+
+const stores = new Map<string, Store>();
+
+/**
+ * This thread's store of a state dir, for the actors' event records: opened (and the dir
+ * checked) once per thread, not per actor, and never closed (the thread's other actors use it).
+ */
+function threadStore(stateDir: string): Store {
+  let store = stores.get(stateDir);
+  if (!store) stores.set(stateDir, (store = Store.open(stateDir)));
+  return store;
 }
 
 /** JSON for inspection events: bytes by their length, errors by name and message. */

@@ -12,6 +12,7 @@ import type { SandboxConfig } from '../config.ts';
 import type { SerializedError } from '../errors.ts';
 import type { ImageCommandRequest } from '../image/imageCommand.ts';
 import type { SnapshotMeta } from '../snapshot/snapshots.ts';
+import type { RecordLimits } from '../events/EventRecorder.ts';
 
 /** What the supervisor hands a worker for each actor it hosts. */
 export interface SandboxWorkerData {
@@ -28,6 +29,12 @@ export interface SandboxWorkerData {
    * subtracts what it handled (Atomics). Absent: no flow control.
    */
   readonly outputInFlight?: Int32Array;
+  /**
+   * The actor records its events in the state dir itself (src/events/EventRecorder.ts),
+   * within these bounds, and stores in `written[0]` the seq of the last event whose records
+   * are committed (Atomics). Absent: it records none (the receiver does).
+   */
+  readonly records?: { readonly limits: RecordLimits; readonly written: BigInt64Array };
   /** Spare VMs to keep ready in this worker for creates of this sandbox's shape (src/snapshot/spares.ts). */
   readonly spares?: number;
   /** Post the actor's XState inspection events ({@link InspectionEnvelope}): the supervisor has an `inspect` option. */
@@ -115,6 +122,10 @@ export interface InspectionEnvelope {
 /** How an event travels on the control port: comlink ignores a message without an `id`. */
 export interface EventEnvelope {
   readonly event: SandboxEvent;
+  /** The exec log number of the event's output, where the actor records its events (SandboxWorkerData.records). */
+  readonly log?: number;
+  /** ...and the oldest seq its replay buffer keeps (an event that carries no output is recorded after it is posted: as of the one before). */
+  readonly replayFrom?: number;
 }
 
 /** A command to run, as the SDK sends it. */

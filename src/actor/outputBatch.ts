@@ -1,7 +1,7 @@
 /**
  * Exec output on its way up as events. Every event costs the same whatever its size: a
- * postMessage to the supervisor's thread, a write to the replay buffer and one to the exec
- * log, a publish; and a guest command that writes in small pieces (head and cat write 4–8
+ * postMessage to the supervisor's thread, its records in the store (a replay record and an
+ * exec log entry), a publish; and a guest command that writes in small pieces (head and cat write 4–8
  * KiB at a time) makes thousands of them a second, most of the host's CPU per byte. So the
  * first chunk after a quiet spell goes on at once (an interactive command keeps its
  * latency), and chunks that follow within {@link BATCH_MS} are joined, in order, into one

@@ -69,7 +69,8 @@ const sup = new Supervisor({ stateDir, workers: 1 });
 const clients = new Set<Socket>();
 let ctl: WorkerLink | undefined;
 
-// The supervisor buffers every event in LMDB (its replay log) before publishing it here.
+// Every event is in the replay buffer before it is published here: in LMDB, or held by the
+// supervisor until the worker's write of it commits (the replay read below sees both).
 sup.events$.subscribe((e) => {
   const line = `${JSON.stringify(toWire({ event: e }))}\n`;
   for (const c of clients) if ((c as Socket & { subscribed?: boolean }).subscribed) c.write(line);

@@ -3,13 +3,16 @@
  * keys `[name, n]` with `n` counting up across the sandbox's restarts), bounded per sandbox
  * by a count and a byte budget: the oldest entries are dropped first (rotation). The logs
  * outlive the sandbox's stop and are removed with the sandbox.
+ *
+ * The thread that hosts a sandbox's actor writes them (src/events/EventRecorder.ts): each
+ * chunk once, which the replay buffer's record of the output event refers to. The store may
+ * so hold older entries than this log's window (the replay buffer still needs them): a read
+ * keeps the window, the newest entries within the budget.
  */
 
 import type { Database } from 'lmdb';
-import { InvalidOptionError, type CorralError } from '../errors.ts';
-import type { SandboxEvent } from '../bus/events.ts';
+import { InvalidOptionError } from '../errors.ts';
 import type { Store } from '../store/Store.ts';
-import { logFailure } from '../runtime/log.ts';
 
 /** One chunk of output. */
 export interface LogEntry {
@@ -38,30 +41,35 @@ export interface LogsOptions {
   readonly execId?: number;
 }
 
-type Key = [string, number];
-const DONE: Promise<void> = Promise.resolve();
-/** The write of an event that carries no output. */
-const written = (): Promise<void> => DONE;
-
-/** A write that failed: the store is closing (E_CLOSED), said nothing of; else logged. Live subscribers still got the output. */
-function closing(err: unknown, e: SandboxEvent): Promise<void> {
-  if ((err as CorralError).code !== 'E_CLOSED') logFailure(`recording output of sandbox "${e.name}"`)(err);
-  return DONE;
+/**
+ * Output of a sandbox that this process has and whose entries the store may not have yet
+ * (see `UnwrittenEvents` in src/events/EventRecorder.ts).
+ */
+export interface UnwrittenLog {
+  /** The entries not committed yet, oldest first. */
+  logEntries(): ReadonlyArray<readonly [number, LogEntry]>;
 }
+
+type Key = [string, number];
 const MAX_N = Number.MAX_SAFE_INTEGER;
 
-interface Totals {
-  next: number;
-  /** [n, bytes] of the kept entries, oldest first. */
-  readonly entries: Array<[number, number]>;
-  head: number;
-  bytes: number;
+/**
+ * The bounds of an exec log, with their defaults; throws E_INVALID_OPTION for a bad one.
+ *
+ * @example
+ * execLogLimits({ maxBytes: 1 << 20 }) // → { maxEntries: 50000, maxBytes: 1048576 }
+ */
+export function execLogLimits(limits: ExecLogLimits = {}): Required<ExecLogLimits> {
+  const maxEntries = limits.maxEntries ?? 50_000;
+  const maxBytes = limits.maxBytes ?? 8 * 1024 * 1024;
+  if (!Number.isInteger(maxEntries) || maxEntries < 1) throw new InvalidOptionError('logs.maxEntries', 'a positive integer', limits.maxEntries);
+  if (!Number.isFinite(maxBytes) || maxBytes < 1) throw new InvalidOptionError('logs.maxBytes', 'a positive number of bytes', limits.maxBytes);
+  return { maxEntries, maxBytes };
 }
 
 /**
  * @example
  * const logs = new ExecLog(store);
- * logs.record(event);                       // exec.stdout / exec.stderr; others are ignored
  * logs.read('worker', { tail: 10 });
  */
 export class ExecLog {
@@ -69,70 +77,14 @@ export class ExecLog {
   readonly maxBytes: number;
   readonly #store: Store;
   readonly #db: Database<LogEntry, Key>;
-  readonly #totals = new Map<string, Totals>();
-  readonly #unflushed = new Map<string, Map<number, LogEntry>>();
+  readonly #unwritten: (name: string) => UnwrittenLog | undefined;
 
-  constructor(store: Store, limits: ExecLogLimits = {}) {
-    this.maxEntries = limits.maxEntries ?? 50_000;
-    this.maxBytes = limits.maxBytes ?? 8 * 1024 * 1024;
-    if (!Number.isInteger(this.maxEntries) || this.maxEntries < 1) throw new InvalidOptionError('logs.maxEntries', 'a positive integer', limits.maxEntries);
-    if (!Number.isFinite(this.maxBytes) || this.maxBytes < 1) throw new InvalidOptionError('logs.maxBytes', 'a positive number of bytes', limits.maxBytes);
+  /** @param unwritten the events of a sandbox this process has and the store may not have yet */
+  constructor(store: Store, limits: ExecLogLimits = {}, unwritten: (name: string) => UnwrittenLog | undefined = () => undefined) {
+    ({ maxEntries: this.maxEntries, maxBytes: this.maxBytes } = execLogLimits(limits));
     this.#store = store;
     this.#db = store.database<LogEntry, Key>('logs');
-  }
-
-  /**
-   * Records the output carried by an event; any other event is ignored. Never throws (nor
-   * rejects). Resolves once the write is committed (or failed).
-   */
-  record(e: SandboxEvent): Promise<void> {
-    return this.stage(e)();
-  }
-
-  /**
-   * {@link record} in two steps: the output is in this process's view of the log (reads see
-   * it) when this returns, and on disk once the returned write is called and resolves. The
-   * supervisor publishes the event between the two. Never throws; the write never rejects.
-   */
-  stage(e: SandboxEvent): () => Promise<void> {
-    if ((e.type !== 'exec.stdout' && e.type !== 'exec.stderr') || this.#store.closed) return written;
-    try {
-      const t = this.#totalsOf(e.name);
-      const n = t.next++;
-      const entry: LogEntry = { ts: e.ts, execId: e.execId, stream: e.type === 'exec.stdout' ? 'stdout' : 'stderr', data: e.data };
-      t.entries.push([n, e.data.byteLength]);
-      t.bytes += e.data.byteLength;
-      let pending = this.#unflushed.get(e.name);
-      if (!pending) this.#unflushed.set(e.name, (pending = new Map()));
-      pending.set(n, entry);
-      const rotated: number[] = [];
-      while (t.entries.length - t.head > this.maxEntries || (t.bytes > this.maxBytes && t.entries.length - t.head > 1)) {
-        const [old, bytes] = t.entries[t.head++]!;
-        t.bytes -= bytes;
-        pending.delete(old);
-        rotated.push(old);
-      }
-      if (t.head > 4096) {
-        t.entries.splice(0, t.head);
-        t.head = 0;
-      }
-      return () => {
-        if (this.#store.closed) return DONE;
-        try {
-          const put = this.#db.put([e.name, n], entry).then(
-            () => void (pending.get(n) === entry && pending.delete(n)),
-            logFailure(`writing output of exec ${e.execId} of sandbox "${e.name}" to the exec log`),
-          );
-          for (const old of rotated) void this.#db.remove([e.name, old]).catch(logFailure(`rotating the exec log of sandbox "${e.name}"`));
-          return put;
-        } catch (err) {
-          return closing(err, e);
-        }
-      };
-    } catch (err) {
-      closing(err, e);
-      return written;
-    }
+    this.#unwritten = unwritten;
   }
 
   /**
@@ -152,40 +104,42 @@ export class ExecLog {
   readNumbered(name: string, options: LogsOptions & { readonly after?: number } = {}): Array<[number, LogEntry]> {
     const since = options.since instanceof Date ? options.since.getTime() : options.since;
     if (options.tail !== undefined && (!Number.isInteger(options.tail) || options.tail < 0)) throw new RangeError(`tail must be a non-negative integer (got ${options.tail})`);
-    const from = (options.after ?? 0) + 1;
-    const byN = new Map<number, LogEntry>();
-    if (!this.#store.closed) for (const { key, value } of this.#db.getRange({ start: [name, from], end: [name, MAX_N] })) byN.set(key[1], value);
-    for (const [n, e] of this.#unflushed.get(name) ?? []) if (n >= from) byN.set(n, e);
-    const t = this.#totals.get(name);
-    const keptFrom = t && t.head < t.entries.length ? t.entries[t.head]![0] : 0;
-    let out = [...byN.entries()]
-      .filter(([n, e]) => n >= keptFrom && (since === undefined || e.ts >= since) && (options.execId === undefined || e.execId === options.execId))
-      .sort((a, b) => a[0] - b[0]);
+    const after = options.after ?? 0;
+    // Newest first, each number once: the entries not committed yet (taken before the store
+    // is read, so a fresh read transaction sees what left them), then the store's.
+    const pending = this.#unwritten(name);
+    const newest: Array<[number, LogEntry]> = (pending?.logEntries() ?? []).filter(([n]) => n > after).map(([n, e]) => [n, e] as [number, LogEntry]).reverse();
+    const below = newest.at(-1)?.[0] ?? MAX_N;
+    let bytes = 0;
+    let kept = 0;
+    const fits = (size: number) => kept < this.maxEntries && (kept === 0 || bytes + size <= this.maxBytes);
+    const window: Array<[number, LogEntry]> = [];
+    for (const [n, e] of newest) {
+      if (!fits(e.data.byteLength)) break;
+      bytes += e.data.byteLength;
+      kept++;
+      window.push([n, e]);
+    }
+    if (!this.#store.closed && window.length === newest.length) {
+      if (pending) this.#db.resetReadTxn();
+      for (const { key, value } of this.#db.getRange({ start: [name, below - 1], end: [name, after], reverse: true })) {
+        if (key[1] >= below) continue;
+        if (!fits(value.data.byteLength)) break;
+        bytes += value.data.byteLength;
+        kept++;
+        window.push([key[1], value]);
+      }
+    }
+    let out = window.reverse().filter(([, e]) => (since === undefined || e.ts >= since) && (options.execId === undefined || e.execId === options.execId));
     if (options.tail !== undefined) out = options.tail === 0 ? [] : out.slice(-options.tail);
     return out;
   }
 
   /** Forgets every entry of `name` (when the sandbox is removed). */
   async clear(name: string): Promise<void> {
-    this.#totals.delete(name);
-    this.#unflushed.delete(name);
     if (this.#store.closed) return;
     await this.#db.transaction(() => {
       for (const key of this.#db.getKeys({ start: [name, 0], end: [name, MAX_N] })) this.#db.removeSync(key as Key);
     });
-  }
-
-  /** The counters of a sandbox, read once from what earlier processes left. */
-  #totalsOf(name: string): Totals {
-    let t = this.#totals.get(name);
-    if (t) return t;
-    t = { next: 1, entries: [], head: 0, bytes: 0 };
-    for (const { key, value } of this.#db.getRange({ start: [name, 0], end: [name, MAX_N] })) {
-      t.entries.push([key[1], value.data.byteLength]);
-      t.bytes += value.data.byteLength;
-      t.next = key[1] + 1;
-    }
-    this.#totals.set(name, t);
-    return t;
   }
 }

@@ -5,7 +5,9 @@
  * worker by default, one worker each in strict isolation), reached through a link
  * (src/link: Comlink on a port of its own, or a detached host's socket); its events arrive on
  * that same port, are recorded in the store where they change the record, and are published
- * on the bus.
+ * on the bus. Their replay records and exec log entries are written by the worker itself
+ * (src/events/EventRecorder.ts); this thread holds each event until that write commits, so
+ * its own reads never miss one.
  */
 
 import { parseKernelChoice } from '../runtime/kernel.ts';
@@ -38,9 +40,11 @@ import { listSnapshots, readSnapshot, removeSnapshot, snapshotDevices, type Snap
 import { exportSnapshot, importSnapshot, type ExportResult } from '../snapshot/portable.ts';
 import { snapshotGuestFields } from '../guestenv/guestConfig.ts';
 import { Store, type SandboxRecord } from '../store/Store.ts';
-import { ReplayLog, type ReplayLimits } from '../events/ReplayLog.ts';
+import { ReplayLog, replayLimits, type ReplayLimits } from '../events/ReplayLog.ts';
+import { EventRecorder, type RecordLimits } from '../events/EventRecorder.ts';
+import { UncommittedEvents } from '../events/UncommittedEvents.ts';
 import { supervisorEvents, type EventsOptions } from './supervisorEvents.ts';
-import { ExecLog, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
+import { ExecLog, execLogLimits, type ExecLogLimits, type LogEntry, type LogsOptions } from '../logs/ExecLog.ts';
 import type { EventEnvelope, InspectionEnvelope, SandboxInfo, SandboxWorkerApi, SandboxWorkerData, WireInspectionEvent } from '../actor/contract.ts';
 import { inspectionRelay, type InspectOption } from './inspection.ts';
 import type { SandboxLink } from '../link/SandboxLink.ts';
@@ -49,6 +53,11 @@ import { SandboxPool, validatePoolOptions, type Isolation } from '../pool/Sandbo
 import { captureActorEnv } from '../runtime/actorEnv.ts';
 import { ROOT, distEntry } from '../runtime/dist.ts';
 import { logFailure } from '../runtime/log.ts';
+/**
+ * How long a sandbox's release waits for its worker to commit the records of the events it
+ * posted; past it (the worker hangs) they are written from here.
+ */
+const SETTLE_MS = 10_000;
 const HOST_MAIN = join(ROOT, 'src', 'detached', 'hostMain.ts');
 /** tsx's loader, resolved from here so the host starts whatever the caller's cwd. */
 const TSX_LOADER = import.meta.resolve('tsx');
@@ -136,6 +145,14 @@ export class Supervisor {
   readonly #store: Store;
   readonly #replay: ReplayLog;
   readonly #execLog: ExecLog;
+  readonly #recordLimits: RecordLimits;
+  /**
+   * Per sandbox of this supervisor (its current life): the events received from its worker
+   * whose records that worker has not committed yet; reads join them to the store's.
+   */
+  readonly #uncommitted = new Map<string, UncommittedEvents>();
+  /** Writes from this thread of a sandbox's last life (#writeHere): its next life waits for them. */
+  readonly #writingHere = new Map<string, Promise<void>>();
   readonly #live = new Map<string, WorkerLink>();
   readonly #pool: SandboxPool;
   readonly #spares: number;
@@ -144,6 +161,8 @@ export class Supervisor {
   readonly #callSubject: ((sandbox: string) => string) | undefined;
   /** The events a worker published into a cluster's stream itself (with {@link SupervisorOptions.events}). */
   readonly #publishedByWorker = new WeakSet<SandboxEvent>();
+  /** The uncommitted events of each link's actor (see #uncommitted). */
+  readonly #heldBy = new WeakMap<WorkerLink, UncommittedEvents>();
   #closed: Promise<void> | undefined;
 
   /** Every event of every sandbox of this supervisor. */
@@ -163,9 +182,11 @@ export class Supervisor {
     if (!Number.isInteger(spares) || spares < 0 || spares > 4) throw new InvalidOptionError('spares', 'an integer from 0 to 4', options.spares);
     // Validated before anything is opened: a bad option leaves nothing behind.
     this.#pool = new SandboxPool(validatePoolOptions({ ...(options.workers !== undefined ? { workers: options.workers } : {}), ...(options.isolation !== undefined ? { isolation: options.isolation } : {}) }));
+    this.#recordLimits = { replay: replayLimits(options.replay), logs: execLogLimits(options.logs) };
     this.#store = Store.open(this.stateDir);
-    this.#replay = new ReplayLog(this.#store, options.replay);
-    this.#execLog = new ExecLog(this.#store, options.logs);
+    const uncommitted = (name: string) => this.#uncommitted.get(name);
+    this.#replay = new ReplayLog(this.#store, uncommitted);
+    this.#execLog = new ExecLog(this.#store, this.#recordLimits.logs, uncommitted);
     this.events$ = this.#bus.events$;
     this.#spares = this.#pool.isolation === 'worker' ? 0 : spares;
     if (options.inspect !== undefined && typeof options.inspect !== 'function' && (typeof options.inspect !== 'object' || options.inspect === null)) {
@@ -377,6 +398,9 @@ export class Supervisor {
   }
 
   async #boot(config: SandboxConfig, options: Pick<CreateOptions, 'signal'>): Promise<WorkerLink> {
+    // The last life's events written from here land before this life's first write drops them.
+    const writing = this.#writingHere.get(config.name);
+    if (writing) await writing;
     // Checked again where the sandbox joins the live set (no await in between): creates that
     // ran side by side all passed the check at their start.
     if (this.#live.size >= this.maxSandboxes) {
@@ -388,9 +412,12 @@ export class Supervisor {
     // Exec output bytes posted by the worker and not yet handled here: the worker stops
     // reading from the guest while too many are in flight (see OUTPUT_HIGH_WATER there).
     const outputInFlight = new Int32Array(new SharedArrayBuffer(4));
+    // The worker records the sandbox's events in the store itself, and says in `written` how far it committed.
+    const written = new BigInt64Array(new SharedArrayBuffer(8));
+    const held = new UncommittedEvents(written);
     // Secrets (registryAuth.secret) go to the worker in memory, never in the config or argv.
     // The runtime variables go as the actor's own: its worker hosts other actors too.
-    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}), ...(this.#events ? { events: this.#events, ...(this.#callSubject ? { callSubject: this.#callSubject(config.name) } : {}) } : {}) };
+    const data: SandboxWorkerData = { config, stateDir: this.stateDir, control: control.port2, secrets: secretsFor(config), env: captureActorEnv(), outputInFlight, records: { limits: this.#recordLimits, written }, spares: this.#spares, ...(this.#inspect ? { inspect: true } : {}), ...(this.#events ? { events: this.#events, ...(this.#callSubject ? { callSubject: this.#callSubject(config.name) } : {}) } : {}) };
     let ctl: WorkerLink | undefined;
     let lostBeforeStart: ((err: CorralError) => void) | undefined;
     const actor = this.#pool.host(data, [control.port2], (err) => {
@@ -403,16 +430,18 @@ export class Supervisor {
     ctl = new WorkerLink(config, actor, api, events$, (link) => this.release(link));
     const own = ctl;
     this.#live.set(config.name, ctl);
+    this.#heldBy.set(ctl, held);
+    this.#uncommitted.get(config.name)?.close();
+    this.#uncommitted.set(config.name, held);
     control.port1.on('message', (m: Partial<EventEnvelope & InspectionEnvelope>) => {
       if (m.inspection) return this.#inspect?.(m.inspection);
       const e = m.event;
       if (!e) return; // a comlink answer
       own.lastSeq = e.seq;
       if (this.#events) this.#publishedByWorker.add(e);
-      const written = this.#onEvent(e);
-      // Output stays in flight until its replay and log writes commit: LMDB queues writes
-      // in memory, so releasing earlier lets a flood grow that queue with its size.
-      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') void written.then(() => Atomics.sub(outputInFlight, 0, e.data.byteLength));
+      this.#onEvent(e, held, m.log, m.replayFrom);
+      // Handled: the worker counts what LMDB has not committed yet itself.
+      if (e.type === 'exec.stdout' || e.type === 'exec.stderr') Atomics.sub(outputInFlight, 0, e.data.byteLength);
     });
     // Unref after adding listeners: adding a 'message' listener refs a port again. Calls
     // hold the process themselves (the link's busy()).
@@ -435,7 +464,7 @@ export class Supervisor {
       return ctl;
     } catch (err) {
       lostBeforeStart = undefined;
-      await ctl.terminate();
+      await this.#letGo(ctl);
       if (this.#live.get(config.name) === ctl) this.#live.delete(config.name);
       await this.#store.patchSandbox(config.name, { status: 'stopped', state: 'stopped', stopReason: 'boot-failed' }).catch((e: Error) => this.#log(`cannot record the boot failure of "${config.name}": ${e.message}`));
       throw err;
@@ -487,9 +516,14 @@ export class Supervisor {
       const stopped = { type: 'sandbox.stopped', reason: 'crashed', exitCode: null, signal: null, error: serialized, ...stamp() } as SandboxEvent;
       // Durable first: a caller whose call rejects below reads the record next.
       await this.#store.patchSandbox(name, { status: 'stopped', state: 'stopped', stopReason: 'crashed' });
-      await Promise.all([this.#onEvent(failed), this.#onEvent(stopped)]);
+      const held = this.#heldBy.get(ctl);
+      this.#onEvent(failed, held);
+      this.#onEvent(stopped, held);
     } finally {
       ctl.markLost(error);
+      // Its events the worker did not commit, and these, from here.
+      const held = this.#heldBy.get(ctl);
+      if (held) await this.#writeHere(name, held);
     }
   }
 
@@ -613,8 +647,42 @@ export class Supervisor {
       await this.recordStopped(ctl);
     } finally {
       if (this.#live.get(ctl.config.name) === ctl) this.#live.delete(ctl.config.name);
-      await ctl.terminate();
+      await this.#letGo(ctl);
     }
+  }
+
+  /**
+   * Lets go of a sandbox's actor once its worker committed the records of every event it
+   * posted (a store read by another process then has them all); what it did not commit (its
+   * worker died, or hangs) is written from here.
+   */
+  async #letGo(ctl: WorkerLink): Promise<void> {
+    const held = this.#uncommitted.get(ctl.config.name);
+    const own = held && this.#heldBy.get(ctl) === held ? held : undefined;
+    if (own && !this.#store.closed) await own.settled(SETTLE_MS);
+    await ctl.terminate();
+    if (own) await this.#writeHere(ctl.config.name, own);
+  }
+
+  /**
+   * Writes from this thread the events of `held` its worker did not commit (that worker is
+   * gone), numbered as the worker numbered them; then `held` is done with.
+   */
+  async #writeHere(name: string, held: UncommittedEvents): Promise<void> {
+    const rest = held.uncommitted();
+    if (rest.length > 0 && !this.#store.closed) {
+      const recorder = new EventRecorder(this.#store, name, this.#recordLimits, (seq) => held.markCommitted(seq));
+      for (const { e, log } of rest) recorder.record(e, log);
+      const written = recorder.flushed();
+      this.#writingHere.set(name, written);
+      try {
+        await written;
+      } finally {
+        if (this.#writingHere.get(name) === written) this.#writingHere.delete(name);
+      }
+    }
+    held.close();
+    if (this.#uncommitted.get(name) === held) this.#uncommitted.delete(name);
   }
 
   /** Removes a stopped sandbox: its record and its disk. */
@@ -679,15 +747,17 @@ export class Supervisor {
         await endSandbox(ctl).catch((err: unknown) => {
           process.emitWarning(`corral: sandbox "${ctl.config.name}" did not stop at close (${(err as Error).message}); its worker is ended, and its VM with it`);
         });
-        await ctl.terminate();
+        await this.#letGo(ctl);
       }),
     );
     this.#live.clear();
     await this.#pool.close();
     // The spares died with the workers (pdeathsig); their overlays go with them.
     await rm(sparesDir(this.stateDir), { recursive: true, force: true });
-    // Let the last events (sandbox.stopped) reach the store before it closes.
+    // Let the last events (sandbox.stopped) arrive, then write what no worker committed
+    // (destroy() ended them at once) before the store closes.
     await new Promise((r) => setImmediate(r));
+    await Promise.all([...this.#uncommitted].map(([name, held]) => this.#writeHere(name, held)));
     await this.#store.close();
     this.#bus.close();
     openSupervisors.delete(this);
@@ -773,8 +843,13 @@ export class Supervisor {
     }
   }
 
-  /** Records and publishes one event; resolves when its replay and log writes commit. */
-  #onEvent(e: SandboxEvent): Promise<unknown> {
+  /**
+   * Records one event where it changes the sandbox's record, and publishes it. Its replay and
+   * log records are the worker's to write (or #writeHere's): it is held with the uncommitted
+   * ones first, so a subscriber that reads the buffer then goes live (events({ since }))
+   * cannot miss it.
+   */
+  #onEvent(e: SandboxEvent, held: UncommittedEvents | undefined, log?: number, replayFrom?: number): void {
     const patch = recordPatch(e);
     // A state event must not move a stopped record back: a stop this supervisor recorded
     // itself (a boot failure, a crash) can precede events still queued on the port.
@@ -783,14 +858,8 @@ export class Supervisor {
         process.emitWarning(`corral: cannot record ${e.type} of sandbox "${e.name}": ${(err as Error).message}`);
       });
     }
-    // Buffered before it is published: a subscriber that reads the buffer then goes live
-    // (events({ since })) cannot miss it.
-    const writes = [this.#replay.stage(e), this.#execLog.stage(e)];
+    held?.add(e, log, replayFrom ?? held.replayFrom);
     this.#bus.publish(e);
-    // Written to disk after it is published, in a microtask queued behind the publish's: what
-    // a subscriber sent on (a node's NATS publish, flushed in a microtask) leaves before the
-    // writes' encoding runs on this thread. In order: microtasks run first in, first out.
-    return new Promise((resolve) => queueMicrotask(() => resolve(Promise.all(writes.map((write) => write())))));
   }
 
   #assertOpen(): void {

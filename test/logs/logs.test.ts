@@ -5,7 +5,9 @@ import { join } from 'node:path';
 import { lastValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../../src/index.ts';
-import { ExecLog, type LogEntry } from '../../src/logs/ExecLog.ts';
+import { EventRecorder } from '../../src/events/EventRecorder.ts';
+import { replayLimits } from '../../src/events/ReplayLog.ts';
+import { ExecLog, execLogLimits, type LogEntry } from '../../src/logs/ExecLog.ts';
 import { Store } from '../../src/store/Store.ts';
 import type { Supervisor } from '../../src/supervisor/Supervisor.ts';
 import { testSupervisor, uniqueName } from '../helpers/sandbox.ts';
@@ -69,8 +71,11 @@ describe('exec logs', () => {
     const dir = mkdtempSync(join(tmpdir(), 'corral-logs-'));
     const store = Store.open(dir);
     try {
-      const log = new ExecLog(store, { maxBytes: 1000 });
-      for (let i = 0; i < 30; i++) log.record({ type: 'exec.stdout', name: 'r', seq: i + 1, ts: i, execId: 1, data: new TextEncoder().encode(`${String(i).padStart(99, '.')}\n`) });
+      // Written as a sandbox's worker writes it; read before and after the commit.
+      const rec = new EventRecorder(store, 'r', { replay: replayLimits(), logs: execLogLimits({ maxBytes: 1000 }) });
+      const log = new ExecLog(store, { maxBytes: 1000 }, () => rec);
+      for (let i = 0; i < 30; i++) rec.record({ type: 'exec.stdout', name: 'r', seq: i + 1, ts: i, execId: 1, data: new TextEncoder().encode(`${String(i).padStart(99, '.')}\n`) });
+      expect(text(log.read('r'))).toBe(text(await rec.flushed().then(() => new ExecLog(store, { maxBytes: 1000 }).read('r'))));
       const kept = log.read('r');
       expect(kept.length).toBe(10);
       expect(text(kept).split('\n')[0]).toMatch(/\.20$/);

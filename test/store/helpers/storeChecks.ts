@@ -3,7 +3,7 @@
  * record, each replay log (seq gapless per sandbox, no duplicates), each exec log (numbers
  * gapless, each exec's chunks in order). Throws an Error naming the first bad entry.
  */
-import type { SandboxEvent } from '../../../src/bus/events.ts';
+import type { StoredEvent } from '../../../src/events/EventRecorder.ts';
 import type { LogEntry } from '../../../src/logs/ExecLog.ts';
 import type { SandboxRecord } from '../../../src/store/Store.ts';
 import { Store } from '../../../src/store/Store.ts';
@@ -24,13 +24,17 @@ export function validateRecord(key: unknown, rec: SandboxRecord): void {
   if (!ok) fail(`invalid sandbox record ${String(key)}`, rec);
 }
 
-/** `[seq, event]` pairs of one sandbox in key order: consecutive seqs, each event valid. */
-export function validateReplay(name: string, entries: Array<[number, SandboxEvent]>): void {
+/**
+ * `[seq, event]` pairs of one sandbox in key order: consecutive seqs, each event valid. An
+ * output event holds its bytes, or refers to the exec log entry that does (`logged` says
+ * whether that entry exists).
+ */
+export function validateReplay(name: string, entries: Array<[number, StoredEvent]>, logged?: (n: number) => boolean): void {
   for (let i = 0; i < entries.length; i++) {
     const [seq, e] = entries[i]!;
     if (e?.name !== name || e.seq !== seq || typeof e.type !== 'string' || !Number.isFinite(e.ts)) fail(`invalid replay entry [${name}, ${seq}]`, e);
     if (i > 0 && seq !== entries[i - 1]![0] + 1) fail(`replay log of ${name} has a gap or duplicate`, entries.map(([s]) => s));
-    if ((e.type === 'exec.stdout' || e.type === 'exec.stderr') && !(e.data instanceof Uint8Array)) fail(`replay entry [${name}, ${seq}] lost its data`, e);
+    if ((e.type === 'exec.stdout' || e.type === 'exec.stderr') && !('log' in e ? !logged || logged(e.log) : 'data' in e && e.data instanceof Uint8Array)) fail(`replay entry [${name}, ${seq}] lost its data`, e);
   }
 }
 
@@ -68,10 +72,11 @@ export async function checkStateDir(stateDir: string): Promise<{ records: number
       }
       return by;
     };
+    const logs = group<LogEntry>('logs');
     let events = 0;
-    for (const [name, list] of group<SandboxEvent>('events')) validateReplay(name, list), (events += list.length);
+    for (const [name, list] of group<StoredEvent>('events')) validateReplay(name, list, (n) => logs.get(name)?.some(([k]) => k === n) ?? false), (events += list.length);
     let logEntries = 0;
-    for (const [name, list] of group<LogEntry>('logs')) validateExecLog(name, list), (logEntries += list.length);
+    for (const [name, list] of logs) validateExecLog(name, list), (logEntries += list.length);
     return { records: n, events, logEntries };
   } finally {
     await store.close();

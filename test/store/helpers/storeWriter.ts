@@ -15,9 +15,10 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import { fileURLToPath } from 'node:url';
 import type { SandboxEvent } from '../../../src/bus/events.ts';
 import { normalizeConfig } from '../../../src/config.ts';
-import { ReplayLog } from '../../../src/events/ReplayLog.ts';
+import { EventRecorder } from '../../../src/events/EventRecorder.ts';
+import { ReplayLog, replayLimits } from '../../../src/events/ReplayLog.ts';
 import { ImageIndex } from '../../../src/image/ImageIndex.ts';
-import { ExecLog } from '../../../src/logs/ExecLog.ts';
+import { execLogLimits } from '../../../src/logs/ExecLog.ts';
 import { listTemplates } from '../../../src/snapshot/templates.ts';
 import { Store } from '../../../src/store/Store.ts';
 import { prng } from '../../helpers/prng.ts';
@@ -39,8 +40,8 @@ const enc = new TextEncoder();
 async function run(job: Job, tick: () => void): Promise<void> {
   const rand = prng(job.seed);
   const store = Store.open(job.stateDir);
+  const limits = { replay: replayLimits(), logs: execLogLimits() };
   const replay = new ReplayLog(store);
-  const logs = new ExecLog(store);
   const names = Array.from({ length: job.names }, (_, i) => `${job.id}-${i}`);
   const now = Date.now();
   for (const name of names) {
@@ -61,6 +62,7 @@ async function run(job: Job, tick: () => void): Promise<void> {
   const seq = new Map(names.map((n) => [n, 0]));
   const execs = new Map(names.map((n) => [n, { execId: job.life * 10_000 + 1, chunk: 0 }]));
   const pending: Array<Promise<unknown>> = [];
+  const recorders = new Map<string, EventRecorder>();
   for (let i = 0; i < job.events; i++) {
     const name = names[Math.floor(rand() * names.length)]!;
     const s = seq.get(name)! + 1;
@@ -75,9 +77,12 @@ async function run(job: Job, tick: () => void): Promise<void> {
       x.chunk++;
       e = { type: r < 0.6 ? 'exec.stdout' : 'exec.stderr', name, seq: s, ts: Date.now(), execId: x.execId, data: enc.encode(`${name} exec ${x.execId} chunk ${x.chunk}\n`) } as SandboxEvent;
     }
-    // What Supervisor#onEvent does with each event.
+    // What Supervisor#onEvent does with each event, and the sandbox's worker (its recorder).
     if (e.type === 'sandbox.state') pending.push(store.patchSandbox(name, { status: 'running', state: 'running' }));
-    pending.push(replay.append(e), logs.record(e));
+    let recorder = recorders.get(name);
+    if (!recorder) recorders.set(name, (recorder = new EventRecorder(store, name, limits)));
+    recorder.record(e);
+    pending.push(recorder.flushed());
     if (i % 25 === 24) {
       await Promise.all(pending.splice(0));
       for (const rec of store.listSandboxes()) validateRecord(rec.name, rec);
