@@ -502,12 +502,12 @@ export class Supervisor {
     this.#log(`sandbox "${name}": ${error.message}`);
     try {
       const rec = this.#store.closed ? undefined : this.#store.getSandbox(name);
-      if (rec?.vmPid && processAlive(rec.vmPid) && isSandboxVm(rec.vmPid, sandboxDir(this.stateDir, name), name)) {
-        try {
-          process.kill(rec.vmPid, 'SIGKILL');
-        } catch (err) {
-          this.#log(`cannot kill the VM ${rec.vmPid} of "${name}": ${(err as Error).message}`);
-        }
+      // Whatever this step meets, the crash's record and events still follow: a failure here
+      // once kept them from ever being published.
+      try {
+        if (rec?.vmPid && processAlive(rec.vmPid) && isSandboxVm(rec.vmPid, sandboxDir(this.stateDir, name), name)) process.kill(rec.vmPid, 'SIGKILL');
+      } catch (err) {
+        this.#log(`cannot make sure the VM ${rec?.vmPid} of "${name}" is gone: ${(err as Error).message}`);
       }
       if (!rec || rec.status === 'stopped') return;
       const serialized = serializeError(error);
