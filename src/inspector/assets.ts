@@ -5,11 +5,10 @@
 
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { BUNDLED, ROOT } from '../runtime/dist.ts';
+import { ROOT } from '../runtime/dist.ts';
 
-// In the precompiled runtime this module's URL is the bundle's: the files stay in the sources.
-const PUBLIC = BUNDLED ? join(ROOT, 'src', 'inspector', 'public') + '/' : fileURLToPath(new URL('./public/', import.meta.url));
+// From the repository's root: in the precompiled runtime this module's URL is the bundle's.
+const PUBLIC = `${join(ROOT, 'src', 'inspector', 'public')}/`;
 
 const FILES: Readonly<Record<string, { file: string; type: string }>> = {
   '/ui': { file: 'index.html', type: 'text/html; charset=utf-8' },
