@@ -1,15 +1,13 @@
 // How a sandbox's worker records its events: each output chunk once, read back by both the
 // replay buffer and the exec log, each within its own window. Real LMDB in a temp dir, no VM
 // (the events are made here, so the windows can be hit exactly).
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SandboxEvent } from '../../src/bus/events.ts';
 import { EventRecorder, type RecordLimits, type StoredEvent } from '../../src/events/EventRecorder.ts';
 import { ReplayLog } from '../../src/events/ReplayLog.ts';
 import { ExecLog, type LogEntry } from '../../src/logs/ExecLog.ts';
-import { Store } from '../../src/store/Store.ts';
+import type { Store } from '../../src/store/Store.ts';
+import { withTempStore } from '../helpers/tempStore.ts';
 
 const enc = new TextEncoder();
 const text = (data: Uint8Array) => new TextDecoder().decode(data);
@@ -19,13 +17,9 @@ const exited = (name: string, seq: number): SandboxEvent => ({ type: 'exec.exite
 describe('the event recorder', () => {
   let dir: string;
   let store: Store;
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'corral-recorder-'));
-    store = Store.open(dir);
-  });
-  afterEach(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+  withTempStore('recorder', (d, s) => {
+    dir = d;
+    store = s;
   });
 
   const keys = (db: string, name: string) => [...store.database<unknown, [string, number]>(db).getKeys({ start: [name, 0], end: [name, Number.MAX_SAFE_INTEGER] })].map((k) => (k as [string, number])[1]);

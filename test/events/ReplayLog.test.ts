@@ -2,17 +2,15 @@
 // the events are made here, so bounds and gaps can be hit exactly). They are written as a
 // sandbox's worker writes them (EventRecorder), in this thread; reads before the commit see
 // them through the recorder, as the supervisor's reads see what its workers sent.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Subject } from 'rxjs';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SandboxEvent } from '../../src/bus/events.ts';
 import { EventRecorder, type RecordLimits } from '../../src/events/EventRecorder.ts';
 import { ReplayLog, replayLimits, type ReplayLimits } from '../../src/events/ReplayLog.ts';
 import { execLogLimits } from '../../src/logs/ExecLog.ts';
 import { resumeStream } from '../../src/events/resumeStream.ts';
 import { Store } from '../../src/store/Store.ts';
+import { withTempStore } from '../helpers/tempStore.ts';
 
 function out(name: string, seq: number, text = `line ${seq}\n`): SandboxEvent {
   return { type: 'exec.stdout', name, seq, ts: 1000 + seq, execId: 7, data: new TextEncoder().encode(text) };
@@ -23,13 +21,9 @@ const limits = (replay: ReplayLimits = {}): RecordLimits => ({ replay: replayLim
 describe('the replay buffer', () => {
   let dir: string;
   let store: Store;
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'corral-replay-'));
-    store = Store.open(dir);
-  });
-  afterEach(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+  withTempStore('replay', (d, s) => {
+    dir = d;
+    store = s;
   });
 
   it('gives back every event after since, also from a second store on the same dir once written', async () => {

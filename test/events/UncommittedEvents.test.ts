@@ -2,16 +2,14 @@
 // events it published and the worker has not committed (held here), the committed ones (read
 // from the store), and none it has not published yet. The worker's side is an EventRecorder
 // in this thread, committing into the shared counter as a worker does. Real LMDB, no VM.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SandboxEvent } from '../../src/bus/events.ts';
 import { EventRecorder, type RecordLimits } from '../../src/events/EventRecorder.ts';
 import { ReplayLog } from '../../src/events/ReplayLog.ts';
 import { UncommittedEvents } from '../../src/events/UncommittedEvents.ts';
 import { ExecLog } from '../../src/logs/ExecLog.ts';
-import { Store } from '../../src/store/Store.ts';
+import type { Store } from '../../src/store/Store.ts';
+import { withTempStore } from '../helpers/tempStore.ts';
 
 const limits: RecordLimits = { replay: { maxEvents: 100, maxBytes: 1 << 20 }, logs: { maxEntries: 100, maxBytes: 1 << 20 } };
 const out = (seq: number): SandboxEvent => ({ type: 'exec.stdout', name: 'w', seq, ts: seq, execId: 1, data: new TextEncoder().encode(`${seq}\n`) });
@@ -19,13 +17,9 @@ const out = (seq: number): SandboxEvent => ({ type: 'exec.stdout', name: 'w', se
 describe("the supervisor's hold on events its worker has not committed", () => {
   let dir: string;
   let store: Store;
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), 'corral-held-'));
-    store = Store.open(dir);
-  });
-  afterEach(async () => {
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+  withTempStore('held', (d, s) => {
+    dir = d;
+    store = s;
   });
 
   it('shows what it published, committed or not, and nothing it has not published yet', async () => {
