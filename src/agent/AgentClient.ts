@@ -135,6 +135,10 @@ export interface FsChannel {
 /** Callbacks of one exec session, called in the order the guest sent them. */
 export interface ExecHandlers {
   started(pid: number): void;
+  /**
+   * A piece of output: a view into the bytes read from the port, which nothing overwrites.
+   * It pins that read's buffer (up to 64 KiB): copy what you keep for long.
+   */
   stdout(data: Uint8Array): void;
   stderr(data: Uint8Array): void;
   exited(code: number | null, signal: number | null, info?: ExitInfo): void;
@@ -673,19 +677,9 @@ export class AgentClient {
     let frames: Frame[];
     try {
       frames = this.#decoder.push(chunk);
-      for (let i = 0; i < frames.length; i++) {
-        const f = frames[i]!;
-        // A guest that writes in small pieces sends many small output frames, and every
-        // one handed on costs an event up the stack: the output frames of one session and
-        // stream that follow each other in this read go on as one chunk (order kept).
-        let j = i + 1;
-        if ((f.type === FrameType.STDOUT || f.type === FrameType.STDERR) && !this.#probes.has(f.session)) {
-          while (j < frames.length && frames[j]!.type === f.type && frames[j]!.session === f.session) j++;
-        }
-        if (j === i + 1) this.#dispatch(f);
-        else this.#dispatch({ type: f.type, session: f.session, payload: concatPayloads(frames, i, j) });
-        i = j - 1;
-      }
+      // Output frames go on as views into the read (the actor's batcher joins them, once,
+      // into the event it posts: src/actor/outputBatch.ts).
+      for (const f of frames) this.#dispatch(f);
     } catch (err) {
       this.#fail(err instanceof Error ? err : new Error(String(err)));
     }
@@ -760,9 +754,7 @@ export class AgentClient {
           const held = live.output.received - live.output.acked;
           if (held > OUTPUT_WINDOW + OUTPUT_DRAIN_ALLOWANCE) throw new CorralError('E_PROTOCOL', `guest sent ${held} unacknowledged output bytes on session ${f.session} (window ${OUTPUT_WINDOW})`);
         }
-        // Copy: the payload is a view into a decoder buffer that may be reused (a merged
-        // payload is a fresh copy already).
-        return f.type === FrameType.STDOUT ? live.handlers.stdout(ownBytes(f.payload)) : live.handlers.stderr(ownBytes(f.payload));
+        return f.type === FrameType.STDOUT ? live.handlers.stdout(f.payload) : live.handlers.stderr(f.payload);
       case FrameType.EXIT: {
         if (!live.started) throw new CorralError('E_PROTOCOL', `guest sent EXIT before STARTED on session ${f.session}`);
         const r = new PayloadReader(f.payload, 'EXIT');
@@ -932,22 +924,4 @@ export class AgentClient {
     }
     this.#socket.destroy();
   }
-}
-
-/** One fresh buffer holding the payloads of frames[from, to). */
-function concatPayloads(frames: readonly Frame[], from: number, to: number): Uint8Array {
-  let n = 0;
-  for (let k = from; k < to; k++) n += frames[k]!.payload.byteLength;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (let k = from; k < to; k++) {
-    out.set(frames[k]!.payload, at);
-    at += frames[k]!.payload.byteLength;
-  }
-  return out;
-}
-
-/** `bytes` as a Uint8Array that owns its whole ArrayBuffer (transferable, not a view into a pool). */
-function ownBytes(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && !(bytes instanceof Buffer) ? bytes : Uint8Array.prototype.slice.call(bytes);
 }
