@@ -9,12 +9,14 @@
  * - pause / resume (through the actor) against raw QMP `stop` / `cont`.
  * - stop (graceful: agent sync + guest shutdown + process exit) against the VM layer's own
  *   graceful shutdown.
- * - detached: createDetached → handle against an attached restored create, and
+ * - detached: createDetached → handle against an attached restored create, hosted by a
+ *   spare host (started by the create before: src/detached/spareHost.ts) and, interleaved,
+ *   with spares off (a host process starts and loads first); and
  *   Sandbox.get from another handle → first exec against an attached sandbox's first exec
  *   (under TCG a fresh qemu's first exec pays the translation of the guest's exec paths).
  */
 import { kernelLabel } from '../src/runtime/kernel.ts';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Supervisor, type SandboxEvent } from '../src/index.ts';
@@ -82,7 +84,22 @@ const create: number[] = [];
 /** An attached sandbox's first exec: under TCG a fresh qemu translates the guest's exec paths then. */
 const firstExec: number[] = [];
 const detachedCreate: number[] = [];
+const detachedNoSpare: number[] = [];
 const reconnect: number[] = [];
+/** Waits until a spare host listens for the next detached create. */
+async function spareReady(): Promise<void> {
+  const dir = join(stateDir, 'run', 'spare');
+  for (const end = Date.now() + 60_000; !(existsSync(dir) && readdirSync(dir).length > 0); await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > end) throw new Error('no spare host came up');
+  }
+}
+{
+  // The first detached create of a state dir has no spare to take: it leaves one.
+  process.env.CORRAL_SPARE_HOST = '1';
+  const warm = await Sandbox.builder('bench-det-warm').supervisor(sup).createDetached();
+  await warm.stop();
+  await sup.remove('bench-det-warm');
+}
 for (let i = 0; i < RUNS; i++) {
   const tc = performance.now();
   const s = await Sandbox.builder(`bench-stop-${i}`).supervisor(sup).create();
@@ -102,6 +119,13 @@ for (let i = 0; i < RUNS; i++) {
     }),
   );
 
+  process.env.CORRAL_SPARE_HOST = '0';
+  const tn = performance.now();
+  const n = await Sandbox.builder(`bench-det-ns-${i}`).supervisor(sup).createDetached();
+  detachedNoSpare.push(performance.now() - tn);
+  await n.stop();
+  process.env.CORRAL_SPARE_HOST = '1';
+  await spareReady();
   const t1 = performance.now();
   const d = await Sandbox.builder(`bench-det-${i}`).supervisor(sup).createDetached();
   detachedCreate.push(performance.now() - t1);
@@ -115,13 +139,15 @@ for (let i = 0; i < RUNS; i++) {
 console.log(`VM layer's graceful shutdown (floor): ${fmtMs(stopFloor)}`);
 console.log(`stop (graceful, to process exit):    ${fmtMs(stop)}   ${ratio(stop, stopFloor)} the floor`);
 console.log(`create, attached (floor):            ${fmtMs(create)}`);
-console.log(`createDetached → handle:             ${fmtMs(detachedCreate)}   ${ratio(detachedCreate, create)} an attached create (a host process starts and loads first)`);
+console.log(`createDetached → handle, spare host: ${fmtMs(detachedCreate)}   ${ratio(detachedCreate, create)} an attached create`);
+console.log(`createDetached → handle, no spare:   ${fmtMs(detachedNoSpare)}   ${ratio(detachedNoSpare, create)} an attached create (a host process starts and loads first)`);
 console.log(`first exec, attached (floor):        ${fmtMs(firstExec)}   (a fresh qemu translates the guest's exec paths; later execs ${quantile(execRt, 0.5).toFixed(1)} ms)`);
 console.log(`Sandbox.get → first exec result:     ${fmtMs(reconnect)}   ${ratio(reconnect, firstExec)} an attached sandbox's first exec`);
 report.add('bare_shutdown', stopFloor, 'ms');
 report.add('stop', stop, 'ms', quantile(stopFloor, 0.5));
 report.add('create_attached', create, 'ms');
 report.add('create_detached', detachedCreate, 'ms', quantile(create, 0.5));
+report.add('create_detached_no_spare', detachedNoSpare, 'ms', quantile(create, 0.5));
 report.add('exec_attached', execRt, 'ms');
 report.add('first_exec_attached', firstExec, 'ms');
 report.add('get_first_exec', reconnect, 'ms', quantile(firstExec, 0.5));

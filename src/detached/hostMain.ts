@@ -4,9 +4,14 @@
  * serves the sandbox's API on a unix socket that any process can reach by name.
  *
  *   node --import tsx src/detached/hostMain.ts <stateDir> [--replace]   (config JSON on stdin)
+ *   node --import tsx src/detached/hostMain.ts <stateDir> --spare <socket>
  *
  * It prints one JSON line on stdout — `{ "ready": info }` or `{ "error": … }` — and never
  * writes there again (its creator may be gone). It exits when the sandbox has stopped.
+ *
+ * With `--spare` it starts its supervisor and worker first and waits on `<socket>` for the
+ * create it will host (src/detached/spareHost.ts): the config and flags come on that
+ * connection, and the line goes back on it instead of stdout. Unused, it ends by itself.
  */
 
 import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -19,6 +24,7 @@ import type { WorkerLink } from '../link/WorkerLink.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
+import { waitAsSpare } from './spareHost.ts';
 
 const CALLS = new Set<string>(FORWARDED_CALLS);
 const END_CALLS = new Set(['stop', 'kill', 'drain', 'stopped']);
@@ -44,28 +50,44 @@ function socketAnswers(path: string): Promise<boolean> {
   });
 }
 
-function say(line: unknown): void {
-  process.stdout.write(`${JSON.stringify(line)}\n`);
-}
+/** Where the one line goes: stdout, or a spare's connection. */
+let say = (line: unknown): Promise<void> => new Promise((resolve) => process.stdout.write(`${JSON.stringify(line)}\n`, () => resolve()));
 
-const [stateDir, ...flags] = process.argv.slice(2);
+const [stateDir, ...argFlags] = process.argv.slice(2);
 if (!stateDir) {
-  say({ error: { name: 'Error', message: 'usage: hostMain <stateDir>' } });
+  await say({ error: { name: 'Error', message: 'usage: hostMain <stateDir>' } });
   process.exit(2);
 }
-const config = JSON.parse(await readStdin()) as SandboxConfig;
+const spareAt = argFlags.includes('--spare') ? argFlags[argFlags.indexOf('--spare') + 1] : undefined;
+
+// One sandbox per host process: one worker is all its pool needs.
+const sup = new Supervisor({ stateDir, workers: 1 });
+let config: SandboxConfig;
+let flags: readonly string[] = argFlags;
+if (spareAt) {
+  sup.pool.warm();
+  const taken = await waitAsSpare(spareAt);
+  if (!taken) {
+    await sup.close();
+    process.exit(0);
+  }
+  config = taken.request.config as SandboxConfig;
+  flags = taken.request.flags;
+  say = taken.answer;
+} else {
+  config = JSON.parse(await readStdin()) as SandboxConfig;
+}
 const socketPath = controlSocketPath(stateDir, config.name);
 mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
 // A live host of the same name owns this socket: taking it over would cut that sandbox off
 // from every client (the create then fails here anyway, and would remove the socket).
 if (existsSync(socketPath) && (await socketAnswers(socketPath))) {
-  say({ error: serializeError(new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running detached (its host answers on ${socketPath})`)) });
+  await say({ error: serializeError(new CorralError('E_SANDBOX_EXISTS', `a sandbox named "${config.name}" is already running detached (its host answers on ${socketPath})`)) });
+  await sup.close();
   process.exit(1);
 }
 rmSync(socketPath, { force: true });
 
-// One sandbox per host process: one worker is all its pool needs.
-const sup = new Supervisor({ stateDir, workers: 1 });
 const clients = new Set<Socket>();
 let ctl: WorkerLink | undefined;
 
@@ -147,9 +169,9 @@ try {
   ctl = flags.includes('--restart')
     ? await sup.restart(config.name, { controlSocket: socketPath })
     : await sup.create(config, { replace: flags.includes('--replace'), controlSocket: socketPath });
-  say({ ready: await ctl.api.info() });
+  await say({ ready: await ctl.api.info() });
 } catch (err) {
-  say({ error: serializeError(err) });
+  await say({ error: serializeError(err) });
   server.close();
   rmSync(socketPath, { force: true });
   await sup.close();

@@ -28,6 +28,7 @@ import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../link/SocketLink.ts';
 import { controlSocketPath } from '../link/wire.ts';
+import { sparesEnabled, spareSocketPath, startSpare, takeSpare, type TakenSpare } from '../detached/spareHost.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { sweepStaleCgroups } from '../vm/cgroups.ts';
 import { sweepStaleUidClaims } from '../vm/jail.ts';
@@ -546,9 +547,27 @@ export class Supervisor {
     // socket still answers.
     if (options.replace && !options.restart) await holding(() => this.#claimName(config.name, true));
     const bundled = distEntry('host');
-    const args = bundled ? [bundled, this.stateDir] : ['--import', TSX_LOADER, HOST_MAIN, this.stateDir];
-    if (options.replace) args.push('--replace');
-    if (options.restart) args.push('--restart');
+    const launch = bundled ? [bundled] : ['--import', TSX_LOADER, HOST_MAIN];
+    const flags = [...(options.replace ? ['--replace'] : []), ...(options.restart ? ['--restart'] : [])];
+    const spares = sparesEnabled();
+    // A spare host, started after an earlier create, takes this one with no process start.
+    const spare = spares ? await takeSpare(spareSocketPath(this.stateDir, launch), { config, flags }) : undefined;
+    const first = spare ? await this.#spareAnswer(config.name, spare) : await this.#startHost(config, [...launch, this.stateDir, ...flags]);
+    const msg = JSON.parse(first) as { ready?: SandboxInfo; error?: SerializedError };
+    if (msg.error) throw deserializeError(msg.error);
+    // The next detached create's host, started now, off this one's path.
+    if (spares) startSpare(this.stateDir, launch);
+    return SocketLink.connect(config, controlSocketPath(this.stateDir, config.name));
+  }
+
+  async #spareAnswer(name: string, spare: TakenSpare): Promise<string> {
+    const line = await spare.answer;
+    if (line === undefined) throw new CorralError('E_BOOT_FAILED', `the host process of "${name}" (a spare, pid ${spare.pid}) ended before it was ready`);
+    return line;
+  }
+
+  /** Starts a host process for `config` and resolves with its first line. */
+  async #startHost(config: SandboxConfig, args: string[]): Promise<string> {
     // detached: true puts the host in a session of its own (setsid): no signal aimed at our
     // process group or terminal reaches it. The config goes on stdin, never in argv.
     const child = spawn(process.execPath, args, { detached: true, stdio: ['pipe', 'pipe', 'ignore'] });
@@ -566,9 +585,7 @@ export class Supervisor {
     });
     child.stdout.destroy();
     child.unref();
-    const msg = JSON.parse(first) as { ready?: SandboxInfo; error?: SerializedError };
-    if (msg.error) throw deserializeError(msg.error);
-    return SocketLink.connect(config, controlSocketPath(this.stateDir, config.name));
+    return first;
   }
 
   /**

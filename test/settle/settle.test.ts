@@ -14,9 +14,9 @@ import { ONE_LINER } from './scripts/oneLiner.ts';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
 
-function run(args: string[], cwd = REPO): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(args: string[], cwd = REPO, env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { cwd, env: process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -55,6 +55,22 @@ describe('every call settles in a plain Node process', () => {
       stdout: 'worker ended: pending call rejected E_CLOSED\nhost killed: pending call rejected E_CLOSED\ndied ok\n',
       stderr: '',
     });
+  });
+
+  it('hosts a detached create in a spare host started after the one before, and ends unused spares', async () => {
+    // Spares on, as users have them, in a state dir of this test's own (the spares are its).
+    const stateDir = mkdtempSync(join(tmpdir(), 'corral-spare-'));
+    try {
+      const r = await run(['--import', 'tsx', fileURLToPath(new URL('./scripts/spareHost.ts', import.meta.url))], REPO, { CORRAL_STATE_DIR: stateDir, CORRAL_SPARE_HOST: '1' });
+      expect({ code: r.code, stdout: r.stdout, stderr: r.stderr.includes('Error') ? r.stderr : '' }).toEqual({
+        code: 0,
+        stdout:
+          'the first create left a spare\nthe spare hosted the next create, and a new spare followed\na spare ended with its socket\nan idle spare ended by itself\nspare ok\n',
+        stderr: '',
+      });
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true });
+    }
   });
 
   it('creates an attached sandbox from a node -e one-liner importing corral', async () => {
