@@ -257,7 +257,8 @@ const STDIN_CHUNK = 64 * 1024;
  */
 export class AgentClient {
   readonly #socket: Socket;
-  readonly #decoder = new FrameDecoder();
+  /** Output frames come in parts, as views into the socket's reads (see FrameDecoder). */
+  readonly #decoder = new FrameDecoder({ stream: new Set([FrameType.STDOUT, FrameType.STDERR]) });
   readonly #sessions = new Map<number, Live>();
   readonly #maxSessions: number;
   #nextId = 1;

@@ -123,14 +123,24 @@ export function encodeFrame(type: FrameTypeCode, session: number, payload: Uint8
  * Incremental decoder of guest→host frames. Feed it chunks as they arrive; it returns the
  * whole frames they complete, and throws an E_PROTOCOL error on anything malformed. After a
  * throw the stream is unusable (the caller fails the sandbox).
+ *
+ * Payloads are views into the chunks fed, never copies, but for a frame of a type not in
+ * `stream` that spans chunks (its bytes are joined, once). A frame of a type in `stream`
+ * (output: a byte stream whatever its framing) is handed on in parts as its bytes arrive:
+ * consecutive frames of the same type and session, each a view into one chunk. A 64 KiB
+ * output frame seldom lines up with a 64 KiB socket read, so joining it copied most output.
  */
 export class FrameDecoder {
   #chunks: Buffer[] = [];
   #buffered = 0;
   readonly #accept: ReadonlySet<number>;
+  readonly #stream: ReadonlySet<number>;
+  /** A `stream` frame whose payload is still arriving: its type, session and bytes to come. */
+  #open: { type: number; session: number; left: number } | undefined;
 
-  constructor(options: { accept?: ReadonlySet<number> } = {}) {
+  constructor(options: { accept?: ReadonlySet<number>; stream?: ReadonlySet<number> } = {}) {
     this.#accept = options.accept ?? GUEST_TYPES;
+    this.#stream = options.stream ?? new Set();
   }
 
   /** Bytes held for an incomplete frame. Never exceeds HEADER_SIZE + MAX_PAYLOAD + one chunk. */
@@ -142,8 +152,18 @@ export class FrameDecoder {
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
     const frames: Frame[] = [];
-    while (this.#buffered >= HEADER_SIZE) {
-      const head = this.#peek(HEADER_SIZE);
+    for (;;) {
+      const open = this.#open;
+      if (open) {
+        const n = Math.min(open.left, this.#buffered);
+        for (const part of this.#takeViews(n)) frames.push({ type: open.type, session: open.session, payload: part });
+        open.left -= n;
+        if (open.left > 0) break;
+        this.#open = undefined;
+        continue;
+      }
+      if (this.#buffered < HEADER_SIZE) break;
+      const head = this.#peekHeader();
       const length = head.readUInt32LE(0);
       const session = head.readUInt32LE(4);
       const type = head.readUInt16LE(8);
@@ -151,28 +171,49 @@ export class FrameDecoder {
       if (length > MAX_PAYLOAD) throw protocolError(`guest sent a frame of ${length} bytes (max ${MAX_PAYLOAD})`);
       if (flags !== 0) throw protocolError(`guest sent a frame with flags 0x${flags.toString(16)} (must be 0)`);
       if (!this.#accept.has(type)) throw protocolError(`guest sent a frame of unknown type ${type}`);
+      if (length > 0 && this.#stream.has(type)) {
+        this.#takeViews(HEADER_SIZE);
+        this.#open = { type, session, left: length };
+        continue;
+      }
       if (this.#buffered < HEADER_SIZE + length) break;
-      const whole = this.#take(HEADER_SIZE + length);
+      const views = this.#takeViews(HEADER_SIZE + length);
+      const whole = views.length === 1 ? views[0]! : Buffer.concat(views, HEADER_SIZE + length);
       frames.push({ type, session, payload: whole.subarray(HEADER_SIZE) });
     }
     return frames;
   }
 
-  #peek(n: number): Buffer {
+  /** The next HEADER_SIZE bytes, not taken: a view, or a copy of the few that span chunks. */
+  #peekHeader(): Buffer {
     const first = this.#chunks[0]!;
-    if (first.length >= n) return first;
-    const joined = Buffer.concat(this.#chunks);
-    this.#chunks = [joined];
-    return joined;
+    if (first.length >= HEADER_SIZE) return first;
+    const head = Buffer.allocUnsafe(HEADER_SIZE);
+    let at = 0;
+    for (const c of this.#chunks) {
+      at += c.copy(head, at, 0, Math.min(c.length, HEADER_SIZE - at));
+      if (at === HEADER_SIZE) break;
+    }
+    return head;
   }
 
-  #take(n: number): Buffer {
-    const head = this.#peek(n);
-    const out = head.subarray(0, n);
-    const rest = head.subarray(n);
-    if (rest.length > 0) this.#chunks[0] = rest;
-    else this.#chunks.shift();
-    this.#buffered -= n;
+  /** Takes the next `n` buffered bytes as views into the chunks they are in. */
+  #takeViews(n: number): Buffer[] {
+    const out: Buffer[] = [];
+    while (n > 0) {
+      const first = this.#chunks[0]!;
+      if (first.length <= n) {
+        if (first.length > 0) out.push(first);
+        this.#chunks.shift();
+        n -= first.length;
+        this.#buffered -= first.length;
+      } else {
+        out.push(first.subarray(0, n));
+        this.#chunks[0] = first.subarray(n);
+        this.#buffered -= n;
+        n = 0;
+      }
+    }
     return out;
   }
 }

@@ -27,6 +27,32 @@ describe('frame decoding', () => {
     }
   });
 
+  it('hands a stream type on in parts as views into the chunks, split at every byte boundary', () => {
+    const out = Buffer.from('0123456789abcdef');
+    const a = encodeFrame(FrameType.STDOUT, 7, out);
+    const b = encodeFrame(FrameType.EXIT, 7, new PayloadWriter().i32(3).i32(0).finish());
+    const c = encodeFrame(FrameType.STDERR, 7, Buffer.from('e'));
+    const all = Buffer.concat([a, b, c]);
+    for (let cut = 0; cut <= all.length; cut++) {
+      for (let cut2 = cut; cut2 <= all.length; cut2 += 5) {
+        const d = new FrameDecoder({ stream: new Set([FrameType.STDOUT, FrameType.STDERR]) });
+        const chunks = [all.subarray(0, cut), all.subarray(cut, cut2), all.subarray(cut2)];
+        const frames = chunks.flatMap((ch) => d.push(ch));
+        const stdout = frames.filter((f) => f.type === FrameType.STDOUT);
+        // The parts, in order, are the payload; each is a view into one of the chunks fed.
+        expect(Buffer.concat(stdout.map((f) => f.payload)).toString()).toBe(out.toString());
+        for (const f of stdout) expect(chunks.some((ch) => f.payload.buffer === ch.buffer)).toBe(true);
+        expect(stdout.every((f) => f.session === 7 && f.payload.byteLength > 0)).toBe(true);
+        // What is not a stream type comes whole, after the output, in order.
+        expect(frames.slice(stdout.length).map((f) => [f.type, Buffer.from(f.payload).toString('hex')])).toEqual([
+          [FrameType.EXIT, new PayloadWriter().i32(3).i32(0).finish().toString('hex')],
+          [FrameType.STDERR, Buffer.from('e').toString('hex')],
+        ]);
+        expect(d.buffered).toBe(0);
+      }
+    }
+  });
+
   it('rejects an oversized frame from its header alone, before buffering the payload', () => {
     const d = new FrameDecoder();
     expect(() => d.push(header(MAX_PAYLOAD + 1, 1, FrameType.STDOUT))).toThrowError(/max 1048576/);

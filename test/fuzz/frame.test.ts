@@ -13,6 +13,7 @@ import { CorralError } from '../../src/errors.ts';
 import { budget, corpus, timeoutFor } from './budget.ts';
 
 const GUEST_FRAME_TYPES = [...GUEST_TYPES] as FrameTypeCode[];
+const OUTPUT_TYPES: ReadonlySet<number> = new Set([FrameType.STDOUT, FrameType.STDERR]);
 
 /** Cuts `bytes` at the given points (taken modulo its length). */
 function split(bytes: Buffer, cuts: number[]): Buffer[] {
@@ -48,8 +49,8 @@ const segment = fc.oneof(
 const hostileStream = fc.tuple(fc.array(segment, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 40 })).map(([segs, cuts]) => split(Buffer.concat(segs), cuts));
 
 /** Feeds chunks to a decoder; returns how it ended. Fails the property on anything unclean. */
-function drive(chunks: Buffer[]): { frames: number; error?: CorralError } {
-  const d = new FrameDecoder();
+function drive(chunks: Buffer[], stream?: ReadonlySet<number>): { frames: number; error?: CorralError } {
+  const d = new FrameDecoder(stream ? { stream } : {});
   let frames = 0;
   for (const chunk of chunks) {
     try {
@@ -149,6 +150,35 @@ describe('fuzzing the frame decoder', () => {
   it('never throws anything but E_PROTOCOL and never buffers more than one frame plus one chunk', () => {
     fc.assert(fc.property(hostileStream, (chunks) => void drive(chunks)), budget(2500));
   }, timeoutFor(2500));
+
+  it('the same with output handed on in parts (the AgentClient decoder)', () => {
+    fc.assert(fc.property(hostileStream, (chunks) => void drive(chunks, OUTPUT_TYPES)), budget(1500));
+  }, timeoutFor(1500));
+
+  it('returns the bytes of every frame, output in parts, however the stream is cut', () => {
+    const frames = fc.array(fc.record({ type: fc.constantFrom(...GUEST_FRAME_TYPES), session: fc.nat({ max: 3 }), payload: fc.uint8Array({ maxLength: 2048 }) }), { maxLength: 20 });
+    fc.assert(
+      fc.property(frames, fc.array(fc.nat(), { maxLength: 50 }), (fs, cuts) => {
+        const d = new FrameDecoder({ stream: OUTPUT_TYPES });
+        const got = split(Buffer.concat(fs.map((f) => encodeFrame(f.type, f.session, f.payload))), cuts).flatMap((c) => d.push(c));
+        // Parts of one output frame are consecutive frames of its type and session: joined
+        // back per run of them, the bytes are the sent ones. (Two sent output frames of the
+        // same type and session in a row join too: a stream has no frame boundaries.)
+        const runs = (list: Array<{ type: number; session: number; payload: Uint8Array }>) => {
+          const out: Array<{ type: number; session: number; hex: string }> = [];
+          for (const f of list) {
+            const last = out.at(-1);
+            if (last && OUTPUT_TYPES.has(f.type) && last.type === f.type && last.session === f.session) last.hex += Buffer.from(f.payload).toString('hex');
+            else out.push({ type: f.type, session: f.session, hex: Buffer.from(f.payload).toString('hex') });
+          }
+          return out.filter((r) => !OUTPUT_TYPES.has(r.type) || r.hex.length > 0);
+        };
+        expect(runs(got)).toEqual(runs(fs));
+        expect(d.buffered).toBe(0);
+      }),
+      budget(1500),
+    );
+  }, timeoutFor(1500));
 
   it('returns exactly the frames that were sent, however the stream is cut', () => {
     const frames = fc.array(fc.record({ type: fc.constantFrom(...GUEST_FRAME_TYPES), session: fc.nat(), payload: fc.uint8Array({ maxLength: 2048 }) }), { maxLength: 20 });
