@@ -818,8 +818,14 @@ export class SandboxActor implements SandboxWorkerApi {
       const remount = await guest?.unmountShares(vm.agent);
       let ram: SnapshotMeta['ram'];
       try {
-        ram = await this.#saveState(vm, join(tmp, 'state'));
-        await copySparse(this.#upperPath(), join(tmp, upperFile));
+        // Frozen first (qemu drains and flushes its disks at the stop): the disk is copied
+        // while the state saves, both of the same instant.
+        await vm.pause();
+        // Both settle before a failure removes the directory (else a copy still running writes into it anew).
+        const [saved, copied] = await Promise.allSettled([this.#saveState(vm, join(tmp, 'state')), copySparse(this.#upperPath(), join(tmp, upperFile))]);
+        if (saved.status === 'rejected') throw saved.reason;
+        if (copied.status === 'rejected') throw copied.reason;
+        ram = saved.value;
       } finally {
         await vm.qmp.execute('cont').catch((err) => this.#log.error(`resuming the VM after the snapshot (QMP cont) failed: ${(err as Error).message}`));
         await remount?.();

@@ -17,8 +17,8 @@
 
 import { childEnv } from '../runtime/actorEnv.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, createWriteStream, openSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmodSync, closeSync, createWriteStream, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -395,11 +395,8 @@ export class Vm {
     const devFile = join(this.#runDir, `d${Date.now().toString(36)}.state`);
     try {
       await this.qmp.execute('xen-save-devices-state', { filename: devFile, live: false });
-      const [devices, template, pages] = await Promise.all([
-        readFile(devFile),
-        readFile(base.stateFile),
-        privatePages(this.pid, base.memFile, statSync(base.memFile).size),
-      ]);
+      const pages = privatePages(this.pid, base.memFile, statSync(base.memFile).size);
+      const [devices, template] = [readFileSync(devFile), readFileSync(base.stateFile)];
       const tpl = readRamSection(template);
       const fileBlock = tpl.blocks.find((b) => b.name === RAM_BLOCK);
       if (!fileBlock) throw new CorralError('E_SNAPSHOT', `the template's stream ${base.stateFile} has no RAM block "${RAM_BLOCK}"`);
