@@ -23,7 +23,7 @@ import type { CallServer, EventEnvelope, EventSink, ExecAccepted, ExecInfo, Exec
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { createLogger, type Logger } from '../runtime/log.ts';
 import { copySparse, hasUpper, prepareRoot, sandboxDir, type PreparedRoot } from '../runtime/rootfs.ts';
-import { readSnapshot, rootIdentity, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
+import { readSnapshot, rootIdentity, snapshotBase, snapshotBytes, snapshotDevices, snapshotDir, type SnapshotMeta } from '../snapshot/snapshots.ts';
 import { cloneOverlay, discardTemplate, ensureTemplate, templateKey, templateTampered, type Template } from '../snapshot/templates.ts';
 import { refillSpares, sparesDir, takeSpare, type Spare } from '../snapshot/spares.ts';
 import { hostTscKhz, resolveAccel } from '../vm/accel.ts';
@@ -76,6 +76,11 @@ export class SandboxActor implements SandboxWorkerApi {
   #seq = 0;
   #vm: Vm | undefined;
   #root: PreparedRoot | undefined;
+  /**
+   * The template whose RAM file `vm` maps copy-on-write (restored from it, or from a
+   * snapshot taken over it): a snapshot of that VM saves only the pages it changed.
+   */
+  #ramBase: { readonly vm: Vm; readonly tpl: Template } | undefined;
   #accelReason: string | null = null;
   #guestBootMs: number | null = null;
   /** The warm-up exec's start, until it runs or the sandbox's first exec makes it needless. */
@@ -540,6 +545,7 @@ export class SandboxActor implements SandboxWorkerApi {
           await cloneOverlay(tpl, upper);
           return this.#restoreClone(root, choice, signal, { ...devices, upper, memoryFile: { path: tpl.memFile, share: false }, restore: { stateFile: tpl.stateFile, hello: tpl.hello } });
         })();
+    this.#ramBase = { vm, tpl };
     await this.#applyGuest(vm, guest);
     const restoreMs = performance.now() - tRestore;
     this.#emit({ type: 'sandbox.restored', template: key, restoreMs, spare: spare !== undefined });
@@ -810,9 +816,16 @@ export class SandboxActor implements SandboxWorkerApi {
       const guest = await this.#guest;
       // qemu will not save a VM with a 9p volume mounted: unmounted for the save, mounted after.
       const remount = await guest?.unmountShares(vm.agent);
+      let ram: SnapshotMeta['ram'];
       try {
-        await vm.saveTo(join(tmp, 'state'), { ignoreShared: false });
-        await copySparse(this.#upperPath(), join(tmp, upperFile));
+        // Frozen first (qemu drains and flushes its disks at the stop): the disk is copied
+        // while the state saves, both of the same instant.
+        await vm.pause();
+        // Both settle before a failure removes the directory (else a copy still running writes into it anew).
+        const [saved, copied] = await Promise.allSettled([this.#saveState(vm, join(tmp, 'state')), copySparse(this.#upperPath(), join(tmp, upperFile))]);
+        if (saved.status === 'rejected') throw saved.reason;
+        if (copied.status === 'rejected') throw copied.reason;
+        ram = saved.value;
       } finally {
         await vm.qmp.execute('cont').catch((err) => this.#log.error(`resuming the VM after the snapshot (QMP cont) failed: ${(err as Error).message}`));
         await remount?.();
@@ -824,6 +837,7 @@ export class SandboxActor implements SandboxWorkerApi {
         hello: vm.hello,
         sessions: vm.agent.sessionIds,
         upperFile,
+        ...(ram ? { ram } : {}),
         devices: guest?.layout ?? { shares: 0, nic: false },
         ...(this.#root ? { root: rootIdentity(this.#root) } : {}),
         ...(this.#root ? { kernel: this.#root.guestKernel.name } : {}),
@@ -842,6 +856,27 @@ export class SandboxActor implements SandboxWorkerApi {
       waiter?.reject(e);
       throw e;
     }
+  }
+
+  /**
+   * Saves the frozen VM's state to `file`: on a template's RAM, the pages it changed and its
+   * devices (returns that template); else, or when that fails, everything (returns undefined).
+   */
+  async #saveState(vm: Vm, file: string): Promise<SnapshotMeta['ram']> {
+    const base = this.#ramBase?.vm === vm ? this.#ramBase.tpl : undefined;
+    if (base && existsSync(base.memFile) && !templateTampered(base)) {
+      try {
+        const { pages } = await vm.saveDelta(file, base);
+        this.#log.debug(`saved ${pages} changed pages over template ${base.key}`);
+        return { template: base.key, ...(base.memCtimeNs ? { memCtimeNs: base.memCtimeNs } : {}) };
+      } catch (err) {
+        // /proc of the VM unreadable (no right to trace it), say: the whole state still saves.
+        this.#log.warn(`saving only the changed pages over template ${base.key} failed, saving the whole RAM: ${(err as Error).message}`);
+        await rm(file, { force: true });
+      }
+    }
+    await vm.saveTo(file, { ignoreShared: false });
+    return undefined;
   }
 
   /** The upper disk this sandbox's VM runs with. */
@@ -869,12 +904,15 @@ export class SandboxActor implements SandboxWorkerApi {
       await copySparse(join(snapshotDir(this.#stateDir, snapshot), meta.upperFile), upper);
       // The snapshot's devices, with this sandbox's volumes, policy (enforced before qemu starts) and ports.
       const guest = await this.#guestEnv(snapshotDevices(meta));
+      const base = meta.ram ? snapshotBase(this.#stateDir, meta) : undefined;
       const tRestore = performance.now();
       const vm = await this.#restoreClone(root, choice, signal, {
         ...(await guest.vmOptions()),
         upper,
+        ...(base ? { memoryFile: { path: base.memFile, share: false } } : {}),
         restore: { stateFile: join(snapshotDir(this.#stateDir, snapshot), 'state'), hello: meta.hello, ignoreShared: false, orphanSessions: meta.sessions },
       });
+      if (base) this.#ramBase = { vm, tpl: base };
       await this.#applyGuest(vm, guest, meta.config);
       // Watches of the sandbox the snapshot was taken from run on in its guest, for nobody.
       vm.agent.endOrphanWatches();

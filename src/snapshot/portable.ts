@@ -3,7 +3,8 @@
  * (microsandbox 0.7's `snapshot save/load`). The archive is a tar of
  *
  *   meta.json       the snapshot's metadata (config, agent HELLO, devices, root identity)
- *   state           the migration stream: devices and the whole guest RAM
+ *   state           the migration stream: devices and the whole guest RAM (a snapshot that
+ *                   holds only the pages changed over a template's RAM is flattened)
  *   upper.qcow2     the writable disk as it was at the save, flattened (no backing file)
  *   manifest.json   last: format, version, and each file's size and sha256
  *
@@ -26,7 +27,8 @@ import tar from 'tar-stream';
 import { validateName } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { prepareRoot } from '../runtime/rootfs.ts';
-import { readSnapshot, rootIdentity, snapshotBytes, snapshotDir, snapshotsDir, type RootIdentity, type SnapshotMeta } from './snapshots.ts';
+import { readSnapshot, rootIdentity, snapshotBase, snapshotBytes, snapshotDir, snapshotsDir, type RootIdentity, type SnapshotMeta } from './snapshots.ts';
+import { flattenDelta } from '../vm/migrationStream.ts';
 
 const run = promisify(execFile);
 const FORMAT = 'corral-snapshot';
@@ -84,6 +86,16 @@ export async function exportSnapshot(stateDir: string, name: string, file: strin
     const flat = join(work, 'upper.qcow2');
     await run('qemu-img', ['convert', '-O', 'qcow2', join(dir, meta.upperFile), flat], { signal });
     const sources: Record<(typeof FILES)[number], string> = { 'meta.json': join(dir, 'meta.json'), state: join(dir, 'state'), 'upper.qcow2': flat };
+    if (meta.ram) {
+      // Its state holds only the pages the guest changed over a template's RAM, which
+      // another host does not have: the archive carries the whole RAM, as any snapshot's did.
+      const base = snapshotBase(stateDir, meta);
+      sources.state = join(work, 'state');
+      await flattenDelta(await readFile(join(dir, 'state')), base.memFile, sources.state);
+      const { ram: _, ...whole } = meta;
+      sources['meta.json'] = join(work, 'meta.json');
+      await writeFile(sources['meta.json'], JSON.stringify(whole));
+    }
     const pack = tar.pack();
     const root = meta.root;
     const files: Record<string, { bytes: number; sha256: string }> = {};

@@ -14,6 +14,7 @@ import type { AgentHello } from '../agent/AgentClient.ts';
 import { validateName, type SandboxConfig } from '../config.ts';
 import { CorralError } from '../errors.ts';
 import { deviceLayout, type DeviceLayout } from '../guestenv/guestConfig.ts';
+import { findTemplate, templateTampered, type Template } from './templates.ts';
 
 export interface SnapshotMeta {
   readonly name: string;
@@ -35,6 +36,13 @@ export interface SnapshotMeta {
    * CORRAL_KERNEL says then. Absent in snapshots from before the choice: the custom kernel.
    */
   readonly kernel?: KernelName;
+  /**
+   * The template whose RAM file the state is a delta over: `state` holds the pages the
+   * guest had changed and the devices (src/vm/migrationStream.ts), and a restore maps that
+   * template's RAM file copy-on-write under them. Absent when `state` holds the whole RAM
+   * (a cold-booted source, or an imported snapshot).
+   */
+  readonly ram?: { readonly template: string; readonly memCtimeNs?: string };
   readonly createdAt: number;
   readonly bytes: number;
   /**
@@ -86,6 +94,20 @@ export function readSnapshot(stateDir: string, name: string): SnapshotMeta {
   const meta = join(snapshotDir(stateDir, name), 'meta.json');
   if (!existsSync(meta)) throw new CorralError('E_SNAPSHOT_NOT_FOUND', `no snapshot named "${name}"`);
   return JSON.parse(readFileSync(meta, 'utf8')) as SnapshotMeta;
+}
+
+/**
+ * The template a delta snapshot restores over (see {@link SnapshotMeta.ram}); throws
+ * E_SNAPSHOT when it is gone or its RAM file is not the one the snapshot was taken over.
+ */
+export function snapshotBase(stateDir: string, meta: SnapshotMeta): Template {
+  const key = meta.ram!.template;
+  const tpl = findTemplate(stateDir, key);
+  if (!tpl || !existsSync(tpl.memFile)) throw new CorralError('E_SNAPSHOT', `snapshot "${meta.name}" holds only the pages its guest changed over template ${key}, and that template is gone`);
+  if (templateTampered(tpl) || (meta.ram!.memCtimeNs !== undefined && tpl.memCtimeNs !== meta.ram!.memCtimeNs)) {
+    throw new CorralError('E_SNAPSHOT', `snapshot "${meta.name}" holds only the pages its guest changed over template ${key}, whose RAM file is no longer the one it was taken over`);
+  }
+  return tpl;
 }
 
 /** The guest devices a restore of this snapshot must attach. */

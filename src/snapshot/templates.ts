@@ -209,6 +209,13 @@ export async function pruneTemplates(stateDir: string): Promise<{ templates: num
       if (backing) used.add(basename(dirname(backing)));
     }
   }
+  // Snapshots that hold only the pages their guest changed restore over a template's RAM.
+  const snaps = join(stateDir, 'snapshots');
+  for (const d of existsSync(snaps) ? await readdir(snaps) : []) {
+    const meta = await readFile(join(snaps, d, 'meta.json'), 'utf8').catch((err: unknown) => (isMissing(err) ? undefined : Promise.reject(err)));
+    const key = meta === undefined ? undefined : (JSON.parse(meta) as { ram?: { template?: string } }).ram?.template;
+    if (key) used.add(key);
+  }
   // Spare VMs waiting for a create (src/snapshot/spares.ts): the sandbox that takes one keeps
   // its overlay, backed by the template's upper.
   const spares = join(stateDir, 'spares');
