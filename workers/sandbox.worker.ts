@@ -8,11 +8,12 @@ import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
-import { SandboxActor } from '../src/actor/SandboxActor.ts';
+import { SandboxActor, closeThreadStores } from '../src/actor/SandboxActor.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
-import { logFailure } from '../src/runtime/log.ts';
+import { logFailure, runtimeLog } from '../src/runtime/log.ts';
+import { closeSharedRoots } from '../src/store/lmdbEnv.ts';
 
 const hosted = new Map<number, { readonly name: string; readonly actor: SandboxActor; readonly calls: SandboxCalls | undefined }>();
 
@@ -22,6 +23,12 @@ const hosted = new Map<number, { readonly name: string; readonly actor: SandboxA
  * this worker were created with theirs.
  */
 function host(id: number, data: SandboxWorkerData): void {
+  if (ending) {
+    // The pool hands an ending worker nothing; should it, the caller sees its port close.
+    runtimeLog.warn(`sandbox worker: asked to host "${data.config.name}" while it ends; refused`);
+    (data.control as unknown as { close(): void }).close();
+    return;
+  }
   const env = data.env ?? {};
   // A cluster node's sandbox publishes its events from here, on this worker's connection,
   // and answers its plain calls on it.
@@ -38,6 +45,32 @@ function host(id: number, data: SandboxWorkerData): void {
     },
   });
   expose(scoped, nodeEndpoint(data.control as never));
+}
+
+let ending: Promise<void> | undefined;
+
+/**
+ * Ends this thread by itself, at a point where no JavaScript is inside LMDB: its actors are
+ * disposed (their VMs killed, their ports closed), what they recorded is committed, every
+ * LMDB root of the thread closed, and only then does the thread exit. The pool terminates a
+ * thread only when this misses its deadline: a thread terminated while it loads LMDB's addon
+ * aborts the process (node's FATAL ERROR napi_throw), and one terminated while its store is
+ * open breaks the store of every process sharing it (lmdbEnv.ts).
+ */
+function end(): Promise<void> {
+  ending ??= (async () => {
+    const calls: Promise<void>[] = [];
+    for (const [id, h] of hosted) {
+      hosted.delete(id);
+      if (h.calls) calls.push(h.calls.close().catch(logFailure(`ending the calls of sandbox "${h.name}"`)));
+      h.actor.dispose();
+    }
+    await Promise.all(calls);
+    await closeThreadStores().catch(logFailure('committing the event records of an ending sandbox worker'));
+    await closeSharedRoots(logFailure('closing the state store of an ending sandbox worker'));
+    process.exit(0);
+  })();
+  return ending;
 }
 
 // A worker is either started for one sandbox (its data in workerData, as a detached host
@@ -57,7 +90,14 @@ parentPort?.on('message', (msg: PoolMessage) => {
       h?.actor.dispose();
       break;
     }
+    case 'end':
+      void end();
       break;
+    case 'stall': {
+      const until = performance.now() + msg.ms;
+      while (performance.now() < until); // busy: no message is read meanwhile
+      break;
+    }
     case 'crash':
       setImmediate(() => {
         throw new Error(msg.message);
