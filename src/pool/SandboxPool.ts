@@ -17,7 +17,7 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
-import { ROOT } from '../runtime/dist.ts';
+import { ROOT, distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { logFailure, runtimeLog } from '../runtime/log.ts';
 import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
@@ -71,7 +71,9 @@ export type OnWorkerLost = (error: CorralError) => void;
  */
 function startWorker(): Worker {
   const execArgv = workerExecArgv();
-  const start = (argv: string[]) => new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
+  // The precompiled worker where it is fresh (src/runtime/dist.ts): no tsx loader to start.
+  const bundled = distEntry('sandbox.worker');
+  const start = (argv: string[]) => new Worker(bundled ?? WORKER_BOOT, { workerData: { entry: bundled ?? WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
   try {
     return start(execArgv);
   } catch (err) {
