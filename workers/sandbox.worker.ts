@@ -7,7 +7,7 @@ import '../src/link/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
+import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../src/actor/contract.ts';
 import { SandboxActor, closeThreadStores } from '../src/actor/SandboxActor.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
@@ -105,3 +105,7 @@ parentPort?.on('message', (msg: PoolMessage) => {
       break;
   }
 });
+
+// Loaded: until now the pool kept this thread referenced, so that the process does not tear
+// it down while LMDB's addon registers (src/pool/SandboxPool.ts).
+parentPort?.postMessage({ type: 'loaded' } satisfies WorkerLoaded);

@@ -328,3 +328,7 @@ export type PoolMessage =
   /** Test-only: the worker throws at top level, as a bug in its code would make it. */
   | { readonly type: 'crash'; readonly message: string };
 
+/** What a sandbox worker tells its pool once its modules are loaded (LMDB's native addon among them). */
+export interface WorkerLoaded {
+  readonly type: 'loaded';
+}

@@ -20,7 +20,7 @@ import { CorralError, InvalidOptionError } from '../errors.ts';
 import { ROOT, distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { logFailure, runtimeLog } from '../runtime/log.ts';
-import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
+import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../actor/contract.ts';
 
 // From the repository's root, so that the precompiled runtime (whose module URL is its
 // bundle's: src/runtime/dist.ts) starts the same files.
@@ -94,12 +94,22 @@ class PoolWorker {
   exited = false;
   readonly done: Promise<void>;
   #holds = 0;
+  /** Until the thread has loaded its modules it holds the process (see the constructor). */
+  #loading = true;
   #error: Error | undefined;
   #ended: Promise<void> | undefined;
 
   constructor(onCrash: (w: PoolWorker, reason: string) => void) {
-    // Idle workers hold no process alive: calls in flight hold it (hold()).
-    this.worker.unref();
+    // Idle workers hold no process alive: calls in flight hold it (hold()). A loading one
+    // does, until it has loaded: a process that exits tears its workers down, and one torn
+    // down while it registers LMDB's addon aborts the process (FATAL ERROR napi_throw) in
+    // place of its exit code. A script that ends without closing its supervisor while the
+    // pool warms a worker waits for that load (~0.1 s bundled), then exits.
+    this.worker.on('message', (m: Partial<WorkerLoaded>) => {
+      if (m?.type !== 'loaded' || !this.#loading) return;
+      this.#loading = false;
+      if (this.#holds === 0 && !this.ending) this.worker.unref();
+    });
     this.worker.on('error', (err) => (this.#error = err));
     this.done = new Promise((resolve) =>
       this.worker.once('exit', (code) => {
@@ -115,7 +125,7 @@ class PoolWorker {
   }
 
   unhold(): void {
-    if (--this.#holds === 0) this.worker.unref();
+    if (--this.#holds === 0 && !this.#loading && !this.ending) this.worker.unref();
   }
 
   post(msg: PoolMessage, transfer: readonly TransferListItem[] = []): void {

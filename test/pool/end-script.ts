@@ -5,13 +5,16 @@
 // addon among them), after it opened the store. A worker ended while it loads or while its
 // LMDB is open once aborted the process (FATAL ERROR napi_throw) or broke the store. Prints
 // one JSON line; the test checks the exit code and that no worker had to be terminated.
-//   node --import tsx test/pool/end-script.ts <stateDir> <pools>
+// With `exit`, it closes no pool: the process ends while its workers start, as a script that
+// forgets its supervisor does, and node tears them down.
+//   node --import tsx test/pool/end-script.ts <stateDir> <pools> [close|exit]
 import { MessageChannel } from 'node:worker_threads';
 import { normalizeConfig } from '../../src/config.ts';
 import { SandboxPool } from '../../src/pool/SandboxPool.ts';
 
 const stateDir = process.argv[2]!;
 const pools = Number(process.argv[3] ?? 8);
+const close = process.argv[4] !== 'exit';
 const limits = { replay: { maxEvents: 100, maxBytes: 1 << 20 }, logs: { maxEntries: 100, maxBytes: 1 << 20 } };
 const lost: string[] = [];
 
@@ -26,6 +29,10 @@ async function startAndEnd(i: number): Promise<void> {
     records: { limits, written: new BigInt64Array(new SharedArrayBuffer(8)) },
   };
   pool.host(data, [control.port2], (err) => lost.push(err.message));
+  if (!close) {
+    control.port1.unref();
+    return;
+  }
   // The first ends before the thread runs at all; the others a few ms apart, spread over
   // the time a worker takes to load.
   if (i > 0) await new Promise((r) => setTimeout(r, i * 40));

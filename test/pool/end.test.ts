@@ -42,6 +42,13 @@ describe('a sandbox worker asked to end', () => {
     expect(check.code).toBe(0);
   });
 
+  it('is not needed: a process that ends with its workers still loading exits 0', async () => {
+    const r = await run([SCRIPT, stateDir, '4', 'exit']);
+    expect(r.stderr).not.toContain('FATAL ERROR');
+    expect({ code: r.code, signal: r.signal }).toEqual({ code: 0, signal: null });
+    expect(JSON.parse(r.stdout)).toEqual({ pools: 4, lost: [] });
+  });
+
   it('that does not answer is terminated after the deadline, which is logged', async () => {
     const pool = new SandboxPool({ workers: 1, endTimeoutMs: 200 });
     const control = new MessageChannel();
