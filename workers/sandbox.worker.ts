@@ -8,14 +8,14 @@ import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../src/actor/contract.ts';
-import { SandboxActor, closeThreadStores } from '../src/actor/SandboxActor.ts';
+import { SandboxActor } from '../src/actor/SandboxActor.ts';
+import { endThread, letGo, threadEnding, type HostedEntry } from '../src/actor/endThread.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
-import { logFailure, runtimeLog } from '../src/runtime/log.ts';
-import { closeSharedRoots } from '../src/store/lmdbEnv.ts';
+import { runtimeLog } from '../src/runtime/log.ts';
 
-const hosted = new Map<number, { readonly name: string; readonly actor: SandboxActor; readonly calls: SandboxCalls | undefined }>();
+const hosted = new Map<number, HostedEntry>();
 
 /**
  * Hosts one more sandbox actor in this worker. Its calls run with its own runtime
@@ -23,11 +23,9 @@ const hosted = new Map<number, { readonly name: string; readonly actor: SandboxA
  * this worker were created with theirs.
  */
 function host(id: number, data: SandboxWorkerData): void {
-  if (ending) {
-    // The pool hands an ending worker nothing; should it, the caller sees its port close.
-    runtimeLog.warn(`sandbox worker: asked to host "${data.config.name}" while it ends; refused`);
-    (data.control as unknown as { close(): void }).close();
-    return;
+  if (threadEnding()) {
+    runtimeLog.warn(`sandbox worker: asked to host "${data.config.name}" while it ends; refused (its port closes)`);
+    return (data.control as unknown as { close(): void }).close();
   }
   const env = data.env ?? {};
   // A cluster node's sandbox publishes its events from here, on this worker's connection,
@@ -47,32 +45,6 @@ function host(id: number, data: SandboxWorkerData): void {
   expose(scoped, nodeEndpoint(data.control as never));
 }
 
-let ending: Promise<void> | undefined;
-
-/**
- * Ends this thread by itself, at a point where no JavaScript is inside LMDB: its actors are
- * disposed (their VMs killed, their ports closed), what they recorded is committed, every
- * LMDB root of the thread closed, and only then does the thread exit. The pool terminates a
- * thread only when this misses its deadline: a thread terminated while it loads LMDB's addon
- * aborts the process (node's FATAL ERROR napi_throw), and one terminated while its store is
- * open breaks the store of every process sharing it (lmdbEnv.ts).
- */
-function end(): Promise<void> {
-  ending ??= (async () => {
-    const calls: Promise<void>[] = [];
-    for (const [id, h] of hosted) {
-      hosted.delete(id);
-      if (h.calls) calls.push(h.calls.close().catch(logFailure(`ending the calls of sandbox "${h.name}"`)));
-      h.actor.dispose();
-    }
-    await Promise.all(calls);
-    await closeThreadStores().catch(logFailure('committing the event records of an ending sandbox worker'));
-    await closeSharedRoots(logFailure('closing the state store of an ending sandbox worker'));
-    process.exit(0);
-  })();
-  return ending;
-}
-
 // A worker is either started for one sandbox (its data in workerData, as a detached host
 // did) or started by the pool: modules loaded, hosting the actors the pool hands it.
 const initial = workerData as Partial<SandboxWorkerData>;
@@ -82,22 +54,15 @@ parentPort?.on('message', (msg: PoolMessage) => {
     case 'host':
       host(msg.id, msg.data);
       break;
-    case 'dispose': {
-      const h = hosted.get(msg.id);
-      hosted.delete(msg.id);
-      // The node ended its calls already (before letting it go); this is for any other end.
-      void h?.calls?.close().catch(logFailure(`ending the calls of sandbox "${h.name}"`));
-      h?.actor.dispose();
+    case 'dispose':
+      void letGo(hosted, msg.id);
       break;
-    }
-    case 'end':
-      void end();
+    case 'end': // by itself, never terminated mid-LMDB (src/actor/endThread.ts)
+      void endThread(hosted);
       break;
-    case 'stall': {
-      const until = performance.now() + msg.ms;
-      while (performance.now() < until); // busy: no message is read meanwhile
+    case 'stall': // busy: no message is read meanwhile
+      for (const until = performance.now() + msg.ms; performance.now() < until; );
       break;
-    }
     case 'crash':
       setImmediate(() => {
         throw new Error(msg.message);
@@ -106,6 +71,5 @@ parentPort?.on('message', (msg: PoolMessage) => {
   }
 });
 
-// Loaded: until now the pool kept this thread referenced, so that the process does not tear
-// it down while LMDB's addon registers (src/pool/SandboxPool.ts).
+// Loaded: until now the pool held the process for this thread (src/pool/SandboxPool.ts).
 parentPort?.postMessage({ type: 'loaded' } satisfies WorkerLoaded);
