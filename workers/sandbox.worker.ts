@@ -7,14 +7,15 @@ import '../src/link/comlinkErrors.ts';
 import { expose } from 'comlink';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { PoolMessage, SandboxWorkerData } from '../src/actor/contract.ts';
+import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../src/actor/contract.ts';
 import { SandboxActor } from '../src/actor/SandboxActor.ts';
+import { endThread, letGo, threadEnding, type HostedEntry } from '../src/actor/endThread.ts';
 import { EventPublisher } from '../src/cluster/EventPublisher.ts';
 import { SandboxCalls } from '../src/cluster/SandboxCalls.ts';
 import { withActorEnv } from '../src/runtime/actorEnv.ts';
-import { logFailure } from '../src/runtime/log.ts';
+import { runtimeLog } from '../src/runtime/log.ts';
 
-const hosted = new Map<number, { readonly name: string; readonly actor: SandboxActor; readonly calls: SandboxCalls | undefined }>();
+const hosted = new Map<number, HostedEntry>();
 
 /**
  * Hosts one more sandbox actor in this worker. Its calls run with its own runtime
@@ -22,6 +23,10 @@ const hosted = new Map<number, { readonly name: string; readonly actor: SandboxA
  * this worker were created with theirs.
  */
 function host(id: number, data: SandboxWorkerData): void {
+  if (threadEnding()) {
+    runtimeLog.warn(`sandbox worker: asked to host "${data.config.name}" while it ends; refused (its port closes)`);
+    return (data.control as unknown as { close(): void }).close();
+  }
   const env = data.env ?? {};
   // A cluster node's sandbox publishes its events from here, on this worker's connection,
   // and answers its plain calls on it.
@@ -49,14 +54,14 @@ parentPort?.on('message', (msg: PoolMessage) => {
     case 'host':
       host(msg.id, msg.data);
       break;
-    case 'dispose': {
-      const h = hosted.get(msg.id);
-      hosted.delete(msg.id);
-      // The node ended its calls already (before letting it go); this is for any other end.
-      void h?.calls?.close().catch(logFailure(`ending the calls of sandbox "${h.name}"`));
-      h?.actor.dispose();
+    case 'dispose':
+      void letGo(hosted, msg.id);
       break;
-    }
+    case 'end': // by itself, never terminated mid-LMDB (src/actor/endThread.ts)
+      void endThread(hosted);
+      break;
+    case 'stall': // busy: no message is read meanwhile
+      for (const until = performance.now() + msg.ms; performance.now() < until; );
       break;
     case 'crash':
       setImmediate(() => {
@@ -65,3 +70,6 @@ parentPort?.on('message', (msg: PoolMessage) => {
       break;
   }
 });
+
+// Loaded: until now the pool held the process for this thread (src/pool/SandboxPool.ts).
+parentPort?.postMessage({ type: 'loaded' } satisfies WorkerLoaded);

@@ -1202,6 +1202,17 @@ function threadStore(stateDir: string): Store {
   return store;
 }
 
+/**
+ * Closes this thread's stores of event records, once what the actors recorded is committed:
+ * for a worker about to end, after its actors are disposed. Records made later are dropped
+ * (the supervisor writes what a worker did not commit).
+ */
+export async function closeThreadStores(): Promise<void> {
+  const all = [...stores.values()];
+  stores.clear();
+  await Promise.all(all.map((s) => s.close()));
+}
+
 /** JSON for inspection events: bytes by their length, errors by name and message. */
 function jsonSafe(_key: string, v: unknown): unknown {
   if (v instanceof Uint8Array) return { bytes: v.byteLength };

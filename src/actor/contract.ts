@@ -318,6 +318,17 @@ export interface SandboxWorkerApi {
 export type PoolMessage =
   | { readonly type: 'host'; readonly id: number; readonly data: SandboxWorkerData }
   | { readonly type: 'dispose'; readonly id: number }
+  /**
+   * End the thread: dispose every actor, commit and close the thread's LMDB, then exit. A
+   * worker still loading its modules reads it once loaded (the port queues it).
+   */
+  | { readonly type: 'end' }
+  /** Test-only: the worker keeps its thread busy for `ms` (it answers nothing meanwhile), as a hung worker would. */
+  | { readonly type: 'stall'; readonly ms: number }
   /** Test-only: the worker throws at top level, as a bug in its code would make it. */
   | { readonly type: 'crash'; readonly message: string };
 
+/** What a sandbox worker tells its pool once its modules are loaded (LMDB's native addon among them). */
+export interface WorkerLoaded {
+  readonly type: 'loaded';
+}

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { deserializeError } from '../errors.ts';
-import { ROOT } from '../runtime/dist.ts';
+import { ROOT, distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
 import { holding } from '../runtime/hold.ts';
 import type { SquashResult, SquashTask } from './squash.ts';
@@ -40,7 +40,7 @@ export const UNPACK_CONCURRENCY = Math.max(1, Math.min(4, availableParallelism()
  */
 export async function withImagePool<T>(fn: (squash: (task: SquashTask, signal?: AbortSignal) => Promise<SquashResult>) => Promise<T>): Promise<T> {
   users++;
-  pool ??= new Piscina({ filename: BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
+  pool ??= new Piscina({ filename: distEntry('image.worker') ?? BOOT, minThreads: 1, maxThreads: UNPACK_CONCURRENCY, idleTimeout: 1000, name: 'default', execArgv: workerExecArgv() });
   const p = pool;
   try {
     return await fn(async (task, signal) => {

@@ -17,9 +17,10 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker, type TransferListItem } from 'node:worker_threads';
 import { CorralError, InvalidOptionError } from '../errors.ts';
-import { ROOT } from '../runtime/dist.ts';
+import { ROOT, distEntry } from '../runtime/dist.ts';
 import { workerExecArgv } from '../runtime/execArgv.ts';
-import type { PoolMessage, SandboxWorkerData } from '../actor/contract.ts';
+import { logFailure, runtimeLog } from '../runtime/log.ts';
+import type { PoolMessage, SandboxWorkerData, WorkerLoaded } from '../actor/contract.ts';
 
 // From the repository's root, so that the precompiled runtime (whose module URL is its
 // bundle's: src/runtime/dist.ts) starts the same files.
@@ -40,6 +41,11 @@ export interface SandboxPoolOptions {
   readonly isolation?: Isolation;
   /** ms after a create before the pool starts the workers it still lacks (or a strict spare). Default 1000. */
   readonly warmDelayMs?: number;
+  /**
+   * ms a worker asked to end may take to end by itself (finish loading, dispose its actors,
+   * close its LMDB) before it is terminated, which is logged. Default 30000.
+   */
+  readonly endTimeoutMs?: number;
 }
 
 /** Validates the pool options of `new Supervisor(…)`, naming the bad option. */
@@ -50,7 +56,9 @@ export function validatePoolOptions(options: SandboxPoolOptions): Required<Sandb
   if (isolation !== 'shared' && isolation !== 'worker') throw new InvalidOptionError('isolation', 'one of "shared", "worker"', options.isolation);
   const warmDelayMs = options.warmDelayMs ?? 1000;
   if (!Number.isFinite(warmDelayMs) || warmDelayMs < 0) throw new InvalidOptionError('warmDelayMs', 'a number of ms ≥ 0', options.warmDelayMs);
-  return { workers, isolation, warmDelayMs };
+  const endTimeoutMs = options.endTimeoutMs ?? 30_000;
+  if (!Number.isFinite(endTimeoutMs) || endTimeoutMs < 0) throw new InvalidOptionError('endTimeoutMs', 'a number of ms ≥ 0', options.endTimeoutMs);
+  return { workers, isolation, warmDelayMs, endTimeoutMs };
 }
 
 /** Called once when the worker hosting an actor ends without being asked to. */
@@ -63,7 +71,9 @@ export type OnWorkerLost = (error: CorralError) => void;
  */
 function startWorker(): Worker {
   const execArgv = workerExecArgv();
-  const start = (argv: string[]) => new Worker(WORKER_BOOT, { workerData: { entry: WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
+  // The precompiled worker where it is fresh (src/runtime/dist.ts): no tsx loader to start.
+  const bundled = distEntry('sandbox.worker');
+  const start = (argv: string[]) => new Worker(bundled ?? WORKER_BOOT, { workerData: { entry: bundled ?? WORKER_ENTRY }, name: 'corral:sandbox', execArgv: argv });
   try {
     return start(execArgv);
   } catch (err) {
@@ -84,11 +94,22 @@ class PoolWorker {
   exited = false;
   readonly done: Promise<void>;
   #holds = 0;
+  /** Until the thread has loaded its modules it holds the process (see the constructor). */
+  #loading = true;
   #error: Error | undefined;
+  #ended: Promise<void> | undefined;
 
   constructor(onCrash: (w: PoolWorker, reason: string) => void) {
-    // Idle workers hold no process alive: calls in flight hold it (hold()).
-    this.worker.unref();
+    // Idle workers hold no process alive: calls in flight hold it (hold()). A loading one
+    // does, until it has loaded: a process that exits tears its workers down, and one torn
+    // down while it registers LMDB's addon aborts the process (FATAL ERROR napi_throw) in
+    // place of its exit code. A script that ends without closing its supervisor while the
+    // pool warms a worker waits for that load (~0.1 s bundled), then exits.
+    this.worker.on('message', (m: Partial<WorkerLoaded>) => {
+      if (m?.type !== 'loaded' || !this.#loading) return;
+      this.#loading = false;
+      if (this.#holds === 0 && !this.ending) this.worker.unref();
+    });
     this.worker.on('error', (err) => (this.#error = err));
     this.done = new Promise((resolve) =>
       this.worker.once('exit', (code) => {
@@ -104,21 +125,40 @@ class PoolWorker {
   }
 
   unhold(): void {
-    if (--this.#holds === 0) this.worker.unref();
+    if (--this.#holds === 0 && !this.#loading && !this.ending) this.worker.unref();
   }
 
   post(msg: PoolMessage, transfer: readonly TransferListItem[] = []): void {
     this.worker.postMessage(msg, transfer);
   }
 
-  /** Ends the thread (and every VM spawned from it). */
-  async end(): Promise<void> {
-    this.ending = true;
-    // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
-    // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
-    this.worker.ref();
-    if (!this.exited) await this.worker.terminate();
-    await this.done;
+  /**
+   * Ends the thread (and every VM spawned from it): asks it to end, and it ends by itself
+   * (workers/sandbox.worker.ts); terminated, and said so, only if it has not within
+   * `timeoutMs`. Never by terminate() first: a thread terminated while it loads LMDB's addon
+   * aborts the whole process (node's FATAL ERROR napi_throw), one terminated while it writes
+   * breaks the store of every process sharing it. A worker still loading reads the request
+   * once loaded. Idempotent.
+   */
+  end(timeoutMs: number): Promise<void> {
+    this.#ended ??= (async () => {
+      this.ending = true;
+      // Referenced while it ends: an unreferenced worker's exit does not keep the event loop
+      // alive, so a top-level `await sup.close()` could end the process (exit code 13) first.
+      this.worker.ref();
+      if (this.exited) return;
+      this.post({ type: 'end' });
+      const deadline = setTimeout(() => {
+        runtimeLog.warn(`sandbox worker ${this.worker.threadId} did not end within ${timeoutMs} ms of being asked to: terminated`);
+        this.worker.terminate().catch(logFailure(`terminating sandbox worker ${this.worker.threadId}`));
+      }, timeoutMs);
+      try {
+        await this.done;
+      } finally {
+        clearTimeout(deadline);
+      }
+    })();
+    return this.#ended;
   }
 }
 
@@ -133,6 +173,8 @@ export interface HostedActor {
   release(): Promise<void>;
   /** Test-only: makes the actor's worker throw at top level, as a bug would; resolves once it exited. */
   crashWorker(): Promise<void>;
+  /** Test-only: keeps the actor's worker busy for `ms`, as a hung worker would. */
+  stallWorker(ms: number): void;
 }
 
 /**
@@ -146,6 +188,7 @@ export class SandboxPool {
   readonly size: number;
   readonly isolation: Isolation;
   readonly #warmDelayMs: number;
+  readonly #endTimeoutMs: number;
   readonly #workers = new Set<PoolWorker>();
   /** Strict isolation: a worker started ahead, hosting nothing yet. */
   #spare: PoolWorker | undefined;
@@ -158,6 +201,7 @@ export class SandboxPool {
     this.size = o.workers;
     this.isolation = o.isolation;
     this.#warmDelayMs = o.warmDelayMs;
+    this.#endTimeoutMs = o.endTimeoutMs;
   }
 
   /** Live worker threads. */
@@ -198,13 +242,14 @@ export class SandboxPool {
           w.actors.delete(id);
           if (this.isolation === 'worker') {
             this.#workers.delete(w);
-            await w.end();
+            await w.end(this.#endTimeoutMs);
           } else if (!w.exited) w.post({ type: 'dispose', id });
         })()),
       crashWorker: async () => {
         w.post({ type: 'crash', message: `test-only crash of worker ${w.worker.threadId}` });
         await w.done;
       },
+      stallWorker: (ms) => w.post({ type: 'stall', ms }),
     };
   }
 
@@ -261,19 +306,22 @@ export class SandboxPool {
     if (lost.length > 0) this.#scheduleWarm();
   }
 
-  /** Ends every worker (and so every VM still spawned from one). Idempotent. */
+  /**
+   * Ends every worker (and so every VM still spawned from one), each by itself within the
+   * pool's `endTimeoutMs` (see PoolWorker.end). Idempotent.
+   */
   close(): Promise<void> {
     this.#closed ??= (async () => {
       clearTimeout(this.#warmTimer);
       const all = [...this.#workers];
       this.#workers.clear();
       this.#spare = undefined;
-      await Promise.all(all.map((w) => w.end()));
+      await Promise.all(all.map((w) => w.end(this.#endTimeoutMs)));
     })();
     return this.#closed;
   }
 
-  /** Same as {@link close}: ending a worker is already forceful. */
+  /** Same as {@link close}: an ending worker kills its VMs at once. */
   destroy(): Promise<void> {
     return this.close();
   }

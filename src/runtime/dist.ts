@@ -1,9 +1,11 @@
 /**
- * The precompiled runtime: the CLI and the detached host bundled into plain JavaScript by
- * scripts/build-dist.ts (the setup runs it) in `node_modules/.corral-dist/`, inside
- * node_modules so that their packages resolve from there. A process started from it loads in
- * ~0.45 s against ~1.2 s through tsx (which resolves and loads each module through a hooks
- * thread). Worker threads still start through tsx (workers/boot.mjs): see the README's Setup.
+ * The precompiled runtime: the CLI, the detached host and the worker threads bundled into
+ * plain JavaScript by scripts/build-dist.ts (the setup runs it) in `node_modules/.corral-dist/`,
+ * inside node_modules so that their packages resolve from there. A process started from it
+ * loads in ~0.45 s against ~1.2 s through tsx (which resolves and loads each module through a
+ * hooks thread), and a worker thread started from it needs no tsx loader of its own. (A
+ * bundled worker reaches LMDB within ~100 ms of its start: it may be ended only as
+ * src/pool/SandboxPool.ts ends it, by itself.)
  *
  * It is used only while it matches the sources it was built from (their paths, sizes and
  * modification times), so an edited source never runs stale: the TypeScript runs instead.
@@ -31,6 +33,8 @@ export const DIST_DIR = join(ROOT, 'node_modules', '.corral-dist');
 export const DIST_ENTRIES = {
   cli: 'src/cli/main.ts',
   host: 'src/detached/hostMain.ts',
+  'sandbox.worker': 'workers/sandbox.worker.ts',
+  'image.worker': 'workers/image.worker.ts',
   check: 'src/runtime/dist.ts',
 } as const;
 export type DistEntry = keyof typeof DIST_ENTRIES;

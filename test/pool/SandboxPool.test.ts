@@ -70,7 +70,8 @@ describe('SandboxPool', () => {
   });
 
   it("in isolation 'worker' gives every actor a thread of its own and ends it on release", async () => {
-    const pool = new SandboxPool({ isolation: 'worker', workers: 1 });
+    // No spare started meanwhile: each worker now ends once it has loaded, which can take longer than the default warm delay.
+    const pool = new SandboxPool({ isolation: 'worker', workers: 1, warmDelayMs: 600_000 });
     const lost: CorralError[] = [];
     try {
       const hosted = ['r-a', 'r-b', 'r-c'].map((n) => hostOne(pool, n, lost));

@@ -1,9 +1,10 @@
 // The precompiled runtime (src/runtime/dist.ts): used while it matches the sources, never
-// stale; the CLI and a detached host start from it (their worker threads through tsx). Real processes.
+// stale; the CLI, a detached host and the sandbox worker threads start from it. Real processes.
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Sandbox, Supervisor } from '../../src/index.ts';
@@ -50,6 +51,20 @@ describe('the precompiled runtime', () => {
       const { stdout, stderr } = await run(process.execPath, [BIN, 'ls', '--json'], { env: { ...process.env, ...env, CORRAL_STATE_DIR: stateDir, NODE_DEBUG: 'esm' }, maxBuffer: 64 * 2 ** 20 });
       expect(JSON.parse(stdout)).toEqual([]);
       return { bundle: stderr.includes('.corral-dist/cli.mjs'), sources: stderr.includes('src/cli/main.ts') };
+    };
+    expect(await loaded({ CORRAL_DIST: '1' })).toEqual({ bundle: true, sources: false });
+    expect(await loaded({ CORRAL_DIST: '0' })).toEqual({ bundle: false, sources: true });
+  });
+
+  it('starts the sandbox worker threads from it, and from the sources with CORRAL_DIST=0', async () => {
+    expect(distFresh()).toBe(true);
+    const stateDir = mkdtempSync(join(tmpdir(), 'corral-dist-worker-'));
+    roots.push(stateDir);
+    // A plain process whose pool starts one worker, hosts an actor on it and ends it.
+    const script = fileURLToPath(new URL('../pool/end-script.ts', import.meta.url));
+    const loaded = async (env: NodeJS.ProcessEnv) => {
+      const { stderr } = await run(process.execPath, ['--import', 'tsx', script, stateDir, '1'], { env: { ...process.env, ...env, NODE_DEBUG: 'esm' }, maxBuffer: 64 * 2 ** 20 });
+      return { bundle: stderr.includes('.corral-dist/sandbox.worker.mjs'), sources: stderr.includes('workers/sandbox.worker.ts') };
     };
     expect(await loaded({ CORRAL_DIST: '1' })).toEqual({ bundle: true, sources: false });
     expect(await loaded({ CORRAL_DIST: '0' })).toEqual({ bundle: false, sources: true });
