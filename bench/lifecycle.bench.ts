@@ -10,7 +10,7 @@
  * - stop (graceful: agent sync + guest shutdown + process exit) against the VM layer's own
  *   graceful shutdown.
  * - detached: createDetached → handle against an attached restored create, hosted by a
- *   spare host (started by the create before: src/detached/spareHost.ts) and, interleaved,
+ *   spare host (started by the create before: src/link/spareHost.ts) and, interleaved,
  *   with spares off (a host process starts and loads first); and
  *   Sandbox.get from another handle → first exec against an attached sandbox's first exec
  *   (under TCG a fresh qemu's first exec pays the translation of the guest's exec paths).

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 export default function setup(): () => void {
   const dir = mkdtempSync(join(tmpdir(), 'corral-test-state-'));
   process.env.CORRAL_STATE_DIR = dir;
-  // A detached create leaves a spare host behind (src/detached/spareHost.ts), which outlives
+  // A detached create leaves a spare host behind (src/link/spareHost.ts), which outlives
   // the test file that made it by design; each file must end with no process of its own left
   // (test/leakCheck.ts). test/settle/settle.test.ts runs them, on, in a script of its own.
   process.env.CORRAL_SPARE_HOST ??= '0';

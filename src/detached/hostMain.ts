@@ -10,7 +10,7 @@
  * writes there again (its creator may be gone). It exits when the sandbox has stopped.
  *
  * With `--spare` it starts its supervisor and worker first and waits on `<socket>` for the
- * create it will host (src/detached/spareHost.ts): the config and flags come on that
+ * create it will host (src/link/spareHost.ts): the config and flags come on that
  * connection, and the line goes back on it instead of stdout. Unused, it ends by itself.
  */
 
@@ -24,7 +24,7 @@ import type { WorkerLink } from '../link/WorkerLink.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
 import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
-import { waitAsSpare } from './spareHost.ts';
+import { waitAsSpare } from '../link/spareHost.ts';
 
 const CALLS = new Set<string>(FORWARDED_CALLS);
 const END_CALLS = new Set(['stop', 'kill', 'drain', 'stopped']);

@@ -28,7 +28,7 @@ import { secretsFor } from '../image/secrets.ts';
 import { CorralError, InvalidOptionError, deserializeError, serializeError, type SerializedError } from '../errors.ts';
 import { SocketLink } from '../link/SocketLink.ts';
 import { controlSocketPath } from '../link/wire.ts';
-import { sparesEnabled, spareSocketPath, startSpare, takeSpare, type TakenSpare } from '../detached/spareHost.ts';
+import { sparesEnabled, spareSocketPath, startSpare, takeSpare, type TakenSpare } from '../link/spareHost.ts';
 import { sweepStaleRunDirs } from '../vm/Vm.ts';
 import { sweepStaleCgroups } from '../vm/cgroups.ts';
 import { sweepStaleUidClaims } from '../vm/jail.ts';

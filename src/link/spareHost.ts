@@ -26,7 +26,7 @@ import { connect, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { RUNTIME_VARS } from '../runtime/actorEnv.ts';
 import { BUNDLED, sourceStamp } from '../runtime/dist.ts';
-import { LineSplitter } from '../link/wire.ts';
+import { LineSplitter } from './wire.ts';
 import { logFailure } from '../runtime/log.ts';
 
 /** How long a spare waits for a create before it ends: `CORRAL_SPARE_IDLE_MS`, default 10 min. */
