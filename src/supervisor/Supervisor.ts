@@ -792,6 +792,14 @@ export class Supervisor {
       this.#live.clear();
       await Promise.allSettled(live.map((ctl) => ctl.terminate()));
       await this.#pool.destroy();
+      // Their VMs ended with the workers: say so in the store, as a process exit does (else the
+      // records read running, owned by this live process, and a remove here refuses them).
+      for (const { config } of live) {
+        const rec = this.#store.getSandbox(config.name);
+        if (rec && rec.status !== 'stopped' && rec.ownerPid === process.pid) {
+          this.#store.putSandboxSync({ ...rec, status: 'stopped', state: 'stopped', stopReason: 'killed', updatedAt: Date.now() });
+        }
+      }
       await this.close();
     });
   }
