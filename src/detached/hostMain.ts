@@ -15,14 +15,14 @@
  */
 
 import { chmodSync, existsSync, mkdirSync, rmSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { createServer, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { SandboxEvent } from '../bus/events.ts';
 import type { SandboxConfig } from '../config.ts';
 import { CorralError, serializeError } from '../errors.ts';
 import type { WorkerLink } from '../link/WorkerLink.ts';
 import { Supervisor } from '../supervisor/Supervisor.ts';
-import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, toWire, type WireRequest } from '../link/wire.ts';
+import { FORWARDED_CALLS, LineSplitter, controlSocketPath, fromWire, socketAnswers, toWire, type WireRequest } from '../link/wire.ts';
 import { logFailure } from '../runtime/log.ts';
 import { waitAsSpare } from '../link/spareHost.ts';
 
@@ -33,21 +33,6 @@ async function readStdin(): Promise<string> {
   let text = '';
   for await (const chunk of process.stdin) text += chunk;
   return text;
-}
-
-/** Whether something accepts connections on a unix socket. */
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const done = (v: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(v);
-    };
-    const timer = setTimeout(() => done(false), 1000);
-    s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-  });
 }
 
 /** Where the one line goes: stdout, or a spare's connection. */

@@ -26,7 +26,7 @@ import { connect, createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { RUNTIME_VARS } from '../runtime/actorEnv.ts';
 import { BUNDLED, sourceStamp } from '../runtime/dist.ts';
-import { LineSplitter } from './wire.ts';
+import { LineSplitter, socketAnswers } from './wire.ts';
 import { logFailure } from '../runtime/log.ts';
 
 /** How long a spare waits for a create before it ends: `CORRAL_SPARE_IDLE_MS`, default 10 min. */
@@ -152,7 +152,7 @@ export async function waitAsSpare(path: string, idleMs: number = spareIdleMs()):
   if (!listening) {
     // A live spare answers a connection (one that sends nothing does not take it); a dead
     // one's socket file refuses it, and is replaced.
-    if (await accepts(path)) return undefined;
+    if (await socketAnswers(path)) return undefined;
     rmSync(path, { force: true });
     if (!(await listen())) return undefined;
   }
@@ -202,17 +202,5 @@ export async function waitAsSpare(path: string, idleMs: number = spareIdleMs()):
         resolve({ request, answer });
       });
     });
-  });
-}
-
-/** Whether something accepts a connection on the unix socket `path` (closed unused at once). */
-function accepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
   });
 }

@@ -8,6 +8,7 @@
  * Bytes (stdin, stdout chunks) travel as `{ "$b64": "…" }`.
  */
 
+import { connect } from 'node:net';
 import type { SerializedError } from '../errors.ts';
 import type { SandboxEvent } from '../bus/events.ts';
 
@@ -66,4 +67,19 @@ export class LineSplitter {
 /** The control socket path of a detached sandbox, short enough for sun_path (108 bytes). */
 export function controlSocketPath(stateDir: string, name: string): string {
   return `${stateDir}/run/${name}.sock`;
+}
+
+/** Whether something accepts connections on a unix socket (a connection closed unused at once, or after 1 s). */
+export function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (v: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(v);
+    };
+    const timer = setTimeout(() => done(false), 1000);
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
 }

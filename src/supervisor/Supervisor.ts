@@ -210,7 +210,12 @@ export class Supervisor {
 
   /** @internal when the process is about to exit: the VMs die with it; say so in the store. */
   markLiveAsKilled(): void {
-    for (const name of this.#live.keys()) {
+    this.#recordKilled(this.#live.keys());
+  }
+
+  /** Records the sandboxes `names` stopped, reason killed (their VMs ended with their workers). */
+  #recordKilled(names: Iterable<string>): void {
+    for (const name of names) {
       const rec = this.#store.getSandbox(name);
       if (rec && rec.status !== 'stopped') {
         this.#store.putSandboxSync({ ...rec, status: 'stopped', state: 'stopped', stopReason: 'killed', updatedAt: Date.now() });
@@ -794,12 +799,7 @@ export class Supervisor {
       await this.#pool.destroy();
       // Their VMs ended with the workers: say so in the store, as a process exit does (else the
       // records read running, owned by this live process, and a remove here refuses them).
-      for (const { config } of live) {
-        const rec = this.#store.getSandbox(config.name);
-        if (rec && rec.status !== 'stopped' && rec.ownerPid === process.pid) {
-          this.#store.putSandboxSync({ ...rec, status: 'stopped', state: 'stopped', stopReason: 'killed', updatedAt: Date.now() });
-        }
-      }
+      this.#recordKilled(live.map((ctl) => ctl.config.name));
       await this.close();
     });
   }
